@@ -1,0 +1,1 @@
+"""Offline side of LayerScope: datasets, model adapters, precompute stages and the run store."""

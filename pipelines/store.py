@@ -1,0 +1,232 @@
+"""The one module that knows the on-disk format of a run.
+
+A run lives in ``<data-dir>/runs/<run-id>/``: a ``manifest.json`` plus artifacts addressed by
+``(kind, parameters)``. Callers never build paths themselves; they ask ``artifact_path`` (or the
+save/load helpers built on it). Every write is atomic (temp file + ``os.replace``), so a killed
+process leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.errors import UserError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".lock"
+
+# kind -> (file format, parameter names in path order). The whole on-disk vocabulary.
+ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "samples": ("json", ()),  # sample index, column-oriented
+    "thumbnails": ("npy", ()),  # (N, T, T, 3) uint8
+    "predictions": ("npz", ()),  # top10_index, top10_prob, predicted, loss, correct
+    "predictions_chunk": ("npz", ("chunk",)),
+    "explanation": ("npy", ("method",)),  # gradcam (N,S,S) f16; guided_* (N,S,S,3) u8
+    "explanation_chunk": ("npz", ("chunk",)),
+    "features": ("npy", ("layer", "chunk")),  # (n_chunk, D) float32, pooled activations
+    "reduction": ("json", ("layer",)),  # pooled shape, PCA kept dims and variance
+    "embedding": ("npy", ("layer", "subset", "method", "perplexity")),  # (n, 2) float32
+    "model_checkpoint": ("pt", ()),
+}
+
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def runs_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "runs"
+
+
+def list_run_dirs(data_dir: Path) -> list[Path]:
+    """Run folders (those with a manifest) under ``data_dir``, sorted by name."""
+    root = runs_dir(data_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / MANIFEST_NAME).is_file())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path next to ``path``; move it into place only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _format_value(value: Any) -> str:
+    text = str(value)
+    if not _SAFE_VALUE.match(text):
+        raise ValueError(f"artifact parameter {text!r} has characters unsafe in a file name")
+    return text
+
+
+class RunStore:
+    """Read and write one run's manifest and artifacts."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    # ---- addressing -------------------------------------------------------------------------
+
+    def artifact_path(self, kind: str, **params: Any) -> Path:
+        """The file for ``kind`` with ``params``; the only place paths are built."""
+        if kind not in ARTIFACT_KINDS:
+            raise KeyError(f"unknown artifact kind {kind!r}; known: {sorted(ARTIFACT_KINDS)}")
+        fmt, names = ARTIFACT_KINDS[kind]
+        if set(params) != set(names):
+            raise TypeError(f"artifact {kind!r} takes parameters {names}, got {tuple(params)}")
+        if not names:
+            return self.run_dir / f"{kind}.{fmt}"
+        parts = [f"{name}={_format_value(params[name])}" for name in names]
+        return self.run_dir.joinpath(kind, *parts[:-1], f"{parts[-1]}.{fmt}")
+
+    def has(self, kind: str, **params: Any) -> bool:
+        return self.artifact_path(kind, **params).is_file()
+
+    def delete(self, kind: str, **params: Any) -> None:
+        self.artifact_path(kind, **params).unlink(missing_ok=True)
+
+    def delete_kind(self, kind: str) -> None:
+        """Remove every artifact of ``kind`` (e.g. chunks once consolidated)."""
+        fmt, names = ARTIFACT_KINDS[kind]
+        target = self.run_dir / kind if names else self.run_dir / f"{kind}.{fmt}"
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+    # ---- typed save / load ------------------------------------------------------------------
+
+    def save_array(self, kind: str, array: np.ndarray, **params: Any) -> None:
+        with atomic_path(self.artifact_path(kind, **params)) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+    def load_array(self, kind: str, mmap: bool = True, **params: Any) -> np.ndarray:
+        path = self.artifact_path(kind, **params)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+    def save_arrays(self, kind: str, arrays: dict[str, np.ndarray], **params: Any) -> None:
+        with atomic_path(self.artifact_path(kind, **params)) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+
+    def load_arrays(self, kind: str, **params: Any) -> dict[str, np.ndarray]:
+        with np.load(self.artifact_path(kind, **params), allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+
+    def save_json(self, kind: str, obj: Any, **params: Any) -> None:
+        data = json.dumps(obj, indent=1, sort_keys=False).encode()
+        atomic_write_bytes(self.artifact_path(kind, **params), data)
+
+    def load_json(self, kind: str, **params: Any) -> Any:
+        return json.loads(self.artifact_path(kind, **params).read_text())
+
+    # ---- manifest ---------------------------------------------------------------------------
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / MANIFEST_NAME
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest, after checking it is one this code understands."""
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            raise UserError(
+                f"run '{self.run_id}' has no manifest in {self.run_dir}; "
+                "run `python main.py runs` to list runs"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"run '{self.run_id}' has a corrupt manifest ({exc}); delete {self.run_dir} "
+                "and precompute it again"
+            ) from None
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise UserError(
+                f"run '{self.run_id}' was written with schema version {version}, this LayerScope "
+                f"reads version {SCHEMA_VERSION}; precompute it again with a new --run-id"
+            )
+        return manifest
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        manifest = dict(manifest, schema_version=SCHEMA_VERSION, updated=time.time())
+        atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=1).encode())
+
+    def update_stage(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into ``manifest['stages'][name]`` and write the manifest back."""
+        manifest = self.read_manifest()
+        stage = manifest.setdefault("stages", {}).setdefault(name, {})
+        stage.update(fields)
+        self.write_manifest(manifest)
+        return manifest
+
+    # ---- single writer ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run so two precomputes cannot write it at once.
+
+        ``flock`` is released by the kernel when the process dies, so a ``kill -9`` never leaves
+        a stale lock behind.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.run_dir / LOCK_NAME, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"another precompute is writing run '{self.run_id}'; wait for it to finish "
+                    "or pass a different --run-id"
+                ) from None
+            yield
+        finally:
+            handle.close()
+
+    def is_being_written(self) -> bool:
+        """True while some precompute holds the writer lock (for the dashboard and `runs`)."""
+        lock_path = self.run_dir / LOCK_NAME
+        if not lock_path.exists():
+            return False
+        with open(lock_path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
