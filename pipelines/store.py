@@ -32,9 +32,8 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "samples": ("json", ()),  # sample index, column-oriented
     "thumbnails": ("npy", ()),  # (N, T, T, 3) uint8
     "predictions": ("npz", ()),  # top10_index, top10_prob, predicted, loss, correct
-    "predictions_chunk": ("npz", ("chunk",)),
     "explanation": ("npy", ("method",)),  # gradcam (N,S,S) f16; guided_* (N,S,S,3) u8
-    "explanation_chunk": ("npz", ("chunk",)),
+    "forward_chunk": ("npz", ("chunk",)),  # one chunk's per-sample outputs, until consolidated
     "features": ("npy", ("layer", "chunk")),  # (n_chunk, D) float32, pooled activations
     "reduction": ("json", ("layer",)),  # pooled shape, PCA kept dims and variance
     "embedding": ("npy", ("layer", "subset", "method", "perplexity")),  # (n, 2) float32

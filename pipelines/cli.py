@@ -1,0 +1,172 @@
+"""The command line: ``precompute``, ``runs`` and ``serve`` (the default).
+
+User mistakes end as one ``error: ...`` line on stderr and exit status 2; Ctrl-C leaves the run
+resumable and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import NoReturn
+
+from pipelines.errors import UserError
+
+DEFAULT_DATA_DIR = Path("data")
+DEFAULT_RUN = {"dataset": "digits", "model": "smallcnn"}
+EXIT_USER_ERROR = 2
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message}; see `python main.py {self.prog.split()[-1]} --help`")
+
+
+def comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def perplexity_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"perplexities must be numbers like 10,30,90, not {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="main.py", description="LayerScope: see inside image-classification CNNs.")
+    commands = parser.add_subparsers(dest="command", parser_class=Parser)
+
+    serve = commands.add_parser("serve", help="serve the dashboard")
+    add_data_dir(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8050)
+
+    pre = commands.add_parser("precompute", help="compute a run: dataset x model")
+    pre.add_argument("--dataset", required=True, help="digits, imagenette, imagewoof, mnist, fashion-mnist, cifar10 or folder:PATH")
+    pre.add_argument("--model", required=True, help="smallcnn, a torchvision name (vgg16, resnet18, ...), torchscript:PATH or python:FILE.py")
+    pre.add_argument("--weights", default=None, help="torchvision models: imagenet (default), none, or a state-dict PATH")
+    pre.add_argument("--samples", type=int, default=None, help="use the first N samples of the class-balanced order")
+    pre.add_argument("--subsets", type=comma_list, default=["100", "1000", "all"], help="nested subset sizes (default 100,1000,all)")
+    pre.add_argument("--perplexities", type=perplexity_list, default=[10.0, 30.0, 90.0], help="t-SNE perplexities (default 10,30,90)")
+    pre.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pre.add_argument("--batch-size", type=int, default=64)
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--input-size", type=int, default=None, help="input side for torchscript/python models that do not declare one")
+    pre.add_argument("--run-id", default=None, help="name of the run folder (default: derived from the settings)")
+    add_data_dir(pre)
+
+    runs = commands.add_parser("runs", help="list runs and the state of each stage")
+    add_data_dir(runs)
+    return parser
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where runs live (default data/)")
+
+
+def precompute_command(args: argparse.Namespace) -> None:
+    from pipelines.precompute import Precompute, PrecomputeConfig
+
+    if args.batch_size <= 0:
+        raise UserError("--batch-size must be a positive number")
+    config = PrecomputeConfig(
+        dataset=args.dataset,
+        model=args.model,
+        weights=args.weights,
+        samples=args.samples,
+        subsets=tuple(args.subsets),
+        perplexities=tuple(args.perplexities),
+        device=args.device,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        input_size=args.input_size,
+    )
+    store = Precompute(config, args.data_dir, args.run_id).run()
+    print_summary(store.read_manifest(), store.run_dir)
+
+
+def print_summary(manifest: dict, run_dir: Path) -> None:
+    accuracy = manifest.get("accuracy")
+    accuracy_text = f"{accuracy:.1%}" if accuracy is not None else "unknown (classes not mapped)"
+    stages = ", ".join(
+        f"{name} {stage.get('seconds', 0):.1f}s" for name, stage in manifest["stages"].items()
+    )
+    print(
+        f"run '{manifest['run_id']}' complete: {manifest['dataset']['num_samples']} samples, "
+        f"{len(manifest['layers'])} layers, accuracy {accuracy_text}\n"
+        f"  stages: {stages}\n  in {run_dir}\n"
+        "  explore it with: python main.py serve"
+        + (f" --data-dir {run_dir.parent.parent}" if run_dir.parent.parent != DEFAULT_DATA_DIR else "")
+    )
+
+
+def runs_command(args: argparse.Namespace) -> None:
+    from pipelines.precompute import iter_stage_states
+    from pipelines.store import RunStore, list_run_dirs
+
+    run_dirs = list_run_dirs(args.data_dir)
+    if not run_dirs:
+        print(f"no runs in {args.data_dir}; make one with: python main.py precompute --dataset digits --model smallcnn")
+        return
+    for run_dir in run_dirs:
+        store = RunStore(run_dir)
+        try:
+            manifest = store.read_manifest()
+        except UserError as exc:
+            print(f"{run_dir.name}: unreadable ({exc})")
+            continue
+        config = manifest["config"]
+        samples = manifest.get("dataset", {}).get("num_samples", "?")
+        accuracy = manifest.get("accuracy")
+        states = "  ".join(f"{name}: {state}" for name, state in iter_stage_states(manifest))
+        busy = "  [being written now]" if store.is_being_written() else ""
+        print(
+            f"{run_dir.name}\n  {config['dataset']} x {config['model']}, {samples} samples, "
+            f"accuracy {'-' if accuracy is None else f'{accuracy:.1%}'}{busy}\n  {states}\n"
+            f"  layers: {', '.join(layer['id'] for layer in manifest.get('layers', []))}"
+        )
+
+
+def serve_command(args: argparse.Namespace, build_default: bool) -> None:
+    from pipelines.store import list_run_dirs
+
+    if build_default and not list_run_dirs(args.data_dir):
+        from pipelines.precompute import Precompute, PrecomputeConfig
+
+        print("no runs yet: building the embedded default (digits + smallcnn), fully offline", file=sys.stderr)
+        Precompute(PrecomputeConfig(**DEFAULT_RUN), args.data_dir, None).run()
+    from dashboard.app import create_app
+
+    app = create_app(args.data_dir)
+    print(f"LayerScope is serving {args.data_dir.resolve()} at http://{args.host}:{args.port}/", flush=True)
+    app.run(host=args.host, port=args.port, debug=False)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = show_warning
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "precompute":
+            precompute_command(args)
+        elif args.command == "runs":
+            runs_command(args)
+        else:
+            if args.command is None:
+                args = build_parser().parse_args(["serve", *(argv or [])])
+                serve_command(args, build_default=True)
+            else:
+                serve_command(args, build_default=False)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,200 @@
+"""Layer discovery and activation capture, shared by the precompute and the dashboard.
+
+Layers are the model's leaf modules (no children) that run during a forward pass, keyed by their
+``named_modules()`` path, plus the input pixels as layer ``"input"``. A module called more than
+once (ResNet blocks reuse one ``relu``) is reported and captured at its last call, which is the
+block's output; its earlier calls are treated as transparent in the data-flow graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipelines.types import INPUT_LAYER, LayerId
+
+# Layers that only reshape or pass values through: their embedding equals their parent's.
+PASS_THROUGH_TYPES = {"Flatten", "Unflatten", "Identity", "Dropout", "Dropout2d", "Dropout1d"}
+
+OutputTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def leaf_modules(model: nn.Module) -> dict[LayerId, nn.Module]:
+    """Every module without children, by ``named_modules()`` path (the root excluded)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if name and next(module.children(), None) is None
+    }
+
+
+def _clone(tensor: torch.Tensor) -> torch.Tensor:
+    # Cloned because a following ReLU(inplace=True) would overwrite a conv's stored output.
+    return tensor.detach().clone()
+
+
+@contextlib.contextmanager
+def forward_hooks(
+    model: nn.Module, layer_ids: list[LayerId], sink: Callable[[LayerId, Any], None]
+) -> Iterator[None]:
+    """Call ``sink(layer_id, output)`` after each listed module runs; hooks always removed."""
+    modules = dict(model.named_modules())
+    unknown = [layer_id for layer_id in layer_ids if layer_id not in modules]
+    if unknown:
+        raise KeyError(f"unknown layer ids {unknown}; the model has {len(modules)} modules")
+    handles = []
+    try:
+        for layer_id in layer_ids:
+            hook = _make_hook(layer_id, sink)
+            handles.append(modules[layer_id].register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _make_hook(layer_id: LayerId, sink: Callable[[LayerId, Any], None]) -> Callable:
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        sink(layer_id, output)
+
+    return hook
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor a layer produced (some modules return tuples, e.g. RNN-style layers)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def capture_layers(
+    model: nn.Module,
+    images: torch.Tensor,
+    layer_ids: list[LayerId],
+    transform: OutputTransform = _clone,
+) -> tuple[torch.Tensor, dict[LayerId, torch.Tensor]]:
+    """One forward pass; returns ``(logits, {layer_id: transform(output)})``.
+
+    images: (B, C, H, W) float32, model-ready, on the model's device. ``"input"`` in ``layer_ids``
+    captures ``transform(images)``. ``transform`` runs inside the hook, before later in-place ops
+    can touch the output; pass a pooling function to keep memory small.
+    """
+    captured: dict[LayerId, torch.Tensor] = {}
+
+    def sink(layer_id: LayerId, output: Any) -> None:
+        tensor = first_tensor(output)
+        if tensor is not None:
+            captured[layer_id] = transform(tensor)
+
+    module_ids = [layer_id for layer_id in layer_ids if layer_id != INPUT_LAYER]
+    with torch.no_grad(), forward_hooks(model, module_ids, sink):
+        if INPUT_LAYER in layer_ids:
+            captured[INPUT_LAYER] = transform(images)
+        logits = model(images)
+    return logits, captured
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def block_of(layer_id: LayerId) -> str:
+    """The enclosing module's path ("layer2.1.conv1" -> "layer2.1"); "" for top-level layers."""
+    return layer_id.rpartition(".")[0]
+
+
+def discover_layers(model: nn.Module, example: torch.Tensor) -> list[dict[str, Any]]:
+    """Describe every leaf layer that runs, in execution order, with ``"input"`` first.
+
+    example: (1, C, H, W) float32 model-ready input on the model's device. Each entry has
+    ``id, type, output_shape`` (no batch dim), ``params``, ``parents`` (data-flow predecessors,
+    from a torch.fx trace where the model allows one, else the previous layer) and ``block``.
+    """
+    leaves = leaf_modules(model)
+    order: list[LayerId] = []
+    shapes: dict[LayerId, list[int]] = {}
+
+    def sink(layer_id: LayerId, output: Any) -> None:
+        tensor = first_tensor(output)
+        if tensor is None:
+            return
+        if layer_id in shapes:
+            order.remove(layer_id)
+        order.append(layer_id)
+        shapes[layer_id] = list(tensor.shape[1:])
+
+    with torch.no_grad(), forward_hooks(model, list(leaves), sink):
+        model(example)
+
+    parents = trace_parents(model, set(order)) or sequential_parents(order)
+    layers = [
+        {
+            "id": INPUT_LAYER,
+            "type": "Input",
+            "output_shape": list(example.shape[1:]),
+            "params": 0,
+            "parents": [],
+            "block": "",
+        }
+    ]
+    for layer_id in order:
+        layers.append(
+            {
+                "id": layer_id,
+                "type": type(leaves[layer_id]).__name__,
+                "output_shape": shapes[layer_id],
+                "params": count_parameters(leaves[layer_id]),
+                "parents": parents.get(layer_id, []),
+                "block": block_of(layer_id),
+            }
+        )
+    return layers
+
+
+def sequential_parents(order: list[LayerId]) -> dict[LayerId, list[LayerId]]:
+    chain = [INPUT_LAYER, *order]
+    return {layer_id: [chain[i]] for i, layer_id in enumerate(order)}
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """Treat every childless module as one node, custom ones included."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return next(module.children(), None) is None
+
+
+def trace_parents(model: nn.Module, layer_ids: set[LayerId]) -> dict[LayerId, list[LayerId]] | None:
+    """Data-flow parents of each layer via torch.fx, skipping functional ops (add, flatten).
+
+    Returns None when the model cannot be traced (TorchScript, data-dependent control flow);
+    the caller then falls back to execution order.
+    """
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception:  # noqa: BLE001 - any trace failure just means "draw it sequentially"
+        return None
+    last_call = {node.target: node for node in graph.nodes if node.op == "call_module"}
+    nearest: dict[torch.fx.Node, list[LayerId]] = {}
+    parents: dict[LayerId, list[LayerId]] = {}
+    for node in graph.nodes:
+        upstream = _unique(layer for arg in node.all_input_nodes for layer in nearest.get(arg, []))
+        if node.op == "placeholder":
+            nearest[node] = [INPUT_LAYER]
+        elif node.op == "call_module" and node.target in layer_ids and last_call[node.target] is node:
+            parents[node.target] = upstream
+            nearest[node] = [node.target]
+        else:
+            # Functional ops and earlier calls of a reused module pass their inputs through,
+            # so the drawn graph stays acyclic.
+            nearest[node] = upstream
+    return parents
+
+
+def _unique(items: Any) -> list[Any]:
+    return list(dict.fromkeys(items))

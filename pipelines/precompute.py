@@ -1,0 +1,514 @@
+"""The precompute: dataset x model -> a complete, resumable run.
+
+Stages, each recorded in the manifest and skipped when already done:
+
+1. **index**: nested class-balanced sample order, the sample table, subsets and perplexities.
+2. **model**: build (or train) the model, discover its layers, map its classes.
+3. **forward**: per chunk of samples — thumbnails, one forward pass capturing every layer
+   (pooled on the device), top-10 predictions, and Grad-CAM / guided backprop / guided Grad-CAM.
+   A chunk's file is written last, so its presence means the whole chunk is on disk.
+4. **embeddings**: per layer — PCA to 90% variance, then 2D PCA and t-SNE per subset/perplexity.
+
+Killing the process at any point loses at most the chunk or layer in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipelines import reduce
+from pipelines.datasets import Dataset, open_dataset
+from pipelines.errors import UserError
+from pipelines.explain import explain_batch, last_spatial_conv_layer
+from pipelines.features import PASS_THROUGH_TYPES, capture_layers, discover_layers
+from pipelines.labels import UNMAPPED, ClassMapping, map_classes
+from pipelines.models import (
+    ModelAdapter,
+    build_python,
+    build_torchscript,
+    build_torchvision,
+    model_kind,
+    resolve_device,
+    smallcnn_adapter,
+    train_or_load_smallcnn,
+)
+from pipelines.store import RunStore, runs_dir
+
+THUMBNAIL_SIZE = 64
+MAX_EXPLANATION_SIZE = 112
+MAX_POOLED_DIMS = 2048
+CHUNK_SAMPLES = 512
+TOP_K = 10
+STAGES = ("index", "model", "forward", "embeddings")
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    """Everything that defines a run. ``device`` and ``batch_size`` change speed, not results."""
+
+    dataset: str
+    model: str
+    weights: str | None = None
+    samples: int | None = None
+    subsets: tuple[str, ...] = ("100", "1000", "all")
+    perplexities: tuple[float, ...] = (10.0, 30.0, 90.0)
+    device: str = "auto"
+    batch_size: int = 64
+    seed: int = 0
+    input_size: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        fields = asdict(self)
+        for speed_only in ("device", "batch_size"):
+            fields.pop(speed_only)
+        fields["subsets"] = list(self.subsets)
+        fields["perplexities"] = list(self.perplexities)
+        return fields
+
+
+def default_run_id(config: PrecomputeConfig) -> str:
+    """Deterministic, so re-running the same command resumes the same run."""
+    dataset = config.dataset
+    if ":" in dataset:
+        kind, path = dataset.split(":", 1)
+        dataset = f"{kind}-{Path(path).name or 'root'}"
+    model = config.model
+    if ":" in model:
+        model = Path(model.split(":", 1)[1]).stem
+    parts = [dataset, model]
+    if config.weights and config.weights != "imagenet":
+        parts.append(Path(config.weights).stem)
+    if config.samples:
+        parts.append(str(config.samples))
+    if config.seed:
+        parts.append(f"seed{config.seed}")
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", "-".join(parts)).strip("-.")
+
+
+def validate_run_id(run_id: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", run_id):
+        raise UserError(f"--run-id {run_id!r} may only use letters, digits, '.', '_' and '-'")
+    return run_id
+
+
+# ---- stage 1: index -------------------------------------------------------------------------
+
+
+def build_sample_table(
+    dataset: Dataset, order: np.ndarray, mapping: ClassMapping | None
+) -> dict[str, list]:
+    """Columns of the sample index, rows in nested-subset order."""
+    records = [dataset.samples[i] for i in order]
+    to_model = mapping.dataset_to_model if mapping else None
+    return {
+        "uid": [r.uid for r in records],
+        "source": [r.source for r in records],
+        "dataset_index": [int(i) for i in order],
+        "label": [int(r.label) for r in records],
+        "label_name": [dataset.class_names[r.label] for r in records],
+        "model_label": [int(to_model[r.label]) if to_model else UNMAPPED for r in records],
+        "split": [r.split for r in records],
+    }
+
+
+# ---- stage 2: model -------------------------------------------------------------------------
+
+
+def smallcnn_checkpoint(data_dir: Path, dataset: Dataset, seed: int) -> Path:
+    """One trained smallcnn per dataset (and seed), reused by every run on that dataset."""
+    key = hashlib.sha1(dataset.spec.encode()).hexdigest()[:8]
+    return Path(data_dir) / "models" / f"smallcnn-{dataset.name}-{key}-seed{seed}.pt"
+
+
+def training_split(dataset: Dataset, seed: int) -> np.ndarray:
+    """Held-out rows: the dataset's own val/test split, else a seeded 20%."""
+    splits = np.array([record.split for record in dataset.samples])
+    held_out = np.isin(splits, ["val", "test"])
+    if held_out.any() and not held_out.all():
+        return held_out
+    rng = np.random.default_rng(seed)
+    return rng.random(len(splits)) < 0.2
+
+
+def build_adapter(
+    config: PrecomputeConfig, dataset: Dataset, data_dir: Path, progress: bool
+) -> tuple[ModelAdapter, dict[str, Any]]:
+    device = resolve_device(config.device)
+    kind = model_kind(config.model)
+    if kind == "smallcnn":
+        adapter = smallcnn_adapter(dataset.native_channels, dataset.class_names, device, config.seed)
+
+        def load_inputs() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+            images = load_views(adapter, dataset, range(len(dataset.samples)), progress, "load training images")
+            labels = torch.tensor([r.label for r in dataset.samples], device=device)
+            return adapter.to_tensor(images), labels, training_split(dataset, config.seed)
+
+        info = train_or_load_smallcnn(
+            adapter, smallcnn_checkpoint(data_dir, dataset, config.seed), load_inputs, config.seed, progress
+        )
+        return adapter, info
+    if kind == "torchvision":
+        return build_torchvision(config.model, config.weights, device, progress), {}
+    if kind == "torchscript":
+        return build_torchscript(config.model, device, config.input_size), {}
+    return build_python(config.model, device, config.input_size), {}
+
+
+def load_views(
+    adapter: ModelAdapter, dataset: Dataset, indices: Any, progress: bool = False, desc: str = ""
+) -> list:
+    indices = list(indices)
+    bar = tqdm(indices, desc=desc, unit="img", disable=not progress or len(indices) < 2000)
+    return [adapter.view(dataset.load_image(int(i))) for i in bar]
+
+
+def describe_layers(adapter: ModelAdapter, example: torch.Tensor) -> list[dict[str, Any]]:
+    """The manifest's layer list, or a UserError when the model cannot take the data."""
+    try:
+        layers = discover_layers(adapter.module, example)
+        with torch.no_grad():
+            logits = adapter.module(example)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the model does not fit
+        raise UserError(
+            f"model {adapter.spec} failed on an input of shape {tuple(example.shape)}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+            "check it takes this many channels and pass --input-size if it needs another size"
+        ) from None
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise UserError(
+            f"model {adapter.spec} returned {type(logits).__name__} of shape "
+            f"{tuple(getattr(logits, 'shape', ()))}; a classifier must return (batch, classes) logits"
+        )
+    num_outputs = logits.shape[1]
+    if not adapter.class_names:
+        adapter.class_names = [f"class {i}" for i in range(num_outputs)]
+    if len(adapter.class_names) != num_outputs:
+        raise UserError(
+            f"model {adapter.spec} has {num_outputs} outputs but {len(adapter.class_names)} "
+            "class names; make class_names match the model's last layer"
+        )
+    by_id = {layer["id"]: layer for layer in layers}
+    for layer in layers:
+        layer["pooled_shape"] = list(reduce.pooled_shape(tuple(layer["output_shape"]), MAX_POOLED_DIMS))
+        passes = layer["type"] in PASS_THROUGH_TYPES and len(layer["parents"]) == 1
+        parent = by_id.get(layer["parents"][0]) if passes else None
+        # Reshape-only layers hold the same values as their parent: reuse its embedding.
+        layer["same_as"] = (parent["same_as"] or parent["id"]) if parent else None
+    return layers
+
+
+def gradcam_layer_or_none(layers: list[dict[str, Any]]) -> str | None:
+    try:
+        return last_spatial_conv_layer(layers)
+    except UserError as exc:
+        print(f"warning: {exc}; explanations are skipped for this model", file=sys.stderr)
+        return None
+
+
+# ---- stage 3: forward -----------------------------------------------------------------------
+
+
+def chunk_ranges(total: int, size: int) -> list[range]:
+    return [range(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def thumbnails_of(views: list) -> np.ndarray:
+    """views: PIL images -> (B, T, T, 3) uint8."""
+    return np.stack(
+        [np.asarray(view.convert("RGB").resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE))) for view in views]
+    )
+
+
+def forward_chunk(
+    adapter: ModelAdapter,
+    inputs: torch.Tensor,
+    feature_layers: list[str],
+    gradcam_layer: str | None,
+    explanation_size: int,
+    batch_size: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """inputs: (B, C, S, S) model-ready. Returns (per-sample arrays, pooled features per layer)."""
+
+    def pool(tensor: torch.Tensor) -> torch.Tensor:
+        return reduce.pool_activations(tensor.detach().float(), MAX_POOLED_DIMS).to(torch.float16)
+
+    outputs: dict[str, list[np.ndarray]] = {}
+    features: dict[str, list[torch.Tensor]] = {layer: [] for layer in feature_layers}
+    target = dict(adapter.module.named_modules())[gradcam_layer] if gradcam_layer else None
+    for batch in inputs.split(batch_size):
+        logits, pooled = capture_layers(adapter.module, batch, feature_layers, transform=pool)
+        for layer, values in pooled.items():
+            features[layer].append(values.cpu())
+        probabilities = torch.softmax(logits.float(), dim=1)
+        k = min(TOP_K, probabilities.shape[1])
+        top_prob, top_index = probabilities.topk(k, dim=1)
+        batch_out = {
+            "top10_index": top_index.cpu().numpy(),
+            "top10_prob": top_prob.cpu().numpy(),
+            "log_prob": torch.log_softmax(logits.float(), dim=1).cpu().numpy(),
+        }
+        if target is not None:
+            explained = explain_batch(adapter.module, target, batch, top_index[:, 0], explanation_size)
+            batch_out.update(explained)
+        for name, value in batch_out.items():
+            outputs.setdefault(name, []).append(value)
+    merged = {name: np.concatenate(parts) for name, parts in outputs.items()}
+    return merged, {layer: torch.cat(parts).numpy() for layer, parts in features.items()}
+
+
+def prediction_columns(log_prob: np.ndarray, model_labels: np.ndarray) -> dict[str, np.ndarray]:
+    """log_prob: (N, K) float32; model_labels: (N,) int64 with UNMAPPED where unknown."""
+    predicted = log_prob.argmax(axis=1)
+    known = model_labels != UNMAPPED
+    loss = np.full(len(predicted), np.nan, dtype=np.float32)
+    loss[known] = -log_prob[known, model_labels[known]]
+    correct = np.where(known, (predicted == model_labels).astype(np.int8), np.int8(-1))
+    return {"predicted": predicted.astype(np.int64), "loss": loss, "correct": correct.astype(np.int8)}
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, dataset_to_model: list[int]) -> np.ndarray:
+    """(C, C+1) counts: rows true dataset class, columns predicted dataset class, last column
+    a model output that is no dataset class."""
+    num_classes = len(dataset_to_model)
+    model_to_dataset = {m: d for d, m in enumerate(dataset_to_model) if m != UNMAPPED}
+    columns = np.array([model_to_dataset.get(int(p), num_classes) for p in predicted], dtype=np.int64)
+    matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+    np.add.at(matrix, (labels, columns), 1)
+    return matrix
+
+
+# ---- orchestration --------------------------------------------------------------------------
+
+
+class Precompute:
+    """Runs the stages of one run; construct, then call ``run()``."""
+
+    def __init__(self, config: PrecomputeConfig, data_dir: Path, run_id: str | None, progress: bool = True):
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self.run_id = validate_run_id(run_id or default_run_id(config))
+        self.store = RunStore(runs_dir(self.data_dir) / self.run_id)
+        self.progress = progress
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            print(message, file=sys.stderr, flush=True)
+
+    def run(self) -> RunStore:
+        if self.config.samples is not None and self.config.samples <= 0:
+            raise UserError("--samples must be a positive number of images (or leave it out for all)")
+        with self.store.writer_lock():
+            self.check_or_create_manifest()
+            dataset = open_dataset(self.config.dataset, self.data_dir / "datasets", self.progress)
+            n_total = min(self.config.samples or len(dataset.samples), len(dataset.samples))
+            subset_sizes = reduce.resolve_subset_sizes(list(self.config.subsets), n_total)
+            perplexities = reduce.resolve_perplexities(list(self.config.perplexities), subset_sizes)
+            adapter, model_info = self.timed("model", lambda: build_adapter(self.config, dataset, self.data_dir, self.progress))
+            self.index_and_describe(dataset, adapter, model_info, n_total, subset_sizes, perplexities)
+            self.forward(dataset, adapter)
+            self.embeddings()
+            return self.store
+
+    def timed(self, stage: str, work: Any) -> Any:
+        start = time.perf_counter()
+        result = work()
+        self.store.update_stage(stage, state="done", seconds=round(time.perf_counter() - start, 3), done=1, total=1)
+        return result
+
+    def check_or_create_manifest(self) -> None:
+        if self.store.exists():
+            manifest = self.store.read_manifest()
+            if manifest["config"]["identity"] != self.config.identity():
+                raise UserError(
+                    f"run '{self.run_id}' already exists with different settings; pass a new "
+                    "--run-id, or delete the run folder to start over"
+                )
+            self.log(f"resuming run '{self.run_id}' in {self.store.run_dir}")
+            return
+        self.store.write_manifest(
+            {
+                "run_id": self.run_id,
+                "created": time.time(),
+                "config": {**asdict(self.config), "identity": self.config.identity()},
+                "stages": {name: {"state": "pending"} for name in STAGES},
+                "versions": library_versions(),
+            }
+        )
+
+    def index_and_describe(
+        self,
+        dataset: Dataset,
+        adapter: ModelAdapter,
+        model_info: dict[str, Any],
+        n_total: int,
+        subset_sizes: list[int],
+        perplexities: dict[int, list[float]],
+    ) -> None:
+        start = time.perf_counter()
+        labels = np.array([record.label for record in dataset.samples], dtype=np.int64)
+        order = reduce.nested_subset_order(labels, self.config.seed)[:n_total]
+        example = adapter.preprocess([dataset.load_image(int(order[0]))])
+        layers = describe_layers(adapter, example)
+        mapping = map_classes(dataset.class_names, dataset.class_wnids, adapter.class_names, adapter.is_imagenet)
+        if mapping.warning:
+            print(f"warning: {mapping.warning}", file=sys.stderr)
+        if not self.store.has("samples"):
+            self.store.save_json("samples", build_sample_table(dataset, order, mapping))
+        manifest = self.store.read_manifest()
+        manifest.update(
+            dataset={
+                "name": dataset.name,
+                "spec": dataset.spec,
+                "description": dataset.description,
+                "num_samples": n_total,
+                "dataset_size": len(dataset.samples),
+                "class_names": dataset.class_names,
+                "class_wnids": dataset.class_wnids,
+                "native_channels": dataset.native_channels,
+            },
+            model={**adapter.describe(), **model_info, "gradcam_layer": gradcam_layer_or_none(layers)},
+            class_mapping=mapping.to_json(),
+            layers=layers,
+            subsets=subset_sizes,
+            perplexities={str(n): values for n, values in perplexities.items()},
+            thumbnail_size=THUMBNAIL_SIZE,
+            explanation_size=min(adapter.input_size, MAX_EXPLANATION_SIZE),
+        )
+        manifest["stages"]["index"] = {"state": "done", "seconds": round(time.perf_counter() - start, 3), "done": 1, "total": 1}
+        self.store.write_manifest(manifest)
+
+    def forward(self, dataset: Dataset, adapter: ModelAdapter) -> None:
+        manifest = self.store.read_manifest()
+        if manifest["stages"]["forward"].get("state") == "done":
+            return
+        start = time.perf_counter()
+        samples = self.store.load_json("samples")
+        indices = np.array(samples["dataset_index"])
+        chunks = chunk_ranges(len(indices), CHUNK_SAMPLES)
+        feature_layers = [layer["id"] for layer in manifest["layers"] if not layer["same_as"]]
+        gradcam_layer = manifest["model"]["gradcam_layer"]
+        pending = [i for i, rows in enumerate(chunks) if not self.store.has("forward_chunk", chunk=i)]
+        bar = tqdm(total=len(indices), initial=len(indices) - sum(len(chunks[i]) for i in pending),
+                   desc="forward + explanations", unit="img", disable=not self.progress)
+        self.store.update_stage("forward", state="running", done=len(chunks) - len(pending), total=len(chunks))
+        for chunk_index in pending:
+            rows = chunks[chunk_index]
+            views = load_views(adapter, dataset, indices[rows.start : rows.stop])
+            per_sample, features = forward_chunk(
+                adapter, adapter.to_tensor(views), feature_layers, gradcam_layer,
+                manifest["explanation_size"], self.config.batch_size,
+            )
+            for layer, values in features.items():
+                self.store.save_array("features", values, layer=layer, chunk=chunk_index)
+            per_sample["thumbnails"] = thumbnails_of(views)
+            self.store.save_arrays("forward_chunk", per_sample, chunk=chunk_index)  # commit marker
+            bar.update(len(rows))
+        bar.close()
+        self.consolidate_forward(len(chunks), np.array(samples["label"]), np.array(samples["model_label"]))
+        self.store.update_stage("forward", state="done", seconds=round(time.perf_counter() - start, 3),
+                                done=len(chunks), total=len(chunks))
+
+    def consolidate_forward(self, num_chunks: int, labels: np.ndarray, model_labels: np.ndarray) -> None:
+        parts = [self.store.load_arrays("forward_chunk", chunk=i) for i in range(num_chunks)]
+        merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        self.store.save_array("thumbnails", merged["thumbnails"])
+        for method in ("gradcam", "guided_backprop", "guided_gradcam"):
+            if method in merged:
+                self.store.save_array("explanation", merged[method], method=method)
+        columns = prediction_columns(merged["log_prob"], model_labels)
+        manifest = self.store.read_manifest()
+        confusion = confusion_matrix(labels, columns["predicted"], manifest["class_mapping"]["dataset_to_model"])
+        self.store.save_arrays(
+            "predictions",
+            {"top10_index": merged["top10_index"], "top10_prob": merged["top10_prob"], **columns, "confusion": confusion},
+        )
+        known = columns["correct"] >= 0
+        manifest["accuracy"] = float(columns["correct"][known].mean()) if known.any() else None
+        self.store.write_manifest(manifest)
+        self.store.delete_kind("forward_chunk")
+
+    def embeddings(self) -> None:
+        manifest = self.store.read_manifest()
+        layers = manifest["layers"]
+        subsets = manifest["subsets"]
+        perplexities = {int(n): values for n, values in manifest["perplexities"].items()}
+        done = [layer["id"] for layer in layers if self.store.has("reduction", layer=layer["id"])]
+        start = time.perf_counter() - manifest["stages"]["embeddings"].get("seconds", 0.0)
+        bar = tqdm(layers, desc="embeddings (PCA + t-SNE)", unit="layer", disable=not self.progress, initial=0)
+        for layer in bar:
+            bar.set_postfix_str(layer["id"])
+            if layer["id"] in done:
+                continue
+            if layer["same_as"]:
+                self.copy_reduction(layer["same_as"], layer["id"], subsets, perplexities)
+            else:
+                self.reduce_layer(layer["id"], subsets, perplexities)
+            done.append(layer["id"])
+            self.store.update_stage("embeddings", state="running", done=len(done), total=len(layers),
+                                    seconds=round(time.perf_counter() - start, 3))
+        self.store.update_stage("embeddings", state="done", done=len(layers), total=len(layers),
+                                seconds=round(time.perf_counter() - start, 3))
+        self.store.delete_kind("features")
+
+    def layer_features(self, layer_id: str) -> np.ndarray:
+        num_chunks = len(chunk_ranges(self.store.read_manifest()["dataset"]["num_samples"], CHUNK_SAMPLES))
+        parts = [self.store.load_array("features", layer=layer_id, chunk=i) for i in range(num_chunks)]
+        return np.concatenate(parts).astype(np.float32)
+
+    def reduce_layer(self, layer_id: str, subsets: list[int], perplexities: dict[int, list[float]]) -> None:
+        start = time.perf_counter()
+        scores, info = reduce.pca_reduce(self.layer_features(layer_id), variance=0.9, seed=self.config.seed)
+        embeddings = reduce.embed_layer(scores, subsets, perplexities, seed=self.config.seed)
+        for (size, method, perplexity), coords in embeddings.items():
+            self.store.save_array("embedding", coords.astype(np.float32), **embedding_key(layer_id, size, method, perplexity))
+        # Written last: its presence marks the layer complete.
+        self.store.save_json("reduction", {**info, "seconds": round(time.perf_counter() - start, 3)}, layer=layer_id)
+
+    def copy_reduction(self, source: str, layer_id: str, subsets: list[int], perplexities: dict[int, list[float]]) -> None:
+        for size in subsets:
+            for method, perplexity in [("pca", None), *[("tsne", p) for p in perplexities[size]]]:
+                coords = self.store.load_array("embedding", mmap=False, **embedding_key(source, size, method, perplexity))
+                self.store.save_array("embedding", coords, **embedding_key(layer_id, size, method, perplexity))
+        info = self.store.load_json("reduction", layer=source)
+        self.store.save_json("reduction", {**info, "same_as": source}, layer=layer_id)
+
+
+def embedding_key(layer_id: str, size: int, method: str, perplexity: float | None) -> dict[str, Any]:
+    """Artifact parameters of one embedding; the dashboard builds them the same way."""
+    return {
+        "layer": layer_id,
+        "subset": int(size),
+        "method": method,
+        "perplexity": "none" if perplexity is None else f"{float(perplexity):g}",
+    }
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for package in ("torch", "torchvision", "numpy", "openTSNE", "grad-cam", "scikit-learn", "dash"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def iter_stage_states(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    for name in STAGES:
+        stage = manifest.get("stages", {}).get(name, {})
+        state = stage.get("state", "pending")
+        if state != "done" and stage.get("total"):
+            state = f"{state} {stage.get('done', 0)}/{stage['total']}"
+        yield name, state
