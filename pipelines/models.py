@@ -172,6 +172,7 @@ def build_torchvision(
             ) from None
         description = f"torchvision {name}, ImageNet weights ({enum.name})"
     elif weights == "none":
+        # Seeded by the caller, so the dashboard can rebuild the same random weights.
         module = torchvision.models.get_model(name, weights=None)
         description = f"torchvision {name}, random initialisation"
     else:
@@ -366,3 +367,60 @@ def train_or_load_smallcnn(
     torch.save(module.state_dict(), temp)
     temp.replace(checkpoint)
     return {"checkpoint": str(checkpoint), "trained_now": True, "training": result.__dict__}
+
+
+# ---- request time: reopen the model of a finished run ---------------------------------------
+
+
+def rebuild_adapter(manifest: dict[str, Any], checkpoint: Path, device: torch.device) -> ModelAdapter:
+    """The run's model exactly as the precompute used it (smallcnn from the run's checkpoint,
+    seeded random weights rebuilt with the same seed)."""
+    model = manifest["model"]
+    config = manifest["config"]
+    kind = model_kind(config["model"])
+    if kind == "smallcnn":
+        adapter = smallcnn_adapter(model["in_channels"], model["class_names"], device)
+        adapter.module.load_state_dict(load_state_dict(checkpoint))
+        adapter.module.eval()
+        return adapter
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["seed"])
+        if kind == "torchvision":
+            return build_torchvision(config["model"], config["weights"], device, progress=False)
+        if kind == "torchscript":
+            adapter = build_torchscript(config["model"], device, model["input_size"])
+        else:
+            adapter = build_python(config["model"], device, model["input_size"])
+    adapter.class_names = model["class_names"]
+    return adapter
+
+
+@dataclass
+class RunModel:
+    """A run's model and data, for the dashboard's per-sample, on-demand work."""
+
+    adapter: ModelAdapter
+    dataset: Any  # pipelines.datasets.Dataset
+    dataset_index: list[int]  # per sample row
+
+    def input_for(self, row: int) -> torch.Tensor:
+        """(1, C, S, S) model-ready input of sample row ``row``."""
+        image = self.dataset.load_image(int(self.dataset_index[row]))
+        return self.adapter.preprocess([image])
+
+    def layer_module(self, layer_id: str) -> nn.Module:
+        modules = dict(self.adapter.module.named_modules())
+        if layer_id not in modules:
+            raise UserError(f"unknown layer '{layer_id}'; run `python main.py runs` to list layers")
+        return modules[layer_id]
+
+
+def open_run_model(store: Any, data_dir: Path, device: str = "auto") -> RunModel:
+    """store: a ``pipelines.store.RunStore`` of a run whose model stage is done."""
+    from pipelines.datasets import open_dataset
+
+    manifest = store.read_manifest()
+    adapter = rebuild_adapter(manifest, store.artifact_path("model_checkpoint"), resolve_device(device))
+    dataset = open_dataset(manifest["dataset"]["spec"], Path(data_dir) / "datasets", progress=False)
+    samples = store.load_json("samples")
+    return RunModel(adapter=adapter, dataset=dataset, dataset_index=samples["dataset_index"])

@@ -155,15 +155,17 @@ def build_adapter(
             labels = torch.tensor([r.label for r in dataset.samples], device=device)
             return adapter.to_tensor(images), labels, training_split(dataset, config.seed)
 
-        info = train_or_load_smallcnn(
-            adapter, smallcnn_checkpoint(data_dir, dataset, config.seed), load_inputs, config.seed, progress
-        )
+        checkpoint = smallcnn_checkpoint(data_dir, dataset, config.seed)
+        info = train_or_load_smallcnn(adapter, checkpoint, load_inputs, config.seed, progress)
         return adapter, info
-    if kind == "torchvision":
-        return build_torchvision(config.model, config.weights, device, progress), {}
-    if kind == "torchscript":
-        return build_torchscript(config.model, device, config.input_size), {}
-    return build_python(config.model, device, config.input_size), {}
+    with torch.random.fork_rng(devices=[]):
+        # Seeded so random-weight models can be rebuilt identically by the dashboard.
+        torch.manual_seed(config.seed)
+        if kind == "torchvision":
+            return build_torchvision(config.model, config.weights, device, progress), {}
+        if kind == "torchscript":
+            return build_torchscript(config.model, device, config.input_size), {}
+        return build_python(config.model, device, config.input_size), {}
 
 
 def load_views(
@@ -316,6 +318,9 @@ class Precompute:
             subset_sizes = reduce.resolve_subset_sizes(list(self.config.subsets), n_total)
             perplexities = reduce.resolve_perplexities(list(self.config.perplexities), subset_sizes)
             adapter, model_info = self.timed("model", lambda: build_adapter(self.config, dataset, self.data_dir, self.progress))
+            if "checkpoint" in model_info:
+                # The run keeps its own copy so it stays viewable if data/models is cleaned.
+                self.store.save_state_dict("model_checkpoint", adapter.module.state_dict())
             self.index_and_describe(dataset, adapter, model_info, n_total, subset_sizes, perplexities)
             self.forward(dataset, adapter)
             self.embeddings()

@@ -144,6 +144,12 @@ class RunStore:
         with np.load(self.artifact_path(kind, **params), allow_pickle=False) as data:
             return {name: data[name] for name in data.files}
 
+    def save_state_dict(self, kind: str, state: dict, **params: Any) -> None:
+        import torch
+
+        with atomic_path(self.artifact_path(kind, **params)) as tmp:
+            torch.save(state, tmp)
+
     def save_json(self, kind: str, obj: Any, **params: Any) -> None:
         data = json.dumps(obj, indent=1, sort_keys=False).encode()
         atomic_write_bytes(self.artifact_path(kind, **params), data)

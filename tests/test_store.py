@@ -1,0 +1,98 @@
+"""The run store: addressing, atomic round-trips, schema checks and the single-writer lock."""
+
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+
+from pipelines.errors import UserError
+from pipelines.store import SCHEMA_VERSION, RunStore, list_run_dirs
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = RunStore(tmp_path / "runs" / "r1")
+    store.write_manifest({"run_id": "r1", "stages": {}})
+    return store
+
+
+def test_artifact_paths_are_derived_from_kind_and_parameters(store):
+    path = store.artifact_path("embedding", layer="features.0", subset=100, method="tsne", perplexity="30")
+    assert path == store.run_dir / "embedding" / "layer=features.0" / "subset=100" / "method=tsne" / "perplexity=30.npy"
+    assert store.artifact_path("samples") == store.run_dir / "samples.json"
+
+
+def test_bad_addresses_fail_loudly(store):
+    with pytest.raises(KeyError):
+        store.artifact_path("nonsense")
+    with pytest.raises(TypeError):
+        store.artifact_path("embedding", layer="x")
+    with pytest.raises(ValueError):
+        store.artifact_path("reduction", layer="../../etc/passwd")
+
+
+def test_array_json_and_npz_round_trip(store):
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    store.save_array("features", array, layer="conv1", chunk=0)
+    assert np.array_equal(store.load_array("features", layer="conv1", chunk=0), array)
+    store.save_arrays("predictions", {"a": array, "b": np.array([1, 2], dtype=np.int8)})
+    loaded = store.load_arrays("predictions")
+    assert np.array_equal(loaded["a"], array) and loaded["b"].dtype == np.int8
+    store.save_json("samples", {"uid": ["x", "y"]})
+    assert store.load_json("samples") == {"uid": ["x", "y"]}
+    assert store.has("samples") and not store.has("thumbnails")
+    leftovers = [p for p in store.run_dir.rglob("*") if ".tmp-" in p.name]
+    assert leftovers == []
+
+
+def test_manifest_schema_version_is_checked(store):
+    manifest = store.read_manifest()
+    assert manifest["schema_version"] == SCHEMA_VERSION
+    store.manifest_path.write_text('{"schema_version": 999}')
+    with pytest.raises(UserError, match="schema version 999"):
+        store.read_manifest()
+    store.manifest_path.write_text("{not json")
+    with pytest.raises(UserError, match="corrupt manifest"):
+        store.read_manifest()
+
+
+def test_update_stage_merges_fields(store):
+    store.update_stage("forward", state="running", done=1, total=4)
+    store.update_stage("forward", done=2)
+    assert store.read_manifest()["stages"]["forward"] == {"state": "running", "done": 2, "total": 4}
+
+
+def _hold_lock(run_dir, ready, release):
+    with RunStore(run_dir).writer_lock():
+        ready.set()
+        release.wait(10)
+
+
+def test_writer_lock_is_exclusive_across_processes(store):
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(store.run_dir, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        assert store.is_being_written()
+        with pytest.raises(UserError, match="another precompute"):
+            with store.writer_lock():
+                pass
+    finally:
+        release.set()
+        holder.join(10)
+    deadline = time.time() + 5
+    while store.is_being_written() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not store.is_being_written()
+    with store.writer_lock():  # free again once the holder exited
+        assert store.is_being_written()
+    assert not store.is_being_written()
+
+
+def test_list_run_dirs_only_lists_runs_with_a_manifest(store, tmp_path):
+    (tmp_path / "runs" / "half-made").mkdir()
+    assert list_run_dirs(tmp_path) == [store.run_dir]
+    assert list_run_dirs(tmp_path / "missing") == []
