@@ -1,0 +1,283 @@
+"""Offline datasets: digits, folder:PATH (mixed formats, corrupt files, layout errors), specs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from pipelines.datasets import (
+    DATASET_CHOICES,
+    UnreadableImage,
+    folder_uid,
+    high_depth_to_uint8,
+    open_dataset,
+    read_image,
+    to_l_or_rgb,
+)
+from pipelines.errors import UserError
+from tests.fixtures_datasets import MixedFolder, build_mixed_folder, save
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> MixedFolder:
+    return build_mixed_folder(tmp_path / "photos")
+
+
+def skipped_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+
+
+# --------------------------------------------------------------------------------------------
+# digits
+
+
+def test_digits_shape_labels_and_uids(tmp_path: Path) -> None:
+    ds = open_dataset("digits", tmp_path)
+    assert (ds.name, ds.spec, ds.native_channels) == ("digits", "digits", 1)
+    assert len(ds.samples) == 1797 and len(ds) == 1797
+    assert ds.class_names == [str(d) for d in range(10)] and ds.class_wnids is None
+    uids = [s.uid for s in ds.samples]
+    assert len(set(uids)) == 1797
+    assert uids[42] == "digits-00042" and ds.samples[42].source == "index:42"
+    assert {s.split for s in ds.samples} == {"all"}
+    np.testing.assert_array_equal(ds.labels, load_digits().target)
+    assert [s.uid for s in open_dataset("digits", tmp_path).samples] == uids
+
+
+def test_digits_images_are_8x8_gray_scaled_to_0_255(tmp_path: Path) -> None:
+    ds = open_dataset("digits", tmp_path)
+    raw = load_digits().images
+    for index in (0, 500, 1796):
+        img = ds.load_image(index)
+        assert img.mode == "L" and img.size == (8, 8)
+        np.testing.assert_array_equal(np.asarray(img), np.rint(raw[index] * 255 / 16))
+    assert max(int(np.asarray(ds.load_image(i)).max()) for i in range(20)) == 255
+    with pytest.raises(IndexError):
+        ds.load_image(1797)
+
+
+# --------------------------------------------------------------------------------------------
+# folder:PATH
+
+
+def test_folder_loads_every_good_image_and_skips_corrupt_ones(
+    mixed: MixedFolder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    ds = open_dataset(f"folder:{mixed.root}", mixed.root.parent / "cache")
+    assert ds.name == "folder" and ds.spec == f"folder:{mixed.root}"
+    assert ds.class_names == mixed.classes and ds.native_channels == 3
+    assert sorted(s.source for s in ds.samples) == sorted(mixed.good)
+    for s in ds.samples:
+        assert ds.class_names[s.label] == s.source.split("/")[0]
+        assert s.split == "all"
+    for i in range(len(ds)):
+        img = ds.load_image(i)
+        assert img.mode in ("L", "RGB")
+        assert img.convert("RGB").mode == "RGB"
+
+    (message,) = skipped_messages(caplog)
+    assert message.startswith(f"warning: skipped 3 unreadable files in {mixed.root} (e.g. ")
+    assert any(bad in message for bad in mixed.corrupt)
+    (dropped,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert "1 class" in dropped and dropped.endswith(": empty")
+
+
+def test_folder_sample_order_and_sizes_are_preserved(mixed: MixedFolder) -> None:
+    ds = open_dataset(f"folder:{mixed.root}", mixed.root.parent / "cache", progress=False)
+    # classes in sorted order, files sorted within each class (so runs line up across machines)
+    assert [s.source for s in ds.samples] == mixed.good
+    sizes = {s.source: ds.load_image(i).size for i, s in enumerate(ds.samples)}
+    assert sizes["cat/a.jpg"] == (40, 30) and sizes["fish/i.tif"] == (5, 50)
+
+
+def test_folder_converts_awkward_modes_exactly(mixed: MixedFolder) -> None:
+    ds = open_dataset(f"folder:{mixed.root}", mixed.root.parent / "cache", progress=False)
+    by_source = {s.source: ds.load_image(i) for i, s in enumerate(ds.samples)}
+
+    deep = by_source["dog/e.png"]  # 16-bit: absolute scale, 65535 -> 255
+    assert deep.mode == "L"
+    np.testing.assert_array_equal(np.asarray(deep)[0], [0, 128, 255])
+
+    rgba = np.asarray(by_source["cat/sub/c.PNG"])  # transparent half becomes white
+    assert by_source["cat/sub/c.PNG"].mode == "RGB"
+    np.testing.assert_array_equal(rgba[0, 0], [10, 20, 30])
+    np.testing.assert_array_equal(rgba[0, 15], [255, 255, 255])
+
+    gif = np.asarray(by_source["dog/d.gif"])  # palette with a transparent index
+    np.testing.assert_array_equal(gif[0, 0], [200, 30, 40])
+    np.testing.assert_array_equal(gif[0, 11], [255, 255, 255])
+
+    cmyk = by_source["dog/f.JPEG"]
+    assert cmyk.mode == "RGB"
+    red, green, blue = np.asarray(cmyk).reshape(-1, 3).mean(axis=0)
+    assert red > 200 and green < 60 and blue < 60  # C=0 M=255 Y=255 K=0 is red
+
+    assert by_source["cat/b.png"].mode == "L"
+    assert int(np.asarray(by_source["cat/b.png"]).mean()) == 77
+
+
+def test_folder_uids_stable_and_independent_of_location(mixed: MixedFolder) -> None:
+    cache = mixed.root.parent / "cache"
+    first = open_dataset(f"folder:{mixed.root}", cache, progress=False)
+    again = open_dataset(f"folder:{mixed.root}", cache, progress=False)
+    moved_root = mixed.root.parent / "elsewhere" / "renamed"
+    shutil.copytree(mixed.root, moved_root)
+    moved = open_dataset(f"folder:{moved_root}", cache, progress=False)
+
+    uids = [s.uid for s in first.samples]
+    assert uids == [s.uid for s in again.samples] == [s.uid for s in moved.samples]
+    assert len(set(uids)) == len(uids)
+    assert uids[0] == folder_uid("cat/a.jpg")
+    assert all(u.startswith("f-") and len(u) == 14 for u in uids)
+    assert moved.spec == f"folder:{moved_root}"
+
+
+def test_folder_relative_path_spec_resolves(mixed: MixedFolder, monkeypatch) -> None:
+    monkeypatch.chdir(mixed.root.parent)
+    ds = open_dataset("folder:photos", Path("cache"), progress=False)
+    assert ds.spec == f"folder:{mixed.root.resolve()}"
+    assert len(ds) == len(mixed.good)
+
+
+def test_file_that_breaks_after_opening_raises_unreadable_image(mixed: MixedFolder) -> None:
+    ds = open_dataset(f"folder:{mixed.root}", mixed.root.parent / "cache", progress=False)
+    (mixed.root / "cat" / "b.png").write_bytes(b"overwritten")
+    index = [s.source for s in ds.samples].index("cat/b.png")
+    with pytest.raises(UnreadableImage, match=r"cat/b\.png.*remove or replace") as info:
+        ds.load_image(index)
+    assert isinstance(info.value, UserError)
+    ds.load_image(0)  # the others still load
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 20, 20))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = save(img, tmp_path / "c" / "rot.jpg", exif=exif, quality=95)
+    upright = read_image(path)
+    assert upright.size == (20, 40)
+    pixels = np.asarray(upright.convert("L")).astype(int)
+    assert pixels[:20].mean() > 200 and pixels[20:].mean() < 50  # white half now on top
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (np.array([[0, 257, 65535]], dtype=np.uint16), [0, 1, 255]),
+        (np.array([[0, 32768, 65535]], dtype=np.int32), [0, 128, 255]),
+        (np.array([[-1.0, 0.0, 1.0]], dtype=np.float32), [0, 128, 255]),
+        (np.array([[3.5, 3.5, 3.5]], dtype=np.float32), [0, 0, 0]),
+        (np.array([[0, 70000, 140000]], dtype=np.int32), [0, 128, 255]),
+    ],
+)
+def test_high_depth_to_uint8(values: np.ndarray, expected: list[int]) -> None:
+    out = high_depth_to_uint8(values)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0], expected)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"])
+def test_to_l_or_rgb_handles_every_common_mode(mode: str) -> None:
+    out = to_l_or_rgb(Image.new(mode, (3, 2)))
+    assert out.mode in ("L", "RGB") and out.size == (3, 2)
+    assert out.mode == ("L" if mode in ("1", "L", "LA", "I", "F") else "RGB")
+
+
+def test_missing_folder_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"does not exist.*<class>/<image>"):
+        open_dataset(f"folder:{tmp_path / 'nope'}", tmp_path)
+
+
+def test_file_instead_of_folder_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "f.png").write_bytes(b"x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        open_dataset(f"folder:{tmp_path / 'f.png'}", tmp_path)
+
+
+def test_empty_folder_explains_the_layout(tmp_path: Path) -> None:
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(UserError, match=r"no class sub-folders.*imgs/<class>/<image>"):
+        open_dataset(f"folder:{tmp_path / 'imgs'}", tmp_path)
+
+
+def test_flat_folder_of_images_says_to_make_class_folders(tmp_path: Path) -> None:
+    for i in range(3):
+        save(Image.new("RGB", (4, 4)), tmp_path / "flat" / f"{i}.png")
+    with pytest.raises(UserError, match="found 3 images directly in it; expected one sub-folder"):
+        open_dataset(f"folder:{tmp_path / 'flat'}", tmp_path)
+
+
+def test_class_folders_without_usable_images_are_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "b").mkdir()
+    (tmp_path / "d" / "a" / "x.txt").write_text("text")
+    (tmp_path / "d" / "b" / "y.jpg").write_bytes(b"garbage")
+    with pytest.raises(UserError, match=r"no usable images in .*d; .*d/<class>/<image>"):
+        open_dataset(f"folder:{tmp_path / 'd'}", tmp_path)
+
+
+def test_folder_without_a_path_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="folder: needs a path"):
+        open_dataset("folder:", tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# spec parsing
+
+
+def test_unknown_spec_names_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as info:
+        open_dataset("svhn", tmp_path)
+    message = str(info.value)
+    assert message.startswith("unknown dataset 'svhn'")
+    for choice in DATASET_CHOICES:
+        assert choice in message
+
+
+def test_near_miss_spec_suggests_the_name(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="did you mean 'imagenette'"):
+        open_dataset("imagenet", tmp_path)
+
+
+def test_bare_folder_path_suggests_folder_prefix(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=f"pass --dataset folder:{tmp_path}"):
+        open_dataset(str(tmp_path), tmp_path)
+
+
+def test_specs_are_case_and_space_insensitive(tmp_path: Path) -> None:
+    assert len(open_dataset("  Digits ", tmp_path)) == 1797
+
+
+@pytest.mark.slow
+def test_warning_is_one_stderr_line_without_logging_setup(mixed: MixedFolder) -> None:
+    """With no logging configured (as in the CLI), the skip warning is exactly one stderr line."""
+    code = (
+        "import sys; from pathlib import Path; from pipelines.datasets import open_dataset; "
+        "open_dataset('folder:' + sys.argv[1], Path(sys.argv[2]), progress=False)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(mixed.root), str(mixed.root.parent / "cache")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    skipped = [line for line in lines if "unreadable" in line]
+    assert skipped == [line for line in lines if line.startswith("warning: skipped")]
+    assert len(skipped) == 1 and skipped[0].startswith("warning: skipped 3 unreadable files in")
