@@ -28,9 +28,19 @@ def class_colour(label: int) -> tuple[int, int, int]:
     return ((label * 70) % 256, (255 - label * 50) % 256, (label * 110 + 40) % 256)
 
 
-def jpeg_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (24, 18)) -> bytes:
+def jpeg_bytes(
+    colour: tuple[int, int, int], size: tuple[int, int] = (24, 18), noise: int = 0, seed: int = 0
+) -> bytes:
+    """A JPEG of one colour; ``noise`` adds seeded uniform noise of that amplitude, which keeps
+    the mean colour but makes the file big (incompressible), for downloads that must take a while.
+    """
+    pixels = np.empty((size[1], size[0], 3), dtype=np.int16)
+    pixels[:] = colour
+    if noise:
+        rng = np.random.default_rng(seed)
+        pixels += rng.integers(-noise, noise + 1, size=pixels.shape, dtype=np.int16)
     buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "JPEG", quality=95)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=95)
     return buffer.getvalue()
 
 
@@ -118,11 +128,14 @@ def tgz_bytes(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def fastai_archive(folder: str, wnids: list[str], per_split: dict[str, int]) -> bytes:
+def fastai_archive(
+    folder: str, wnids: list[str], per_split: dict[str, int], noise: int = 0
+) -> bytes:
     """A .tgz laid out like fast.ai's ``imagenette2-160.tgz`` / ``imagewoof2-160.tgz``:
     ``<folder>/{train,val}/<wnid>/<id>.JPEG`` plus ``<folder>/noisy_<name>.csv``.
 
-    Image of class k is a solid :func:`class_colour` (k), so labels can be checked by pixel.
+    Image of class k has mean colour :func:`class_colour` (k), so labels can be checked by pixel;
+    ``noise`` > 0 makes the images larger (see :func:`jpeg_bytes`).
     """
     files: dict[str, bytes] = {}
     rows = ["path,noisy_labels_0,noisy_labels_1,noisy_labels_5,noisy_labels_25,noisy_labels_50"]
@@ -130,7 +143,8 @@ def fastai_archive(folder: str, wnids: list[str], per_split: dict[str, int]) -> 
         for label, wnid in enumerate(wnids):
             for i in range(count):
                 rel = f"{split}/{wnid}/{wnid}_{i:04d}.JPEG"
-                files[f"{folder}/{rel}"] = jpeg_bytes(class_colour(label), (20 + i, 16))
+                size = (20 + i, 16) if not noise else (96 + i, 96)
+                files[f"{folder}/{rel}"] = jpeg_bytes(class_colour(label), size, noise, seed=i)
                 rows.append(",".join([rel] + [wnid] * 5) + ",")
     stem = folder.split("2")[0]
     files[f"{folder}/noisy_{stem}.csv"] = ("\n".join(rows) + "\n").encode()
@@ -229,7 +243,9 @@ class FileServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
