@@ -1,0 +1,130 @@
+"""Guided backpropagation (Springenberg, Dosovitskiy, Brox & Riedmiller, "Striving for
+Simplicity: The All Convolutional Net", ICLR 2015 workshop, arXiv:1412.6806), batched.
+
+pytorch-grad-cam's ``GuidedBackpropReLUModel`` explains one image per call, copies the result
+to the host, and puts back fresh ``nn.ReLU()`` modules (losing ``inplace=True``). Here the whole
+batch goes through one forward and one backward on the model's device, and the model is left
+exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from pipelines.errors import UserError
+from pipelines.explain.base import (
+    ExplainBatch,
+    Explainer,
+    check_batch,
+    check_classes_in_range,
+    check_eager,
+    gradients_display,
+    preserved_model_state,
+)
+
+
+class _GuidedReLU(torch.autograd.Function):
+    """ReLU whose backward passes a gradient only where both the input and the incoming
+    gradient are positive (the "guided" rule, eq. in section 3.4 of the paper)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        # Saving the boolean mask rather than the output keeps memory at one byte per element
+        # and is immune to later in-place ops on the output.
+        active = x > 0
+        ctx.save_for_backward(active)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
+    ) -> torch.Tensor:
+        (active,) = ctx.saved_tensors
+        return grad_output.clamp(min=0) * active
+
+
+def _guided_relu_forward(x: torch.Tensor) -> torch.Tensor:
+    return _GuidedReLU.apply(x)
+
+
+@contextlib.contextmanager
+def guided_relus(model: torch.nn.Module) -> Iterator[int]:
+    """Within the block every ``nn.ReLU`` of ``model`` applies the guided backward rule.
+
+    Works by shadowing each ReLU's ``forward`` with an instance attribute, so no module is
+    replaced, no hook is registered and the ``inplace`` flags are untouched; the original
+    forward is restored even if the block raises. Yields the number of ReLUs switched.
+    Functional ``F.relu`` calls inside a model's ``forward`` cannot be reached this way.
+    """
+    relus = [module for module in model.modules() if isinstance(module, torch.nn.ReLU)]
+    # A ReLU might already carry an instance-level forward (e.g. patched by the user).
+    previous = [module.__dict__.get("forward") for module in relus]
+    try:
+        for module in relus:
+            module.forward = _guided_relu_forward
+        yield len(relus)
+    finally:
+        for module, forward in zip(relus, previous, strict=True):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
+
+
+def guided_backprop_gradients(
+    model: torch.nn.Module, images: torch.Tensor, class_indices: torch.Tensor
+) -> torch.Tensor:
+    """Guided-backprop gradient of each image's class logit w.r.t. its pixels.
+
+    One backward of the sum of the selected logits gives every image's own gradient, because in
+    eval mode images do not interact. images: (B, C, H, W) float32 on the model's device;
+    class_indices: (B,) int64. Returns (B, C, H, W) float32 on the model's device. The model's
+    mode, ``requires_grad``, ``.grad`` and ReLU modules are restored even if the pass fails.
+    """
+    check_eager(model)
+    classes = check_batch(images, class_indices)
+    with torch.enable_grad(), preserved_model_state(model), guided_relus(model) as n_relus:
+        if n_relus == 0:
+            warnings.warn(
+                "the model has no nn.ReLU modules, so guided backprop is the plain gradient",
+                stacklevel=2,
+            )
+        pixels = images.detach().requires_grad_(True)
+        logits = model(pixels)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise UserError(
+                "explanations need a model that returns (batch, classes) logits; wrap the model "
+                "so that forward returns a single logits tensor"
+            )
+        check_classes_in_range(classes, logits.shape[1])
+        index = class_indices.to(device=logits.device, dtype=torch.int64).view(-1, 1)
+        score = logits.gather(1, index).sum()
+        (grads,) = torch.autograd.grad(score, pixels)
+    return grads
+
+
+class GuidedBackpropExplainer(Explainer):
+    """Guided backprop (Springenberg et al., ICLR 2015): the class logit's gradient w.r.t. the
+    pixels with negative gradients zeroed at every ReLU; display (B, S, S, 3) uint8.
+    """
+
+    name = "guided_backprop"
+
+    def explain(self, batch: ExplainBatch, out_size: int) -> np.ndarray:
+        return gradients_display(batch_guided_backprop(batch), out_size)
+
+
+def batch_guided_backprop(batch: ExplainBatch) -> torch.Tensor:
+    """Guided-backprop gradients of ``batch``, computed once and shared with guided Grad-CAM.
+
+    Returns (B, C, H, W) float32 on the model's device.
+    """
+    return batch.memo(
+        GuidedBackpropExplainer.name,
+        lambda: guided_backprop_gradients(batch.model, batch.images, batch.class_indices),
+    )
