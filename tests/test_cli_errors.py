@@ -1,0 +1,191 @@
+"""Every user mistake ends as one `error:` line and exit status 2, with no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from pipelines.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(args, capsys):
+    status = main(args)
+    captured = capsys.readouterr()
+    return status, captured.err
+
+
+def assert_user_error(status, err, *phrases):
+    assert status == 2, err
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, err
+    for phrase in phrases:
+        assert phrase in error_lines[0], error_lines[0]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "data"
+
+
+def precompute(data_dir, *args):
+    return ["precompute", "--data-dir", str(data_dir), *args]
+
+
+def test_unknown_dataset(data_dir, capsys):
+    status, err = run_cli(precompute(data_dir, "--dataset", "nope", "--model", "smallcnn"), capsys)
+    assert_user_error(status, err, "nope", "digits")
+
+
+def test_unknown_model(data_dir, capsys):
+    status, err = run_cli(
+        precompute(data_dir, "--dataset", "digits", "--model", "alexnetz"), capsys
+    )
+    assert_user_error(status, err, "unknown model", "smallcnn")
+
+
+def test_missing_folder(data_dir, tmp_path, capsys):
+    status, err = run_cli(
+        precompute(data_dir, "--dataset", f"folder:{tmp_path}/absent", "--model", "resnet18"),
+        capsys,
+    )
+    assert_user_error(status, err, "absent")
+
+
+def test_folder_without_images(data_dir, tmp_path, capsys):
+    (tmp_path / "imgs" / "cats").mkdir(parents=True)
+    write(tmp_path / "imgs" / "cats" / "notes.txt", "no images here")
+    status, err = run_cli(
+        precompute(data_dir, "--dataset", f"folder:{tmp_path}/imgs", "--model", "resnet18"), capsys
+    )
+    assert_user_error(status, err)
+
+
+def test_samples_zero(data_dir, capsys):
+    status, err = run_cli(
+        precompute(data_dir, "--dataset", "digits", "--model", "smallcnn", "--samples", "0"), capsys
+    )
+    assert_user_error(status, err, "--samples")
+
+
+def test_perplexity_too_large_for_the_data(data_dir, capsys):
+    args = precompute(
+        data_dir,
+        "--dataset",
+        "digits",
+        "--model",
+        "smallcnn",
+        "--samples",
+        "90",
+        "--perplexities",
+        "30",
+    )
+    status, err = run_cli(args, capsys)
+    assert_user_error(status, err, "erplexity")
+
+
+def test_missing_model_file(data_dir, tmp_path, capsys):
+    status, err = run_cli(
+        precompute(data_dir, "--dataset", "digits", "--model", f"torchscript:{tmp_path}/m.pt"),
+        capsys,
+    )
+    assert_user_error(status, err, "does not exist")
+
+
+def test_torchscript_file_that_is_not_a_model(data_dir, tmp_path, capsys):
+    bogus = write(tmp_path / "model.pt", "this is not a model")
+    status, err = run_cli(
+        precompute(data_dir, "--dataset", "digits", "--model", f"torchscript:{bogus}"), capsys
+    )
+    assert_user_error(status, err, "not a TorchScript model")
+
+
+def test_weights_file_that_is_not_a_state_dict(data_dir, tmp_path, capsys):
+    bogus = write(tmp_path / "w.pt", "garbage")
+    args = precompute(
+        data_dir, "--dataset", "digits", "--model", "resnet18", "--weights", str(bogus)
+    )
+    status, err = run_cli(args, capsys)
+    assert_user_error(status, err, "not a PyTorch state dict")
+
+
+def test_python_model_that_raises_when_built(data_dir, tmp_path, capsys):
+    source = write(tmp_path / "broken.py", "def get_model():\n    raise ValueError('bad config')\n")
+    status, err = run_cli(
+        precompute(data_dir, "--dataset", "digits", "--model", f"python:{source}"), capsys
+    )
+    assert_user_error(status, err, "get_model()", "bad config")
+
+
+def test_python_file_without_get_model(data_dir, tmp_path, capsys):
+    source = write(tmp_path / "empty.py", "x = 1\n")
+    status, err = run_cli(
+        precompute(data_dir, "--dataset", "digits", "--model", f"python:{source}"), capsys
+    )
+    assert_user_error(status, err, "no get_model()")
+
+
+def test_model_whose_input_does_not_fit_the_data(data_dir, tmp_path, capsys):
+    source = write(
+        tmp_path / "mlp.py",
+        "import torch.nn as nn\n"
+        "input_size = 32\n"
+        "def get_model():\n    return nn.Sequential(nn.Flatten(), nn.Linear(10, 10))\n",
+    )
+    status, err = run_cli(
+        precompute(data_dir, "--dataset", "digits", "--model", f"python:{source}"), capsys
+    )
+    assert_user_error(status, err, "failed on an input of shape", "--input-size")
+
+
+def test_model_with_fewer_outputs_than_classes_and_no_names(data_dir, tmp_path, capsys):
+    source = write(
+        tmp_path / "two.py",
+        "import torch.nn as nn\n"
+        "input_size = 8\n"
+        "def get_model():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))\n",
+    )
+    status, err = run_cli(
+        precompute(data_dir, "--dataset", "digits", "--model", f"python:{source}"), capsys
+    )
+    assert_user_error(status, err, "2 outputs", "10 classes")
+
+
+def test_bad_arguments_are_user_errors_too(capsys):
+    status, err = run_cli(["precompute", "--dataset", "digits"], capsys)
+    assert_user_error(status, err, "--model")
+
+
+def test_real_process_exit_status_and_single_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "main.py",
+            "precompute",
+            "--dataset",
+            "nope",
+            "--model",
+            "smallcnn",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "nope" in lines[0]

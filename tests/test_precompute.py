@@ -1,0 +1,195 @@
+"""End-to-end precompute: the session run's artifacts, reopening its model, kill -9 and resume,
+a folder of real images through resnet18, and ImageNet weights from a pre-placed torch cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from pipelines.models import build_torchvision, open_run_model
+from pipelines.precompute import Precompute, PrecomputeConfig, embedding_key
+from pipelines.store import RunStore, runs_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def open_store(data_dir: Path, run_id: str) -> RunStore:
+    return RunStore(runs_dir(data_dir) / run_id)
+
+
+def expected_embedding_keys(manifest: dict) -> list[dict]:
+    keys = []
+    for layer in manifest["layers"]:
+        for size in manifest["subsets"]:
+            keys.append(embedding_key(layer["id"], size, "pca", None))
+            for perplexity in manifest["perplexities"][str(size)]:
+                keys.append(embedding_key(layer["id"], size, "tsne", perplexity))
+    return keys
+
+
+def test_small_run_has_every_artifact_for_every_layer(small_run):
+    store = open_store(*small_run)
+    manifest = store.read_manifest()
+    assert all(stage["state"] == "done" for stage in manifest["stages"].values())
+    n = manifest["dataset"]["num_samples"]
+    assert n == 300 and manifest["subsets"] == [100, 300]
+    assert manifest["perplexities"] == {"100": [10.0, 30.0], "300": [10.0, 30.0]}
+
+    samples = store.load_json("samples")
+    assert len(set(samples["uid"])) == n
+    # Nested, class-balanced: the first 100 rows hold every digit about equally.
+    counts = np.bincount(samples["label"][:100], minlength=10)
+    assert counts.max() - counts.min() <= 1
+
+    assert store.load_array("thumbnails").shape == (n, 64, 64, 3)
+    predictions = store.load_arrays("predictions")
+    assert predictions["top10_index"].shape == (n, 10)
+    assert np.allclose(predictions["top10_prob"].sum(1) <= 1.0 + 1e-5, True)
+    assert predictions["confusion"].sum() == n
+    assert manifest["accuracy"] > 0.9  # smallcnn on digits
+
+    size = manifest["explanation_size"]
+    assert manifest["model"]["gradcam_layer"] == "features.6"
+    assert store.load_array("explanation", method="gradcam").shape == (n, size, size)
+    assert store.load_array("explanation", method="guided_backprop").shape == (n, size, size, 3)
+    assert store.load_array("explanation", method="guided_gradcam").shape == (n, size, size, 3)
+
+    layer_ids = [layer["id"] for layer in manifest["layers"]]
+    assert layer_ids[0] == "input" and "features.0" in layer_ids and "classifier.3" in layer_ids
+    for layer in manifest["layers"]:
+        reduction = store.load_json("reduction", layer=layer["id"])
+        assert reduction["kept_dims"] >= 2
+    for key in expected_embedding_keys(manifest):
+        coords = store.load_array("embedding", **key)
+        assert coords.shape == (key["subset"], 2) and np.isfinite(coords).all(), key
+    # Intermediate per-chunk files are gone once consolidated.
+    assert not store.run_dir.joinpath("features").exists()
+    assert not store.run_dir.joinpath("forward_chunk").exists()
+
+
+def test_reopened_model_reproduces_the_stored_predictions(small_run):
+    data_dir, run_id = small_run
+    store = open_store(data_dir, run_id)
+    run_model = open_run_model(store, data_dir, device="cpu")
+    predicted = store.load_arrays("predictions")["predicted"]
+    for row in (0, 57, 299):
+        with torch.no_grad():
+            logits = run_model.adapter.module(run_model.input_for(row))
+        assert int(logits.argmax()) == int(predicted[row])
+
+
+def artifact_files(store: RunStore) -> list[Path]:
+    return sorted(
+        p.relative_to(store.run_dir)
+        for p in store.run_dir.rglob("*")
+        if p.is_file() and p.suffix in (".npy", ".npz", ".json") and p.name != "manifest.json"
+    )
+
+
+def precompute_command(data_dir: Path, run_id: str) -> list[str]:
+    return [
+        sys.executable, "main.py", "precompute", "--dataset", "digits", "--model", "smallcnn",
+        "--samples", "300", "--subsets", "100,all", "--perplexities", "10,30",
+        "--data-dir", str(data_dir), "--run-id", run_id,
+    ]
+
+
+@pytest.mark.slow
+def test_kill_9_during_embeddings_then_resume_equals_an_uninterrupted_run(small_run, tmp_path):
+    reference = open_store(*small_run)
+    data_dir = tmp_path / "data"
+    # Reuse the trained smallcnn so the test measures resuming, not training.
+    shutil.copytree(small_run[0] / "models", data_dir / "models")
+    store = open_store(data_dir, "resumed")
+    process = subprocess.Popen(precompute_command(data_dir, "resumed"), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    reductions = store.run_dir / "reduction"
+    while time.time() < deadline and process.poll() is None:
+        if reductions.is_dir() and len(list(reductions.glob("*.json"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert store.read_manifest()["stages"]["embeddings"]["state"] != "done"
+
+    resumed = subprocess.run(precompute_command(data_dir, "resumed"), cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming run 'resumed'" in resumed.stderr
+
+    assert artifact_files(store) == artifact_files(reference)
+    for relative in artifact_files(reference):
+        if relative.suffix == ".npy":
+            assert np.allclose(np.load(store.run_dir / relative), np.load(reference.run_dir / relative), atol=1e-4), relative
+        elif relative.suffix == ".npz":
+            mine, theirs = np.load(store.run_dir / relative), np.load(reference.run_dir / relative)
+            for name in theirs.files:
+                assert np.allclose(mine[name], theirs[name], equal_nan=True), (relative, name)
+        elif relative.suffix == ".json":
+            mine, theirs = (p.read_text() for p in (store.run_dir / relative, reference.run_dir / relative))
+            if relative.parts[0] != "reduction":  # reductions carry their own timings
+                assert mine == theirs, relative
+
+
+def make_image_folder(root: Path) -> Path:
+    """Three classes of real photographs (scikit-image samples), varied crops, mixed modes."""
+    from skimage import data
+
+    sources = {"astronaut": data.astronaut(), "coffee": data.coffee(), "cat": data.chelsea()}
+    rng = np.random.default_rng(0)
+    for name, photo in sources.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(8):
+            top, left = rng.integers(0, 60, size=2)
+            crop = Image.fromarray(photo[top : top + 200, left : left + 240])
+            if i % 4 == 1:
+                crop = crop.convert("L")
+            if i % 4 == 2:
+                crop = crop.convert("P")
+            crop.save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_folder_of_images_through_random_resnet18(tmp_path):
+    folder = make_image_folder(tmp_path / "photos")
+    config = PrecomputeConfig(dataset=f"folder:{folder}", model="resnet18", weights="none",
+                              subsets=("all",), perplexities=(5.0,), batch_size=8)
+    store = Precompute(config, tmp_path / "data", None, progress=False).run()
+    manifest = store.read_manifest()
+    assert manifest["dataset"]["num_samples"] == 24
+    assert manifest["class_mapping"]["method"] == "none"  # random ImageNet head, folder names
+    assert manifest["accuracy"] is None
+    assert manifest["model"]["gradcam_layer"] == "layer4.1.conv2"
+    relu = next(layer for layer in manifest["layers"] if layer["id"] == "layer1.0.relu")
+    assert set(relu["parents"]) == {"layer1.0.bn2", "maxpool"}
+    for key in expected_embedding_keys(manifest):
+        assert store.load_array("embedding", **key).shape == (24, 2)
+
+
+def test_imagenet_weights_come_from_the_torch_cache(tmp_path, monkeypatch):
+    """The real torchvision loading path, with the weight file pre-placed in $TORCH_HOME."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(1)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, checkpoints / Path(weights.url).name)
+    adapter = build_torchvision("resnet18", "imagenet", torch.device("cpu"), progress=False)
+    assert torch.equal(adapter.module.fc.weight, state["fc.weight"])
+    assert adapter.is_imagenet and adapter.class_names[0] == "tench" and adapter.input_size == 224
