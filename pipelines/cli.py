@@ -32,7 +32,9 @@ def perplexity_list(text: str) -> list[float]:
     try:
         return [float(part) for part in comma_list(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"perplexities must be numbers like 10,30,90, not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"perplexities must be numbers like 10,30,90, not {text!r}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,17 +47,51 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8050)
 
     pre = commands.add_parser("precompute", help="compute a run: dataset x model")
-    pre.add_argument("--dataset", required=True, help="digits, imagenette, imagewoof, mnist, fashion-mnist, cifar10 or folder:PATH")
-    pre.add_argument("--model", required=True, help="smallcnn, a torchvision name (vgg16, resnet18, ...), torchscript:PATH or python:FILE.py")
-    pre.add_argument("--weights", default=None, help="torchvision models: imagenet (default), none, or a state-dict PATH")
-    pre.add_argument("--samples", type=int, default=None, help="use the first N samples of the class-balanced order")
-    pre.add_argument("--subsets", type=comma_list, default=["100", "1000", "all"], help="nested subset sizes (default 100,1000,all)")
-    pre.add_argument("--perplexities", type=perplexity_list, default=[10.0, 30.0, 90.0], help="t-SNE perplexities (default 10,30,90)")
+    pre.add_argument(
+        "--dataset",
+        required=True,
+        help="digits, imagenette, imagewoof, mnist, fashion-mnist, cifar10 or folder:PATH",
+    )
+    pre.add_argument(
+        "--model",
+        required=True,
+        help="smallcnn, a torchvision name (vgg16, resnet18, ...), torchscript:PATH or python:FILE.py",
+    )
+    pre.add_argument(
+        "--weights",
+        default=None,
+        help="torchvision models: imagenet (default), none, or a state-dict PATH",
+    )
+    pre.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="use the first N samples of the class-balanced order",
+    )
+    pre.add_argument(
+        "--subsets",
+        type=comma_list,
+        default=["100", "1000", "all"],
+        help="nested subset sizes (default 100,1000,all)",
+    )
+    pre.add_argument(
+        "--perplexities",
+        type=perplexity_list,
+        default=[10.0, 30.0, 90.0],
+        help="t-SNE perplexities (default 10,30,90)",
+    )
     pre.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     pre.add_argument("--batch-size", type=int, default=64)
     pre.add_argument("--seed", type=int, default=0)
-    pre.add_argument("--input-size", type=int, default=None, help="input side for torchscript/python models that do not declare one")
-    pre.add_argument("--run-id", default=None, help="name of the run folder (default: derived from the settings)")
+    pre.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="input side for torchscript/python models that do not declare one",
+    )
+    pre.add_argument(
+        "--run-id", default=None, help="name of the run folder (default: derived from the settings)"
+    )
     add_data_dir(pre)
 
     runs = commands.add_parser("runs", help="list runs and the state of each stage")
@@ -64,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where runs live (default data/)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where runs live (default data/)"
+    )
 
 
 def precompute_command(args: argparse.Namespace) -> None:
@@ -99,7 +137,11 @@ def print_summary(manifest: dict, run_dir: Path) -> None:
         f"{len(manifest['layers'])} layers, accuracy {accuracy_text}\n"
         f"  stages: {stages}\n  in {run_dir}\n"
         "  explore it with: python main.py serve"
-        + (f" --data-dir {run_dir.parent.parent}" if run_dir.parent.parent != DEFAULT_DATA_DIR else "")
+        + (
+            f" --data-dir {run_dir.parent.parent}"
+            if run_dir.parent.parent != DEFAULT_DATA_DIR
+            else ""
+        )
     )
 
 
@@ -109,7 +151,9 @@ def runs_command(args: argparse.Namespace) -> None:
 
     run_dirs = list_run_dirs(args.data_dir)
     if not run_dirs:
-        print(f"no runs in {args.data_dir}; make one with: python main.py precompute --dataset digits --model smallcnn")
+        print(
+            f"no runs in {args.data_dir}; make one with: python main.py precompute --dataset digits --model smallcnn"
+        )
         return
     for run_dir in run_dirs:
         store = RunStore(run_dir)
@@ -136,12 +180,18 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
     if build_default and not list_run_dirs(args.data_dir):
         from pipelines.precompute import Precompute, PrecomputeConfig
 
-        print("no runs yet: building the embedded default (digits + smallcnn), fully offline", file=sys.stderr)
+        print(
+            "no runs yet: building the embedded default (digits + smallcnn), fully offline",
+            file=sys.stderr,
+        )
         Precompute(PrecomputeConfig(**DEFAULT_RUN), args.data_dir, None).run()
     from dashboard.app import create_app
 
     app = create_app(args.data_dir)
-    print(f"LayerScope is serving {args.data_dir.resolve()} at http://{args.host}:{args.port}/", flush=True)
+    print(
+        f"LayerScope is serving {args.data_dir.resolve()} at http://{args.host}:{args.port}/",
+        flush=True,
+    )
     app.run(host=args.host, port=args.port, debug=False)
 
 
@@ -167,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume where it stopped", file=sys.stderr)
+        print(
+            "\ninterrupted; run the same command again to resume where it stopped", file=sys.stderr
+        )
         return 130
     return 0

@@ -186,7 +186,9 @@ def trace_parents(model: nn.Module, layer_ids: set[LayerId]) -> dict[LayerId, li
         upstream = _unique(layer for arg in node.all_input_nodes for layer in nearest.get(arg, []))
         if node.op == "placeholder":
             nearest[node] = [INPUT_LAYER]
-        elif node.op == "call_module" and node.target in layer_ids and last_call[node.target] is node:
+        elif (
+            node.op == "call_module" and node.target in layer_ids and last_call[node.target] is node
+        ):
             parents[node.target] = upstream
             nearest[node] = [node.target]
         else:

@@ -81,7 +81,9 @@ def map_classes(
         return ClassMapping("order", list(range(len(dataset_names))))
 
     if len(model_names) > len(dataset_names):
-        missing = [name for name, index in zip(dataset_names, by_name) if index == UNMAPPED]
+        missing = [
+            name for name, index in zip(dataset_names, by_name, strict=True) if index == UNMAPPED
+        ]
         warning = (
             f"{len(missing)} of {len(dataset_names)} dataset classes have no matching model "
             f"output (e.g. {missing[:3]}); predictions are shown but correctness is unknown for them"

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pipelines.datasets import open_dataset, to_l_or_rgb
 from pipelines.errors import UserError
 from pipelines.smallcnn import SmallCNN, train_small_cnn
 
@@ -83,19 +84,8 @@ class ModelAdapter:
 
 
 def to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Grayscale or RGB whatever the source mode (RGBA, palette, 16-bit, CMYK)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = array.max() or 1.0
-        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        # Transparent pixels become black, not whatever colour hides under them.
-        background = Image.new("RGB", image.size)
-        background.paste(image.convert("RGB"), mask=image.getchannel("A"))
-        image = background
-    return image.convert("L" if channels == 1 else "RGB")
+    """Grayscale or RGB, whatever the source mode (RGBA, palette, 16-bit, CMYK)."""
+    return to_l_or_rgb(image).convert("L" if channels == 1 else "RGB")
 
 
 def square_view(image: Image.Image, size: int) -> Image.Image:
@@ -148,7 +138,9 @@ def model_kind(spec: str) -> str:
 def existing_file(spec: str) -> Path:
     path = Path(spec.split(":", 1)[1]).expanduser()
     if not path.is_file():
-        raise UserError(f"model file {str(path)!r} does not exist; check the path after '{spec.split(':')[0]}:'")
+        raise UserError(
+            f"model file {str(path)!r} does not exist; check the path after '{spec.split(':')[0]}:'"
+        )
     return path.resolve()
 
 
@@ -205,11 +197,15 @@ def build_torchvision(
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise UserError(f"weights file {str(path)!r} does not exist; pass imagenet, none or a .pt path")
+        raise UserError(
+            f"weights file {str(path)!r} does not exist; pass imagenet, none or a .pt path"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the user's file
-        raise UserError(f"{path} is not a PyTorch state dict ({type(exc).__name__}); save one with torch.save(model.state_dict(), path)") from None
+        raise UserError(
+            f"{path} is not a PyTorch state dict ({type(exc).__name__}); save one with torch.save(model.state_dict(), path)"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -305,7 +301,9 @@ def build_python(spec: str, device: torch.device, input_size: int | None) -> Mod
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"get_model() in {path} raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
-        raise UserError(f"get_model() in {path} returned a {type(model).__name__}, not an nn.Module")
+        raise UserError(
+            f"get_model() in {path} returned a {type(model).__name__}, not an nn.Module"
+        )
     channels = int(getattr(user, "in_channels", 3))
     return ModelAdapter(
         module=model.eval().to(device),
@@ -372,7 +370,9 @@ def train_or_load_smallcnn(
 # ---- request time: reopen the model of a finished run ---------------------------------------
 
 
-def rebuild_adapter(manifest: dict[str, Any], checkpoint: Path, device: torch.device) -> ModelAdapter:
+def rebuild_adapter(
+    manifest: dict[str, Any], checkpoint: Path, device: torch.device
+) -> ModelAdapter:
     """The run's model exactly as the precompute used it (smallcnn from the run's checkpoint,
     seeded random weights rebuilt with the same seed)."""
     model = manifest["model"]
@@ -417,10 +417,10 @@ class RunModel:
 
 def open_run_model(store: Any, data_dir: Path, device: str = "auto") -> RunModel:
     """store: a ``pipelines.store.RunStore`` of a run whose model stage is done."""
-    from pipelines.datasets import open_dataset
-
     manifest = store.read_manifest()
-    adapter = rebuild_adapter(manifest, store.artifact_path("model_checkpoint"), resolve_device(device))
+    adapter = rebuild_adapter(
+        manifest, store.artifact_path("model_checkpoint"), resolve_device(device)
+    )
     dataset = open_dataset(manifest["dataset"]["spec"], Path(data_dir) / "datasets", progress=False)
     samples = store.load_json("samples")
     return RunModel(adapter=adapter, dataset=dataset, dataset_index=samples["dataset_index"])

@@ -148,10 +148,14 @@ def build_adapter(
     device = resolve_device(config.device)
     kind = model_kind(config.model)
     if kind == "smallcnn":
-        adapter = smallcnn_adapter(dataset.native_channels, dataset.class_names, device, config.seed)
+        adapter = smallcnn_adapter(
+            dataset.native_channels, dataset.class_names, device, config.seed
+        )
 
         def load_inputs() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-            images = load_views(adapter, dataset, range(len(dataset.samples)), progress, "load training images")
+            images = load_views(
+                adapter, dataset, range(len(dataset.samples)), progress, "load training images"
+            )
             labels = torch.tensor([r.label for r in dataset.samples], device=device)
             return adapter.to_tensor(images), labels, training_split(dataset, config.seed)
 
@@ -203,7 +207,9 @@ def describe_layers(adapter: ModelAdapter, example: torch.Tensor) -> list[dict[s
         )
     by_id = {layer["id"]: layer for layer in layers}
     for layer in layers:
-        layer["pooled_shape"] = list(reduce.pooled_shape(tuple(layer["output_shape"]), MAX_POOLED_DIMS))
+        layer["pooled_shape"] = list(
+            reduce.pooled_shape(tuple(layer["output_shape"]), MAX_POOLED_DIMS)
+        )
         passes = layer["type"] in PASS_THROUGH_TYPES and len(layer["parents"]) == 1
         parent = by_id.get(layer["parents"][0]) if passes else None
         # Reshape-only layers hold the same values as their parent: reuse its embedding.
@@ -262,7 +268,9 @@ def forward_chunk(
             "log_prob": torch.log_softmax(logits.float(), dim=1).cpu().numpy(),
         }
         if target is not None:
-            explained = explain_batch(adapter.module, target, batch, top_index[:, 0], explanation_size)
+            explained = explain_batch(
+                adapter.module, target, batch, top_index[:, 0], explanation_size
+            )
             batch_out.update(explained)
         for name, value in batch_out.items():
             outputs.setdefault(name, []).append(value)
@@ -277,15 +285,23 @@ def prediction_columns(log_prob: np.ndarray, model_labels: np.ndarray) -> dict[s
     loss = np.full(len(predicted), np.nan, dtype=np.float32)
     loss[known] = -log_prob[known, model_labels[known]]
     correct = np.where(known, (predicted == model_labels).astype(np.int8), np.int8(-1))
-    return {"predicted": predicted.astype(np.int64), "loss": loss, "correct": correct.astype(np.int8)}
+    return {
+        "predicted": predicted.astype(np.int64),
+        "loss": loss,
+        "correct": correct.astype(np.int8),
+    }
 
 
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, dataset_to_model: list[int]) -> np.ndarray:
+def confusion_matrix(
+    labels: np.ndarray, predicted: np.ndarray, dataset_to_model: list[int]
+) -> np.ndarray:
     """(C, C+1) counts: rows true dataset class, columns predicted dataset class, last column
     a model output that is no dataset class."""
     num_classes = len(dataset_to_model)
     model_to_dataset = {m: d for d, m in enumerate(dataset_to_model) if m != UNMAPPED}
-    columns = np.array([model_to_dataset.get(int(p), num_classes) for p in predicted], dtype=np.int64)
+    columns = np.array(
+        [model_to_dataset.get(int(p), num_classes) for p in predicted], dtype=np.int64
+    )
     matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
     np.add.at(matrix, (labels, columns), 1)
     return matrix
@@ -297,7 +313,9 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, dataset_to_model
 class Precompute:
     """Runs the stages of one run; construct, then call ``run()``."""
 
-    def __init__(self, config: PrecomputeConfig, data_dir: Path, run_id: str | None, progress: bool = True):
+    def __init__(
+        self, config: PrecomputeConfig, data_dir: Path, run_id: str | None, progress: bool = True
+    ):
         self.config = config
         self.data_dir = Path(data_dir)
         self.run_id = validate_run_id(run_id or default_run_id(config))
@@ -310,18 +328,24 @@ class Precompute:
 
     def run(self) -> RunStore:
         if self.config.samples is not None and self.config.samples <= 0:
-            raise UserError("--samples must be a positive number of images (or leave it out for all)")
+            raise UserError(
+                "--samples must be a positive number of images (or leave it out for all)"
+            )
         with self.store.writer_lock():
             self.check_or_create_manifest()
             dataset = open_dataset(self.config.dataset, self.data_dir / "datasets", self.progress)
             n_total = min(self.config.samples or len(dataset.samples), len(dataset.samples))
             subset_sizes = reduce.resolve_subset_sizes(list(self.config.subsets), n_total)
             perplexities = reduce.resolve_perplexities(list(self.config.perplexities), subset_sizes)
-            adapter, model_info = self.timed("model", lambda: build_adapter(self.config, dataset, self.data_dir, self.progress))
+            adapter, model_info = self.timed(
+                "model", lambda: build_adapter(self.config, dataset, self.data_dir, self.progress)
+            )
             if "checkpoint" in model_info:
                 # The run keeps its own copy so it stays viewable if data/models is cleaned.
                 self.store.save_state_dict("model_checkpoint", adapter.module.state_dict())
-            self.index_and_describe(dataset, adapter, model_info, n_total, subset_sizes, perplexities)
+            self.index_and_describe(
+                dataset, adapter, model_info, n_total, subset_sizes, perplexities
+            )
             self.forward(dataset, adapter)
             self.embeddings()
             return self.store
@@ -329,7 +353,9 @@ class Precompute:
     def timed(self, stage: str, work: Any) -> Any:
         start = time.perf_counter()
         result = work()
-        self.store.update_stage(stage, state="done", seconds=round(time.perf_counter() - start, 3), done=1, total=1)
+        self.store.update_stage(
+            stage, state="done", seconds=round(time.perf_counter() - start, 3), done=1, total=1
+        )
         return result
 
     def check_or_create_manifest(self) -> None:
@@ -366,7 +392,9 @@ class Precompute:
         order = reduce.nested_subset_order(labels, self.config.seed)[:n_total]
         example = adapter.preprocess([dataset.load_image(int(order[0]))])
         layers = describe_layers(adapter, example)
-        mapping = map_classes(dataset.class_names, dataset.class_wnids, adapter.class_names, adapter.is_imagenet)
+        mapping = map_classes(
+            dataset.class_names, dataset.class_wnids, adapter.class_names, adapter.is_imagenet
+        )
         if mapping.warning:
             print(f"warning: {mapping.warning}", file=sys.stderr)
         if not self.store.has("samples"):
@@ -383,7 +411,11 @@ class Precompute:
                 "class_wnids": dataset.class_wnids,
                 "native_channels": dataset.native_channels,
             },
-            model={**adapter.describe(), **model_info, "gradcam_layer": gradcam_layer_or_none(layers)},
+            model={
+                **adapter.describe(),
+                **model_info,
+                "gradcam_layer": gradcam_layer_or_none(layers),
+            },
             class_mapping=mapping.to_json(),
             layers=layers,
             subsets=subset_sizes,
@@ -391,7 +423,12 @@ class Precompute:
             thumbnail_size=THUMBNAIL_SIZE,
             explanation_size=min(adapter.input_size, MAX_EXPLANATION_SIZE),
         )
-        manifest["stages"]["index"] = {"state": "done", "seconds": round(time.perf_counter() - start, 3), "done": 1, "total": 1}
+        manifest["stages"]["index"] = {
+            "state": "done",
+            "seconds": round(time.perf_counter() - start, 3),
+            "done": 1,
+            "total": 1,
+        }
         self.store.write_manifest(manifest)
 
     def forward(self, dataset: Dataset, adapter: ModelAdapter) -> None:
@@ -404,16 +441,29 @@ class Precompute:
         chunks = chunk_ranges(len(indices), CHUNK_SAMPLES)
         feature_layers = [layer["id"] for layer in manifest["layers"] if not layer["same_as"]]
         gradcam_layer = manifest["model"]["gradcam_layer"]
-        pending = [i for i, rows in enumerate(chunks) if not self.store.has("forward_chunk", chunk=i)]
-        bar = tqdm(total=len(indices), initial=len(indices) - sum(len(chunks[i]) for i in pending),
-                   desc="forward + explanations", unit="img", disable=not self.progress)
-        self.store.update_stage("forward", state="running", done=len(chunks) - len(pending), total=len(chunks))
+        pending = [
+            i for i, rows in enumerate(chunks) if not self.store.has("forward_chunk", chunk=i)
+        ]
+        bar = tqdm(
+            total=len(indices),
+            initial=len(indices) - sum(len(chunks[i]) for i in pending),
+            desc="forward + explanations",
+            unit="img",
+            disable=not self.progress,
+        )
+        self.store.update_stage(
+            "forward", state="running", done=len(chunks) - len(pending), total=len(chunks)
+        )
         for chunk_index in pending:
             rows = chunks[chunk_index]
             views = load_views(adapter, dataset, indices[rows.start : rows.stop])
             per_sample, features = forward_chunk(
-                adapter, adapter.to_tensor(views), feature_layers, gradcam_layer,
-                manifest["explanation_size"], self.config.batch_size,
+                adapter,
+                adapter.to_tensor(views),
+                feature_layers,
+                gradcam_layer,
+                manifest["explanation_size"],
+                self.config.batch_size,
             )
             for layer, values in features.items():
                 self.store.save_array("features", values, layer=layer, chunk=chunk_index)
@@ -421,11 +471,20 @@ class Precompute:
             self.store.save_arrays("forward_chunk", per_sample, chunk=chunk_index)  # commit marker
             bar.update(len(rows))
         bar.close()
-        self.consolidate_forward(len(chunks), np.array(samples["label"]), np.array(samples["model_label"]))
-        self.store.update_stage("forward", state="done", seconds=round(time.perf_counter() - start, 3),
-                                done=len(chunks), total=len(chunks))
+        self.consolidate_forward(
+            len(chunks), np.array(samples["label"]), np.array(samples["model_label"])
+        )
+        self.store.update_stage(
+            "forward",
+            state="done",
+            seconds=round(time.perf_counter() - start, 3),
+            done=len(chunks),
+            total=len(chunks),
+        )
 
-    def consolidate_forward(self, num_chunks: int, labels: np.ndarray, model_labels: np.ndarray) -> None:
+    def consolidate_forward(
+        self, num_chunks: int, labels: np.ndarray, model_labels: np.ndarray
+    ) -> None:
         parts = [self.store.load_arrays("forward_chunk", chunk=i) for i in range(num_chunks)]
         merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         self.store.save_array("thumbnails", merged["thumbnails"])
@@ -434,10 +493,17 @@ class Precompute:
                 self.store.save_array("explanation", merged[method], method=method)
         columns = prediction_columns(merged["log_prob"], model_labels)
         manifest = self.store.read_manifest()
-        confusion = confusion_matrix(labels, columns["predicted"], manifest["class_mapping"]["dataset_to_model"])
+        confusion = confusion_matrix(
+            labels, columns["predicted"], manifest["class_mapping"]["dataset_to_model"]
+        )
         self.store.save_arrays(
             "predictions",
-            {"top10_index": merged["top10_index"], "top10_prob": merged["top10_prob"], **columns, "confusion": confusion},
+            {
+                "top10_index": merged["top10_index"],
+                "top10_prob": merged["top10_prob"],
+                **columns,
+                "confusion": confusion,
+            },
         )
         known = columns["correct"] >= 0
         manifest["accuracy"] = float(columns["correct"][known].mean()) if known.any() else None
@@ -451,7 +517,13 @@ class Precompute:
         perplexities = {int(n): values for n, values in manifest["perplexities"].items()}
         done = [layer["id"] for layer in layers if self.store.has("reduction", layer=layer["id"])]
         start = time.perf_counter() - manifest["stages"]["embeddings"].get("seconds", 0.0)
-        bar = tqdm(layers, desc="embeddings (PCA + t-SNE)", unit="layer", disable=not self.progress, initial=0)
+        bar = tqdm(
+            layers,
+            desc="embeddings (PCA + t-SNE)",
+            unit="layer",
+            disable=not self.progress,
+            initial=0,
+        )
         for layer in bar:
             bar.set_postfix_str(layer["id"])
             if layer["id"] in done:
@@ -461,36 +533,68 @@ class Precompute:
             else:
                 self.reduce_layer(layer["id"], subsets, perplexities)
             done.append(layer["id"])
-            self.store.update_stage("embeddings", state="running", done=len(done), total=len(layers),
-                                    seconds=round(time.perf_counter() - start, 3))
-        self.store.update_stage("embeddings", state="done", done=len(layers), total=len(layers),
-                                seconds=round(time.perf_counter() - start, 3))
+            self.store.update_stage(
+                "embeddings",
+                state="running",
+                done=len(done),
+                total=len(layers),
+                seconds=round(time.perf_counter() - start, 3),
+            )
+        self.store.update_stage(
+            "embeddings",
+            state="done",
+            done=len(layers),
+            total=len(layers),
+            seconds=round(time.perf_counter() - start, 3),
+        )
         self.store.delete_kind("features")
 
     def layer_features(self, layer_id: str) -> np.ndarray:
-        num_chunks = len(chunk_ranges(self.store.read_manifest()["dataset"]["num_samples"], CHUNK_SAMPLES))
-        parts = [self.store.load_array("features", layer=layer_id, chunk=i) for i in range(num_chunks)]
+        num_chunks = len(
+            chunk_ranges(self.store.read_manifest()["dataset"]["num_samples"], CHUNK_SAMPLES)
+        )
+        parts = [
+            self.store.load_array("features", layer=layer_id, chunk=i) for i in range(num_chunks)
+        ]
         return np.concatenate(parts).astype(np.float32)
 
-    def reduce_layer(self, layer_id: str, subsets: list[int], perplexities: dict[int, list[float]]) -> None:
+    def reduce_layer(
+        self, layer_id: str, subsets: list[int], perplexities: dict[int, list[float]]
+    ) -> None:
         start = time.perf_counter()
-        scores, info = reduce.pca_reduce(self.layer_features(layer_id), variance=0.9, seed=self.config.seed)
+        scores, info = reduce.pca_reduce(
+            self.layer_features(layer_id), variance=0.9, seed=self.config.seed
+        )
         embeddings = reduce.embed_layer(scores, subsets, perplexities, seed=self.config.seed)
         for (size, method, perplexity), coords in embeddings.items():
-            self.store.save_array("embedding", coords.astype(np.float32), **embedding_key(layer_id, size, method, perplexity))
+            self.store.save_array(
+                "embedding",
+                coords.astype(np.float32),
+                **embedding_key(layer_id, size, method, perplexity),
+            )
         # Written last: its presence marks the layer complete.
-        self.store.save_json("reduction", {**info, "seconds": round(time.perf_counter() - start, 3)}, layer=layer_id)
+        self.store.save_json(
+            "reduction", {**info, "seconds": round(time.perf_counter() - start, 3)}, layer=layer_id
+        )
 
-    def copy_reduction(self, source: str, layer_id: str, subsets: list[int], perplexities: dict[int, list[float]]) -> None:
+    def copy_reduction(
+        self, source: str, layer_id: str, subsets: list[int], perplexities: dict[int, list[float]]
+    ) -> None:
         for size in subsets:
             for method, perplexity in [("pca", None), *[("tsne", p) for p in perplexities[size]]]:
-                coords = self.store.load_array("embedding", mmap=False, **embedding_key(source, size, method, perplexity))
-                self.store.save_array("embedding", coords, **embedding_key(layer_id, size, method, perplexity))
+                coords = self.store.load_array(
+                    "embedding", mmap=False, **embedding_key(source, size, method, perplexity)
+                )
+                self.store.save_array(
+                    "embedding", coords, **embedding_key(layer_id, size, method, perplexity)
+                )
         info = self.store.load_json("reduction", layer=source)
         self.store.save_json("reduction", {**info, "same_as": source}, layer=layer_id)
 
 
-def embedding_key(layer_id: str, size: int, method: str, perplexity: float | None) -> dict[str, Any]:
+def embedding_key(
+    layer_id: str, size: int, method: str, perplexity: float | None
+) -> dict[str, Any]:
     """Artifact parameters of one embedding; the dashboard builds them the same way."""
     return {
         "layer": layer_id,
@@ -502,7 +606,15 @@ def embedding_key(layer_id: str, size: int, method: str, perplexity: float | Non
 
 def library_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0]}
-    for package in ("torch", "torchvision", "numpy", "openTSNE", "grad-cam", "scikit-learn", "dash"):
+    for package in (
+        "torch",
+        "torchvision",
+        "numpy",
+        "openTSNE",
+        "grad-cam",
+        "scikit-learn",
+        "dash",
+    ):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -5,9 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from PIL import Image
-from torch import nn
 
 from pipelines.cli import main
 

@@ -65,7 +65,9 @@ def test_capture_leaves_no_hooks_behind_even_after_many_runs():
 
 def test_capture_of_a_reused_module_is_its_last_call():
     model = torchvision.models.resnet18(weights=None).eval()
-    _, captured = capture_layers(model, torch.randn(2, 3, 32, 32), ["layer1.0.relu", "layer1.1.conv1"])
+    _, captured = capture_layers(
+        model, torch.randn(2, 3, 32, 32), ["layer1.0.relu", "layer1.1.conv1"]
+    )
     # layer1.1 takes layer1.0's output, which is layer1.0.relu's last call.
     with torch.no_grad():
         expected = model.layer1[1].conv1(captured["layer1.0.relu"])

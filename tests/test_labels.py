@@ -7,10 +7,30 @@ from pipelines.errors import UserError
 from pipelines.labels import UNMAPPED, map_classes
 
 IMAGENET = list(torchvision.models.VGG16_Weights.DEFAULT.meta["categories"])
-IMAGENETTE_WNIDS = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
-                    "n03394916", "n03417042", "n03425413", "n03445777", "n03888605"]
-IMAGENETTE_NAMES = ["tench", "English springer", "cassette player", "chain saw", "church",
-                    "French horn", "garbage truck", "gas pump", "golf ball", "parachute"]
+IMAGENETTE_WNIDS = [
+    "n01440764",
+    "n02102040",
+    "n02979186",
+    "n03000684",
+    "n03028079",
+    "n03394916",
+    "n03417042",
+    "n03425413",
+    "n03445777",
+    "n03888605",
+]
+IMAGENETTE_NAMES = [
+    "tench",
+    "English springer",
+    "cassette player",
+    "chain saw",
+    "church",
+    "French horn",
+    "garbage truck",
+    "gas pump",
+    "golf ball",
+    "parachute",
+]
 
 
 def test_imagenette_maps_to_imagenet_by_wordnet_id_and_names_agree():

@@ -99,9 +99,23 @@ def artifact_files(store: RunStore) -> list[Path]:
 
 def precompute_command(data_dir: Path, run_id: str) -> list[str]:
     return [
-        sys.executable, "main.py", "precompute", "--dataset", "digits", "--model", "smallcnn",
-        "--samples", "300", "--subsets", "100,all", "--perplexities", "10,30",
-        "--data-dir", str(data_dir), "--run-id", run_id,
+        sys.executable,
+        "main.py",
+        "precompute",
+        "--dataset",
+        "digits",
+        "--model",
+        "smallcnn",
+        "--samples",
+        "300",
+        "--subsets",
+        "100,all",
+        "--perplexities",
+        "10,30",
+        "--data-dir",
+        str(data_dir),
+        "--run-id",
+        run_id,
     ]
 
 
@@ -112,8 +126,12 @@ def test_kill_9_during_embeddings_then_resume_equals_an_uninterrupted_run(small_
     # Reuse the trained smallcnn so the test measures resuming, not training.
     shutil.copytree(small_run[0] / "models", data_dir / "models")
     store = open_store(data_dir, "resumed")
-    process = subprocess.Popen(precompute_command(data_dir, "resumed"), cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        precompute_command(data_dir, "resumed"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     reductions = store.run_dir / "reduction"
     while time.time() < deadline and process.poll() is None:
@@ -125,21 +143,30 @@ def test_kill_9_during_embeddings_then_resume_equals_an_uninterrupted_run(small_
     process.wait()
     assert store.read_manifest()["stages"]["embeddings"]["state"] != "done"
 
-    resumed = subprocess.run(precompute_command(data_dir, "resumed"), cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        precompute_command(data_dir, "resumed"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming run 'resumed'" in resumed.stderr
 
     assert artifact_files(store) == artifact_files(reference)
     for relative in artifact_files(reference):
         if relative.suffix == ".npy":
-            assert np.allclose(np.load(store.run_dir / relative), np.load(reference.run_dir / relative), atol=1e-4), relative
+            assert np.allclose(
+                np.load(store.run_dir / relative), np.load(reference.run_dir / relative), atol=1e-4
+            ), relative
         elif relative.suffix == ".npz":
             mine, theirs = np.load(store.run_dir / relative), np.load(reference.run_dir / relative)
             for name in theirs.files:
                 assert np.allclose(mine[name], theirs[name], equal_nan=True), (relative, name)
         elif relative.suffix == ".json":
-            mine, theirs = (p.read_text() for p in (store.run_dir / relative, reference.run_dir / relative))
+            mine, theirs = (
+                p.read_text() for p in (store.run_dir / relative, reference.run_dir / relative)
+            )
             if relative.parts[0] != "reduction":  # reductions carry their own timings
                 assert mine == theirs, relative
 
@@ -167,8 +194,14 @@ def make_image_folder(root: Path) -> Path:
 @pytest.mark.slow
 def test_folder_of_images_through_random_resnet18(tmp_path):
     folder = make_image_folder(tmp_path / "photos")
-    config = PrecomputeConfig(dataset=f"folder:{folder}", model="resnet18", weights="none",
-                              subsets=("all",), perplexities=(5.0,), batch_size=8)
+    config = PrecomputeConfig(
+        dataset=f"folder:{folder}",
+        model="resnet18",
+        weights="none",
+        subsets=("all",),
+        perplexities=(5.0,),
+        batch_size=8,
+    )
     store = Precompute(config, tmp_path / "data", None, progress=False).run()
     manifest = store.read_manifest()
     assert manifest["dataset"]["num_samples"] == 24

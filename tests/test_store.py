@@ -18,8 +18,18 @@ def store(tmp_path):
 
 
 def test_artifact_paths_are_derived_from_kind_and_parameters(store):
-    path = store.artifact_path("embedding", layer="features.0", subset=100, method="tsne", perplexity="30")
-    assert path == store.run_dir / "embedding" / "layer=features.0" / "subset=100" / "method=tsne" / "perplexity=30.npy"
+    path = store.artifact_path(
+        "embedding", layer="features.0", subset=100, method="tsne", perplexity="30"
+    )
+    assert (
+        path
+        == store.run_dir
+        / "embedding"
+        / "layer=features.0"
+        / "subset=100"
+        / "method=tsne"
+        / "perplexity=30.npy"
+    )
     assert store.artifact_path("samples") == store.run_dir / "samples.json"
 
 
