@@ -1,0 +1,608 @@
+"""The architecture diagram: a pure function from a run's layer list to a plotly figure.
+
+Each layer is drawn as a Net2Vis-style isometric box (Bäuerle et al., "Net2Vis", 2021): the front
+face's height grows with the feature map's spatial size, its width with the channel count, and
+the receding depth with the map's width, all log-scaled so a 224-pixel input and a 7-pixel map
+are both visible. Boxes are coloured by layer family and laid out left to right in execution
+order; data-flow edges that skip over boxes (ResNet shortcuts) are drawn as arcs above them.
+
+Deep models stay readable by collapsing nested blocks (a ResNet bottleneck ``layer2.1`` becomes
+one box) until the user expands them. Hover and click go through one invisible marker trace whose
+``customdata`` carries the node id, never through coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from components.theme import (
+    ACCENT,
+    FAMILY_COLORS,
+    GRID,
+    HOVER,
+    MUTED,
+    TEXT,
+    base_layout,
+    layer_family,
+    message_figure,
+    shade,
+)
+
+LayerRecord = Mapping[str, Any]
+Polygon = tuple[list[float], list[float]]
+
+BLOCK_TYPE = "Block"
+GAP = 0.55  # horizontal space between boxes, in diagram units
+LABEL_LIMIT = 60  # above this many boxes, per-box labels would overlap: hover instead
+FIGURE_HEIGHT = 250
+
+
+@dataclass(frozen=True)
+class DiagramNode:
+    """One drawn box: a single layer, or a collapsed block standing for its member layers."""
+
+    id: str
+    kind: str  # "layer" | "block"
+    layer_ids: tuple[str, ...]
+    type: str
+    output_shape: tuple[int, ...]
+    params: int
+
+    @property
+    def output_layer(self) -> str:
+        """The layer whose output the box shows: the block's last layer in execution order."""
+        return self.layer_ids[-1]
+
+
+@dataclass(frozen=True)
+class Box:
+    """Placement of a node: front face ``[x, x+w] x [-h/2, h/2]``, back face offset by (dx, dy)."""
+
+    node: DiagramNode
+    x: float
+    w: float
+    h: float
+    dx: float
+    dy: float
+
+    @property
+    def center_x(self) -> float:
+        return self.x + self.w / 2
+
+    @property
+    def top(self) -> float:
+        return self.h / 2 + self.dy
+
+    @property
+    def right(self) -> float:
+        return self.x + self.w + self.dx
+
+
+# ---- which boxes to draw --------------------------------------------------------------------
+
+
+def block_path(layer: LayerRecord) -> str:
+    """The layer's enclosing module path ("layer2.1.conv1" -> "layer2.1"), from the manifest's
+    ``block`` field when present."""
+    block = layer.get("block")
+    if block is None:
+        block = str(layer["id"]).rpartition(".")[0]
+    return str(block)
+
+
+def collapse_group(layer: LayerRecord) -> str | None:
+    """The collapsible group of a layer: the first two components of its block path.
+
+    "layer2.1.conv1" and "layer2.1.downsample.0" both fall in "layer2.1" (one bottleneck), while
+    VGG's "features.28" (block "features") is in none: a flat Sequential is drawn layer by layer.
+    """
+    parts = [part for part in block_path(layer).split(".") if part]
+    if len(parts) < 2:
+        return None
+    return ".".join(parts[:2])
+
+
+def collapsible_groups(layers: Sequence[LayerRecord]) -> list[str]:
+    """Groups with at least two member layers, in execution order."""
+    counts: dict[str, int] = {}
+    for layer in layers:
+        group = collapse_group(layer)
+        if group is not None:
+            counts[group] = counts.get(group, 0) + 1
+    return [group for group, count in counts.items() if count >= 2]
+
+
+def diagram_nodes(layers: Sequence[LayerRecord], expanded: Collection[str]) -> list[DiagramNode]:
+    """The boxes to draw: every layer, except that members of a collapsible group that is not in
+    ``expanded`` merge into one block node placed where the group's first layer runs."""
+    collapsed = set(collapsible_groups(layers)) - set(expanded)
+    members: dict[str, list[LayerRecord]] = {}
+    order: list[tuple[str, str]] = []  # (kind, key) in first-appearance order
+    for layer in layers:
+        group = collapse_group(layer)
+        if group in collapsed:
+            if group not in members:
+                members[group] = []
+                order.append(("block", group))
+            members[group].append(layer)
+        else:
+            order.append(("layer", str(layer["id"])))
+    by_id = {str(layer["id"]): layer for layer in layers}
+    nodes = []
+    for kind, key in order:
+        if kind == "layer":
+            layer = by_id[key]
+            nodes.append(
+                DiagramNode(
+                    id=key,
+                    kind="layer",
+                    layer_ids=(key,),
+                    type=str(layer["type"]),
+                    output_shape=tuple(int(v) for v in layer.get("output_shape") or ()),
+                    params=int(layer.get("params") or 0),
+                )
+            )
+        else:
+            group_layers = members[key]
+            nodes.append(
+                DiagramNode(
+                    id=key,
+                    kind="block",
+                    layer_ids=tuple(str(layer["id"]) for layer in group_layers),
+                    type=BLOCK_TYPE,
+                    output_shape=tuple(int(v) for v in group_layers[-1].get("output_shape") or ()),
+                    params=sum(int(layer.get("params") or 0) for layer in group_layers),
+                )
+            )
+    return nodes
+
+
+def node_of_layer(nodes: Sequence[DiagramNode]) -> dict[str, str]:
+    """Layer id -> id of the box that draws it."""
+    return {layer_id: node.id for node in nodes for layer_id in node.layer_ids}
+
+
+def diagram_edges(
+    layers: Sequence[LayerRecord], nodes: Sequence[DiagramNode]
+) -> list[tuple[str, str]]:
+    """Data-flow edges between boxes, from the manifest's ``parents``; edges inside a collapsed
+    block vanish with it and duplicates are merged."""
+    owner = node_of_layer(nodes)
+    edges: dict[tuple[str, str], None] = {}
+    for layer in layers:
+        child = owner.get(str(layer["id"]))
+        for parent_id in layer.get("parents") or ():
+            parent = owner.get(str(parent_id))
+            if parent is not None and child is not None and parent != child:
+                edges[(parent, child)] = None
+    return list(edges)
+
+
+# ---- geometry -------------------------------------------------------------------------------
+
+
+def box_size(shape: Sequence[int]) -> tuple[float, float, float, float]:
+    """(w, h, dx, dy) for an output of ``shape`` (no batch dim), log-scaled.
+
+    (C, H, W) maps: width from C, height from H, depth from W. Vectors (F,) are thin slabs whose
+    height grows with F, so a 4096-unit dense layer reads as big but not as a conv map.
+    """
+    if len(shape) >= 3:
+        channels, height, width = shape[0], shape[-2], shape[-1]
+        w = 0.35 + 0.3 * math.log2(channels + 1)
+        h = 0.6 + 0.55 * math.log2(height + 1)
+        depth = 0.6 + 0.55 * math.log2(width + 1)
+        return w, min(h, 6.5), 0.3 * depth, 0.2 * depth
+    features = math.prod(shape) if shape else 1
+    return 0.35, min(0.6 + 0.45 * math.log2(features + 1), 6.5), 0.15, 0.1
+
+
+def place_nodes(nodes: Sequence[DiagramNode]) -> list[Box]:
+    """Left-to-right placement in the given (execution) order."""
+    boxes = []
+    cursor = 0.0
+    for node in nodes:
+        w, h, dx, dy = box_size(node.output_shape)
+        boxes.append(Box(node=node, x=cursor, w=w, h=h, dx=dx, dy=dy))
+        cursor += w + dx + GAP
+    return boxes
+
+
+def front_face(box: Box) -> Polygon:
+    x, w, h = box.x, box.w, box.h
+    return [x, x + w, x + w, x, x], [-h / 2, -h / 2, h / 2, h / 2, -h / 2]
+
+
+def top_face(box: Box) -> Polygon:
+    x, w, h, dx, dy = box.x, box.w, box.h, box.dx, box.dy
+    return [x, x + w, x + w + dx, x + dx, x], [h / 2, h / 2, h / 2 + dy, h / 2 + dy, h / 2]
+
+
+def side_face(box: Box) -> Polygon:
+    x, w, h, dx, dy = box.x, box.w, box.h, box.dx, box.dy
+    return (
+        [x + w, x + w + dx, x + w + dx, x + w, x + w],
+        [-h / 2, -h / 2 + dy, h / 2 + dy, h / 2, -h / 2],
+    )
+
+
+def outline(box: Box, pad: float = 0.0) -> Polygon:
+    """The silhouette of a box (for hover and selection rings), grown by ``pad``."""
+    x, w, h, dx, dy = box.x - pad, box.w + 2 * pad, box.h + 2 * pad, box.dx, box.dy
+    xs = [x, x + w, x + w + dx, x + w + dx, x + dx, x, x]
+    ys = [-h / 2, -h / 2, -h / 2 + dy, h / 2 + dy, h / 2 + dy, h / 2, -h / 2]
+    return [round(v, 4) for v in xs], [round(v, 4) for v in ys]
+
+
+def _join(polygons: Sequence[Polygon]) -> tuple[list[float | None], list[float | None]]:
+    """Concatenate polygons into one trace's x/y, separated by None so each fills on its own."""
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for px, py in polygons:
+        xs.extend(round(v, 4) for v in px)
+        ys.extend(round(v, 4) for v in py)
+        xs.append(None)
+        ys.append(None)
+    return xs, ys
+
+
+def arc_points(start: tuple[float, float], end: tuple[float, float], peak: float) -> Polygon:
+    """A cubic Bézier from ``start`` to ``end`` bulging up to about ``peak``, as 20 points."""
+    (x0, y0), (x1, y1) = start, end
+    xs, ys = [], []
+    for i in range(21):
+        t = i / 20
+        a, b, c, d = (1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t**2, t**3
+        xs.append(round(a * x0 + b * x0 + c * x1 + d * x1, 4))
+        ys.append(round(a * y0 + (b + c) * peak + d * y1, 4))
+    return xs, ys
+
+
+# ---- text -----------------------------------------------------------------------------------
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    return " × ".join(str(int(v)) for v in shape) if shape else "?"
+
+
+def layer_summary(layer: LayerRecord) -> str:
+    """ "features.3 · Conv2d · output 32 × 16 × 16 · 4,640 parameters"."""
+    params = int(layer.get("params") or 0)
+    parts = [
+        str(layer["id"]),
+        str(layer["type"]),
+        f"output {format_shape(layer.get('output_shape') or ())}",
+        f"{params:,} parameter{'s' if params != 1 else ''}",
+    ]
+    if layer.get("same_as"):
+        parts.append(f"reshape of {layer['same_as']}")
+    return " · ".join(parts)
+
+
+def layer_option_label(layer: LayerRecord) -> str:
+    """Dropdown label: "features.3 — Conv2d 32×16×16"."""
+    shape = "×".join(str(int(v)) for v in layer.get("output_shape") or ())
+    return f"{layer['id']} — {layer['type']} {shape}".rstrip()
+
+
+def short_label(node: DiagramNode) -> str:
+    """Under-box label: the last path component of a layer ("features.3" -> "3"), the id of a
+    top-level layer ("fc"), or the group id of a collapsed block ("layer2.1")."""
+    if node.kind == "block":
+        return node.id
+    head, _, tail = node.id.partition(".")
+    return node.id.rsplit(".", 1)[-1] if tail else head
+
+
+def bracket_key(node: DiagramNode) -> str | None:
+    """The top-level module a box belongs to ("features", "layer2"); None for top-level layers."""
+    head, dot, _ = node.id.partition(".")
+    return head if dot else None
+
+
+def hover_text(node: DiagramNode) -> str:
+    params = f"{node.params:,} parameters"
+    if node.kind == "block":
+        return (
+            f"<b>{node.id}</b> (collapsed block, {len(node.layer_ids)} layers)<br>"
+            f"output {format_shape(node.output_shape)}<br>{params}<br><i>click to expand</i>"
+        )
+    return (
+        f"<b>{node.id}</b><br>{node.type}<br>output {format_shape(node.output_shape)}<br>{params}"
+    )
+
+
+# ---- the figure -----------------------------------------------------------------------------
+
+
+def step_layer(layer_ids: Sequence[str], current: str | None, delta: int) -> str:
+    """The layer ``delta`` steps from ``current`` in execution order, clamped to the ends."""
+    if not layer_ids:
+        raise ValueError("step_layer needs at least one layer id")
+    if current not in layer_ids:
+        return layer_ids[0]
+    index = list(layer_ids).index(current) + delta
+    return layer_ids[max(0, min(len(layer_ids) - 1, index))]
+
+
+def _family_traces(boxes: Sequence[Box]) -> list[dict[str, Any]]:
+    """Three filled traces per family (front, top, side), so 170 boxes cost ~30 traces."""
+    by_family: dict[str, list[Box]] = {}
+    for box in boxes:
+        by_family.setdefault(layer_family(box.node.type), []).append(box)
+    traces = []
+    for family in [f for f in FAMILY_COLORS if f in by_family] + sorted(
+        f for f in by_family if f not in FAMILY_COLORS
+    ):
+        color = FAMILY_COLORS.get(family, FAMILY_COLORS["other"])
+        members = by_family[family]
+        for face, builder, factor in (
+            ("front", front_face, 1.0),
+            ("top", top_face, 1.35),
+            ("side", side_face, 0.62),
+        ):
+            xs, ys = _join([builder(box) for box in members])
+            traces.append(
+                {
+                    "type": "scatter",
+                    "x": xs,
+                    "y": ys,
+                    "mode": "lines",
+                    "fill": "toself",
+                    "fillcolor": shade(color, factor),
+                    "line": {"color": shade(color, 0.45), "width": 1},
+                    "hoverinfo": "skip",
+                    "name": family,
+                    "legendgroup": family,
+                    "showlegend": face == "front",
+                }
+            )
+    return traces
+
+
+def _stack_trace(boxes: Sequence[Box]) -> dict[str, Any]:
+    """Offset silhouettes behind collapsed blocks: they read as a stack of layers."""
+    polygons = []
+    for box in boxes:
+        if box.node.kind == "block":
+            xs, ys = outline(box)
+            polygons.append(([v + 0.18 for v in xs], [v + 0.18 for v in ys]))
+    xs, ys = _join(polygons)
+    return {
+        "type": "scatter",
+        "x": xs,
+        "y": ys,
+        "mode": "lines",
+        "line": {"color": shade(FAMILY_COLORS["block"], 1.3), "width": 1, "dash": "dot"},
+        "hoverinfo": "skip",
+        "showlegend": False,
+        "name": "stacked",
+    }
+
+
+def _edge_traces(
+    boxes: Sequence[Box], edges: Sequence[tuple[str, str]]
+) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Straight links between neighbours and arcs for skips; returns both traces and the highest
+    arc point (for the y range)."""
+    index = {box.node.id: i for i, box in enumerate(boxes)}
+    straight: list[Polygon] = []
+    arcs: list[Polygon] = []
+    highest = max((box.top for box in boxes), default=1.0)
+    for parent, child in edges:
+        a, b = sorted((index[parent], index[child]))
+        first, last = boxes[a], boxes[b]
+        if b - a == 1:
+            straight.append(([first.right - first.dx / 2, last.x], [first.dy / 2, 0.0]))
+            continue
+        between = max(box.top for box in boxes[a : b + 1])
+        peak = between + 0.6 + 0.25 * math.log2(b - a)
+        start = (first.center_x + first.dx / 2, first.top)
+        end = (last.center_x + last.dx / 2, last.top)
+        arcs.append(arc_points(start, end, peak))
+        highest = max(highest, 0.75 * peak + 0.25 * between)
+    sx, sy = _join(straight)
+    ax, ay = _join(arcs)
+    common = {"type": "scatter", "mode": "lines", "hoverinfo": "skip"}
+    straight_trace = {
+        **common,
+        "x": sx,
+        "y": sy,
+        "line": {"color": "#8a8a8a", "width": 1.5},
+        "name": "data flow",
+        "showlegend": False,
+    }
+    arc_trace = {
+        **common,
+        "x": ax,
+        "y": ay,
+        "line": {"color": "#d9c36a", "width": 1.5},
+        "name": "skip connection",
+        "showlegend": bool(arcs),
+    }
+    return straight_trace, arc_trace, highest
+
+
+def _hover_trace(boxes: Sequence[Box]) -> dict[str, Any]:
+    """Invisible markers down each box's front face (and on its top face): plotly picks the
+    nearest one, so hovering anywhere on a box names it."""
+    xs, ys, custom, text = [], [], [], []
+    for box in boxes:
+        steps = max(2, round(box.h / 0.8))
+        points = [(box.center_x, -box.h / 2 + box.h * i / (steps - 1)) for i in range(steps)]
+        points.append((box.center_x + box.dx / 2, box.h / 2 + box.dy / 2))
+        label = hover_text(box.node)
+        for x, y in points:
+            xs.append(round(x, 4))
+            ys.append(round(y, 4))
+            custom.append([box.node.id, box.node.kind, box.node.output_layer])
+            text.append(label)
+    return {
+        "type": "scatter",
+        "x": xs,
+        "y": ys,
+        "mode": "markers",
+        "marker": {"size": 16, "opacity": 0, "color": HOVER},
+        "customdata": custom,
+        "text": text,
+        "hovertemplate": "%{text}<extra></extra>",
+        "showlegend": False,
+        "name": "layers",
+    }
+
+
+def _ring(polygon: Polygon | None, color: str, width: float, name: str) -> dict[str, Any]:
+    xs, ys = polygon if polygon else ([], [])
+    return {
+        "type": "scatter",
+        "x": xs,
+        "y": ys,
+        "mode": "lines",
+        "line": {"color": color, "width": width},
+        "hoverinfo": "skip",
+        "showlegend": False,
+        "name": name,
+    }
+
+
+def _label_traces(boxes: Sequence[Box], baseline: float) -> list[dict[str, Any]]:
+    """Short per-box labels (when they fit) and one bracket per top-level module."""
+    traces: list[dict[str, Any]] = []
+    if len(boxes) <= LABEL_LIMIT:
+        traces.append(
+            {
+                "type": "scatter",
+                "x": [round(box.center_x, 4) for box in boxes],
+                "y": [baseline] * len(boxes),
+                "mode": "text",
+                "text": [short_label(box.node) for box in boxes],
+                "textfont": {"color": MUTED, "size": 10},
+                "hoverinfo": "skip",
+                "showlegend": False,
+                "name": "labels",
+            }
+        )
+    runs: list[tuple[str, int, int]] = []
+    for i, box in enumerate(boxes):
+        key = bracket_key(box.node)
+        if key is None:
+            continue
+        if runs and runs[-1][0] == key and runs[-1][2] == i - 1:
+            runs[-1] = (key, runs[-1][1], i)
+        else:
+            runs.append((key, i, i))
+    bracket_y = baseline - 0.55
+    lines: list[Polygon] = []
+    names_x, names = [], []
+    for key, first, last in runs:
+        x0, x1 = boxes[first].x, boxes[last].right
+        lines.append(([x0, x0, x1, x1], [bracket_y + 0.2, bracket_y, bracket_y, bracket_y + 0.2]))
+        names_x.append(round((x0 + x1) / 2, 4))
+        names.append(key)
+    lx, ly = _join(lines)
+    traces.append(
+        {
+            "type": "scatter",
+            "x": lx,
+            "y": ly,
+            "mode": "lines",
+            "line": {"color": GRID, "width": 1},
+            "hoverinfo": "skip",
+            "showlegend": False,
+            "name": "blocks",
+        }
+    )
+    traces.append(
+        {
+            "type": "scatter",
+            "x": names_x,
+            "y": [bracket_y - 0.45] * len(names),
+            "mode": "text",
+            "text": names,
+            "textfont": {"color": TEXT, "size": 11},
+            "hoverinfo": "skip",
+            "showlegend": False,
+            "name": "block names",
+        }
+    )
+    return traces
+
+
+def architecture_figure(
+    layers: Sequence[LayerRecord],
+    selected: str | None,
+    expanded: Collection[str] = (),
+    height: int = FIGURE_HEIGHT,
+) -> dict[str, Any]:
+    """The clickable diagram of ``layers`` (the manifest's list, execution order, "input" first).
+
+    ``selected`` is a layer id (its box, or the collapsed block holding it, gets the accent
+    ring); ``expanded`` lists collapse groups drawn layer by layer. ``layout.meta`` carries the
+    silhouette of every box (for the clientside hover ring) and the selected node id.
+    """
+    if not layers:
+        return message_figure("The model's layers are not described yet.", height)
+    nodes = diagram_nodes(layers, expanded)
+    boxes = place_nodes(nodes)
+    edges = diagram_edges(layers, nodes)
+    owner = node_of_layer(nodes)
+    selected_node = owner.get(selected) if selected else None
+    selected_box = next((box for box in boxes if box.node.id == selected_node), None)
+
+    straight, arcs, highest = _edge_traces(boxes, edges)
+    lowest = -max(box.h for box in boxes) / 2
+    baseline = lowest - 0.45
+    data: list[dict[str, Any]] = [_stack_trace(boxes), straight, arcs]
+    data.extend(_family_traces(boxes))
+    data.extend(_label_traces(boxes, baseline))
+    data.append(_ring(outline(selected_box, 0.12) if selected_box else None, ACCENT, 3, "selected"))
+    data.append(_ring(None, HOVER, 2, "hovered"))
+    data.append(_hover_trace(boxes))
+    annotations = []
+    if selected_box is not None:
+        annotations.append(
+            {
+                "x": selected_box.center_x,
+                "y": selected_box.top + 0.15,
+                "text": selected
+                if selected_node == selected
+                else f"{selected} (in {selected_node})",
+                "showarrow": False,
+                "yanchor": "bottom",
+                "font": {"color": ACCENT, "size": 12},
+                "bgcolor": "rgba(38,38,38,0.85)",
+            }
+        )
+    right = boxes[-1].right if boxes else 1.0
+    layout = base_layout(
+        height=height,
+        margin={"l": 8, "r": 8, "t": 8, "b": 4},
+        plot_bgcolor="rgba(0,0,0,0)",
+        xaxis={"visible": False, "range": [-0.6, right + 0.6], "fixedrange": False},
+        yaxis={"visible": False, "range": [baseline - 1.3, highest + 0.9], "fixedrange": True},
+        dragmode="zoom",
+        hovermode="closest",
+        hoverdistance=40,
+        showlegend=True,
+        legend={
+            "orientation": "h",
+            "x": 1,
+            "xanchor": "right",
+            "y": 1,
+            "yanchor": "top",
+            "bgcolor": "rgba(38,38,38,0.7)",
+            "font": {"size": 11, "color": TEXT},
+        },
+        annotations=annotations,
+        meta={
+            "outlines": {box.node.id: outline(box, 0.08) for box in boxes},
+            "hoverTrace": len(data) - 2,
+            "selectedNode": selected_node,
+        },
+        # Keeps a user's zoom while the selection moves, resets it when boxes are re-laid out.
+        uirevision="expanded:" + ",".join(sorted(expanded)),
+    )
+    return {"data": data, "layout": layout}

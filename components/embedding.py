@@ -1,0 +1,242 @@
+"""The embedding scatter: one Scattergl trace per colour group, rows in ``customdata``.
+
+Figures are plain dicts with coordinates rounded to four significant digits and sent as lists:
+a 13k-point layer switch stays around a few hundred kilobytes and never needs ``go.Figure``
+validation. ``customdata`` is a list of sample row indices, because Scattergl hover events in
+plotly.js 3 drop ``customdata`` given as a typed (numpy) array. Every point is drawn; there is no
+cap on the number of points.
+
+The trace structure (which rows go in which trace, in which order) depends only on the run, the
+subset and the colouring, never on the layer: the clientside animation interpolates trace by
+trace, index by index, which therefore matches points by sample, not by position.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from components.theme import (
+    ACCENT,
+    DANGER,
+    SUCCESS,
+    UNKNOWN,
+    base_layout,
+    class_color,
+)
+
+IntArray = npt.NDArray[np.int64]
+COLOR_BY = ("label", "prediction", "correct")
+METHOD_NAMES = {"tsne": "t-SNE", "pca": "PCA"}
+# Legend entries for "colour by prediction": ImageNet models can predict hundreds of classes; past
+# this many the rarest share one grey group (their points are all still drawn).
+MAX_PREDICTION_GROUPS = 20
+SIGNIFICANT_DIGITS = 4
+PINNED_TRACE_NAME = "pinned sample"
+
+
+@dataclass(frozen=True)
+class PointGroup:
+    """One legend entry: its name, colour and the sample rows (ascending) it draws."""
+
+    name: str
+    color: str
+    rows: IntArray
+
+
+def label_groups(labels: IntArray, class_names: Sequence[str]) -> list[PointGroup]:
+    """labels: (n,) int64 dataset class per row -> one group per class present, class order."""
+    groups = []
+    for index in np.unique(labels):
+        name = class_names[index] if 0 <= index < len(class_names) else f"class {index}"
+        rows = np.flatnonzero(labels == index).astype(np.int64)
+        groups.append(PointGroup(str(name), class_color(int(index)), rows))
+    return groups
+
+
+def prediction_groups(
+    predicted: IntArray, model_class_names: Sequence[str], dataset_to_model: Sequence[int]
+) -> list[PointGroup]:
+    """predicted: (n,) int64 model class per row.
+
+    A model class that is some dataset class keeps that class's colour, so "label" and
+    "prediction" views read alike; others follow by frequency, and beyond
+    ``MAX_PREDICTION_GROUPS`` the rarest merge into one "other" group.
+    """
+    model_to_dataset = {int(m): d for d, m in enumerate(dataset_to_model) if int(m) >= 0}
+    classes, counts = np.unique(predicted, return_counts=True)
+    mapped = sorted(
+        (c for c in classes if int(c) in model_to_dataset), key=lambda c: model_to_dataset[int(c)]
+    )
+    unmapped = [
+        c for _, c in sorted(zip(-counts, classes, strict=True)) if int(c) not in model_to_dataset
+    ]
+    ordered = [*mapped, *unmapped]
+    keep, rest = ordered[:MAX_PREDICTION_GROUPS], ordered[MAX_PREDICTION_GROUPS:]
+    groups = []
+    next_color = len(dataset_to_model)
+    for model_class in keep:
+        if int(model_class) in model_to_dataset:
+            color = class_color(model_to_dataset[int(model_class)])
+        else:
+            color = class_color(next_color)
+            next_color += 1
+        name = (
+            model_class_names[model_class]
+            if model_class < len(model_class_names)
+            else f"class {model_class}"
+        )
+        rows = np.flatnonzero(predicted == model_class).astype(np.int64)
+        groups.append(PointGroup(f"pred: {name}", color, rows))
+    if rest:
+        rows = np.flatnonzero(np.isin(predicted, rest)).astype(np.int64)
+        groups.append(PointGroup(f"pred: {len(rest)} other classes", UNKNOWN, rows))
+    return groups
+
+
+def correct_groups(correct: npt.NDArray[np.int8]) -> list[PointGroup]:
+    """correct: (n,) int8 with 1 correct, 0 wrong, -1 unknown (label not among the model's)."""
+    groups = []
+    for value, name, color in (
+        (1, "correct", SUCCESS),
+        (0, "wrong", DANGER),
+        (-1, "unknown label", UNKNOWN),
+    ):
+        rows = np.flatnonzero(correct == value).astype(np.int64)
+        if len(rows):
+            groups.append(PointGroup(name, color, rows))
+    return groups
+
+
+def color_groups(
+    color_by: str,
+    labels: IntArray,
+    predicted: IntArray | None,
+    correct: npt.NDArray[np.int8] | None,
+    class_names: Sequence[str],
+    model_class_names: Sequence[str],
+    dataset_to_model: Sequence[int],
+) -> list[PointGroup]:
+    """The legend groups for ``color_by`` in ``COLOR_BY``; arrays are (n,) over the subset rows.
+    Without predictions (precompute still running) every mode falls back to true labels."""
+    if color_by not in COLOR_BY:
+        raise ValueError(f"color_by must be one of {COLOR_BY}, got {color_by!r}")
+    if color_by == "prediction" and predicted is not None:
+        return prediction_groups(predicted, model_class_names, dataset_to_model)
+    if color_by == "correct" and correct is not None:
+        return correct_groups(correct)
+    return label_groups(labels, class_names)
+
+
+def coordinate_decimals(values: npt.NDArray[np.floating]) -> int:
+    """Decimals that keep ``SIGNIFICANT_DIGITS`` digits of the largest magnitude in ``values``."""
+    finite = np.abs(values[np.isfinite(values)])
+    peak = float(finite.max()) if finite.size else 0.0
+    if peak == 0.0:
+        return SIGNIFICANT_DIGITS
+    return max(0, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(peak)))
+
+
+def rounded(values: npt.NDArray[np.floating], decimals: int) -> list[float]:
+    """values: (n,) float32 -> list of Python floats, rounded (short JSON)."""
+    return np.round(values.astype(np.float64), decimals).tolist()
+
+
+def marker_size(n: int) -> float:
+    """Smaller markers for more points, so 13k points do not become one blob."""
+    if n <= 300:
+        return 8.0
+    if n <= 2000:
+        return 6.0
+    if n <= 6000:
+        return 4.5
+    return 3.5
+
+
+def method_label(method: str, perplexity: float | str | None) -> str:
+    """ "t-SNE, perplexity 30" or "PCA"."""
+    name = METHOD_NAMES.get(method, method)
+    if method == "tsne" and perplexity not in (None, "none"):
+        return f"{name}, perplexity {float(perplexity):g}"
+    return name
+
+
+def embedding_title(
+    method: str,
+    perplexity: float | str | None,
+    layer_id: str,
+    layer_type: str,
+    n: int,
+    same_as: str | None = None,
+) -> str:
+    """ "t-SNE, perplexity 30 — layer features.3 (Conv2d), 1,797 samples"."""
+    kind = f"{layer_type}, same values as {same_as}" if same_as else layer_type
+    return f"{method_label(method, perplexity)} — layer {layer_id} ({kind}), {n:,} samples"
+
+
+def embedding_figure(
+    coords: npt.NDArray[np.float32],
+    groups: Sequence[PointGroup],
+    title: str,
+    structure: str,
+    uirevision: str,
+) -> dict[str, Any]:
+    """coords: (n, 2) float32, row i = sample row i; ``groups`` partition rows 0..n-1.
+
+    ``structure`` names the trace layout (run, subset, colouring): the browser animates between
+    two figures only when it is equal. The last trace is an empty ring for the pinned sample,
+    filled in the browser.
+    """
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"coords must be (n, 2), got {coords.shape}")
+    decimals = coordinate_decimals(coords)
+    size = marker_size(len(coords))
+    data: list[dict[str, Any]] = []
+    for group in groups:
+        rows = group.rows
+        data.append(
+            {
+                "type": "scattergl",
+                "mode": "markers",
+                "name": group.name,
+                "x": rounded(coords[rows, 0], decimals),
+                "y": rounded(coords[rows, 1], decimals),
+                "customdata": rows.tolist(),
+                "marker": {"color": group.color, "size": size, "opacity": 0.85},
+                "hovertemplate": "%{fullData.name} · row %{customdata}<extra></extra>",
+            }
+        )
+    data.append(
+        {
+            "type": "scattergl",
+            "mode": "markers",
+            "name": PINNED_TRACE_NAME,
+            "x": [],
+            "y": [],
+            "marker": {
+                "symbol": "circle-open",
+                "size": 20,
+                "color": ACCENT,
+                "line": {"width": 3, "color": ACCENT},
+            },
+            "hoverinfo": "skip",
+            "showlegend": False,
+        }
+    )
+    layout = base_layout(
+        title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}},
+        margin={"l": 20, "r": 10, "t": 44, "b": 20},
+        xaxis={"showticklabels": False, "showgrid": False, "zeroline": False},
+        yaxis={"showticklabels": False, "showgrid": False, "zeroline": False},
+        legend={"itemsizing": "constant", "font": {"size": 12}, "title": {"text": ""}},
+        hovermode="closest",
+        uirevision=uirevision,
+        meta={"structure": structure, "n": int(len(coords)), "pinnedTrace": len(data) - 1},
+        annotations=[],
+    )
+    return {"data": data, "layout": layout}
