@@ -533,7 +533,7 @@ def remove_stale_partials(cache_dir: Path, name: str) -> list[Path]:
 
 @contextlib.contextmanager
 def _quiet(enabled: bool) -> Iterator[None]:
-    """Silence torchvision's "Downloading ..." prints and tqdm bars when progress is off."""
+    """Silence everything torchvision writes while downloading (tqdm bars, prints) if enabled."""
     if not enabled:
         yield
         return
@@ -695,7 +695,7 @@ def fetch_torchvision(cls: type, folder: str, partial: Path) -> Path:
     return partial / folder
 
 
-def split_arrays(dataset: object) -> tuple[UInt8Array, np.ndarray]:
+def split_arrays(dataset: MNIST | CIFAR10) -> tuple[UInt8Array, np.ndarray]:
     """Images and labels of a loaded torchvision array dataset.
 
     Returns ``(N, H, W) uint8`` (MNIST-like) or ``(N, H, W, 3) uint8`` (CIFAR) and ``(N,) int64``.
