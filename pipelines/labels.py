@@ -25,7 +25,7 @@ IMAGENET_INDEX_BY_WNID: dict[str, int] = {
     "n03417042": 569,  # garbage truck
     "n03425413": 571,  # gas pump
     "n03445777": 574,  # golf ball
-    "n03888605": 701,  # parachute
+    "n03888257": 701,  # parachute
     # Imagewoof
     "n02086240": 155,  # Shih-Tzu
     "n02087394": 159,  # Rhodesian ridgeback
