@@ -17,7 +17,7 @@ IMAGENETTE_WNIDS = [
     "n03417042",
     "n03425413",
     "n03445777",
-    "n03888605",
+    "n03888257",
 ]
 IMAGENETTE_NAMES = [
     "tench",
