@@ -100,6 +100,11 @@ def capture_layers(
     return logits, captured
 
 
+def layer_type(module: nn.Module) -> str:
+    """Class name; wrapped TorchScript layers report the name of the class they were made from."""
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
 
@@ -147,7 +152,7 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[dict[str, A
         layers.append(
             {
                 "id": layer_id,
-                "type": type(leaves[layer_id]).__name__,
+                "type": layer_type(leaves[layer_id]),
                 "output_shape": shapes[layer_id],
                 "params": count_parameters(leaves[layer_id]),
                 "parents": parents.get(layer_id, []),

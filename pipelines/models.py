@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,8 +225,13 @@ class ScriptLeaf(nn.Module):
 
     def __init__(self, scripted: torch.jit.ScriptModule):
         super().__init__()
-        self.scripted = scripted
-        self.kind = getattr(scripted, "original_name", "ScriptModule")
+        # Kept out of the module tree on purpose: the shell must stay a leaf, since hooks and
+        # layer discovery can only use it, never the compiled module inside.
+        object.__setattr__(self, "scripted", scripted)
+        self.original_name = getattr(scripted, "original_name", "ScriptModule")
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        return self.scripted.parameters(recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scripted(x)
@@ -243,7 +248,9 @@ def unwrap_script(scripted: torch.jit.ScriptModule) -> nn.Module:
 def build_torchscript(spec: str, device: torch.device, input_size: int | None) -> ModelAdapter:
     path = existing_file(spec)
     try:
-        scripted = torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still supported
+            scripted = torch.jit.load(str(path), map_location=device)
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's file
         raise UserError(
             f"{path} is not a TorchScript model ({type(exc).__name__}); save one with "
