@@ -59,6 +59,28 @@ def inspector_table(
     return table
 
 
+LINE_WIDTH = 3
+# The bar trace's fixed attributes; the browser copies them (``top10_style``) and adds the data.
+STATIC_TRACE: dict[str, Any] = {
+    "type": "bar",
+    "orientation": "h",
+    "textposition": "auto",
+    "hovertemplate": "%{customdata[1]}<br>p = %{x:.4f}<br><i>click: explain this class</i>"
+    "<extra></extra>",
+}
+
+
+def top10_style() -> dict[str, Any]:
+    """What ``assets/layerscope.js`` needs to draw exactly the bars ``top10_trace`` draws."""
+    return {
+        "trace": dict(STATIC_TRACE),
+        "barColor": BAR_COLOR,
+        "trueColor": SUCCESS,
+        "explainedColor": ACCENT,
+        "lineWidth": LINE_WIDTH,
+    }
+
+
 def top10_trace(
     classes: Sequence[int],
     probs: Sequence[float],
@@ -71,26 +93,20 @@ def top10_trace(
 
     The true class is green, the class whose explanations are shown has an accent outline.
     """
-    names = [short_name(str(class_names[c])) if c < len(class_names) else str(c) for c in classes]
+    names = [str(class_names[c]) if c < len(class_names) else str(c) for c in classes]
     return {
-        "type": "bar",
-        "orientation": "h",
+        **STATIC_TRACE,
         "x": [round(float(p), PROB_DECIMALS) for p in probs],
-        "y": [f"{name} " for name in names],
-        "customdata": [
-            [int(c), str(class_names[c]) if c < len(class_names) else str(c)] for c in classes
-        ],
+        "y": [f"{short_name(name)} " for name in names],
+        "customdata": [[int(c), name] for c, name in zip(classes, names, strict=True)],
         "text": [f"{100 * float(p):.1f}%" for p in probs],
-        "textposition": "auto",
         "marker": {
             "color": [SUCCESS if c == true_class else BAR_COLOR for c in classes],
             "line": {
                 "color": [ACCENT if c == explained_class else "rgba(0,0,0,0)" for c in classes],
-                "width": 3,
+                "width": LINE_WIDTH,
             },
         },
-        "hovertemplate": "%{customdata[1]}<br>p = %{x:.4f}<br><i>click: explain this class</i>"
-        "<extra></extra>",
     }
 
 
@@ -102,7 +118,9 @@ def top10_figure(
     explained_class: int | None = None,
 ) -> dict[str, Any]:
     """The top-10 chart; with no classes it is the empty template the browser fills."""
-    data = [top10_trace(classes, probs, class_names, true_class, explained_class)] if classes else []
+    data = (
+        [top10_trace(classes, probs, class_names, true_class, explained_class)] if classes else []
+    )
     layout = base_layout(
         height=TOP10_HEIGHT,
         margin={"l": 8, "r": 12, "t": 8, "b": 28},

@@ -1,0 +1,87 @@
+"""The Dash app: ``create_app(data_dir)`` wires layout, callbacks, image routes and the
+background-callback manager for one data dir. ``python main.py serve`` calls it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import dash
+import dash_bootstrap_components as dbc  # noqa: F401 - registers the component suite
+
+from dashboard import ids
+from dashboard.context import CONFIG_KEY, configure
+from dashboard.layout import page
+from dashboard.registry import register_all
+from dashboard.routes import register_routes
+from pipelines.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+BACKGROUND_CACHE = "background"
+
+# The page template, plus the component ids for assets/layerscope.js (ids.py stays the only
+# place they are spelled).
+INDEX_TEMPLATE = """<!DOCTYPE html>
+<html lang="en" data-bs-theme="dark">
+    <head>
+        {%metas%}
+        <title>{%title%}</title>
+        {%favicon%}
+        {%css%}
+        <script>window.layerscopeIds = __IDS__;</script>
+    </head>
+    <body>
+        {%app_entry%}
+        <footer>
+            {%config%}
+            {%scripts%}
+            {%renderer%}
+        </footer>
+    </body>
+</html>"""
+
+
+def background_manager(data_dir: Path) -> Any:
+    """Celery + Redis when ``REDIS_URL`` is set (run workers with
+    ``celery -A dashboard.worker worker``); else diskcache-backed subprocesses, with the cache
+    under ``<data-dir>/cache/background``."""
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        try:
+            from celery import Celery
+        except ImportError:
+            raise UserError(
+                "REDIS_URL is set but celery is not installed; `pip install 'dash[celery]'` or "
+                "unset REDIS_URL to use the built-in diskcache background manager"
+            ) from None
+        celery_app = Celery("layerscope", broker=redis_url, backend=redis_url)
+        return dash.CeleryManager(celery_app)
+    import diskcache
+
+    cache_dir = Path(data_dir) / "cache" / BACKGROUND_CACHE
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return dash.DiskcacheManager(diskcache.Cache(str(cache_dir)))
+
+
+def create_app(data_dir: Path) -> dash.Dash:
+    """The LayerScope dashboard over the runs in ``data_dir`` (which may be empty)."""
+    data_dir = Path(data_dir)
+    context = configure(data_dir)
+    app = dash.Dash(
+        __name__,
+        title="LayerScope",
+        update_title=None,
+        assets_folder=str(ASSETS),
+        serve_locally=True,
+        background_callback_manager=background_manager(data_dir),
+        index_string=INDEX_TEMPLATE.replace("__IDS__", json.dumps(ids.all_ids())),
+        meta_tags=[{"name": "viewport", "content": "width=device-width, initial-scale=1"}],
+    )
+    app.server.config[CONFIG_KEY] = context
+    app.layout = page(context.token)
+    register_all(app)
+    register_routes(app.server, context)
+    return app

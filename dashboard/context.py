@@ -1,0 +1,66 @@
+"""What a callback needs from its app: the data dir, its run catalog and its model service.
+
+Request-time callbacks find it on the Flask app serving the request, so several apps (several
+data dirs) can live in one process. Background callbacks run in forked processes without a
+request; the page hands them its app's opaque token (a store in the layout), which
+``by_token`` resolves in the forked copy of this registry.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import flask
+
+from dashboard.data import RunCatalog
+from dashboard.model_service import ModelService, get_service
+from pipelines.errors import UserError
+
+CONFIG_KEY = "LAYERSCOPE"
+
+
+@dataclass(frozen=True)
+class AppContext:
+    data_dir: Path
+    catalog: RunCatalog
+    service: ModelService
+    token: str
+
+
+_by_token: dict[str, AppContext] = {}
+
+
+def configure(data_dir: Path) -> AppContext:
+    """Create (and register) the context of one app serving ``data_dir``."""
+    data_dir = Path(data_dir)
+    context = AppContext(
+        data_dir=data_dir,
+        catalog=RunCatalog(data_dir),
+        service=get_service(data_dir),
+        token=secrets.token_hex(8),
+    )
+    _by_token[context.token] = context
+    return context
+
+
+def current() -> AppContext:
+    """The context of the app handling this request."""
+    if flask.has_app_context():
+        context = flask.current_app.config.get(CONFIG_KEY)
+        if context is not None:
+            return context
+    if len(_by_token) == 1:
+        return next(iter(_by_token.values()))
+    raise RuntimeError(
+        "no LayerScope app is handling this call; create one with create_app(data_dir)"
+    )
+
+
+def by_token(token: str | None) -> AppContext:
+    """The context a page belongs to (background callbacks get the token from the page)."""
+    context = _by_token.get(token or "")
+    if context is None:
+        raise UserError("this page belongs to a server that has restarted; reload the page")
+    return context

@@ -1,0 +1,361 @@
+"""Read-only access to the runs in a data dir, for callbacks and image routes.
+
+Everything goes through ``pipelines.store.RunStore``; nothing here builds a path from user input.
+A run id coming from the browser is only ever used after it matched one of the listed run
+folders. Loaded artifacts are cached per run and dropped when the manifest changes (a precompute
+still running adds artifacts as it goes).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.errors import UserError
+from pipelines.precompute import embedding_key
+from pipelines.store import RunStore, list_run_dirs
+from pipelines.types import INPUT_LAYER
+
+EXPLANATION_METHODS = ("gradcam", "guided_backprop", "guided_gradcam")
+METHODS = ("tsne", "pca")
+PRECOMPUTE_HINT = "python main.py precompute --dataset digits --model smallcnn"
+
+
+class NotReady(UserError):
+    """An artifact the precompute has not written (yet): shown in place as information."""
+
+
+def precompute_command(data_dir: Path) -> str:
+    return f"{PRECOMPUTE_HINT} --data-dir {data_dir}"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One entry of the run picker."""
+
+    run_id: str
+    label: str
+    complete: bool
+    readable: bool
+
+
+@dataclass
+class RunData:
+    """One run's manifest plus lazily loaded, cached artifacts. Arrays are memory-mapped."""
+
+    store: RunStore
+    manifest: dict[str, Any]
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # ---- identity and layers ----------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        return self.store.run_id
+
+    @property
+    def version(self) -> int:
+        """Changes when the run is recomputed under the same id: part of every image URL, so a
+        browser never shows a cached picture of an older run."""
+        return int(self.manifest.get("created") or 0)
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        return list(self.manifest.get("layers") or [])
+
+    @property
+    def layer_ids(self) -> list[str]:
+        return [str(layer["id"]) for layer in self.layers]
+
+    def layer(self, layer_id: str) -> dict[str, Any]:
+        for layer in self.layers:
+            if layer["id"] == layer_id:
+                return layer
+        raise UserError(
+            f"layer '{layer_id}' is not in run '{self.run_id}'; pick one in the model view "
+            "(`python main.py runs` lists them)"
+        )
+
+    def default_layer(self) -> str | None:
+        """The Grad-CAM layer (last spatial conv) if known, else the last layer: deep enough
+        that classes already separate, which makes a telling first view."""
+        ids = self.layer_ids
+        if not ids:
+            return None
+        preferred = (self.manifest.get("model") or {}).get("gradcam_layer")
+        return preferred if preferred in ids else ids[-1]
+
+    # ---- stages -----------------------------------------------------------------------------
+
+    @property
+    def stages(self) -> dict[str, dict[str, Any]]:
+        return dict(self.manifest.get("stages") or {})
+
+    @property
+    def complete(self) -> bool:
+        stages = self.stages
+        return bool(stages) and all(s.get("state") == "done" for s in stages.values())
+
+    def being_written(self) -> bool:
+        return self.store.is_being_written()
+
+    def stage_lines(self) -> list[tuple[str, str, str]]:
+        """(stage, state, detail) per stage, e.g. ("embeddings", "running", "12 / 39, 41 s")."""
+        lines = []
+        for name, stage in self.stages.items():
+            state = str(stage.get("state", "pending"))
+            parts = []
+            if stage.get("total") not in (None, 1) or (state == "running" and "done" in stage):
+                parts.append(f"{stage.get('done', 0)} / {stage.get('total', '?')}")
+            if stage.get("seconds") is not None:
+                parts.append(f"{float(stage['seconds']):.1f} s")
+            lines.append((name, state, ", ".join(parts)))
+        return lines
+
+    def not_ready_note(self) -> str | None:
+        """One sentence saying what is still missing, or None for a complete run."""
+        if self.complete:
+            return None
+        pending = [
+            f"{name} ({state}{', ' + detail if detail else ''})"
+            for name, state, detail in self.stage_lines()
+            if state != "done"
+        ]
+        ready = [name for name, state, _ in self.stage_lines() if state == "done"]
+        writer = (
+            "a precompute is writing it now"
+            if self.being_written()
+            else "no precompute is running: run the precompute command again to resume"
+        )
+        return (
+            f"Run '{self.run_id}' is not complete ({writer}). Ready: {', '.join(ready) or 'nothing yet'}. "
+            f"Not ready: {', '.join(pending)}."
+        )
+
+    # ---- sizes and options ------------------------------------------------------------------
+
+    @property
+    def num_samples(self) -> int:
+        return int((self.manifest.get("dataset") or {}).get("num_samples") or 0)
+
+    @property
+    def subsets(self) -> list[int]:
+        return [int(n) for n in self.manifest.get("subsets") or []]
+
+    def perplexities(self, subset: int) -> list[float]:
+        table = self.manifest.get("perplexities") or {}
+        return [float(p) for p in table.get(str(subset), [])]
+
+    def default_subset(self) -> int | None:
+        """The largest subset: every sample, since nothing is capped silently."""
+        return max(self.subsets) if self.subsets else None
+
+    def default_perplexity(self, subset: int) -> float | None:
+        values = self.perplexities(subset)
+        if not values:
+            return None
+        return min(values, key=lambda p: abs(p - 30.0))
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c) for c in (self.manifest.get("dataset") or {}).get("class_names") or []]
+
+    @property
+    def model_class_names(self) -> list[str]:
+        return [str(c) for c in (self.manifest.get("model") or {}).get("class_names") or []]
+
+    @property
+    def dataset_to_model(self) -> list[int]:
+        mapping = self.manifest.get("class_mapping") or {}
+        return [int(v) for v in mapping.get("dataset_to_model") or []]
+
+    # ---- artifacts --------------------------------------------------------------------------
+
+    def _cached(self, key: str, load: Any) -> Any:
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = load()
+        with self._lock:
+            self._cache[key] = value
+        return value
+
+    def samples(self) -> dict[str, list[Any]]:
+        if not self.store.has("samples"):
+            raise NotReady(f"the sample index of run '{self.run_id}' is not written yet")
+        return self._cached("samples", lambda: self.store.load_json("samples"))
+
+    def predictions(self) -> dict[str, np.ndarray] | None:
+        """The predictions arrays, or None while the forward stage is still running."""
+        if not self.store.has("predictions"):
+            return None
+        return self._cached("predictions", lambda: self.store.load_arrays("predictions"))
+
+    def thumbnails(self) -> np.ndarray:
+        """(N, T, T, 3) uint8, memory-mapped."""
+        if not self.store.has("thumbnails"):
+            raise NotReady(f"thumbnails of run '{self.run_id}' are not written yet")
+        return self._cached("thumbnails", lambda: self.store.load_array("thumbnails"))
+
+    def explanation(self, method: str) -> np.ndarray:
+        """gradcam (N, S, S) float16; guided_* (N, S, S, 3) uint8; memory-mapped."""
+        if method not in EXPLANATION_METHODS:
+            raise UserError(
+                f"unknown explanation method '{method}'; use one of {', '.join(EXPLANATION_METHODS)}"
+            )
+        if not self.store.has("explanation", method=method):
+            raise NotReady(f"{method} explanations of run '{self.run_id}' are not written yet")
+        return self._cached(
+            f"explanation/{method}", lambda: self.store.load_array("explanation", method=method)
+        )
+
+    def explanation_methods(self) -> list[str]:
+        return [m for m in EXPLANATION_METHODS if self.store.has("explanation", method=m)]
+
+    def embedding_source(self, layer_id: str) -> str:
+        """The layer whose embedding ``layer_id`` shows (reshape-only layers reuse their parent's)."""
+        return str(self.layer(layer_id).get("same_as") or layer_id)
+
+    def embedding(
+        self, layer_id: str, subset: int, method: str, perplexity: float | None
+    ) -> np.ndarray:
+        """(subset, 2) float32, row i = sample row i; NotReady with the stage's progress if the
+        precompute has not reached it."""
+        if method not in METHODS:
+            raise UserError(f"unknown method '{method}'; use tsne or pca")
+        if subset not in self.subsets:
+            raise UserError(
+                f"subset {subset} is not in run '{self.run_id}'; choose one of {self.subsets}"
+            )
+        if method == "tsne" and (
+            perplexity is None or float(perplexity) not in self.perplexities(subset)
+        ):
+            raise UserError(
+                f"perplexity {perplexity} was not computed for {subset} samples; choose one of "
+                f"{', '.join(f'{p:g}' for p in self.perplexities(subset))}"
+            )
+        self.layer(layer_id)
+        key = embedding_key(layer_id, subset, method, None if method == "pca" else perplexity)
+        if not self.store.has("embedding", **key):
+            stage = self.stages.get("embeddings", {})
+            progress = f"{stage.get('done', 0)} of {stage.get('total', '?')} layers done"
+            raise NotReady(
+                f"the {method.upper() if method == 'pca' else 't-SNE'} embedding of layer {layer_id} "
+                f"({subset} samples) is not computed yet (embeddings stage {stage.get('state', 'pending')}, "
+                f"{progress})"
+            )
+        coords = self.store.load_array("embedding", **key)
+        if coords.ndim != 2 or coords.shape != (subset, 2):
+            raise UserError(
+                f"the embedding file of layer {layer_id} has shape {coords.shape}, expected ({subset}, 2); "
+                "delete the run and precompute it again"
+            )
+        return coords
+
+    def reduction(self, layer_id: str) -> dict[str, Any] | None:
+        if not self.store.has("reduction", layer=layer_id):
+            return None
+        return self.store.load_json("reduction", layer=layer_id)
+
+    def check_row(self, row: int) -> int:
+        if not 0 <= int(row) < self.num_samples:
+            raise UserError(
+                f"sample row {row} is outside run '{self.run_id}' (0..{self.num_samples - 1})"
+            )
+        return int(row)
+
+
+class RunCatalog:
+    """The runs of one data dir. ``open`` is the only way from a run id to its files."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self._runs: dict[str, tuple[int, RunData]] = {}
+        self._lock = threading.Lock()
+
+    def run_ids(self) -> list[str]:
+        return [path.name for path in list_run_dirs(self.data_dir)]
+
+    def open(self, run_id: str | None) -> RunData:
+        """The run named ``run_id`` if it is one of this data dir's runs (else a UserError that
+        says what to do). Reloaded when its manifest changed on disk."""
+        if not run_id:
+            raise UserError(
+                self.empty_message()
+                if not self.run_ids()
+                else "no run is selected; pick one in the run menu"
+            )
+        by_name = {path.name: path for path in list_run_dirs(self.data_dir)}
+        if run_id not in by_name:
+            raise UserError(
+                f"run '{run_id}' is not in {self.data_dir} (deleted or never computed); pick another "
+                f"run in the menu, or compute it with `{precompute_command(self.data_dir)}`"
+            )
+        store = RunStore(by_name[run_id])
+        try:
+            stamp = store.manifest_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            raise UserError(
+                f"run '{run_id}' was just deleted; pick another run in the menu"
+            ) from None
+        with self._lock:
+            cached = self._runs.get(run_id)
+            if cached and cached[0] == stamp:
+                return cached[1]
+        run = RunData(store=store, manifest=store.read_manifest())
+        with self._lock:
+            self._runs[run_id] = (stamp, run)
+        return run
+
+    def empty_message(self) -> str:
+        return (
+            f"No runs in {self.data_dir.resolve()}. Compute one with `{precompute_command(self.data_dir)}` "
+            "(about a minute on a laptop), or start `python main.py` with no arguments to build the "
+            "embedded default; then reload this page."
+        )
+
+    def summaries(self) -> list[RunSummary]:
+        """Picker entries: "digits-smallcnn — digits × smallcnn, 1,797 samples, acc 97.2%"."""
+        entries = []
+        for run_id in self.run_ids():
+            try:
+                run = self.open(run_id)
+            except UserError as exc:
+                entries.append(RunSummary(run_id, f"{run_id} — unreadable: {exc}", False, False))
+                continue
+            entries.append(RunSummary(run_id, run_label(run), run.complete, True))
+        return entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.run_ids())
+
+
+def run_label(run: RunData) -> str:
+    config = run.manifest.get("config") or {}
+    accuracy = run.manifest.get("accuracy")
+    parts = [
+        f"{config.get('dataset', '?')} × {config.get('model', '?')}",
+        f"{run.num_samples:,} samples",
+    ]
+    if accuracy is not None:
+        parts.append(f"acc {100 * float(accuracy):.1f}%")
+    if not run.complete:
+        parts.append("precompute not finished")
+    return f"{run.run_id} — {', '.join(parts)}"
+
+
+def format_time(epoch: float | None) -> str:
+    if not epoch:
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(float(epoch)))
+
+
+def is_input(layer_id: str) -> bool:
+    return layer_id == INPUT_LAYER

@@ -1,0 +1,106 @@
+"""Every component id of the page, in one place: kebab-case, prefixed by the panel that owns it.
+
+Callbacks, layouts, ``assets/layerscope.js`` and the browser tests all refer to ids through this
+module (the JS reads them from ``window.layerscopeIds``, written into the page by ``app.py``), so
+renaming one is a one-line change. Pattern-matching ids are built by functions.
+"""
+
+from __future__ import annotations
+
+# ---- page-wide --------------------------------------------------------------------------------
+URL = "app-url"
+SELECTION = "app-selection"  # the one shared selection store (see dashboard/state.py)
+VIEW_KEY = "app-view-key"  # (run, layer, subset, method, perplexity, colour): embedding input
+LAYER_KEY = "app-layer-key"  # (run, layer): model view input
+SAMPLE_KEY = "app-sample-key"  # (run, layer, pinned): activations input
+RUN_KEY = "app-run-key"  # run id: per-run tables
+RUN_VERSION = "app-run-version"  # manifest stamp; changes while a precompute is writing
+POLL = "app-poll"
+ALERTS = "app-alerts"
+STATUS = "app-status"  # navbar badge: complete / precompute running
+URL_SINK = "app-url-sink"  # no-output side effects (history.replaceState)
+APP_TOKEN = "app-token"  # which app (data dir) this page belongs to, for background callbacks
+RUN_NOTE = "app-run-note"  # "precompute still running: ready ..., not ready ..."
+
+# ---- controls -------------------------------------------------------------------------------
+CONTROLS_CARD = "controls-card"
+CONTROLS_RUN = "controls-run"
+CONTROLS_SUBSET = "controls-subset"
+CONTROLS_METHOD = "controls-method"
+CONTROLS_PERPLEXITY = "controls-perplexity"
+CONTROLS_COLOR = "controls-color"
+
+# ---- model view -----------------------------------------------------------------------------
+MODEL_CARD = "model-card"
+MODEL_GRAPH = "model-graph"
+MODEL_INFO = "model-info"
+MODEL_LAYER = "model-layer"
+MODEL_PREV = "model-prev"
+MODEL_NEXT = "model-next"
+MODEL_EXPAND_ALL = "model-expand-all"
+MODEL_COLLAPSE_ALL = "model-collapse-all"
+MODEL_EXPANDED = "model-expanded"
+
+# ---- embedding ------------------------------------------------------------------------------
+EMBEDDING_CARD = "embedding-card"
+EMBEDDING_GRAPH = "embedding-graph"
+EMBEDDING_DATA = "embedding-data"
+EMBEDDING_MESSAGE = "embedding-message"
+
+# ---- inspector ------------------------------------------------------------------------------
+INSPECTOR_CARD = "inspector-card"
+INSPECTOR_TABLE = "inspector-table"  # per-run rows for the clientside hover
+INSPECTOR_RUN_INFO = "inspector-run-info"  # URL templates and what exists
+INSPECTOR_SHOWN = "inspector-shown"  # the row the inspector shows right now
+INSPECTOR_CLASS = "inspector-class"  # explanations computed for a clicked class
+INSPECTOR_IMAGE = "inspector-image"
+INSPECTOR_UID = "inspector-uid"
+INSPECTOR_LABELS = "inspector-labels"
+INSPECTOR_HINT = "inspector-hint"
+INSPECTOR_TOP10 = "inspector-top10"
+INSPECTOR_EXPLAIN_CAPTION = "inspector-explain-caption"
+INSPECTOR_EXPLAIN_STATUS = "inspector-explain-status"
+INSPECTOR_UNPIN = "inspector-unpin"
+
+
+def explanation_image(method: str) -> dict[str, str]:
+    """The <img> showing explanation ``method`` ("gradcam", "guided_backprop", ...)."""
+    return {"type": "inspector-explanation", "method": method}
+
+
+def explanation_note(method: str) -> dict[str, str]:
+    """The text shown instead of explanation ``method`` when it does not exist."""
+    return {"type": "inspector-explanation-note", "method": method}
+
+
+# ---- activations ----------------------------------------------------------------------------
+ACTIVATIONS_CARD = "activations-card"
+ACTIVATIONS_GRAPH = "activations-graph"
+ACTIVATIONS_SORT = "activations-sort"
+ACTIVATIONS_HEADER = "activations-header"
+ACTIVATIONS_MESSAGE = "activations-message"
+ACTIVATIONS_MODAL = "activations-modal"
+ACTIVATIONS_MODAL_TITLE = "activations-modal-title"
+ACTIVATIONS_MODAL_GRAPH = "activations-modal-graph"
+
+# ---- about and tour -------------------------------------------------------------------------
+ABOUT_CARD = "about-card"
+ABOUT_BODY = "about-body"
+TOUR_START = "tour-start"
+TOUR_CARD = "tour-card"
+TOUR_TITLE = "tour-title"
+TOUR_TEXT = "tour-text"
+TOUR_STEP = "tour-step"
+TOUR_STEPS = "tour-steps"
+TOUR_NEXT = "tour-next"
+TOUR_BACK = "tour-back"
+TOUR_CLOSE = "tour-close"
+
+
+def all_ids() -> dict[str, str]:
+    """Every plain string id by constant name, for the browser (``window.layerscopeIds``)."""
+    return {
+        name: value
+        for name, value in globals().items()
+        if name.isupper() and isinstance(value, str)
+    }

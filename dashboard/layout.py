@@ -1,0 +1,111 @@
+"""The page: stores, navbar, and the panels in a grid that fits 1366×768 and fills 2560×1440.
+
+Also the page-wide clientside callbacks: splitting the selection into the small keys the
+server callbacks listen to, and mirroring the view into the URL (``?run=&layer=...``) so any
+view can be shared as a link.
+"""
+
+from __future__ import annotations
+
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, dcc, html
+
+from dashboard import ids
+from dashboard.panels import about, activations, controls, embedding, inspector, model_view, tour
+from dashboard.registry import clientside_callback
+from dashboard.state import EMPTY_SELECTION
+
+POLL_MS = 2000
+
+
+def navbar() -> dbc.Navbar:
+    return dbc.Navbar(
+        dbc.Container(
+            [
+                html.Span(
+                    [
+                        html.Span("LayerScope", className="ls-brand"),
+                        html.Span("see inside image-classification CNNs", className="ls-tagline"),
+                    ],
+                    className="d-flex align-items-baseline gap-3",
+                ),
+                html.Div(
+                    [
+                        html.Span(id=ids.STATUS, className="me-3"),
+                        dbc.Button(
+                            "Guided tour", id=ids.TOUR_START, size="sm", color="info", outline=True
+                        ),
+                    ],
+                    className="d-flex align-items-center",
+                ),
+            ],
+            fluid=True,
+        ),
+        color="dark",
+        dark=True,
+        className="ls-navbar mb-2",
+    )
+
+
+def page(token: str) -> html.Div:
+    """The whole layout; ``token`` names the app (data dir) for background callbacks."""
+    stores = [
+        dcc.Location(id=ids.URL, refresh=False),
+        dcc.Store(id=ids.SELECTION, data=dict(EMPTY_SELECTION)),
+        dcc.Store(id=ids.VIEW_KEY),
+        dcc.Store(id=ids.LAYER_KEY),
+        dcc.Store(id=ids.SAMPLE_KEY),
+        dcc.Store(id=ids.RUN_KEY),
+        dcc.Store(id=ids.RUN_VERSION),
+        dcc.Store(id=ids.APP_TOKEN, data=token),
+        dcc.Store(id=ids.URL_SINK),
+        dcc.Interval(id=ids.POLL, interval=POLL_MS, disabled=True),
+    ]
+    grid = dbc.Container(
+        [
+            html.Div(id=ids.ALERTS),
+            html.Div(id=ids.RUN_NOTE),
+            model_view.layout(),
+            dbc.Row(
+                [
+                    dbc.Col(
+                        [controls.layout(), about.layout()],
+                        xxl=2,
+                        xl=3,
+                        lg=3,
+                        md=12,
+                        className="ls-col",
+                    ),
+                    dbc.Col(embedding.layout(), xxl=6, xl=5, lg=5, md=12, className="ls-col"),
+                    dbc.Col(inspector.layout(), xxl=4, xl=4, lg=4, md=12, className="ls-col"),
+                ],
+                className="g-3",
+            ),
+            activations.layout(),
+        ],
+        fluid=True,
+        className="ls-main",
+    )
+    return html.Div([*stores, navbar(), grid, tour.layout()], className="ls-page")
+
+
+clientside_callback(
+    "splitSelection",
+    Output(ids.VIEW_KEY, "data"),
+    Output(ids.LAYER_KEY, "data"),
+    Output(ids.SAMPLE_KEY, "data"),
+    Output(ids.RUN_KEY, "data"),
+    Input(ids.SELECTION, "data"),
+    State(ids.VIEW_KEY, "data"),
+    State(ids.LAYER_KEY, "data"),
+    State(ids.SAMPLE_KEY, "data"),
+    State(ids.RUN_KEY, "data"),
+)
+
+clientside_callback(
+    "syncUrl",
+    Output(ids.URL_SINK, "data"),
+    Input(ids.VIEW_KEY, "data"),
+    Input(ids.SAMPLE_KEY, "data"),
+    prevent_initial_call=True,
+)

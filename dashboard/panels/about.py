@@ -1,0 +1,141 @@
+"""About: what the selected run is, and the state of its precompute.
+
+While a run is incomplete the page polls its manifest; each change bumps the run version, which
+re-renders the panels that depend on artifacts, so embeddings appear as the precompute writes
+them. The note at the top says what is ready and what is not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, html, no_update
+
+from dashboard import ids
+from dashboard.context import current
+from dashboard.data import RunData, format_time
+from dashboard.registry import callback
+from pipelines.errors import UserError
+
+STATE_COLORS = {"done": "success", "running": "info", "pending": "secondary"}
+
+
+def layout() -> dbc.Card:
+    return dbc.Card(
+        [
+            dbc.CardHeader("About this run"),
+            dbc.CardBody(html.Div(id=ids.ABOUT_BODY), className="ls-about"),
+        ],
+        id=ids.ABOUT_CARD,
+        className="ls-card mb-3",
+    )
+
+
+def _row(label: str, value: Any) -> html.Tr:
+    return html.Tr([html.Th(label, className="ls-about-key"), html.Td(value)])
+
+
+def about_rows(run: RunData) -> list[html.Tr]:
+    """Key facts of a run (dataset, model, accuracy, size, dates), as table rows."""
+    manifest = run.manifest
+    dataset = manifest.get("dataset") or {}
+    model = manifest.get("model") or {}
+    config = manifest.get("config") or {}
+    accuracy = manifest.get("accuracy")
+    mapping = manifest.get("class_mapping") or {}
+    rows = [
+        _row("Run", run.run_id),
+        _row(
+            "Dataset",
+            f"{dataset.get('name', config.get('dataset', '?'))}: {dataset.get('description', '')}".strip(
+                ": "
+            ),
+        ),
+        _row(
+            "Samples",
+            f"{run.num_samples:,} of {dataset.get('dataset_size', run.num_samples):,}, {len(run.class_names)} classes",
+        ),
+        _row("Model", model.get("description") or config.get("model", "?")),
+        _row("Parameters", f"{int(model.get('num_params') or 0):,}"),
+        _row("Layers", f"{len(run.layers)} (input included)"),
+        _row(
+            "Accuracy",
+            f"{100 * float(accuracy):.1f}%"
+            if accuracy is not None
+            else "unknown: the dataset's labels do not map to the model's classes",
+        ),
+        _row(
+            "Computed",
+            f"{format_time(manifest.get('created'))} (updated {format_time(manifest.get('updated'))}) on {model.get('device', '?')}",
+        ),
+    ]
+    if mapping.get("warning"):
+        rows.append(_row("Labels", mapping["warning"]))
+    return rows
+
+
+def stage_badges(run: RunData) -> html.Div:
+    badges = []
+    for name, state, detail in run.stage_lines():
+        text = f"{name}: {state}" + (f" ({detail})" if detail else "")
+        badges.append(
+            dbc.Badge(
+                text, color=STATE_COLORS.get(state, "secondary"), className="me-1 mb-1 ls-stage"
+            )
+        )
+    return html.Div(badges)
+
+
+@callback(
+    Output(ids.ABOUT_BODY, "children"),
+    Output(ids.RUN_NOTE, "children"),
+    Output(ids.STATUS, "children"),
+    Output(ids.POLL, "disabled"),
+    Input(ids.RUN_KEY, "data"),
+    Input(ids.RUN_VERSION, "data"),
+)
+def render(run_id: str | None, _version: Any) -> tuple:
+    """The about table, stage badges, the "not complete" note and whether to keep polling."""
+    if not run_id:
+        return html.P("No run selected.", className="ls-hint"), None, "", True
+    try:
+        run = current().catalog.open(run_id)
+    except UserError as exc:
+        return (
+            html.P(str(exc), className="text-warning"),
+            dbc.Alert(str(exc), color="warning", className="ls-alert mb-2"),
+            "",
+            True,
+        )
+    body = [html.Table(about_rows(run), className="ls-about-table mb-2"), stage_badges(run)]
+    note_text = run.not_ready_note()
+    note = dbc.Alert(note_text, color="info", className="ls-alert mb-2") if note_text else None
+    writing = run.being_written()
+    status = dbc.Badge(
+        "precompute running" if writing else ("complete" if run.complete else "incomplete"),
+        color="info" if writing else ("success" if run.complete else "warning"),
+    )
+    return body, note, status, run.complete and not writing
+
+
+@callback(
+    Output(ids.RUN_VERSION, "data"),
+    Input(ids.POLL, "n_intervals"),
+    State(ids.RUN_KEY, "data"),
+    State(ids.RUN_VERSION, "data"),
+    prevent_initial_call=True,
+)
+def poll(_n: int | None, run_id: str | None, version: dict[str, Any] | None) -> Any:
+    """While a run is incomplete: bump the run version whenever its manifest changes."""
+    if not run_id:
+        return no_update
+    try:
+        run = current().catalog.open(run_id)
+    except UserError as exc:
+        # Deleted under our feet: every panel re-renders and shows this message.
+        return {"run": run_id, "stamp": f"gone: {exc}", "complete": False}
+    stamp = run.manifest.get("updated")
+    if version and version.get("run") == run_id and version.get("stamp") == stamp:
+        return no_update
+    return {"run": run_id, "stamp": stamp, "complete": run.complete}

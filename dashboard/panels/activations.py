@@ -1,0 +1,177 @@
+"""Activations: every channel of the selected layer for the pinned sample, as one tiled image.
+
+The model service runs one forward pass per sample (all layers at once, cached), so stepping
+through layers of a pinned sample costs no further passes. Clicking a tile opens the channel's
+raw values as a zoomable heatmap; dense layers show all neurons as one heatmap instead.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dash_bootstrap_components as dbc
+import numpy as np
+from dash import Input, Output, State, dcc, html, no_update
+
+from components.activations import (
+    channel_heatmap_figure,
+    channel_order,
+    dense_heatmap_figure,
+    format_score,
+    grid_figure,
+    grid_geometry,
+)
+from components.architecture import format_shape
+from components.theme import message_figure
+from dashboard import ids
+from dashboard.context import current
+from dashboard.registry import callback
+from dashboard.routes import grid_url
+from pipelines.errors import UserError
+
+SORT_OPTIONS = [{"label": "by score", "value": "score"}, {"label": "by channel", "value": "index"}]
+HIDDEN = {"display": "none"}
+SHOWN: dict[str, str] = {}
+
+
+def layout() -> dbc.Card:
+    header = html.Div(
+        [
+            html.Span("Activations", className="ls-card-title me-3"),
+            html.Span(id=ids.ACTIVATIONS_HEADER, className="ls-hint me-auto"),
+            dbc.RadioItems(
+                id=ids.ACTIVATIONS_SORT,
+                options=SORT_OPTIONS,
+                value="score",
+                inline=True,
+                className="ls-sort",
+            ),
+        ],
+        className="d-flex align-items-center flex-wrap",
+    )
+    modal = dbc.Modal(
+        [
+            dbc.ModalHeader(dbc.ModalTitle(id=ids.ACTIVATIONS_MODAL_TITLE)),
+            dbc.ModalBody(dcc.Graph(id=ids.ACTIVATIONS_MODAL_GRAPH, config={"displaylogo": False})),
+        ],
+        id=ids.ACTIVATIONS_MODAL,
+        size="xl",
+        is_open=False,
+        className="ls-modal",
+    )
+    body = dbc.CardBody(
+        [
+            html.Div(id=ids.ACTIVATIONS_MESSAGE),
+            dcc.Loading(
+                dcc.Graph(
+                    id=ids.ACTIVATIONS_GRAPH,
+                    figure=message_figure("", 120),
+                    config={"displaylogo": False},
+                    style=HIDDEN,
+                    className="ls-activations-graph",
+                ),
+                type="dot",
+                delay_show=400,
+            ),
+            modal,
+        ],
+        className="p-2",
+    )
+    return dbc.Card(
+        [dbc.CardHeader(header), body], id=ids.ACTIVATIONS_CARD, className="ls-card mb-3"
+    )
+
+
+def _info(text: str, color: str = "secondary") -> dbc.Alert:
+    return dbc.Alert(text, color=color, className="ls-alert mb-1")
+
+
+@callback(
+    Output(ids.ACTIVATIONS_GRAPH, "figure"),
+    Output(ids.ACTIVATIONS_GRAPH, "style"),
+    Output(ids.ACTIVATIONS_HEADER, "children"),
+    Output(ids.ACTIVATIONS_MESSAGE, "children"),
+    Input(ids.SAMPLE_KEY, "data"),
+    Input(ids.ACTIVATIONS_SORT, "value"),
+)
+def render_grid(key: dict[str, Any] | None, sort: str | None) -> tuple:
+    """Pinned sample + selected layer -> the channel grid (or the dense heatmap)."""
+    key = key or {}
+    if key.get("pinned") is None or not key.get("run"):
+        layer = key.get("layer") or "the selected layer"
+        message = f"Click a point in the embedding to pin a sample: every channel of {layer} for that sample appears here."
+        return no_update, HIDDEN, "", _info(message)
+    row, layer_id, sort = int(key["pinned"]), str(key["layer"]), sort or "score"
+    start = time.perf_counter()
+    try:
+        context = current()
+        run = context.catalog.open(key["run"])
+        layer = run.layer(layer_id)
+        activation = context.service.layer_activation(run, row, layer_id)
+        values = activation.values
+        uid = run.samples()["uid"][row]
+        if values.ndim == 3:
+            scores = context.service.scores(run, row, layer_id, values)
+            order = channel_order(scores, sort)
+            geometry = grid_geometry(len(scores))
+            figure = grid_figure(grid_url(run, layer_id, row, sort), geometry, order, scores)
+            what = f"{values.shape[0]} channels of {values.shape[1]}×{values.shape[2]}, sorted by {'score' if sort == 'score' else 'channel'}"
+        else:
+            flat = np.asarray(values, dtype=np.float32).ravel()
+            title = f"{layer_id} ({layer['type']}): {flat.size:,} neurons, sample {row}"
+            figure = dense_heatmap_figure(flat, title)
+            what = f"dense layer, {flat.size:,} neurons as a heatmap"
+    except UserError as exc:
+        return no_update, HIDDEN, "", _info(str(exc), "warning")
+    elapsed = 1000 * (time.perf_counter() - start)
+    source = {
+        "memory": "from memory",
+        "disk": "from the disk cache",
+        "computed": "one forward pass",
+    }[activation.source]
+    header = f"sample {row} · {uid} · layer {layer_id} ({layer['type']}, output {format_shape(layer.get('output_shape') or ())}) · {what} · {source}, {elapsed:.0f} ms"
+    message = _info(activation.notice, "warning") if activation.notice else None
+    return figure, SHOWN, header, message
+
+
+@callback(
+    Output(ids.ACTIVATIONS_MODAL, "is_open"),
+    Output(ids.ACTIVATIONS_MODAL_TITLE, "children"),
+    Output(ids.ACTIVATIONS_MODAL_GRAPH, "figure"),
+    Input(ids.ACTIVATIONS_GRAPH, "clickData"),
+    State(ids.SAMPLE_KEY, "data"),
+    prevent_initial_call=True,
+)
+def open_channel(click: dict[str, Any] | None, key: dict[str, Any] | None) -> tuple:
+    """A click on a tile -> that channel's raw values, zoomable, in a modal."""
+    points = (click or {}).get("points") or []
+    custom = points[0].get("customdata") if points else None
+    key = key or {}
+    if not isinstance(custom, list) or key.get("pinned") is None:
+        # Dense-layer heatmap cells carry a plain neuron index: nothing to open.
+        return no_update, no_update, no_update
+    channel, row, layer_id = int(custom[0]), int(key["pinned"]), str(key["layer"])
+    try:
+        context = current()
+        run = context.catalog.open(key["run"])
+        values = context.service.layer_activation(run, row, layer_id).values
+        if values.ndim != 3 or not 0 <= channel < values.shape[0]:
+            raise UserError(
+                f"channel {channel} is not a map of layer {layer_id}; pick a tile again"
+            )
+        score = context.service.scores(run, row, layer_id, values)[channel]
+    except UserError as exc:
+        return True, "Cannot show this channel", message_figure(str(exc), 300)
+    channel_values = values[channel]
+    title = (
+        f"{layer_id} · channel {channel} · sample {row} · score {format_score(float(score))} · "
+        f"min {float(channel_values.min()):.4g}, max {float(channel_values.max()):.4g}"
+    )
+    return (
+        True,
+        title,
+        channel_heatmap_figure(
+            channel_values, "raw activations (drag to zoom, double-click to reset)"
+        ),
+    )

@@ -1,0 +1,169 @@
+"""Controls: run picker, subset size, method, perplexity and colouring.
+
+``setup_run`` is the page's entry point: on load it reads the URL (``?run=&layer=...``), on a
+run switch it resets the view to that run's defaults; either way it writes the whole selection
+and every control's options. The other callback patches the fields the user changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash_bootstrap_components as dbc
+from dash import Input, Output, Patch, State, ctx, html, no_update
+
+from dashboard import ids
+from dashboard.context import current
+from dashboard.registry import callback
+from dashboard.state import (
+    COLOR_OPTIONS,
+    METHOD_OPTIONS,
+    choose_perplexity,
+    parse_query,
+    perplexity_options,
+    setup_for,
+)
+from pipelines.errors import UserError
+
+
+def _field(label: str, control: Any, hint: str | None = None) -> html.Div:
+    children = [dbc.Label(label, className="ls-label"), control]
+    if hint:
+        children.append(html.Div(hint, className="ls-hint"))
+    return html.Div(children, className="mb-3")
+
+
+def layout() -> dbc.Card:
+    return dbc.Card(
+        [
+            dbc.CardHeader("Controls"),
+            dbc.CardBody(
+                [
+                    _field("Run", dbc.Select(id=ids.CONTROLS_RUN, options=[], size="sm")),
+                    _field("Samples", dbc.Select(id=ids.CONTROLS_SUBSET, options=[], size="sm")),
+                    _field(
+                        "Method",
+                        dbc.RadioItems(
+                            id=ids.CONTROLS_METHOD,
+                            options=METHOD_OPTIONS,
+                            value="tsne",
+                            inline=True,
+                        ),
+                    ),
+                    _field(
+                        "Perplexity",
+                        dbc.RadioItems(id=ids.CONTROLS_PERPLEXITY, options=[], inline=True),
+                        "t-SNE only: larger values keep more global structure.",
+                    ),
+                    _field(
+                        "Colour by",
+                        dbc.RadioItems(id=ids.CONTROLS_COLOR, options=COLOR_OPTIONS, value="label"),
+                    ),
+                ]
+            ),
+        ],
+        id=ids.CONTROLS_CARD,
+        className="ls-card mb-3",
+    )
+
+
+def alert_list(messages: list[tuple[str, str]]) -> list[dbc.Alert]:
+    return [
+        dbc.Alert(text, color=color, dismissable=True, className="ls-alert mb-2")
+        for color, text in messages
+    ]
+
+
+@callback(
+    Output(ids.SELECTION, "data"),
+    Output(ids.CONTROLS_RUN, "options"),
+    Output(ids.CONTROLS_RUN, "value"),
+    Output(ids.CONTROLS_SUBSET, "options"),
+    Output(ids.CONTROLS_SUBSET, "value"),
+    Output(ids.CONTROLS_METHOD, "value"),
+    Output(ids.CONTROLS_PERPLEXITY, "options"),
+    Output(ids.CONTROLS_PERPLEXITY, "value"),
+    Output(ids.CONTROLS_COLOR, "value"),
+    Output(ids.MODEL_LAYER, "options"),
+    Output(ids.MODEL_LAYER, "value"),
+    Output(ids.MODEL_EXPANDED, "data"),
+    Output(ids.ALERTS, "children"),
+    Input(ids.URL, "search"),
+    Input(ids.CONTROLS_RUN, "value"),
+    State(ids.SELECTION, "data"),
+)
+def setup_run(search: str | None, chosen: str | None, selection: dict[str, Any] | None) -> tuple:
+    """Page load (URL) or run switch -> the whole selection and every control's options."""
+    previous = selection or {}
+    by_user = ctx.triggered_id == ids.CONTROLS_RUN
+    if by_user and chosen == previous.get("run"):
+        # The menu echoing the value this callback just set: nothing changed.
+        return (no_update,) * 13
+    setup = setup_for(
+        current().catalog,
+        parse_query(search),
+        chosen_run=chosen if by_user else None,
+        keep=previous if by_user else None,
+    )
+    chosen_view = setup.selection
+    return (
+        chosen_view,
+        setup.run_options,
+        chosen_view["run"],
+        setup.subset_options,
+        None if chosen_view["subset"] is None else str(chosen_view["subset"]),
+        chosen_view["method"],
+        setup.perplexity_options,
+        chosen_view["perplexity"],
+        chosen_view["color"],
+        setup.layer_options,
+        chosen_view["layer"],
+        [],
+        alert_list(setup.messages),
+    )
+
+
+@callback(
+    Output(ids.SELECTION, "data", allow_duplicate=True),
+    Output(ids.CONTROLS_PERPLEXITY, "options", allow_duplicate=True),
+    Output(ids.CONTROLS_PERPLEXITY, "value", allow_duplicate=True),
+    Input(ids.CONTROLS_SUBSET, "value"),
+    Input(ids.CONTROLS_METHOD, "value"),
+    Input(ids.CONTROLS_PERPLEXITY, "value"),
+    Input(ids.CONTROLS_COLOR, "value"),
+    State(ids.SELECTION, "data"),
+    prevent_initial_call=True,
+)
+def update_view(
+    subset: str | None,
+    method: str | None,
+    perplexity: str | None,
+    color: str | None,
+    selection: dict[str, Any] | None,
+) -> tuple:
+    """Patch the view fields; a new subset offers only the perplexities computed for it."""
+    selection = selection or {}
+    if not selection.get("run"):
+        return no_update, no_update, no_update
+    try:
+        run = current().catalog.open(selection["run"])
+    except UserError:
+        return no_update, no_update, no_update
+    size = int(subset) if subset else None
+    chosen = choose_perplexity(run, size, perplexity)
+    patch = Patch()
+    changed = False
+    for key, value in (
+        ("subset", size),
+        ("method", method),
+        ("perplexity", chosen),
+        ("color", color),
+    ):
+        if value is not None and selection.get(key) != value:
+            patch[key] = value
+            changed = True
+    return (
+        patch if changed else no_update,
+        perplexity_options(run, size, disabled=method != "tsne"),
+        chosen if chosen != perplexity else no_update,
+    )

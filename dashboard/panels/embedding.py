@@ -1,0 +1,153 @@
+"""Embedding: the selected layer's 2-D reduction as a Scattergl, one trace per colour group.
+
+The server builds the figure (``load``) into a store; the browser draws it (``renderEmbedding``),
+animating points from the previous layer's positions when only the layer changed. Hover and
+click write the hovered / pinned row into the selection clientside, so they never wait on the
+server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash_bootstrap_components as dbc
+import numpy as np
+from dash import Input, Output, State, dcc, html
+
+from components.embedding import color_groups, embedding_figure, embedding_title
+from components.theme import message_figure
+from dashboard import ids
+from dashboard.context import current
+from dashboard.data import NotReady, RunData
+from dashboard.registry import callback, clientside_callback
+from pipelines.errors import UserError
+
+VIEW_FIELDS = ("run", "layer", "subset", "method", "perplexity", "color")
+
+
+def layout() -> dbc.Card:
+    return dbc.Card(
+        [
+            dbc.CardHeader(
+                html.Div(
+                    [
+                        html.Span("Embedding", className="ls-card-title me-3"),
+                        html.Span(
+                            "hover a point to inspect it · click to pin · legend toggles classes",
+                            className="ls-hint",
+                        ),
+                    ],
+                    className="d-flex align-items-baseline flex-wrap",
+                )
+            ),
+            dbc.CardBody(
+                [
+                    html.Div(id=ids.EMBEDDING_MESSAGE),
+                    dcc.Graph(
+                        id=ids.EMBEDDING_GRAPH,
+                        figure=message_figure("Loading…", 400),
+                        clear_on_unhover=True,
+                        config={"displaylogo": False, "scrollZoom": True},
+                        className="ls-embedding-graph",
+                    ),
+                    dcc.Store(id=ids.EMBEDDING_DATA),
+                ],
+                className="p-1",
+            ),
+        ],
+        id=ids.EMBEDDING_CARD,
+        className="ls-card mb-3",
+    )
+
+
+def view_key_text(key: dict[str, Any]) -> str:
+    return "|".join(str(key.get(field)) for field in VIEW_FIELDS)
+
+
+def build_embedding(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
+    """The figure for a view key; raises NotReady / UserError with a message for the page."""
+    layer_id = key["layer"]
+    subset = int(key["subset"])
+    method = key["method"]
+    perplexity = float(key["perplexity"]) if method == "tsne" and key.get("perplexity") else None
+    coords = run.embedding(layer_id, subset, method, perplexity)
+    samples = run.samples()
+    predictions = run.predictions()
+    labels = np.asarray(samples["label"][:subset], dtype=np.int64)
+    predicted = correct = None
+    if predictions is not None:
+        predicted = np.asarray(predictions["predicted"][:subset], dtype=np.int64)
+        correct = np.asarray(predictions["correct"][:subset], dtype=np.int8)
+    color = key["color"]
+    groups = color_groups(
+        color,
+        labels,
+        predicted,
+        correct,
+        run.class_names,
+        run.model_class_names,
+        run.dataset_to_model,
+    )
+    layer = run.layer(layer_id)
+    title = embedding_title(
+        method, perplexity, layer_id, str(layer["type"]), subset, layer.get("same_as")
+    )
+    if predictions is None and color != "label":
+        title += " (coloured by true label: predictions are not computed yet)"
+    structure = f"{run.run_id}|{run.version}|{subset}|{color}|{predictions is not None}"
+    return embedding_figure(coords, groups, title, structure, uirevision=structure)
+
+
+@callback(
+    Output(ids.EMBEDDING_DATA, "data"),
+    Output(ids.EMBEDDING_MESSAGE, "children"),
+    Input(ids.VIEW_KEY, "data"),
+    Input(ids.RUN_VERSION, "data"),
+)
+def load(key: dict[str, Any] | None, version: dict[str, Any] | None) -> tuple:
+    """View key (or a newer manifest) -> {"key", "run", "figure"} for the browser to draw."""
+    if not key or not key.get("run"):
+        return {"key": "none", "run": None, "figure": message_figure("No run selected.", 400)}, None
+    stamp = (version or {}).get("stamp") if (version or {}).get("run") == key.get("run") else None
+    payload_key = f"{view_key_text(key)}|{stamp}"
+    try:
+        run = current().catalog.open(key["run"])
+        if not key.get("layer") or key.get("subset") is None:
+            raise NotReady(
+                f"run '{run.run_id}' has no layers or subsets yet; its precompute is still indexing"
+            )
+        figure = build_embedding(run, key)
+    except NotReady as exc:
+        return (
+            {"key": payload_key, "run": key["run"], "figure": message_figure(str(exc), 400)},
+            dbc.Alert(str(exc), color="info", className="ls-alert mb-1"),
+        )
+    except UserError as exc:
+        return (
+            {"key": payload_key, "run": key["run"], "figure": message_figure(str(exc), 400)},
+            dbc.Alert(str(exc), color="warning", className="ls-alert mb-1"),
+        )
+    return {"key": payload_key, "run": key["run"], "figure": figure}, None
+
+
+clientside_callback(
+    "renderEmbedding",
+    Output(ids.EMBEDDING_GRAPH, "figure"),
+    Input(ids.EMBEDDING_DATA, "data"),
+    Input(ids.SELECTION, "data"),
+    State(ids.EMBEDDING_GRAPH, "figure"),
+)
+
+clientside_callback(
+    "hoverToSelection",
+    Output(ids.SELECTION, "data", allow_duplicate=True),
+    Input(ids.EMBEDDING_GRAPH, "hoverData"),
+    prevent_initial_call=True,
+)
+
+clientside_callback(
+    "clickToSelection",
+    Output(ids.SELECTION, "data", allow_duplicate=True),
+    Input(ids.EMBEDDING_GRAPH, "clickData"),
+    prevent_initial_call=True,
+)

@@ -1,0 +1,222 @@
+"""Inspector: the hovered (or pinned) sample's image, labels, top-10 chart and explanations.
+
+Hover must show within 100 ms, so the server sends the per-run table once (``load_table``) and
+the browser fills the panel itself (``renderInspector``): image URLs from templates, the bar
+chart from the table. Clicking a bar asks a background callback (``explain_class``) to compute
+the three explanations for that class through the model service; the images then load by URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, dcc, html, no_update
+
+from components.inspector import inspector_table, top10_figure, top10_style
+from dashboard import ids
+from dashboard.context import by_token, current
+from dashboard.data import EXPLANATION_METHODS, NotReady, RunData
+from dashboard.registry import callback, clientside_callback
+from dashboard.routes import class_explanation_url, url_templates
+from pipelines.errors import UserError
+
+METHOD_TITLES = {
+    "gradcam": "Grad-CAM",
+    "guided_backprop": "Guided backprop",
+    "guided_gradcam": "Guided Grad-CAM",
+}
+
+
+def _explanation(method: str) -> html.Figure:
+    return html.Figure(
+        [
+            html.Img(
+                id=ids.explanation_image(method),
+                src="",
+                className="ls-explanation-image",
+                alt=METHOD_TITLES[method],
+            ),
+            html.Div(id=ids.explanation_note(method), className="ls-hint"),
+            html.Figcaption(METHOD_TITLES[method], className="ls-caption"),
+        ],
+        className="ls-explanation m-0",
+    )
+
+
+def layout() -> dbc.Card:
+    header = html.Div(
+        [
+            html.Span("Inspector", className="ls-card-title me-2"),
+            html.Span("hover a point", id=ids.INSPECTOR_HINT, className="ls-hint me-auto"),
+            dbc.Button(
+                "unpin",
+                id=ids.INSPECTOR_UNPIN,
+                size="sm",
+                color="secondary",
+                outline=True,
+                disabled=True,
+            ),
+        ],
+        className="d-flex align-items-center",
+    )
+    body = dbc.CardBody(
+        [
+            html.Div(
+                [
+                    html.Img(
+                        id=ids.INSPECTOR_IMAGE, src="", className="ls-sample-image", alt="sample"
+                    ),
+                    html.Div(
+                        [
+                            html.Div(id=ids.INSPECTOR_UID, className="ls-uid"),
+                            html.Div(id=ids.INSPECTOR_LABELS, className="ls-labels"),
+                        ],
+                        className="ms-3 flex-grow-1 ls-minw0",
+                    ),
+                ],
+                className="d-flex align-items-start mb-2",
+            ),
+            dcc.Graph(
+                id=ids.INSPECTOR_TOP10,
+                figure=top10_figure([], [], []),
+                config={"displayModeBar": False},
+                className="ls-top10-graph",
+            ),
+            html.Div(
+                [
+                    html.Span(id=ids.INSPECTOR_EXPLAIN_CAPTION, className="ls-hint me-2"),
+                    html.Span(id=ids.INSPECTOR_EXPLAIN_STATUS, className="ls-status"),
+                ],
+                className="mt-1 mb-1",
+            ),
+            html.Div([_explanation(m) for m in EXPLANATION_METHODS], className="ls-explanations"),
+            dcc.Store(id=ids.INSPECTOR_TABLE),
+            dcc.Store(id=ids.INSPECTOR_RUN_INFO),
+            dcc.Store(id=ids.INSPECTOR_SHOWN),
+            dcc.Store(id=ids.INSPECTOR_CLASS),
+        ]
+    )
+    return dbc.Card([dbc.CardHeader(header), body], id=ids.INSPECTOR_CARD, className="ls-card mb-3")
+
+
+def run_info(run: RunData) -> dict[str, Any]:
+    """What the browser needs besides the table: URL templates and what exists, with the note
+    to show where something does not."""
+    methods = run.explanation_methods()
+    gradcam_layer = (run.manifest.get("model") or {}).get("gradcam_layer")
+    if methods:
+        note = None
+    elif not gradcam_layer and run.stages.get("index", {}).get("state") == "done":
+        note = "This model has no spatial conv layer, so it has no Grad-CAM explanations."
+    else:
+        note = (
+            "Explanations are not computed yet (the precompute's forward stage is still running)."
+        )
+    return {
+        "run": run.run_id,
+        "version": run.version,
+        "urls": url_templates(run),
+        "hasThumbnails": run.store.has("thumbnails"),
+        "explanations": methods,
+        "explanationNote": note,
+        "hasPredictions": run.predictions() is not None,
+        "canExplainClass": bool(gradcam_layer),
+        "top10": top10_figure([], [], []),
+        "top10Style": top10_style(),
+    }
+
+
+@callback(
+    Output(ids.INSPECTOR_TABLE, "data"),
+    Output(ids.INSPECTOR_RUN_INFO, "data"),
+    Input(ids.RUN_KEY, "data"),
+    Input(ids.RUN_VERSION, "data"),
+    State(ids.INSPECTOR_RUN_INFO, "data"),
+)
+def load_table(run_id: str | None, _version: Any, previous: dict[str, Any] | None) -> tuple:
+    """Per-run rows (uid, labels, top-10) for the clientside hover; re-sent only when the run
+    or what it has computed changed (a 13k-row table is ~1 MB)."""
+    if not run_id:
+        return None, None
+    try:
+        run = current().catalog.open(run_id)
+        info = run_info(run)
+        if previous and all(
+            previous.get(k) == info[k]
+            for k in ("run", "version", "hasPredictions", "explanations", "hasThumbnails")
+        ):
+            return no_update, no_update
+        table = inspector_table(run.samples(), run.predictions(), run.model_class_names)
+    except NotReady as exc:
+        return None, {"run": run_id, "error": str(exc)}
+    except UserError as exc:
+        return None, {"run": run_id, "error": str(exc)}
+    return table, info
+
+
+@callback(
+    Output(ids.INSPECTOR_CLASS, "data"),
+    Input(ids.INSPECTOR_TOP10, "clickData"),
+    State(ids.INSPECTOR_SHOWN, "data"),
+    State(ids.APP_TOKEN, "data"),
+    background=True,
+    interval=200,
+    running=[
+        (
+            Output(ids.INSPECTOR_EXPLAIN_STATUS, "children"),
+            "computing explanations for the clicked class…",
+            "",
+        )
+    ],
+    prevent_initial_call=True,
+)
+def explain_class(
+    click: dict[str, Any] | None, shown: dict[str, Any] | None, token: str | None
+) -> dict[str, Any]:
+    """A click on a top-10 bar -> Grad-CAM, guided backprop and guided Grad-CAM for that class,
+    computed (and cached) by the model service; the browser then loads them by URL."""
+    points = (click or {}).get("points") or []
+    custom = points[0].get("customdata") if points else None
+    if not shown or shown.get("row") is None or not isinstance(custom, list) or not custom:
+        return {"error": "Hover or pin a sample first, then click one of its bars."}
+    run_id, row, class_index = shown.get("run"), int(shown["row"]), int(custom[0])
+    name = str(custom[1]) if len(custom) > 1 else str(class_index)
+    result: dict[str, Any] = {"run": run_id, "row": row, "cls": class_index, "name": name}
+    try:
+        context = by_token(token)
+        run = context.catalog.open(run_id)
+        context.service.class_explanations(run, row, class_index)
+    except UserError as exc:
+        return {**result, "error": str(exc)}
+    result["urls"] = {
+        m: class_explanation_url(run, class_index, m, row) for m in EXPLANATION_METHODS
+    }
+    return result
+
+
+clientside_callback(
+    "renderInspector",
+    Output(ids.INSPECTOR_IMAGE, "src"),
+    Output(ids.INSPECTOR_UID, "children"),
+    Output(ids.INSPECTOR_LABELS, "children"),
+    Output(ids.INSPECTOR_HINT, "children"),
+    Output(ids.INSPECTOR_TOP10, "figure"),
+    Output(ids.INSPECTOR_EXPLAIN_CAPTION, "children"),
+    *[Output(ids.explanation_image(m), "src") for m in EXPLANATION_METHODS],
+    *[Output(ids.explanation_note(m), "children") for m in EXPLANATION_METHODS],
+    Output(ids.INSPECTOR_SHOWN, "data"),
+    Output(ids.INSPECTOR_UNPIN, "disabled"),
+    Input(ids.SELECTION, "data"),
+    Input(ids.INSPECTOR_TABLE, "data"),
+    Input(ids.INSPECTOR_RUN_INFO, "data"),
+    Input(ids.INSPECTOR_CLASS, "data"),
+    State(ids.INSPECTOR_SHOWN, "data"),
+)
+
+clientside_callback(
+    "unpin",
+    Output(ids.SELECTION, "data", allow_duplicate=True),
+    Input(ids.INSPECTOR_UNPIN, "n_clicks"),
+    prevent_initial_call=True,
+)

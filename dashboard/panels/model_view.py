@@ -1,0 +1,198 @@
+"""Model view: the clickable architecture diagram, layer stepping and the selected layer's line.
+
+Click a box to select its layer (a collapsed block expands instead); prev/next buttons and the
+arrow keys (assets/layerscope.js presses the buttons) step through layers in execution order.
+Hover highlighting is clientside (``archHover``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash_bootstrap_components as dbc
+from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
+
+from components.architecture import (
+    architecture_figure,
+    collapse_group,
+    collapsible_groups,
+    layer_summary,
+    step_layer,
+)
+from components.theme import message_figure
+from dashboard import ids
+from dashboard.context import current
+from dashboard.registry import callback, clientside_callback
+from pipelines.errors import UserError
+
+
+def layout() -> dbc.Card:
+    header = html.Div(
+        [
+            html.Span("Model", className="ls-card-title me-3"),
+            dbc.ButtonGroup(
+                [
+                    dbc.Button(
+                        "◀",
+                        id=ids.MODEL_PREV,
+                        size="sm",
+                        color="secondary",
+                        title="previous layer (←)",
+                    ),
+                    dbc.Button(
+                        "▶", id=ids.MODEL_NEXT, size="sm", color="secondary", title="next layer (→)"
+                    ),
+                ],
+                className="me-2",
+            ),
+            dbc.Select(id=ids.MODEL_LAYER, options=[], size="sm", className="ls-layer-select me-2"),
+            html.Span(id=ids.MODEL_INFO, className="ls-layer-info me-auto"),
+            dbc.Button(
+                "expand blocks",
+                id=ids.MODEL_EXPAND_ALL,
+                size="sm",
+                color="link",
+                className="ls-link",
+            ),
+            dbc.Button(
+                "collapse blocks",
+                id=ids.MODEL_COLLAPSE_ALL,
+                size="sm",
+                color="link",
+                className="ls-link",
+            ),
+        ],
+        className="d-flex align-items-center flex-wrap gap-1",
+    )
+    return dbc.Card(
+        [
+            dbc.CardHeader(header),
+            dbc.CardBody(
+                dcc.Graph(
+                    id=ids.MODEL_GRAPH,
+                    figure=message_figure("Loading the model…", 250),
+                    clear_on_unhover=True,
+                    config={"displayModeBar": False, "doubleClick": "reset"},
+                    className="ls-arch-graph",
+                ),
+                className="p-1",
+            ),
+            dcc.Store(id=ids.MODEL_EXPANDED, data=[]),
+        ],
+        id=ids.MODEL_CARD,
+        className="ls-card mb-3",
+    )
+
+
+@callback(
+    Output(ids.SELECTION, "data", allow_duplicate=True),
+    Output(ids.MODEL_LAYER, "value", allow_duplicate=True),
+    Output(ids.MODEL_EXPANDED, "data", allow_duplicate=True),
+    Input(ids.MODEL_GRAPH, "clickData"),
+    Input(ids.MODEL_PREV, "n_clicks"),
+    Input(ids.MODEL_NEXT, "n_clicks"),
+    Input(ids.MODEL_LAYER, "value"),
+    State(ids.SELECTION, "data"),
+    State(ids.MODEL_EXPANDED, "data"),
+    prevent_initial_call=True,
+)
+def select_layer(
+    click: dict[str, Any] | None,
+    _prev: int | None,
+    _next: int | None,
+    chosen: str | None,
+    selection: dict[str, Any] | None,
+    expanded: list[str] | None,
+) -> tuple:
+    """Diagram click, prev/next or the layer menu -> selection.layer (and expand on block click)."""
+    selection = selection or {}
+    expanded = list(expanded or [])
+    if not selection.get("run"):
+        return no_update, no_update, no_update
+    try:
+        run = current().catalog.open(selection["run"])
+    except UserError:
+        return no_update, no_update, no_update
+    layer_ids = run.layer_ids
+    if not layer_ids:
+        return no_update, no_update, no_update
+    now = selection.get("layer")
+    new_expanded: Any = no_update
+    trigger = ctx.triggered_id
+    if trigger == ids.MODEL_GRAPH:
+        points = (click or {}).get("points") or []
+        custom = points[0].get("customdata") if points else None
+        if not isinstance(custom, list) or len(custom) < 3:
+            return no_update, no_update, no_update
+        node_id, kind, output_layer = custom[0], custom[1], custom[2]
+        if kind == "block" and node_id not in expanded:
+            new_expanded = [*expanded, node_id]
+        target = output_layer
+    elif trigger in (ids.MODEL_PREV, ids.MODEL_NEXT):
+        target = step_layer(layer_ids, now, -1 if trigger == ids.MODEL_PREV else 1)
+    else:
+        target = chosen
+    if target not in layer_ids:
+        return no_update, no_update, new_expanded
+    patch: Any = no_update
+    if target != now:
+        patch = Patch()
+        patch["layer"] = target
+    return patch, target if target != chosen else no_update, new_expanded
+
+
+@callback(
+    Output(ids.MODEL_EXPANDED, "data", allow_duplicate=True),
+    Input(ids.MODEL_EXPAND_ALL, "n_clicks"),
+    Input(ids.MODEL_COLLAPSE_ALL, "n_clicks"),
+    State(ids.LAYER_KEY, "data"),
+    prevent_initial_call=True,
+)
+def toggle_blocks(
+    _expand: int | None, _collapse: int | None, key: dict[str, Any] | None
+) -> list[str]:
+    """Expand every collapsible block, or collapse them all again."""
+    if ctx.triggered_id == ids.MODEL_COLLAPSE_ALL or not key or not key.get("run"):
+        return []
+    try:
+        run = current().catalog.open(key["run"])
+    except UserError:
+        return []
+    return collapsible_groups(run.layers)
+
+
+@callback(
+    Output(ids.MODEL_GRAPH, "figure"),
+    Output(ids.MODEL_INFO, "children"),
+    Input(ids.LAYER_KEY, "data"),
+    Input(ids.MODEL_EXPANDED, "data"),
+    Input(ids.RUN_VERSION, "data"),
+)
+def render(key: dict[str, Any] | None, expanded: list[str] | None, _version: Any) -> tuple:
+    """The diagram with the selected layer ringed, and its one-line description."""
+    if not key or not key.get("run"):
+        return message_figure("No run selected.", 250), ""
+    try:
+        run = current().catalog.open(key["run"])
+        layer_id = key.get("layer")
+        if not run.layers:
+            return message_figure(
+                "The model's layers are not described yet (precompute running).", 250
+            ), ""
+        layer = run.layer(layer_id) if layer_id else None
+    except UserError as exc:
+        return message_figure(str(exc), 250), ""
+    figure = architecture_figure(run.layers, layer_id, expanded or [])
+    info = layer_summary(layer) if layer else ""
+    group = collapse_group(layer) if layer else None
+    if group and group not in (expanded or []) and group in collapsible_groups(run.layers):
+        info += f" · inside collapsed block {group} (click it to expand)"
+    return figure, info
+
+
+clientside_callback(
+    "archHover",
+    Output(ids.MODEL_GRAPH, "id"),
+    Input(ids.MODEL_GRAPH, "hoverData"),
+    prevent_initial_call=True,
+)

@@ -1,0 +1,125 @@
+"""Read-only image routes: every picture on the page is a URL answered here, never base64.
+
+    /runs/<run_id>/thumb/<row>.png                           the sample's thumbnail
+    /runs/<run_id>/explain/<method>/<row>.png                precomputed, predicted class
+    /runs/<run_id>/explain-class/<class>/<method>/<row>.png  computed on demand (model service)
+    /runs/<run_id>/activations/<layer>/<row>.png?sort=score  the tiled activation grid
+
+Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` one of three
+names, ``layer`` a layer of that run, rows and classes are ints checked against the run; files are
+then addressed only through ``RunStore``, so no request can name a path outside the data dir.
+Errors answer 404 (user-fixable) or 500 with one plain line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from urllib.parse import quote
+
+import flask
+import numpy as np
+
+from components.activations import SORTS
+from components.images import encode_png, gradcam_overlay
+from dashboard.context import AppContext
+from dashboard.data import EXPLANATION_METHODS, RunData
+from pipelines.errors import UserError
+
+LOG = logging.getLogger(__name__)
+# URLs carry the run's version (?v=), so a picture can be cached until the run is recomputed.
+CACHE_SECONDS = 24 * 3600
+
+
+def thumb_url(run: RunData, row: int | str) -> str:
+    return f"/runs/{quote(run.run_id)}/thumb/{row}.png?v={run.version}"
+
+
+def explanation_url(run: RunData, method: str, row: int | str) -> str:
+    return f"/runs/{quote(run.run_id)}/explain/{method}/{row}.png?v={run.version}"
+
+
+def class_explanation_url(run: RunData, class_index: int | str, method: str, row: int | str) -> str:
+    return (
+        f"/runs/{quote(run.run_id)}/explain-class/{class_index}/{method}/{row}.png?v={run.version}"
+    )
+
+
+def grid_url(run: RunData, layer_id: str, row: int, sort: str) -> str:
+    return f"/runs/{quote(run.run_id)}/activations/{quote(layer_id)}/{row}.png?sort={sort}&v={run.version}"
+
+
+def url_templates(run: RunData) -> dict[str, object]:
+    """URL patterns with "{row}", "{cls}" placeholders, for the browser's hover code."""
+    return {
+        "thumb": thumb_url(run, "{row}"),
+        "explain": {m: explanation_url(run, m, "{row}") for m in EXPLANATION_METHODS},
+        "classExplain": {
+            m: class_explanation_url(run, "{cls}", m, "{row}") for m in EXPLANATION_METHODS
+        },
+    }
+
+
+def _png(data: bytes) -> flask.Response:
+    response = flask.Response(data, mimetype="image/png")
+    response.headers["Cache-Control"] = f"private, max-age={CACHE_SECONDS}"
+    return response
+
+
+def _guarded(render: Callable[..., bytes]) -> Callable[..., flask.Response]:
+    def view(**kwargs: object) -> flask.Response:
+        try:
+            return _png(render(**kwargs))
+        except UserError as exc:
+            return flask.Response(str(exc), status=404, mimetype="text/plain")
+        except Exception:  # noqa: BLE001 - log it here; the browser gets one line
+            LOG.exception("image route failed: %s", flask.request.path)
+            return flask.Response(
+                "internal error while drawing this image; see the server log",
+                status=500,
+                mimetype="text/plain",
+            )
+
+    view.__name__ = f"layerscope_{render.__name__}"
+    return view
+
+
+def register_routes(server: flask.Flask, context: AppContext) -> None:
+    """Attach the image routes for ``context``'s data dir to ``server``."""
+    catalog, service = context.catalog, context.service
+
+    def thumbnail(run_id: str, row: int) -> bytes:
+        run = catalog.open(run_id)
+        return encode_png(np.asarray(run.thumbnails()[run.check_row(row)]))
+
+    def explanation(run_id: str, method: str, row: int) -> bytes:
+        run = catalog.open(run_id)
+        row = run.check_row(row)
+        values = np.asarray(run.explanation(method)[row])
+        if method == "gradcam":
+            return encode_png(gradcam_overlay(np.asarray(run.thumbnails()[row]), values))
+        return encode_png(values)
+
+    def class_explanation(run_id: str, class_index: int, method: str, row: int) -> bytes:
+        run = catalog.open(run_id)
+        return service.class_explanation_png(run, row, class_index, method)
+
+    def activation_grid(run_id: str, layer_id: str, row: int) -> bytes:
+        run = catalog.open(run_id)
+        run.layer(layer_id)
+        sort = flask.request.args.get("sort", "score")
+        if sort not in SORTS:
+            raise UserError(f"sort must be one of {', '.join(SORTS)}")
+        return service.grid_png(run, row, layer_id, sort)
+
+    server.add_url_rule("/runs/<run_id>/thumb/<int:row>.png", view_func=_guarded(thumbnail))
+    server.add_url_rule(
+        "/runs/<run_id>/explain/<method>/<int:row>.png", view_func=_guarded(explanation)
+    )
+    server.add_url_rule(
+        "/runs/<run_id>/explain-class/<int:class_index>/<method>/<int:row>.png",
+        view_func=_guarded(class_explanation),
+    )
+    server.add_url_rule(
+        "/runs/<run_id>/activations/<layer_id>/<int:row>.png", view_func=_guarded(activation_grid)
+    )
