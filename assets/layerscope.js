@@ -228,25 +228,20 @@
   // ---- inspector ------------------------------------------------------------------------
 
   function top10Figure(info, table, row, explained) {
-    var template = info.top10;
     if (!table.top_idx) {
-      return {
-        data: [],
-        layout: Object.assign({}, template.layout, {
-          annotations: [{
-            text: "predictions are not computed yet", showarrow: false, xref: "paper", yref: "paper",
-            x: 0.5, y: 0.5, font: { color: "#9aa0a6" },
-          }],
-        }),
-      };
+      return info.top10NoPredictions;
     }
     var classes = table.top_idx[row], probs = table.top_prob[row];
     var trueClass = table.model_label[row];
     var style = info.top10Style;
-    var trace = Object.assign({}, style.trace, {
+    var labels = classes.map(function (c) { return (table.short[c] !== undefined ? table.short[c] : String(c)) + " "; });
+    var custom = classes.map(function (c, i) {
+      return [c, table.classes[c] !== undefined ? table.classes[c] : String(c), probs[i]];
+    });
+    var bars = Object.assign({}, style.trace, {
       x: probs,
-      y: classes.map(function (c) { return (table.short[c] !== undefined ? table.short[c] : String(c)) + " "; }),
-      customdata: classes.map(function (c) { return [c, table.classes[c] !== undefined ? table.classes[c] : String(c)]; }),
+      y: labels,
+      customdata: custom,
       text: probs.map(function (p) { return (100 * p).toFixed(1) + "%"; }),
       marker: {
         color: classes.map(function (c) { return c === trueClass ? style.trueColor : style.barColor; }),
@@ -256,7 +251,8 @@
         },
       },
     });
-    return { data: [trace], layout: template.layout };
+    var hit = Object.assign({}, style.hitTrace, { x: classes.map(function () { return 1.0; }), y: labels, customdata: custom });
+    return { data: [bars, hit], layout: info.top10Layout };
   }
 
   function labelsText(table, row) {

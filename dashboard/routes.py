@@ -123,3 +123,11 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
     server.add_url_rule(
         "/runs/<run_id>/activations/<layer_id>/<int:row>.png", view_func=_guarded(activation_grid)
     )
+
+    def no_such_image(rest: str) -> flask.Response:
+        # Without this, Dash's catch-all page route would answer any other /runs/... URL.
+        return flask.Response(f"no such image: /runs/{rest}", status=404, mimetype="text/plain")
+
+    server.add_url_rule(
+        "/runs/<path:rest>", endpoint="layerscope_no_such_image", view_func=no_such_image
+    )

@@ -13,7 +13,7 @@ from typing import Any
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
-from components.inspector import inspector_table, top10_figure, top10_style
+from components.inspector import inspector_table, top10_figure, top10_layout, top10_style
 from dashboard import ids
 from dashboard.context import by_token, current
 from dashboard.data import EXPLANATION_METHODS, NotReady, RunData
@@ -123,6 +123,10 @@ def run_info(run: RunData) -> dict[str, Any]:
         "hasPredictions": run.predictions() is not None,
         "canExplainClass": bool(gradcam_layer),
         "top10": top10_figure([], [], []),
+        "top10NoPredictions": top10_figure(
+            [], [], [], empty_message="predictions are not computed yet"
+        ),
+        "top10Layout": top10_layout(),
         "top10Style": top10_style(),
     }
 

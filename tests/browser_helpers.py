@@ -1,0 +1,200 @@
+"""Serving the dashboard on 127.0.0.1 and driving it with Playwright + Debian's Chromium.
+
+Browser tests skip when /usr/bin/chromium is missing, unless LAYERSCOPE_REQUIRE_BROWSER=1 (CI),
+where a missing browser is a failure. Screenshots go to ``test-output/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.serving import make_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
+LARGE = {"width": 2560, "height": 1440}
+SMALL = {"width": 1366, "height": 768}
+
+
+def require_browser() -> None:
+    """Skip (or fail, in CI) when the browser or Playwright is not available."""
+    required = os.environ.get("LAYERSCOPE_REQUIRE_BROWSER") == "1"
+    problem = None
+    if not CHROMIUM.exists():
+        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "the playwright package is not installed"
+    if problem:
+        if required:
+            pytest.fail(
+                f"browser tests are mandatory here (LAYERSCOPE_REQUIRE_BROWSER=1) but {problem}"
+            )
+        pytest.skip(f"browser tests need Chromium: {problem}")
+
+
+@contextlib.contextmanager
+def serve(flask_app: Any) -> Iterator[str]:
+    """Serve ``flask_app`` on a free port of 127.0.0.1 in a thread; yields the base URL."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in test output
+    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+    thread = threading.Thread(
+        target=server.serve_forever, name="layerscope-test-server", daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class PageWatch:
+    """A page plus everything that went wrong on it: console errors, page errors, failed
+    requests and HTTP errors (4xx/5xx) of the dashboard's own requests."""
+
+    def __init__(self, browser: Any, viewport: dict[str, int]):
+        self.context = browser.new_context(viewport=viewport)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
+        self.page.on(
+            "requestfailed",
+            lambda req: self.errors.append(f"request failed: {req.url} {req.failure}"),
+        )
+        self.page.on("response", self._response)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(f"console: {message.text}")
+
+    def _response(self, response: Any) -> None:
+        if response.status >= 400:
+            self.errors.append(f"HTTP {response.status}: {response.url}")
+
+    def close(self) -> None:
+        self.context.close()
+
+    def screenshot(self, name: str, full_page: bool = True) -> Path:
+        OUTPUT_DIR.mkdir(exist_ok=True)
+        path = OUTPUT_DIR / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=full_page)
+        return path
+
+
+# ---- reading the page -------------------------------------------------------------------------
+
+GRAPH_JS = """(id) => {
+  const outer = document.getElementById(id);
+  return outer && (outer.classList.contains('js-plotly-plot') ? outer : outer.querySelector('.js-plotly-plot'));
+}"""
+
+
+def wait_for_graph(
+    page: Any,
+    graph_id: str,
+    predicate: str = "gd => gd.data && gd.data.length > 0",
+    timeout: float = 20_000,
+) -> None:
+    """Wait until the plotly graph ``graph_id`` exists and ``predicate(gd)`` holds."""
+    page.wait_for_function(
+        f"""() => {{ const gd = ({GRAPH_JS})({graph_id!r}); return !!gd && ({predicate})(gd); }}""",
+        timeout=timeout,
+    )
+
+
+def graph_eval(page: Any, graph_id: str, expression: str) -> Any:
+    """Evaluate ``expression`` (a JS function of gd) on the plotly graph ``graph_id``."""
+    return page.evaluate(
+        f"""() => {{ const gd = ({GRAPH_JS})({graph_id!r}); return ({expression})(gd); }}"""
+    )
+
+
+def scroll_to(page: Any, element_id: str) -> None:
+    """Bring an element into the viewport (mouse coordinates are viewport coordinates)."""
+    page.locator(f"#{element_id}").scroll_into_view_if_needed()
+
+
+def point_position(
+    page: Any, graph_id: str, predicate: str = "(trace, i) => true"
+) -> dict[str, Any]:
+    """Viewport coordinates and customdata of the first point (over traces with customdata) that
+    satisfies ``predicate(trace, index)``, computed from plotly's own axes, never guessed."""
+    scroll_to(page, graph_id)
+    return graph_eval(
+        page,
+        graph_id,
+        f"""gd => {{
+          const layout = gd._fullLayout, size = layout._size, box = gd.getBoundingClientRect();
+          for (let t = 0; t < gd.data.length; t++) {{
+            const trace = gd.data[t];
+            if (!trace.customdata || !trace.x || !trace.x.length) continue;
+            if (trace.visible === false || trace.visible === 'legendonly') continue;
+            for (let i = 0; i < trace.x.length; i++) {{
+              if (!({predicate})(trace, i)) continue;
+              const x = box.left + size.l + layout.xaxis.l2p(trace.x[i]);
+              const y = box.top + size.t + layout.yaxis.l2p(trace.y[i]);
+              return {{x, y, customdata: trace.customdata[i], trace: t, index: i}};
+            }}
+          }}
+          return null;
+        }}""",
+    )
+
+
+def isolated_point(page: Any, graph_id: str, min_distance: float = 12.0) -> dict[str, Any]:
+    """A point with no other point within ``min_distance`` pixels (so hovering it is
+    unambiguous), preferring points near the centre of the plot."""
+    scroll_to(page, graph_id)
+    return graph_eval(
+        page,
+        graph_id,
+        f"""gd => {{
+          const layout = gd._fullLayout, size = layout._size, box = gd.getBoundingClientRect();
+          const points = [];
+          gd.data.forEach((trace, t) => {{
+            if (!trace.customdata || !trace.x) return;
+            for (let i = 0; i < trace.x.length; i++) {{
+              points.push({{x: box.left + size.l + layout.xaxis.l2p(trace.x[i]),
+                           y: box.top + size.t + layout.yaxis.l2p(trace.y[i]),
+                           customdata: trace.customdata[i], trace: t, index: i}});
+            }}
+          }});
+          const cx = box.left + size.l + size.w / 2, cy = box.top + size.t + size.h / 2;
+          points.sort((a, b) => Math.hypot(a.x - cx, a.y - cy) - Math.hypot(b.x - cx, b.y - cy));
+          for (const p of points) {{
+            if (points.every(q => q === p || Math.hypot(q.x - p.x, q.y - p.y) >= {min_distance})) return p;
+          }}
+          return points[0] || null;
+        }}""",
+    )

@@ -1,0 +1,606 @@
+"""Dashboard callbacks called as plain functions, image routes through Flask's test client, and
+the model service's caches, all against the real small digits + smallcnn run."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from contextvars import copy_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from dash import Patch
+from dash._callback_context import context_value
+from dash._utils import AttributeDict
+from PIL import Image
+
+from components.activations import grid_geometry
+from dashboard import ids
+from dashboard.app import create_app
+from dashboard.context import current
+from dashboard.data import NotReady, RunCatalog
+from dashboard.model_service import ByteLRU, ModelService
+from dashboard.panels import about, activations, controls, embedding, inspector, model_view
+from pipelines.errors import UserError
+from pipelines.store import RunStore
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def call(app: Any, function: Any, *args: Any, triggered: str | None = None) -> Any:
+    """Run a callback function as Dash would: inside the app and a callback context whose
+    ``triggered_id`` is the component id of ``triggered`` ("component.prop")."""
+
+    def run() -> Any:
+        inputs = [{"prop_id": triggered, "value": None}] if triggered else []
+        context_value.set(AttributeDict(triggered_inputs=inputs))
+        with app.server.app_context():
+            return function(*args)
+
+    return copy_context().run(run)
+
+
+def apply_patch(data: dict[str, Any], patch: Any) -> dict[str, Any]:
+    """Apply a dash ``Patch`` made of Assign operations to a copy of ``data``."""
+    result = json.loads(json.dumps(data))
+    if not isinstance(patch, Patch):
+        return result
+    for operation in patch.to_plotly_json()["operations"]:
+        assert operation["operation"] == "Assign", operation
+        target = result
+        *path, last = operation["location"]
+        for key in path:
+            target = target[key]
+        target[last] = operation["params"]["value"]
+    return result
+
+
+def text_of(component: Any) -> str:
+    """All text inside a Dash component tree (alerts, tables, lists)."""
+    if component is None:
+        return ""
+    if isinstance(component, str | int | float):
+        return str(component)
+    if isinstance(component, list | tuple):
+        return " ".join(text_of(c) for c in component)
+    return text_of(getattr(component, "children", None))
+
+
+@pytest.fixture(scope="module")
+def run_dir(
+    small_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """A private copy of the small run (tests here delete and corrupt files)."""
+    data_dir, run_id = small_run
+    copy = tmp_path_factory.mktemp("callbacks-data")
+    shutil.copytree(data_dir / "runs", copy / "runs")
+    return copy, run_id
+
+
+@pytest.fixture(scope="module")
+def app(run_dir: tuple[Path, str]) -> Any:
+    return create_app(run_dir[0])
+
+
+@pytest.fixture(scope="module")
+def selection(app: Any, run_dir: tuple[Path, str]) -> dict[str, Any]:
+    outputs = call(
+        app, controls.setup_run, f"?run={run_dir[1]}", None, None, triggered=f"{ids.URL}.search"
+    )
+    return outputs[0]
+
+
+def sample_key(selection: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    key = {"run": selection["run"], "layer": selection["layer"], "pinned": 3}
+    key.update(changes)
+    return key
+
+
+def view_key(selection: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    key = {k: selection[k] for k in ("run", "layer", "subset", "method", "perplexity", "color")}
+    key.update(changes)
+    return key
+
+
+# ---- page setup -------------------------------------------------------------------------------
+
+
+def test_setup_reads_run_layer_and_row_from_the_url(app, run_dir):
+    search = f"?run={run_dir[1]}&layer=features.3&row=7&method=pca&color=prediction&subset=100"
+    out = call(app, controls.setup_run, search, None, None, triggered=f"{ids.URL}.search")
+    chosen = out[0]
+    assert chosen["run"] == run_dir[1] and chosen["layer"] == "features.3" and chosen["pinned"] == 7
+    assert chosen["method"] == "pca" and chosen["color"] == "prediction" and chosen["subset"] == 100
+    assert [o["value"] for o in out[1]] == [run_dir[1]]
+    assert [o["value"] for o in out[3]] == ["100", "300"]
+    assert out[9][0]["value"] == "input" and out[10] == "features.3"
+    assert out[12] == []  # no alerts
+
+
+def test_unknown_layer_and_run_in_the_url_fall_back_with_a_message(app, run_dir):
+    out = call(
+        app, controls.setup_run, f"?run={run_dir[1]}&layer=features.99&row=99999", None, None
+    )
+    assert out[0]["layer"] == "features.6"  # the run's Grad-CAM layer, the default
+    assert out[0]["pinned"] is None
+    alerts = text_of(out[12])
+    assert "features.99" in alerts and "features.6" in alerts and "99999" in alerts
+    out = call(app, controls.setup_run, "?run=no-such-run", None, None)
+    assert out[0]["run"] == run_dir[1]
+    assert "no-such-run" in text_of(out[12])
+
+
+def test_empty_data_dir_says_how_to_precompute(tmp_path):
+    empty_app = create_app(tmp_path)
+    out = call(empty_app, controls.setup_run, "", None, None)
+    assert out[0]["run"] is None
+    message = text_of(out[12])
+    assert (
+        "No runs in" in message
+        and "python main.py precompute --dataset digits --model smallcnn" in message
+    )
+    figure, info = call(empty_app, model_view.render, None, [], None)
+    assert "No run selected" in figure["layout"]["annotations"][0]["text"] and info == ""
+    payload, note = call(empty_app, embedding.load, {"run": None}, None)
+    assert payload["figure"]["data"] == [] and note is None
+
+
+def test_switching_runs_keeps_method_and_colour(app, run_dir, selection):
+    previous = {**selection, "method": "pca", "color": "correct", "layer": "features.0"}
+    out = call(
+        app, controls.setup_run, "", "ghost", previous, triggered=f"{ids.CONTROLS_RUN}.value"
+    )
+    assert out[0]["run"] == run_dir[1] and "ghost" in text_of(out[12])
+    assert out[0]["method"] == "pca" and out[0]["color"] == "correct"
+
+
+def test_update_view_patches_only_changed_fields(app, selection):
+    patch, options, value = call(app, controls.update_view, "100", "tsne", "30", "label", selection)
+    updated = apply_patch(selection, patch)
+    assert updated["subset"] == 100 and updated["perplexity"] == "30"
+    assert [o["value"] for o in options] == ["10", "30"]
+    patch, options, value = call(app, controls.update_view, "300", "pca", "30", "label", selection)
+    assert apply_patch(selection, patch)["method"] == "pca"
+    assert all(o["disabled"] for o in options)
+    unchanged = call(
+        app,
+        controls.update_view,
+        str(selection["subset"]),
+        selection["method"],
+        selection["perplexity"],
+        selection["color"],
+        selection,
+    )
+    assert not isinstance(unchanged[0], Patch)
+
+
+# ---- model view -------------------------------------------------------------------------------
+
+
+def test_select_layer_by_click_buttons_and_menu(app, selection):
+    click = {"points": [{"customdata": ["features.3", "layer", "features.3"]}]}
+    patch, value, expanded = call(
+        app,
+        model_view.select_layer,
+        click,
+        None,
+        None,
+        None,
+        selection,
+        [],
+        triggered=f"{ids.MODEL_GRAPH}.clickData",
+    )
+    assert apply_patch(selection, patch)["layer"] == "features.3" and value == "features.3"
+    at = {**selection, "layer": "features.3"}
+    patch, _, _ = call(
+        app,
+        model_view.select_layer,
+        None,
+        None,
+        1,
+        "features.3",
+        at,
+        [],
+        triggered=f"{ids.MODEL_NEXT}.n_clicks",
+    )
+    assert apply_patch(at, patch)["layer"] == "features.4"
+    patch, _, _ = call(
+        app,
+        model_view.select_layer,
+        None,
+        1,
+        None,
+        "features.3",
+        at,
+        [],
+        triggered=f"{ids.MODEL_PREV}.n_clicks",
+    )
+    assert apply_patch(at, patch)["layer"] == "features.2"
+    patch, _, _ = call(
+        app,
+        model_view.select_layer,
+        None,
+        None,
+        None,
+        "classifier.1",
+        at,
+        [],
+        triggered=f"{ids.MODEL_LAYER}.value",
+    )
+    assert apply_patch(at, patch)["layer"] == "classifier.1"
+    block_click = {"points": [{"customdata": ["features", "block", "features.8"]}]}
+    patch, _, expanded = call(
+        app,
+        model_view.select_layer,
+        block_click,
+        None,
+        None,
+        None,
+        at,
+        [],
+        triggered=f"{ids.MODEL_GRAPH}.clickData",
+    )
+    assert expanded == ["features"] and apply_patch(at, patch)["layer"] == "features.8"
+
+
+def test_model_view_renders_selected_layer(app, selection):
+    figure, info = call(
+        app, model_view.render, {"run": selection["run"], "layer": "features.3"}, [], None
+    )
+    assert figure["layout"]["meta"]["selectedNode"] == "features.3"
+    assert info == "features.3 · Conv2d · output 32 × 16 × 16 · 4,640 parameters"
+    figure, _ = call(app, model_view.render, {"run": selection["run"], "layer": "nope"}, [], None)
+    assert "not in run" in figure["layout"]["annotations"][0]["text"]
+
+
+# ---- embedding --------------------------------------------------------------------------------
+
+
+def test_embedding_payload_has_every_sample_and_a_descriptive_title(app, selection):
+    payload, message = call(app, embedding.load, view_key(selection), None)
+    figure = payload["figure"]
+    assert message is None and payload["run"] == selection["run"]
+    rows = sorted(r for t in figure["data"][:-1] for r in t["customdata"])
+    assert rows == list(range(selection["subset"]))
+    assert figure["layout"]["title"]["text"] == (
+        f"t-SNE, perplexity 30 — layer {selection['layer']} (Conv2d), {selection['subset']} samples"
+    )
+    other, _ = call(app, embedding.load, view_key(selection, layer="features.3"), None)
+    # Same samples, same traces: the browser can animate between the two layers.
+    assert other["figure"]["layout"]["meta"]["structure"] == figure["layout"]["meta"]["structure"]
+    assert [t.get("customdata") for t in other["figure"]["data"]] == [
+        t.get("customdata") for t in figure["data"]
+    ]
+    assert other["key"] != payload["key"]
+    flat, _ = call(app, embedding.load, view_key(selection, layer="classifier.0"), None)
+    assert "same values as features.8" in flat["figure"]["layout"]["title"]["text"]
+
+
+def test_embedding_colourings_and_bad_parameters(app, selection):
+    by_correct, _ = call(app, embedding.load, view_key(selection, color="correct"), None)
+    names = [t["name"] for t in by_correct["figure"]["data"][:-1]]
+    assert set(names) <= {"correct", "wrong", "unknown label"}
+    payload, message = call(app, embedding.load, view_key(selection, perplexity="77"), None)
+    assert "perplexity 77" in text_of(message) and payload["figure"]["data"] == []
+
+
+# ---- inspector and image routes -------------------------------------------------------------
+
+
+def test_inspector_table_and_url_templates(app, selection):
+    table, info = call(app, inspector.load_table, selection["run"], None, None)
+    assert len(table["uid"]) == 300 and len(table["top_idx"][0]) == 10
+    assert info["explanations"] == ["gradcam", "guided_backprop", "guided_gradcam"]
+    assert info["urls"]["thumb"].startswith(f"/runs/{selection['run']}/thumb/{{row}}.png?v=")
+    # Same run, nothing new computed: the (up to 1 MB) table is not sent again.
+    unchanged = call(app, inspector.load_table, selection["run"], {"stamp": 1}, info)
+    assert not isinstance(unchanged[0], dict) and not isinstance(unchanged[1], dict)
+
+
+def png(response: Any) -> np.ndarray:
+    assert response.status_code == 200, response.data[:300]
+    assert response.mimetype == "image/png"
+    return np.asarray(Image.open(io.BytesIO(response.data)).convert("RGB"))
+
+
+def test_image_routes_serve_run_pictures(app, run_dir):
+    client = app.server.test_client()
+    run_id = run_dir[1]
+    store = RunStore(run_dir[0] / "runs" / run_id)
+    thumbs = store.load_array("thumbnails")
+    assert (png(client.get(f"/runs/{run_id}/thumb/4.png")) == thumbs[4]).all()
+    guided = store.load_array("explanation", method="guided_backprop")
+    assert (png(client.get(f"/runs/{run_id}/explain/guided_backprop/4.png")) == guided[4]).all()
+    overlay = png(client.get(f"/runs/{run_id}/explain/gradcam/4.png"))
+    assert overlay.shape[:2] == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/runs/{run}/thumb/300.png",  # row outside the run
+        "/runs/{run}/thumb/-1.png",
+        "/runs/nope/thumb/0.png",
+        "/runs/..%2F..%2Fetc/thumb/0.png",
+        "/runs/{run}/explain/passwd/0.png",
+        "/runs/{run}/activations/..%2Fmanifest/0.png",
+        "/runs/{run}/activations/features.3/0.png?sort=name",
+        "/runs/{run}/explain-class/999/gradcam/0.png",
+    ],
+)
+def test_image_routes_refuse_anything_outside_the_run(app, run_dir, path):
+    response = app.server.test_client().get(path.format(run=run_dir[1]))
+    assert response.status_code == 404
+    assert response.mimetype == "text/plain"
+    assert b"Traceback" not in response.data
+
+
+def test_clicking_a_bar_computes_explanations_for_that_class(app, run_dir, selection):
+    store = next(c for c in app.layout.children if getattr(c, "id", None) == ids.APP_TOKEN)
+    token = store.data
+    click = {"points": [{"customdata": [7, "7", 0.0]}]}
+    result = call(app, inspector.explain_class, click, {"run": run_dir[1], "row": 4}, token)
+    assert result["cls"] == 7 and result["row"] == 4 and "error" not in result
+    client = app.server.test_client()
+    sizes = {"gradcam": (64, 64), "guided_backprop": (32, 32), "guided_gradcam": (32, 32)}
+    for method, url in result["urls"].items():
+        assert f"/explain-class/7/{method}/4.png" in url
+        assert png(client.get(url)).shape[:2] == sizes[method]
+    context = call(app, current)
+    run = context.catalog.open(run_dir[1])
+    for_seven = context.service.class_explanations(run, 4, 7)
+    for_three = context.service.class_explanations(run, 4, 3)
+    assert for_seven["guided_backprop"].shape == (32, 32, 3)
+    assert not np.array_equal(for_seven["guided_backprop"], for_three["guided_backprop"])
+    assert call(app, inspector.explain_class, click, None, token)["error"].startswith(
+        "Hover or pin"
+    )
+    bad = call(
+        app,
+        inspector.explain_class,
+        {"points": [{"customdata": [55, "x", 0]}]},
+        {"run": run_dir[1], "row": 4},
+        token,
+    )
+    assert "not one of the model's 10 classes" in bad["error"]
+
+
+# ---- activations ------------------------------------------------------------------------------
+
+
+def test_activation_grid_shows_every_channel(app, run_dir, selection):
+    figure, style, header, message = call(
+        app, activations.render_grid, sample_key(selection, layer="features.3"), "score"
+    )
+    assert style == {} and message is None
+    markers = figure["data"][0]
+    assert sorted(c[0] for c in markers["customdata"]) == list(range(32))
+    scores = [c[1] for c in markers["customdata"]]
+    assert scores == sorted(scores, reverse=True)
+    assert "32 channels of 16×16" in header and "sample 3" in header
+    url = figure["layout"]["images"][0]["source"]
+    image = png(app.server.test_client().get(url))
+    geometry = grid_geometry(32)
+    assert image.shape[:2] == (geometry.height, geometry.width)
+    by_index, _, _, _ = call(
+        app, activations.render_grid, sample_key(selection, layer="features.3"), "index"
+    )
+    assert [c[0] for c in by_index["data"][0]["customdata"]] == list(range(32))
+
+
+def test_dense_layers_are_one_heatmap_and_no_pin_says_what_to_do(app, selection):
+    figure, _, header, _ = call(
+        app, activations.render_grid, sample_key(selection, layer="classifier.1"), "score"
+    )
+    assert figure["data"][0]["type"] == "heatmap" and "128 neurons" in header
+    _, style, _, message = call(
+        app, activations.render_grid, sample_key(selection, pinned=None), "score"
+    )
+    assert style == {"display": "none"} and "Click a point" in text_of(message)
+
+
+def test_clicking_a_channel_opens_its_raw_values(app, selection):
+    key = sample_key(selection, layer="features.0")
+    is_open, title, figure = call(
+        app, activations.open_channel, {"points": [{"customdata": [5, 1.0]}]}, key
+    )
+    assert is_open is True and "channel 5" in title
+    z = np.array(figure["data"][0]["z"])
+    assert z.shape == (32, 32)
+    context = call(app, current)
+    run = context.catalog.open(selection["run"])
+    raw = context.service.layer_activation(run, 3, "features.0").values[5]
+    np.testing.assert_allclose(z, raw, atol=1e-4)
+    dense_click = call(app, activations.open_channel, {"points": [{"customdata": 17}]}, key)
+    assert not isinstance(dense_click[0], bool)  # no_update: dense cells open nothing
+
+
+def test_one_forward_pass_serves_every_layer_of_a_sample(run_dir, monkeypatch):
+    import dashboard.model_service as service_module
+
+    calls = []
+    real = service_module.capture_layers
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service_module, "capture_layers", counting)
+    service = ModelService(run_dir[0])
+    run = RunCatalog(run_dir[0]).open(run_dir[1])
+    first = service.layer_activation(run, 11, "features.0")
+    assert first.source == "computed" and first.values.shape == (16, 32, 32)
+    for layer in ("features.3", "classifier.1", "input", "classifier.3"):
+        assert service.layer_activation(run, 11, layer).source == "memory"
+    assert len(calls) == 1
+    # The logits layer agrees with the stored predictions.
+    predicted = run.predictions()["predicted"][11]
+    assert int(np.argmax(service.layer_activation(run, 11, "classifier.3").values)) == predicted
+
+
+def test_disk_cache_survives_a_restart_and_corrupt_entries_are_recomputed(run_dir):
+    run = RunCatalog(run_dir[0]).open(run_dir[1])
+    first = ModelService(run_dir[0])
+    computed = first.layer_activation(run, 21, "features.6")
+    restarted = ModelService(run_dir[0])
+    from_disk = restarted.layer_activation(run, 21, "features.6")
+    assert from_disk.source == "disk"
+    np.testing.assert_array_equal(from_disk.values, computed.values)
+    assert (run_dir[0] / "cache" / "activations").is_dir()
+    key = f"act/{run.run_id}/{run.version}/21/features.6"
+    restarted.disk.set(key, b"\x93NUMPY garbage, not an array")
+    fresh = ModelService(run_dir[0])
+    repaired = fresh.layer_activation(run, 21, "features.6")
+    assert repaired.source == "computed" and "unreadable" in repaired.notice
+    np.testing.assert_allclose(repaired.values, computed.values, atol=1e-5)
+    assert ModelService(run_dir[0]).layer_activation(run, 21, "features.6").source == "disk"
+
+
+def test_corrupt_cache_file_on_disk_is_reported_in_place(app, run_dir, selection):
+    context = call(app, current)
+    run = context.catalog.open(run_dir[1])
+    row = 42
+    context.service.layer_activation(run, row, "features.3")
+    # Truncate the file diskcache keeps the value in, as a crash or full disk would.
+    cache_files = sorted((run_dir[0] / "cache" / "activations").rglob("*.val"))
+    assert cache_files, "expected diskcache to keep large values in files"
+    for path in cache_files:
+        path.write_bytes(path.read_bytes()[:40])
+    context.service._activations.clear()
+    _, style, _, message = call(
+        app, activations.render_grid, sample_key(selection, layer="features.3", pinned=row), "score"
+    )
+    assert style == {} and "unreadable" in text_of(message) and "recomputed" in text_of(message)
+
+
+def test_byte_lru_is_bounded():
+    lru = ByteLRU(max_bytes=1000)
+    for i in range(5):
+        lru.put(i, np.zeros(300, dtype=np.uint8))
+    assert lru.nbytes <= 1000 and len(lru) == 3 and lru.get(0) is None and lru.get(4) is not None
+    lru.put("big", np.zeros(5000, dtype=np.uint8))
+    assert len(lru) == 1 and lru.get("big") is not None
+
+
+# ---- about, incomplete and deleted runs ---------------------------------------------------------
+
+
+def test_about_describes_the_run(app, selection):
+    body, note, status, poll_disabled = call(app, about.render, selection["run"], None)
+    text = text_of(body)
+    assert (
+        "digits" in text
+        and "SmallCNN" in text
+        and "Accuracy" in text
+        and "14 (input included)" in text
+    )
+    assert "embeddings: done" in text
+    assert note is None and poll_disabled is True and text_of(status) == "complete"
+
+
+@pytest.fixture
+def partial_run(small_run: tuple[Path, str], tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the small run as a precompute leaves it mid-way: no explanations or
+    predictions yet, embeddings for half the layers."""
+    data_dir, run_id = small_run
+    shutil.copytree(data_dir / "runs" / run_id, tmp_path / "runs" / run_id)
+    store = RunStore(tmp_path / "runs" / run_id)
+    manifest = store.read_manifest()
+    manifest["stages"]["forward"] = {"state": "done", "done": 1, "total": 1}
+    manifest["stages"]["embeddings"] = {"state": "running", "done": 7, "total": 14}
+    store.write_manifest(manifest)
+    store.delete_kind("explanation")
+    store.delete("predictions")
+    for layer in [layer["id"] for layer in manifest["layers"]][7:]:
+        shutil.rmtree(store.run_dir / "embedding" / f"layer={layer}")
+    return tmp_path, run_id
+
+
+def test_a_run_still_being_computed_says_what_is_ready(partial_run):
+    data_dir, run_id = partial_run
+    partial_app = create_app(data_dir)
+    store = RunStore(data_dir / "runs" / run_id)
+    with store.writer_lock():
+        body, note, status, poll_disabled = call(partial_app, about.render, run_id, None)
+        assert poll_disabled is False and text_of(status) == "precompute running"
+        assert "Not ready: embeddings (running, 7 / 14)" in text_of(note)
+        assert "a precompute is writing it now" in text_of(note)
+    key = {
+        "run": run_id,
+        "layer": "classifier.1",
+        "subset": 300,
+        "method": "tsne",
+        "perplexity": "30",
+        "color": "prediction",
+    }
+    payload, message = call(partial_app, embedding.load, key, None)
+    assert "not computed yet" in text_of(message) and "7 of 14 layers" in text_of(message)
+    ready, message = call(partial_app, embedding.load, {**key, "layer": "features.3"}, None)
+    assert (
+        message is None
+        and "predictions are not computed yet" in ready["figure"]["layout"]["title"]["text"]
+    )
+    with pytest.raises(NotReady, match="7 of 14 layers"):
+        RunCatalog(data_dir).open(run_id).embedding("classifier.1", 300, "tsne", 30.0)
+    table, info = call(partial_app, inspector.load_table, run_id, None, None)
+    assert table["top_idx"] is None and info["explanations"] == []
+    assert "not computed yet" in info["explanationNote"]
+    # The precompute writes the next layer: polling notices and bumps the version.
+    version = call(partial_app, about.poll, 1, run_id, None)
+    assert version["run"] == run_id and version["complete"] is False
+    manifest = store.read_manifest()
+    manifest["stages"]["embeddings"]["done"] = 8
+    store.write_manifest(manifest)
+    newer = call(partial_app, about.poll, 2, run_id, version)
+    assert newer["stamp"] != version["stamp"]
+
+
+def test_a_deleted_run_shows_a_message_everywhere(small_run, tmp_path):
+    data_dir, run_id = small_run
+    shutil.copytree(data_dir / "runs" / run_id, tmp_path / "runs" / run_id)
+    doomed_app = create_app(tmp_path)
+    chosen = call(doomed_app, controls.setup_run, "", None, None)[0]
+    shutil.rmtree(tmp_path / "runs" / run_id)
+    figure, _ = call(
+        doomed_app, model_view.render, {"run": run_id, "layer": chosen["layer"]}, [], None
+    )
+    assert "is not in" in figure["layout"]["annotations"][0]["text"]
+    _, message = call(doomed_app, embedding.load, view_key(chosen), None)
+    assert "deleted" in text_of(message)
+    _, _, _, message = call(doomed_app, activations.render_grid, sample_key(chosen), "score")
+    assert "deleted" in text_of(message)
+    body, note, _, _ = call(doomed_app, about.render, run_id, None)
+    assert "deleted" in text_of(note)
+    assert "gone" in call(doomed_app, about.poll, 3, run_id, None)["stamp"]
+    assert doomed_app.server.test_client().get(f"/runs/{run_id}/thumb/0.png").status_code == 404
+    out = call(doomed_app, controls.setup_run, "", None, None)
+    assert "No runs in" in text_of(out[12])
+
+
+def test_a_corrupt_manifest_is_listed_as_unreadable(small_run, tmp_path):
+    data_dir, run_id = small_run
+    shutil.copytree(data_dir / "runs" / run_id, tmp_path / "runs" / run_id)
+    (tmp_path / "runs" / "broken").mkdir()
+    (tmp_path / "runs" / "broken" / "manifest.json").write_text("{ not json")
+    catalog = RunCatalog(tmp_path)
+    summaries = {s.run_id: s for s in catalog.summaries()}
+    assert not summaries["broken"].readable and "corrupt manifest" in summaries["broken"].label
+    broken_app = create_app(tmp_path)
+    out = call(broken_app, controls.setup_run, "?run=broken", None, None)
+    assert out[0]["run"] == run_id and "broken" in text_of(out[12])
+    with pytest.raises(UserError, match="corrupt manifest"):
+        catalog.open("broken")
+
+
+def test_redis_url_without_celery_is_a_clear_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        import celery  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="celery is not installed"):
+            create_app(tmp_path)
+    else:
+        pytest.skip("celery is installed here; the Celery path needs a Redis server to test")
