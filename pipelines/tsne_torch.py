@@ -115,8 +115,8 @@ def tsne_torch(
     knn: precomputed neighbours as (indices (N, k) int64, Euclidean distances (N, k) float32),
         ascending per row, self excluded; default: exact neighbours computed here, k =
         min(N - 1, 3 * max perplexity), one graph shared by all perplexities.
-    block_size: rows per repulsion tile (default: from a memory budget; the whole matrix when
-        compiled). Changes speed and memory, not results beyond float rounding.
+    block_size: rows per repulsion tile (default: from a memory budget). Changes speed and
+        memory, not results beyond float rounding.
     compile: fuse the repulsion tile with ``torch.compile`` (default: on CUDA only). Falls back
         to eager PyTorch, with a warning, if compilation fails.
 
@@ -130,15 +130,7 @@ def tsne_torch(
         knn = knn_blocked(x, min(n - 1, int(3 * max(wanted))))
     indices, distances = _check_knn(knn, n, x.device)
 
-    graphs = []
-    for perplexity in wanted:
-        k_used = max(1, min(indices.shape[1], int(3 * perplexity)))
-        conditional = conditional_probabilities(
-            distances[:, :k_used].square(), effective_perplexity(perplexity, k_used)
-        )
-        graphs.append(joint_probabilities(indices[:, :k_used], conditional))
-    graph = stack_graphs(graphs)
-
+    graph = affinity_graph(indices, distances, wanted)
     if init is None:
         start = pca_init(x, seed)
     else:
@@ -147,7 +139,7 @@ def tsne_torch(
 
     tile = repulsion_tile_function(x.device, compile)
     if block_size is None:
-        block_size = n if tile is not repulsion_tile else eager_block_rows(len(wanted), n, x.device)
+        block_size = repulsion_block_rows(tile, len(wanted), n, x.device)
     y = optimise(
         y0,
         graph,
@@ -332,6 +324,25 @@ def joint_probabilities(indices: torch.Tensor, conditional: torch.Tensor) -> tor
     return coo.to_sparse_csr()
 
 
+def affinity_graph(
+    indices: torch.Tensor, distances: torch.Tensor, perplexities: list[float]
+) -> AffinityGraph:
+    """Joint affinities for each perplexity from one shared neighbour graph, stacked.
+
+    indices: (N, k) int64, distances: (N, k) float32 Euclidean, ascending per row, self
+    excluded. Each perplexity uses its first min(k, 3 * perplexity) neighbours, as openTSNE's
+    ``k_neighbors="auto"`` would.
+    """
+    graphs = []
+    for perplexity in perplexities:
+        k_used = max(1, min(indices.shape[1], int(3 * perplexity)))
+        conditional = conditional_probabilities(
+            distances[:, :k_used].square(), effective_perplexity(perplexity, k_used)
+        )
+        graphs.append(joint_probabilities(indices[:, :k_used], conditional))
+    return stack_graphs(graphs)
+
+
 def stack_graphs(graphs: list[torch.Tensor]) -> AffinityGraph:
     """Put B (N, N) CSR affinity matrices on the diagonal of one (B*N, B*N) problem, so one
     sparse product computes the attractive forces of every perplexity."""
@@ -449,9 +460,12 @@ def repulsive_forces(
     return out[..., :2], z
 
 
-def eager_block_rows(n_problems: int, n: int, device: torch.device) -> int:
-    """Rows per eager repulsion tile that keep its float32 temporaries within the budget."""
-    return min(n, _rows_for_budget(EAGER_TILE_TEMPORARIES * 4 * n_problems * n, device))
+def repulsion_block_rows(tile: TileFunction, n_problems: int, n: int, device: torch.device) -> int:
+    """Rows per repulsion tile that keep its float32 (B, rows, N) temporaries within the tile
+    budget: several of them for the eager tile, at most one for the fused kernel (none, if the
+    compiler fuses all three reductions as it should; the bound holds either way)."""
+    temporaries = EAGER_TILE_TEMPORARIES if tile is repulsion_tile else 1
+    return min(n, _rows_for_budget(temporaries * 4 * n_problems * n, device))
 
 
 def repulsion_tile_function(device: torch.device, compile: bool | None) -> TileFunction:
