@@ -14,8 +14,11 @@ Killing the process at any point loses at most the chunk or layer in flight.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import importlib.metadata
+import multiprocessing
+import os
 import re
 import sys
 import time
@@ -511,28 +514,37 @@ class Precompute:
         self.store.delete_kind("forward_chunk")
 
     def embeddings(self) -> None:
+        """Reduce every layer; independent layers run in parallel worker processes on a CPU
+        (openTSNE on small data uses a core far better alone than split over threads)."""
         manifest = self.store.read_manifest()
         layers = manifest["layers"]
-        subsets = manifest["subsets"]
-        perplexities = {int(n): values for n, values in manifest["perplexities"].items()}
-        done = [layer["id"] for layer in layers if self.store.has("reduction", layer=layer["id"])]
+        done = {layer["id"] for layer in layers if self.store.has("reduction", layer=layer["id"])}
+        pending = [
+            layer["id"] for layer in layers if layer["id"] not in done and not layer["same_as"]
+        ]
+        aliases = [layer for layer in layers if layer["id"] not in done and layer["same_as"]]
+        workers = self.embedding_workers(len(pending))
+        job = LayerJob(
+            run_dir=str(self.store.run_dir),
+            num_chunks=len(chunk_ranges(manifest["dataset"]["num_samples"], CHUNK_SAMPLES)),
+            subsets=manifest["subsets"],
+            perplexities={int(n): values for n, values in manifest["perplexities"].items()},
+            seed=self.config.seed,
+            n_jobs=max(1, (os.cpu_count() or 1) // workers),
+        )
         start = time.perf_counter() - manifest["stages"]["embeddings"].get("seconds", 0.0)
         bar = tqdm(
-            layers,
+            total=len(layers),
+            initial=len(done),
             desc="embeddings (PCA + t-SNE)",
             unit="layer",
             disable=not self.progress,
-            initial=0,
         )
-        for layer in bar:
-            bar.set_postfix_str(layer["id"])
-            if layer["id"] in done:
-                continue
-            if layer["same_as"]:
-                self.copy_reduction(layer["same_as"], layer["id"], subsets, perplexities)
-            else:
-                self.reduce_layer(layer["id"], subsets, perplexities)
-            done.append(layer["id"])
+
+        def finished(layer_id: str) -> None:
+            done.add(layer_id)
+            bar.update(1)
+            bar.set_postfix_str(layer_id)
             self.store.update_stage(
                 "embeddings",
                 state="running",
@@ -540,6 +552,13 @@ class Precompute:
                 total=len(layers),
                 seconds=round(time.perf_counter() - start, 3),
             )
+
+        for layer_id in run_layer_jobs(job, pending, workers):
+            finished(layer_id)
+        for layer in aliases:
+            job.copy(layer["same_as"], layer["id"])
+            finished(layer["id"])
+        bar.close()
         self.store.update_stage(
             "embeddings",
             state="done",
@@ -549,47 +568,83 @@ class Precompute:
         )
         self.store.delete_kind("features")
 
-    def layer_features(self, layer_id: str) -> np.ndarray:
-        num_chunks = len(
-            chunk_ranges(self.store.read_manifest()["dataset"]["num_samples"], CHUNK_SAMPLES)
-        )
+    def embedding_workers(self, pending: int) -> int:
+        if resolve_device(self.config.device).type == "cuda":
+            return 1  # the GPU path runs in this process
+        return max(1, min(pending, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class LayerJob:
+    """Everything a worker process needs to reduce one layer; picklable."""
+
+    run_dir: str
+    num_chunks: int
+    subsets: list[int]
+    perplexities: dict[int, list[float]]
+    seed: int
+    n_jobs: int
+
+    def features(self, store: RunStore, layer_id: str) -> np.ndarray:
+        """(N, D) float32 pooled activations of ``layer_id``, from the forward stage's chunks."""
         parts = [
-            self.store.load_array("features", layer=layer_id, chunk=i) for i in range(num_chunks)
+            store.load_array("features", layer=layer_id, chunk=i) for i in range(self.num_chunks)
         ]
         return np.concatenate(parts).astype(np.float32)
 
-    def reduce_layer(
-        self, layer_id: str, subsets: list[int], perplexities: dict[int, list[float]]
-    ) -> None:
-        start = time.perf_counter()
+    def __call__(self, layer_id: str) -> str:
+        store = RunStore(Path(self.run_dir))
+        started = time.perf_counter()
         scores, info = reduce.pca_reduce(
-            self.layer_features(layer_id), variance=0.9, seed=self.config.seed
+            self.features(store, layer_id), variance=0.9, seed=self.seed
         )
-        embeddings = reduce.embed_layer(scores, subsets, perplexities, seed=self.config.seed)
-        for (size, method, perplexity), coords in embeddings.items():
-            self.store.save_array(
+        maps = reduce.embed_layer(
+            scores, self.subsets, self.perplexities, seed=self.seed, n_jobs=self.n_jobs
+        )
+        for (size, method, perplexity), coords in maps.items():
+            store.save_array(
                 "embedding",
                 coords.astype(np.float32),
                 **embedding_key(layer_id, size, method, perplexity),
             )
         # Written last: its presence marks the layer complete.
-        self.store.save_json(
-            "reduction", {**info, "seconds": round(time.perf_counter() - start, 3)}, layer=layer_id
-        )
+        info = {**info, "seconds": round(time.perf_counter() - started, 3)}
+        store.save_json("reduction", info, layer=layer_id)
+        return layer_id
 
-    def copy_reduction(
-        self, source: str, layer_id: str, subsets: list[int], perplexities: dict[int, list[float]]
-    ) -> None:
-        for size in subsets:
-            for method, perplexity in [("pca", None), *[("tsne", p) for p in perplexities[size]]]:
-                coords = self.store.load_array(
+    def copy(self, source: str, layer_id: str) -> None:
+        """A reshape-only layer gets its parent's maps under its own id."""
+        store = RunStore(Path(self.run_dir))
+        for size in self.subsets:
+            for method, perplexity in [
+                ("pca", None),
+                *[("tsne", p) for p in self.perplexities[size]],
+            ]:
+                coords = store.load_array(
                     "embedding", mmap=False, **embedding_key(source, size, method, perplexity)
                 )
-                self.store.save_array(
+                store.save_array(
                     "embedding", coords, **embedding_key(layer_id, size, method, perplexity)
                 )
-        info = self.store.load_json("reduction", layer=source)
-        self.store.save_json("reduction", {**info, "same_as": source}, layer=layer_id)
+        store.save_json(
+            "reduction",
+            {**store.load_json("reduction", layer=source), "same_as": source},
+            layer=layer_id,
+        )
+
+
+def run_layer_jobs(job: LayerJob, layer_ids: list[str], workers: int) -> Iterator[str]:
+    """Yield each layer id as its reduction completes."""
+    if workers <= 1:
+        for layer_id in layer_ids:
+            yield job(layer_id)
+        return
+    # spawn, not fork: forking a process that has run torch's thread pools can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(job, layer_id) for layer_id in layer_ids]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
 
 
 def embedding_key(
