@@ -18,11 +18,15 @@
   var IDS = window.layerscopeIds || {};
   var dc = (window.dash_clientside = window.dash_clientside || {});
   var ANIMATION_MS = 650;
+  // At most this much of the way per frame: where frames are slow (software WebGL, a busy
+  // laptop), points still visibly travel in >= 4 steps instead of jumping.
+  var MAX_STEP = 0.25;
   var EXPLANATION_METHODS = ["gradcam", "guided_backprop", "guided_gradcam"];
 
   var state = {
     embedding: { key: null, pinned: null, latestPinned: null, token: 0, animating: false, last: null },
     inspector: { signature: null },
+    layerClicks: { prev: 0, next: 0 },
   };
   // Exposed for the browser tests and for debugging from the console.
   window.layerscope = { state: state };
@@ -152,11 +156,12 @@
       window.Plotly.relayout(gd, { "title.text": target.layout.title.text });
     }
     var started = performance.now();
-    function frame(now) {
+    var s = 0;
+    function frame() {
       if (token !== st.token) {
         return;
       }
-      var s = Math.min(1, (now - started) / ANIMATION_MS);
+      s = Math.min(1, Math.max(0, (performance.now() - started) / ANIMATION_MS), s + MAX_STEP);
       var e = ease(s);
       var xs = [], ys = [];
       for (var k = 0; k < indices.length; k++) {
@@ -214,10 +219,10 @@
       svg.style.display = "none";
       return;
     }
-    var layout = gd._fullLayout, size = layout._size;
+    var layout = gd._fullLayout;
     var xaxis = layout.xaxis, yaxis = layout.yaxis;
     var points = outline[0].map(function (x, i) {
-      return (size.l + xaxis.l2p(x)).toFixed(1) + "," + (size.t + yaxis.l2p(outline[1][i])).toFixed(1);
+      return (xaxis._offset + xaxis.l2p(x)).toFixed(1) + "," + (yaxis._offset + yaxis.l2p(outline[1][i])).toFixed(1);
     });
     svg.setAttribute("width", layout.width);
     svg.setAttribute("height", layout.height);
@@ -337,6 +342,47 @@
       return noUpdate();
     },
 
+    selectLayer: function (clickData, prevClicks, nextClicks, chosen, selection, expanded, options) {
+      var s = selection || {};
+      var ids = (options || []).map(function (o) { return o.value; });
+      var none = [noUpdate(), noUpdate(), noUpdate()];
+      if (!s.run || !ids.length) {
+        return none;
+      }
+      var trigger = dc.callback_context.triggered_id;
+      var target = null, nextExpanded = noUpdate();
+      if (trigger === IDS.MODEL_GRAPH) {
+        var point = clickData && clickData.points && clickData.points[0];
+        var custom = point && point.customdata;
+        if (!Array.isArray(custom) || custom.length < 3) {
+          return none;
+        }
+        if (custom[1] === "block" && (expanded || []).indexOf(custom[0]) < 0) {
+          nextExpanded = (expanded || []).concat([custom[0]]);
+        }
+        target = custom[2];
+      } else if (trigger === IDS.MODEL_PREV || trigger === IDS.MODEL_NEXT) {
+        // Dash runs a queued callback once with the latest inputs, so two quick presses can
+        // arrive as one call: step by how much each counter moved, not by one.
+        var clicks = state.layerClicks;
+        var step = ((nextClicks || 0) - clicks.next) - ((prevClicks || 0) - clicks.prev);
+        clicks.next = nextClicks || 0;
+        clicks.prev = prevClicks || 0;
+        var at = ids.indexOf(s.layer);
+        target = ids[at < 0 ? 0 : Math.max(0, Math.min(ids.length - 1, at + step))];
+      } else {
+        target = chosen;
+      }
+      if (ids.indexOf(target) < 0) {
+        return [noUpdate(), noUpdate(), nextExpanded];
+      }
+      return [
+        target === s.layer ? noUpdate() : new dc.Patch().assign(["layer"], target).build(),
+        target === chosen ? noUpdate() : target,
+        nextExpanded,
+      ];
+    },
+
     archHover: function (hoverData) {
       var gd = graphDiv(IDS.MODEL_GRAPH);
       if (!gd || !gd.layout || !gd.layout.meta || !gd.layout.meta.outlines) {
@@ -348,9 +394,14 @@
       return noUpdate();
     },
 
-    renderInspector: function (selection, table, info, explainedClass, shown) {
+    renderInspector: function (selection, hoverData, table, info, explainedClass, shown) {
       var st = state.inspector;
-      var s = selection || {};
+      var s = Object.assign({}, selection || {});
+      if (dc.callback_context.triggered_id === IDS.EMBEDDING_GRAPH) {
+        // Straight from the hover event: one store round trip less than waiting for the
+        // selection's "hovered" field (same value, a few milliseconds later).
+        s.hovered = rowOf(hoverData);
+      }
       var pinned = isNumber(s.pinned) ? s.pinned : null;
       if (!info || info.error || !table) {
         var message = info && info.error ? info.error : (s.run ? "loading…" : "no run selected");

@@ -318,16 +318,6 @@ def hover_text(node: DiagramNode) -> str:
 # ---- the figure -----------------------------------------------------------------------------
 
 
-def step_layer(layer_ids: Sequence[str], current: str | None, delta: int) -> str:
-    """The layer ``delta`` steps from ``current`` in execution order, clamped to the ends."""
-    if not layer_ids:
-        raise ValueError("step_layer needs at least one layer id")
-    if current not in layer_ids:
-        return layer_ids[0]
-    index = list(layer_ids).index(current) + delta
-    return layer_ids[max(0, min(len(layer_ids) - 1, index))]
-
-
 def _family_traces(boxes: Sequence[Box]) -> list[dict[str, Any]]:
     """Three filled traces per family (front, top, side), so 170 boxes cost ~30 traces."""
     by_family: dict[str, list[Box]] = {}

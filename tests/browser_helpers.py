@@ -162,8 +162,8 @@ def point_position(
             if (trace.visible === false || trace.visible === 'legendonly') continue;
             for (let i = 0; i < trace.x.length; i++) {{
               if (!({predicate})(trace, i)) continue;
-              const x = box.left + size.l + layout.xaxis.l2p(trace.x[i]);
-              const y = box.top + size.t + layout.yaxis.l2p(trace.y[i]);
+              const x = box.left + layout.xaxis._offset + layout.xaxis.l2p(trace.x[i]);
+              const y = box.top + layout.yaxis._offset + layout.yaxis.l2p(trace.y[i]);
               return {{x, y, customdata: trace.customdata[i], trace: t, index: i}};
             }}
           }}
@@ -185,8 +185,8 @@ def isolated_point(page: Any, graph_id: str, min_distance: float = 12.0) -> dict
           gd.data.forEach((trace, t) => {{
             if (!trace.customdata || !trace.x) return;
             for (let i = 0; i < trace.x.length; i++) {{
-              points.push({{x: box.left + size.l + layout.xaxis.l2p(trace.x[i]),
-                           y: box.top + size.t + layout.yaxis.l2p(trace.y[i]),
+              points.push({{x: box.left + layout.xaxis._offset + layout.xaxis.l2p(trace.x[i]),
+                           y: box.top + layout.yaxis._offset + layout.yaxis.l2p(trace.y[i]),
                            customdata: trace.customdata[i], trace: t, index: i}});
             }}
           }});
@@ -197,4 +197,29 @@ def isolated_point(page: Any, graph_id: str, min_distance: float = 12.0) -> dict
           }}
           return points[0] || null;
         }}""",
+    )
+
+
+# ---- in-page instrumentation ---------------------------------------------------------------
+
+HOVER_PROBE = """() => {
+  // Times, in the page's clock: the last mousemove over the embedding, when the inspector image
+  // got its new URL, and when that image finished loading.
+  const probe = window.hoverProbe = {move: null, src: null, loaded: null, url: null};
+  const graph = document.getElementById('embedding-graph');
+  graph.addEventListener('mousemove', () => { probe.move = performance.now(); }, true);
+  const img = document.getElementById('inspector-image');
+  new MutationObserver(() => {
+    probe.src = performance.now();
+    probe.url = img.getAttribute('src');
+    probe.loaded = null;
+  }).observe(img, {attributes: true, attributeFilter: ['src']});
+  img.addEventListener('load', () => { probe.loaded = performance.now(); });
+}"""
+
+
+def image_loaded(page: Any, selector: str) -> bool:
+    return page.evaluate(
+        "(sel) => { const i = document.querySelector(sel); return !!i && i.complete && i.naturalWidth > 0; }",
+        selector,
     )

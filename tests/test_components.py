@@ -159,14 +159,6 @@ def test_large_models_drop_per_box_labels_but_keep_brackets(resnet50_layers):
     assert trace(figure, "block names")["text"] == ["layer1", "layer2", "layer3", "layer4"]
 
 
-def test_step_layer_clamps_and_recovers_from_unknown_ids():
-    ids = ["input", "a", "b"]
-    assert arch.step_layer(ids, "a", 1) == "b"
-    assert arch.step_layer(ids, "b", 1) == "b"
-    assert arch.step_layer(ids, "input", -1) == "input"
-    assert arch.step_layer(ids, "gone", 1) == "input"
-
-
 def test_layer_summary_and_collapse_group():
     layer = {
         "id": "features.3",

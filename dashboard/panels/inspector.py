@@ -212,6 +212,7 @@ clientside_callback(
     Output(ids.INSPECTOR_SHOWN, "data"),
     Output(ids.INSPECTOR_UNPIN, "disabled"),
     Input(ids.SELECTION, "data"),
+    Input(ids.EMBEDDING_GRAPH, "hoverData"),
     Input(ids.INSPECTOR_TABLE, "data"),
     Input(ids.INSPECTOR_RUN_INFO, "data"),
     Input(ids.INSPECTOR_CLASS, "data"),

@@ -1,8 +1,9 @@
 """Model view: the clickable architecture diagram, layer stepping and the selected layer's line.
 
-Click a box to select its layer (a collapsed block expands instead); prev/next buttons and the
-arrow keys (assets/layerscope.js presses the buttons) step through layers in execution order.
-Hover highlighting is clientside (``archHover``).
+Click a box to select its layer (a collapsed block expands and selects its output layer);
+prev/next buttons and the arrow keys (assets/layerscope.js presses the buttons) step through
+layers in execution order. Selection and hover highlighting are clientside (``selectLayer``,
+``archHover``); the server draws the diagram.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import dash_bootstrap_components as dbc
-from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
+from dash import Input, Output, State, ctx, dcc, html
 
 from components.architecture import (
     architecture_figure,
     collapse_group,
     collapsible_groups,
     layer_summary,
-    step_layer,
 )
 from components.theme import message_figure
 from dashboard import ids
@@ -84,7 +84,11 @@ def layout() -> dbc.Card:
     )
 
 
-@callback(
+# Selecting a layer is clientside: rapid arrow-key presses each see the previous step's result
+# (a server callback would read a stale selection and lose steps), and the embedding request
+# starts one round trip earlier.
+clientside_callback(
+    "selectLayer",
     Output(ids.SELECTION, "data", allow_duplicate=True),
     Output(ids.MODEL_LAYER, "value", allow_duplicate=True),
     Output(ids.MODEL_EXPANDED, "data", allow_duplicate=True),
@@ -94,51 +98,9 @@ def layout() -> dbc.Card:
     Input(ids.MODEL_LAYER, "value"),
     State(ids.SELECTION, "data"),
     State(ids.MODEL_EXPANDED, "data"),
+    State(ids.MODEL_LAYER, "options"),
     prevent_initial_call=True,
 )
-def select_layer(
-    click: dict[str, Any] | None,
-    _prev: int | None,
-    _next: int | None,
-    chosen: str | None,
-    selection: dict[str, Any] | None,
-    expanded: list[str] | None,
-) -> tuple:
-    """Diagram click, prev/next or the layer menu -> selection.layer (and expand on block click)."""
-    selection = selection or {}
-    expanded = list(expanded or [])
-    if not selection.get("run"):
-        return no_update, no_update, no_update
-    try:
-        run = current().catalog.open(selection["run"])
-    except UserError:
-        return no_update, no_update, no_update
-    layer_ids = run.layer_ids
-    if not layer_ids:
-        return no_update, no_update, no_update
-    now = selection.get("layer")
-    new_expanded: Any = no_update
-    trigger = ctx.triggered_id
-    if trigger == ids.MODEL_GRAPH:
-        points = (click or {}).get("points") or []
-        custom = points[0].get("customdata") if points else None
-        if not isinstance(custom, list) or len(custom) < 3:
-            return no_update, no_update, no_update
-        node_id, kind, output_layer = custom[0], custom[1], custom[2]
-        if kind == "block" and node_id not in expanded:
-            new_expanded = [*expanded, node_id]
-        target = output_layer
-    elif trigger in (ids.MODEL_PREV, ids.MODEL_NEXT):
-        target = step_layer(layer_ids, now, -1 if trigger == ids.MODEL_PREV else 1)
-    else:
-        target = chosen
-    if target not in layer_ids:
-        return no_update, no_update, new_expanded
-    patch: Any = no_update
-    if target != now:
-        patch = Patch()
-        patch["layer"] = target
-    return patch, target if target != chosen else no_update, new_expanded
 
 
 @callback(

@@ -1,0 +1,461 @@
+"""The dashboard in a real headless Chromium (Debian's), driven by Playwright.
+
+Each test does what a person does — click a layer, hover a point, click a sample, open a
+channel, click a bar — and checks what the page shows. Screenshots land in test-output/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from components.inspector import top10_traces
+from dashboard.app import create_app
+from dashboard.data import RunCatalog
+from pipelines.features import discover_layers
+from pipelines.store import RunStore
+from tests import browser_helpers as bh
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    bh.require_browser()
+    with bh.chromium() as chromium:
+        yield chromium
+
+
+@pytest.fixture(scope="module")
+def data_dir(small_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small run plus a ResNet-50 run whose precompute has only described the model."""
+    source, run_id = small_run
+    target = tmp_path_factory.mktemp("browser-data")
+    shutil.copytree(source / "runs" / run_id, target / "runs" / run_id)
+    write_described_only_run(target, "resnet50-pending")
+    return target
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path) -> Iterator[str]:
+    app = create_app(data_dir)
+    with bh.serve(app.server) as url:
+        yield url
+
+
+@pytest.fixture
+def watch(browser: Any) -> Iterator[bh.PageWatch]:
+    page = bh.PageWatch(browser, bh.LARGE)
+    yield page
+    page.close()
+
+
+def write_described_only_run(data_dir: Path, run_id: str) -> None:
+    """A run as the precompute leaves it right after describing the model: manifest and layer
+    list (a real ResNet-50's), nothing else yet."""
+    layers = discover_layers(
+        torchvision.models.resnet50(weights=None).eval(), torch.zeros(1, 3, 64, 64)
+    )
+    for layer in layers:
+        layer["same_as"] = None
+    store = RunStore(data_dir / "runs" / run_id)
+    names = [f"class {i}" for i in range(1000)]
+    store.write_manifest(
+        {
+            "run_id": run_id,
+            "created": time.time(),
+            "config": {"dataset": "imagenette", "model": "resnet50", "seed": 0},
+            "dataset": {
+                "name": "imagenette",
+                "description": "10 ImageNet classes",
+                "num_samples": 500,
+                "class_names": [f"c{i}" for i in range(10)],
+            },
+            "model": {
+                "description": "torchvision resnet50, random initialisation",
+                "class_names": names,
+                "num_params": 25557032,
+                "gradcam_layer": "layer4.2.conv3",
+                "device": "cpu",
+            },
+            "class_mapping": {
+                "method": "order",
+                "dataset_to_model": list(range(10)),
+                "warning": None,
+            },
+            "layers": layers,
+            "subsets": [100, 500],
+            "perplexities": {"100": [10.0, 30.0], "500": [10.0, 30.0]},
+            "stages": {
+                "index": {"state": "done", "done": 1, "total": 1},
+                "model": {"state": "done", "done": 1, "total": 1},
+                "forward": {"state": "pending"},
+                "embeddings": {"state": "pending"},
+            },
+        }
+    )
+
+
+def open_page(watch: bh.PageWatch, url: str) -> Any:
+    page = watch.page
+    page.goto(url)
+    bh.wait_for_graph(
+        page, "model-graph", "gd => gd.layout && gd.layout.meta && gd.layout.meta.outlines"
+    )
+    return page
+
+
+def open_small_run(watch: bh.PageWatch, server: str, query: str = "") -> Any:
+    page = open_page(watch, f"{server}/?run=digits-small{query}")
+    bh.wait_for_graph(
+        page,
+        "embedding-graph",
+        "gd => gd.data.length > 2 && gd.layout.meta && gd.layout.meta.structure",
+    )
+    page.wait_for_function(
+        "() => window.layerscope && !window.layerscope.state.embedding.animating"
+    )
+    return page
+
+
+def layer_box(page: Any, layer_id: str) -> dict[str, float]:
+    """Viewport position of a layer's box in the architecture diagram."""
+    bh.scroll_to(page, "model-graph")
+    return bh.graph_eval(
+        page,
+        "model-graph",
+        f"""gd => {{
+          const t = gd.data.find(t => t.name === 'layers');
+          const i = t.customdata.findIndex(c => c[0] === {layer_id!r});
+          const L = gd._fullLayout, s = L._size, b = gd.getBoundingClientRect();
+          return {{x: b.left + L.xaxis._offset + L.xaxis.l2p(t.x[i]), y: b.top + L.yaxis._offset + L.yaxis.l2p(t.y[i])}};
+        }}""",
+    )
+
+
+def pin_a_point(page: Any) -> dict[str, Any]:
+    point = bh.isolated_point(page, "embedding-graph")
+    page.mouse.click(point["x"], point["y"])
+    page.wait_for_function(
+        "(row) => document.getElementById('inspector-hint').textContent.includes('row ' + row + ' · pinned')",
+        arg=point["customdata"],
+    )
+    return point
+
+
+# ---- the tests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("viewport", ["large", "small"])
+def test_page_loads_without_console_errors(browser, server, viewport):
+    watch = bh.PageWatch(browser, bh.LARGE if viewport == "large" else bh.SMALL)
+    try:
+        page = open_small_run(watch, server)
+        page.wait_for_function("() => document.getElementById('inspector-top10') !== null")
+        assert "t-SNE, perplexity 30 — layer features.6 (Conv2d), 300 samples" in bh.graph_eval(
+            page, "embedding-graph", "gd => gd.layout.title.text"
+        )
+        assert "digits" in page.inner_text("#about-body")
+        assert page.inner_text("#model-info").startswith("features.6 · Conv2d")
+        # Usable at 1366x768: nothing wider than the window.
+        assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+        watch.screenshot(f"page-{viewport}")
+        assert watch.errors == []
+    finally:
+        watch.close()
+
+
+def test_clicking_a_layer_moves_the_points_smoothly(watch, server, data_dir):
+    page = open_small_run(watch, server)
+    before = bh.graph_eval(
+        page,
+        "embedding-graph",
+        "gd => [gd.data[0].x.slice(), gd.data[0].y.slice(), gd.data[0].customdata.slice()]",
+    )
+    box = layer_box(page, "features.3")
+    page.mouse.click(box["x"], box["y"])
+    page.wait_for_function(
+        "() => document.getElementById('model-info').textContent.startsWith('features.3')"
+    )
+    page.wait_for_function(
+        """() => { const a = window.layerscope.state.embedding; return a.last && a.last.end !== null && !a.animating; }""",
+        timeout=20_000,
+    )
+    after = bh.graph_eval(
+        page,
+        "embedding-graph",
+        "gd => [gd.data[0].x.slice(), gd.data[0].y.slice(), gd.data[0].customdata.slice(), gd.layout.title.text]",
+    )
+    assert after[2] == before[2]  # same samples in the same trace: points matched by row
+    assert "layer features.3 (Conv2d)" in after[3]
+    run = RunCatalog(data_dir).open("digits-small")
+    expected = run.embedding("features.3", 300, "tsne", 30.0)[after[2]]
+    np.testing.assert_allclose(after[0], expected[:, 0], atol=0.06)
+    np.testing.assert_allclose(after[1], expected[:, 1], atol=0.06)
+    # It animated: intermediate frames drew the first point between its two positions.
+    animation = page.evaluate("() => window.layerscope.state.embedding.last")
+    assert animation["frames"] >= 2
+    start, end = np.array([before[0][0], before[1][0]]), np.array([after[0][0], after[1][0]])
+    middle = [s for s in animation["samples"] if 0 < s[0] < 1]
+    assert middle, f"no intermediate frame was drawn: {animation}"
+    for _fraction, x, y in middle:
+        between = np.array([x, y])
+        assert np.linalg.norm(between - start) < np.linalg.norm(end - start) + 1e-6
+        assert np.linalg.norm(between - end) < np.linalg.norm(end - start) + 1e-6
+    assert "layer=features.3" in page.evaluate("() => location.search")
+    watch.screenshot("layer-switch")
+    assert watch.errors == []
+
+
+def test_hovering_a_point_fills_the_inspector(watch, server, data_dir):
+    page = open_small_run(watch, server)
+    page.evaluate(bh.HOVER_PROBE)
+    point = bh.isolated_point(page, "embedding-graph")
+    row = point["customdata"]
+    assert isinstance(
+        row, int
+    )  # list customdata survives Scattergl hover (a numpy array would not)
+    page.mouse.move(point["x"] - 30, point["y"] - 30)
+    page.mouse.move(point["x"], point["y"])
+    page.wait_for_function(
+        f"() => window.hoverProbe.loaded !== null && window.hoverProbe.url.includes('/thumb/{row}.png')"
+    )
+    probe = page.evaluate("() => window.hoverProbe")
+    samples = RunCatalog(data_dir).open("digits-small").samples()
+    assert page.inner_text("#inspector-uid") == samples["uid"][row]
+    assert page.inner_text("#inspector-labels").startswith(f"true: {samples['label_name'][row]}")
+    assert f"row {row} · hovering" in page.inner_text("#inspector-hint")
+    for method in ("gradcam", "guided_backprop", "guided_gradcam"):
+        selector = f'img[id*="{method}"][id*="inspector-explanation"]'
+        page.wait_for_function(
+            "(sel) => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; }",
+            arg=selector,
+        )
+        assert f"/explain/{method}/{row}.png" in page.get_attribute(selector, "src")
+    # The browser drew the top-10 bars exactly as the Python builder would.
+    run = RunCatalog(data_dir).open("digits-small")
+    predictions = run.predictions()
+    classes = predictions["top10_index"][row].tolist()
+    probs = np.round(predictions["top10_prob"][row].astype(np.float64), 4).tolist()
+    expected = top10_traces(
+        classes,
+        probs,
+        run.model_class_names,
+        samples["model_label"][row],
+        int(predictions["predicted"][row]),
+    )
+    drawn = bh.graph_eval(
+        page,
+        "inspector-top10",
+        "gd => gd.data.map(t => ({x: t.x, y: t.y, customdata: t.customdata, marker: t.marker}))",
+    )
+    for shown, built in zip(drawn, expected, strict=True):
+        assert shown["y"] == built["y"] and shown["customdata"] == built["customdata"]
+        assert shown["x"] == pytest.approx(built["x"])
+    assert drawn[0]["marker"]["color"] == expected[0]["marker"]["color"]
+    latency = probe["loaded"] - probe["move"]
+    print(
+        f"hover -> inspector image loaded: {latency:.0f} ms (src set after {probe['src'] - probe['move']:.0f} ms)"
+    )
+    assert latency < 1000
+    watch.screenshot("hover-inspector")
+    assert watch.errors == []
+
+
+def test_clicking_a_point_pins_it_and_shows_the_activation_grid(watch, server):
+    page = open_small_run(watch, server)
+    point = pin_a_point(page)
+    bh.wait_for_graph(
+        page,
+        "activations-graph",
+        "gd => gd.data.length === 1 && gd.data[0].customdata && gd.data[0].customdata.length === 64",
+    )
+    header = page.inner_text("#activations-header")
+    assert f"sample {point['customdata']}" in header and "64 channels of 8×8" in header
+    source = bh.graph_eval(page, "activations-graph", "gd => gd.layout.images[0].source")
+    assert f"/activations/features.6/{point['customdata']}.png" in source
+    page.wait_for_function(
+        "(src) => Array.from(document.querySelectorAll('#activations-graph image')).some(i => (i.getAttribute('href') || '').includes(src.split('?')[0]))",
+        arg=source,
+    )
+    response = page.request.get(server + source)
+    assert response.status == 200 and response.headers["content-type"] == "image/png"
+    # The pinned sample is ringed in the embedding, and survives a layer switch.
+    ring = bh.graph_eval(
+        page, "embedding-graph", "gd => gd.data[gd.layout.meta.pinnedTrace].x.length"
+    )
+    assert ring == 1
+    assert f"row={point['customdata']}" in page.evaluate("() => location.search")
+    watch.screenshot("pinned-activations")
+    assert watch.errors == []
+
+
+def test_clicking_a_channel_opens_its_heatmap(watch, server):
+    page = open_small_run(watch, server, "&layer=features.3&row=12")
+    bh.wait_for_graph(
+        page,
+        "activations-graph",
+        "gd => gd.data.length === 1 && gd.data[0].customdata && gd.data[0].customdata.length === 32",
+    )
+    tile = bh.point_position(page, "activations-graph", "(t, i) => i === 2")
+    channel = tile["customdata"][0]
+    page.mouse.move(tile["x"], tile["y"])
+    page.mouse.click(tile["x"], tile["y"])
+    page.wait_for_selector(".modal.show")
+    assert f"channel {channel}" in page.inner_text("#activations-modal-title")
+    bh.wait_for_graph(
+        page,
+        "activations-modal-graph",
+        "gd => gd.data.length === 1 && gd.data[0].type === 'heatmap'",
+    )
+    shape = bh.graph_eval(
+        page, "activations-modal-graph", "gd => [gd.data[0].z.length, gd.data[0].z[0].length]"
+    )
+    assert shape == [16, 16]
+    watch.screenshot("channel-modal", full_page=False)
+    page.keyboard.press("Escape")
+    page.wait_for_selector(".modal.show", state="detached")
+    assert watch.errors == []
+
+
+def test_clicking_a_top10_bar_changes_the_explanation_images(watch, server):
+    page = open_small_run(watch, server, "&row=20")
+    page.wait_for_function(
+        "() => document.getElementById('inspector-hint').textContent.includes('pinned')"
+    )
+    selector = 'img[id*="gradcam"][id*="inspector-explanation"]:not([id*="guided"])'
+    before = page.get_attribute(selector, "src")
+    assert "/explain/gradcam/20.png" in before
+    bh.scroll_to(page, "inspector-top10")
+    bar = bh.graph_eval(
+        page,
+        "inspector-top10",
+        """gd => { const L = gd._fullLayout, s = L._size, b = gd.getBoundingClientRect(); const t = gd.data[1];
+                   return {x: b.left + L.xaxis._offset + L.xaxis.l2p(0.5), y: b.top + L.yaxis._offset + L.yaxis.l2p(L.yaxis.d2l(t.y[2])), cls: t.customdata[2][0]}; }""",
+    )
+    page.mouse.move(bar["x"], bar["y"])
+    page.mouse.click(bar["x"], bar["y"])
+    page.wait_for_function(
+        "([sel, cls]) => (document.querySelector(sel).getAttribute('src') || '').includes('/explain-class/' + cls + '/gradcam/20.png')",
+        arg=[selector, bar["cls"]],
+        timeout=30_000,
+    )
+    for method in ("gradcam", "guided_backprop", "guided_gradcam"):
+        image = f'img[id*="{method}"][id*="inspector-explanation"]'
+        page.wait_for_function(
+            "(sel) => { const i = document.querySelector(sel); return i.complete && i.naturalWidth > 0 && i.getAttribute('src').includes('explain-class'); }",
+            arg=image,
+        )
+    assert f"“{bar['cls']}” (clicked)" in page.inner_text("#inspector-explain-caption")
+    outline = bh.graph_eval(page, "inspector-top10", "gd => gd.data[0].marker.line.color")
+    assert outline[2] != "rgba(0,0,0,0)" and outline.count("rgba(0,0,0,0)") == len(outline) - 1
+    watch.screenshot("class-explanations")
+    assert watch.errors == []
+
+
+def test_arrow_keys_step_layers_and_hover_rings_a_box(watch, server):
+    page = open_small_run(watch, server)
+    box = layer_box(page, "features.0")
+    page.mouse.move(box["x"], box["y"])
+    page.wait_for_function(
+        "() => { const p = document.querySelector('svg.ls-hover-ring polygon'); return p && p.getAttribute('points').length > 10; }"
+    )
+    page.mouse.move(5, 5)
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        "() => document.getElementById('model-info').textContent.startsWith('features.7')"
+    )
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function(
+        "() => document.getElementById('model-info').textContent.startsWith('features.5')"
+    )
+    page.click("#model-next")
+    page.wait_for_function(
+        "() => document.getElementById('model-info').textContent.startsWith('features.6')"
+    )
+    assert watch.errors == []
+
+
+def test_unknown_layer_in_the_link_is_explained_in_place(watch, server):
+    page = open_small_run(watch, server, "&layer=features.42")
+    page.wait_for_selector("#app-alerts .alert")
+    message = page.inner_text("#app-alerts")
+    assert "features.42" in message and "features.6" in message
+    assert page.inner_text("#model-info").startswith("features.6")
+    assert watch.errors == []
+
+
+def test_resnet50_collapses_blocks_and_expands_one_on_click(watch, server):
+    page = open_page(watch, f"{server}/?run=resnet50-pending")
+    boxes = bh.graph_eval(page, "model-graph", "gd => Object.keys(gd.layout.meta.outlines).length")
+    assert boxes <= 25
+    page.wait_for_selector("#app-run-note .alert")
+    note = page.inner_text("#app-run-note")
+    assert "not complete" in note and "forward (pending)" in note and "Ready: index, model" in note
+    page.wait_for_function(
+        "() => document.getElementById('embedding-message').textContent.includes('not computed yet')"
+    )
+    watch.screenshot("resnet50-collapsed")
+    box = layer_box(page, "layer2.1")
+    page.mouse.click(box["x"], box["y"])
+    bh.wait_for_graph(
+        page, "model-graph", "gd => Object.keys(gd.layout.meta.outlines).length > " + str(boxes)
+    )
+    expanded = bh.graph_eval(page, "model-graph", "gd => Object.keys(gd.layout.meta.outlines)")
+    assert "layer2.1.conv1" in expanded and "layer2.1" not in expanded
+    assert page.inner_text("#model-info").startswith("layer2.1.relu")
+    watch.screenshot("resnet50-expanded")
+    assert watch.errors == []
+
+
+def test_guided_tour_walks_through_every_panel(watch, server):
+    page = open_small_run(watch, server)
+    page.click("#tour-start")
+    targets: list[str] = []
+    for step in range(6):
+        page.wait_for_function(
+            "(title) => document.getElementById('tour-title').textContent.startsWith(title)",
+            arg=f"{step + 1} ·",
+        )
+        targets.append(page.evaluate("() => document.querySelector('.ls-tour-highlight').id"))
+        if step == 2:
+            watch.screenshot("tour-step-3", full_page=False)
+        page.click("#tour-next")
+    assert targets == [
+        "model-card",
+        "controls-card",
+        "embedding-card",
+        "inspector-card",
+        "activations-card",
+        "about-card",
+    ]
+    page.wait_for_selector("#tour-card", state="hidden")
+    assert page.query_selector(".ls-tour-highlight") is None
+    assert watch.errors == []
+
+
+def test_empty_data_dir_says_how_to_make_a_run(browser, tmp_path):
+    app = create_app(tmp_path)
+    watch = bh.PageWatch(browser, bh.SMALL)
+    try:
+        with bh.serve(app.server) as url:
+            watch.page.goto(url)
+            watch.page.wait_for_selector("#app-alerts .alert")
+            message = watch.page.inner_text("#app-alerts")
+            assert (
+                "No runs in" in message
+                and "python main.py precompute --dataset digits --model smallcnn" in message
+            )
+            watch.screenshot("empty-data-dir")
+        assert watch.errors == []
+    finally:
+        watch.close()
