@@ -1,14 +1,16 @@
 """What a callback needs from its app: the data dir, its run catalog and its model service.
 
 Request-time callbacks find it on the Flask app serving the request, so several apps (several
-data dirs) can live in one process. Background callbacks run in forked processes without a
-request; the page hands them its app's opaque token (a store in the layout), which
-``by_token`` resolves in the forked copy of this registry.
+data dirs) can live in one process. Background callbacks run without a request (in a forked
+process, or a Celery worker); the page hands them its data dir's opaque token (a store in the
+layout), which ``by_token`` resolves in that process's registry. The token is a hash of the data
+dir, so a Celery worker started on the same data dir resolves it too, and the page never sees
+the path.
 """
 
 from __future__ import annotations
 
-import secrets
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,7 @@ def configure(data_dir: Path) -> AppContext:
         data_dir=data_dir,
         catalog=RunCatalog(data_dir),
         service=get_service(data_dir),
-        token=secrets.token_hex(8),
+        token=hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16],
     )
     _by_token[context.token] = context
     return context
@@ -62,5 +64,7 @@ def by_token(token: str | None) -> AppContext:
     """The context a page belongs to (background callbacks get the token from the page)."""
     context = _by_token.get(token or "")
     if context is None:
-        raise UserError("this page belongs to a server that has restarted; reload the page")
+        raise UserError(
+            "this page belongs to a LayerScope server for another data dir; reload the page"
+        )
     return context

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import numpy as np
 from pipelines.errors import UserError
 from pipelines.precompute import embedding_key
 from pipelines.store import RunStore, list_run_dirs
-from pipelines.types import INPUT_LAYER
 
 EXPLANATION_METHODS = ("gradcam", "guided_backprop", "guided_gradcam")
 METHODS = ("tsne", "pca")
@@ -333,9 +331,6 @@ class RunCatalog:
             entries.append(RunSummary(run_id, run_label(run), run.complete, True))
         return entries
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.run_ids())
-
 
 def run_label(run: RunData) -> str:
     config = run.manifest.get("config") or {}
@@ -355,7 +350,3 @@ def format_time(epoch: float | None) -> str:
     if not epoch:
         return "unknown"
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(float(epoch)))
-
-
-def is_input(layer_id: str) -> bool:
-    return layer_id == INPUT_LAYER
