@@ -1,0 +1,569 @@
+"""Per-layer reduction: pooled activations -> PCA (90% variance) -> 2-D PCA and t-SNE maps.
+
+The precompute runs this once per layer, so it is the part whose cost is multiplied by the
+number of layers. Stages, each a small pure function with an explicit seed:
+
+1. ``pool_activations``: conv maps are adaptive-average-pooled to at most ``max_dims`` values
+   per sample (spatial detail is traded for a bounded feature size; channels are kept).
+2. ``pca_reduce``: principal component analysis (Pearson 1901; Hotelling 1933) keeping the
+   fewest components that explain 90% of the variance, through the cheaper of the covariance or
+   Gram eigenproblem, or a randomized SVD (Halko, Martinsson & Tropp 2011) when both are large.
+3. ``embed_layer``: t-SNE (van der Maaten & Hinton, "Visualizing Data using t-SNE", JMLR 2008)
+   with openTSNE (Poličar, Stražar & Zupan, J. Stat. Softw. 2024) at several perplexities and
+   nested subsets, plus the first two principal components as the 2-D PCA view.
+
+Why t-SNE is fast here: openTSNE's defaults (250 early-exaggeration + 500 iterations per map)
+cost 3-5 s per map for 1,797 points on two cores, and a layer has eight maps. Instead
+(measured in ``benchmarks/bench_reduce.py``):
+
+- one kNN graph per (layer, subset) at the largest perplexity, re-weighted for the others
+  (``PerplexityBasedNN.set_perplexity``), so kNN search runs once per subset;
+- one *anchor* map per layer (largest subset, perplexity nearest 30) from the PCA
+  initialisation with a short early exaggeration, then a higher learning rate (3N instead of N)
+  and momentum 0.9, which converge in ~200 iterations to the KL divergence openTSNE's defaults
+  reach in 750 (the learning-rate argument of Belkina et al., Nat. Commun. 2019, pushed further;
+  per-point step clipping keeps it stable);
+- the other perplexities start from the anchor map, and each smaller subset starts from its
+  rows of the next larger subset's map, so they only need a short polish.
+
+The quality bar (checked by tests and the benchmark): KL divergence within 5% of openTSNE's
+default ``TSNE().fit`` and 10-nearest-neighbour preservation within 0.02 of it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from openTSNE import TSNEEmbedding
+from openTSNE.affinity import PerplexityBasedNN
+from sklearn.neighbors import NearestNeighbors
+from sklearn.utils.extmath import randomized_svd
+
+from pipelines.errors import UserError
+from pipelines.subsets import (
+    largest_perplexity,
+    nested_subset_order,
+    resolve_perplexities,
+    resolve_subset_sizes,
+)
+from pipelines.types import FloatArray
+
+__all__ = [
+    "EmbeddingKey",
+    "embed_layer",
+    "kl_divergence",
+    "knn_preservation",
+    "largest_perplexity",
+    "nested_subset_order",
+    "pca_reduce",
+    "pool_activations",
+    "pooled_shape",
+    "resolve_perplexities",
+    "resolve_subset_sizes",
+]
+
+# (subset size, "pca" | "tsne", perplexity or None for PCA)
+EmbeddingKey = tuple[int, str, float | None]
+
+DEFAULT_MAX_DIMS = 2048
+
+# ---------------------------------------------------------------------------------------------
+# 1. Spatial pooling
+# ---------------------------------------------------------------------------------------------
+
+
+def pooled_shape(shape: tuple[int, ...], max_dims: int = DEFAULT_MAX_DIMS) -> tuple[int, ...]:
+    """Per-sample shape after pooling.
+
+    (C, H, W) conv maps are adaptive-average-pooled to (C, s, s) with the largest s <= min(H, W)
+    such that C*s*s <= max_dims (at least s = 1); (D,) vectors are unchanged. Other ranks follow
+    the same rule per spatial axis: (C, L) -> (C, s), (C, T, H, W) -> (C, s, s, s).
+    """
+    if max_dims < 1:
+        raise ValueError(f"max_dims must be >= 1, got {max_dims}")
+    if len(shape) == 0:
+        raise ValueError("a per-sample activation shape needs at least one axis")
+    if len(shape) == 1:
+        return tuple(shape)
+    channels, spatial = shape[0], shape[1:]
+    # Largest s with channels * s**d <= max_dims: the integer d-th root, corrected for float error.
+    side = int((max_dims // max(channels, 1)) ** (1.0 / len(spatial)))
+    while channels * (side + 1) ** len(spatial) <= max_dims:
+        side += 1
+    while side > 1 and channels * side ** len(spatial) > max_dims:
+        side -= 1
+    side = max(1, min(side, min(spatial)))
+    return (channels, *([side] * len(spatial)))
+
+
+def pool_activations(acts: torch.Tensor, max_dims: int = DEFAULT_MAX_DIMS) -> torch.Tensor:
+    """Pool and flatten one layer's activations for a batch.
+
+    acts: (B, C, H, W) (or (B, C, L), (B, C, T, H, W)) or (B, D), float of any precision, on any
+    device. Returns (B, D') float32 on the same device, D' = prod(pooled_shape(acts.shape[1:])).
+    """
+    if acts.ndim < 2:
+        raise ValueError(f"acts must be (B, ...) with a batch axis, got shape {tuple(acts.shape)}")
+    # Averaging in float16 loses precision over large windows; pool in float32.
+    acts = acts.float()
+    target = pooled_shape(tuple(acts.shape[1:]), max_dims)
+    if acts.ndim > 2 and target[1:] != tuple(acts.shape[2:]):
+        pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}
+        if acts.ndim not in pool:
+            raise ValueError(f"cannot pool activations of shape {tuple(acts.shape)}")
+        acts = pool[acts.ndim](acts, target[1:])
+    return acts.reshape(acts.shape[0], -1).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. PCA
+# ---------------------------------------------------------------------------------------------
+
+# Above this many rows *and* columns, an exact eigenproblem (cubic in min(N, D)) costs more than a
+# randomized SVD that only needs the leading components.
+RANDOMIZED_MIN_SIDE = 4096
+RANDOMIZED_FIRST_RANK = 256
+RANDOMIZED_POWER_ITERATIONS = 6
+# The 2-D PCA view and the t-SNE initialisation need two components even when one would do.
+MIN_COMPONENTS = 2
+
+
+def pca_reduce(
+    features: np.ndarray, variance: float = 0.9, seed: int = 0
+) -> tuple[FloatArray, dict]:
+    """Principal component scores keeping the fewest components explaining >= ``variance``.
+
+    features: (N, D) float (float32 expected). Returns ``(scores, info)``: scores (N, k) float32,
+    sorted by explained variance, k >= 2; info = {"kept_dims": k, "explained_variance": float
+    (fraction of the total variance the k components explain), "input_dims": D, "method":
+    "covariance" | "gram" | "randomized" | "constant", "total_variance": float}.
+
+    Never a full SVD of the data matrix: the covariance form (D x D eigh) when D <= N, the Gram
+    form (N x N eigh) when N < D, randomized SVD when both exceed ``RANDOMIZED_MIN_SIDE``.
+    Constant features (a dead ReLU layer is all zeros) have no variance to explain: they give
+    zero scores, method "constant", explained_variance 1.0 (nothing is lost), and no NaNs.
+    Component signs are fixed (largest |score| positive) so the result does not depend on the
+    method or the LAPACK build.
+    """
+    x = _as_feature_matrix(features)
+    if not 0.0 < variance <= 1.0:
+        raise ValueError(f"variance must be in (0, 1], got {variance}")
+    n, d = x.shape
+    centred = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    total = float(np.einsum("ij,ij->", centred, centred, dtype=np.float64))
+    if n < 2 or total <= 0.0:
+        return _constant_result(n, d)
+    method = pca_method(n, d)
+    if method == "covariance":
+        eigenvalues, scores_for = _covariance_eig(centred)
+    elif method == "gram":
+        eigenvalues, scores_for = _gram_eig(centred)
+    else:
+        eigenvalues, scores_for = _randomized_eig(centred, total, variance, seed)
+    k = components_for_variance(eigenvalues, total, variance)
+    scores = _fix_signs(scores_for(k))
+    if scores.shape[1] < MIN_COMPONENTS:
+        # D == 1 (or rank-1 randomized output): pad so the 2-D PCA view still has two axes.
+        scores = np.pad(scores, ((0, 0), (0, MIN_COMPONENTS - scores.shape[1])))
+    explained = min(1.0, float(np.sum(eigenvalues[:k]) / total))
+    info = {
+        "kept_dims": int(scores.shape[1]),
+        "explained_variance": explained,
+        "input_dims": int(d),
+        "method": method,
+        "total_variance": total / (n - 1),
+    }
+    return scores.astype(np.float32), info
+
+
+def pca_method(n: int, d: int) -> str:
+    """Which PCA form ``pca_reduce`` uses for an (n, d) matrix: the smaller eigenproblem."""
+    if min(n, d) > RANDOMIZED_MIN_SIDE:
+        return "randomized"
+    return "covariance" if d <= n else "gram"
+
+
+def components_for_variance(eigenvalues: np.ndarray, total: float, variance: float) -> int:
+    """Fewest leading components whose eigenvalues sum to >= ``variance * total``, at least 2.
+
+    eigenvalues: (m,) float64, descending (squared singular values of the centred data).
+    """
+    cumulative = np.cumsum(eigenvalues) / total
+    # A tiny tolerance so that e.g. exactly 90.0% counts as reaching 90% despite rounding.
+    k = int(np.searchsorted(cumulative, variance - 1e-12) + 1)
+    return max(MIN_COMPONENTS, min(k, eigenvalues.shape[0]))
+
+
+def _as_feature_matrix(features: np.ndarray) -> FloatArray:
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"features must be (N, D), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise UserError(
+            "a layer's activations contain NaN or infinity; check the model and its input "
+            "normalisation (run it on one image to see where values blow up)"
+        )
+    return x
+
+
+def _constant_result(n: int, d: int) -> tuple[FloatArray, dict]:
+    info = {
+        "kept_dims": MIN_COMPONENTS,
+        "explained_variance": 1.0,
+        "input_dims": int(d),
+        "method": "constant",
+        "total_variance": 0.0,
+    }
+    return np.zeros((n, MIN_COMPONENTS), dtype=np.float32), info
+
+
+def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Divide-and-conquer ("evd") is the fastest LAPACK driver when all eigenpairs are needed, and
+    # float64 keeps the small eigenvalues that decide the 90% cut accurate.
+    values, vectors = scipy.linalg.eigh(matrix.astype(np.float64), driver="evd")
+    values = np.clip(values[::-1], 0.0, None)  # a PSD matrix: negatives are rounding
+    return values, vectors[:, ::-1]
+
+
+def _covariance_eig(centred: FloatArray):
+    """D x D eigenproblem of X^T X; scores = X V. centred: (N, D) float32."""
+    values, vectors = _descending_eigh(centred.T @ centred)
+
+    def scores_for(k: int) -> np.ndarray:
+        return centred @ vectors[:, :k].astype(np.float32)
+
+    return values, scores_for
+
+
+def _gram_eig(centred: FloatArray):
+    """N x N eigenproblem of X X^T; scores = U S (the same scores as X V). centred: (N, D)."""
+    values, vectors = _descending_eigh(centred @ centred.T)
+
+    def scores_for(k: int) -> np.ndarray:
+        return vectors[:, :k] * np.sqrt(values[:k])
+
+    return values, scores_for
+
+
+def _randomized_eig(centred: FloatArray, total: float, variance: float, seed: int):
+    """Leading singular triplets by randomized SVD, widening the rank until ``variance`` is
+    explained (or the rank is full). centred: (N, D) float32."""
+    rank, full = RANDOMIZED_FIRST_RANK, min(centred.shape)
+    while True:
+        rank = min(rank, full)
+        u, s, _ = randomized_svd(
+            centred,
+            n_components=rank,
+            n_iter=RANDOMIZED_POWER_ITERATIONS,
+            random_state=seed,
+        )
+        values = s.astype(np.float64) ** 2
+        if values.sum() >= variance * total or rank == full:
+            break
+        rank *= 2
+
+    def scores_for(k: int) -> np.ndarray:
+        return u[:, :k] * s[:k]
+
+    return values, scores_for
+
+
+def _fix_signs(scores: np.ndarray) -> np.ndarray:
+    """Flip each component so its largest-magnitude score is positive. scores: (N, k)."""
+    if scores.size == 0:
+        return scores
+    rows = np.argmax(np.abs(scores), axis=0)
+    signs = np.sign(scores[rows, np.arange(scores.shape[1])])
+    signs[signs == 0] = 1.0
+    return scores * signs
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. 2-D maps: PCA and t-SNE
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TSNESchedule:
+    """Iteration counts and step sizes of the accelerated schedule (see the module docstring).
+
+    Learning rates are multiples of the number of points, as in openTSNE's ``"auto"``
+    (N / exaggeration); the measurements behind the defaults are in benchmarks/bench_reduce.py.
+    """
+
+    early_iter: int = 75
+    early_exaggeration: float = 12.0
+    early_momentum: float = 0.5
+    anchor_iter: int = 125
+    perplexity_iter: int = 175
+    subset_iter: int = 100
+    learning_rate_factor: float = 3.0
+    momentum: float = 0.9
+    anchor_perplexity: float = 30.0
+    warm_early_iter: int = 0
+    warm_exaggeration: float = 4.0
+    subset_early_iter: int = 0
+    subset_rescale: bool = False
+    small_full: int = 0
+    independent: bool = False
+    early_lr_factor: float = 1 / 12
+    momentum_steps: tuple = ()
+    small_n: int = 0
+    small_iter: int = 0
+
+
+SCHEDULE = TSNESchedule()
+# openTSNE's own switch points: exact kNN below ~1k points is cheaper than building Annoy trees
+# (we keep it exact up to this size because sklearn's brute force is still fast and exact), and
+# FFT-interpolated repulsion beats Barnes-Hut above ~10k points.
+EXACT_KNN_MAX = 20_000
+FFT_MIN_POINTS = 10_000
+# Below this many points an optimisation step is well under a millisecond, and thread start-up
+# and barriers would cost more than they save.
+THREADED_MIN_POINTS = 1_000
+INIT_STD = 1e-4  # openTSNE's PCA initialisation scale: small, so early steps shape the map
+INIT_JITTER = 0.01
+
+
+def embed_layer(
+    scores: np.ndarray,
+    subset_sizes: list[int],
+    perplexities: dict[int, list[float]],
+    seed: int,
+    n_jobs: int = -1,
+) -> dict[EmbeddingKey, FloatArray]:
+    """All 2-D maps of one layer.
+
+    scores: (N, k) float32 PCA scores whose rows are ALREADY in nested-subset order (subset n =
+    rows [:n]). subset_sizes: ascending sizes <= N. perplexities: {n: perplexities for subset n}
+    (as from ``resolve_perplexities``; a missing size means no t-SNE for it).
+    Returns {(n, "pca", None): (n, 2) float32, (n, "tsne", p): (n, 2) float32 for each subset n
+    and each of its perplexities}. The PCA map is the first two principal components of the
+    whole layer, so a sample sits at the same place in every subset. Deterministic for a given
+    seed and ``n_jobs`` (thread count changes floating-point summation order).
+    """
+    x = np.ascontiguousarray(scores, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"scores must be (N, k) with N > 0, got shape {x.shape}")
+    sizes = sorted({int(n) for n in subset_sizes})
+    if not sizes or sizes[0] < 1 or sizes[-1] > x.shape[0]:
+        raise ValueError(f"subset sizes {subset_sizes} must lie in 1..{x.shape[0]}")
+    result: dict[EmbeddingKey, FloatArray] = {}
+    pca_2d = _pad_columns(x[:, :2], 2)
+    for n in sizes:
+        result[(n, "pca", None)] = np.ascontiguousarray(pca_2d[:n])
+    parent: dict[float, np.ndarray] | None = None
+    for n in reversed(sizes):
+        wanted = sorted({float(p) for p in perplexities.get(n, [])})
+        if not wanted:
+            continue
+        for p in wanted:
+            if not p < n / 3:
+                raise ValueError(f"perplexity {p:g} needs more than {3 * p:g} points, subset has {n}")
+        maps = tsne_maps(x[:n], wanted, parent, seed, n_jobs)
+        for p, coords in maps.items():
+            result[(n, "tsne", p)] = coords.astype(np.float32)
+        parent = maps
+    return result
+
+
+def tsne_maps(
+    x: np.ndarray,
+    perplexities: list[float],
+    parent: dict[float, np.ndarray] | None,
+    seed: int,
+    n_jobs: int = -1,
+    schedule: TSNESchedule = SCHEDULE,
+) -> dict[float, np.ndarray]:
+    """t-SNE maps of one subset at several perplexities, sharing one kNN graph.
+
+    x: (n, k) float32. parent: None for the first (largest) subset; else {perplexity: (m, 2)
+    float64 map of a larger subset whose first n rows are these points}, used as warm starts.
+    Returns {perplexity: (n, 2) float64}.
+    """
+    n = x.shape[0]
+    threads = _threads(n, n_jobs)
+    affinities = shared_affinities(x, max(perplexities), seed, threads)
+    maps: dict[float, np.ndarray] = {}
+    if schedule.independent:
+        init = pca_initialisation(x, seed)
+        it = schedule.anchor_iter if n >= schedule.small_n else schedule.small_iter
+        for p in perplexities:
+            affinities.set_perplexity(p)
+            maps[p] = _optimise(init, affinities, threads, it, schedule, early=True, perplexity=p)
+        return maps
+    if parent is not None and n < schedule.small_full:
+        parent = None
+    if parent is None:
+        anchor = min(perplexities, key=lambda p: abs(math.log(p / schedule.anchor_perplexity)))
+        affinities.set_perplexity(anchor)
+        maps[anchor] = _optimise(
+            pca_initialisation(x, seed),
+            affinities,
+            threads,
+            schedule.anchor_iter,
+            schedule,
+            early=True,
+        )
+        starts = {p: maps[anchor] for p in perplexities if p != anchor}
+        iterations = schedule.perplexity_iter
+        warm_early = schedule.warm_early_iter
+    else:
+        starts = {}
+        for p in perplexities:
+            big = _closest(parent, p)
+            start = big[:n].copy()
+            if schedule.subset_rescale:
+                start *= math.sqrt(n / big.shape[0])
+            starts[p] = start
+        iterations = schedule.subset_iter
+        warm_early = schedule.subset_early_iter
+    for p, start in starts.items():
+        affinities.set_perplexity(p)
+        maps[p] = _optimise(start, affinities, threads, iterations, schedule, early=False, warm_early=warm_early)
+    return {p: maps[p] for p in perplexities}
+
+
+def shared_affinities(
+    x: np.ndarray, perplexity: float, seed: int, n_jobs: int
+) -> PerplexityBasedNN:
+    """One kNN graph (k = 3 * the largest perplexity) whose weights ``set_perplexity`` can redo
+    for any smaller perplexity without a new neighbour search. x: (n, k) float32."""
+    n = x.shape[0]
+    return PerplexityBasedNN(
+        x,
+        perplexity=perplexity,
+        method="exact" if n <= EXACT_KNN_MAX else "annoy",
+        n_jobs=n_jobs,
+        random_state=seed,
+        k_neighbors=min(n - 1, int(3 * perplexity)),
+    )
+
+
+def pca_initialisation(x: np.ndarray, seed: int) -> np.ndarray:
+    """openTSNE's PCA initialisation from PCA scores: the first two columns, centred, scaled so
+    the first has std 1e-4, plus 1% jitter; a seeded random start if they have no spread (a dead
+    layer), where PCA would divide by zero. x: (n, k) float32 -> (n, 2) float64."""
+    rng = np.random.default_rng(seed)
+    init = _pad_columns(x[:, :2], 2).astype(np.float64)
+    init -= init.mean(axis=0)
+    spread = init[:, 0].std()
+    if not spread > 0:
+        return rng.normal(0.0, INIT_STD, size=init.shape)
+    init *= INIT_STD / spread
+    init += rng.normal(0.0, INIT_STD * INIT_JITTER, size=init.shape)
+    return init
+
+
+def _optimise(
+    start: np.ndarray,
+    affinities: PerplexityBasedNN,
+    threads: int,
+    iterations: int,
+    schedule: TSNESchedule,
+    early: bool,
+    warm_early: int = 0,
+    perplexity: float = 0,
+) -> np.ndarray:
+    n = start.shape[0]
+    embedding = TSNEEmbedding(
+        start,
+        affinities,
+        negative_gradient_method="fft" if n >= FFT_MIN_POINTS else "bh",
+        n_jobs=threads,
+    )
+    if early:
+        embedding.optimize(
+            schedule.early_iter,
+            exaggeration=schedule.early_exaggeration,
+            momentum=schedule.early_momentum,
+            learning_rate=n * schedule.early_lr_factor,
+            inplace=True,
+        )
+    if warm_early:
+        embedding.optimize(
+            warm_early,
+            exaggeration=schedule.warm_exaggeration,
+            momentum=schedule.early_momentum,
+            learning_rate=n / schedule.warm_exaggeration,
+            inplace=True,
+        )
+    momentum = schedule.momentum
+    for limit, m in schedule.momentum_steps:
+        if perplexity <= limit:
+            momentum = m
+            break
+    embedding.optimize(
+        iterations,
+        momentum=momentum,
+        learning_rate=schedule.learning_rate_factor * n,
+        inplace=True,
+    )
+    return np.array(embedding, dtype=np.float64)
+
+
+def _closest(maps: dict[float, np.ndarray], perplexity: float) -> np.ndarray:
+    key = min(maps, key=lambda p: abs(math.log(p / perplexity)))
+    return maps[key]
+
+
+def _threads(n: int, n_jobs: int) -> int:
+    cores = os.cpu_count() or 1
+    threads = cores + 1 + n_jobs if n_jobs < 0 else n_jobs
+    threads = max(1, min(threads, cores))
+    return threads if n >= THREADED_MIN_POINTS else 1
+
+
+def _pad_columns(x: np.ndarray, width: int) -> np.ndarray:
+    if x.shape[1] >= width:
+        return x
+    return np.pad(x, ((0, 0), (0, width - x.shape[1])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality metrics (used by tests and the benchmark)
+# ---------------------------------------------------------------------------------------------
+
+
+def knn_preservation(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of each point's k nearest neighbours in ``x`` that are also among its k
+    nearest neighbours in ``y``. x: (n, d) float, y: (n, 2) float; exact Euclidean kNN."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+    k = min(k, x.shape[0] - 1)
+    in_x = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(return_distance=False)
+    in_y = NearestNeighbors(n_neighbors=k).fit(y).kneighbors(return_distance=False)
+    # Row-wise set intersection: sort both neighbour lists and count matches by membership.
+    shared = (in_x[:, :, None] == in_y[:, None, :]).any(axis=2).sum(axis=1)
+    return float(shared.mean() / k)
+
+
+def kl_divergence(x: np.ndarray, y: np.ndarray, perplexity: float, n_jobs: int = 1) -> float:
+    """KL(P || Q) of embedding y for data x, as openTSNE reports it.
+
+    x: (n, d) float, y: (n, 2) float. P uses exact kNN at ``perplexity`` and Q is evaluated with
+    Barnes-Hut at theta = 0 (exact), so two embeddings of the same x are compared under the same
+    P, whatever kNN method or approximation produced them.
+    """
+    affinities = PerplexityBasedNN(
+        np.asarray(x, dtype=np.float32),
+        perplexity=perplexity,
+        method="exact",
+        n_jobs=n_jobs,
+        k_neighbors=min(x.shape[0] - 1, int(3 * perplexity)),
+    )
+    embedding = TSNEEmbedding(
+        np.asarray(y, dtype=np.float64),
+        affinities,
+        negative_gradient_method="bh",
+        theta=0.0,
+        n_jobs=n_jobs,
+    )
+    # Zero iterations: openTSNE only evaluates the objective at the given positions.
+    return float(embedding.optimize(0, inplace=True).kl_divergence)
