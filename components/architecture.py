@@ -525,16 +525,17 @@ def architecture_figure(
     layers: Sequence[LayerRecord],
     selected: str | None,
     expanded: Collection[str] = (),
-    height: int = FIGURE_HEIGHT,
+    height: int | None = None,
 ) -> dict[str, Any]:
     """The clickable diagram of ``layers`` (the manifest's list, execution order, "input" first).
 
     ``selected`` is a layer id (its box, or the collapsed block holding it, gets the accent
     ring); ``expanded`` lists collapse groups drawn layer by layer. ``layout.meta`` carries the
-    silhouette of every box (for the clientside hover ring) and the selected node id.
+    silhouette of every box (for the clientside hover ring) and the selected node id. Without a
+    ``height`` the figure fills its container (the page sizes it to the screen).
     """
     if not layers:
-        return message_figure("The model's layers are not described yet.", height)
+        return message_figure("The model's layers are not described yet.", height or FIGURE_HEIGHT)
     nodes = diagram_nodes(layers, expanded)
     boxes = place_nodes(nodes)
     edges = diagram_edges(layers, nodes)
@@ -568,7 +569,6 @@ def architecture_figure(
         )
     right = boxes[-1].right if boxes else 1.0
     layout = base_layout(
-        height=height,
         margin={"l": 8, "r": 8, "t": 8, "b": 4},
         plot_bgcolor="rgba(0,0,0,0)",
         xaxis={"visible": False, "range": [-0.6, right + 0.6], "fixedrange": False},
@@ -595,4 +595,6 @@ def architecture_figure(
         # Keeps a user's zoom while the selection moves, resets it when boxes are re-laid out.
         uirevision="expanded:" + ",".join(sorted(expanded)),
     )
+    if height is not None:
+        layout["height"] = height
     return {"data": data, "layout": layout}

@@ -175,12 +175,12 @@ VIRIDIS_SCALE: list[list[Any]] = [
 ]
 
 
-def message_figure(message: str, height: int = 300) -> dict[str, Any]:
-    """An empty themed figure that says ``message`` in its centre (e.g. "not computed yet")."""
-    return {
+def message_figure(message: str, height: int | None = 300) -> dict[str, Any]:
+    """An empty themed figure that says ``message`` in its centre (e.g. "not computed yet");
+    with ``height`` None it fills its container."""
+    figure = {
         "data": [],
         "layout": base_layout(
-            height=height,
             xaxis={"visible": False},
             yaxis={"visible": False},
             margin={"l": 10, "r": 10, "t": 10, "b": 10},
@@ -197,3 +197,6 @@ def message_figure(message: str, height: int = 300) -> dict[str, Any]:
             ],
         ),
     }
+    if height is not None:
+        figure["layout"]["height"] = height
+    return figure

@@ -243,7 +243,9 @@ class RunData:
         key = embedding_key(layer_id, subset, method, None if method == "pca" else perplexity)
         if not self.store.has("embedding", **key):
             stage = self.stages.get("embeddings", {})
-            progress = f"{stage.get('done', 0)} of {stage.get('total', '?')} layers done"
+            progress = (
+                f"{stage.get('done', 0)} of {stage.get('total') or len(self.layers)} layers done"
+            )
             raise NotReady(
                 f"the {method.upper() if method == 'pca' else 't-SNE'} embedding of layer {layer_id} "
                 f"({subset} samples) is not computed yet (embeddings stage {stage.get('state', 'pending')}, "

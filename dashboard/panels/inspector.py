@@ -16,7 +16,7 @@ from dash import Input, Output, State, dcc, html, no_update
 from components.inspector import inspector_table, top10_figure, top10_layout, top10_style
 from dashboard import ids
 from dashboard.context import by_token, current
-from dashboard.data import EXPLANATION_METHODS, NotReady, RunData
+from dashboard.data import EXPLANATION_METHODS, RunData
 from dashboard.registry import callback, clientside_callback
 from dashboard.routes import class_explanation_url, url_templates
 from pipelines.errors import UserError
@@ -53,7 +53,7 @@ def layout() -> dbc.Card:
                 "unpin",
                 id=ids.INSPECTOR_UNPIN,
                 size="sm",
-                color="secondary",
+                color="warning",
                 outline=True,
                 disabled=True,
             ),
@@ -152,10 +152,12 @@ def load_table(run_id: str | None, _version: Any, previous: dict[str, Any] | Non
         ):
             return no_update, no_update
         table = inspector_table(run.samples(), run.predictions(), run.model_class_names)
-    except NotReady as exc:
-        return None, {"run": run_id, "error": str(exc)}
-    except UserError as exc:
-        return None, {"run": run_id, "error": str(exc)}
+    except UserError as exc:  # NotReady included: the panel says what is missing
+        return None, {
+            "run": run_id,
+            "error": str(exc),
+            "top10": top10_figure([], [], [], empty_message=""),
+        }
     return table, info
 
 

@@ -70,7 +70,7 @@ def layout() -> dbc.Card:
             dbc.CardBody(
                 dcc.Graph(
                     id=ids.MODEL_GRAPH,
-                    figure=message_figure("Loading the model…", 250),
+                    figure=message_figure("Loading the model…", None),
                     clear_on_unhover=True,
                     config={"displayModeBar": False, "doubleClick": "reset"},
                     className="ls-arch-graph",
@@ -133,17 +133,17 @@ def toggle_blocks(
 def render(key: dict[str, Any] | None, expanded: list[str] | None, _version: Any) -> tuple:
     """The diagram with the selected layer ringed, and its one-line description."""
     if not key or not key.get("run"):
-        return message_figure("No run selected.", 250), ""
+        return message_figure("No run selected.", None), ""
     try:
         run = current().catalog.open(key["run"])
         layer_id = key.get("layer")
         if not run.layers:
             return message_figure(
-                "The model's layers are not described yet (precompute running).", 250
+                "The model's layers are not described yet (precompute running).", None
             ), ""
         layer = run.layer(layer_id) if layer_id else None
     except UserError as exc:
-        return message_figure(str(exc), 250), ""
+        return message_figure(str(exc), None), ""
     figure = architecture_figure(run.layers, layer_id, expanded or [])
     info = layer_summary(layer) if layer else ""
     group = collapse_group(layer) if layer else None
