@@ -295,6 +295,14 @@ def test_clicking_a_point_pins_it_and_shows_the_activation_grid(watch, server):
     assert ring == 1
     assert f"row={point['customdata']}" in page.evaluate("() => location.search")
     watch.screenshot("pinned-activations")
+    # Unpinning clears the grid and the link's row.
+    assert page.evaluate("() => !document.getElementById('inspector-unpin').disabled")
+    page.click("#inspector-unpin")
+    page.wait_for_function(
+        "() => document.getElementById('activations-message').textContent.includes('Click a point')"
+    )
+    assert "pinned" not in page.inner_text("#inspector-hint")
+    assert "row=" not in page.evaluate("() => location.search")
     assert watch.errors == []
 
 
@@ -404,6 +412,7 @@ def test_resnet50_collapses_blocks_and_expands_one_on_click(watch, server):
     page.wait_for_function(
         "() => document.getElementById('embedding-message').textContent.includes('not computed yet')"
     )
+    assert "sample index" in page.inner_text("#inspector-hint")
     watch.screenshot("resnet50-collapsed")
     box = layer_box(page, "layer2.1")
     page.mouse.click(box["x"], box["y"])
