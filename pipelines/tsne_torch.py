@@ -24,7 +24,8 @@ is compiled into one fused kernel by ``torch.compile``. The attractive forces us
 affinity matrix. Several perplexities are optimised together as one batched problem.
 
 Every stage is a small pure function with an explicit seed; the whole run is deterministic for a
-given seed and device.
+given seed on a given device (and, on the CPU, number of threads, which changes summation
+order).
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from sklearn.neighbors import NearestNeighbors
 
 from pipelines.errors import UserError
 
@@ -318,10 +317,16 @@ def joint_probabilities(indices: torch.Tensor, conditional: torch.Tensor) -> tor
         torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
         torch.cat([values, values]),
         (n, n),
+        check_invariants=False,  # built from valid indices; checking costs a pass per call
     ).coalesce()
     normalised = (coo.values().double() / coo.values().double().sum()).float()
-    coo = torch.sparse_coo_tensor(coo.indices(), normalised, (n, n), is_coalesced=True)
-    return coo.to_sparse_csr()
+    coo = torch.sparse_coo_tensor(
+        coo.indices(), normalised, (n, n), is_coalesced=True, check_invariants=False
+    )
+    with warnings.catch_warnings():
+        # PyTorch calls sparse CSR "beta" once per process; the products used here are stable.
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return coo.to_sparse_csr()
 
 
 def affinity_graph(
@@ -536,7 +541,9 @@ def attractive_forces(y: torch.Tensor, graph: AffinityGraph) -> torch.Tensor:
     weights = diff[0].square()
     weights.addcmul_(diff[1], diff[1]).add_(1.0).reciprocal_().mul_(graph.p)
     size = flat.shape[0]
-    weighted = torch.sparse_csr_tensor(graph.crow, graph.cols, weights, (size, size))
+    weighted = torch.sparse_csr_tensor(
+        graph.crow, graph.cols, weights, (size, size), check_invariants=False
+    )
     # A CSR product sums each row in one place, so unlike scatter-add with atomics it gives the
     # same bits on every run; the ones column yields the row sums of p_ij w_ij in the same pass.
     product = weighted @ torch.cat([flat, torch.ones_like(flat[:, :1])], dim=1)
@@ -633,27 +640,3 @@ def kl_divergence(
     bounds = graph.crow[:: graph.n_points].tolist()
     sums = torch.stack([terms[bounds[b] : bounds[b + 1]].sum() for b in range(graph.n_problems)])
     return sums + torch.log(z)
-
-
-def knn_preservation(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
-    """Mean fraction of each point's k nearest neighbours in ``x`` that are also among its k
-    nearest neighbours in ``y`` (1 = every neighbourhood kept).
-
-    x: (N, D) float high-dimensional data; y: (N, d) float embedding of the same points.
-    """
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must have the same rows, got {x.shape[0]} and {y.shape[0]}")
-    if not 1 <= k < x.shape[0]:
-        raise ValueError(f"k must be between 1 and N - 1 = {x.shape[0] - 1}, got {k}")
-    near_x = _neighbour_sets(np.asarray(x, dtype=np.float64), k)
-    near_y = _neighbour_sets(np.asarray(y, dtype=np.float64), k)
-    shared = (near_x[:, :, None] == near_y[:, None, :]).any(axis=2).sum(axis=1)
-    return float(shared.mean() / k)
-
-
-def _neighbour_sets(data: np.ndarray, k: int) -> np.ndarray:
-    """(N, k) int64 indices of each row's k nearest other rows (self removed by index, so
-    duplicated points still count each other as neighbours)."""
-    # kneighbors() without a query excludes each point itself by index.
-    found = NearestNeighbors(n_neighbors=k).fit(data).kneighbors(return_distance=False)
-    return found.astype(np.int64)
