@@ -217,7 +217,8 @@ def knn_blocked(
     x: torch.Tensor, k: int, block_rows: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k nearest neighbours (Euclidean), self excluded, computed block by block so the
-    full N x N distance matrix never exists at once.
+    full N x N distance matrix never exists at once. (Exact up to float32 rounding: two
+    candidates whose distances agree to ~1e-6 relative may be ranked either way.)
 
     x: (N, D) float32 on any device; k: 1 <= k <= N - 1.
     block_rows: query rows per block (default: from the device's tile memory budget).
@@ -614,8 +615,9 @@ def _step(
     coordinate) and decay by 0.8 where it flips; each point's step is clipped to norm 5 so a
     badly placed point cannot shoot off.
     """
-    flipped = torch.sign(update) != torch.sign(grad)
-    gains = torch.where(flipped, gains + GAIN_INCREASE, gains * GAIN_DECAY + MIN_GAIN)
+    # The step is -gains * grad, so opposite signs mean the descent goes on the same way.
+    steady = torch.sign(update) != torch.sign(grad)
+    gains = torch.where(steady, gains + GAIN_INCREASE, gains * GAIN_DECAY + MIN_GAIN)
     update = momentum * update - learning_rate * gains * grad
     norms = update.norm(dim=-1, keepdim=True)
     update = torch.where(norms > MAX_STEP_NORM, update * (MAX_STEP_NORM / norms), update)
