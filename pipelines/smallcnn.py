@@ -54,8 +54,8 @@ def train_small_cnn(
     labels: torch.Tensor,
     is_test: np.ndarray,
     seed: int,
-    epochs: int = 12,
-    batch_size: int = 64,
+    epochs: int = 8,
+    batch_size: int = 128,
     progress: bool = True,
 ) -> TrainingResult:
     """Train in place with Adam; report accuracy on the held-out rows.
