@@ -58,6 +58,8 @@ def test_small_run_has_every_artifact_for_every_layer(small_run):
     assert np.allclose(predictions["top10_prob"].sum(1) <= 1.0 + 1e-5, True)
     assert predictions["confusion"].sum() == n
     assert manifest["accuracy"] > 0.9  # smallcnn on digits
+    training = manifest["model"]["training"]  # trained fresh for this session's data dir
+    assert training["test_accuracy"] >= 0.95 and training["test_samples"] > 300
 
     size = manifest["explanation_size"]
     assert manifest["model"]["gradcam_layer"] == "features.6"
