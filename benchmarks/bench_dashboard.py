@@ -206,7 +206,7 @@ def make_large_run(data_dir: Path, template: Path, points: int) -> str:
             **{k: source[k] for k in ("config", "model", "class_mapping", "layers")},
             "run_id": LARGE_RUN,
             "created": time.time(),
-            "dataset": {**source["dataset"], "num_samples": points},
+            "dataset": {**source["dataset"], "num_samples": points, "dataset_size": points},
             "subsets": [points],
             "perplexities": {str(points): [30.0]},
             "thumbnail_size": 64,
@@ -246,10 +246,11 @@ def bench_grids(app: Any, run_id: str, layers: list[str], rows: list[int]) -> di
     context.service.model(run)  # loading weights is a once-per-server cost: reported apart
     load_seconds = time.perf_counter() - start
     first_layer, other_layers = layers[0], layers[1:]
-    cold, cached = [], []
+    cold, cached, sources = [], [], set()
     for row in rows:
-        seconds, png, _ = grid_once(app, client, run_id, first_layer, row)
+        seconds, png, source = grid_once(app, client, run_id, first_layer, row)
         cold.append(seconds + png)
+        sources.add(source.split(",")[0])
         for layer in other_layers:
             seconds, png, _ = grid_once(app, client, run_id, layer, row)
             cached.append(seconds + png)
@@ -257,6 +258,7 @@ def bench_grids(app: Any, run_id: str, layers: list[str], rows: list[int]) -> di
         "model_load_ms": round(1000 * load_seconds, 1),
         "new_sample_ms": median_ms(cold),
         "new_sample_layer": first_layer,
+        "new_sample_source": sorted(sources),
         "same_sample_other_layer_ms": median_ms(cached) if cached else None,
         "layers": layers,
         "samples": len(rows),
@@ -345,8 +347,13 @@ def bench_browser(data_dir: Path, run_id: str, hovers: int, switches: int) -> di
                 page,
                 "embedding-graph",
                 "gd => gd.data.length > 2 && gd.layout.meta && gd.layout.meta.n > 0",
+                timeout=120_000,
             )
-            page.wait_for_function("() => document.getElementById('inspector-table') !== null")
+            # The per-run inspector table has arrived once the hint stops saying "loading".
+            page.wait_for_function(
+                "() => document.getElementById('inspector-hint').textContent.startsWith('hover a point')",
+                timeout=120_000,
+            )
             time.sleep(1.0)
             page.evaluate(bh.HOVER_PROBE)
             to_src, to_loaded = [], []
@@ -437,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, default=13000)
     parser.add_argument("--skip-vgg", action="store_true")
     parser.add_argument("--skip-browser", action="store_true")
+    parser.add_argument(
+        "--only-browser", action="store_true", help="just the Chromium measurements"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -453,8 +463,16 @@ def main(argv: list[str] | None = None) -> int:
     make_large_run(work, work / "runs" / SMALLCNN_RUN, args.points)
     if not args.skip_vgg:
         make_vgg_run(work)
+    # Cold means cold: no activations cached on disk by an earlier benchmark run.
+    shutil.rmtree(work / "cache" / "activations", ignore_errors=True)
     app = create_app(work)
 
+    if args.only_browser:
+        results["browser"] = bench_browser(work, LARGE_RUN, hovers=15, switches=5)
+        print("in Chromium:", results["browser"], flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return 0
     results["grid_smallcnn"] = bench_grids(
         app,
         SMALLCNN_RUN,

@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from components.theme import MUTED, PAPER, TEXT, VIRIDIS_LUT, VIRIDIS_SCALE, base_layout
@@ -134,15 +132,30 @@ def normalize_maps(maps: FloatArray) -> FloatArray:
     return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
 
 
+def _bin_edges(length: int, size: int) -> npt.NDArray[np.intp]:
+    """Start index of each of ``size`` near-equal bins over ``length`` (adaptive pooling's)."""
+    return (np.arange(size) * length // size).astype(np.intp)
+
+
 def resize_maps(maps: FloatArray, size: int) -> FloatArray:
-    """(C, H, W) -> (C, size, size): area-averaged when shrinking (no aliasing), nearest when
-    enlarging (a 7x7 map keeps its 49 crisp cells)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-    if maps.shape[1] >= size and maps.shape[2] >= size:
-        out = F.adaptive_avg_pool2d(tensor, size)
-    else:
-        out = F.interpolate(tensor, size=(size, size), mode="nearest")
-    return out[:, 0].numpy()
+    """(C, H, W) -> (C, size, size) float32: area-averaged when shrinking (no aliasing), nearest
+    when enlarging (a 7x7 map keeps its 49 crisp cells).
+
+    Plain numpy on purpose: these arrays are small, and a torch op would go through the OpenMP
+    pool, whose fork-join latency on a busy 2-core machine costs more than the work.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    out = maps
+    for axis, length in ((1, maps.shape[1]), (2, maps.shape[2])):
+        if length > size:
+            edges = _bin_edges(length, size)
+            counts = np.diff(np.append(edges, length)).astype(np.float32)
+            shape = [1, 1, 1]
+            shape[axis] = size
+            out = np.add.reduceat(out, edges, axis=axis) / counts.reshape(shape)
+        elif length < size:
+            out = np.take(out, (np.arange(size) * length // size).astype(np.intp), axis=axis)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 LABEL_CHARS = "0123456789.-+einfa"

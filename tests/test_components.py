@@ -389,6 +389,16 @@ def test_render_grid_places_each_channel_in_its_tile_with_a_label():
     assert tuple(rgb[top, left]) == tuple(act.GRID_PALETTE[0])
 
 
+def test_resize_maps_averages_areas_down_and_repeats_cells_up():
+    maps = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    down = act.resize_maps(maps, 2)
+    np.testing.assert_allclose(down[0], [[2.5, 4.5], [10.5, 12.5]])
+    up = act.resize_maps(maps[:, :2, :2], 4)
+    np.testing.assert_array_equal(up[1], np.kron(maps[1, :2, :2], np.ones((2, 2))))
+    odd = act.resize_maps(np.random.default_rng(5).random((3, 37, 11)).astype(np.float32), 16)
+    assert odd.shape == (3, 16, 16) and odd.dtype == np.float32
+
+
 def test_grid_figure_has_one_clickable_marker_per_channel():
     geometry = act.grid_geometry(5)
     scores = np.array([1.0, 5.0, 2.0, 0.0, 3.0], dtype=np.float32)

@@ -410,6 +410,17 @@ def test_corrupt_cache_file_on_disk_is_reported_in_place(app, run_dir, selection
     assert style == {} and "unreadable" in text_of(message) and "recomputed" in text_of(message)
 
 
+def test_forward_threads_are_restored():
+    import torch
+
+    from dashboard.model_service import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
 def test_byte_lru_is_bounded():
     lru = ByteLRU(max_bytes=1000)
     for i in range(5):
