@@ -456,8 +456,10 @@ def test_last_spatial_conv_layer_skips_1x1_outputs() -> None:
         {"id": "head.conv", "type": "Conv2d", "output_shape": [10, 1, 1]},
         {"id": "head.fc", "type": "Linear", "output_shape": [10]},
     ]
-    assert last_spatial_conv_layer(layers) == "features.2"
-    assert last_spatial_conv_layer(layers[:2]) == "features.0"
+    # The conv's rectified/normalised output, not its raw (often negative) output.
+    assert last_spatial_conv_layer(layers) == "features.3"
+    assert last_spatial_conv_layer(layers[:2]) == "features.1"
+    assert last_spatial_conv_layer(layers[:1]) == "features.0"
 
 
 def test_last_spatial_conv_layer_on_resnet18_shapes() -> None:
@@ -476,7 +478,7 @@ def test_last_spatial_conv_layer_on_resnet18_shapes() -> None:
         model(torch.randn(1, 3, 64, 64))
     for hook in hooks:
         hook.remove()
-    assert last_spatial_conv_layer(layers) == "layer4.1.conv2"
+    assert last_spatial_conv_layer(layers) == "layer4.1.relu"
     # At 32x32 the last block is 1x1, so the default moves back to where maps still have a place.
     assert (
         last_spatial_conv_layer(
@@ -487,7 +489,7 @@ def test_last_spatial_conv_layer_on_resnet18_shapes() -> None:
                 for layer in layers
             ]
         )
-        == "layer3.1.conv2"
+        == "layer3.1.relu"
     )
 
 

@@ -62,7 +62,9 @@ def test_small_run_has_every_artifact_for_every_layer(small_run):
     assert training["test_accuracy"] >= 0.95 and training["test_samples"] > 300
 
     size = manifest["explanation_size"]
-    assert manifest["model"]["gradcam_layer"] == "features.6"
+    assert manifest["model"]["gradcam_layer"] == "features.7"  # ReLU after the last conv
+    cams = store.load_array("explanation", method="gradcam")
+    assert (cams.reshape(n, -1).max(axis=1) > 0).mean() > 0.9  # maps are not empty
     assert store.load_array("explanation", method="gradcam").shape == (n, size, size)
     assert store.load_array("explanation", method="guided_backprop").shape == (n, size, size, 3)
     assert store.load_array("explanation", method="guided_gradcam").shape == (n, size, size, 3)
@@ -209,7 +211,7 @@ def test_folder_of_images_through_random_resnet18(tmp_path):
     assert manifest["dataset"]["num_samples"] == 24
     assert manifest["class_mapping"]["method"] == "none"  # random ImageNet head, folder names
     assert manifest["accuracy"] is None
-    assert manifest["model"]["gradcam_layer"] == "layer4.1.conv2"
+    assert manifest["model"]["gradcam_layer"] == "layer4.1.relu"
     relu = next(layer for layer in manifest["layers"] if layer["id"] == "layer1.0.relu")
     assert set(relu["parents"]) == {"layer1.0.bn2", "maxpool"}
     for key in expected_embedding_keys(manifest):
