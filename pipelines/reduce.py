@@ -12,19 +12,23 @@ number of layers. Stages, each a small pure function with an explicit seed:
    with openTSNE (Poličar, Stražar & Zupan, J. Stat. Softw. 2024) at several perplexities and
    nested subsets, plus the first two principal components as the 2-D PCA view.
 
-Why t-SNE is fast here: openTSNE's defaults (250 early-exaggeration + 500 iterations per map)
-cost 3-5 s per map for 1,797 points on two cores, and a layer has eight maps. Instead
-(measured in ``benchmarks/bench_reduce.py``):
+Why t-SNE is fast here: openTSNE's defaults (250 early-exaggeration + 500 main iterations per
+map) cost 3-5 s per map for 1,797 points on two cores, and a layer has eight maps. Instead
+(every number measured in ``benchmarks/bench_reduce.py``):
 
 - one kNN graph per (layer, subset) at the largest perplexity, re-weighted for the others
-  (``PerplexityBasedNN.set_perplexity``), so kNN search runs once per subset;
-- one *anchor* map per layer (largest subset, perplexity nearest 30) from the PCA
-  initialisation with a short early exaggeration, then a higher learning rate (3N instead of N)
-  and momentum 0.9, which converge in ~200 iterations to the KL divergence openTSNE's defaults
-  reach in 750 (the learning-rate argument of Belkina et al., Nat. Commun. 2019, pushed further;
-  per-point step clipping keeps it stable);
-- the other perplexities start from the anchor map, and each smaller subset starts from its
-  rows of the next larger subset's map, so they only need a short polish.
+  (``PerplexityBasedNN.set_perplexity``), so the neighbour search runs once per subset;
+- 75 + 125 iterations instead of 250 + 500: a stronger early exaggeration (learning rate n/2
+  instead of n/12) and a main phase at learning rate 3n with momentum chosen from perplexity / n
+  (``TSNESchedule``) reach the KL divergence of the defaults, the learning-rate argument of
+  Belkina et al. (Nat. Commun. 2019) pushed further, kept stable by openTSNE's step clipping;
+- the maps of a layer are independent (all start from its PCA initialisation), so they run in
+  parallel, one single-threaded map per core, which also keeps a busy machine from stalling
+  OpenMP barriers.
+
+Warm starts were measured and rejected: a perplexity started from another perplexity's map
+needs ~125 iterations (little saved, and it serialises the maps), and a subset started from its
+rows of the larger subset's map gets stuck 10-30% above the default KL at perplexity 90.
 
 The quality bar (checked by tests and the benchmark): KL divergence within 5% of openTSNE's
 default ``TSNE().fit`` and 10-nearest-neighbour preservation within 0.02 of it.
@@ -32,8 +36,11 @@ default ``TSNE().fit`` and 10-nearest-neighbour preservation within 0.02 of it.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,11 +63,15 @@ from pipelines.types import FloatArray
 
 __all__ = [
     "EmbeddingKey",
+    "MapJob",
+    "TSNESchedule",
     "embed_layer",
     "kl_divergence",
     "knn_preservation",
     "largest_perplexity",
+    "map_jobs",
     "nested_subset_order",
+    "optimise_map",
     "pca_reduce",
     "pool_activations",
     "pooled_shape",
@@ -132,6 +143,8 @@ RANDOMIZED_FIRST_RANK = 256
 RANDOMIZED_POWER_ITERATIONS = 6
 # The 2-D PCA view and the t-SNE initialisation need two components even when one would do.
 MIN_COMPONENTS = 2
+# Each PCA form returns all eigenvalues first (to find k), then the scores of the top k on demand.
+ScoresFor = Callable[[int], np.ndarray]
 
 
 def pca_reduce(
@@ -224,36 +237,41 @@ def _constant_result(n: int, d: int) -> tuple[FloatArray, dict]:
 
 
 def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # Divide-and-conquer ("evd") is the fastest LAPACK driver when all eigenpairs are needed, and
-    # float64 keeps the small eigenvalues that decide the 90% cut accurate.
-    values, vectors = scipy.linalg.eigh(matrix.astype(np.float64), driver="evd")
-    values = np.clip(values[::-1], 0.0, None)  # a PSD matrix: negatives are rounding
-    return values, vectors[:, ::-1]
+    """Eigenpairs of a symmetric PSD matrix, largest first. matrix: (m, m) float32 ->
+    (values (m,) float64, vectors (m, m) float32)."""
+    # Divide-and-conquer ("evd") is LAPACK's fastest driver when all eigenpairs are needed; float32
+    # halves its time, and the 90% cut it gives matched sklearn's float64 SVD to ~1e-7 (benchmark).
+    values, vectors = scipy.linalg.eigh(matrix, driver="evd", overwrite_a=True, check_finite=False)
+    values = np.clip(values[::-1].astype(np.float64), 0.0, None)  # negatives are rounding
+    return values, np.ascontiguousarray(vectors[:, ::-1])
 
 
-def _covariance_eig(centred: FloatArray):
+def _covariance_eig(centred: FloatArray) -> tuple[np.ndarray, ScoresFor]:
     """D x D eigenproblem of X^T X; scores = X V. centred: (N, D) float32."""
     values, vectors = _descending_eigh(centred.T @ centred)
 
     def scores_for(k: int) -> np.ndarray:
-        return centred @ vectors[:, :k].astype(np.float32)
+        return centred @ vectors[:, :k]
 
     return values, scores_for
 
 
-def _gram_eig(centred: FloatArray):
+def _gram_eig(centred: FloatArray) -> tuple[np.ndarray, ScoresFor]:
     """N x N eigenproblem of X X^T; scores = U S (the same scores as X V). centred: (N, D)."""
     values, vectors = _descending_eigh(centred @ centred.T)
 
     def scores_for(k: int) -> np.ndarray:
-        return vectors[:, :k] * np.sqrt(values[:k])
+        return vectors[:, :k] * np.sqrt(values[:k]).astype(np.float32)
 
     return values, scores_for
 
 
-def _randomized_eig(centred: FloatArray, total: float, variance: float, seed: int):
+def _randomized_eig(
+    centred: FloatArray, total: float, variance: float, seed: int
+) -> tuple[np.ndarray, ScoresFor]:
     """Leading singular triplets by randomized SVD, widening the rank until ``variance`` is
-    explained (or the rank is full). centred: (N, D) float32."""
+    explained. If 90% needs (almost) every component, the rank grows to full and this degrades to
+    an SVD, which only happens for nearly white data. centred: (N, D) float32."""
     rank, full = RANDOMIZED_FIRST_RANK, min(centred.shape)
     while True:
         rank = min(rank, full)
@@ -291,44 +309,55 @@ def _fix_signs(scores: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TSNESchedule:
-    """Iteration counts and step sizes of the accelerated schedule (see the module docstring).
+    """The optimisation schedule of every t-SNE map (see the module docstring for why).
 
-    Learning rates are multiples of the number of points, as in openTSNE's ``"auto"``
-    (N / exaggeration); the measurements behind the defaults are in benchmarks/bench_reduce.py.
+    Learning rates are multiples of the number of points n, as in openTSNE's ``"auto"`` (n /
+    exaggeration). Momentum in the main phase is ``1 - momentum_ratio * perplexity / n`` clipped
+    to [min_momentum, max_momentum]: measured on digits, high momentum is what makes 125
+    iterations enough at small perplexity / n, while at large perplexity / n (k = 3 * perplexity
+    neighbours reach across clusters) it oscillates and a lower value converges faster.
     """
 
     early_iter: int = 75
     early_exaggeration: float = 12.0
+    early_learning_rate: float = 0.5  # x n; openTSNE's default is n / 12
     early_momentum: float = 0.5
-    anchor_iter: int = 125
-    perplexity_iter: int = 175
-    subset_iter: int = 100
-    learning_rate_factor: float = 3.0
-    momentum: float = 0.9
-    anchor_perplexity: float = 30.0
-    warm_early_iter: int = 0
-    warm_exaggeration: float = 4.0
-    subset_early_iter: int = 0
-    subset_rescale: bool = False
-    small_full: int = 0
-    independent: bool = False
-    early_lr_factor: float = 1 / 12
-    momentum_steps: tuple = ()
-    small_n: int = 0
-    small_iter: int = 0
+    main_iter: int = 125
+    learning_rate: float = 3.0  # x n; openTSNE's default is n
+    momentum_ratio: float = 3.0
+    min_momentum: float = 0.5
+    max_momentum: float = 0.95
+    theta: float = 0.5  # Barnes-Hut accuracy (openTSNE's default)
+
+    def momentum(self, perplexity: float, n: int) -> float:
+        """Main-phase momentum for ``n`` points at ``perplexity``."""
+        wanted = 1.0 - self.momentum_ratio * perplexity / n
+        return min(self.max_momentum, max(self.min_momentum, wanted))
 
 
 SCHEDULE = TSNESchedule()
-# openTSNE's own switch points: exact kNN below ~1k points is cheaper than building Annoy trees
-# (we keep it exact up to this size because sklearn's brute force is still fast and exact), and
-# FFT-interpolated repulsion beats Barnes-Hut above ~10k points.
+# kNN: exact search is deterministic and, on PCA scores, faster than building Annoy trees (13,000
+# x 28: 1.8 s exact vs 7-9 s Annoy on two cores); approximate search only beyond this size.
 EXACT_KNN_MAX = 20_000
+# openTSNE's own switch point: FFT-interpolated repulsion beats Barnes-Hut above ~10k points.
 FFT_MIN_POINTS = 10_000
-# Below this many points an optimisation step is well under a millisecond, and thread start-up
-# and barriers would cost more than they save.
-THREADED_MIN_POINTS = 1_000
 INIT_STD = 1e-4  # openTSNE's PCA initialisation scale: small, so early steps shape the map
 INIT_JITTER = 0.01
+
+
+@dataclass(frozen=True, eq=False)
+class MapJob:
+    """One t-SNE map to optimise: subset size, perplexity and its own affinity matrix."""
+
+    n: int
+    perplexity: float
+    affinities: PerplexityBasedNN
+    init: np.ndarray  # (n, 2) float64
+
+    @property
+    def cost(self) -> float:
+        # Per iteration: Barnes-Hut repulsion ~ n log n, attraction ~ n * 3 * perplexity.
+        return self.n * (math.log2(max(self.n, 2)) + 3 * self.perplexity / 4)
 
 
 def embed_layer(
@@ -341,12 +370,16 @@ def embed_layer(
     """All 2-D maps of one layer.
 
     scores: (N, k) float32 PCA scores whose rows are ALREADY in nested-subset order (subset n =
-    rows [:n]). subset_sizes: ascending sizes <= N. perplexities: {n: perplexities for subset n}
-    (as from ``resolve_perplexities``; a missing size means no t-SNE for it).
+    rows [:n]). subset_sizes: sizes <= N. perplexities: {n: perplexities for subset n} as from
+    ``resolve_perplexities`` (a missing size means no t-SNE for it).
     Returns {(n, "pca", None): (n, 2) float32, (n, "tsne", p): (n, 2) float32 for each subset n
-    and each of its perplexities}. The PCA map is the first two principal components of the
-    whole layer, so a sample sits at the same place in every subset. Deterministic for a given
-    seed and ``n_jobs`` (thread count changes floating-point summation order).
+    and each of its perplexities}.
+
+    The PCA map is the first two principal components of the whole layer, so a sample sits at
+    the same place in every subset. Each t-SNE map starts from the same PCA initialisation; one
+    kNN graph per subset serves all its perplexities; the maps are independent, so they are
+    optimised in parallel, one per core. Deterministic for a given seed (and, on machines with
+    more cores than maps, for a given ``n_jobs``).
     """
     x = np.ascontiguousarray(scores, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
@@ -354,87 +387,98 @@ def embed_layer(
     sizes = sorted({int(n) for n in subset_sizes})
     if not sizes or sizes[0] < 1 or sizes[-1] > x.shape[0]:
         raise ValueError(f"subset sizes {subset_sizes} must lie in 1..{x.shape[0]}")
-    result: dict[EmbeddingKey, FloatArray] = {}
+    cores = _cores(n_jobs)
     pca_2d = _pad_columns(x[:, :2], 2)
-    for n in sizes:
-        result[(n, "pca", None)] = np.ascontiguousarray(pca_2d[:n])
-    parent: dict[float, np.ndarray] | None = None
-    for n in reversed(sizes):
-        wanted = sorted({float(p) for p in perplexities.get(n, [])})
-        if not wanted:
-            continue
-        for p in wanted:
-            if not p < n / 3:
-                raise ValueError(f"perplexity {p:g} needs more than {3 * p:g} points, subset has {n}")
-        maps = tsne_maps(x[:n], wanted, parent, seed, n_jobs)
-        for p, coords in maps.items():
-            result[(n, "tsne", p)] = coords.astype(np.float32)
-        parent = maps
+    result: dict[EmbeddingKey, FloatArray] = {
+        (n, "pca", None): np.ascontiguousarray(pca_2d[:n]) for n in sizes
+    }
+    jobs = [
+        job
+        for n in sizes
+        for job in map_jobs(x[:n], sorted({float(p) for p in perplexities.get(n, [])}), seed, cores)
+    ]
+    for job, coords in zip(jobs, run_jobs(jobs, cores), strict=True):
+        result[(job.n, "tsne", job.perplexity)] = coords.astype(np.float32)
     return result
 
 
-def tsne_maps(
-    x: np.ndarray,
-    perplexities: list[float],
-    parent: dict[float, np.ndarray] | None,
-    seed: int,
-    n_jobs: int = -1,
-    schedule: TSNESchedule = SCHEDULE,
-) -> dict[float, np.ndarray]:
-    """t-SNE maps of one subset at several perplexities, sharing one kNN graph.
+def map_jobs(x: np.ndarray, perplexities: list[float], seed: int, cores: int) -> list[MapJob]:
+    """The t-SNE maps of one subset, sharing its kNN graph, ready to optimise.
 
-    x: (n, k) float32. parent: None for the first (largest) subset; else {perplexity: (m, 2)
-    float64 map of a larger subset whose first n rows are these points}, used as warm starts.
-    Returns {perplexity: (n, 2) float64}.
+    x: (n, k) float32 scores of the subset; perplexities: ascending, each < n / 3. Returns one
+    ``MapJob`` per perplexity, in that order.
     """
+    if not perplexities:
+        return []
     n = x.shape[0]
-    threads = _threads(n, n_jobs)
-    affinities = shared_affinities(x, max(perplexities), seed, threads)
-    maps: dict[float, np.ndarray] = {}
-    if schedule.independent:
-        init = pca_initialisation(x, seed)
-        it = schedule.anchor_iter if n >= schedule.small_n else schedule.small_iter
-        for p in perplexities:
-            affinities.set_perplexity(p)
-            maps[p] = _optimise(init, affinities, threads, it, schedule, early=True, perplexity=p)
-        return maps
-    if parent is not None and n < schedule.small_full:
-        parent = None
-    if parent is None:
-        anchor = min(perplexities, key=lambda p: abs(math.log(p / schedule.anchor_perplexity)))
-        affinities.set_perplexity(anchor)
-        maps[anchor] = _optimise(
-            pca_initialisation(x, seed),
-            affinities,
-            threads,
-            schedule.anchor_iter,
-            schedule,
-            early=True,
-        )
-        starts = {p: maps[anchor] for p in perplexities if p != anchor}
-        iterations = schedule.perplexity_iter
-        warm_early = schedule.warm_early_iter
-    else:
-        starts = {}
-        for p in perplexities:
-            big = _closest(parent, p)
-            start = big[:n].copy()
-            if schedule.subset_rescale:
-                start *= math.sqrt(n / big.shape[0])
-            starts[p] = start
-        iterations = schedule.subset_iter
-        warm_early = schedule.subset_early_iter
-    for p, start in starts.items():
-        affinities.set_perplexity(p)
-        maps[p] = _optimise(start, affinities, threads, iterations, schedule, early=False, warm_early=warm_early)
-    return {p: maps[p] for p in perplexities}
+    for p in perplexities:
+        if not p < n / 3:
+            raise ValueError(f"perplexity {p:g} needs more than {3 * p:g} points; subset has {n}")
+    shared = shared_affinities(x, perplexities[-1], seed, cores)
+    init = pca_initialisation(x, seed)
+    jobs = []
+    # Largest first: the graph was built at that perplexity, so its P is reused as is.
+    for p in reversed(perplexities):
+        shared.set_perplexity(p)
+        # set_perplexity assigns a fresh P matrix, so a shallow copy keeps this perplexity's P
+        # (and shares the kNN graph); each map can then be optimised on its own thread.
+        jobs.append(MapJob(n, p, copy.copy(shared), init))
+    return jobs[::-1]
+
+
+def run_jobs(jobs: list[MapJob], cores: int, schedule: TSNESchedule = SCHEDULE) -> list[np.ndarray]:
+    """Optimise the maps on a thread pool, biggest first. openTSNE's gradient code releases the
+    GIL, and one map per thread avoids the OpenMP barriers that make a 2-thread map slower than a
+    1-thread one on a busy machine. Returns the (n, 2) float64 maps in ``jobs`` order."""
+    if not jobs:
+        return []
+    workers = min(cores, len(jobs))
+    threads = max(1, cores // workers)
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)
+    results: list[np.ndarray] = [np.empty(0)] * len(jobs)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tsne")
+    try:
+        futures = {i: pool.submit(optimise_map, jobs[i], threads, schedule) for i in order}
+        for i, future in futures.items():
+            results[i] = future.result()
+    finally:
+        # On an error or Ctrl-C, maps not yet started are dropped instead of run to the end.
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def optimise_map(job: MapJob, threads: int, schedule: TSNESchedule = SCHEDULE) -> np.ndarray:
+    """Early exaggeration then the main phase (van der Maaten & Hinton 2008; openTSNE's two
+    ``optimize`` calls), with the accelerated ``schedule``. Returns (n, 2) float64."""
+    n = job.n
+    embedding = TSNEEmbedding(
+        job.init,
+        job.affinities,
+        negative_gradient_method="fft" if n >= FFT_MIN_POINTS else "bh",
+        theta=schedule.theta,
+        n_jobs=threads,
+    )
+    embedding.optimize(
+        schedule.early_iter,
+        exaggeration=schedule.early_exaggeration,
+        momentum=schedule.early_momentum,
+        learning_rate=schedule.early_learning_rate * n,
+        inplace=True,
+    )
+    embedding.optimize(
+        schedule.main_iter,
+        momentum=schedule.momentum(job.perplexity, n),
+        learning_rate=schedule.learning_rate * n,
+        inplace=True,
+    )
+    return np.array(embedding, dtype=np.float64)
 
 
 def shared_affinities(
     x: np.ndarray, perplexity: float, seed: int, n_jobs: int
 ) -> PerplexityBasedNN:
-    """One kNN graph (k = 3 * the largest perplexity) whose weights ``set_perplexity`` can redo
-    for any smaller perplexity without a new neighbour search. x: (n, k) float32."""
+    """One kNN graph (k = 3 * the largest perplexity) whose weights ``set_perplexity`` redoes for
+    any smaller perplexity without a new neighbour search. x: (n, k) float32."""
     n = x.shape[0]
     return PerplexityBasedNN(
         x,
@@ -447,9 +491,9 @@ def shared_affinities(
 
 
 def pca_initialisation(x: np.ndarray, seed: int) -> np.ndarray:
-    """openTSNE's PCA initialisation from PCA scores: the first two columns, centred, scaled so
-    the first has std 1e-4, plus 1% jitter; a seeded random start if they have no spread (a dead
-    layer), where PCA would divide by zero. x: (n, k) float32 -> (n, 2) float64."""
+    """openTSNE's PCA initialisation, from PCA scores: the first two columns, centred, scaled so
+    the first has std 1e-4, plus 1% jitter. A layer with no spread (all points equal) gets a
+    seeded random start instead of a division by zero. x: (n, k) float32 -> (n, 2) float64."""
     rng = np.random.default_rng(seed)
     init = _pad_columns(x[:, :2], 2).astype(np.float64)
     init -= init.mean(axis=0)
@@ -461,63 +505,13 @@ def pca_initialisation(x: np.ndarray, seed: int) -> np.ndarray:
     return init
 
 
-def _optimise(
-    start: np.ndarray,
-    affinities: PerplexityBasedNN,
-    threads: int,
-    iterations: int,
-    schedule: TSNESchedule,
-    early: bool,
-    warm_early: int = 0,
-    perplexity: float = 0,
-) -> np.ndarray:
-    n = start.shape[0]
-    embedding = TSNEEmbedding(
-        start,
-        affinities,
-        negative_gradient_method="fft" if n >= FFT_MIN_POINTS else "bh",
-        n_jobs=threads,
-    )
-    if early:
-        embedding.optimize(
-            schedule.early_iter,
-            exaggeration=schedule.early_exaggeration,
-            momentum=schedule.early_momentum,
-            learning_rate=n * schedule.early_lr_factor,
-            inplace=True,
-        )
-    if warm_early:
-        embedding.optimize(
-            warm_early,
-            exaggeration=schedule.warm_exaggeration,
-            momentum=schedule.early_momentum,
-            learning_rate=n / schedule.warm_exaggeration,
-            inplace=True,
-        )
-    momentum = schedule.momentum
-    for limit, m in schedule.momentum_steps:
-        if perplexity <= limit:
-            momentum = m
-            break
-    embedding.optimize(
-        iterations,
-        momentum=momentum,
-        learning_rate=schedule.learning_rate_factor * n,
-        inplace=True,
-    )
-    return np.array(embedding, dtype=np.float64)
-
-
-def _closest(maps: dict[float, np.ndarray], perplexity: float) -> np.ndarray:
-    key = min(maps, key=lambda p: abs(math.log(p / perplexity)))
-    return maps[key]
-
-
-def _threads(n: int, n_jobs: int) -> int:
-    cores = os.cpu_count() or 1
-    threads = cores + 1 + n_jobs if n_jobs < 0 else n_jobs
-    threads = max(1, min(threads, cores))
-    return threads if n >= THREADED_MIN_POINTS else 1
+def _cores(n_jobs: int) -> int:
+    """scikit-learn's convention: -1 is all cores, -2 all but one, ..."""
+    # The cores this process may run on (a container's CPU set), not the machine's count.
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    available = available or 1
+    wanted = available + 1 + n_jobs if n_jobs < 0 else n_jobs
+    return max(1, min(wanted, available))
 
 
 def _pad_columns(x: np.ndarray, width: int) -> np.ndarray:
