@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SMALL_RUN_ID = "digits-small"
 
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A real digits + smallcnn run (300 samples, subsets 100/all, perplexities 10/30)."""
-    from pipelines.precompute import Precompute, PrecomputeConfig
-
+    """A real digits + smallcnn run (300 samples, subsets 100/all, perplexities 10/30), made by
+    the CLI in its own process exactly as a user would, so other processes can reproduce it."""
     data_dir = tmp_path_factory.mktemp("layerscope-data")
-    config = PrecomputeConfig(
-        dataset="digits",
-        model="smallcnn",
-        samples=300,
-        subsets=("100", "all"),
-        perplexities=(10.0, 30.0),
+    result = subprocess.run(
+        [sys.executable, "main.py", *small_run_arguments(data_dir, SMALL_RUN_ID)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
-    Precompute(config, data_dir, run_id=SMALL_RUN_ID, progress=False).run()
+    assert result.returncode == 0, result.stderr[-2000:]
     return data_dir, SMALL_RUN_ID
+
+
+def small_run_arguments(data_dir: Path, run_id: str) -> list[str]:
+    return [
+        "precompute",
+        "--dataset",
+        "digits",
+        "--model",
+        "smallcnn",
+        "--samples",
+        "300",
+        "--subsets",
+        "100,all",
+        "--perplexities",
+        "10,30",
+        "--data-dir",
+        str(data_dir),
+        "--run-id",
+        run_id,
+    ]

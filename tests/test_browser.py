@@ -160,11 +160,11 @@ def test_page_loads_without_console_errors(browser, server, viewport):
     try:
         page = open_small_run(watch, server)
         page.wait_for_function("() => document.getElementById('inspector-top10') !== null")
-        assert "t-SNE, perplexity 30 — layer features.6 (Conv2d), 300 samples" in bh.graph_eval(
+        assert "t-SNE, perplexity 30 — layer features.7 (ReLU), 300 samples" in bh.graph_eval(
             page, "embedding-graph", "gd => gd.layout.title.text"
         )
         assert "digits" in page.inner_text("#about-body")
-        assert page.inner_text("#model-info").startswith("features.6 · Conv2d")
+        assert page.inner_text("#model-info").startswith("features.7 · ReLU")
         # Usable at 1366x768: nothing wider than the window.
         assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
         watch.screenshot(f"page-{viewport}")
@@ -281,7 +281,7 @@ def test_clicking_a_point_pins_it_and_shows_the_activation_grid(watch, server):
     header = page.inner_text("#activations-header")
     assert f"sample {point['customdata']}" in header and "64 channels of 8×8" in header
     source = bh.graph_eval(page, "activations-graph", "gd => gd.layout.images[0].source")
-    assert f"/activations/features.6/{point['customdata']}.png" in source
+    assert f"/activations/features.7/{point['customdata']}.png" in source
     page.wait_for_function(
         "(src) => Array.from(document.querySelectorAll('#activations-graph image')).some(i => (i.getAttribute('href') || '').includes(src.split('?')[0]))",
         arg=source,
@@ -379,16 +379,16 @@ def test_arrow_keys_step_layers_and_hover_rings_a_box(watch, server):
     page.mouse.move(5, 5)
     page.keyboard.press("ArrowRight")
     page.wait_for_function(
-        "() => document.getElementById('model-info').textContent.startsWith('features.7')"
+        "() => document.getElementById('model-info').textContent.startsWith('features.8')"
     )
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("ArrowLeft")
     page.wait_for_function(
-        "() => document.getElementById('model-info').textContent.startsWith('features.5')"
+        "() => document.getElementById('model-info').textContent.startsWith('features.6')"
     )
     page.click("#model-next")
     page.wait_for_function(
-        "() => document.getElementById('model-info').textContent.startsWith('features.6')"
+        "() => document.getElementById('model-info').textContent.startsWith('features.7')"
     )
     assert watch.errors == []
 
@@ -397,8 +397,8 @@ def test_unknown_layer_in_the_link_is_explained_in_place(watch, server):
     page = open_small_run(watch, server, "&layer=features.42")
     page.wait_for_selector("#app-alerts .alert")
     message = page.inner_text("#app-alerts")
-    assert "features.42" in message and "features.6" in message
-    assert page.inner_text("#model-info").startswith("features.6")
+    assert "features.42" in message and "features.7" in message
+    assert page.inner_text("#model-info").startswith("features.7")
     assert watch.errors == []
 
 

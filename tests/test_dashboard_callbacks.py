@@ -124,10 +124,10 @@ def test_unknown_layer_and_run_in_the_url_fall_back_with_a_message(app, run_dir)
     out = call(
         app, controls.setup_run, f"?run={run_dir[1]}&layer=features.99&row=99999", None, None
     )
-    assert out[0]["layer"] == "features.6"  # the run's Grad-CAM layer, the default
+    assert out[0]["layer"] == "features.7"  # the run's Grad-CAM layer, the default
     assert out[0]["pinned"] is None
     alerts = text_of(out[12])
-    assert "features.99" in alerts and "features.6" in alerts and "99999" in alerts
+    assert "features.99" in alerts and "features.7" in alerts and "99999" in alerts
     out = call(app, controls.setup_run, "?run=no-such-run", None, None)
     assert out[0]["run"] == run_dir[1]
     assert "no-such-run" in text_of(out[12])
@@ -200,7 +200,7 @@ def test_embedding_payload_has_every_sample_and_a_descriptive_title(app, selecti
     rows = sorted(r for t in figure["data"][:-1] for r in t["customdata"])
     assert rows == list(range(selection["subset"]))
     assert figure["layout"]["title"]["text"] == (
-        f"t-SNE, perplexity 30 — layer {selection['layer']} (Conv2d), {selection['subset']} samples"
+        f"t-SNE, perplexity 30 — layer {selection['layer']} (ReLU), {selection['subset']} samples"
     )
     other, _ = call(app, embedding.load, view_key(selection, layer="features.3"), None)
     # Same samples, same traces: the browser can animate between the two layers.

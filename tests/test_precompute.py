@@ -20,6 +20,7 @@ from PIL import Image
 from pipelines.models import build_torchvision, open_run_model
 from pipelines.precompute import Precompute, PrecomputeConfig, embedding_key
 from pipelines.store import RunStore, runs_dir
+from tests.conftest import small_run_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,25 +103,8 @@ def artifact_files(store: RunStore) -> list[Path]:
 
 
 def precompute_command(data_dir: Path, run_id: str) -> list[str]:
-    return [
-        sys.executable,
-        "main.py",
-        "precompute",
-        "--dataset",
-        "digits",
-        "--model",
-        "smallcnn",
-        "--samples",
-        "300",
-        "--subsets",
-        "100,all",
-        "--perplexities",
-        "10,30",
-        "--data-dir",
-        str(data_dir),
-        "--run-id",
-        run_id,
-    ]
+    """The very command that made the session's reference run, into another folder."""
+    return [sys.executable, "main.py", *small_run_arguments(data_dir, run_id)]
 
 
 @pytest.mark.slow
