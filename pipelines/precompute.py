@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipelines import reduce
+from pipelines import reduce, tsne_torch
 from pipelines.datasets import Dataset, open_dataset
 from pipelines.errors import UserError
 from pipelines.explain import explain_batch, last_spatial_conv_layer
@@ -539,6 +539,7 @@ class Precompute:
             perplexities={int(n): values for n, values in manifest["perplexities"].items()},
             seed=self.config.seed,
             n_jobs=max(1, (os.cpu_count() or 1) // workers),
+            tsne_device="cuda" if resolve_device(self.config.device).type == "cuda" else None,
         )
         start = time.perf_counter() - manifest["stages"]["embeddings"].get("seconds", 0.0)
         bar = tqdm(
@@ -592,6 +593,8 @@ class LayerJob:
     perplexities: dict[int, list[float]]
     seed: int
     n_jobs: int
+    # A torch device ("cuda") runs t-SNE in PyTorch there; None runs openTSNE on the CPU.
+    tsne_device: str | None = None
 
     def features(self, store: RunStore, layer_id: str) -> np.ndarray:
         """(N, D) float32 pooled activations of ``layer_id``, from the forward stage's chunks."""
@@ -606,9 +609,7 @@ class LayerJob:
         scores, info = reduce.pca_reduce(
             self.features(store, layer_id), variance=0.9, seed=self.seed
         )
-        maps = reduce.embed_layer(
-            scores, self.subsets, self.perplexities, seed=self.seed, n_jobs=self.n_jobs
-        )
+        maps = self.maps(scores)
         for (size, method, perplexity), coords in maps.items():
             store.save_array(
                 "embedding",
@@ -619,6 +620,16 @@ class LayerJob:
         info = {**info, "seconds": round(time.perf_counter() - started, 3)}
         store.save_json("reduction", info, layer=layer_id)
         return layer_id
+
+    def maps(self, scores: np.ndarray) -> dict[tuple[int, str, float | None], np.ndarray]:
+        """scores: (N, k) float32 -> every 2D map of the layer, keyed (n, method, perplexity)."""
+        if self.tsne_device is None:
+            return reduce.embed_layer(
+                scores, self.subsets, self.perplexities, self.seed, self.n_jobs
+            )
+        pca_only = reduce.embed_layer(scores, self.subsets, {}, self.seed, self.n_jobs)
+        gpu = tsne_torch.embed_subsets_torch(scores, self.perplexities, self.seed, self.tsne_device)
+        return {**pca_only, **gpu}
 
     def copy(self, source: str, layer_id: str) -> None:
         """A reshape-only layer gets its parent's maps under its own id."""

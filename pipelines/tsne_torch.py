@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pipelines.errors import UserError
@@ -642,3 +643,24 @@ def kl_divergence(
     bounds = graph.crow[:: graph.n_points].tolist()
     sums = torch.stack([terms[bounds[b] : bounds[b + 1]].sum() for b in range(graph.n_problems)])
     return sums + torch.log(z)
+
+
+def embed_subsets_torch(
+    scores: np.ndarray, perplexities: dict[int, list[float]], seed: int, device: str
+) -> dict[tuple[int, str, float], np.ndarray]:
+    """The t-SNE maps of one layer on ``device`` (the GPU path of the embeddings stage).
+
+    scores: (N, k) float32 PCA scores in nested-subset order (subset n = rows [:n]);
+    perplexities: {n: perplexities of subset n}. Returns {(n, "tsne", p): (n, 2) float32}, the
+    same keys ``reduce.embed_layer`` uses for its openTSNE maps.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)).to(device)
+    maps: dict[tuple[int, str, float], np.ndarray] = {}
+    for n, wanted in sorted(perplexities.items()):
+        if not wanted:
+            continue
+        for perplexity, (coords, _kl) in tsne_torch(
+            x[:n], [float(p) for p in wanted], seed
+        ).items():
+            maps[(n, "tsne", float(perplexity))] = coords.float().cpu().numpy()
+    return maps

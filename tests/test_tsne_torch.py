@@ -13,7 +13,7 @@ from openTSNE import TSNE
 from openTSNE.affinity import joint_probabilities_nn
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
-from sklearn.neighbors import NearestNeighbors
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 from pipelines import tsne_torch as T
 from pipelines.errors import UserError
@@ -305,3 +305,33 @@ def test_cuda_matches_cpu_and_is_deterministic(digits_1000: np.ndarray) -> None:
     cpu_quality = knn_preservation(digits_1000, cpu_embedding.numpy())
     cuda_quality = knn_preservation(digits_1000, first[0].cpu().numpy())
     assert abs(cuda_quality - cpu_quality) <= 0.02
+
+
+def test_gpu_path_of_the_embeddings_stage_runs_the_same_code_on_cpu(tmp_path):
+    """The LayerJob the precompute uses on CUDA, pointed at the CPU: the same maps (keys,
+    shapes) as the openTSNE path, and well-separated blobs stay separated."""
+    from pipelines.precompute import LayerJob, embedding_key
+    from pipelines.store import RunStore
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, size=(3, 20))
+    labels = np.repeat(np.arange(3), 40)[rng.permutation(120)]
+    features = (centres[labels] + rng.normal(size=(120, 20))).astype(np.float32)
+    store = RunStore(tmp_path / "run")
+    store.save_array("features", features, layer="fc", chunk=0)
+    settings = dict(
+        run_dir=str(store.run_dir),
+        num_chunks=1,
+        subsets=[60, 120],
+        perplexities={60: [5.0], 120: [5.0, 10.0]},
+        seed=0,
+        n_jobs=1,
+    )
+    cpu_keys = set(LayerJob(**settings).maps(features))
+    assert LayerJob(**settings, tsne_device="cpu")("fc") == "fc"
+    for size, method, perplexity in cpu_keys:
+        coords = store.load_array("embedding", **embedding_key("fc", size, method, perplexity))
+        assert coords.shape == (size, 2) and np.isfinite(coords).all()
+    tsne = store.load_array("embedding", **embedding_key("fc", 120, "tsne", 10.0))
+    predicted = KNeighborsClassifier(5).fit(tsne, labels).predict(tsne)
+    assert (predicted == labels).mean() > 0.95
