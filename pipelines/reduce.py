@@ -19,12 +19,13 @@ map) cost 3-5 s per map for 1,797 points on two cores, and a layer has eight map
 - one kNN graph per (layer, subset) at the largest perplexity, re-weighted for the others
   (``PerplexityBasedNN.set_perplexity``), so the neighbour search runs once per subset;
 - 75 + 125 iterations instead of 250 + 500: a stronger early exaggeration (learning rate n/2
-  instead of n/12) and a main phase at learning rate 3n with momentum chosen from perplexity / n
-  (``TSNESchedule``) reach the KL divergence of the defaults, the learning-rate argument of
-  Belkina et al. (Nat. Commun. 2019) pushed further, kept stable by openTSNE's step clipping;
-- the maps of a layer are independent (all start from its PCA initialisation), so they run in
-  parallel, one single-threaded map per core, which also keeps a busy machine from stalling
-  OpenMP barriers.
+  instead of n/12, Barnes-Hut theta 0.8 while exaggerated) and a main phase at learning rate 3n
+  with momentum chosen from perplexity / n (``TSNESchedule``) reach the KL divergence of the
+  defaults: the learning-rate argument of Belkina et al. (Nat. Commun. 2019) pushed further,
+  kept stable by openTSNE's step clipping;
+- the maps of a layer are independent (each starts from its subset's PCA initialisation), so
+  they run in parallel, one single-threaded map per core, which also keeps a busy machine from
+  stalling OpenMP barriers (a 2-thread map ran 3x slower than a 1-thread one under load).
 
 Warm starts were measured and rejected: a perplexity started from another perplexity's map
 needs ~125 iterations (little saved, and it serialises the maps), and a subset started from its
@@ -37,7 +38,6 @@ default ``TSNE().fit`` and 10-nearest-neighbour preservation within 0.02 of it.
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +77,7 @@ __all__ = [
     "pooled_shape",
     "resolve_perplexities",
     "resolve_subset_sizes",
+    "tsne_maps",
 ]
 
 # (subset size, "pca" | "tsne", perplexity or None for PCA)
@@ -328,6 +329,7 @@ class TSNESchedule:
     min_momentum: float = 0.5
     max_momentum: float = 0.95
     theta: float = 0.5  # Barnes-Hut accuracy (openTSNE's default)
+    early_theta: float = 0.8  # coarser while exaggerated: ~10% faster, same final KL (benchmark)
 
     def momentum(self, perplexity: float, n: int) -> float:
         """Main-phase momentum for ``n`` points at ``perplexity``."""
@@ -354,11 +356,6 @@ class MapJob:
     affinities: PerplexityBasedNN
     init: np.ndarray  # (n, 2) float64
 
-    @property
-    def cost(self) -> float:
-        # Per iteration: Barnes-Hut repulsion ~ n log n, attraction ~ n * 3 * perplexity.
-        return self.n * (math.log2(max(self.n, 2)) + 3 * self.perplexity / 4)
-
 
 def embed_layer(
     scores: np.ndarray,
@@ -376,10 +373,10 @@ def embed_layer(
     and each of its perplexities}.
 
     The PCA map is the first two principal components of the whole layer, so a sample sits at
-    the same place in every subset. Each t-SNE map starts from the same PCA initialisation; one
-    kNN graph per subset serves all its perplexities; the maps are independent, so they are
-    optimised in parallel, one per core. Deterministic for a given seed (and, on machines with
-    more cores than maps, for a given ``n_jobs``).
+    the same place in every subset. Each t-SNE map starts from the subset's PCA initialisation;
+    one kNN graph per subset serves all its perplexities; the maps are independent, so they are
+    optimised in parallel, one per core (``tsne_maps``). Deterministic for a given seed (and, on
+    machines with more cores than maps, for a given ``n_jobs``).
     """
     x = np.ascontiguousarray(scores, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
@@ -392,29 +389,63 @@ def embed_layer(
     result: dict[EmbeddingKey, FloatArray] = {
         (n, "pca", None): np.ascontiguousarray(pca_2d[:n]) for n in sizes
     }
-    jobs = [
-        job
-        for n in sizes
-        for job in map_jobs(x[:n], sorted({float(p) for p in perplexities.get(n, [])}), seed, cores)
-    ]
-    for job, coords in zip(jobs, run_jobs(jobs, cores), strict=True):
-        result[(job.n, "tsne", job.perplexity)] = coords.astype(np.float32)
+    wanted = {n: sorted({float(p) for p in perplexities.get(n, [])}) for n in sizes}
+    for n, values in wanted.items():
+        for p in values:
+            if not p < n / 3:
+                raise ValueError(
+                    f"perplexity {p:g} needs more than {3 * p:g} points; subset has {n}"
+                )
+    for (n, p), coords in tsne_maps(x, wanted, seed, cores).items():
+        result[(n, "tsne", p)] = coords.astype(np.float32)
     return result
 
 
-def map_jobs(x: np.ndarray, perplexities: list[float], seed: int, cores: int) -> list[MapJob]:
+def tsne_maps(
+    x: np.ndarray,
+    perplexities: dict[int, list[float]],
+    seed: int,
+    cores: int,
+    schedule: TSNESchedule = SCHEDULE,
+) -> dict[tuple[int, float], np.ndarray]:
+    """Every t-SNE map of a layer, optimised on a pool of ``cores`` threads.
+
+    x: (N, k) float32 in nested-subset order; perplexities: {subset size n: ascending
+    perplexities, each < n / 3}. Returns {(n, perplexity): (n, 2) float64}.
+
+    Each subset's kNN graph is built on the pool too, so the big subset's maps start while the
+    smaller subsets' graphs are still being built; maps are queued biggest first. openTSNE's
+    gradient code releases the GIL, and one single-threaded map per core avoids the OpenMP
+    barriers that make a 2-thread map slower than a 1-thread one on a busy machine.
+    """
+    sizes = sorted((n for n, values in perplexities.items() if values), reverse=True)
+    total = sum(len(perplexities[n]) for n in sizes)
+    if not total:
+        return {}
+    workers = min(cores, total)
+    threads = max(1, cores // workers)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tsne")
+    try:
+        graphs = [pool.submit(map_jobs, x[:n], perplexities[n], seed, threads) for n in sizes]
+        maps = {}
+        for graph in graphs:
+            # Highest perplexity first: its attraction term makes it the slowest map of a subset.
+            for job in reversed(graph.result()):
+                maps[(job.n, job.perplexity)] = pool.submit(optimise_map, job, threads, schedule)
+        return {key: future.result() for key, future in maps.items()}
+    finally:
+        # On an error or Ctrl-C, maps not yet started are dropped instead of run to the end.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def map_jobs(x: np.ndarray, perplexities: list[float], seed: int, threads: int) -> list[MapJob]:
     """The t-SNE maps of one subset, sharing its kNN graph, ready to optimise.
 
     x: (n, k) float32 scores of the subset; perplexities: ascending, each < n / 3. Returns one
     ``MapJob`` per perplexity, in that order.
     """
-    if not perplexities:
-        return []
     n = x.shape[0]
-    for p in perplexities:
-        if not p < n / 3:
-            raise ValueError(f"perplexity {p:g} needs more than {3 * p:g} points; subset has {n}")
-    shared = shared_affinities(x, perplexities[-1], seed, cores)
+    shared = shared_affinities(x, perplexities[-1], seed, threads)
     init = pca_initialisation(x, seed)
     jobs = []
     # Largest first: the graph was built at that perplexity, so its P is reused as is.
@@ -424,27 +455,6 @@ def map_jobs(x: np.ndarray, perplexities: list[float], seed: int, cores: int) ->
         # (and shares the kNN graph); each map can then be optimised on its own thread.
         jobs.append(MapJob(n, p, copy.copy(shared), init))
     return jobs[::-1]
-
-
-def run_jobs(jobs: list[MapJob], cores: int, schedule: TSNESchedule = SCHEDULE) -> list[np.ndarray]:
-    """Optimise the maps on a thread pool, biggest first. openTSNE's gradient code releases the
-    GIL, and one map per thread avoids the OpenMP barriers that make a 2-thread map slower than a
-    1-thread one on a busy machine. Returns the (n, 2) float64 maps in ``jobs`` order."""
-    if not jobs:
-        return []
-    workers = min(cores, len(jobs))
-    threads = max(1, cores // workers)
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)
-    results: list[np.ndarray] = [np.empty(0)] * len(jobs)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tsne")
-    try:
-        futures = {i: pool.submit(optimise_map, jobs[i], threads, schedule) for i in order}
-        for i, future in futures.items():
-            results[i] = future.result()
-    finally:
-        # On an error or Ctrl-C, maps not yet started are dropped instead of run to the end.
-        pool.shutdown(wait=True, cancel_futures=True)
-    return results
 
 
 def optimise_map(job: MapJob, threads: int, schedule: TSNESchedule = SCHEDULE) -> np.ndarray:
@@ -463,12 +473,14 @@ def optimise_map(job: MapJob, threads: int, schedule: TSNESchedule = SCHEDULE) -
         exaggeration=schedule.early_exaggeration,
         momentum=schedule.early_momentum,
         learning_rate=schedule.early_learning_rate * n,
+        theta=schedule.early_theta,
         inplace=True,
     )
     embedding.optimize(
         schedule.main_iter,
         momentum=schedule.momentum(job.perplexity, n),
         learning_rate=schedule.learning_rate * n,
+        theta=schedule.theta,
         inplace=True,
     )
     return np.array(embedding, dtype=np.float64)
@@ -533,7 +545,7 @@ def knn_preservation(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
     k = min(k, x.shape[0] - 1)
     in_x = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(return_distance=False)
     in_y = NearestNeighbors(n_neighbors=k).fit(y).kneighbors(return_distance=False)
-    # Row-wise set intersection: sort both neighbour lists and count matches by membership.
+    # Row-wise set intersection by broadcasting: (n, k, 1) == (n, 1, k).
     shared = (in_x[:, :, None] == in_y[:, None, :]).any(axis=2).sum(axis=1)
     return float(shared.mean() / k)
 
