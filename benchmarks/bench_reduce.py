@@ -55,25 +55,35 @@ def cnn_like(n: int, d: int, seed: int) -> np.ndarray:
 
 def timed(work, repeat: int = 1):
     """(result of the last run, minimum wall seconds over ``repeat`` runs)."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = work()
-        best = min(best, time.perf_counter() - start)
+    result, best, _ = timed_cpu(work, repeat)
     return result, best
+
+
+def timed_cpu(work, repeat: int = 1):
+    """(result, minimum wall seconds, CPU seconds of that run, all threads) over ``repeat`` runs.
+    On a shared machine CPU time is the steadier number: waiting for a core does not count."""
+    best, cpu, result = float("inf"), float("inf"), None
+    for _ in range(repeat):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = work()
+        wall = time.perf_counter() - start
+        if wall < best:
+            best, cpu = wall, time.process_time() - start_cpu
+    return result, best, cpu
 
 
 def bench_pca(repeat: int) -> None:
     print(f"\n== PCA, 90% variance ({load()})")
     for n in (1797, 13000):
         x = cnn_like(n, 2048, seed=n)
-        (_, info), ours = timed(lambda x=x: reduce.pca_reduce(x), repeat)
-        model, theirs = timed(lambda x=x: PCA(svd_solver="full").fit(x), repeat)
+        (_, info), ours, ours_cpu = timed_cpu(lambda x=x: reduce.pca_reduce(x), repeat)
+        model, theirs, theirs_cpu = timed_cpu(lambda x=x: PCA(svd_solver="full").fit(x), repeat)
         ratios = model.explained_variance_ratio_
         k = int(np.searchsorted(np.cumsum(ratios), 0.9) + 1)
         print(
-            f"({n}, 2048): pca_reduce [{info['method']}] {ours:.2f} s, k={info['kept_dims']}, "
-            f"explained {info['explained_variance']:.6f} | sklearn full SVD {theirs:.2f} s, "
+            f"({n}, 2048): pca_reduce [{info['method']}] {ours:.2f} s ({ours_cpu:.2f} CPU s), "
+            f"k={info['kept_dims']}, explained {info['explained_variance']:.6f} | sklearn full SVD "
+            f"{theirs:.2f} s ({theirs_cpu:.2f} CPU s), "
             f"k={k}, explained {ratios[:k].sum():.6f} | {theirs / ours:.1f}x"
         )
 
@@ -91,40 +101,41 @@ def bench_layers(layers: dict[str, np.ndarray], repeat: int) -> dict:
     print(f"\n== embed_layer per layer: subsets {sizes}, perplexities {perplexities} ({load()})")
     maps = {}
     for name, x in layers.items():
-        maps[name], seconds = timed(
+        maps[name], seconds, cpu = timed_cpu(
             lambda x=x: reduce.embed_layer(x, sizes, perplexities, 0), repeat
         )
-        print(f"{name} {x.shape}: {seconds:.2f} s per layer (min of {repeat})")
+        print(f"{name} {x.shape}: {seconds:.2f} s per layer (min of {repeat}), {cpu:.2f} CPU s")
         breakdown(x, sizes, perplexities)
     return maps
 
 
 def breakdown(x: np.ndarray, sizes: list[int], perplexities: dict[int, list[float]]) -> None:
-    """Where one layer's time goes, single-threaded (the pool runs ~two of these at once)."""
-    parts = []
+    """Where one layer's time goes, in single-threaded CPU seconds (the pool runs one of these
+    per core at once, so an idle 2-core machine needs about half the total)."""
+    parts, total = [], 0.0
     for n in reversed(sizes):
-        (jobs, knn) = timed(lambda n=n: reduce.map_jobs(x[:n], perplexities[n], 0, 1))
-        maps = [
-            f"p{job.perplexity:g} {timed(lambda j=job: reduce.optimise_map(j, 1))[1]:.2f}"
-            for job in jobs
-        ]
-        parts.append(f"n={n}: kNN+P {knn:.2f}, maps " + ", ".join(maps))
-    print("   single-threaded seconds: " + " | ".join(parts))
+        jobs, _, knn = timed_cpu(lambda n=n: reduce.map_jobs(x[:n], perplexities[n], 0, 1))
+        costs = [timed_cpu(lambda j=job: reduce.optimise_map(j, 1))[2] for job in jobs]
+        total += knn + sum(costs)
+        maps = ", ".join(f"p{job.perplexity:g} {c:.2f}" for job, c in zip(jobs, costs, strict=True))
+        parts.append(f"n={n}: kNN+P {knn:.2f}, maps {maps}")
+    print(f"   single-threaded CPU s, total {total:.2f}: " + " | ".join(parts))
 
 
 def bench_quality(layers: dict[str, np.ndarray], maps: dict) -> None:
     print(f"\n== quality against openTSNE defaults, TSNE(perplexity=p).fit ({load()})")
-    worst_kl, worst_knn, default_seconds = -1.0, 1.0, 0.0
+    worst_kl, worst_knn, default_seconds, default_cpu = -1.0, 1.0, 0.0, 0.0
     for name, x in layers.items():
         for (n, method, p), ours in sorted(maps[name].items(), key=lambda item: str(item[0])):
             if method != "tsne":
                 continue
-            reference, seconds = timed(
+            reference, seconds, cpu = timed_cpu(
                 lambda n=n, p=p, x=x: np.asarray(
                     TSNE(perplexity=p, n_jobs=-1, random_state=0).fit(x[:n])
                 )
             )
             default_seconds += seconds
+            default_cpu += cpu
             kl_ours, kl_ref = (
                 reduce.kl_divergence(x[:n], y, p, n_jobs=-1) for y in (ours, reference)
             )
@@ -134,11 +145,13 @@ def bench_quality(layers: dict[str, np.ndarray], maps: dict) -> None:
                 worst_kl, worst_knn = max(worst_kl, change), min(worst_knn, delta)
             print(
                 f"{name:13s} n={n:5d} p={p:4g}: KL {kl_ours:.4f} vs {kl_ref:.4f} ({change:+.1%}), "
-                f"10-NN {knn_ours:.3f} vs {knn_ref:.3f} ({delta:+.3f}); default fit {seconds:.1f} s"
+                f"10-NN {knn_ours:.3f} vs {knn_ref:.3f} ({delta:+.3f}); default fit {seconds:.1f} s, "
+                f"{cpu:.1f} CPU s"
             )
     print(
         f"worst for n >= 1000: KL {worst_kl:+.1%}, 10-NN {worst_knn:+.3f}; "
-        f"defaults took {default_seconds / len(layers):.1f} s per layer"
+        f"defaults took {default_seconds / len(layers):.1f} s ({default_cpu / len(layers):.1f} CPU s) "
+        "per layer"
     )
 
 

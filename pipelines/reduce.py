@@ -375,8 +375,8 @@ def embed_layer(
     The PCA map is the first two principal components of the whole layer, so a sample sits at
     the same place in every subset. Each t-SNE map starts from the subset's PCA initialisation;
     one kNN graph per subset serves all its perplexities; the maps are independent, so they are
-    optimised in parallel, one per core (``tsne_maps``). Deterministic for a given seed (and, on
-    machines with more cores than maps, for a given ``n_jobs``).
+    optimised in parallel, one per core (``tsne_maps``). Deterministic for a given seed; below
+    ``FFT_MIN_POINTS`` also whatever ``n_jobs`` (Barnes-Hut sums each point's forces on one thread).
     """
     x = np.ascontiguousarray(scores, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:

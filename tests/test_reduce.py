@@ -311,7 +311,7 @@ def test_embed_layer_tsne_keeps_blobs_apart_and_neighbours_close(blob_maps):
 
 def test_embed_layer_is_deterministic_for_a_seed(blob_maps):
     x, _, sizes, perplexities, maps = blob_maps
-    again = embed_layer(x, sizes, perplexities, seed=0, n_jobs=1)  # one thread: same maps
+    again = embed_layer(x, sizes, perplexities, seed=0, n_jobs=1)  # thread count: same maps
     other = embed_layer(x, sizes, perplexities, seed=1)
     for key, coords in maps.items():
         np.testing.assert_array_equal(again[key], coords)
