@@ -223,3 +223,30 @@ def image_loaded(page: Any, selector: str) -> bool:
         "(sel) => { const i = document.querySelector(sel); return !!i && i.complete && i.naturalWidth > 0; }",
         selector,
     )
+
+
+def hover_point(
+    page: Any, graph_id: str, predicate: str = "(trace, i) => true", attempts: int = 3
+) -> dict[str, Any]:
+    """Move the mouse onto a point and wait until plotly reports hovering exactly that point.
+
+    The position is measured again on each attempt: on a busy machine images loading elsewhere
+    can still shift the layout between measuring a point and reaching it."""
+    for attempt in range(attempts):
+        point = point_position(page, graph_id, predicate)
+        page.mouse.move(point["x"], point["y"])
+        try:
+            page.wait_for_function(
+                f"""([id, trace, index]) => {{
+                  const hover = ({GRAPH_JS})(id)._hoverdata;
+                  return hover && hover.some(p => p.curveNumber === trace && p.pointNumber === index);
+                }}""",
+                arg=[graph_id, point["trace"], point["index"]],
+                timeout=5000,
+            )
+            return point
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError; measure again
+            if attempt == attempts - 1:
+                raise
+            page.mouse.move(5, 5)
+    raise AssertionError("unreachable")

@@ -313,9 +313,8 @@ def test_clicking_a_channel_opens_its_heatmap(watch, server):
         "activations-graph",
         "gd => gd.data.length === 1 && gd.data[0].customdata && gd.data[0].customdata.length === 32",
     )
-    tile = bh.point_position(page, "activations-graph", "(t, i) => i === 2")
+    tile = bh.hover_point(page, "activations-graph", "(t, i) => i === 2")
     channel = tile["customdata"][0]
-    page.mouse.move(tile["x"], tile["y"])
     page.mouse.click(tile["x"], tile["y"])
     page.wait_for_selector(".modal.show")
     assert f"channel {channel}" in page.inner_text("#activations-modal-title")
