@@ -15,11 +15,13 @@ Killing the process at any point loses at most the chunk or layer in flight.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import hashlib
 import importlib.metadata
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -652,6 +654,16 @@ class LayerJob:
         )
 
 
+def die_with_parent() -> None:
+    """Worker initializer: when the precompute is killed (even with kill -9), its workers get
+    SIGKILL too, instead of living on as orphans that keep writing into the run."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the line above took effect
+            os._exit(1)
+
+
 def run_layer_jobs(job: LayerJob, layer_ids: list[str], workers: int) -> Iterator[str]:
     """Yield each layer id as its reduction completes."""
     if workers <= 1:
@@ -660,7 +672,9 @@ def run_layer_jobs(job: LayerJob, layer_ids: list[str], workers: int) -> Iterato
         return
     # spawn, not fork: forking a process that has run torch's thread pools can deadlock.
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=die_with_parent
+    ) as pool:
         futures = [pool.submit(job, layer_id) for layer_id in layer_ids]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()

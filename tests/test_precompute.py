@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import torchvision
@@ -127,8 +128,13 @@ def test_kill_9_during_embeddings_then_resume_equals_an_uninterrupted_run(small_
             break
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed"
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert workers, "the embeddings stage should be running in worker processes"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    # Orphaned workers would keep writing into the run while it resumes.
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
     assert store.read_manifest()["stages"]["embeddings"]["state"] != "done"
 
     resumed = subprocess.run(
