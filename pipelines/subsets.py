@@ -11,6 +11,8 @@ The precompute stores samples in ``nested_subset_order``; subset ``n`` is then s
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pipelines.errors import UserError
@@ -84,7 +86,7 @@ def largest_perplexity(n: int) -> int:
 
 
 def resolve_perplexities(
-    perplexities: list[float], subset_sizes: list[int]
+    perplexities: list[float] | list[str], subset_sizes: list[int]
 ) -> dict[int, list[float]]:
     """Which perplexities each subset uses: ``{subset size: ascending perplexities}``.
 
@@ -95,7 +97,7 @@ def resolve_perplexities(
     if not subset_sizes:
         raise ValueError("subset_sizes is empty; resolve_subset_sizes gives at least one size")
     largest = max(subset_sizes)
-    wanted = sorted({float(p) for p in perplexities})
+    wanted = sorted({_as_perplexity(p) for p in perplexities})
     for p in wanted:
         if p <= 0:
             raise UserError(
@@ -113,6 +115,18 @@ def resolve_perplexities(
                 f"n/3); use at most {usable}, or more --samples"
             )
     return {n: [p for p in wanted if _fits(p, n)] for n in sorted(subset_sizes)}
+
+
+def _as_perplexity(value: float | str) -> float:
+    try:
+        perplexity = float(value)
+    except (TypeError, ValueError):
+        perplexity = math.nan
+    if not math.isfinite(perplexity):
+        raise UserError(
+            f"perplexity '{value}' is not a number; use positive numbers, e.g. --perplexities 10,30,90"
+        )
+    return perplexity
 
 
 def _fits(perplexity: float, n: int) -> bool:

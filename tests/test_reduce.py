@@ -163,7 +163,7 @@ def test_resolve_perplexities_errors_name_the_largest_usable_value():
         resolve_perplexities([10, 600], [100, 1797])
     with pytest.raises(UserError, match="at most 33"):
         resolve_perplexities([34], [100])
-    for bad in (0, -3):
+    for bad in (0, -3, "ten", float("nan")):
         with pytest.raises(UserError, match="positive"):
             resolve_perplexities([bad], [1797])
     with pytest.raises(UserError, match="too few"):
