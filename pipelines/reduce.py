@@ -18,7 +18,7 @@ map) cost 3-5 s per map for 1,797 points on two cores, and a layer has eight map
 
 - one kNN graph per (layer, subset) at the largest perplexity, re-weighted for the others
   (``PerplexityBasedNN.set_perplexity``), so the neighbour search runs once per subset;
-- 75 + 125 iterations instead of 250 + 500: a stronger early exaggeration (learning rate n/2
+- 75 + 125 iterations instead of 250 + 500: a stronger early exaggeration (learning rate 0.35 n
   instead of n/12, Barnes-Hut theta 0.8 while exaggerated) and a main phase at learning rate 3n
   with momentum chosen from perplexity / n (``TSNESchedule``) reach the KL divergence of the
   defaults: the learning-rate argument of Belkina et al. (Nat. Commun. 2019) pushed further,
@@ -321,11 +321,11 @@ class TSNESchedule:
 
     early_iter: int = 75
     early_exaggeration: float = 12.0
-    early_learning_rate: float = 0.5  # x n; openTSNE's default is n / 12
+    early_learning_rate: float = 0.35  # x n; openTSNE's default is n / 12
     early_momentum: float = 0.5
     main_iter: int = 125
     learning_rate: float = 3.0  # x n; openTSNE's default is n
-    momentum_ratio: float = 3.0
+    momentum_ratio: float = 4.0
     min_momentum: float = 0.5
     max_momentum: float = 0.95
     theta: float = 0.5  # Barnes-Hut accuracy (openTSNE's default)

@@ -336,7 +336,7 @@ def test_embed_layer_rejects_bad_subsets_and_perplexities():
 def test_schedule_momentum_follows_perplexity_over_n():
     schedule = reduce.TSNESchedule()
     assert schedule.momentum(10, 1797) == 0.95  # clipped high: small perplexity / n
-    assert schedule.momentum(90, 1797) == pytest.approx(1 - 3 * 90 / 1797)
+    assert schedule.momentum(90, 1797) == pytest.approx(1 - 4 * 90 / 1797)
     assert schedule.momentum(30, 100) == 0.5  # clipped low
 
 
