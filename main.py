@@ -3,7 +3,9 @@ the dashboard; `python main.py precompute|runs|serve ...` are the other commands
 
 import sys
 
-from pipelines.cli import main
-
 if __name__ == "__main__":
+    # Imported here, not at the top: the precompute's worker processes start by importing this
+    # file, and they need none of what the CLI imports (torch, torchvision, dash).
+    from pipelines.cli import main
+
     sys.exit(main(sys.argv[1:]))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipelines.types import INPUT_LAYER, LayerId
@@ -21,6 +22,60 @@ from pipelines.types import INPUT_LAYER, LayerId
 PASS_THROUGH_TYPES = {"Flatten", "Unflatten", "Identity", "Dropout", "Dropout2d", "Dropout1d"}
 
 OutputTransform = Callable[[torch.Tensor], torch.Tensor]
+
+DEFAULT_MAX_DIMS = 2048
+
+# ---------------------------------------------------------------------------------------------
+# Spatial pooling of captured activations (the first step of every layer's reduction)
+# ---------------------------------------------------------------------------------------------
+
+
+def pooled_shape(shape: tuple[int, ...], max_dims: int = DEFAULT_MAX_DIMS) -> tuple[int, ...]:
+    """Per-sample shape after pooling.
+
+    (C, H, W) conv maps are adaptive-average-pooled to (C, s, s) with the largest s <= min(H, W)
+    such that C*s*s <= max_dims (at least s = 1); (D,) vectors are unchanged. Other ranks follow
+    the same rule per spatial axis: (C, L) -> (C, s), (C, T, H, W) -> (C, s, s, s).
+    """
+    if max_dims < 1:
+        raise ValueError(f"max_dims must be >= 1, got {max_dims}")
+    if len(shape) == 0:
+        raise ValueError("a per-sample activation shape needs at least one axis")
+    if len(shape) == 1:
+        return tuple(shape)
+    channels, spatial = shape[0], shape[1:]
+    # Largest s with channels * s**d <= max_dims: the integer d-th root, corrected for float error.
+    side = int((max_dims // max(channels, 1)) ** (1.0 / len(spatial)))
+    while channels * (side + 1) ** len(spatial) <= max_dims:
+        side += 1
+    while side > 1 and channels * side ** len(spatial) > max_dims:
+        side -= 1
+    side = max(1, min(side, min(spatial)))
+    return (channels, *([side] * len(spatial)))
+
+
+def pool_activations(acts: torch.Tensor, max_dims: int = DEFAULT_MAX_DIMS) -> torch.Tensor:
+    """Pool and flatten one layer's activations for a batch.
+
+    acts: (B, C, H, W) (or (B, C, L), (B, C, T, H, W)) or (B, D), float of any precision, on any
+    device. Returns (B, D') float32 on the same device, D' = prod(pooled_shape(acts.shape[1:])).
+    """
+    if acts.ndim < 2:
+        raise ValueError(f"acts must be (B, ...) with a batch axis, got shape {tuple(acts.shape)}")
+    # Averaging in float16 loses precision over large windows; pool in float32.
+    acts = acts.float()
+    target = pooled_shape(tuple(acts.shape[1:]), max_dims)
+    if acts.ndim > 2 and target[1:] != tuple(acts.shape[2:]):
+        pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}
+        if acts.ndim not in pool:
+            raise ValueError(f"cannot pool activations of shape {tuple(acts.shape)}")
+        acts = pool[acts.ndim](acts, target[1:])
+    return acts.reshape(acts.shape[0], -1).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Capture
+# ---------------------------------------------------------------------------------------------
 
 
 def leaf_modules(model: nn.Module) -> dict[LayerId, nn.Module]:

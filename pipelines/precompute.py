@@ -14,14 +14,10 @@ Killing the process at any point loses at most the chunk or layer in flight.
 
 from __future__ import annotations
 
-import concurrent.futures
-import ctypes
 import hashlib
 import importlib.metadata
-import multiprocessing
 import os
 import re
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -30,15 +26,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from tqdm import tqdm
 
-from pipelines import reduce, tsne_torch
+from pipelines import reduce
 from pipelines.datasets import Dataset, open_dataset
 from pipelines.errors import UserError
 from pipelines.explain import explain_batch, last_spatial_conv_layer
-from pipelines.features import PASS_THROUGH_TYPES, capture_layers, discover_layers
+from pipelines.features import (
+    PASS_THROUGH_TYPES,
+    capture_layers,
+    discover_layers,
+    pool_activations,
+    pooled_shape,
+)
 from pipelines.labels import UNMAPPED, ClassMapping, map_classes
+from pipelines.layer_jobs import LayerJob, LayerWorkers
 from pipelines.models import (
     ModelAdapter,
     build_python,
@@ -83,11 +87,30 @@ class PrecomputeConfig:
         return fields
 
 
-def use_threads_for(config: PrecomputeConfig) -> None:
-    """One torch thread for the small built-in CNN on a CPU: its layers are too small to split,
-    and measured on 2 busy cores, 2 threads ran its forward 3-5x slower than 1 (spin-waiting)."""
-    if config.model == "smallcnn" and resolve_device(config.device).type == "cpu":
-        torch.set_num_threads(1)
+def use_threads_for(config: PrecomputeConfig, stage: str) -> None:
+    """Torch threads for the small built-in CNN on a CPU (other models keep torch's default).
+
+    Training ("model") uses the cores that are free now: 5.0 s on two idle cores against 7.8 s
+    on one, but on a busy machine a second OpenMP thread spin-waits for a core and made it 3x
+    slower. The forward pass ("forward") always uses one thread: its layers are too small to
+    split, and a fixed thread count keeps the features identical from run to run, so a resumed
+    run equals an uninterrupted one.
+    """
+    if config.model != "smallcnn" or resolve_device(config.device).type != "cpu":
+        return
+    torch.set_num_threads(free_cores() if stage == "model" else 1)
+
+
+def free_cores(sample_seconds: float = 0.2) -> int:
+    """Cores of this process's CPU set that were idle over the next ``sample_seconds``; at least
+    one. Sampled now rather than read from the load average, which lags by a minute (right
+    after a pip install it still says one core is busy)."""
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    per_cpu = psutil.cpu_percent(interval=sample_seconds, percpu=True)
+    if usable is not None:
+        per_cpu = [per_cpu[cpu] for cpu in usable if cpu < len(per_cpu)]
+    idle = sum(1.0 - percent / 100.0 for percent in per_cpu)
+    return max(1, min(len(per_cpu), round(idle)))
 
 
 def default_run_id(config: PrecomputeConfig) -> str:
@@ -219,9 +242,7 @@ def describe_layers(adapter: ModelAdapter, example: torch.Tensor) -> list[dict[s
         )
     by_id = {layer["id"]: layer for layer in layers}
     for layer in layers:
-        layer["pooled_shape"] = list(
-            reduce.pooled_shape(tuple(layer["output_shape"]), MAX_POOLED_DIMS)
-        )
+        layer["pooled_shape"] = list(pooled_shape(tuple(layer["output_shape"]), MAX_POOLED_DIMS))
         passes = layer["type"] in PASS_THROUGH_TYPES and len(layer["parents"]) == 1
         parent = by_id.get(layer["parents"][0]) if passes else None
         # Reshape-only layers hold the same values as their parent: reuse its embedding.
@@ -262,7 +283,7 @@ def forward_chunk(
     """inputs: (B, C, S, S) model-ready. Returns (per-sample arrays, pooled features per layer)."""
 
     def pool(tensor: torch.Tensor) -> torch.Tensor:
-        return reduce.pool_activations(tensor.detach().float(), MAX_POOLED_DIMS).to(torch.float16)
+        return pool_activations(tensor.detach().float(), MAX_POOLED_DIMS).to(torch.float16)
 
     outputs: dict[str, list[np.ndarray]] = {}
     features: dict[str, list[torch.Tensor]] = {layer: [] for layer in feature_layers}
@@ -343,16 +364,23 @@ class Precompute:
             raise UserError(
                 "--samples must be a positive number of images (or leave it out for all)"
             )
-        with self.store.writer_lock():
+        workers = self.embedding_workers()
+        threads = max(1, reduce.available_cores() // workers)
+        with self.store.writer_lock(), LayerWorkers(workers, threads) as workers:
             self.check_or_create_manifest()
             dataset = open_dataset(self.config.dataset, self.data_dir / "datasets", self.progress)
             n_total = min(self.config.samples or len(dataset.samples), len(dataset.samples))
             subset_sizes = reduce.resolve_subset_sizes(list(self.config.subsets), n_total)
             perplexities = reduce.resolve_perplexities(list(self.config.perplexities), subset_sizes)
-            use_threads_for(self.config)
+            use_threads_for(self.config, "model")
             adapter, model_info = self.timed(
                 "model", lambda: build_adapter(self.config, dataset, self.data_dir, self.progress)
             )
+            use_threads_for(self.config, "forward")
+            if self.store.read_manifest()["stages"]["embeddings"].get("state") != "done":
+                # Started now so their imports overlap the forward pass, not training (which
+                # may use every core) or the first layer.
+                workers.start()
             if "checkpoint" in model_info:
                 # The run keeps its own copy so it stays viewable if data/models is cleaned.
                 self.store.save_state_dict("model_checkpoint", adapter.module.state_dict())
@@ -360,7 +388,7 @@ class Precompute:
                 dataset, adapter, model_info, n_total, subset_sizes, perplexities
             )
             self.forward(dataset, adapter)
-            self.embeddings()
+            self.embeddings(workers)
             return self.store
 
     def timed(self, stage: str, work: Any) -> Any:
@@ -523,7 +551,7 @@ class Precompute:
         self.store.write_manifest(manifest)
         self.store.delete_kind("forward_chunk")
 
-    def embeddings(self) -> None:
+    def embeddings(self, workers: LayerWorkers) -> None:
         """Reduce every layer; independent layers run in parallel worker processes on a CPU
         (openTSNE on small data uses a core far better alone than split over threads)."""
         manifest = self.store.read_manifest()
@@ -533,14 +561,13 @@ class Precompute:
             layer["id"] for layer in layers if layer["id"] not in done and not layer["same_as"]
         ]
         aliases = [layer for layer in layers if layer["id"] not in done and layer["same_as"]]
-        workers = self.embedding_workers(len(pending))
         job = LayerJob(
             run_dir=str(self.store.run_dir),
             num_chunks=len(chunk_ranges(manifest["dataset"]["num_samples"], CHUNK_SAMPLES)),
             subsets=manifest["subsets"],
             perplexities={int(n): values for n, values in manifest["perplexities"].items()},
             seed=self.config.seed,
-            n_jobs=max(1, (os.cpu_count() or 1) // workers),
+            n_jobs=reduce.available_cores(),
             tsne_device="cuda" if resolve_device(self.config.device).type == "cuda" else None,
         )
         start = time.perf_counter() - manifest["stages"]["embeddings"].get("seconds", 0.0)
@@ -564,7 +591,7 @@ class Precompute:
                 seconds=round(time.perf_counter() - start, 3),
             )
 
-        for layer_id in run_layer_jobs(job, pending, workers):
+        for layer_id in workers.run(job, pending):
             finished(layer_id)
         for layer in aliases:
             job.copy(layer["same_as"], layer["id"])
@@ -579,117 +606,10 @@ class Precompute:
         )
         self.store.delete_kind("features")
 
-    def embedding_workers(self, pending: int) -> int:
+    def embedding_workers(self) -> int:
         if resolve_device(self.config.device).type == "cuda":
             return 1  # the GPU path runs in this process
-        return max(1, min(pending, os.cpu_count() or 1))
-
-
-@dataclass(frozen=True)
-class LayerJob:
-    """Everything a worker process needs to reduce one layer; picklable."""
-
-    run_dir: str
-    num_chunks: int
-    subsets: list[int]
-    perplexities: dict[int, list[float]]
-    seed: int
-    n_jobs: int
-    # A torch device ("cuda") runs t-SNE in PyTorch there; None runs openTSNE on the CPU.
-    tsne_device: str | None = None
-
-    def features(self, store: RunStore, layer_id: str) -> np.ndarray:
-        """(N, D) float32 pooled activations of ``layer_id``, from the forward stage's chunks."""
-        parts = [
-            store.load_array("features", layer=layer_id, chunk=i) for i in range(self.num_chunks)
-        ]
-        return np.concatenate(parts).astype(np.float32)
-
-    def __call__(self, layer_id: str) -> str:
-        store = RunStore(Path(self.run_dir))
-        started = time.perf_counter()
-        scores, info = reduce.pca_reduce(
-            self.features(store, layer_id), variance=0.9, seed=self.seed
-        )
-        maps = self.maps(scores)
-        for (size, method, perplexity), coords in maps.items():
-            store.save_array(
-                "embedding",
-                coords.astype(np.float32),
-                **embedding_key(layer_id, size, method, perplexity),
-            )
-        # Written last: its presence marks the layer complete.
-        info = {**info, "seconds": round(time.perf_counter() - started, 3)}
-        store.save_json("reduction", info, layer=layer_id)
-        return layer_id
-
-    def maps(self, scores: np.ndarray) -> dict[tuple[int, str, float | None], np.ndarray]:
-        """scores: (N, k) float32 -> every 2D map of the layer, keyed (n, method, perplexity)."""
-        if self.tsne_device is None:
-            return reduce.embed_layer(
-                scores, self.subsets, self.perplexities, self.seed, self.n_jobs
-            )
-        pca_only = reduce.embed_layer(scores, self.subsets, {}, self.seed, self.n_jobs)
-        gpu = tsne_torch.embed_subsets_torch(scores, self.perplexities, self.seed, self.tsne_device)
-        return {**pca_only, **gpu}
-
-    def copy(self, source: str, layer_id: str) -> None:
-        """A reshape-only layer gets its parent's maps under its own id."""
-        store = RunStore(Path(self.run_dir))
-        for size in self.subsets:
-            for method, perplexity in [
-                ("pca", None),
-                *[("tsne", p) for p in self.perplexities[size]],
-            ]:
-                coords = store.load_array(
-                    "embedding", mmap=False, **embedding_key(source, size, method, perplexity)
-                )
-                store.save_array(
-                    "embedding", coords, **embedding_key(layer_id, size, method, perplexity)
-                )
-        store.save_json(
-            "reduction",
-            {**store.load_json("reduction", layer=source), "same_as": source},
-            layer=layer_id,
-        )
-
-
-def die_with_parent() -> None:
-    """Worker initializer: when the precompute is killed (even with kill -9), its workers get
-    SIGKILL too, instead of living on as orphans that keep writing into the run."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before the line above took effect
-            os._exit(1)
-
-
-def run_layer_jobs(job: LayerJob, layer_ids: list[str], workers: int) -> Iterator[str]:
-    """Yield each layer id as its reduction completes."""
-    if workers <= 1:
-        for layer_id in layer_ids:
-            yield job(layer_id)
-        return
-    # spawn, not fork: forking a process that has run torch's thread pools can deadlock.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=die_with_parent
-    ) as pool:
-        futures = [pool.submit(job, layer_id) for layer_id in layer_ids]
-        for future in concurrent.futures.as_completed(futures):
-            yield future.result()
-
-
-def embedding_key(
-    layer_id: str, size: int, method: str, perplexity: float | None
-) -> dict[str, Any]:
-    """Artifact parameters of one embedding; the dashboard builds them the same way."""
-    return {
-        "layer": layer_id,
-        "subset": int(size),
-        "method": method,
-        "perplexity": "none" if perplexity is None else f"{float(perplexity):g}",
-    }
+        return reduce.available_cores()
 
 
 def library_versions() -> dict[str, str]:

@@ -1,10 +1,21 @@
-"""Layer discovery (execution order, shapes, data-flow parents) and activation capture."""
+"""Layer discovery (execution order, shapes, data-flow parents), activation capture and pooling."""
 
+import itertools
+
+import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from pipelines.features import capture_layers, discover_layers, leaf_modules
+from pipelines.features import (
+    capture_layers,
+    discover_layers,
+    leaf_modules,
+    pool_activations,
+    pooled_shape,
+)
 
 
 def all_hooks(model):
@@ -39,7 +50,7 @@ def test_nested_sequential_is_a_chain_of_every_leaf_in_order():
     layers = discover_layers(model, torch.randn(1, 3, 16, 16))
     assert [layer["id"] for layer in layers] == ["input", "0.0", "0.1", "0.2", "1.0", "1.1"]
     assert len(layers) == 1 + len(leaf_modules(model))
-    for previous, layer in zip(layers, layers[1:]):
+    for previous, layer in itertools.pairwise(layers):
         assert layer["parents"] == [previous["id"]]
 
 
@@ -72,3 +83,62 @@ def test_capture_of_a_reused_module_is_its_last_call():
     with torch.no_grad():
         expected = model.layer1[1].conv1(captured["layer1.0.relu"])
     assert torch.allclose(captured["layer1.1.conv1"], expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# pooling
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((64, 224, 224), (64, 5, 5)),  # VGG16 conv1
+        ((512, 14, 14), (512, 2, 2)),
+        ((10,), (10,)),
+        ((3, 32, 32), (3, 26, 26)),  # 3 * 26 * 26 = 2028 <= 2048 < 3 * 27 * 27
+        ((4096, 7, 7), (4096, 1, 1)),  # more channels than max_dims: at least s = 1
+        ((16, 20, 10), (16, 10, 10)),  # s is capped by the smaller side
+        ((8, 4, 4), (8, 4, 4)),  # small maps are never up-sampled
+        ((8, 1000), (8, 256)),  # (C, L) follows the same rule
+    ],
+)
+def test_pooled_shape_cases(shape, expected):
+    assert pooled_shape(shape, 2048) == expected
+
+
+def test_pooled_shape_is_the_largest_side_that_fits():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        c, h, w = int(rng.integers(1, 600)), int(rng.integers(1, 80)), int(rng.integers(1, 80))
+        max_dims = int(rng.integers(1, 5000))
+        _, s, s2 = pooled_shape((c, h, w), max_dims)
+        assert s == s2 and 1 <= s <= min(h, w)
+        assert c * s * s <= max_dims or s == 1
+        # one step larger would break a rule
+        assert s == min(h, w) or c * (s + 1) ** 2 > max_dims
+
+
+def test_pool_activations_equals_adaptive_avg_pool2d():
+    acts = torch.randn(3, 64, 17, 23)
+    pooled = pool_activations(acts, 2048)
+    expected = F.adaptive_avg_pool2d(acts, (5, 5)).reshape(3, -1)
+    assert pooled.shape == (3, 64 * 5 * 5)
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, expected)
+
+
+def test_pool_activations_keeps_vectors_and_small_maps_and_casts_to_float32():
+    vectors = torch.randn(4, 10, dtype=torch.float64)
+    out = pool_activations(vectors)
+    assert out.dtype == torch.float32 and out.shape == (4, 10)
+    torch.testing.assert_close(out, vectors.float())
+    small = torch.randn(2, 8, 4, 4, dtype=torch.float16)
+    out = pool_activations(small)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, small.float().reshape(2, -1))
+
+
+def test_pool_activations_rejects_unbatched_input():
+    with pytest.raises(ValueError, match="batch"):
+        pool_activations(torch.randn(5))

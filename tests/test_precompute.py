@@ -18,8 +18,9 @@ import torch
 import torchvision
 from PIL import Image
 
+from pipelines.layer_jobs import embedding_key
 from pipelines.models import build_torchvision, open_run_model
-from pipelines.precompute import Precompute, PrecomputeConfig, embedding_key
+from pipelines.precompute import Precompute, PrecomputeConfig
 from pipelines.store import RunStore, runs_dir
 from tests.conftest import small_run_arguments
 

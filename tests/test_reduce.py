@@ -1,4 +1,4 @@
-"""Per-layer reduction: pooling, nested subsets, PCA and the t-SNE / PCA maps.
+"""Per-layer reduction: nested subsets, PCA and the t-SNE / PCA maps.
 
 Embeddings are judged by neighbourhood quality (kNN accuracy on separated blobs,
 trustworthiness, KL divergence against openTSNE's defaults), never by coordinates.
@@ -6,8 +6,6 @@ trustworthiness, KL divergence against openTSNE's defaults), never by coordinate
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from openTSNE import TSNE
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
@@ -22,70 +20,9 @@ from pipelines.reduce import (
     knn_preservation,
     nested_subset_order,
     pca_reduce,
-    pool_activations,
-    pooled_shape,
     resolve_perplexities,
     resolve_subset_sizes,
 )
-
-# --------------------------------------------------------------------------------------------
-# pooling
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("shape", "expected"),
-    [
-        ((64, 224, 224), (64, 5, 5)),  # VGG16 conv1
-        ((512, 14, 14), (512, 2, 2)),
-        ((10,), (10,)),
-        ((3, 32, 32), (3, 26, 26)),  # 3 * 26 * 26 = 2028 <= 2048 < 3 * 27 * 27
-        ((4096, 7, 7), (4096, 1, 1)),  # more channels than max_dims: at least s = 1
-        ((16, 20, 10), (16, 10, 10)),  # s is capped by the smaller side
-        ((8, 4, 4), (8, 4, 4)),  # small maps are never up-sampled
-        ((8, 1000), (8, 256)),  # (C, L) follows the same rule
-    ],
-)
-def test_pooled_shape_cases(shape, expected):
-    assert pooled_shape(shape, 2048) == expected
-
-
-def test_pooled_shape_is_the_largest_side_that_fits():
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        c, h, w = int(rng.integers(1, 600)), int(rng.integers(1, 80)), int(rng.integers(1, 80))
-        max_dims = int(rng.integers(1, 5000))
-        _, s, s2 = pooled_shape((c, h, w), max_dims)
-        assert s == s2 and 1 <= s <= min(h, w)
-        assert c * s * s <= max_dims or s == 1
-        # one step larger would break a rule
-        assert s == min(h, w) or c * (s + 1) ** 2 > max_dims
-
-
-def test_pool_activations_equals_adaptive_avg_pool2d():
-    acts = torch.randn(3, 64, 17, 23)
-    pooled = pool_activations(acts, 2048)
-    expected = F.adaptive_avg_pool2d(acts, (5, 5)).reshape(3, -1)
-    assert pooled.shape == (3, 64 * 5 * 5)
-    assert pooled.dtype == torch.float32
-    torch.testing.assert_close(pooled, expected)
-
-
-def test_pool_activations_keeps_vectors_and_small_maps_and_casts_to_float32():
-    vectors = torch.randn(4, 10, dtype=torch.float64)
-    out = pool_activations(vectors)
-    assert out.dtype == torch.float32 and out.shape == (4, 10)
-    torch.testing.assert_close(out, vectors.float())
-    small = torch.randn(2, 8, 4, 4, dtype=torch.float16)
-    out = pool_activations(small)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, small.float().reshape(2, -1))
-
-
-def test_pool_activations_rejects_unbatched_input():
-    with pytest.raises(ValueError, match="batch"):
-        pool_activations(torch.randn(5))
-
 
 # --------------------------------------------------------------------------------------------
 # nested, class-balanced subsets
@@ -338,6 +275,9 @@ def test_schedule_momentum_follows_perplexity_over_n():
     assert schedule.momentum(10, 1797) == 0.95  # clipped high: small perplexity / n
     assert schedule.momentum(90, 1797) == pytest.approx(1 - 4 * 90 / 1797)
     assert schedule.momentum(30, 100) == 0.5  # clipped low
+    # At maximum momentum the main phase is shorter; elsewhere it is the full length.
+    assert schedule.main_iterations(10, 1797) == schedule.fast_main_iter < schedule.main_iter
+    assert schedule.main_iterations(90, 1797) == schedule.main_iter
 
 
 # --------------------------------------------------------------------------------------------

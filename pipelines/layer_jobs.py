@@ -1,0 +1,186 @@
+"""The embeddings stage's unit of work: reduce one layer (PCA, then every 2-D map) and store it.
+
+On a CPU the layers are reduced in parallel worker processes, one per core. They are spawned
+when the precompute starts, so their start-up (about a second of imports each) overlaps the
+model stage instead of delaying the first layer. This module is what a worker imports, so it
+stays light: numpy, the store and ``reduce`` (openTSNE), no torch or torchvision.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import threadpoolctl
+
+from pipelines import reduce
+from pipelines.store import RunStore
+
+
+def embedding_key(
+    layer_id: str, size: int, method: str, perplexity: float | None
+) -> dict[str, Any]:
+    """Artifact parameters of one embedding; the dashboard builds them the same way."""
+    return {
+        "layer": layer_id,
+        "subset": int(size),
+        "method": method,
+        "perplexity": "none" if perplexity is None else f"{float(perplexity):g}",
+    }
+
+
+@dataclass(frozen=True)
+class LayerJob:
+    """Everything a worker process needs to reduce one layer; picklable."""
+
+    run_dir: str
+    num_chunks: int
+    subsets: list[int]
+    perplexities: dict[int, list[float]]
+    seed: int
+    n_jobs: int
+    # A torch device ("cuda") runs t-SNE in PyTorch there; None runs openTSNE on the CPU.
+    tsne_device: str | None = None
+
+    def features(self, store: RunStore, layer_id: str) -> np.ndarray:
+        """(N, D) float32 pooled activations of ``layer_id``, from the forward stage's chunks."""
+        parts = [
+            store.load_array("features", layer=layer_id, chunk=i) for i in range(self.num_chunks)
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
+    def __call__(self, layer_id: str) -> str:
+        store = RunStore(Path(self.run_dir))
+        started = time.perf_counter()
+        scores, info = reduce.pca_reduce(
+            self.features(store, layer_id), variance=0.9, seed=self.seed
+        )
+        maps = self.maps(scores)
+        for (size, method, perplexity), coords in maps.items():
+            store.save_array(
+                "embedding",
+                coords.astype(np.float32),
+                **embedding_key(layer_id, size, method, perplexity),
+            )
+        # Written last: its presence marks the layer complete.
+        info = {**info, "seconds": round(time.perf_counter() - started, 3)}
+        store.save_json("reduction", info, layer=layer_id)
+        return layer_id
+
+    def maps(self, scores: np.ndarray) -> dict[tuple[int, str, float | None], np.ndarray]:
+        """scores: (N, k) float32 -> every 2D map of the layer, keyed (n, method, perplexity)."""
+        if self.tsne_device is None:
+            return reduce.embed_layer(
+                scores, self.subsets, self.perplexities, self.seed, self.n_jobs
+            )
+        # Imported here: the GPU path runs in the precompute's own process, which has torch
+        # loaded already, while CPU workers never need it.
+        from pipelines import tsne_torch
+
+        pca_only = reduce.embed_layer(scores, self.subsets, {}, self.seed, self.n_jobs)
+        gpu = tsne_torch.embed_subsets_torch(scores, self.perplexities, self.seed, self.tsne_device)
+        return {**pca_only, **gpu}
+
+    def copy(self, source: str, layer_id: str) -> None:
+        """A reshape-only layer gets its parent's maps under its own id."""
+        store = RunStore(Path(self.run_dir))
+        for size in self.subsets:
+            for method, perplexity in [
+                ("pca", None),
+                *[("tsne", p) for p in self.perplexities[size]],
+            ]:
+                coords = store.load_array(
+                    "embedding", mmap=False, **embedding_key(source, size, method, perplexity)
+                )
+                store.save_array(
+                    "embedding", coords, **embedding_key(layer_id, size, method, perplexity)
+                )
+        store.save_json(
+            "reduction",
+            {**store.load_json("reduction", layer=source), "same_as": source},
+            layer=layer_id,
+        )
+
+
+def prepare_worker(threads: int) -> None:
+    """Worker initializer: die with the precompute, and use ``threads`` BLAS threads.
+
+    The BLAS limit matters: by default every worker's OpenBLAS starts a thread per core, and two
+    workers doing PCA at once then spin-wait for each other's cores. Measured on 2 cores, one
+    (1797, 2048) PCA took 10.4 s that way instead of 0.8 s with one thread per worker.
+    """
+    die_with_parent()
+    # Applies to the BLAS and OpenMP libraries loaded so far: this module's imports (numpy,
+    # scipy, scikit-learn, openTSNE) are all of those the layer jobs use.
+    threadpoolctl.threadpool_limits(limits=threads)
+
+
+def die_with_parent() -> None:
+    """When the precompute is killed (even with kill -9), its workers get SIGKILL too, instead
+    of living on as orphans that keep writing into the run."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the line above took effect
+            os._exit(1)
+
+
+def _ready() -> None:
+    """A no-op task: submitting it makes the pool start its processes now."""
+
+
+class LayerWorkers:
+    """A pool of worker processes for layer jobs, or none (``workers <= 1``: run in-process).
+
+    Use as a context manager; ``start()`` early, ``run()`` once the features are on disk.
+    """
+
+    def __init__(self, workers: int, threads_per_worker: int = 1):
+        self.workers = workers
+        self.threads_per_worker = threads_per_worker
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> LayerWorkers:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.pool is not None:
+            # On an error or Ctrl-C, layers not yet started are dropped instead of run.
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def start(self) -> None:
+        """Spawn the worker processes (in the background) if not yet done."""
+        if self.workers <= 1 or self.pool is not None:
+            return
+        # spawn, not fork: forking a process that has run torch's thread pools can deadlock.
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=prepare_worker,
+            initargs=(self.threads_per_worker,),
+        )
+        # A spawning pool starts all its processes at the first submit.
+        self.pool.submit(_ready)
+
+    def run(self, job: LayerJob, layer_ids: Iterable[str]) -> Iterator[str]:
+        """Yield each layer id as its reduction completes."""
+        if self.workers <= 1:
+            for layer_id in layer_ids:
+                yield job(layer_id)
+            return
+        self.start()
+        assert self.pool is not None
+        futures = [self.pool.submit(job, layer_id) for layer_id in layer_ids]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
