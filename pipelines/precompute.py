@@ -33,7 +33,8 @@ from tqdm import tqdm
 from pipelines import reduce
 from pipelines.datasets import Dataset, open_dataset
 from pipelines.errors import UserError
-from pipelines.explain import explain_batch, last_spatial_conv_layer
+from pipelines.explain import last_spatial_conv_layer
+from pipelines.explain.fused import predict_and_explain
 from pipelines.features import (
     PASS_THROUGH_TYPES,
     capture_layers,
@@ -288,8 +289,19 @@ def forward_chunk(
     outputs: dict[str, list[np.ndarray]] = {}
     features: dict[str, list[torch.Tensor]] = {layer: [] for layer in feature_layers}
     target = dict(adapter.module.named_modules())[gradcam_layer] if gradcam_layer else None
+    # channels_last: measured on 2 CPU cores, VGG16's forward + explanations 1.22x faster and
+    # smallcnn's 1.5x (oneDNN's convolutions are written for it); same values up to rounding.
+    adapter.module.to(memory_format=torch.channels_last)
     for batch in inputs.split(batch_size):
-        logits, pooled = capture_layers(adapter.module, batch, feature_layers, transform=pool)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        if target is None:
+            logits, pooled = capture_layers(adapter.module, batch, feature_layers, transform=pool)
+            explained = {}
+        else:
+            # One forward pass for the features, the prediction and its explanations.
+            logits, pooled, explained = predict_and_explain(
+                adapter.module, target, batch, feature_layers, pool, explanation_size
+            )
         for layer, values in pooled.items():
             features[layer].append(values.cpu())
         probabilities = torch.softmax(logits.float(), dim=1)
@@ -299,12 +311,8 @@ def forward_chunk(
             "top10_index": top_index.cpu().numpy(),
             "top10_prob": top_prob.cpu().numpy(),
             "log_prob": torch.log_softmax(logits.float(), dim=1).cpu().numpy(),
+            **explained,
         }
-        if target is not None:
-            explained = explain_batch(
-                adapter.module, target, batch, top_index[:, 0], explanation_size
-            )
-            batch_out.update(explained)
         for name, value in batch_out.items():
             outputs.setdefault(name, []).append(value)
     merged = {name: np.concatenate(parts) for name, parts in outputs.items()}

@@ -27,6 +27,8 @@ from pipelines.explain import (
     last_spatial_conv_layer,
 )
 from pipelines.explain.base import gradients_display
+from pipelines.explain.fused import predict_and_explain
+from pipelines.features import capture_layers
 
 
 @pytest.fixture(autouse=True)
@@ -501,3 +503,68 @@ def test_last_spatial_conv_layer_without_conv_is_a_user_error() -> None:
     ]
     with pytest.raises(UserError, match="Grad-CAM needs a Conv2d layer"):
         last_spatial_conv_layer(layers)
+
+
+# --- the precompute's fused pass -------------------------------------------------------------
+
+
+def _pool(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().flatten(1).clone()
+
+
+@pytest.mark.parametrize("model_name", ["small_cnn", "resnet18"])
+def test_fused_pass_equals_capture_plus_explain_batch(model_name: str) -> None:
+    """One forward with two backward passes gives what three separate passes give: the same
+    features and logits, and each method's maps for the predicted class."""
+    if model_name == "resnet18":
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+        target, layers = model.layer4[1].relu, ["input", "layer1.0.relu", "layer4.1.relu", "fc"]
+        images, _ = random_batch(3, 3, 64)
+    else:
+        model = small_cnn()
+        target, layers = model[7], ["input", "2", "7", "11"]
+        images, _ = random_batch(5, 3, 16)
+    before = model_snapshot(model)
+    logits, captured, explained = predict_and_explain(model, target, images, layers, _pool, 20)
+    assert_same_snapshot(before, model_snapshot(model))
+    assert hooks_left(model) == []
+
+    expected_logits, expected_features = capture_layers(model, images, layers, transform=_pool)
+    torch.testing.assert_close(logits, expected_logits)
+    assert captured.keys() == expected_features.keys()
+    for layer, values in expected_features.items():
+        torch.testing.assert_close(captured[layer], values, msg=layer)
+    expected = explain_batch(model, target, images, expected_logits.argmax(1), 20)
+    assert explained.keys() == expected.keys()
+    np.testing.assert_allclose(
+        explained["gradcam"].astype(np.float32), expected["gradcam"].astype(np.float32), atol=2e-3
+    )
+    for name in ("guided_backprop", "guided_gradcam"):
+        difference = np.abs(explained[name].astype(int) - expected[name].astype(int))
+        assert difference.max() <= 1, name  # uint8 rounding of float noise
+
+
+def test_fused_pass_gradcam_gradient_is_plain_not_guided() -> None:
+    """Grad-CAM weighs the target layer by the plain gradient: a head whose ReLU sees a negative
+    incoming gradient must still pass it to the CAM (the guided rule would zero it)."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 2, bias=False),
+        nn.ReLU(),
+        nn.Linear(2, 2, bias=False),
+    ).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+        model[4].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
+        model[6].weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+    images = torch.rand(1, 1, 4, 4) + 0.5
+    _, _, fused = predict_and_explain(model, model[1], images, [], _pool, 4)
+    expected = explain_batch(model, model[1], images, torch.tensor([1]), 4, methods=["gradcam"])
+    np.testing.assert_allclose(
+        fused["gradcam"].astype(np.float32), expected["gradcam"].astype(np.float32), atol=2e-3
+    )
+    assert fused["gradcam"].max() > 0.5  # a real map, not the empty one a guided rule gives

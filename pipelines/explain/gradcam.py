@@ -51,20 +51,33 @@ class _DeviceGradCAM(GradCAM):
                 "the Grad-CAM layer was not reached by the model's forward pass; pick a layer "
                 "that is used to compute the prediction"
             )
-        acts, grads = activations[0].detach(), gradients[0].detach()
+        # A module called more than once (ResNet blocks reuse one ReLU) is the layer of its
+        # last call everywhere in LayerScope (see ``features``): the block's output. The package
+        # records every call's activation but, as each call's output is made a leaf, only the
+        # last call's gradient; pair the last of each (the first activation would be the
+        # block's inner ReLU weighted by the output's gradient).
+        acts, grads = activations[-1].detach(), gradients[-1].detach()
         if acts.ndim != 4:
             raise UserError(
                 f"Grad-CAM needs a layer with (C, H, W) output, got shape {tuple(acts.shape[1:])}; "
                 "pick a convolutional layer"
             )
-        # Eq. 1 of the paper: alpha_k^c = global average of d y^c / d A^k.
-        alpha = grads.mean(dim=(2, 3))
-        # Eq. 2: L^c = ReLU(sum_k alpha_k^c A^k), one batched contraction over channels.
-        return F.relu(torch.einsum("bc,bchw->bhw", alpha, acts))
+        return cam_from(acts, grads)
 
     def aggregate_multi_layers(self, cam_per_target_layer: torch.Tensor) -> torch.Tensor:
         # One target layer, and scaling is done by the caller at the display size.
         return cam_per_target_layer
+
+
+def cam_from(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM from the target layer's activations and the class score's gradient there.
+
+    acts, grads: (B, C, h, w) float32 -> (B, h, w) float32, non-negative, unscaled.
+    """
+    # Eq. 1 of the paper: alpha_k^c = global average of d y^c / d A^k.
+    alpha = grads.mean(dim=(2, 3))
+    # Eq. 2: L^c = ReLU(sum_k alpha_k^c A^k), one batched contraction over channels.
+    return F.relu(torch.einsum("bc,bchw->bhw", alpha, acts))
 
 
 def _leaf_output(
