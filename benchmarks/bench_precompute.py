@@ -120,6 +120,11 @@ def run_reference(
     if gradcam_layer:
         start = time.perf_counter()
         target = dict(module.named_modules())[gradcam_layer]
+        # The package loses the gradient of an in-place ReLU's output (VGG's features.29), so the
+        # reference runs on out-of-place ReLUs: the same arithmetic, one more tensor per ReLU.
+        for relu in module.modules():
+            if isinstance(relu, torch.nn.ReLU):
+                relu.inplace = False
         guided = GuidedBackpropReLUModel(module, device=run_model.adapter.device)
         # Every image costs the same here, so a sample of them times the whole loop.
         count = min(len(inputs), reference_explain_images or len(inputs))

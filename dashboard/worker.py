@@ -20,5 +20,7 @@ from pipelines.errors import UserError
 if not os.environ.get("REDIS_URL"):
     raise UserError("the Celery worker needs REDIS_URL (the same one the dashboard server uses)")
 
-app = create_app(Path(os.environ.get("LAYERSCOPE_DATA_DIR", "data")))
-celery = app._background_manager.handle
+# Not named ``app``: ``celery -A dashboard.worker`` takes a module attribute called ``app`` first,
+# and would find the Dash app instead of the Celery one.
+dash_app = create_app(Path(os.environ.get("LAYERSCOPE_DATA_DIR", "data")))
+celery = dash_app._background_manager.handle

@@ -1,7 +1,8 @@
 """Serving the dashboard on 127.0.0.1 and driving it with Playwright + Debian's Chromium.
 
 Browser tests skip when /usr/bin/chromium is missing, unless LAYERSCOPE_REQUIRE_BROWSER=1 (CI),
-where a missing browser is a failure. Screenshots go to ``test-output/``.
+where a missing browser is a failure; the same holds for redis-server (the Celery path) with
+LAYERSCOPE_REQUIRE_REDIS=1. Screenshots go to ``test-output/``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,8 @@ LAUNCH_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_DIR = ROOT / "test-output"
 LARGE = {"width": 2560, "height": 1440}
 SMALL = {"width": 1366, "height": 768}
 
@@ -48,6 +55,89 @@ def require_browser() -> None:
                 f"browser tests are mandatory here (LAYERSCOPE_REQUIRE_BROWSER=1) but {problem}"
             )
         pytest.skip(f"browser tests need Chromium: {problem}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(ready: Any, seconds: float, what: str, process: subprocess.Popen) -> None:
+    """Poll ``ready()`` until it is true; fail with ``what`` if ``process`` dies or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{what} exited with status {process.returncode}")
+        with contextlib.suppress(Exception):
+            if ready():
+                return
+        time.sleep(0.2)
+    pytest.fail(f"{what} was not ready after {seconds:.0f} s")
+
+
+@contextlib.contextmanager
+def stopped_at_exit(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A real redis-server on a free port of 127.0.0.1, persisting nothing; yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        problem = "redis-server is missing (apt-get install redis-server)"
+        if os.environ.get("LAYERSCOPE_REQUIRE_REDIS") == "1":
+            pytest.fail(
+                f"the Celery test is mandatory here (LAYERSCOPE_REQUIRE_REDIS=1) but {problem}"
+            )
+        pytest.skip(f"the Celery test needs Redis: {problem}")
+    import redis
+
+    port = free_port()
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    with stopped_at_exit(process):
+        wait_until(lambda: redis.Redis.from_url(url).ping(), 30, "redis-server", process)
+        yield url
+
+
+@contextlib.contextmanager
+def celery_worker(redis_url: str, data_dir: Path) -> Iterator[Path]:
+    """``celery -A dashboard.worker worker`` (the README's command) for ``data_dir``, until the
+    block ends; yields its log file, test-output/celery-worker.log."""
+    from celery import Celery
+
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    env = {**os.environ, "REDIS_URL": redis_url, "LAYERSCOPE_DATA_DIR": str(data_dir)}
+    command = [sys.executable, "-m", "celery", "-A", "dashboard.worker", "worker"]
+    command += ["--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+    log_path = OUTPUT_DIR / "celery-worker.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    control = Celery(broker=redis_url).control
+    with stopped_at_exit(process):
+        wait_until(lambda: control.ping(timeout=1.0), 120, "the Celery worker", process)
+        yield log_path
 
 
 @contextlib.contextmanager

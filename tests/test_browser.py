@@ -51,6 +51,21 @@ def server(data_dir: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def celery_server(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """The dashboard with REDIS_URL set, a redis-server on a free port and one Celery worker;
+    yields the server's URL and the worker's log."""
+    with bh.redis_server(tmp_path_factory.mktemp("redis")) as redis_url:
+        with bh.celery_worker(redis_url, data_dir) as worker_log:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("REDIS_URL", redis_url)
+                app = create_app(data_dir)
+            with bh.serve(app.server) as url:
+                yield url, worker_log
+
+
 @pytest.fixture
 def watch(browser: Any) -> Iterator[bh.PageWatch]:
     page = bh.PageWatch(browser, bh.LARGE)
@@ -335,6 +350,29 @@ def test_clicking_a_channel_opens_its_heatmap(watch, server):
 
 def test_clicking_a_top10_bar_changes_the_explanation_images(watch, server):
     page = open_small_run(watch, server, "&row=20")
+    bar = click_a_top10_bar_and_wait_for_its_explanations(page)
+    outline = bh.graph_eval(page, "inspector-top10", "gd => gd.data[0].marker.line.color")
+    assert outline[2] != "rgba(0,0,0,0)" and outline.count("rgba(0,0,0,0)") == len(outline) - 1
+    assert f"“{bar['cls']}” (clicked)" in page.inner_text("#inspector-explain-caption")
+    watch.screenshot("class-explanations")
+    assert watch.errors == []
+
+
+def test_top10_bar_explanations_through_celery_and_redis(watch, celery_server):
+    """The scale-out path: with REDIS_URL set, the background callback behind a bar click runs
+    in a Celery worker process (a real ``celery worker`` against a real redis-server)."""
+    url, worker_log = celery_server
+    page = open_small_run(watch, url, "&row=20")
+    click_a_top10_bar_and_wait_for_its_explanations(page)
+    assert watch.errors == []
+    # The worker, not the server, ran it (the diskcache manager would give the same page).
+    log = worker_log.read_text()
+    assert "Task background_callback_" in log and "succeeded" in log, log[-2000:]
+
+
+def click_a_top10_bar_and_wait_for_its_explanations(page: Any) -> dict[str, Any]:
+    """Click the third bar of row 20's top-10 chart; wait until all three explanation images of
+    that class are loaded. Returns the bar's position and class."""
     page.wait_for_function(
         "() => document.getElementById('inspector-hint').textContent.includes('pinned')"
     )
@@ -361,11 +399,7 @@ def test_clicking_a_top10_bar_changes_the_explanation_images(watch, server):
             "(sel) => { const i = document.querySelector(sel); return i.complete && i.naturalWidth > 0 && i.getAttribute('src').includes('explain-class'); }",
             arg=image,
         )
-    assert f"“{bar['cls']}” (clicked)" in page.inner_text("#inspector-explain-caption")
-    outline = bh.graph_eval(page, "inspector-top10", "gd => gd.data[0].marker.line.color")
-    assert outline[2] != "rgba(0,0,0,0)" and outline.count("rgba(0,0,0,0)") == len(outline) - 1
-    watch.screenshot("class-explanations")
-    assert watch.errors == []
+    return bar
 
 
 def test_arrow_keys_step_layers_and_hover_rings_a_box(watch, server):
