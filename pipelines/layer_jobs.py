@@ -1,8 +1,8 @@
 """The embeddings stage's unit of work: reduce one layer (PCA, then every 2-D map) and store it.
 
 On a CPU the layers are reduced in parallel worker processes, one per core. They are spawned
-when the precompute starts, so their start-up (about a second of imports each) overlaps the
-model stage instead of delaying the first layer. This module is what a worker imports, so it
+when the forward stage starts, so their start-up (about two seconds of imports each) overlaps the
+forward pass, which leaves cores free, instead of delaying the first layer. This module is what a worker imports, so it
 stays light: numpy, the store and ``reduce`` (openTSNE), no torch or torchvision.
 """
 
@@ -145,9 +145,9 @@ class LayerWorkers:
     Use as a context manager; ``start()`` early, ``run()`` once the features are on disk.
     """
 
-    def __init__(self, workers: int, threads_per_worker: int = 1):
+    def __init__(self, workers: int, blas_threads: int = 1):
         self.workers = workers
-        self.threads_per_worker = threads_per_worker
+        self.blas_threads = blas_threads
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def __enter__(self) -> LayerWorkers:
@@ -168,7 +168,7 @@ class LayerWorkers:
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=prepare_worker,
-            initargs=(self.threads_per_worker,),
+            initargs=(self.blas_threads,),
         )
         # A spawning pool starts all its processes at the first submit.
         self.pool.submit(_ready)

@@ -372,9 +372,9 @@ class Precompute:
             raise UserError(
                 "--samples must be a positive number of images (or leave it out for all)"
             )
-        workers = self.embedding_workers()
-        threads = max(1, reduce.available_cores() // workers)
-        with self.store.writer_lock(), LayerWorkers(workers, threads) as workers:
+        processes = self.embedding_workers()
+        blas_threads = max(1, reduce.available_cores() // processes)
+        with self.store.writer_lock(), LayerWorkers(processes, blas_threads) as workers:
             self.check_or_create_manifest()
             dataset = open_dataset(self.config.dataset, self.data_dir / "datasets", self.progress)
             n_total = min(self.config.samples or len(dataset.samples), len(dataset.samples))
@@ -575,6 +575,8 @@ class Precompute:
             subsets=manifest["subsets"],
             perplexities={int(n): values for n, values in manifest["perplexities"].items()},
             seed=self.config.seed,
+            # Every worker may thread its maps over all cores: when the other workers run out of
+            # layers, the last ones still use the whole machine (the OS shares the cores).
             n_jobs=reduce.available_cores(),
             tsne_device="cuda" if resolve_device(self.config.device).type == "cuda" else None,
         )

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_workers_limit_blas_threads_so_parallel_pca_does_not_oversubscribe():
-    with LayerWorkers(workers=2, threads_per_worker=1) as workers:
+    with LayerWorkers(workers=2, blas_threads=1) as workers:
         workers.start()
         info = workers.pool.submit(threadpoolctl.threadpool_info).result(timeout=120)
     blas = [pool for pool in info if pool["user_api"] == "blas"]
