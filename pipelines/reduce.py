@@ -2,7 +2,7 @@
 
 The precompute runs this once per layer, so it is the part whose cost is multiplied by the
 number of layers. Its input is already pooled at capture time (``features.pool_activations``).
-The module needs no torch, so the worker processes that run it start in about a second. Stages,
+The module needs no torch, so the worker processes that run it start in about two seconds. Stages,
 each a small pure function with an explicit seed:
 
 1. ``pca_reduce``: principal component analysis (Pearson 1901; Hotelling 1933) keeping the
@@ -18,16 +18,18 @@ map) cost 3-5 s per map for 1,797 points on two cores, and a layer has eight map
 
 - one kNN graph per (layer, subset) at the largest perplexity, re-weighted for the others
   (``PerplexityBasedNN.set_perplexity``), so the neighbour search runs once per subset;
-- 75 + 125 iterations (75 + 75 at small perplexity / n) instead of 250 + 500: a stronger early exaggeration (learning rate 0.35 n
-  instead of n/12, Barnes-Hut theta 0.8 while exaggerated) and a main phase at learning rate 3n
-  with momentum chosen from perplexity / n (``TSNESchedule``) reach the KL divergence of the
-  defaults: the learning-rate argument of Belkina et al. (Nat. Commun. 2019) pushed further,
-  kept stable by openTSNE's step clipping;
+- 75 + 125 iterations (75 + 75 at small perplexity / n) instead of 250 + 500: a stronger early
+  exaggeration (learning rate 0.35 n instead of n/12, Barnes-Hut theta 0.8 while exaggerated)
+  and a main phase at learning rate 3n with momentum chosen from perplexity / n
+  (``TSNESchedule``) reach the KL divergence of the defaults: the learning-rate argument of
+  Belkina et al. (Nat. Commun. 2019) pushed further, kept stable by openTSNE's step clipping;
 - the maps of a layer are independent (each starts from its subset's PCA initialisation), so
   they run in parallel, one single-threaded map per core, which also keeps a busy machine from
   stalling OpenMP barriers (a 2-thread map ran 3x slower than a 1-thread one under load).
 
-Warm starts were measured and rejected: a perplexity started from another perplexity's map
+Also measured and rejected (numbers in ``benchmarks/README.md``): shorter schedules, coarser
+Barnes-Hut, one early-exaggeration phase shared by a subset's perplexities, FFT repulsion at
+these sizes. Warm starts were measured and rejected too: a perplexity started from another perplexity's map
 needs ~125 iterations (little saved, and it serialises the maps), and a subset started from its
 rows of the larger subset's map gets stuck 10-30% above the default KL at perplexity 90.
 
