@@ -17,6 +17,7 @@ images (random 160 px photos-like noise in 10 classes) unless ``--dataset`` name
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import platform
@@ -119,13 +120,13 @@ def run_reference(
     gradcam_layer = manifest["model"]["gradcam_layer"]
     if gradcam_layer:
         start = time.perf_counter()
+        # As a user would run the package: a model with trainable parameters (GradCAM only
+        # records gradients of outputs that require them).
+        module.requires_grad_(True)
         target = dict(module.named_modules())[gradcam_layer]
-        # The package loses the gradient of an in-place ReLU's output (VGG's features.29), so the
-        # reference runs on out-of-place ReLUs: the same arithmetic, one more tensor per ReLU.
-        for relu in module.modules():
-            if isinstance(relu, torch.nn.ReLU):
-                relu.inplace = False
-        guided = GuidedBackpropReLUModel(module, device=run_model.adapter.device)
+        # On its own copy: the guided model swaps every ReLU of the model it is given for one
+        # shared new module, so a ReLU target (VGG's features.29) would drop out of the model.
+        guided = GuidedBackpropReLUModel(copy.deepcopy(module), device=run_model.adapter.device)
         # Every image costs the same here, so a sample of them times the whole loop.
         count = min(len(inputs), reference_explain_images or len(inputs))
         for image, label in zip(inputs[:count], predicted[:count], strict=True):
