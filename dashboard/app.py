@@ -54,8 +54,8 @@ def background_manager(data_dir: Path) -> Any:
             from celery import Celery
         except ImportError:
             raise UserError(
-                "REDIS_URL is set but celery is not installed; `pip install 'dash[celery]'` or "
-                "unset REDIS_URL to use the built-in diskcache background manager"
+                "REDIS_URL is set but celery is not installed; `pip install -r requirements.txt` "
+                "or unset REDIS_URL to use the built-in diskcache background manager"
             ) from None
         celery_app = Celery("layerscope", broker=redis_url, backend=redis_url)
         return dash.CeleryManager(celery_app)
