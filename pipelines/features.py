@@ -128,6 +128,31 @@ def first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
+@contextlib.contextmanager
+def capturing(
+    model: nn.Module,
+    images: torch.Tensor,
+    layer_ids: list[LayerId],
+    transform: OutputTransform = _clone,
+) -> Iterator[dict[LayerId, torch.Tensor]]:
+    """Within the block, each forward pass of ``model`` fills the yielded dict with
+    ``{layer_id: transform(output)}``; ``"input"`` in ``layer_ids`` is ``transform(images)``.
+    ``transform`` runs inside the hook, before later in-place ops can touch the output. The
+    hooks are removed when the block ends, even on an error."""
+    captured: dict[LayerId, torch.Tensor] = {}
+
+    def sink(layer_id: LayerId, output: Any) -> None:
+        tensor = first_tensor(output)
+        if tensor is not None:
+            captured[layer_id] = transform(tensor)
+
+    module_ids = [layer_id for layer_id in layer_ids if layer_id != INPUT_LAYER]
+    with forward_hooks(model, module_ids, sink):
+        if INPUT_LAYER in layer_ids:
+            captured[INPUT_LAYER] = transform(images)
+        yield captured
+
+
 def capture_layers(
     model: nn.Module,
     images: torch.Tensor,
@@ -137,20 +162,9 @@ def capture_layers(
     """One forward pass; returns ``(logits, {layer_id: transform(output)})``.
 
     images: (B, C, H, W) float32, model-ready, on the model's device. ``"input"`` in ``layer_ids``
-    captures ``transform(images)``. ``transform`` runs inside the hook, before later in-place ops
-    can touch the output; pass a pooling function to keep memory small.
+    captures ``transform(images)``; pass a pooling ``transform`` to keep memory small.
     """
-    captured: dict[LayerId, torch.Tensor] = {}
-
-    def sink(layer_id: LayerId, output: Any) -> None:
-        tensor = first_tensor(output)
-        if tensor is not None:
-            captured[layer_id] = transform(tensor)
-
-    module_ids = [layer_id for layer_id in layer_ids if layer_id != INPUT_LAYER]
-    with torch.no_grad(), forward_hooks(model, module_ids, sink):
-        if INPUT_LAYER in layer_ids:
-            captured[INPUT_LAYER] = transform(images)
+    with torch.no_grad(), capturing(model, images, layer_ids, transform) as captured:
         logits = model(images)
     return logits, captured
 

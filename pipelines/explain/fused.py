@@ -35,8 +35,8 @@ from pipelines.explain.guided_backprop import (
     warn_if_no_relus,
 )
 from pipelines.explain.guided_gradcam import guided_gradcam_gradients
-from pipelines.features import OutputTransform, first_tensor, forward_hooks
-from pipelines.types import INPUT_LAYER, LayerId
+from pipelines.features import OutputTransform, capturing
+from pipelines.types import LayerId
 
 
 def predict_and_explain(
@@ -62,13 +62,7 @@ def predict_and_explain(
             f"explanations need (B, 1 or 3, H, W) images, got shape {tuple(images.shape)}; "
             "use a model that takes grayscale or RGB input"
         )
-    captured: dict[LayerId, torch.Tensor] = {}
     kept: dict[str, torch.Tensor] = {}
-
-    def capture(layer_id: LayerId, output: Any) -> None:
-        tensor = first_tensor(output)
-        if tensor is not None:
-            captured[layer_id] = transform(tensor)
 
     def keep_target(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         kept["acts"] = output
@@ -77,19 +71,16 @@ def predict_and_explain(
         return output.clone()
 
     switch = GuideSwitch()
-    module_ids = [layer_id for layer_id in layer_ids if layer_id != INPUT_LAYER]
     target_hook = target_layer.register_forward_hook(keep_target)
     try:
         with (
             torch.enable_grad(),
             preserved_model_state(model),
             guided_relus(model, switch) as n_relus,
-            forward_hooks(model, module_ids, capture),
+            capturing(model, images, layer_ids, transform) as captured,
         ):
             warn_if_no_relus(n_relus)
             pixels = images.detach().requires_grad_(True)
-            if INPUT_LAYER in layer_ids:
-                captured[INPUT_LAYER] = transform(images)
             logits = check_logits(model(pixels))
             if "acts" not in kept or kept["acts"].ndim != 4:
                 raise UserError(
