@@ -49,8 +49,9 @@ class LayerJob:
     perplexities: dict[int, list[float]]
     seed: int
     n_jobs: int
-    # A torch device ("cuda") runs t-SNE in PyTorch there; None runs openTSNE on the CPU.
-    tsne_device: str | None = None
+    # A torch device ("cuda") runs the PCA and t-SNE in PyTorch there; None runs numpy/LAPACK and
+    # openTSNE on the CPU.
+    torch_device: str | None = None
 
     def features(self, store: RunStore, layer_id: str) -> np.ndarray:
         """(N, D) float32 pooled activations of ``layer_id``, from the forward stage's chunks."""
@@ -62,9 +63,7 @@ class LayerJob:
     def __call__(self, layer_id: str) -> str:
         store = RunStore(Path(self.run_dir))
         started = time.perf_counter()
-        scores, info = reduce.pca_reduce(
-            self.features(store, layer_id), variance=0.9, seed=self.seed
-        )
+        scores, info = self.pca(self.features(store, layer_id))
         maps = self.maps(scores)
         for (size, method, perplexity), coords in maps.items():
             store.save_array(
@@ -77,9 +76,18 @@ class LayerJob:
         store.save_json("reduction", info, layer=layer_id)
         return layer_id
 
+    def pca(self, features: np.ndarray) -> tuple[np.ndarray, dict]:
+        """features: (N, D) float32 -> PCA scores keeping 90% of the variance, and their info."""
+        if self.torch_device is None:
+            return reduce.pca_reduce(features, variance=0.9, seed=self.seed)
+        # Imported here for the same reason as in ``maps``.
+        from pipelines import pca_torch
+
+        return pca_torch.pca_reduce_torch(features, 0.9, self.seed, self.torch_device)
+
     def maps(self, scores: np.ndarray) -> dict[tuple[int, str, float | None], np.ndarray]:
         """scores: (N, k) float32 -> every 2D map of the layer, keyed (n, method, perplexity)."""
-        if self.tsne_device is None:
+        if self.torch_device is None:
             return reduce.embed_layer(
                 scores, self.subsets, self.perplexities, self.seed, self.n_jobs
             )
@@ -88,7 +96,9 @@ class LayerJob:
         from pipelines import tsne_torch
 
         pca_only = reduce.embed_layer(scores, self.subsets, {}, self.seed, self.n_jobs)
-        gpu = tsne_torch.embed_subsets_torch(scores, self.perplexities, self.seed, self.tsne_device)
+        gpu = tsne_torch.embed_subsets_torch(
+            scores, self.perplexities, self.seed, self.torch_device
+        )
         return {**pca_only, **gpu}
 
     def copy(self, source: str, layer_id: str) -> None:

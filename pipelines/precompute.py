@@ -578,7 +578,7 @@ class Precompute:
             # Every worker may thread its maps over all cores: when the other workers run out of
             # layers, the last ones still use the whole machine (the OS shares the cores).
             n_jobs=reduce.available_cores(),
-            tsne_device="cuda" if resolve_device(self.config.device).type == "cuda" else None,
+            torch_device="cuda" if resolve_device(self.config.device).type == "cuda" else None,
         )
         start = time.perf_counter() - manifest["stages"]["embeddings"].get("seconds", 0.0)
         bar = tqdm(

@@ -93,7 +93,8 @@ RANDOMIZED_FIRST_RANK = 256
 RANDOMIZED_POWER_ITERATIONS = 6
 # The 2-D PCA view and the t-SNE initialisation need two components even when one would do.
 MIN_COMPONENTS = 2
-# Each PCA form returns all eigenvalues first (to find k), then the scores of the top k on demand.
+# Each PCA form returns all eigenvalues first (to find k), then the scores of the top k on demand,
+# as a (N, k) float32 numpy array.
 ScoresFor = Callable[[int], np.ndarray]
 
 
@@ -114,14 +115,13 @@ def pca_reduce(
     Component signs are fixed (largest |score| positive) so the result does not depend on the
     method or the LAPACK build.
     """
-    x = _as_feature_matrix(features)
-    if not 0.0 < variance <= 1.0:
-        raise ValueError(f"variance must be in (0, 1], got {variance}")
+    x = as_feature_matrix(features)
+    check_variance(variance)
     n, d = x.shape
     centred = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
     total = float(np.einsum("ij,ij->", centred, centred, dtype=np.float64))
     if n < 2 or total <= 0.0:
-        return _constant_result(n, d)
+        return constant_result(n, d)
     method = pca_method(n, d)
     if method == "covariance":
         eigenvalues, scores_for = _covariance_eig(centred)
@@ -129,8 +129,28 @@ def pca_reduce(
         eigenvalues, scores_for = _gram_eig(centred)
     else:
         eigenvalues, scores_for = _randomized_eig(centred, total, variance, seed)
+    return pca_result(eigenvalues, scores_for, total, variance, method, (n, d))
+
+
+def check_variance(variance: float) -> None:
+    if not 0.0 < variance <= 1.0:
+        raise ValueError(f"variance must be in (0, 1], got {variance}")
+
+
+def pca_result(
+    eigenvalues: np.ndarray,
+    scores_for: ScoresFor,
+    total: float,
+    variance: float,
+    method: str,
+    shape: tuple[int, int],
+) -> tuple[FloatArray, dict]:
+    """``pca_reduce``'s result from one PCA form's eigenvalues and scores (shared with the
+    PyTorch form in ``pca_torch``). eigenvalues: (m,) float64 descending; total: the centred
+    data's sum of squares; shape: the data's (N, D)."""
+    n, d = shape
     k = components_for_variance(eigenvalues, total, variance)
-    scores = _fix_signs(scores_for(k))
+    scores = fix_signs(scores_for(k))
     if scores.shape[1] < MIN_COMPONENTS:
         # D == 1 (or rank-1 randomized output): pad so the 2-D PCA view still has two axes.
         scores = np.pad(scores, ((0, 0), (0, MIN_COMPONENTS - scores.shape[1])))
@@ -163,7 +183,7 @@ def components_for_variance(eigenvalues: np.ndarray, total: float, variance: flo
     return max(MIN_COMPONENTS, min(k, eigenvalues.shape[0]))
 
 
-def _as_feature_matrix(features: np.ndarray) -> FloatArray:
+def as_feature_matrix(features: np.ndarray) -> FloatArray:
     x = np.asarray(features, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"features must be (N, D), got shape {x.shape}")
@@ -175,7 +195,7 @@ def _as_feature_matrix(features: np.ndarray) -> FloatArray:
     return x
 
 
-def _constant_result(n: int, d: int) -> tuple[FloatArray, dict]:
+def constant_result(n: int, d: int) -> tuple[FloatArray, dict]:
     info = {
         "kept_dims": MIN_COMPONENTS,
         "explained_variance": 1.0,
@@ -242,7 +262,7 @@ def _randomized_eig(
     return values, scores_for
 
 
-def _fix_signs(scores: np.ndarray) -> np.ndarray:
+def fix_signs(scores: np.ndarray) -> np.ndarray:
     """Flip each component so its largest-magnitude score is positive. scores: (N, k)."""
     if scores.size == 0:
         return scores

@@ -15,6 +15,7 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
+from pipelines import reduce
 from pipelines import tsne_torch as T
 from pipelines.errors import UserError
 from pipelines.reduce import knn_preservation
@@ -328,7 +329,11 @@ def test_gpu_path_of_the_embeddings_stage_runs_the_same_code_on_cpu(tmp_path):
         n_jobs=1,
     )
     cpu_keys = set(LayerJob(**settings).maps(features))
-    assert LayerJob(**settings, tsne_device="cpu")("fc") == "fc"
+    assert LayerJob(**settings, torch_device="cpu")("fc") == "fc"
+    # The PCA ran in PyTorch too, and kept what the numpy PCA keeps.
+    info = store.load_json("reduction", layer="fc")
+    numpy_info = reduce.pca_reduce(features)[1]
+    assert info["kept_dims"] == numpy_info["kept_dims"] and info["method"] == "covariance"
     for size, method, perplexity in cpu_keys:
         coords = store.load_array("embedding", **embedding_key("fc", size, method, perplexity))
         assert coords.shape == (size, 2) and np.isfinite(coords).all()

@@ -1,0 +1,113 @@
+"""PCA in PyTorch: the GPU path's ``reduce.pca_reduce``, with the same contract and method choice.
+
+On the GPU path the embeddings stage runs in the precompute's own process, one layer after
+another; there, the covariance eigenproblem of a (13k, 2048) layer is a few milliseconds on the
+device instead of about a second of LAPACK on the host. Same forms as the numpy version (never a
+full SVD of the data): the D x D covariance eigenproblem when D <= N, the N x N Gram one when
+N < D, and a randomized SVD (Halko, Martinsson & Tropp, "Finding structure with randomness",
+SIAM Review 53, 2011) when both sides are large. The choice of k, the sign convention and the
+info dict are ``reduce``'s own (``pca_result``), so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipelines import reduce
+from pipelines.types import FloatArray
+
+
+def pca_reduce_torch(
+    features: np.ndarray, variance: float = 0.9, seed: int = 0, device: str = "cuda"
+) -> tuple[FloatArray, dict]:
+    """``reduce.pca_reduce`` computed on ``device``.
+
+    features: (N, D) float (float32 expected). Returns ``(scores (N, k) float32 numpy, info)``
+    exactly as ``reduce.pca_reduce`` documents them.
+    """
+    matrix = reduce.as_feature_matrix(features)
+    reduce.check_variance(variance)
+    n, d = matrix.shape
+    x = torch.from_numpy(matrix).to(device)
+    centred = x - x.mean(dim=0, dtype=torch.float64).float()
+    total = float(torch.linalg.vector_norm(centred, dtype=torch.float64) ** 2)
+    if n < 2 or total <= 0.0:
+        return reduce.constant_result(n, d)
+    method = reduce.pca_method(n, d)
+    if method == "covariance":
+        eigenvalues, scores_for = _covariance_eig(centred)
+    elif method == "gram":
+        eigenvalues, scores_for = _gram_eig(centred)
+    else:
+        eigenvalues, scores_for = _randomized_eig(centred, total, variance, seed)
+    return reduce.pca_result(eigenvalues, scores_for, total, variance, method, (n, d))
+
+
+def _descending_eigh(matrix: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """Eigenpairs of a symmetric PSD (m, m) float32 matrix, largest first: (values (m,) float64
+    numpy, clipped at 0, and vectors (m, m) float32 on the matrix's device)."""
+    values, vectors = torch.linalg.eigh(matrix)
+    values = values.flip(0).double().clamp_min(0.0).cpu().numpy()  # negatives are rounding
+    return values, vectors.flip(1)
+
+
+def _covariance_eig(centred: torch.Tensor) -> tuple[np.ndarray, reduce.ScoresFor]:
+    """D x D eigenproblem of X^T X; scores = X V. centred: (N, D) float32."""
+    values, vectors = _descending_eigh(centred.T @ centred)
+
+    def scores_for(k: int) -> np.ndarray:
+        return (centred @ vectors[:, :k]).cpu().numpy()
+
+    return values, scores_for
+
+
+def _gram_eig(centred: torch.Tensor) -> tuple[np.ndarray, reduce.ScoresFor]:
+    """N x N eigenproblem of X X^T; scores = U S. centred: (N, D) float32."""
+    values, vectors = _descending_eigh(centred @ centred.T)
+
+    def scores_for(k: int) -> np.ndarray:
+        singular = torch.from_numpy(np.sqrt(values[:k])).float().to(vectors.device)
+        return (vectors[:, :k] * singular).cpu().numpy()
+
+    return values, scores_for
+
+
+def _randomized_eig(
+    centred: torch.Tensor, total: float, variance: float, seed: int
+) -> tuple[np.ndarray, reduce.ScoresFor]:
+    """Leading singular triplets, widening the rank until ``variance`` is explained (as
+    ``reduce._randomized_eig`` does with scikit-learn's randomized SVD)."""
+    rank, full = reduce.RANDOMIZED_FIRST_RANK, min(centred.shape)
+    while True:
+        rank = min(rank, full)
+        u, s = randomized_svd(centred, rank, reduce.RANDOMIZED_POWER_ITERATIONS, seed)
+        values = s.double().cpu().numpy() ** 2
+        if values.sum() >= variance * total or rank == full:
+            break
+        rank *= 2
+
+    def scores_for(k: int) -> np.ndarray:
+        return (u[:, :k] * s[:k]).cpu().numpy()
+
+    return values, scores_for
+
+
+def randomized_svd(
+    x: torch.Tensor, rank: int, power_iterations: int, seed: int, oversample: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors (N, rank) and singular values (rank,) of x: (N, D) float32.
+
+    The Gaussian test matrix is drawn on the CPU from ``seed``, so a seed gives the same result
+    on every device; QR between the power iterations keeps float32 from losing the small
+    directions (the scheme scikit-learn's ``randomized_svd`` uses).
+    """
+    width = min(rank + oversample, min(x.shape))
+    generator = torch.Generator().manual_seed(seed)
+    test = torch.randn(x.shape[1], width, generator=generator).to(x.device)
+    basis, _ = torch.linalg.qr(x @ test)
+    for _ in range(power_iterations):
+        basis, _ = torch.linalg.qr(x.T @ basis)
+        basis, _ = torch.linalg.qr(x @ basis)
+    small_u, singular, _ = torch.linalg.svd(basis.T @ x, full_matrices=False)
+    return (basis @ small_u)[:, :rank], singular[:rank]
