@@ -157,7 +157,10 @@ def layer_box(page: Any, layer_id: str) -> dict[str, float]:
 
 
 def pin_a_point(page: Any) -> dict[str, Any]:
-    point = bh.isolated_point(page, "embedding-graph")
+    row = bh.isolated_point(page, "embedding-graph")["customdata"]
+    # Hover first and wait until plotly reports that very point, then click where the hover
+    # landed: a click aimed from a stale measurement (layout still settling) can miss the point.
+    point = bh.hover_point(page, "embedding-graph", f"(trace, i) => trace.customdata[i] === {row}")
     page.mouse.click(point["x"], point["y"])
     page.wait_for_function(
         "(row) => document.getElementById('inspector-hint').textContent.includes('row ' + row + ' · pinned')",
