@@ -4,9 +4,12 @@
     .venv/bin/python benchmarks/bench_precompute.py --dataset digits --model smallcnn --samples 0
 
 (a) LayerScope: ``pipelines.precompute.Precompute`` end to end (a fresh run each time).
-(b) Reference, the way the prototype did it: per-image ``grad-cam`` (GradCAM and
-    GuidedBackpropReLUModel one image at a time), per-layer features kept at full size, scikit-learn
-    full-SVD PCA, and openTSNE with default settings for every layer x subset x perplexity.
+(b) Reference, the way the prototype did it: one forward pass per image, per-image ``grad-cam``
+    (GradCAM and GuidedBackpropReLUModel one image at a time), scikit-learn full-SVD PCA, and
+    openTSNE with default settings for every layer x subset x perplexity. It pools each image's
+    maps the way LayerScope does (``pool_activations``, the first step of the product's reduction),
+    so both do the same work: full-size VGG16 maps of all 40 layers are ~120 MB per image, and
+    keeping them for 1,000 images got the reference OOM-killed at 24 GiB.
 
 The reference can take hours on a CPU; ``--reference-layers K`` times it on K evenly spaced layers
 and scales the per-layer cost to all layers, and ``--reference-explain-images M`` times its
@@ -35,8 +38,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.datasets import open_dataset  # noqa: E402
-from pipelines.features import capture_layers  # noqa: E402
-from pipelines.precompute import Precompute, PrecomputeConfig  # noqa: E402
+from pipelines.features import capture_layers, pool_activations  # noqa: E402
+from pipelines.precompute import MAX_POOLED_DIMS, Precompute, PrecomputeConfig  # noqa: E402
 from pipelines.store import runs_dir  # noqa: E402
 
 
@@ -114,7 +117,7 @@ def run_reference(
         logits, captured = capture_layers(module, image, timed_layers)
         predicted.append(int(logits.argmax()))
         for layer, value in captured.items():
-            features[layer].append(value.flatten(1).cpu().numpy())
+            features[layer].append(pool_activations(value, MAX_POOLED_DIMS).cpu().numpy())
     times["forward (per image)"] = time.perf_counter() - start
 
     gradcam_layer = manifest["model"]["gradcam_layer"]
