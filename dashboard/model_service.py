@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
@@ -41,6 +42,7 @@ from components.activations import (
 )
 from components.images import encode_png, gradcam_overlay
 from dashboard.data import EXPLANATION_METHODS, RunData
+from pipelines.cores import idle_cores
 from pipelines.errors import UserError
 from pipelines.features import capture_layers
 
@@ -49,11 +51,21 @@ LOG = logging.getLogger(__name__)
 MEMORY_BYTES = 1 << 30  # activations kept in RAM: ~9 VGG16 samples with every layer
 DISK_BYTES = 4 << 30
 CACHE_DIR_NAME = "cache"
-# Intra-op threads for one request's forward pass: half the cores. Measured on a 2-core machine
-# with other work running, one thread ran a VGG16 forward in 0.5 s and two in 1.2 s (OpenMP's
-# fork-join stalls when its threads are preempted), and a smallcnn forward in 0.6 ms vs 9-70 ms;
-# concurrent requests also stop oversubscribing the cores.
-SERVE_THREADS = max(1, (os.cpu_count() or 1) // 2)
+# Intra-op threads for one request's forward pass: the cores idle right now, for models whose
+# pass is long enough to split. Measured on 2 cores: VGG16 at 224 px took 0.26 s on two idle
+# cores and 0.44 s on one, but 1.2 s on two while other work ran (OpenMP's fork-join stalls when
+# its threads are preempted); smallcnn took 0.6 ms on one thread and 9-70 ms on two under load.
+# Concurrent requests see each other's cores busy, so they do not oversubscribe either.
+PARALLEL_MIN_CPU_SECONDS = 0.05
+IDLE_SAMPLE_SECONDS = 0.02
+
+
+def request_threads(previous_cpu_seconds: float | None) -> int:
+    """Threads for a CPU model whose last pass cost ``previous_cpu_seconds`` (wall seconds x
+    threads; None before its first pass): one for short passes, else the idle cores."""
+    if previous_cpu_seconds is not None and previous_cpu_seconds < PARALLEL_MIN_CPU_SECONDS:
+        return 1
+    return idle_cores(IDLE_SAMPLE_SECONDS)
 
 
 @contextlib.contextmanager
@@ -177,6 +189,7 @@ class ModelService:
         self.disk_bytes = disk_bytes
         self.max_models = max_models
         self._models: OrderedDict[tuple[str, int], tuple[Any, threading.Lock]] = OrderedDict()
+        self._pass_cpu_seconds: dict[tuple[str, int], float] = {}
         self._activations = ByteLRU(memory_bytes)
         self._derived = ByteLRU(64 << 20)  # scores, grid PNGs, explanation PNGs
         self._disk: Any = None
@@ -282,13 +295,27 @@ class ModelService:
                     self._models.popitem(last=False)
             return entry
 
+    @contextlib.contextmanager
+    def _threads_for_pass(self, run: RunData, model: Any) -> Iterator[None]:
+        """Run one request's torch work on as many threads as suit this model and machine now."""
+        if model.adapter.device.type != "cpu":
+            yield
+            return
+        key = (run.run_id, run.version)
+        # A forked background-callback process always runs one thread (see torch_threads).
+        threads = 1 if _FORKED_CHILD else request_threads(self._pass_cpu_seconds.get(key))
+        with torch_threads(threads):
+            start = time.perf_counter()
+            yield
+            self._pass_cpu_seconds[key] = (time.perf_counter() - start) * threads
+
     # ---- activations ------------------------------------------------------------------------
 
     def _capture(self, run: RunData, row: int) -> dict[str, np.ndarray]:
         """One forward pass of sample ``row``: every layer's output, (C, H, W) / (F,) float32."""
         model, lock = self.model(run)
         layer_ids = run.layer_ids
-        with lock, torch_threads(SERVE_THREADS):
+        with lock, self._threads_for_pass(run, model):
             images = model.input_for(row)
             if images.device.type == "cpu" and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -396,7 +423,7 @@ class ModelService:
             from pipelines.explain import explain_batch
 
             model, lock = self.model(run)
-            with lock, torch_threads(SERVE_THREADS):
+            with lock, self._threads_for_pass(run, model):
                 images = model.input_for(row)
                 target = model.layer_module(layer_name)
                 classes = torch.tensor([int(class_index)], device=images.device)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 import re
 import sys
 import time
@@ -26,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 from tqdm import tqdm
 
 from pipelines import reduce
+from pipelines.cores import available_cores, idle_cores
 from pipelines.datasets import Dataset, open_dataset
 from pipelines.errors import UserError
 from pipelines.explain import last_spatial_conv_layer
@@ -59,6 +58,8 @@ from pipelines.store import RunStore, runs_dir
 THUMBNAIL_SIZE = 64
 MAX_EXPLANATION_SIZE = 112
 MAX_POOLED_DIMS = 2048
+# Long enough to average over a few scheduler ticks; paid once per run, before training.
+FREE_CORES_SAMPLE_SECONDS = 0.2
 CHUNK_SAMPLES = 512
 TOP_K = 10
 STAGES = ("index", "model", "forward", "embeddings")
@@ -99,19 +100,7 @@ def use_threads_for(config: PrecomputeConfig, stage: str) -> None:
     """
     if config.model != "smallcnn" or resolve_device(config.device).type != "cpu":
         return
-    torch.set_num_threads(free_cores() if stage == "model" else 1)
-
-
-def free_cores(sample_seconds: float = 0.2) -> int:
-    """Cores of this process's CPU set that were idle over the next ``sample_seconds``; at least
-    one. Sampled now rather than read from the load average, which lags by a minute (right
-    after a pip install it still says one core is busy)."""
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    per_cpu = psutil.cpu_percent(interval=sample_seconds, percpu=True)
-    if usable is not None:
-        per_cpu = [per_cpu[cpu] for cpu in usable if cpu < len(per_cpu)]
-    idle = sum(1.0 - percent / 100.0 for percent in per_cpu)
-    return max(1, min(len(per_cpu), round(idle)))
+    torch.set_num_threads(idle_cores(FREE_CORES_SAMPLE_SECONDS) if stage == "model" else 1)
 
 
 def default_run_id(config: PrecomputeConfig) -> str:
@@ -373,7 +362,7 @@ class Precompute:
                 "--samples must be a positive number of images (or leave it out for all)"
             )
         processes = self.embedding_workers()
-        blas_threads = max(1, reduce.available_cores() // processes)
+        blas_threads = max(1, available_cores() // processes)
         with self.store.writer_lock(), LayerWorkers(processes, blas_threads) as workers:
             self.check_or_create_manifest()
             dataset = open_dataset(self.config.dataset, self.data_dir / "datasets", self.progress)
@@ -577,7 +566,7 @@ class Precompute:
             seed=self.config.seed,
             # Every worker may thread its maps over all cores: when the other workers run out of
             # layers, the last ones still use the whole machine (the OS shares the cores).
-            n_jobs=reduce.available_cores(),
+            n_jobs=available_cores(),
             torch_device="cuda" if resolve_device(self.config.device).type == "cuda" else None,
         )
         start = time.perf_counter() - manifest["stages"]["embeddings"].get("seconds", 0.0)
@@ -619,7 +608,7 @@ class Precompute:
     def embedding_workers(self) -> int:
         if resolve_device(self.config.device).type == "cuda":
             return 1  # the GPU path runs in this process
-        return reduce.available_cores()
+        return available_cores()
 
 
 def library_versions() -> dict[str, str]:

@@ -40,7 +40,6 @@ default ``TSNE().fit`` and 10-nearest-neighbour preservation within 0.02 of it.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from openTSNE.affinity import PerplexityBasedNN
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.extmath import randomized_svd
 
+from pipelines.cores import available_cores
 from pipelines.errors import UserError
 from pipelines.subsets import (
     largest_perplexity,
@@ -62,7 +62,6 @@ from pipelines.subsets import (
 from pipelines.types import FloatArray
 
 __all__ = [
-    "available_cores",
     "EmbeddingKey",
     "MapJob",
     "TSNESchedule",
@@ -495,13 +494,6 @@ def pca_initialisation(x: np.ndarray, seed: int) -> np.ndarray:
     init *= INIT_STD / spread
     init += rng.normal(0.0, INIT_STD * INIT_JITTER, size=init.shape)
     return init
-
-
-def available_cores() -> int:
-    """The cores this process may run on (a container's CPU set), not the machine's count."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _cores(n_jobs: int) -> int:

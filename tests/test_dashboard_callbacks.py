@@ -422,6 +422,17 @@ def test_forward_threads_are_restored():
     assert torch.get_num_threads() == before
 
 
+def test_request_threads_split_only_long_passes(monkeypatch):
+    import dashboard.model_service as service_module
+
+    monkeypatch.setattr(service_module, "idle_cores", lambda seconds: 2)
+    assert service_module.request_threads(None) == 2  # first pass: cost unknown
+    assert service_module.request_threads(0.4) == 2  # VGG16-sized pass on idle cores
+    assert service_module.request_threads(0.001) == 1  # smallcnn-sized: not worth a thread
+    monkeypatch.setattr(service_module, "idle_cores", lambda seconds: 1)
+    assert service_module.request_threads(0.4) == 1  # a busy machine
+
+
 def test_byte_lru_is_bounded():
     lru = ByteLRU(max_bytes=1000)
     for i in range(5):
