@@ -158,15 +158,31 @@ def capture_layers(
     images: torch.Tensor,
     layer_ids: list[LayerId],
     transform: OutputTransform = _clone,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, dict[LayerId, torch.Tensor]]:
     """One forward pass; returns ``(logits, {layer_id: transform(output)})``.
 
     images: (B, C, H, W) float32, model-ready, on the model's device. ``"input"`` in ``layer_ids``
     captures ``transform(images)``; pass a pooling ``transform`` to keep memory small.
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the model under ``torch.autocast``; the
+    logits and captured outputs then come in that dtype.
     """
-    with torch.no_grad(), capturing(model, images, layer_ids, transform) as captured:
+    with (
+        torch.no_grad(),
+        capturing(model, images, layer_ids, transform) as captured,
+        autocast_to(images.device, autocast_dtype),
+    ):
         logits = model(images)
     return logits, captured
+
+
+def autocast_to(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision for a forward pass on ``device``: autocast to ``dtype``, or nothing."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def layer_type(module: nn.Module) -> str:

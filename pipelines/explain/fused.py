@@ -35,7 +35,7 @@ from pipelines.explain.guided_backprop import (
     warn_if_no_relus,
 )
 from pipelines.explain.guided_gradcam import guided_gradcam_gradients
-from pipelines.features import OutputTransform, capturing
+from pipelines.features import OutputTransform, autocast_to, capturing
 from pipelines.types import LayerId
 
 
@@ -46,12 +46,14 @@ def predict_and_explain(
     layer_ids: list[LayerId],
     transform: OutputTransform,
     out_size: int,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, dict[LayerId, torch.Tensor], dict[str, np.ndarray]]:
     """Logits, captured layers and the three explanations of each image's top-1 class.
 
     images: (B, C, H, W) float32 model-ready on the model's device, C in {1, 3}; layer_ids and
     transform as for ``features.capture_layers`` (``transform`` must detach); out_size as for
-    ``explain_batch``. Returns ``(logits (B, K) detached, {layer_id: transform(output)},
+    ``explain_batch``; ``autocast_dtype`` as for ``capture_layers`` (the forward pass runs under
+    autocast, the backward passes in the dtypes it chose, the maps in float32). Returns ``(logits (B, K) detached, {layer_id: transform(output)},
     {"gradcam", "guided_backprop", "guided_gradcam": display arrays as explain_batch})``.
     The model is left as it was: mode, ``requires_grad``, ``.grad``, ReLU modules, no hooks.
     """
@@ -81,7 +83,8 @@ def predict_and_explain(
         ):
             warn_if_no_relus(n_relus)
             pixels = images.detach().requires_grad_(True)
-            logits = check_logits(model(pixels))
+            with autocast_to(pixels.device, autocast_dtype):
+                logits = check_logits(model(pixels))
             if "acts" not in kept or kept["acts"].ndim != 4:
                 raise UserError(
                     "the Grad-CAM layer was not reached by the model's forward pass, or has no "
@@ -95,7 +98,7 @@ def predict_and_explain(
             (pixel_grads,) = torch.autograd.grad(score, pixels)
     finally:
         target_hook.remove()
-    cams = cam_from(kept.pop("acts").detach(), target_grads)
+    cams = cam_from(kept.pop("acts").detach().float(), target_grads.float())
     explanations = {
         "gradcam": cam_display(cams, out_size),
         "guided_backprop": gradients_display(pixel_grads, out_size),
