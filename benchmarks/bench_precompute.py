@@ -20,18 +20,22 @@ images (random 160 px photos-like noise in 10 classes) unless ``--dataset`` name
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import copy
 import datetime
+import multiprocessing
 import os
 import platform
-import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 
@@ -49,8 +53,40 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+class PeakMemory:
+    """Largest total resident memory of this process and/or its descendants while the block runs,
+    sampled every ``interval`` seconds (GiB in ``.peak``).
+
+    Sampled rather than read from ``getrusage``: LayerScope's embedding workers are separate
+    processes, and Linux carries a parent's peak into a spawned child's ``ru_maxrss``.
+    """
+
+    def __init__(self, include_self: bool, interval: float = 0.2):
+        self.include_self = include_self
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while True:
+            processes = me.children(recursive=True) + ([me] if self.include_self else [])
+            total = 0
+            for process in processes:
+                with contextlib.suppress(psutil.Error):  # it may have just exited
+                    total += process.memory_info().rss
+            self.peak = max(self.peak, total / 2**30)
+            if self._stop.wait(self.interval):
+                return
 
 
 def synthetic_folder(root: Path, samples: int, classes: int = 10, size: int = 160) -> Path:
@@ -161,6 +197,18 @@ def run_reference(
     return times
 
 
+def run_reference_apart(*args: object) -> tuple[dict[str, float], float]:
+    """``run_reference`` in a fresh process, so its memory is measured apart from LayerScope's
+    (which this process may still hold): (times, peak GiB)."""
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        PeakMemory(include_self=False) as memory,
+        concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool,
+    ):
+        times = pool.submit(run_reference, *args).result()
+    return times, memory.peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -201,8 +249,8 @@ def main() -> None:
         )
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        ours = run_layerscope(config, work / "data")
-        ours_rss = peak_rss_gib()
+        with PeakMemory(include_self=True) as memory:
+            ours = run_layerscope(config, work / "data")
         ours_gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
         print(f"\n## {datetime.date.today()} — {machine()}")
         print(
@@ -212,9 +260,12 @@ def main() -> None:
         print("| stage | LayerScope (s) |\n| --- | ---: |")
         for name, seconds in ours.items():
             print(f"| {name} | {seconds:.1f} |")
-        print(f"\npeak RSS {ours_rss:.2f} GiB, peak GPU memory {ours_gpu:.2f} GiB")
+        print(
+            f"\npeak RSS {memory.peak:.2f} GiB (all processes together), "
+            f"peak GPU memory {ours_gpu:.2f} GiB"
+        )
         if not args.skip_reference:
-            reference = run_reference(
+            reference, reference_rss = run_reference_apart(
                 config, work / "data", args.reference_layers, args.reference_explain_images
             )
             note = (
@@ -225,6 +276,7 @@ def main() -> None:
             print(f"\n| reference stage{note} | seconds |\n| --- | ---: |")
             for name, seconds in reference.items():
                 print(f"| {name} | {seconds:.1f} |")
+            print(f"\nreference peak RSS {reference_rss:.2f} GiB")
             print(
                 f"\n**speed-up: {reference['total'] / ours['total']:.1f}x** "
                 f"(reference {reference['total']:.0f} s vs LayerScope {ours['total']:.0f} s)"
