@@ -412,7 +412,10 @@
         return emptyInspector(info, message, pinned);
       }
       var row = isNumber(s.hovered) ? s.hovered : pinned;
-      var mode = isNumber(s.hovered) ? "hover" : (pinned !== null ? "pinned" : "last");
+      // Hovering the pinned point itself (right after clicking it) reads as pinned: the click
+      // is confirmed at once rather than when the mouse leaves the point.
+      var hoveringOther = isNumber(s.hovered) && s.hovered !== pinned;
+      var mode = hoveringOther ? "hover" : (pinned !== null ? "pinned" : "last");
       if (row === null && shown && shown.run === info.run && isNumber(shown.row)) {
         row = shown.row;
       }

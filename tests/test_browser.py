@@ -160,6 +160,7 @@ def pin_a_point(page: Any) -> dict[str, Any]:
     row = bh.isolated_point(page, "embedding-graph")["customdata"]
     # Hover first and wait until plotly reports that very point, then click where the hover
     # landed: a click aimed from a stale measurement (layout still settling) can miss the point.
+    # The mouse stays on the point, and the hint must still confirm the pin (not "hovering").
     point = bh.hover_point(page, "embedding-graph", f"(trace, i) => trace.customdata[i] === {row}")
     page.mouse.click(point["x"], point["y"])
     page.wait_for_function(
