@@ -611,7 +611,8 @@ class Precompute:
             self.store.write_manifest(manifest)
             if check is not None:
                 choice = manifest["forward_precision"]
-                print(
+                # Through tqdm: the forward stage's progress bar is on screen.
+                tqdm.write(
                     f"note: forward pass in {choice['dtype']}: {choice['reason']}", file=sys.stderr
                 )
         return manifest["forward_precision"]["dtype"]

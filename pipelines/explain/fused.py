@@ -53,8 +53,9 @@ def predict_and_explain(
     images: (B, C, H, W) float32 model-ready on the model's device, C in {1, 3}; layer_ids and
     transform as for ``features.capture_layers`` (``transform`` must detach); out_size as for
     ``explain_batch``; ``autocast_dtype`` as for ``capture_layers`` (the forward pass runs under
-    autocast, the backward passes in the dtypes it chose, the maps in float32). Returns ``(logits (B, K) detached, {layer_id: transform(output)},
-    {"gradcam", "guided_backprop", "guided_gradcam": display arrays as explain_batch})``.
+    autocast, the backward passes in the dtypes it chose, the maps in float32). Returns
+    ``(logits (B, K) detached, {layer_id: transform(output)}, {"gradcam", "guided_backprop",
+    "guided_gradcam": display arrays as explain_batch})``.
     The model is left as it was: mode, ``requires_grad``, ``.grad``, ReLU modules, no hooks.
     """
     check_eager(model)
