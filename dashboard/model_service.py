@@ -20,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import threading
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
@@ -52,20 +52,28 @@ MEMORY_BYTES = 1 << 30  # activations kept in RAM: ~9 VGG16 samples with every l
 DISK_BYTES = 4 << 30
 CACHE_DIR_NAME = "cache"
 # Intra-op threads for one request's forward pass: the cores idle right now, for models whose
-# pass is long enough to split. Measured on 2 cores: VGG16 at 224 px took 0.26 s on two idle
+# pass is big enough to split. Measured on 2 cores: VGG16 at 224 px took 0.26 s on two idle
 # cores and 0.44 s on one, but 1.2 s on two while other work ran (OpenMP's fork-join stalls when
 # its threads are preempted); smallcnn took 0.6 ms on one thread and 9-70 ms on two under load.
 # Concurrent requests see each other's cores busy, so they do not oversubscribe either.
-PARALLEL_MIN_CPU_SECONDS = 0.05
+# "Big enough" is judged by the values the layers output, known from the manifest before any
+# pass runs (a timed first pass would include one-off warm-up): smallcnn on digits outputs 67k,
+# VGG16 at 224 px 28.8M.
+PARALLEL_MIN_ACTIVATIONS = 1_000_000
 IDLE_SAMPLE_SECONDS = 0.02
 
 
-def request_threads(previous_cpu_seconds: float | None) -> int:
-    """Threads for a CPU model whose last pass cost ``previous_cpu_seconds`` (wall seconds x
-    threads; None before its first pass): one for short passes, else the idle cores."""
-    if previous_cpu_seconds is not None and previous_cpu_seconds < PARALLEL_MIN_CPU_SECONDS:
+def request_threads(activation_values: int) -> int:
+    """Threads for one pass of a CPU model whose layers output ``activation_values`` values:
+    one for small models, else the cores idle now."""
+    if activation_values < PARALLEL_MIN_ACTIVATIONS:
         return 1
     return idle_cores(IDLE_SAMPLE_SECONDS)
+
+
+def activation_values(layers: list[dict[str, Any]]) -> int:
+    """Values one sample's forward pass outputs, over the manifest's layers."""
+    return sum(math.prod(layer.get("output_shape") or [0]) for layer in layers)
 
 
 @contextlib.contextmanager
@@ -189,7 +197,6 @@ class ModelService:
         self.disk_bytes = disk_bytes
         self.max_models = max_models
         self._models: OrderedDict[tuple[str, int], tuple[Any, threading.Lock]] = OrderedDict()
-        self._pass_cpu_seconds: dict[tuple[str, int], float] = {}
         self._activations = ByteLRU(memory_bytes)
         self._derived = ByteLRU(64 << 20)  # scores, grid PNGs, explanation PNGs
         self._disk: Any = None
@@ -301,13 +308,10 @@ class ModelService:
         if model.adapter.device.type != "cpu":
             yield
             return
-        key = (run.run_id, run.version)
         # A forked background-callback process always runs one thread (see torch_threads).
-        threads = 1 if _FORKED_CHILD else request_threads(self._pass_cpu_seconds.get(key))
+        threads = 1 if _FORKED_CHILD else request_threads(activation_values(run.layers))
         with torch_threads(threads):
-            start = time.perf_counter()
             yield
-            self._pass_cpu_seconds[key] = (time.perf_counter() - start) * threads
 
     # ---- activations ------------------------------------------------------------------------
 

@@ -422,15 +422,19 @@ def test_forward_threads_are_restored():
     assert torch.get_num_threads() == before
 
 
-def test_request_threads_split_only_long_passes(monkeypatch):
+def test_request_threads_split_only_big_passes(monkeypatch):
     import dashboard.model_service as service_module
 
+    vgg16_layers = [{"output_shape": [64, 224, 224]}] * 2 + [{"output_shape": [1000]}]
+    smallcnn_layers = [{"output_shape": [32, 8, 8]}, {"output_shape": [10]}, {"output_shape": []}]
+    assert service_module.activation_values(vgg16_layers) == 2 * 64 * 224 * 224 + 1000
+    assert service_module.activation_values(smallcnn_layers) == 32 * 64 + 10
     monkeypatch.setattr(service_module, "idle_cores", lambda seconds: 2)
-    assert service_module.request_threads(None) == 2  # first pass: cost unknown
-    assert service_module.request_threads(0.4) == 2  # VGG16-sized pass on idle cores
-    assert service_module.request_threads(0.001) == 1  # smallcnn-sized: not worth a thread
+    vgg16 = service_module.activation_values(vgg16_layers)
+    assert service_module.request_threads(vgg16) == 2  # big pass, idle cores
+    assert service_module.request_threads(2058) == 1  # smallcnn-sized: not worth a thread
     monkeypatch.setattr(service_module, "idle_cores", lambda seconds: 1)
-    assert service_module.request_threads(0.4) == 1  # a busy machine
+    assert service_module.request_threads(vgg16) == 1  # a busy machine
 
 
 def test_byte_lru_is_bounded():
