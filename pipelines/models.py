@@ -249,9 +249,8 @@ def build_torchscript(spec: str, device: torch.device, input_size: int | None) -
     path = existing_file(spec)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", FutureWarning
-            )  # TorchScript is deprecated, still supported
+            # TorchScript is deprecated, still supported.
+            warnings.simplefilter("ignore", FutureWarning)
             scripted = torch.jit.load(str(path), map_location=device)
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's file
         raise UserError(

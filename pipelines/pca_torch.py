@@ -5,8 +5,9 @@ another; there, the covariance eigenproblem of a (13k, 2048) layer is a few mill
 device instead of about a second of LAPACK on the host. Same forms as the numpy version (never a
 full SVD of the data): the D x D covariance eigenproblem when D <= N, the N x N Gram one when
 N < D, and a randomized SVD (Halko, Martinsson & Tropp, "Finding structure with randomness",
-SIAM Review 53, 2011) when both sides are large. The choice of k, the sign convention and the
-info dict are ``reduce``'s own (``pca_result``), so the two paths cannot drift apart.
+SIAM Review 53, 2011) when both sides are large. The choice of form and of k, the sign
+convention and the info dict are ``reduce``'s own (``pca_of_centred``), so the two paths cannot
+drift apart.
 """
 
 from __future__ import annotations
@@ -28,20 +29,10 @@ def pca_reduce_torch(
     """
     matrix = reduce.as_feature_matrix(features)
     reduce.check_variance(variance)
-    n, d = matrix.shape
     x = torch.from_numpy(matrix).to(device)
     centred = x - x.mean(dim=0, dtype=torch.float64).float()
     total = float(torch.linalg.vector_norm(centred, dtype=torch.float64) ** 2)
-    if n < 2 or total <= 0.0:
-        return reduce.constant_result(n, d)
-    method = reduce.pca_method(n, d)
-    if method == "covariance":
-        eigenvalues, scores_for = _covariance_eig(centred)
-    elif method == "gram":
-        eigenvalues, scores_for = _gram_eig(centred)
-    else:
-        eigenvalues, scores_for = _randomized_eig(centred, total, variance, seed)
-    return reduce.pca_result(eigenvalues, scores_for, total, variance, method, (n, d))
+    return reduce.pca_of_centred(centred, total, variance, seed, TORCH_FORMS)
 
 
 def _descending_eigh(matrix: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -111,3 +102,8 @@ def randomized_svd(
         basis, _ = torch.linalg.qr(x @ basis)
     small_u, singular, _ = torch.linalg.svd(basis.T @ x, full_matrices=False)
     return (basis @ small_u)[:, :rank], singular[:rank]
+
+
+TORCH_FORMS = reduce.PCAForms(
+    covariance=_covariance_eig, gram=_gram_eig, randomized=_randomized_eig
+)

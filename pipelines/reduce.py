@@ -43,6 +43,7 @@ import copy
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -116,19 +117,9 @@ def pca_reduce(
     """
     x = as_feature_matrix(features)
     check_variance(variance)
-    n, d = x.shape
     centred = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
     total = float(np.einsum("ij,ij->", centred, centred, dtype=np.float64))
-    if n < 2 or total <= 0.0:
-        return constant_result(n, d)
-    method = pca_method(n, d)
-    if method == "covariance":
-        eigenvalues, scores_for = _covariance_eig(centred)
-    elif method == "gram":
-        eigenvalues, scores_for = _gram_eig(centred)
-    else:
-        eigenvalues, scores_for = _randomized_eig(centred, total, variance, seed)
-    return pca_result(eigenvalues, scores_for, total, variance, method, (n, d))
+    return pca_of_centred(centred, total, variance, seed, NUMPY_FORMS)
 
 
 def check_variance(variance: float) -> None:
@@ -136,18 +127,31 @@ def check_variance(variance: float) -> None:
         raise ValueError(f"variance must be in (0, 1], got {variance}")
 
 
-def pca_result(
-    eigenvalues: np.ndarray,
-    scores_for: ScoresFor,
-    total: float,
-    variance: float,
-    method: str,
-    shape: tuple[int, int],
+@dataclass(frozen=True)
+class PCAForms:
+    """One backend's three PCA forms (numpy/LAPACK here, PyTorch in ``pca_torch``). Each takes
+    the centred (N, D) data and returns (all eigenvalues (m,) float64 descending, ScoresFor)."""
+
+    covariance: Callable[[Any], tuple[np.ndarray, ScoresFor]]
+    gram: Callable[[Any], tuple[np.ndarray, ScoresFor]]
+    # Also gets (total, variance, seed): it widens its rank until ``variance`` is explained.
+    randomized: Callable[[Any, float, float, int], tuple[np.ndarray, ScoresFor]]
+
+
+def pca_of_centred(
+    centred: Any, total: float, variance: float, seed: int, forms: PCAForms
 ) -> tuple[FloatArray, dict]:
-    """``pca_reduce``'s result from one PCA form's eigenvalues and scores (shared with the
-    PyTorch form in ``pca_torch``). eigenvalues: (m,) float64 descending; total: the centred
-    data's sum of squares; shape: the data's (N, D)."""
-    n, d = shape
+    """``pca_reduce`` from the centred (N, D) data (a numpy array or a tensor, as ``forms``
+    take) and its sum of squares ``total``: picks the form, k, the signs and the info dict, the
+    same way for every backend."""
+    n, d = (int(side) for side in centred.shape)
+    if n < 2 or total <= 0.0:
+        return constant_result(n, d)
+    method = pca_method(n, d)
+    if method == "randomized":
+        eigenvalues, scores_for = forms.randomized(centred, total, variance, seed)
+    else:
+        eigenvalues, scores_for = getattr(forms, method)(centred)
     k = components_for_variance(eigenvalues, total, variance)
     scores = fix_signs(scores_for(k))
     if scores.shape[1] < MIN_COMPONENTS:
@@ -259,6 +263,9 @@ def _randomized_eig(
         return u[:, :k] * s[:k]
 
     return values, scores_for
+
+
+NUMPY_FORMS = PCAForms(covariance=_covariance_eig, gram=_gram_eig, randomized=_randomized_eig)
 
 
 def fix_signs(scores: np.ndarray) -> np.ndarray:
