@@ -269,6 +269,11 @@ def thumbnails_of(views: list) -> np.ndarray:
     )
 
 
+def pooled_features(tensor: torch.Tensor) -> torch.Tensor:
+    """A captured layer output (B, ...) -> (B, D) float32 pooled to at most MAX_POOLED_DIMS."""
+    return pool_activations(tensor.detach().float(), MAX_POOLED_DIMS)
+
+
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     """||approx - exact|| / ||exact|| (Frobenius); 0 when both are zero, inf when only exact is."""
     difference = float(torch.linalg.vector_norm(approx.float() - exact.float()))
@@ -287,13 +292,11 @@ def compare_bf16(
     "worst_feature_error": the largest ``relative_error`` of a layer's pooled features,
     "accepted": whether both are within BF16_MIN_TOP1_AGREEMENT / BF16_MAX_FEATURE_ERROR}.
     """
-
-    def pool(tensor: torch.Tensor) -> torch.Tensor:
-        return pool_activations(tensor.detach().float(), MAX_POOLED_DIMS)
-
     module = adapter.module
-    exact_logits, exact = capture_layers(module, images, feature_layers, pool)
-    bf16_logits, bf16 = capture_layers(module, images, feature_layers, pool, torch.bfloat16)
+    exact_logits, exact = capture_layers(module, images, feature_layers, pooled_features)
+    bf16_logits, bf16 = capture_layers(
+        module, images, feature_layers, pooled_features, torch.bfloat16
+    )
     same = exact_logits.float().argmax(dim=1) == bf16_logits.float().argmax(dim=1)
     agreement = float(same.float().mean())
     errors = {layer: relative_error(bf16[layer], exact[layer]) for layer in exact}
@@ -340,7 +343,7 @@ def forward_chunk(
     autocast_dtype = AUTOCAST_DTYPES[precision]
 
     def pool(tensor: torch.Tensor) -> torch.Tensor:
-        return pool_activations(tensor.detach().float(), MAX_POOLED_DIMS).to(torch.float16)
+        return pooled_features(tensor).to(torch.float16)  # stored in half precision
 
     outputs: dict[str, list[np.ndarray]] = {}
     features: dict[str, list[torch.Tensor]] = {layer: [] for layer in feature_layers}
