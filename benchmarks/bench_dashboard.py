@@ -48,6 +48,7 @@ from dashboard.app import create_app  # noqa: E402
 from dashboard.context import current  # noqa: E402
 from dashboard.panels import activations, embedding  # noqa: E402
 from pipelines.store import RunStore  # noqa: E402
+from tests import browser_helpers as bh  # noqa: E402
 
 SMALLCNN_RUN = "bench-digits-smallcnn"
 VGG_RUN = "bench-vgg16-random"
@@ -302,15 +303,9 @@ def bench_layer_switch_server(app: Any, run_id: str, repeats: int) -> dict[str, 
 # ---- 3. in the browser ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     """The dashboard in its own process, as `python main.py serve` runs it."""
-    port = free_port()
+    port = bh.free_port()
     code = (
         f"import logging, sys; from pathlib import Path; sys.path.insert(0, {str(ROOT)!r}); "
         "logging.getLogger('werkzeug').setLevel(logging.WARNING); "
@@ -334,9 +329,6 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
 
 
 def bench_browser(data_dir: Path, run_id: str, hovers: int, switches: int) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    import browser_helpers as bh
-
     process, url = start_server(data_dir)
     try:
         with bh.chromium() as browser:

@@ -4,7 +4,6 @@ serving small archives in the real upstream formats. Nothing here touches the in
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, Imagenette
 import pipelines.datasets as datasets
 from pipelines.datasets import IMAGEWOOF_CLASSES, open_dataset
 from pipelines.errors import UserError
+from tests.browser_helpers import free_port
 from tests.fixtures_datasets import (
     FileServer,
     Route,
@@ -154,9 +154,7 @@ def test_failed_download_is_a_user_error_and_leaves_no_folder(
 
 
 def test_unreachable_server_is_a_user_error(monkeypatch, tmp_path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     url = f"http://127.0.0.1:{port}/imagenette2-160.tgz"
     monkeypatch.setitem(datasets.ARCHIVES, "imagenette", (url, None))
     with pytest.raises(UserError, match=f"could not download imagenette from {url} .*refused"):
