@@ -159,6 +159,9 @@ def setup_for(
             run_options=run_options,
             messages=[("danger", str(exc))],
         )
+    source_note = run.source_change_note()
+    if source_note:
+        messages.append(("danger", source_note))
     from_url = chosen_run is None
     use = query if from_url else {}
     keep = keep or {}

@@ -38,6 +38,8 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reduction": ("json", ("layer",)),  # pooled shape, PCA kept dims and variance
     "embedding": ("npy", ("layer", "subset", "method", "perplexity")),  # (n, 2) float32
     "model_checkpoint": ("pt", ()),
+    # source file -> [size, mtime_ns] of every file of a file dataset when the run was computed
+    "dataset_files": ("json", ()),
 }
 
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -209,8 +211,14 @@ class RunStore:
         ``flock`` is released by the kernel when the process dies, so a ``kill -9`` never leaves
         a stale lock behind.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.run_dir / LOCK_NAME, "a+")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.run_dir / LOCK_NAME, "a+")
+        except OSError as exc:
+            raise UserError(
+                f"cannot write run '{self.run_id}' in {self.run_dir.parent.parent} "
+                f"({exc.strerror or exc}); pass a --data-dir you can write to"
+            ) from None
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -226,9 +234,13 @@ class RunStore:
     def is_being_written(self) -> bool:
         """True while some precompute holds the writer lock (for the dashboard and `runs`)."""
         lock_path = self.run_dir / LOCK_NAME
-        if not lock_path.exists():
-            return False
-        with open(lock_path, "a+") as handle:
+        try:
+            # Opened for reading: flock works on any descriptor, and `runs` and the dashboard
+            # must work on a read-only data dir.
+            handle = open(lock_path)
+        except OSError:
+            return False  # no lock file: nothing ever wrote here, or it is not ours to read
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
