@@ -58,7 +58,11 @@ def channel_scores(acts: FloatArray) -> FloatArray:
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=1)
     magnitude = np.abs(flat).mean(axis=1)
-    return (entropy * magnitude).astype(np.float32)
+    scores = (entropy * magnitude).astype(np.float32)
+    # A constant map's entropy is -(1 * log2 1) = -0.0, which would print as "-0": a score is
+    # >= 0 by definition, so anything at or below zero is a plain 0 (NaN stays NaN).
+    scores[scores <= 0] = 0.0
+    return scores
 
 
 def channel_order(scores: FloatArray, sort: str) -> IntArray:
@@ -206,6 +210,10 @@ def _hex_rgb(color: str) -> tuple[int, int, int]:
 
 
 def format_score(score: float) -> str:
+    """A channel score in three significant digits; zero, -0.0 and the tiny negatives rounding
+    can leave (a score is >= 0 by definition) all read "0"."""
+    if score <= 0:  # False for NaN, which reads "nan"
+        return "0"
     return f"{score:.3g}"
 
 

@@ -13,6 +13,7 @@ import dash_bootstrap_components as dbc  # noqa: F401 - registers the component 
 
 from dashboard import ids
 from dashboard.context import CONFIG_KEY, configure
+from dashboard.jobs import ThreadJobManager
 from dashboard.layout import page
 from dashboard.registry import register_all
 from dashboard.routes import register_routes
@@ -20,7 +21,6 @@ from pipelines.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
-BACKGROUND_CACHE = "background"
 
 # The page template, plus the component ids for assets/layerscope.js (ids.py stays the only
 # place they are spelled).
@@ -44,10 +44,10 @@ INDEX_TEMPLATE = """<!DOCTYPE html>
 </html>"""
 
 
-def background_manager(data_dir: Path) -> Any:
+def background_manager() -> Any:
     """Celery + Redis when ``REDIS_URL`` is set (run workers with
-    ``celery -A dashboard.worker worker``); else diskcache-backed subprocesses, with the cache
-    under ``<data-dir>/cache/background``."""
+    ``celery -A dashboard.worker worker``); else jobs on a few threads of this process, each
+    with a deadline (``dashboard/jobs.py`` says why not dash's forking ``DiskcacheManager``)."""
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         try:
@@ -55,15 +55,19 @@ def background_manager(data_dir: Path) -> Any:
         except ImportError:
             raise UserError(
                 "REDIS_URL is set but celery is not installed; `pip install -r requirements.txt` "
-                "or unset REDIS_URL to use the built-in diskcache background manager"
+                "or unset REDIS_URL to run background jobs in the server itself"
             ) from None
         celery_app = Celery("layerscope", broker=redis_url, backend=redis_url)
         return dash.CeleryManager(celery_app)
-    import diskcache
+    return ThreadJobManager()
 
-    cache_dir = Path(data_dir) / "cache" / BACKGROUND_CACHE
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return dash.DiskcacheManager(diskcache.Cache(str(cache_dir)))
+
+def stop_background_jobs(app: dash.Dash, wait_s: float = 2.0) -> None:
+    """On the server's way out: start no more background jobs, and give running ones ``wait_s``
+    seconds to end (Celery's run in their own workers)."""
+    manager = app._background_manager
+    if isinstance(manager, ThreadJobManager):
+        manager.shutdown(wait_s)
 
 
 def create_app(data_dir: Path) -> dash.Dash:
@@ -76,7 +80,7 @@ def create_app(data_dir: Path) -> dash.Dash:
         update_title=None,
         assets_folder=str(ASSETS),
         serve_locally=True,
-        background_callback_manager=background_manager(data_dir),
+        background_callback_manager=background_manager(),
         index_string=INDEX_TEMPLATE.replace("__IDS__", json.dumps(ids.all_ids())),
         meta_tags=[{"name": "viewport", "content": "width=device-width, initial-scale=1"}],
     )

@@ -1,4 +1,4 @@
-"""Where the dashboard keeps its caches (activations, background-callback results).
+"""Where the dashboard keeps its on-disk caches (the model service's activations).
 
 The dashboard only reads runs, so a read-only data dir must still serve: its caches then live
 in a per-user folder under the system's temp dir instead of ``<data-dir>/cache/``, with one

@@ -1,8 +1,8 @@
 """What a callback needs from its app: the data dir, its run catalog and its model service.
 
 Request-time callbacks find it on the Flask app serving the request, so several apps (several
-data dirs) can live in one process. Background callbacks run without a request (in a forked
-process, or a Celery worker); the page hands them its data dir's opaque token (a store in the
+data dirs) can live in one process. Background callbacks run without a request (on a job thread,
+see ``dashboard/jobs.py``, or in a Celery worker); the page hands them its data dir's opaque token (a store in the
 layout), which ``by_token`` resolves in that process's registry. The token is a hash of the data
 dir, so a Celery worker started on the same data dir resolves it too, and the page never sees
 the path.

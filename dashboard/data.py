@@ -23,6 +23,8 @@ from pipelines.store import RunStore, list_run_dirs
 EXPLANATION_METHODS = ("gradcam", "guided_backprop", "guided_gradcam")
 METHODS = ("tsne", "pca")
 PRECOMPUTE_HINT = "python main.py precompute --dataset digits --model smallcnn"
+# How stale the "dataset changed" check of a run may be (it lists and stats the folder's files).
+SOURCE_CHECK_SECONDS = 5.0
 
 
 class NotReady(UserError):
@@ -117,10 +119,20 @@ class RunData:
             lines.append((name, state, ", ".join(parts)))
         return lines
 
+    @property
+    def failure(self) -> str | None:
+        """The error its last precompute ended with, until a resume clears it."""
+        return (self.manifest.get("failure") or {}).get("error")
+
     def not_ready_note(self) -> str | None:
         """One sentence saying what is still missing, or None for a complete run."""
         if self.complete:
             return None
+        if self.failure and not self.being_written():
+            return (
+                f"Run '{self.run_id}' failed: {self.failure}. Fix that and run the precompute "
+                "command again to resume it, or delete the run folder."
+            )
         pending = [
             f"{name} ({state}{', ' + detail if detail else ''})"
             for name, state, detail in self.stage_lines()
@@ -264,6 +276,42 @@ class RunData:
             return None
         return self.store.load_json("reduction", layer=layer_id)
 
+    def source_change(self) -> str | None:
+        """None while the run's dataset is as it was when computed, else a sentence saying
+        what changed (see ``pipelines.fingerprint``); re-checked every SOURCE_CHECK_SECONDS."""
+        from pipelines.fingerprint import change_on_disk
+
+        now = time.monotonic()
+        with self._lock:
+            checked = self._cache.get("source_change")
+        if checked is not None and now - checked[0] < SOURCE_CHECK_SECONDS:
+            return checked[1]
+        files = self._cached(
+            "dataset_files",
+            lambda: (
+                self.store.load_json("dataset_files") if self.store.has("dataset_files") else None
+            ),
+        )
+        change = change_on_disk(
+            str((self.manifest.get("dataset") or {}).get("spec") or ""),
+            self.store.run_dir.parent.parent / "datasets",
+            self.manifest.get("source_fingerprint"),
+            files,
+        )
+        with self._lock:
+            self._cache["source_change"] = (now, change)
+        return change
+
+    def source_change_note(self) -> str | None:
+        change = self.source_change()
+        if change is None:
+            return None
+        return (
+            f"The dataset of run '{self.run_id}' changed since it was computed ({change}). The "
+            "maps, thumbnails and predictions shown are those of the data as it was; on-demand "
+            "work on changed samples is refused. Compute a fresh run with a new --run-id."
+        )
+
     def check_row(self, row: int) -> int:
         if not 0 <= int(row) < self.num_samples:
             raise UserError(
@@ -330,7 +378,12 @@ class RunCatalog:
             except UserError as exc:
                 entries.append(RunSummary(run_id, f"{run_id} — unreadable: {exc}", False, False))
                 continue
-            entries.append(RunSummary(run_id, run_label(run), run.complete, True))
+            label = run_label(run)
+            if run.failure and not run.being_written():
+                label += f" — FAILED: {run.failure}"
+            if run.source_change():
+                label += " — DATASET CHANGED since computed"
+            entries.append(RunSummary(run_id, label, run.complete, True))
         return entries
 
 
@@ -342,7 +395,13 @@ def run_label(run: RunData) -> str:
         f"{run.num_samples:,} samples",
     ]
     if accuracy is not None:
-        parts.append(f"acc {100 * float(accuracy):.1f}%")
+        # Runs made before held-out accuracy have no split: theirs is over every row, the
+        # model's training rows included, and says so.
+        held_out = "accuracy_by_split" in run.manifest
+        text = f"acc {100 * float(accuracy):.1f}%"
+        parts.append(
+            f"held-out {text}" if held_out else f"{text} (all rows; recompute for held-out)"
+        )
     if not run.complete:
         parts.append("precompute not finished")
     return f"{run.run_id} — {', '.join(parts)}"

@@ -25,6 +25,7 @@ RUN_NOTE = "app-run-note"  # "precompute still running: ready ..., not ready ...
 # ---- controls -------------------------------------------------------------------------------
 CONTROLS_CARD = "controls-card"
 CONTROLS_RUN = "controls-run"
+CONTROLS_RUN_POLL = "controls-run-poll"  # re-lists the runs while the page is open
 CONTROLS_SUBSET = "controls-subset"
 CONTROLS_METHOD = "controls-method"
 CONTROLS_PERPLEXITY = "controls-perplexity"

@@ -5,8 +5,8 @@ Everything the precompute did not store is computed here on demand, for one samp
 - ``layer_activation``: ONE forward pass per sample captures every layer at once (the user
   usually steps through layers of the same sample next); the whole capture is kept in a bounded
   in-memory LRU (by bytes), and each layer that is actually looked at is also written to a
-  diskcache under ``<data-dir>/cache/`` so it survives restarts and is shared with the
-  background-callback processes.
+  diskcache under ``<data-dir>/cache/`` so it survives restarts and is shared with Celery
+  workers.
 - ``class_explanations``: Grad-CAM, guided backprop and guided Grad-CAM for a class the user
   clicked (the precompute stored them for the predicted class only).
 
@@ -21,11 +21,9 @@ import contextlib
 import io
 import logging
 import math
-import os
 import threading
-import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from components.activations import (
     render_grid,
 )
 from components.images import encode_png, gradcam_overlay
+from dashboard.caches import cache_dir
 from dashboard.data import EXPLANATION_METHODS, RunData
 from pipelines.cores import idle_cores
 from pipelines.errors import UserError
@@ -50,7 +49,6 @@ LOG = logging.getLogger(__name__)
 
 MEMORY_BYTES = 1 << 30  # activations kept in RAM: ~9 VGG16 samples with every layer
 DISK_BYTES = 4 << 30
-CACHE_DIR_NAME = "cache"
 # Intra-op threads for one request's forward pass: the cores idle right now, for models whose
 # pass is big enough to split. Measured on 2 cores: VGG16 at 224 px took 0.26 s on two idle
 # cores and 0.44 s on one, but 1.2 s on two while other work ran (OpenMP's fork-join stalls when
@@ -78,10 +76,7 @@ def activation_values(layers: list[dict[str, Any]]) -> int:
 
 @contextlib.contextmanager
 def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` intra-op threads, then restore the previous setting.
-    A forked child stays at one thread (see ``_after_fork_in_child``)."""
-    if _FORKED_CHILD:
-        count = 1
+    """Run the block with ``count`` intra-op threads, then restore the previous setting."""
     previous = torch.get_num_threads()
     if previous == count:
         yield
@@ -158,9 +153,6 @@ class ByteLRU:
             self._items.clear()
             self._bytes = 0
 
-    def reset_lock(self) -> None:
-        self._lock = threading.Lock()
-
 
 def array_to_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -203,13 +195,13 @@ class ModelService:
         self._disk_failed: str | None = None
         self._lock = threading.RLock()
         self._inflight: dict[Hashable, threading.Lock] = {}
-        _SERVICES.add(self)
 
     # ---- caches -----------------------------------------------------------------------------
 
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / CACHE_DIR_NAME / "activations"
+        """``<data-dir>/cache/activations``, or a temp folder if the data dir is read-only."""
+        return cache_dir(self.data_dir, "activations")
 
     @property
     def disk(self) -> Any:
@@ -257,13 +249,6 @@ class ModelService:
 
     # ---- models -----------------------------------------------------------------------------
 
-    def _device(self) -> str:
-        # A process forked after CUDA was initialised cannot use CUDA (background callbacks
-        # are forked): fall back to the CPU there rather than crash.
-        if _in_bad_cuda_fork():
-            return "cpu"
-        return self.device
-
     def model(self, run: RunData) -> tuple[Any, threading.Lock]:
         """The run's model (``pipelines.models.RunModel``) and the lock guarding its use."""
         key = (run.run_id, run.version)
@@ -283,7 +268,7 @@ class ModelService:
                     "to finish the model and index stages"
                 )
             try:
-                loaded = open_run_model(run.store, self.data_dir, self._device())
+                loaded = open_run_model(run.store, self.data_dir, self.device)
             except UserError:
                 raise
             except Exception as exc:
@@ -308,9 +293,7 @@ class ModelService:
         if model.adapter.device.type != "cpu":
             yield
             return
-        # A forked background-callback process always runs one thread (see torch_threads).
-        threads = 1 if _FORKED_CHILD else request_threads(activation_values(run.layers))
-        with torch_threads(threads):
+        with torch_threads(request_threads(activation_values(run.layers))):
             yield
 
     # ---- activations ------------------------------------------------------------------------
@@ -455,20 +438,6 @@ class ModelService:
         self._derived.put(key, png)
         return png
 
-    # ---- fork safety ------------------------------------------------------------------------
-
-    def _after_fork(self) -> None:
-        # Locks held by other threads at fork time would never be released in the child.
-        self._lock = threading.RLock()
-        self._inflight = {}
-        self._models = OrderedDict(
-            (key, (model, threading.Lock())) for key, (model, _) in self._models.items()
-        )
-        self._activations.reset_lock()
-        self._derived.reset_lock()
-        if _in_bad_cuda_fork():
-            self._models.clear()
-
 
 def pack_explanations(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
@@ -492,9 +461,7 @@ def unpack_explanations(data: Any, size: int) -> dict[str, np.ndarray]:
     return result
 
 
-_FORKED_CHILD = False
 _CORRUPT = b"\x00corrupt"  # what a failed disk read returns: fails array decoding like garbage
-_SERVICES: weakref.WeakSet[ModelService] = weakref.WeakSet()
 _SERVICE_BY_DIR: dict[Path, ModelService] = {}
 _REGISTRY_LOCK = threading.Lock()
 
@@ -506,22 +473,3 @@ def get_service(data_dir: Path) -> ModelService:
         if key not in _SERVICE_BY_DIR:
             _SERVICE_BY_DIR[key] = ModelService(key)
         return _SERVICE_BY_DIR[key]
-
-
-def _in_bad_cuda_fork() -> bool:
-    checker: Callable[[], bool] | None = getattr(torch.cuda, "_is_in_bad_fork", None)
-    return bool(checker()) if checker else False
-
-
-def _after_fork_in_child() -> None:
-    global _REGISTRY_LOCK, _FORKED_CHILD
-    _REGISTRY_LOCK = threading.Lock()
-    _FORKED_CHILD = True
-    # GNU OpenMP's thread pool does not survive fork(): a forked child that runs a parallel
-    # torch op after the parent used one hangs forever. One thread is always safe.
-    torch.set_num_threads(1)
-    for service in list(_SERVICES):
-        service._after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 from components.architecture import layer_option_label
 from components.embedding import COLOR_BY
-from dashboard.data import METHODS, RunCatalog, RunData
+from dashboard.data import METHODS, RunCatalog, RunData, RunSummary
 from pipelines.errors import UserError
 
 EMPTY_SELECTION: dict[str, Any] = {
@@ -114,6 +114,15 @@ def default_run_id(catalog: RunCatalog) -> str | None:
     return None
 
 
+def options_of(summaries: list[RunSummary]) -> list[dict[str, Any]]:
+    return [{"label": s.label, "value": s.run_id, "disabled": not s.readable} for s in summaries]
+
+
+def run_options(catalog: RunCatalog) -> list[dict[str, Any]]:
+    """The run menu's entries: on page load (``setup_for``) and on every refresh."""
+    return options_of(catalog.summaries())
+
+
 def setup_for(
     catalog: RunCatalog,
     query: dict[str, str],
@@ -123,9 +132,7 @@ def setup_for(
     """The selection and control options for a page load (``query`` from the URL) or a run the
     user picked (``chosen_run``; ``keep`` carries method and colour over from the old view)."""
     summaries = catalog.summaries()
-    run_options = [
-        {"label": s.label, "value": s.run_id, "disabled": not s.readable} for s in summaries
-    ]
+    run_options = options_of(summaries)
     if not summaries:
         return Setup(
             selection=dict(EMPTY_SELECTION),

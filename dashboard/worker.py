@@ -1,7 +1,7 @@
 """Celery worker for the dashboard's background callbacks (the scale-out path).
 
-With ``REDIS_URL`` set, ``create_app`` hands background callbacks to Celery instead of local
-subprocesses. Start workers on the same data dir as the server::
+With ``REDIS_URL`` set, ``create_app`` hands background callbacks to Celery instead of the
+server's own job threads (dashboard/jobs.py). Start workers on the same data dir as the server::
 
     REDIS_URL=redis://127.0.0.1:6379/0 LAYERSCOPE_DATA_DIR=data celery -A dashboard.worker worker
 

@@ -157,6 +157,8 @@ class Dataset:
         samples: list[SampleRecord],
         native_channels: int,
         read: Callable[[int], Image.Image],
+        list_files: Callable[[], list[str]] | None = None,
+        root: Path | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -166,6 +168,8 @@ class Dataset:
         self.samples = samples
         self._native_channels = native_channels
         self._read = read
+        self._list_files = list_files
+        self._root = root
 
     @property
     def native_channels(self) -> int:
@@ -179,6 +183,18 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def root(self) -> Path | None:
+        """The folder image files are read from (``SampleRecord.source`` is relative to it), or
+        None for in-memory datasets."""
+        return self._root
+
+    def list_files(self) -> list[str] | None:
+        """Every image file the dataset would consider now, relative to ``root`` (unreadable
+        ones included), without decoding anything; None for in-memory datasets. The run's
+        dataset fingerprint is built from it."""
+        return self._list_files() if self._list_files else None
 
     def load_image(self, index: int) -> Image.Image:
         """Image of sample ``index``, mode "L" or "RGB" (so ``.convert("RGB")`` is always safe).
@@ -214,6 +230,30 @@ def open_dataset(spec: str, cache_dir: Path, progress: bool = True) -> Dataset:
     if key in _TORCHVISION_ARRAYS:
         return open_torchvision_arrays(key, cache_dir, progress=progress)
     raise UserError(unknown_spec_message(text))
+
+
+def source_files(spec: str, cache_dir: Path) -> tuple[Path, list[str]] | None:
+    """The root and image files of a file dataset as they are on disk now, as its
+    ``Dataset.list_files`` gives them, without opening (decoding) anything; None for in-memory
+    datasets. A folder that is gone raises UserError."""
+    text = spec.strip()
+    if text[:7].lower() == "folder:":
+        root = Path(text[7:]).expanduser().resolve()
+        return root, candidate_files(root, class_folders(root))
+    key = text.lower()
+    if key in ARCHIVES:
+        root = Path(cache_dir).expanduser() / key / _ARCHIVE_FOLDERS[key]
+        return root, fastai_files(root)
+    return None
+
+
+def fastai_files(size_root: Path) -> list[str]:
+    """``<split>/<wnid>/<image>`` of an extracted fast.ai archive, readable or not."""
+    return [
+        f"{split}/{rel}"
+        for split in ("train", "val")
+        for rel in candidate_files(size_root / split, class_folders(size_root / split))
+    ]
 
 
 def unknown_spec_message(text: str) -> str:
@@ -283,6 +323,12 @@ def open_folder(path_text: str, progress: bool = True) -> Dataset:
 
     Classes are the sorted sub-folder names. Unreadable files are skipped with one warning, and
     classes left without images are dropped with another.
+
+    Folder symlinks are followed so that each real folder is read once: a class folder, or a
+    folder inside one, may be a symlink to a folder elsewhere (a common way to assemble a
+    dataset), but a symlink that leads back into ``PATH`` (``self -> .``, ``alias -> cat``), to
+    a folder containing ``PATH`` (``up -> ..``), or to a folder already read through another
+    symlink is skipped with one warning, since its images would be counted twice.
     """
     if not path_text.strip():
         raise UserError(
@@ -290,9 +336,24 @@ def open_folder(path_text: str, progress: bool = True) -> Dataset:
             "PATH/<class>/<image>"
         )
     root = Path(path_text).expanduser().resolve()
-    classes = class_folders(root)
-    candidates = {name: image_files(root / name) for name in classes}
-    rel_paths = [f"{name}/{rel}" for name in classes for rel in candidates[name]]
+    skipped_links: list[str] = []
+    classes = class_folders(root, skipped_links)
+    rel_paths = candidate_files(root, classes, skipped_links)
+    if skipped_links:
+        logger.warning(
+            "warning: did not follow %d folder symlink%s in %s that lead%s back into it, to a "
+            "folder containing it, or to a folder already read (%s); their images would be "
+            "counted twice",
+            len(skipped_links),
+            "" if len(skipped_links) == 1 else "s",
+            root,
+            "s" if len(skipped_links) == 1 else "",
+            ", ".join(skipped_links[:3]) + (", …" if len(skipped_links) > 3 else ""),
+        )
+    candidates: dict[str, list[str]] = {name: [] for name in classes}
+    for rel in rel_paths:
+        name, inside = rel.split("/", 1)
+        candidates[name].append(inside)
     unreadable = set(find_unreadable(root, rel_paths, progress=progress))
     if unreadable:
         example = min(unreadable)
@@ -339,6 +400,8 @@ def open_folder(path_text: str, progress: bool = True) -> Dataset:
         samples=samples,
         native_channels=3,
         read=file_reader(root, samples),
+        list_files=lambda: candidate_files(root, class_folders(root)),
+        root=root,
     )
 
 
@@ -350,8 +413,13 @@ def folder_uid(rel_path: str) -> str:
     return "f-" + hashlib.sha1(rel_path.encode("utf-8")).hexdigest()[:12]
 
 
-def class_folders(root: Path) -> list[str]:
-    """Sorted names of the class sub-folders of ``root``; raises UserError if there are none."""
+def class_folders(root: Path, skipped_links: list[str] | None = None) -> list[str]:
+    """Sorted names of the class sub-folders of ``root``; raises UserError if there are none.
+
+    ``root`` is resolved. A sub-folder may be a symlink to a folder outside ``root``; one that
+    leads into ``root``, to a folder containing it, or to the same folder as an earlier class is
+    left out and described (``"name -> target"``) in ``skipped_links``.
+    """
     layout = f"{root}/<class>/<image>"
     if not root.exists():
         raise UserError(
@@ -359,11 +427,25 @@ def class_folders(root: Path) -> list[str]:
         )
     if not root.is_dir():
         raise UserError(f"{root} is a file, not a folder; pass a folder laid out as {layout}")
-    entries = [e for e in root.iterdir() if not e.name.startswith(".")]
-    classes = sorted(e.name for e in entries if e.is_dir())
+    entries = sorted(
+        (e for e in root.iterdir() if not e.name.startswith(".")), key=lambda e: e.name
+    )
+    classes: list[str] = []
+    refused: list[str] = []
+    read_trees = [root]
+    for entry in entries:
+        if not entry.is_dir():
+            continue
+        if entry.is_symlink() and not claim_tree(entry, read_trees, root, refused):
+            continue
+        classes.append(entry.name)
+    if skipped_links is not None:
+        skipped_links.extend(refused)
     if not classes:
         loose = sum(1 for e in entries if e.is_file() and is_image_name(e.name))
         found = f"found {loose} images directly in it; " if loose else ""
+        if refused:
+            found += f"did not follow folder symlinks that loop back ({', '.join(refused)}); "
         raise UserError(
             f"folder {root} has no class sub-folders; {found}expected one sub-folder per class: "
             f"{layout}"
@@ -371,21 +453,74 @@ def class_folders(root: Path) -> list[str]:
     return classes
 
 
+def candidate_files(
+    root: Path, classes: list[str], skipped_links: list[str] | None = None
+) -> list[str]:
+    """``<class>/<image>`` paths, relative to ``root``, of every image file of ``classes``,
+    readable or not (nothing is decoded). Each real folder is read once across all classes
+    (see :func:`image_files`); symlinks not followed are described in ``skipped_links``."""
+    read_trees = [root.resolve()]
+    read_trees += [(root / name).resolve() for name in classes if (root / name).is_symlink()]
+    return [
+        f"{name}/{rel}"
+        for name in classes
+        for rel in image_files(root / name, read_trees, skipped_links, relative_to=root)
+    ]
+
+
+def claim_tree(
+    link: Path, read_trees: list[Path], root: Path, skipped_links: list[str] | None
+) -> bool:
+    """Whether the folder symlink ``link`` may be followed: only if its target shares no folder
+    with ``read_trees`` (the dataset root and the folders already read). A followed target is
+    added to ``read_trees``; a refused one is described in ``skipped_links``."""
+    target = link.resolve()
+    if any(overlapping(target, tree) for tree in read_trees):
+        if skipped_links is not None:
+            shown = link.relative_to(root) if link.is_relative_to(root) else link
+            skipped_links.append(f"{shown.as_posix()} -> {target}")
+        return False
+    read_trees.append(target)
+    return True
+
+
+def overlapping(a: Path, b: Path) -> bool:
+    """True if the resolved folders ``a`` and ``b`` are the same or one contains the other."""
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
 def is_image_name(name: str) -> bool:
     """True for file names with an image extension (case-insensitive)."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def image_files(class_dir: Path) -> list[str]:
+def image_files(
+    class_dir: Path,
+    read_trees: list[Path] | None = None,
+    skipped_links: list[str] | None = None,
+    relative_to: Path | None = None,
+) -> list[str]:
     """Sorted posix paths, relative to ``class_dir``, of every image file below it.
 
     Hidden files and folders are skipped: they are OS metadata (``.DS_Store``, ``._x.jpg``
-    resource forks), never images the user meant.
+    resource forks), never images the user meant. Folder symlinks are followed unless they lead
+    into a folder of ``read_trees`` (resolved folders already being read; default: the class
+    folder itself), or contain one: so loops end and no real folder is read twice. Those not
+    followed are described in ``skipped_links``, relative to ``relative_to`` (default
+    ``class_dir``).
     """
+    trees = read_trees if read_trees is not None else [class_dir.resolve()]
+    base = relative_to or class_dir
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = Path(dirpath).relative_to(class_dir)
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        here = Path(dirpath)
+        dirnames[:] = [
+            d
+            for d in sorted(dirnames)
+            if not d.startswith(".")
+            and (not (here / d).is_symlink() or claim_tree(here / d, trees, base, skipped_links))
+        ]
+        rel_dir = here.relative_to(class_dir)
         for filename in filenames:
             if not filename.startswith(".") and is_image_name(filename):
                 found.append((rel_dir / filename).as_posix())
@@ -674,6 +809,8 @@ def open_fastai_subset(name: str, cache_dir: Path, progress: bool = True) -> Dat
         samples=samples,
         native_channels=3,
         read=file_reader(size_root, samples),
+        list_files=lambda: fastai_files(size_root),
+        root=size_root,
     )
 
 

@@ -129,9 +129,7 @@ def changed_source_error(run_id: str, dataset_spec: str, change: str) -> UserErr
     )
 
 
-def sample_is_unchanged(
-    root: Path | None, source: str, recorded_files: FileTable | None
-) -> bool:
+def sample_is_unchanged(root: Path | None, source: str, recorded_files: FileTable | None) -> bool:
     """For on-demand work on one sample: True if its file still has the recorded size and
     mtime (always True for in-memory datasets and for runs without a file table)."""
     if root is None or recorded_files is None or source not in recorded_files:

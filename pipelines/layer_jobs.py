@@ -9,11 +9,13 @@ stays light: numpy, the store and ``reduce`` (openTSNE), no torch or torchvision
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -149,25 +151,96 @@ def _ready() -> None:
     """A no-op task: submitting it makes the pool start its processes now."""
 
 
+@contextlib.contextmanager
+def sigint_held() -> Iterator[None]:
+    """Hold Ctrl-C off for the block: a SIGINT that arrives meanwhile is raised when it ends.
+
+    For the two steps that an interruption would leave half done. Starting the workers:
+    processes started in the block keep SIGINT blocked for life (the mask survives fork and
+    exec; multiprocessing starts its resource tracker the same way), so the terminal's Ctrl-C
+    reaches the precompute only, which decides. Before, the workers took it too, and a second
+    one hung the precompute for good. Stopping them: a second Ctrl-C cannot cut the kill short.
+    """
+    held: list[int] = []
+    # Handlers can only be set in the main thread; Python runs them there, too, so elsewhere a
+    # Ctrl-C cannot interrupt the block anyway.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+            if held:
+                signal.raise_signal(signal.SIGINT)
+
+
+def interrupt_once(_signum: int, _frame: object) -> None:
+    """SIGINT handler: the first Ctrl-C raises KeyboardInterrupt, the ones after it are ignored.
+
+    A second Ctrl-C, even a burst of them, then cannot interrupt the way out halfway, before
+    the workers are stopped.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 class LayerWorkers:
     """A pool of worker processes for layer jobs, or none (``workers <= 1``: run in-process).
 
     Use as a context manager; ``start()`` early, ``run()`` once the features are on disk.
+    Leaving it on an error or Ctrl-C kills the workers at once (``stop()``); inside it, only
+    the first Ctrl-C counts (``interrupt_once``).
     """
 
     def __init__(self, workers: int, blas_threads: int = 1):
         self.workers = workers
         self.blas_threads = blas_threads
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.previous_sigint: Any = None
 
     def __enter__(self) -> LayerWorkers:
+        # Only where Ctrl-C raises KeyboardInterrupt now: not where it is ignored (nohup) or
+        # handled otherwise, nor outside the main thread, where no handler can be set.
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self.previous_sigint = signal.signal(signal.SIGINT, interrupt_once)
         return self
 
-    def __exit__(self, *_exc: object) -> None:
-        if self.pool is not None:
-            # On an error or Ctrl-C, layers not yet started are dropped instead of run.
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            if exc_type is not None:
+                self.stop()
+            elif self.pool is not None:
+                self.pool.shutdown(wait=True)  # every job is done: the workers are idle
+                self.pool = None
+        finally:
+            if self.previous_sigint is not None:
+                signal.signal(signal.SIGINT, self.previous_sigint)
+                self.previous_sigint = None
+
+    def stop(self) -> None:
+        """Kill the workers now, with the layers they are reducing; idempotent.
+
+        Waiting for those layers instead kept a Ctrl-C waiting for up to tens of seconds (a layer
+        takes seconds, and the pool also runs the jobs already queued to its workers). A killed
+        layer is simply redone on resume: its ``reduction`` file, written last, is missing.
+        """
+        with sigint_held():
+            pool, self.pool = self.pool, None
+            if pool is None:
+                return
+            # Python < 3.14 has no public way to kill a pool's workers (3.14 adds kill_workers()).
+            for process in list(pool._processes.values()):
+                process.kill()
+            # Returns at once: the pool sees its workers gone and closes its pipes. Left to the
+            # interpreter's exit, that clean-up raced Python's own (an OSError traceback).
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def start(self) -> None:
         """Spawn the worker processes (in the background) if not yet done."""
@@ -180,8 +253,11 @@ class LayerWorkers:
             initializer=prepare_worker,
             initargs=(self.blas_threads,),
         )
-        # A spawning pool starts all its processes at the first submit.
-        self.pool.submit(_ready)
+        # A spawning pool starts a process per submit until one is idle: one no-op each starts
+        # them all now, and only here, where they are started with Ctrl-C held off.
+        with sigint_held():
+            for _ in range(self.workers):
+                self.pool.submit(_ready)
 
     def run(self, job: LayerJob, layer_ids: Iterable[str]) -> Iterator[str]:
         """Yield each layer id as its reduction completes."""

@@ -9,6 +9,9 @@ kind it has.
 from __future__ import annotations
 
 import importlib.util
+import math
+import numbers
+import reprlib
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -29,6 +32,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Digits are 8x8: up-sampled so conv maps, thumbnails and CAMs stay legible.
 SMALLCNN_INPUT_SIZE = 32
+# --weights values that are not a file.
+NAMED_WEIGHTS = ("imagenet", "none")
+# Where training scripts keep the state dict inside a checkpoint dict, most common first.
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# Key prefixes added by wrappers: nn.DataParallel / DistributedDataParallel, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Keys named in a mismatch message, per kind of mismatch.
+SHOWN_KEYS = 3
 
 
 @dataclass
@@ -168,13 +179,10 @@ def build_torchvision(
         module = torchvision.models.get_model(name, weights=None)
         description = f"torchvision {name}, random initialisation"
     else:
-        state = load_state_dict(Path(weights))
+        state = load_state_dict(weights_file(weights))
         num_classes = output_size_of(state) or len(categories)
         module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as exc:
-            raise UserError(f"{weights} does not fit {name}: {str(exc).splitlines()[0]}") from None
+        load_matching_state(module, state, f"{weights} does not fit {name}")
         if num_classes != len(categories):
             categories = [f"class {i}" for i in range(num_classes)]
         description = f"torchvision {name}, weights from {weights}"
@@ -195,7 +203,47 @@ def build_torchvision(
     )
 
 
+def check_weights_option(model_spec: str, weights: str | None) -> None:
+    """A UserError unless ``--weights`` fits ``--model``, checked before any data is loaded.
+
+    ``--weights`` applies to torchvision architectures only (``imagenet``, ``none`` or an
+    existing state-dict file). With any other model it is an error rather than silently
+    ignored: smallcnn is trained here, a TorchScript file carries its weights, and a python:
+    model file loads its own in ``get_model()``.
+    """
+    if weights is None:
+        return
+    kind = model_kind(model_spec)
+    if kind == "torchvision":
+        if weights not in NAMED_WEIGHTS:
+            weights_file(weights)
+        return
+    fixes = {
+        "smallcnn": "smallcnn is trained on the dataset (and cached in data/models/)",
+        "torchscript": "a TorchScript file carries its own weights",
+        "python": "a python: model file loads its own weights in get_model(), e.g. "
+        "model.load_state_dict(torch.load(PATH, weights_only=True))",
+    }
+    raise UserError(
+        f"--weights only applies to torchvision models, not to {model_spec}: {fixes[kind]}; "
+        "drop --weights"
+    )
+
+
+def weights_file(weights: str) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"weights file {str(path)!r} does not exist; pass --weights imagenet, none or the "
+            "path of a state-dict file (.pt/.pth)"
+        )
+    return path
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (loaded with ``weights_only=True``), as people save them: a
+    bare ``model.state_dict()``, a training checkpoint dict holding it under one of
+    ``CHECKPOINT_KEYS``, and keys prefixed by ``nn.DataParallel`` or ``torch.compile``."""
     if not path.is_file():
         raise UserError(
             f"weights file {str(path)!r} does not exist; pass imagenet, none or a .pt path"
@@ -206,10 +254,91 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(
             f"{path} is not a PyTorch state dict ({type(exc).__name__}); save one with torch.save(model.state_dict(), path)"
         ) from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path} holds a {type(state).__name__}, not a state dict")
+    state = unwrap_checkpoint(state, path)
+    for prefix in WRAPPER_PREFIXES:
+        if all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix) :]: value for key, value in state.items()}
+    return state
+
+
+def is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def unwrap_checkpoint(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict itself, from a bare one or from (nested) checkpoint dicts."""
+    save_hint = "save one with torch.save(model.state_dict(), path)"
+    while not is_state_dict(obj):
+        if not isinstance(obj, dict):
+            raise UserError(f"{path} holds a {type(obj).__name__}, not a state dict; {save_hint}")
+        if not obj:
+            raise UserError(f"{path} holds an empty dict, not a state dict; {save_hint}")
+        inner = next((obj[key] for key in CHECKPOINT_KEYS if isinstance(obj.get(key), dict)), None)
+        if inner is None:
+            keys = ", ".join(sorted(map(str, obj))[:8])
+            raise UserError(
+                f"{path} is a dict with keys {keys} but no state dict of tensors under "
+                f"{' / '.join(CHECKPOINT_KEYS)}; {save_hint}"
+            )
+        obj = inner
+    return obj
+
+
+def load_matching_state(module: nn.Module, state: dict[str, torch.Tensor], problem: str) -> None:
+    """Load ``state`` into ``module``, or a UserError starting with ``problem`` that names a few
+    missing, unexpected and misshapen keys. Keys under one extra leading name that every key
+    shares (PyTorch Lightning's ``model.``) are matched without it."""
+    expected = module.state_dict()
+    state = strip_shared_prefix(state, expected.keys())
+    wrong_shape = [
+        key
+        for key, value in state.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    misshapen = [
+        f"{key} {tuple(state[key].shape)} in the file, {tuple(expected[key].shape)} in the model"
+        for key in wrong_shape
+    ]
+    # strict=False reports rather than raises (except for shapes, left out here); torch itself
+    # decides which keys may be absent (an old BatchNorm checkpoint without num_batches_tracked).
+    result = module.load_state_dict(
+        {key: value for key, value in state.items() if key not in wrong_shape}, strict=False
+    )
+    missing = [key for key in result.missing_keys if key not in wrong_shape]
+    unexpected = list(result.unexpected_keys)
+    if misshapen or missing or unexpected:
+        parts = [
+            f"{len(keys)} {kind} key{'' if len(keys) == 1 else 's'} "
+            f"({', '.join(keys[:SHOWN_KEYS])}{', …' if len(keys) > SHOWN_KEYS else ''})"
+            for kind, keys in (
+                ("misshapen", misshapen),
+                ("missing", missing),
+                ("unexpected", unexpected),
+            )
+            if keys
+        ]
+        raise UserError(
+            f"{problem}: {'; '.join(parts)}; pass weights saved from this architecture "
+            "(torch.save(model.state_dict(), path)), or the --model they were trained with"
+        )
+
+
+def strip_shared_prefix(state: dict[str, torch.Tensor], expected: Any) -> dict[str, torch.Tensor]:
+    """``state`` without a leading ``name.`` that all its keys share, when no key matches
+    ``expected`` as they are but some do without it."""
+    wanted = set(expected)
+    while state and not wanted.intersection(state):
+        heads = {key.split(".", 1)[0] for key in state}
+        if len(heads) != 1 or not all("." in key for key in state):
+            break
+        stripped = {key.split(".", 1)[1]: value for key, value in state.items()}
+        if not wanted.intersection(stripped):
+            break
+        state = stripped
     return state
 
 
@@ -264,19 +393,22 @@ def build_torchscript(spec: str, device: torch.device, input_size: int | None) -
             "shown; use python:FILE.py for per-layer views",
             stacklevel=2,
         )
-    names = attribute(scripted, "class_names")
-    size = input_size or attribute(scripted, "input_size") or 224
-    channels = attribute(scripted, "in_channels") or 3
+    declared = declared_settings(
+        lambda name: attribute(scripted, name),
+        f"the TorchScript file {path}",
+        "set it on the module before torch.jit.save",
+        input_size,
+    )
     return ModelAdapter(
         module=module.eval().to(device),
         spec=spec,
         name=path.stem,
         description=f"TorchScript model {path.name}",
-        class_names=list(names) if names else [],
-        input_size=int(size),
-        in_channels=int(channels),
-        mean=tuple(attribute(scripted, "mean") or (IMAGENET_MEAN if channels == 3 else (0.5,))),
-        std=tuple(attribute(scripted, "std") or (IMAGENET_STD if channels == 3 else (0.5,))),
+        class_names=declared.class_names,
+        input_size=declared.input_size,
+        in_channels=declared.in_channels,
+        mean=declared.mean,
+        std=declared.std,
         device=device,
         extra={"path": str(path)},
     )
@@ -291,7 +423,8 @@ def attribute(obj: Any, name: str) -> Any:
 
 def build_python(spec: str, device: torch.device, input_size: int | None) -> ModelAdapter:
     """``python:FILE.py`` exposing ``get_model()``; optional ``class_names``, ``input_size``,
-    ``in_channels``, ``mean``, ``std``. Only ever loaded from the CLI, never from an upload."""
+    ``in_channels``, ``mean``, ``std`` (checked by :func:`declared_settings`). Only ever loaded
+    from the CLI, never from an upload. A file that calls ``sys.exit()`` is a UserError too."""
     path = existing_file(spec)
     module_name = f"layerscope_user_model_{abs(hash(str(path)))}"
     try:
@@ -299,6 +432,11 @@ def build_python(spec: str, device: torch.device, input_size: int | None) -> Mod
         user = importlib.util.module_from_spec(import_spec)
         sys.modules[module_name] = user
         import_spec.loader.exec_module(user)
+    except SystemExit as exc:
+        raise UserError(
+            f"{path} called sys.exit({exc.code!r}) while being imported; keep script code under "
+            "`if __name__ == '__main__':` so importing the file only defines get_model()"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - the user's file failed to import
         raise UserError(f"{path} failed to import: {type(exc).__name__}: {exc}") from None
     get_model: Callable[[], nn.Module] | None = getattr(user, "get_model", None)
@@ -306,26 +444,176 @@ def build_python(spec: str, device: torch.device, input_size: int | None) -> Mod
         raise UserError(f"{path} has no get_model() function; define one that returns an nn.Module")
     try:
         model = get_model()
+    except SystemExit as exc:
+        raise UserError(
+            f"get_model() in {path} called sys.exit({exc.code!r}); make it return the "
+            "nn.Module instead"
+        ) from None
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"get_model() in {path} raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise UserError(
             f"get_model() in {path} returned a {type(model).__name__}, not an nn.Module"
         )
-    channels = int(getattr(user, "in_channels", 3))
+    declared = declared_settings(lambda name: getattr(user, name, None), str(path), "", input_size)
     return ModelAdapter(
         module=model.eval().to(device),
         spec=spec,
         name=path.stem,
         description=f"{type(model).__name__} from {path.name}",
-        class_names=list(getattr(user, "class_names", [])),
-        input_size=int(input_size or getattr(user, "input_size", 224)),
-        in_channels=channels,
-        mean=tuple(getattr(user, "mean", IMAGENET_MEAN if channels == 3 else (0.5,))),
-        std=tuple(getattr(user, "std", IMAGENET_STD if channels == 3 else (0.5,))),
+        class_names=declared.class_names,
+        input_size=declared.input_size,
+        in_channels=declared.in_channels,
+        mean=declared.mean,
+        std=declared.std,
         device=device,
         extra={"path": str(path)},
     )
+
+
+# ---- what a model file declares -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeclaredSettings:
+    """A model file's optional attributes, checked, with the defaults filled in."""
+
+    class_names: list[str]  # [] when not declared: named "class i" once the outputs are known
+    input_size: int  # side of the square input, pixels
+    in_channels: int  # 1 (grayscale) or 3 (RGB)
+    mean: tuple[float, ...]  # one per channel, for pixels scaled to 0..1
+    std: tuple[float, ...]  # one per channel, all > 0
+
+
+def declared_settings(
+    read: Callable[[str], Any], source: str, how_to_set: str, input_size: int | None
+) -> DeclaredSettings:
+    """Check what a model file declares; ``read(name)`` is the attribute or None if absent.
+
+    Accepted: ``input_size`` an int or an (H, W) pair with H == W (the pipeline's views are
+    square; a non-square pair is an error); ``in_channels`` 1 or 3; ``mean``/``std`` one number
+    or one per channel (tuple, list or tensor), ``std`` > 0; ``class_names`` a list of unique
+    strings. ``input_size`` (from --input-size) wins over the file's. Anything else is a
+    UserError naming the attribute, ``source`` and the fix (``how_to_set``, if given, says
+    where to make it).
+    """
+
+    def bad(name: str, value: Any, problem: str, fix: str) -> UserError:
+        shown = reprlib.repr(value)
+        where = f" ({how_to_set})" if how_to_set else ""
+        return UserError(f"{name} = {shown} in {source} {problem}; {fix}{where}")
+
+    size = input_size if input_size is not None else check_input_size(read("input_size"), bad)
+    channels = read("in_channels")
+    if channels is None:
+        channels = 3
+    elif not is_whole(channels) or int(channels) not in (1, 3):
+        raise bad(
+            "in_channels",
+            channels,
+            "is not a channel count LayerScope feeds",
+            "use in_channels = 1 (grayscale) or 3 (RGB)",
+        )
+    channels = int(channels)
+    mean = check_stats("mean", read("mean"), channels, bad)
+    std = check_stats("std", read("std"), channels, bad)
+    return DeclaredSettings(
+        class_names=check_class_names(read("class_names"), bad),
+        input_size=size,
+        in_channels=channels,
+        mean=mean or (IMAGENET_MEAN if channels == 3 else (0.5,)),
+        std=std or (IMAGENET_STD if channels == 3 else (0.5,)),
+    )
+
+
+def is_whole(value: Any) -> bool:
+    """An integer (Python, NumPy or a 0-d tensor), never a bool."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point():
+        value = value.item()
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def as_list(value: Any) -> Any:
+    """Tensors and arrays as flat lists (a (3, 1, 1) buffer is 3 values); others unchanged."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.reshape(-1).tolist() if value.ndim else value.item()
+    return value
+
+
+def check_input_size(value: Any, bad: Callable[..., UserError]) -> int:
+    if value is None:
+        return 224
+    value = as_list(value)
+    fix = "use one side, e.g. input_size = 224, or an (H, W) pair with H == W, or pass --input-size"
+    sides = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(sides) not in (1, 2) or not all(is_whole(side) for side in sides):
+        raise bad("input_size", value, "is not a side or an (H, W) pair of whole pixels", fix)
+    if any(int(side) <= 0 for side in sides):
+        raise bad("input_size", value, "is not a positive size", fix)
+    if len(set(map(int, sides))) != 1:
+        raise bad(
+            "input_size",
+            value,
+            "is not square, and LayerScope feeds square inputs (shorter side resized, centre "
+            "cropped)",
+            f"use input_size = {min(map(int, sides))} if the model accepts square inputs, or pass "
+            "--input-size",
+        )
+    return int(sides[0])
+
+
+def check_stats(
+    name: str, value: Any, channels: int, bad: Callable[..., UserError]
+) -> tuple[float, ...] | None:
+    """``mean`` or ``std`` as one float per channel, or None when not declared."""
+    if value is None:
+        return None
+    value = as_list(value)
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    example = "(0.5,)" if channels == 1 else "(0.5, 0.5, 0.5)"
+    if not values or not all(
+        isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in values
+    ):
+        raise bad(
+            name, value, "is not a number or a tuple of numbers", f"use e.g. {name} = {example}"
+        )
+    if len(values) not in (1, channels):
+        raise bad(
+            name,
+            value,
+            f"has {len(values)} values but the model takes {channels} channel"
+            f"{'' if channels == 1 else 's'} (in_channels = {channels})",
+            f"give one value per channel, e.g. {name} = {example}, or set in_channels to match",
+        )
+    if name == "std" and any(x <= 0 for x in values):
+        raise bad(
+            name, value, "has a value <= 0, and pixels are divided by it", "use positive values"
+        )
+    if name == "mean" and any(not 0 <= x <= 1 for x in values):
+        raise bad(
+            name,
+            value,
+            "is outside 0..1, but LayerScope scales pixels to 0..1 before normalising",
+            "give the mean of 0..1 pixels (divide 0-255 values by 255)",
+        )
+    return tuple(float(x) for x in values) * (channels if len(values) == 1 else 1)
+
+
+def check_class_names(value: Any, bad: Callable[..., UserError]) -> list[str]:
+    if value is None:
+        return []
+    fix = "use a list of strings in the order of the model's outputs, e.g. class_names = ['cat', 'dog']"
+    if not isinstance(value, (list, tuple)) or not all(isinstance(n, str) for n in value):
+        raise bad("class_names", value, "is not a list of strings", fix)
+    repeated = sorted({n for n in value if value.count(n) > 1})
+    if repeated:
+        raise bad(
+            "class_names",
+            value,
+            f"repeats {', '.join(map(repr, repeated[:3]))}",
+            "give each output its own name",
+        )
+    return list(value)
 
 
 def smallcnn_adapter(
@@ -405,16 +693,40 @@ def rebuild_adapter(
 
 @dataclass
 class RunModel:
-    """A run's model and data, for the dashboard's per-sample, on-demand work."""
+    """A run's model and data, for the dashboard's per-sample, on-demand work.
+
+    Samples are found by uid, never by position: a folder that gained or lost images since the
+    run was computed lists them in another order. Each image file is checked against the size
+    and mtime the run recorded, so a changed picture is refused instead of explained."""
 
     adapter: ModelAdapter
     dataset: Any  # pipelines.datasets.Dataset
-    dataset_index: list[int]  # per sample row
+    uids: list[str]  # per sample row
+    recorded_files: dict[str, list[int]] | None  # the run's dataset_files table, if any
+    run_id: str = ""
+
+    def __post_init__(self) -> None:
+        self._index_by_uid = {record.uid: i for i, record in enumerate(self.dataset.samples)}
 
     def input_for(self, row: int) -> torch.Tensor:
         """(1, C, S, S) model-ready input of sample row ``row``."""
-        image = self.dataset.load_image(int(self.dataset_index[row]))
-        return self.adapter.preprocess([image])
+        from pipelines.fingerprint import sample_is_unchanged
+
+        uid = self.uids[row]
+        index = self._index_by_uid.get(uid)
+        fix = "compute a fresh run of it with `python main.py precompute ... --run-id NEW`"
+        if index is None:
+            raise UserError(
+                f"sample {uid} (row {row}) of run '{self.run_id}' is no longer in its dataset; "
+                f"the dataset changed since the run was computed: {fix}"
+            )
+        source = self.dataset.samples[index].source
+        if not sample_is_unchanged(self.dataset.root, source, self.recorded_files):
+            raise UserError(
+                f"the image of sample {uid} ({source}) changed on disk since run "
+                f"'{self.run_id}' was computed, so it cannot be explained; {fix}"
+            )
+        return self.adapter.preprocess([self.dataset.load_image(index)])
 
     def layer_module(self, layer_id: str) -> nn.Module:
         modules = dict(self.adapter.module.named_modules())
@@ -431,4 +743,11 @@ def open_run_model(store: Any, data_dir: Path, device: str = "auto") -> RunModel
     )
     dataset = open_dataset(manifest["dataset"]["spec"], Path(data_dir) / "datasets", progress=False)
     samples = store.load_json("samples")
-    return RunModel(adapter=adapter, dataset=dataset, dataset_index=samples["dataset_index"])
+    recorded = store.load_json("dataset_files") if store.has("dataset_files") else None
+    return RunModel(
+        adapter=adapter,
+        dataset=dataset,
+        uids=samples["uid"],
+        recorded_files=recorded,
+        run_id=store.run_id,
+    )

@@ -41,6 +41,12 @@ from pipelines.features import (
     pool_activations,
     pooled_shape,
 )
+from pipelines.fingerprint import (
+    Fingerprint,
+    change_since,
+    changed_source_error,
+    dataset_fingerprint,
+)
 from pipelines.labels import UNMAPPED, ClassMapping, map_classes
 from pipelines.layer_jobs import LayerJob, LayerWorkers
 from pipelines.models import (
@@ -48,6 +54,7 @@ from pipelines.models import (
     build_python,
     build_torchscript,
     build_torchvision,
+    check_weights_option,
     model_kind,
     resolve_device,
     smallcnn_adapter,
@@ -70,6 +77,9 @@ BF16_MAX_FEATURE_ERROR = 0.05  # relative error of every layer's pooled features
 AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 TOP_K = 10
 STAGES = ("index", "model", "forward", "embeddings")
+DEFAULT_PERPLEXITIES = (10.0, 30.0, 90.0)
+# The sample table's ``model_split``: whether the model was fitted on a sample.
+TRAIN, HELD_OUT = "train", "held-out"
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,9 @@ class PrecomputeConfig:
     weights: str | None = None
     samples: int | None = None
     subsets: tuple[str, ...] = ("100", "1000", "all")
-    perplexities: tuple[float, ...] = (10.0, 30.0, 90.0)
+    # None: the defaults, of which those the data is too small for are dropped with a warning;
+    # explicit values the data cannot support are an error.
+    perplexities: tuple[float, ...] | None = None
     device: str = "auto"
     batch_size: int = 64
     seed: int = 0
@@ -92,7 +104,7 @@ class PrecomputeConfig:
         for speed_only in ("device", "batch_size"):
             fields.pop(speed_only)
         fields["subsets"] = list(self.subsets)
-        fields["perplexities"] = list(self.perplexities)
+        fields["perplexities"] = list(self.perplexities or DEFAULT_PERPLEXITIES)
         return fields
 
 
@@ -135,15 +147,34 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
+def check_model_options(config: PrecomputeConfig) -> None:
+    """Options that make no sense, refused before anything is written."""
+    model_kind(config.model)  # unknown model names fail here
+    check_weights_option(config.model, config.weights)
+    if not 0 <= config.seed < 2**32:
+        # numpy's and scikit-learn's seeds are unsigned 32-bit numbers
+        raise UserError(f"--seed {config.seed} is out of range; use a whole number 0..4294967295")
+    if config.input_size is not None and config.input_size <= 0:
+        raise UserError(
+            f"--input-size {config.input_size} is not a size; give the model's input side in "
+            "pixels, e.g. --input-size 224"
+        )
+
+
 # ---- stage 1: index -------------------------------------------------------------------------
 
 
 def build_sample_table(
-    dataset: Dataset, order: np.ndarray, mapping: ClassMapping | None
+    dataset: Dataset,
+    order: np.ndarray,
+    mapping: ClassMapping | None,
+    trained_on: np.ndarray | None = None,
 ) -> dict[str, list]:
-    """Columns of the sample index, rows in nested-subset order."""
+    """Columns of the sample index, rows in nested-subset order. ``trained_on``: (len(dataset),)
+    bool, the samples the model was fitted on (None: a model trained elsewhere, all held out)."""
     records = [dataset.samples[i] for i in order]
     to_model = mapping.dataset_to_model if mapping else None
+    fitted = trained_on[order] if trained_on is not None else np.zeros(len(order), dtype=bool)
     return {
         "uid": [r.uid for r in records],
         "source": [r.source for r in records],
@@ -152,15 +183,49 @@ def build_sample_table(
         "label_name": [dataset.class_names[r.label] for r in records],
         "model_label": [int(to_model[r.label]) if to_model else UNMAPPED for r in records],
         "split": [r.split for r in records],
+        "model_split": [TRAIN if f else HELD_OUT for f in fitted],
     }
+
+
+def resolve_perplexities(
+    requested: tuple[float, ...] | None, subset_sizes: list[int]
+) -> tuple[dict[int, list[float]], str | None]:
+    """Perplexities per subset, and a warning when defaults had to be dropped.
+
+    Explicit values (``requested``) must all fit the data (a UserError names --perplexities
+    otherwise); the defaults adapt: those too large are dropped, and if none is left the
+    largest perplexity the data allows is used.
+    """
+    if requested is not None:
+        return reduce.resolve_perplexities(list(requested), subset_sizes), None
+    largest = max(subset_sizes)
+    usable = [p for p in DEFAULT_PERPLEXITIES if p <= reduce.largest_perplexity(largest)]
+    if not usable and reduce.largest_perplexity(largest) >= 1:
+        usable = [float(reduce.largest_perplexity(largest))]
+    dropped = [p for p in DEFAULT_PERPLEXITIES if p not in usable]
+    if not usable:
+        raise UserError(
+            f"{largest} samples are too few for t-SNE (it needs perplexity < n/3 and at least "
+            "4 samples); use more --samples"
+        )
+    warning = None
+    if dropped:
+        warning = (
+            f"{largest} samples are too few for the default perplexities "
+            f"{', '.join(f'{p:g}' for p in dropped)} (t-SNE needs perplexity < n/3); using "
+            f"{', '.join(f'{p:g}' for p in usable)}; pass --perplexities to choose"
+        )
+    return reduce.resolve_perplexities(usable, subset_sizes), warning
 
 
 # ---- stage 2: model -------------------------------------------------------------------------
 
 
-def smallcnn_checkpoint(data_dir: Path, dataset: Dataset, seed: int) -> Path:
-    """One trained smallcnn per dataset (and seed), reused by every run on that dataset."""
-    key = hashlib.sha1(dataset.spec.encode()).hexdigest()[:8]
+def smallcnn_checkpoint(data_dir: Path, dataset: Dataset, seed: int, content: Fingerprint) -> Path:
+    """One trained smallcnn per dataset (and seed), reused by every run on that dataset. A
+    folder's key includes its content, so a model is never reused on a folder that changed."""
+    identity = dataset.spec if content.kind == "samples" else f"{dataset.spec}@{content.digest}"
+    key = hashlib.sha1(identity.encode()).hexdigest()[:8]
     return Path(data_dir) / "models" / f"smallcnn-{dataset.name}-{key}-seed{seed}.pt"
 
 
@@ -175,7 +240,11 @@ def training_split(dataset: Dataset, seed: int) -> np.ndarray:
 
 
 def build_adapter(
-    config: PrecomputeConfig, dataset: Dataset, data_dir: Path, progress: bool
+    config: PrecomputeConfig,
+    dataset: Dataset,
+    data_dir: Path,
+    progress: bool,
+    content: Fingerprint,
 ) -> tuple[ModelAdapter, dict[str, Any]]:
     device = resolve_device(config.device)
     kind = model_kind(config.model)
@@ -191,7 +260,7 @@ def build_adapter(
             labels = torch.tensor([r.label for r in dataset.samples], device=device)
             return adapter.to_tensor(images), labels, training_split(dataset, config.seed)
 
-        checkpoint = smallcnn_checkpoint(data_dir, dataset, config.seed)
+        checkpoint = smallcnn_checkpoint(data_dir, dataset, config.seed, content)
         info = train_or_load_smallcnn(adapter, checkpoint, load_inputs, config.seed, progress)
         return adapter, info
     with torch.random.fork_rng(devices=[]):
@@ -400,6 +469,22 @@ def prediction_columns(log_prob: np.ndarray, model_labels: np.ndarray) -> dict[s
     }
 
 
+def accuracy_by_split(correct: np.ndarray, held_out: np.ndarray) -> dict[str, dict[str, Any]]:
+    """correct: (N,) int8, 1 / 0 / -1 (class not mapped); held_out: (N,) bool.
+
+    {"held-out": {"accuracy": float or None, "samples": int}, "train": {...}}: accuracy over the
+    split's rows whose class is known (None when there are none).
+    """
+    result = {}
+    for name, rows in ((HELD_OUT, held_out), (TRAIN, ~held_out)):
+        known = correct[rows][correct[rows] >= 0]
+        result[name] = {
+            "accuracy": float(known.mean()) if len(known) else None,
+            "samples": int(rows.sum()),
+        }
+    return result
+
+
 def confusion_matrix(
     labels: np.ndarray, predicted: np.ndarray, dataset_to_model: list[int]
 ) -> np.ndarray:
@@ -435,36 +520,66 @@ class Precompute:
             print(message, file=sys.stderr, flush=True)
 
     def run(self) -> RunStore:
+        """Compute what is missing. Everything the user can get wrong is checked before the
+        run folder is made; a failure after that is recorded in the manifest; a finished run
+        is only read, so re-running its command works on a read-only data dir."""
         if self.config.samples is not None and self.config.samples <= 0:
             raise UserError(
                 "--samples must be a positive number of images (or leave it out for all)"
             )
+        check_model_options(self.config)
+        if self.store.exists():
+            self.check_same_settings()
+        dataset = open_dataset(self.config.dataset, self.data_dir / "datasets", self.progress)
+        content = dataset_fingerprint(dataset)
+        if self.store.exists():
+            self.check_same_source(content)
+            if self.finished():
+                self.log(f"run '{self.run_id}' is already complete in {self.store.run_dir}")
+                return self.store
+        n_total = min(self.config.samples or len(dataset.samples), len(dataset.samples))
+        subset_sizes = reduce.resolve_subset_sizes(list(self.config.subsets), n_total)
+        perplexities, warning = resolve_perplexities(self.config.perplexities, subset_sizes)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
         processes = self.embedding_workers()
         blas_threads = max(1, available_cores() // processes)
         with self.store.writer_lock(), LayerWorkers(processes, blas_threads) as workers:
-            self.check_or_create_manifest()
-            dataset = open_dataset(self.config.dataset, self.data_dir / "datasets", self.progress)
-            n_total = min(self.config.samples or len(dataset.samples), len(dataset.samples))
-            subset_sizes = reduce.resolve_subset_sizes(list(self.config.subsets), n_total)
-            perplexities = reduce.resolve_perplexities(list(self.config.perplexities), subset_sizes)
-            use_threads_for(self.config, "model")
-            adapter, model_info = self.timed(
-                "model", lambda: build_adapter(self.config, dataset, self.data_dir, self.progress)
-            )
-            use_threads_for(self.config, "forward")
-            if self.store.read_manifest()["stages"]["embeddings"].get("state") != "done":
-                # Started now so their imports overlap the forward pass, not training (which
-                # may use every core) or the first layer.
-                workers.start()
-            if "checkpoint" in model_info:
-                # The run keeps its own copy so it stays viewable if data/models is cleaned.
-                self.store.save_state_dict("model_checkpoint", adapter.module.state_dict())
-            self.index_and_describe(
-                dataset, adapter, model_info, n_total, subset_sizes, perplexities
-            )
-            self.forward(dataset, adapter)
-            self.embeddings(workers)
+            self.check_or_create_manifest(content)
+            try:
+                self.compute(dataset, content, n_total, subset_sizes, perplexities, workers)
+            except Exception as exc:
+                self.record_failure(exc)
+                raise
             return self.store
+
+    def compute(
+        self,
+        dataset: Dataset,
+        content: Fingerprint,
+        n_total: int,
+        subset_sizes: list[int],
+        perplexities: dict[int, list[float]],
+        workers: LayerWorkers,
+    ) -> None:
+        """The stages, in order, each skipping what is already on disk."""
+        use_threads_for(self.config, "model")
+        adapter, model_info = self.timed(
+            "model",
+            lambda: build_adapter(self.config, dataset, self.data_dir, self.progress, content),
+        )
+        use_threads_for(self.config, "forward")
+        if self.store.read_manifest()["stages"]["embeddings"].get("state") != "done":
+            # Started now so their imports overlap the forward pass, not training (which
+            # may use every core) or the first layer.
+            workers.start()
+        if "checkpoint" in model_info:
+            # The run keeps its own copy so it stays viewable if data/models is cleaned.
+            self.store.save_state_dict("model_checkpoint", adapter.module.state_dict())
+        self.index_and_describe(dataset, adapter, model_info, n_total, subset_sizes, perplexities)
+        self.forward(dataset, adapter)
+        self.embeddings(workers)
+        self.clear_failure()
 
     def timed(self, stage: str, work: Any) -> Any:
         start = time.perf_counter()
@@ -474,25 +589,74 @@ class Precompute:
         )
         return result
 
-    def check_or_create_manifest(self) -> None:
+    def check_same_settings(self) -> None:
+        manifest = self.store.read_manifest()
+        if manifest["config"]["identity"] != self.config.identity():
+            raise UserError(
+                f"run '{self.run_id}' already exists with different settings; pass a new "
+                "--run-id, or delete the run folder to start over"
+            )
+
+    def check_same_source(self, content: Fingerprint) -> None:
+        """Refuse to resume (or call complete) a run whose dataset changed since it began."""
+        manifest = self.store.read_manifest()
+        recorded_files = (
+            self.store.load_json("dataset_files") if self.store.has("dataset_files") else None
+        )
+        change = change_since(manifest.get("source_fingerprint"), recorded_files, content)
+        if change:
+            raise changed_source_error(self.run_id, self.config.dataset, change)
+
+    def finished(self) -> bool:
+        manifest = self.store.read_manifest()
+        stages = manifest.get("stages", {})
+        return all(stages.get(name, {}).get("state") == "done" for name in STAGES)
+
+    def check_or_create_manifest(self, content: Fingerprint) -> None:
         if self.store.exists():
+            # Again under the lock: another precompute may have changed the run meanwhile.
+            self.check_same_settings()
+            self.check_same_source(content)
             manifest = self.store.read_manifest()
-            if manifest["config"]["identity"] != self.config.identity():
-                raise UserError(
-                    f"run '{self.run_id}' already exists with different settings; pass a new "
-                    "--run-id, or delete the run folder to start over"
-                )
+            if "source_fingerprint" not in manifest:  # a run begun before fingerprints
+                self.record_source(content, manifest)
+            self.clear_failure()
             self.log(f"resuming run '{self.run_id}' in {self.store.run_dir}")
             return
-        self.store.write_manifest(
-            {
-                "run_id": self.run_id,
-                "created": time.time(),
-                "config": {**asdict(self.config), "identity": self.config.identity()},
-                "stages": {name: {"state": "pending"} for name in STAGES},
-                "versions": library_versions(),
-            }
-        )
+        manifest = {
+            "run_id": self.run_id,
+            "created": time.time(),
+            "config": {**asdict(self.config), "identity": self.config.identity()},
+            "stages": {name: {"state": "pending"} for name in STAGES},
+            "versions": library_versions(),
+        }
+        self.record_source(content, manifest)
+
+    def record_source(self, content: Fingerprint, manifest: dict[str, Any]) -> None:
+        """Store the dataset's file table (first: the manifest names it), then the manifest
+        with the fingerprint."""
+        if content.files is not None:
+            self.store.save_json("dataset_files", content.files)
+        self.store.write_manifest({**manifest, "source_fingerprint": content.to_json()})
+
+    def record_failure(self, exc: Exception) -> None:
+        """Mark the run failed with its one-line error, so `runs` and the dashboard show why
+        (a resume clears it). Best effort: the original error is what the user must see."""
+        if isinstance(exc, UserError):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        try:
+            manifest = self.store.read_manifest()
+            manifest["failure"] = {"error": message, "time": time.time()}
+            self.store.write_manifest(manifest)
+        except (OSError, UserError):
+            pass
+
+    def clear_failure(self) -> None:
+        manifest = self.store.read_manifest()
+        if manifest.pop("failure", None) is not None:
+            self.store.write_manifest(manifest)
 
     def index_and_describe(
         self,
@@ -513,8 +677,12 @@ class Precompute:
         )
         if mapping.warning:
             print(f"warning: {mapping.warning}", file=sys.stderr)
-        if not self.store.has("samples"):
-            self.store.save_json("samples", build_sample_table(dataset, order, mapping))
+        # A sample table written before it had ``model_split`` is rebuilt: same rows.
+        if not self.store.has("samples") or "model_split" not in self.store.load_json("samples"):
+            trained_on = None
+            if model_kind(self.config.model) == "smallcnn":
+                trained_on = ~training_split(dataset, self.config.seed)
+            self.store.save_json("samples", build_sample_table(dataset, order, mapping, trained_on))
         manifest = self.store.read_manifest()
         manifest.update(
             dataset={
@@ -571,26 +739,33 @@ class Precompute:
             "forward", state="running", done=len(chunks) - len(pending), total=len(chunks)
         )
         precision = self.forward_precision(adapter, dataset, indices, feature_layers)
-        for chunk_index in pending:
-            rows = chunks[chunk_index]
-            views = load_views(adapter, dataset, indices[rows.start : rows.stop])
-            per_sample, features = forward_chunk(
-                adapter,
-                adapter.to_tensor(views),
-                feature_layers,
-                gradcam_layer,
-                manifest["explanation_size"],
-                self.config.batch_size,
-                precision,
-            )
-            for layer, values in features.items():
-                self.store.save_array("features", values, layer=layer, chunk=chunk_index)
-            per_sample["thumbnails"] = thumbnails_of(views)
-            self.store.save_arrays("forward_chunk", per_sample, chunk=chunk_index)  # commit marker
-            bar.update(len(rows))
-        bar.close()
+        try:
+            for chunk_index in pending:
+                rows = chunks[chunk_index]
+                views = load_views(adapter, dataset, indices[rows.start : rows.stop])
+                per_sample, features = forward_chunk(
+                    adapter,
+                    adapter.to_tensor(views),
+                    feature_layers,
+                    gradcam_layer,
+                    manifest["explanation_size"],
+                    self.config.batch_size,
+                    precision,
+                )
+                for layer, values in features.items():
+                    self.store.save_array("features", values, layer=layer, chunk=chunk_index)
+                per_sample["thumbnails"] = thumbnails_of(views)
+                self.store.save_arrays(
+                    "forward_chunk", per_sample, chunk=chunk_index
+                )  # commit marker
+                bar.update(len(rows))
+        finally:
+            bar.close()  # also on Ctrl-C: no bar redrawn after the "interrupted" line
         self.consolidate_forward(
-            len(chunks), np.array(samples["label"]), np.array(samples["model_label"])
+            len(chunks),
+            np.array(samples["label"]),
+            np.array(samples["model_label"]),
+            np.array(samples["model_split"]) == HELD_OUT,
         )
         self.store.update_stage(
             "forward",
@@ -621,7 +796,7 @@ class Precompute:
         return manifest["forward_precision"]["dtype"]
 
     def consolidate_forward(
-        self, num_chunks: int, labels: np.ndarray, model_labels: np.ndarray
+        self, num_chunks: int, labels: np.ndarray, model_labels: np.ndarray, held_out: np.ndarray
     ) -> None:
         parts = [self.store.load_arrays("forward_chunk", chunk=i) for i in range(num_chunks)]
         merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
@@ -643,8 +818,10 @@ class Precompute:
                 "confusion": confusion,
             },
         )
-        known = columns["correct"] >= 0
-        manifest["accuracy"] = float(columns["correct"][known].mean()) if known.any() else None
+        by_split = accuracy_by_split(columns["correct"], held_out)
+        manifest["accuracy_by_split"] = by_split
+        # The one accuracy shown wherever there is room for one: on data the model never saw.
+        manifest["accuracy"] = by_split[HELD_OUT]["accuracy"]
         self.store.write_manifest(manifest)
         self.store.delete_kind("forward_chunk")
 
@@ -690,12 +867,15 @@ class Precompute:
                 seconds=round(time.perf_counter() - start, 3),
             )
 
-        for layer_id in workers.run(job, pending):
-            finished(layer_id)
-        for layer in aliases:
-            job.copy(layer["same_as"], layer["id"])
-            finished(layer["id"])
-        bar.close()
+        try:
+            for layer_id in workers.run(job, pending):
+                finished(layer_id)
+            for layer in aliases:
+                job.copy(layer["same_as"], layer["id"])
+                finished(layer["id"])
+        finally:
+            # Also on Ctrl-C: left open, the bar is drawn once more, after the "interrupted" line.
+            bar.close()
         self.store.update_stage(
             "embeddings",
             state="done",

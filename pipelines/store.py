@@ -227,9 +227,17 @@ class RunStore:
                     f"another precompute is writing run '{self.run_id}'; wait for it to finish "
                     "or pass a different --run-id"
                 ) from None
+            self.remove_stale_temp_files()
             yield
         finally:
             handle.close()
+
+    def remove_stale_temp_files(self) -> None:
+        """Delete the temp files of writes that a killed process never finished; only safe
+        under the writer lock (no other writer can be mid-write then)."""
+        for temp in self.run_dir.rglob(".*.tmp-*"):
+            if temp.is_file():
+                temp.unlink(missing_ok=True)
 
     def is_being_written(self) -> bool:
         """True while some precompute holds the writer lock (for the dashboard and `runs`)."""

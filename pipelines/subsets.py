@@ -111,8 +111,9 @@ def resolve_perplexities(
                     "least 4 samples); use more --samples"
                 )
             raise UserError(
-                f"perplexity {p:g} is too large for {largest} samples (t-SNE needs perplexity < "
-                f"n/3); use at most {usable}, or more --samples"
+                f"--perplexities {p:g} is too large for {largest} samples (t-SNE needs "
+                f"perplexity < n/3); use values up to {usable} (or leave --perplexities out to "
+                "use the defaults that fit), or more --samples"
             )
     return {n: [p for p in wanted if _fits(p, n)] for n in sorted(subset_sizes)}
 

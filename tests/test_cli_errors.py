@@ -186,3 +186,88 @@ def test_real_process_exit_status_and_single_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "nope" in lines[0]
+
+
+def test_usage_hint_names_the_program_once(capsys):
+    status, err = run_cli(["frobnicate"], capsys)
+    assert_user_error(status, err, "see `python main.py --help`")
+    assert "main.py main.py" not in err
+    status, err = run_cli(["precompute", "--dataset", "digits", "--nope"], capsys)
+    assert_user_error(status, err, "see `python main.py precompute --help`")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "phrase"),
+    [
+        ("--seed", "-1", "--seed -1"),
+        ("--seed", str(2**32), "--seed"),
+        ("--input-size", "0", "--input-size 0"),
+        ("--input-size", "-5", "--input-size -5"),
+    ],
+)
+def test_nonsensical_numbers_are_user_errors(data_dir, capsys, option, value, phrase):
+    args = precompute(data_dir, "--dataset", "digits", "--model", "smallcnn", option, value)
+    status, err = run_cli(args, capsys)
+    assert_user_error(status, err, phrase)
+    assert not (data_dir / "runs").exists()  # refused before any run folder is made
+
+
+@pytest.mark.parametrize("command", ["precompute", "runs", "serve"])
+def test_a_data_dir_that_is_a_file(tmp_path, capsys, command):
+    afile = write(tmp_path / "notes.txt", "not a folder")
+    args = [command, "--data-dir", str(afile)]
+    if command == "precompute":
+        args += ["--dataset", "digits", "--model", "smallcnn"]
+    status, err = run_cli(args, capsys)
+    assert_user_error(status, err, "notes.txt is a file")
+
+
+def test_serve_port_out_of_range(tmp_path, capsys):
+    status, err = run_cli(["serve", "--data-dir", str(tmp_path), "--port", "70000"], capsys)
+    assert_user_error(status, err, "--port")
+
+
+def test_default_perplexities_adapt_to_small_data_with_a_warning():
+    from pipelines.precompute import resolve_perplexities
+
+    chosen, warning = resolve_perplexities(None, [100, 200])
+    assert chosen == {100: [10.0, 30.0], 200: [10.0, 30.0]}
+    assert "90" in warning and "--perplexities" in warning
+    chosen, warning = resolve_perplexities(None, [20])  # not even 10 fits: the largest that does
+    assert chosen == {20: [6.0]} and "10, 30, 90" in warning
+    assert resolve_perplexities(None, [1797]) == ({1797: [10.0, 30.0, 90.0]}, None)
+
+
+def test_explicit_perplexities_the_data_cannot_support_name_the_flag(data_dir, capsys):
+    args = precompute(
+        data_dir, "--dataset", "digits", "--model", "smallcnn", "--samples", "200",
+        "--perplexities", "10,90",
+    )  # fmt: skip
+    status, err = run_cli(args, capsys)
+    assert_user_error(status, err, "--perplexities 90", "200 samples")
+
+
+def test_a_failed_precompute_shows_as_failed(data_dir, tmp_path, capsys):
+    from dashboard.data import RunCatalog
+
+    source = write(tmp_path / "broken.py", "def get_model():\n    raise ValueError('bad config')\n")
+    args = precompute(data_dir, "--dataset", "digits", "--model", f"python:{source}")
+    assert run_cli(args, capsys)[0] == 2
+    status, out = main(["runs", "--data-dir", str(data_dir)]), capsys.readouterr().out
+    assert status == 0 and "FAILED" in out and "bad config" in out
+    (summary,) = RunCatalog(data_dir).summaries()
+    assert "FAILED" in summary.label and "bad config" in summary.label
+    note = RunCatalog(data_dir).open(summary.run_id).not_ready_note()
+    assert note is not None and "failed" in note and "bad config" in note
+
+
+def test_weights_with_a_model_file_is_refused(data_dir, tmp_path, capsys):
+    source = write(
+        tmp_path / "net.py", "import torch.nn as nn\ndef get_model():\n    return nn.Identity()\n"
+    )
+    args = precompute(
+        data_dir, "--dataset", "digits", "--model", f"python:{source}", "--weights", "w.pt"
+    )
+    status, err = run_cli(args, capsys)
+    assert_user_error(status, err, "--weights")
+    assert not (data_dir / "runs").exists()

@@ -342,6 +342,23 @@ def test_channel_scores_match_the_definition():
     np.testing.assert_allclose(act.channel_scores(random_maps), expected, rtol=1e-4)
 
 
+def test_constant_and_dead_channels_score_a_plain_zero_never_minus_zero():
+    # A constant map's histogram is one full bin: entropy -(1 * log2 1) is -0.0 in floating point.
+    maps = np.zeros((3, 4, 4), dtype=np.float32)
+    maps[1] = 7.0
+    maps[2] = -2.5
+    scores = act.channel_scores(maps)
+    assert scores.tolist() == [0.0, 0.0, 0.0] and not np.signbit(scores).any()
+    assert [act.format_score(float(s)) for s in scores] == ["0", "0", "0"]
+    figure = act.grid_figure("/g.png", act.grid_geometry(3), np.arange(3), scores)
+    assert not any(math.copysign(1.0, c[1]) < 0 for c in figure["data"][0]["customdata"])
+    # A score is >= 0 by definition: whatever rounding leaves below zero reads "0" too.
+    for below in (-0.0, -1e-9, -0.0004):
+        assert act.format_score(below) == "0"
+    assert act.format_score(3.14159) == "3.14" and act.format_score(0.000123) == "0.000123"
+    assert act.format_score(float("nan")) == "nan"
+
+
 def test_channel_order_sorts_by_score_with_ties_by_index():
     scores = np.array([0.5, 2.0, 0.5, 3.0], dtype=np.float32)
     assert act.channel_order(scores, "score").tolist() == [3, 1, 0, 2]

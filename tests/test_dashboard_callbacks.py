@@ -7,13 +7,14 @@ import io
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from contextvars import copy_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from dash import Patch
+from dash import Patch, no_update
 from dash._callback_context import context_value
 from dash._utils import AttributeDict
 from PIL import Image
@@ -22,7 +23,7 @@ from components.activations import grid_geometry
 from dashboard import ids
 from dashboard.app import create_app
 from dashboard.context import current
-from dashboard.data import NotReady, RunCatalog
+from dashboard.data import NotReady, RunCatalog, RunData, run_label
 from dashboard.model_service import ByteLRU, ModelService
 from dashboard.panels import about, activations, controls, embedding, inspector, model_view
 from pipelines.errors import UserError
@@ -176,6 +177,37 @@ def test_update_view_patches_only_changed_fields(app, selection):
         selection,
     )
     assert not isinstance(unchanged[0], Patch)
+
+
+def test_the_run_list_picks_up_new_and_finished_runs_and_leaves_the_selection(small_run, tmp_path):
+    data_dir, run_id = small_run
+    shutil.copytree(data_dir / "runs" / run_id, tmp_path / "runs" / run_id)
+    live_app = create_app(tmp_path)
+    loaded = call(live_app, controls.setup_run, "", None, None)
+    options = loaded[1]
+    assert call(live_app, controls.refresh_runs, 1, options) is no_update  # nothing new
+    # Another precompute starts a run while the page is open ...
+    shutil.copytree(data_dir / "runs" / run_id, tmp_path / "runs" / "later")
+    later = RunStore(tmp_path / "runs" / "later")
+    manifest = later.read_manifest()
+    manifest["stages"]["embeddings"] = {"state": "running", "done": 3, "total": 14}
+    later.write_manifest(manifest)
+    listed = call(live_app, controls.refresh_runs, 2, options)
+    assert [o["value"] for o in listed] == [run_id, "later"]
+    assert "precompute not finished" in listed[1]["label"]
+    assert call(live_app, controls.refresh_runs, 3, listed) is no_update
+    # ... and finishes it.
+    manifest["stages"]["embeddings"] = {"state": "done", "done": 14, "total": 14}
+    later.write_manifest(manifest)
+    finished = call(live_app, controls.refresh_runs, 4, listed)
+    assert "precompute not finished" not in finished[1]["label"]
+    # The menu's options are all it writes: the chosen run is never touched.
+    polled = [
+        outputs.split("@")[0]
+        for outputs, entry in live_app.callback_map.items()
+        if any(i["id"] == ids.CONTROLS_RUN_POLL for i in entry["inputs"])
+    ]
+    assert polled == [f"{ids.CONTROLS_RUN}.options"]
 
 
 # ---- model view -------------------------------------------------------------------------------
@@ -460,6 +492,81 @@ def test_about_describes_the_run(app, selection):
     )
     assert "embeddings: done" in text
     assert note is None and poll_disabled is True and text_of(status) == "complete"
+
+
+@pytest.fixture
+def with_accuracy(small_run: tuple[Path, str], tmp_path: Path) -> Callable[..., RunData]:
+    """A copy of the small run whose manifest gets the accuracy fields given (and no
+    ``accuracy_by_split`` unless given: a run made before held-out accuracy existed)."""
+    data_dir, run_id = small_run
+    shutil.copytree(data_dir / "runs" / run_id, tmp_path / "runs" / run_id)
+    store = RunStore(tmp_path / "runs" / run_id)
+
+    def rewrite(**fields: Any) -> RunData:
+        manifest = store.read_manifest()
+        manifest.pop("accuracy_by_split", None)
+        manifest.update(fields)
+        store.write_manifest(manifest)
+        return RunCatalog(tmp_path).open(run_id)
+
+    return rewrite
+
+
+def by_split(held_out: float | None, held_out_n: int, train: float | None, train_n: int) -> dict:
+    return {
+        "held-out": {"accuracy": held_out, "samples": held_out_n},
+        "train": {"accuracy": train, "samples": train_n},
+    }
+
+
+def accuracy_row(run: RunData) -> str:
+    rows = [text_of(row.children[1]) for row in about.about_rows(run)]
+    labels = [text_of(row.children[0]) for row in about.about_rows(run)]
+    return rows[labels.index("Accuracy")]
+
+
+def test_picker_and_about_show_held_out_accuracy_beside_train(with_accuracy):
+    run = with_accuracy(accuracy=0.986, accuracy_by_split=by_split(0.986, 60, 0.996, 240))
+    label = run_label(run)
+    assert "held-out acc 98.6%" in label and "99.6" not in label
+    assert accuracy_row(run) == "held-out 98.6% (60 samples) · train 99.6% (240 samples)"
+    big = with_accuracy(accuracy=0.986, accuracy_by_split=by_split(0.986, 360, 0.996, 1437))
+    assert accuracy_row(big) == "held-out 98.6% (360 samples) · train 99.6% (1,437 samples)"
+
+
+def test_a_pretrained_model_is_held_out_on_every_row(with_accuracy):
+    run = with_accuracy(accuracy=0.951, accuracy_by_split=by_split(0.951, 300, None, 0))
+    assert "held-out acc 95.1%" in run_label(run)
+    assert accuracy_row(run) == "held-out 95.1% (all 300 samples; pretrained model)"
+
+
+def test_a_run_from_before_held_out_accuracy_says_its_accuracy_is_over_all_rows(with_accuracy):
+    run = with_accuracy(accuracy=0.994)
+    label = run_label(run)
+    assert "acc 99.4% (all rows; recompute for held-out)" in label and "held-out acc" not in label
+    row = accuracy_row(run)
+    assert "99.4%" in row and "all 300 samples" in row and "recompute" in row
+    assert not row.startswith("held-out")
+
+
+def test_unmapped_classes_show_no_accuracy(with_accuracy):
+    run = with_accuracy(accuracy=None, accuracy_by_split=by_split(None, 60, None, 240))
+    assert "acc" not in run_label(run)
+    assert accuracy_row(run).startswith("unknown: the dataset's labels do not map")
+    old = with_accuracy(accuracy=None)
+    assert "acc" not in run_label(old) and accuracy_row(old).startswith("unknown")
+
+
+def test_a_run_with_no_held_out_rows_still_shows_its_train_accuracy(with_accuracy):
+    run = with_accuracy(accuracy=None, accuracy_by_split=by_split(None, 0, 0.996, 300))
+    assert "acc" not in run_label(run)
+    assert accuracy_row(run) == "held-out – (0 samples) · train 99.6% (300 samples)"
+
+
+def test_a_randomly_initialised_model_is_not_called_pretrained(with_accuracy):
+    run = with_accuracy(accuracy=0.1, accuracy_by_split=by_split(0.1, 300, None, 0))
+    run.manifest["config"]["weights"] = "none"
+    assert accuracy_row(run) == "held-out 10.0% (all 300 samples; randomly initialised model)"
 
 
 @pytest.fixture

@@ -141,4 +141,6 @@ def test_on_demand_work_refuses_a_changed_or_removed_file(grown: tuple[Path, Pat
 def test_describe_change_counts_each_kind() -> None:
     recorded = {"a/1.png": [10, 1], "a/2.png": [10, 1], "b/3.png": [5, 1]}
     current = {"a/1.png": [10, 1], "a/2.png": [11, 2], "b/4.png": [5, 1], "b/5.png": [5, 1]}
-    assert describe_change(recorded, current) == "2 images added, 1 removed, 1 modified (e.g. b/4.png)"
+    assert (
+        describe_change(recorded, current) == "2 images added, 1 removed, 1 modified (e.g. b/4.png)"
+    )

@@ -17,6 +17,8 @@ from sklearn.datasets import load_digits
 from pipelines.datasets import (
     DATASET_CHOICES,
     UnreadableImage,
+    candidate_files,
+    class_folders,
     folder_uid,
     high_depth_to_uint8,
     open_dataset,
@@ -232,6 +234,135 @@ def test_class_folders_without_usable_images_are_a_user_error(tmp_path: Path) ->
 def test_folder_without_a_path_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="folder: needs a path"):
         open_dataset("folder:", tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# folder:PATH with symlinks (issue 9, item 4): each real folder is read once
+
+
+def pngs(folder: Path, *names: str) -> None:
+    for name in names:
+        save(Image.new("RGB", (6, 6), (len(name) * 40 % 256, 90, 30)), folder / name)
+
+
+def link_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "symlink" in r.getMessage()]
+
+
+@pytest.fixture
+def pets(tmp_path: Path) -> Path:
+    root = tmp_path / "pets"
+    pets_layout = {"cat": ("a.png", "b.png"), "dog": ("c.png",)}
+    for name, files in pets_layout.items():
+        pngs(root / name, *files)
+    pngs(root / "cat" / "sub", "d.png")
+    return root
+
+
+PET_SOURCES = ["cat/a.png", "cat/b.png", "cat/sub/d.png", "dog/c.png"]
+
+
+def test_symlink_to_the_dataset_root_is_not_a_class(
+    pets: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (pets / "self").symlink_to(".")
+    caplog.set_level(logging.WARNING)
+    ds = open_dataset(f"folder:{pets}", pets.parent / "cache", progress=False)
+    assert ds.class_names == ["cat", "dog"]
+    assert [s.source for s in ds.samples] == PET_SOURCES
+    (message,) = link_messages(caplog)
+    assert message.startswith(f"warning: did not follow 1 folder symlink in {pets} that leads")
+    assert f"self -> {pets}" in message and "counted twice" in message
+
+
+def test_loops_inside_class_folders_are_not_followed_and_said(
+    pets: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (pets / "cat" / "loop").symlink_to(".")
+    (pets / "cat" / "sub" / "up").symlink_to("../..")  # the dataset root
+    (pets / "cat" / "dogs").symlink_to("../dog")  # another class: its images twice
+    (pets / "dog" / "everything").symlink_to(pets.parent)  # contains the dataset
+    caplog.set_level(logging.WARNING)
+    ds = open_dataset(f"folder:{pets}", pets.parent / "cache", progress=False)
+    assert ds.class_names == ["cat", "dog"]
+    assert [s.source for s in ds.samples] == PET_SOURCES
+    (message,) = link_messages(caplog)
+    assert message.startswith("warning: did not follow 4 folder symlinks in ")
+    assert f"cat/dogs -> {pets / 'dog'}, cat/loop -> {pets / 'cat'}, cat/sub/up -> {pets}, …" in (
+        message
+    )
+
+
+def test_class_folders_may_be_symlinks_to_folders_elsewhere_read_once(
+    pets: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The layout people build datasets with: class folders (or folders inside one) that are
+    symlinks to real folders outside the dataset. Each real folder is read once."""
+    elsewhere = pets.parent / "elsewhere"
+    pngs(elsewhere / "cows", "e.png", "f.png")
+    pngs(elsewhere / "more-cats", "g.png")
+    (pets / "cows").symlink_to(elsewhere / "cows")
+    (pets / "zebu").symlink_to(elsewhere / "cows")  # the same folder again: skipped
+    (pets / "cat" / "more").symlink_to(elsewhere / "more-cats")
+    (elsewhere / "more-cats" / "back").symlink_to(pets)  # out and back in: skipped
+    (elsewhere / "cows" / "itself").symlink_to(elsewhere / "cows")
+    caplog.set_level(logging.WARNING)
+    ds = open_dataset(f"folder:{pets}", pets.parent / "cache", progress=False)
+    assert ds.class_names == ["cat", "cows", "dog"]
+    assert [s.source for s in ds.samples] == [
+        "cat/a.png",
+        "cat/b.png",
+        "cat/more/g.png",
+        "cat/sub/d.png",
+        "cows/e.png",
+        "cows/f.png",
+        "dog/c.png",
+    ]
+    assert ds.load_image(2).size == (6, 6)
+    (message,) = link_messages(caplog)
+    assert "did not follow 3 folder symlinks" in message
+    for skipped in (
+        f"zebu -> {elsewhere / 'cows'}",
+        f"cat/more/back -> {pets}",
+        f"cows/itself -> {elsewhere / 'cows'}",
+    ):
+        assert skipped in message
+    # The listing the run's dataset fingerprint is built from follows the same rules, silently.
+    caplog.clear()
+    assert candidate_files(pets, class_folders(pets)) == [s.source for s in ds.samples]
+    assert not link_messages(caplog)
+
+
+def test_a_folder_whose_only_subfolder_loops_has_no_classes(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    pngs(root, "a.png", "b.png")
+    (root / "self").symlink_to(".")
+    with pytest.raises(UserError, match=r"no class sub-folders; found 2 images .*self ->"):
+        open_dataset(f"folder:{root}", tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_symlink_warning_is_one_stderr_line(pets: Path) -> None:
+    (pets / "self").symlink_to(".")
+    code = (
+        "import sys; from pathlib import Path; from pipelines.datasets import open_dataset; "
+        "print(open_dataset('folder:' + sys.argv[1], Path(sys.argv[2])).class_names)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(pets), str(pets.parent / "cache")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['cat', 'dog']"
+    assert done.stderr.splitlines() == [
+        f"warning: did not follow 1 folder symlink in {pets} that leads back into it, to a "
+        f"folder containing it, or to a folder already read (self -> {pets}); their images "
+        "would be counted twice"
+    ]
 
 
 # --------------------------------------------------------------------------------------------

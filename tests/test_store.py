@@ -106,3 +106,18 @@ def test_list_run_dirs_only_lists_runs_with_a_manifest(store, tmp_path):
     (tmp_path / "runs" / "half-made").mkdir()
     assert list_run_dirs(tmp_path) == [store.run_dir]
     assert list_run_dirs(tmp_path / "missing") == []
+
+
+def test_the_writer_lock_removes_temp_files_of_killed_writes(tmp_path):
+    store = RunStore(tmp_path / "run")
+    store.save_array("thumbnails", np.zeros((2, 4, 4, 3), dtype=np.uint8))
+    leftovers = [
+        store.run_dir / ".manifest.json.tmp-4242",
+        store.run_dir / "embedding" / "layer=input" / ".subset=10.npy.tmp-4242.npy",
+    ]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    with store.writer_lock():
+        assert not any(path.exists() for path in leftovers)
+    assert store.load_array("thumbnails").shape == (2, 4, 4, 3)

@@ -19,6 +19,7 @@ from dashboard.registry import callback
 from pipelines.errors import UserError
 
 STATE_COLORS = {"done": "success", "running": "info", "pending": "secondary"}
+UNMAPPED = "unknown: the dataset's labels do not map to the model's classes"
 
 
 def layout() -> dbc.Card:
@@ -36,13 +37,48 @@ def _row(label: str, value: Any) -> html.Tr:
     return html.Tr([html.Th(label, className="ls-about-key"), html.Td(value)])
 
 
+def accuracy_text(run: RunData) -> str:
+    """Held-out top-1 accuracy beside the training rows' (when the model was trained on some of
+    these samples), e.g. "held-out 98.6% (360 samples) · train 99.6% (1,437 samples)"."""
+    manifest = run.manifest
+    accuracy = manifest.get("accuracy")
+    splits = manifest.get("accuracy_by_split")
+    if splits is None:
+        if accuracy is None:
+            return UNMAPPED
+        # Written before held-out accuracy existed: over every row, training rows included.
+        return (
+            f"{100 * float(accuracy):.1f}% over all {run.num_samples:,} samples, including any "
+            "the model was trained on; recompute the run for a held-out accuracy"
+        )
+    held_out, train = splits.get("held-out") or {}, splits.get("train") or {}
+    if held_out.get("accuracy") is None and train.get("accuracy") is None:
+        return UNMAPPED
+
+    def percent(split: dict[str, Any]) -> str:
+        value = split.get("accuracy")
+        return "–" if value is None else f"{100 * float(value):.1f}%"
+
+    held_out_n, train_n = int(held_out.get("samples") or 0), int(train.get("samples") or 0)
+    if train_n == 0:
+        model = (
+            "randomly initialised model"
+            if (manifest.get("config") or {}).get("weights") == "none"
+            else "pretrained model"
+        )
+        return f"held-out {percent(held_out)} (all {held_out_n:,} samples; {model})"
+    return (
+        f"held-out {percent(held_out)} ({held_out_n:,} samples) · "
+        f"train {percent(train)} ({train_n:,} samples)"
+    )
+
+
 def about_rows(run: RunData) -> list[html.Tr]:
     """Key facts of a run (dataset, model, accuracy, size, dates), as table rows."""
     manifest = run.manifest
     dataset = manifest.get("dataset") or {}
     model = manifest.get("model") or {}
     config = manifest.get("config") or {}
-    accuracy = manifest.get("accuracy")
     mapping = manifest.get("class_mapping") or {}
     rows = [
         _row("Run", run.run_id),
@@ -59,12 +95,7 @@ def about_rows(run: RunData) -> list[html.Tr]:
         _row("Model", model.get("description") or config.get("model", "?")),
         _row("Parameters", f"{int(model.get('num_params') or 0):,}"),
         _row("Layers", f"{len(run.layers)} (input included)"),
-        _row(
-            "Accuracy",
-            f"{100 * float(accuracy):.1f}%"
-            if accuracy is not None
-            else "unknown: the dataset's labels do not map to the model's classes",
-        ),
+        _row("Accuracy", accuracy_text(run)),
         _row(
             "Computed",
             f"{format_time(manifest.get('created'))} (updated {format_time(manifest.get('updated'))}) on {model.get('device', '?')}",

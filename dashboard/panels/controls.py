@@ -2,7 +2,9 @@
 
 ``setup_run`` is the page's entry point: on load it reads the URL (``?run=&layer=...``), on a
 run switch it resets the view to that run's defaults; either way it writes the whole selection
-and every control's options. The other callback patches the fields the user changes.
+and every control's options. ``update_view`` patches the fields the user changes, and
+``refresh_runs`` keeps the run menu current while the page is open (runs started or finished
+since it loaded).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import dash_bootstrap_components as dbc
-from dash import Input, Output, Patch, State, ctx, html, no_update
+from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
 
 from dashboard import ids
 from dashboard.context import current
@@ -21,9 +23,14 @@ from dashboard.state import (
     choose_perplexity,
     parse_query,
     perplexity_options,
+    run_options,
     setup_for,
 )
 from pipelines.errors import UserError
+
+# How often the run menu looks for new runs and changed states: a few seconds is quick enough
+# for a precompute started in a shell, and a directory listing plus a stat per run is cheap.
+RUN_LIST_POLL_MS = 3000
 
 
 def _field(label: str, control: Any, hint: str | None = None) -> html.Div:
@@ -59,6 +66,7 @@ def layout() -> dbc.Card:
                         "Colour by",
                         dbc.RadioItems(id=ids.CONTROLS_COLOR, options=COLOR_OPTIONS, value="label"),
                     ),
+                    dcc.Interval(id=ids.CONTROLS_RUN_POLL, interval=RUN_LIST_POLL_MS),
                 ]
             ),
         ],
@@ -121,6 +129,20 @@ def setup_run(search: str | None, chosen: str | None, selection: dict[str, Any] 
         [],
         alert_list(setup.messages),
     )
+
+
+@callback(
+    Output(ids.CONTROLS_RUN, "options", allow_duplicate=True),
+    Input(ids.CONTROLS_RUN_POLL, "n_intervals"),
+    State(ids.CONTROLS_RUN, "options"),
+    prevent_initial_call=True,
+)
+def refresh_runs(_n: int | None, shown: list[dict[str, Any]] | None) -> Any:
+    """Every few seconds: the run menu's entries, only when they changed (a run appeared,
+    finished or vanished), so an unchanged list costs the page no re-render. Only the options:
+    the chosen run stays whatever the user picked."""
+    options = run_options(current().catalog)
+    return no_update if options == (shown or []) else options
 
 
 @callback(

@@ -17,6 +17,7 @@ from components.inspector import inspector_table, top10_figure, top10_layout, to
 from dashboard import ids
 from dashboard.context import by_token, current
 from dashboard.data import EXPLANATION_METHODS, RunData
+from dashboard.jobs import on_timeout
 from dashboard.registry import callback, clientside_callback
 from dashboard.routes import class_explanation_url, url_templates
 from pipelines.errors import UserError
@@ -161,6 +162,30 @@ def load_table(run_id: str | None, _version: Any, previous: dict[str, Any] | Non
     return table, info
 
 
+def clicked_class(click: dict[str, Any] | None, shown: dict[str, Any] | None) -> dict[str, Any]:
+    """What a click on a top-10 bar asks for, as every answer to it starts: the run, row and
+    class (the page shows an answer only while that row is shown), or an error saying what to
+    do first."""
+    points = (click or {}).get("points") or []
+    custom = points[0].get("customdata") if points else None
+    if not shown or shown.get("row") is None or not isinstance(custom, list) or not custom:
+        return {"error": "Hover or pin a sample first, then click one of its bars."}
+    class_index = int(custom[0])
+    name = str(custom[1]) if len(custom) > 1 else str(class_index)
+    return {"run": shown.get("run"), "row": int(shown["row"]), "cls": class_index, "name": name}
+
+
+def explain_timed_out(
+    seconds: float, click: dict[str, Any] | None, shown: dict[str, Any] | None, _token: Any
+) -> dict[str, Any]:
+    """``explain_class``'s answer when its job runs out of time: the page says so under the
+    images instead of "computing…" for ever."""
+    error = (
+        f"Computing the explanations took longer than {seconds:g} s; click the bar to try again."
+    )
+    return {**clicked_class(click, shown), "error": error}
+
+
 @callback(
     Output(ids.INSPECTOR_CLASS, "data"),
     Input(ids.INSPECTOR_TOP10, "clickData"),
@@ -177,26 +202,23 @@ def load_table(run_id: str | None, _version: Any, previous: dict[str, Any] | Non
     ],
     prevent_initial_call=True,
 )
+@on_timeout(explain_timed_out)
 def explain_class(
     click: dict[str, Any] | None, shown: dict[str, Any] | None, token: str | None
 ) -> dict[str, Any]:
     """A click on a top-10 bar -> Grad-CAM, guided backprop and guided Grad-CAM for that class,
     computed (and cached) by the model service; the browser then loads them by URL."""
-    points = (click or {}).get("points") or []
-    custom = points[0].get("customdata") if points else None
-    if not shown or shown.get("row") is None or not isinstance(custom, list) or not custom:
-        return {"error": "Hover or pin a sample first, then click one of its bars."}
-    run_id, row, class_index = shown.get("run"), int(shown["row"]), int(custom[0])
-    name = str(custom[1]) if len(custom) > 1 else str(class_index)
-    result: dict[str, Any] = {"run": run_id, "row": row, "cls": class_index, "name": name}
+    result = clicked_class(click, shown)
+    if "error" in result:
+        return result
     try:
         context = by_token(token)
-        run = context.catalog.open(run_id)
-        context.service.class_explanations(run, row, class_index)
+        run = context.catalog.open(result["run"])
+        context.service.class_explanations(run, result["row"], result["cls"])
     except UserError as exc:
         return {**result, "error": str(exc)}
     result["urls"] = {
-        m: class_explanation_url(run, class_index, m, row) for m in EXPLANATION_METHODS
+        m: class_explanation_url(run, result["cls"], m, result["row"]) for m in EXPLANATION_METHODS
     }
     return result
 

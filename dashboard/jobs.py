@@ -1,0 +1,362 @@
+"""Background callbacks as jobs on a few threads of the server process: nothing is forked, every
+job has a deadline, and nothing outlives the server.
+
+Dash's ``DiskcacheManager`` starts each job in a *forked* copy of the server. The server is
+multi-threaded and fork copies only the calling thread, so a lock that another thread held at
+that instant stays locked in the child for ever. Under concurrent use those were SQLite's (a
+request thread was inside diskcache): the child blocked in its first ``sqlite3.connect`` on the
+allocator mutex (gdb: ``pthread_mutex_lock`` in ``sqlite3Malloc``), or spun in SQLite's busy
+handler on a database lock. The page said "computing…" for ever, stopping the server waited on
+the child, and the child's copy of the listening socket kept the port after the server had gone.
+
+``ThreadJobManager`` runs jobs on a small pool of daemon threads instead, apart from the request
+threads so hovering never waits behind a job. The background work here is short (a class's
+explanations: milliseconds on smallcnn, under a second on VGG16, with torch releasing the GIL),
+uses the models and caches the model service already holds for the request threads, and starts
+no process. A job still unfinished at its deadline is answered with its callback's timeout
+result (``on_timeout``) and its thread is replaced: a Python thread cannot be killed, so it ends
+when its work does and what it returns then is dropped. Jobs and results live in memory, since
+polls reach the process that started the job (``python main.py serve`` is one process; the
+scale-out path is Celery, see dashboard/worker.py). The manager speaks dash's background-callback
+protocol through the same internals as dash's own managers (dash is pinned in requirements.txt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import math
+import os
+import queue
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from dash._callback_context import context_value
+from dash._utils import AttributeDict
+from dash.background_callback._proxy_set_props import ProxySetProps
+from dash.background_callback.managers import BaseBackgroundCallbackManager
+from dash.exceptions import PreventUpdate
+
+from pipelines.errors import UserError
+
+LOG = logging.getLogger(__name__)
+
+WORKERS = 4  # jobs running at once; later ones wait for a thread (their deadline still runs)
+TIMEOUT_S = 30.0  # from the click to the answer: generous for a VGG16 explanation (< 1 s)
+TIMEOUT_ENV = "LAYERSCOPE_JOB_TIMEOUT_S"
+UNCOLLECTED_S = 600.0  # a result no page came back for (the tab was closed) is dropped then
+_TIMEOUT_RESULT = "_layerscope_timeout_result"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+QUEUED, RUNNING, DONE, CANCELLED = "queued", "running", "done", "cancelled"
+
+
+def on_timeout(result: Callable[..., Any]) -> Callable[[F], F]:
+    """Declare what a background callback answers when its job runs past the deadline:
+    ``result(seconds, *callback_args)``. Built from the callback's own arguments, it can say
+    which request failed, so the page shows it where it shows the callback's other errors.
+    Without one the poll answers dash's background-callback error (an HTTP 500)."""
+
+    def mark(function: F) -> F:
+        setattr(function, _TIMEOUT_RESULT, result)
+        return function
+
+    return mark
+
+
+def job_timeout_s() -> float:
+    """Seconds a background job may take: ``$LAYERSCOPE_JOB_TIMEOUT_S``, else ``TIMEOUT_S``."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(
+            f"{TIMEOUT_ENV}={raw!r} is not a number of seconds above 0; set e.g. "
+            f"{TIMEOUT_ENV}=60, or unset it for the default {TIMEOUT_S:g} s"
+        )
+    return seconds
+
+
+@dataclass(frozen=True)
+class _Callback:
+    """A registered background callback, as ``make_job_fn`` hands it to ``call_job_fn``."""
+
+    function: Callable[..., Any]
+    progress: bool
+    timeout_result: Callable[..., Any] | None
+
+
+class _Worker(threading.Thread):
+    def __init__(self, manager: ThreadJobManager, number: int):
+        super().__init__(name=f"layerscope-job-{number}", daemon=True)
+        self.manager = manager
+        self.abandoned = False  # its job ran past the deadline and another thread took its place
+
+    def run(self) -> None:
+        self.manager._work(self)
+
+
+@dataclass(eq=False)
+class _Job:
+    """One job; its mutable fields are guarded by the manager's lock."""
+
+    id: str
+    key: str
+    callback: _Callback
+    args: Any
+    context: dict[str, Any]
+    deadline: float
+    timeout_output: Any
+    state: str = QUEUED
+    result: Any = None
+    finished: float = 0.0
+    timed_out: bool = False
+    worker: _Worker | None = field(default=None, repr=False)
+
+
+class ThreadJobManager(BaseBackgroundCallbackManager):
+    """Dash's background-callback manager protocol, with jobs on ``workers`` daemon threads of
+    this process that time out after ``timeout_s`` seconds (default: ``job_timeout_s()``)."""
+
+    def __init__(self, workers: int = WORKERS, timeout_s: float | None = None):
+        self.workers = workers
+        self.timeout_s = job_timeout_s() if timeout_s is None else float(timeout_s)
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: dict[str, _Job] = {}
+        self._threads: set[_Worker] = set()
+        self._abandoned = 0
+        self._started = 0
+        self._progress: dict[str, list[Any]] = {}
+        self._updated_props: dict[str, dict[str, Any]] = {}
+        self._secret: bytes | None = None
+        self._closed = False
+        super().__init__(cache_by=None)
+
+    # ---- what dash calls ------------------------------------------------------------------
+
+    def make_job_fn(self, fn: Callable[..., Any], progress: bool, key: str | None = None) -> Any:
+        return _Callback(fn, bool(progress), getattr(fn, _TIMEOUT_RESULT, None))
+
+    def call_job_fn(self, key: str, job_fn: _Callback, args: Any, context: dict[str, Any]) -> str:
+        """Queue a job; returns its id (the handle dash signs and the page polls with)."""
+        timeout_output = _timeout_output(job_fn, args, self.timeout_s)
+        job = _Job(
+            id=uuid.uuid4().hex,
+            key=key,
+            callback=job_fn,
+            args=args,
+            context=dict(context),
+            deadline=time.monotonic() + self.timeout_s,
+            timeout_output=timeout_output,
+        )
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the server is stopping; no new background jobs start")
+            self._jobs[job.id] = job
+            self._sweep()  # which also starts the threads, on the first job
+        self._queue.put(job)
+        return job.id
+
+    def job_running(self, job: str | None) -> bool:
+        with self._lock:
+            self._sweep()
+            entry = self._jobs.get(job) if job else None
+            return entry is not None and entry.state in (QUEUED, RUNNING)
+
+    def get_result(self, key: str, job: str | None) -> Any:
+        """The job's answer once it has one (the callback's output, its error, or its timeout
+        result), handed out once; ``UNDEFINED`` while it runs."""
+        with self._lock:
+            self._sweep()
+            entry = self._jobs.get(job) if job else None
+            if entry is None or entry.key != key or entry.state != DONE:
+                return self.UNDEFINED
+            self._jobs.pop(entry.id)
+            self._progress.pop(key, None)  # set_props are collected by this same poll
+            return entry.result
+
+    def terminate_job(self, job: str | None) -> None:
+        """Forget a job the page no longer waits for (a newer click replaced it); one still
+        running finishes its work and its result is dropped."""
+        with self._lock:
+            entry = self._jobs.get(job) if job else None
+            if entry is not None:
+                if entry.state in (QUEUED, RUNNING):
+                    entry.state = CANCELLED
+                self._forget(entry)
+
+    def get_progress(self, key: str) -> list[Any] | None:
+        with self._lock:
+            return self._progress.pop(key, None)
+
+    def get_updated_props(self, key: str) -> dict[str, Any]:
+        with self._lock:
+            return self._updated_props.pop(key, {})
+
+    def get_or_create_signing_secret(self, generate: Callable[[], bytes]) -> bytes:
+        # Every handle comes back to this process, so its own secret is the shared one.
+        with self._lock:
+            if self._secret is None:
+                self._secret = generate()
+            return self._secret
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def shutdown(self, wait_s: float = 0.0) -> None:
+        """Start no more jobs: every job is dropped, idle threads end, and running ones get up
+        to ``wait_s`` seconds to finish their work (they are daemon threads: whatever is still
+        running then ends with the process)."""
+        with self._lock:
+            self._closed = True
+            for job in self._jobs.values():
+                if job.state in (QUEUED, RUNNING):
+                    job.state = CANCELLED
+            self._jobs.clear()
+            threads = len(self._threads) + self._abandoned
+        for _ in range(threads):
+            self._queue.put(None)
+        deadline = time.monotonic() + wait_s
+        for thread in threading.enumerate():
+            if isinstance(thread, _Worker) and thread.manager is self:
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    # ---- inside ---------------------------------------------------------------------------
+
+    def _add_workers(self) -> None:
+        """Top the pool up to ``workers`` threads (lock held). Threads left running past their
+        deadline count towards a cap of as many again: beyond it the pool stays short and jobs
+        wait (and time out) rather than threads piling up behind work that never ends."""
+        while (
+            not self._closed
+            and len(self._threads) < self.workers
+            and len(self._threads) + self._abandoned < 2 * self.workers
+        ):
+            self._started += 1
+            worker = _Worker(self, self._started)
+            self._threads.add(worker)
+            worker.start()
+
+    def _sweep(self) -> None:
+        """Answer every job past its deadline with its timeout result, and drop results no page
+        collected (lock held). Runs on each poll and each new job, so no thread watches."""
+        now = time.monotonic()
+        for job in list(self._jobs.values()):
+            if job.state in (QUEUED, RUNNING) and now >= job.deadline:
+                LOG.warning(
+                    "background job %s took longer than %g s (%s); answering with its timeout "
+                    "result",
+                    job.id,
+                    self.timeout_s,
+                    job.state,
+                )
+                if job.state == RUNNING and job.worker is not None:
+                    job.worker.abandoned = True
+                    self._threads.discard(job.worker)
+                    self._abandoned += 1
+                job.state, job.result, job.finished = DONE, job.timeout_output, now
+                job.timed_out = True
+            elif job.state == DONE and now - job.finished > UNCOLLECTED_S:
+                self._forget(job)
+        self._add_workers()
+
+    def _forget(self, job: _Job) -> None:
+        """Drop a job and what it left for a poll that will not come (lock held)."""
+        self._jobs.pop(job.id, None)
+        self._progress.pop(job.key, None)
+        self._updated_props.pop(job.key, None)
+
+    def _work(self, worker: _Worker) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                with self._lock:
+                    self._threads.discard(worker)
+                return
+            with self._lock:
+                if job.state != QUEUED:  # cancelled, or timed out while it waited
+                    continue
+                job.state, job.worker = RUNNING, worker
+            output = self._run(job)
+            with self._lock:
+                job.worker = None
+                if job.state == RUNNING:
+                    job.state, job.result, job.finished = DONE, output, time.monotonic()
+                elif job.timed_out:
+                    LOG.warning(
+                        "background job %s finished %.1f s after its deadline; result dropped",
+                        job.id,
+                        time.monotonic() - job.deadline,
+                    )
+                if worker.abandoned:
+                    self._abandoned -= 1
+                    if self._closed or len(self._threads) >= self.workers:
+                        return
+                    worker.abandoned = False  # the pool is short: this thread rejoins it
+                    self._threads.add(worker)
+
+    def _run(self, job: _Job) -> Any:
+        """The callback's output, or what dash expects in its place: a no-update marker for
+        ``PreventUpdate``, an error record for an exception."""
+        callback = job.callback
+
+        def set_progress(value: Any) -> None:
+            with self._lock:
+                self._progress[job.key] = (
+                    list(value) if isinstance(value, list | tuple) else [value]
+                )
+
+        def set_props(component_id: str, props: dict[str, Any]) -> None:
+            with self._lock:
+                pending = self._updated_props.setdefault(job.key, {})
+                pending[component_id] = {**pending.get(component_id, {}), **props}
+
+        def call() -> Any:
+            # What dash's own job functions give a callback: its context, no request.
+            ctx = AttributeDict(**job.context)
+            ctx.ignore_register_page = False
+            ctx.updated_props = ProxySetProps(set_props)
+            context_value.set(ctx)
+            extra = [set_progress] if callback.progress else []
+            args = job.args
+            if isinstance(args, dict):
+                output = callback.function(*extra, **args)
+            elif isinstance(args, list | tuple):
+                output = callback.function(*extra, *args)
+            else:
+                output = callback.function(*extra, args)
+            return asyncio.run(output) if inspect.iscoroutine(output) else output
+
+        try:
+            # A fresh context per job: jobs sharing a thread never see each other's.
+            return contextvars.Context().run(call)
+        except PreventUpdate:
+            return {"_dash_no_update": "_dash_no_update"}
+        except Exception as exc:  # noqa: BLE001 - the page gets the error, the log the trace
+            LOG.exception("background job %s failed", job.id)
+            return {"background_callback_error": {"msg": str(exc), "tb": traceback.format_exc()}}
+
+
+def _timeout_output(callback: _Callback, args: Any, seconds: float) -> Any:
+    """What a job answers if it runs out of time (computed up front: it is a pure function of
+    the arguments, and the deadline then never waits on callback code)."""
+    if callback.timeout_result is None:
+        message = f"the background job took longer than {seconds:g} s; try again"
+        return {"background_callback_error": {"msg": message, "tb": ""}}
+    if isinstance(args, dict):
+        return callback.timeout_result(seconds, **args)
+    if isinstance(args, list | tuple):
+        return callback.timeout_result(seconds, *args)
+    return callback.timeout_result(seconds, args)
