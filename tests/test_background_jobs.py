@@ -348,7 +348,7 @@ def check_the_page_says_it_timed_out(watch: bh.PageWatch, url: str, run_id: str)
     page = watch.page
     page.goto(f"{url}/?run={run_id}&row=20")
     page.wait_for_function(
-        "() => document.getElementById('inspector-hint').textContent.includes('pinned')"
+        "() => document.getElementById('inspector-hint')?.textContent?.includes('pinned')"
     )
     bh.wait_for_graph(page, ids.INSPECTOR_TOP10, "gd => gd.data.length > 1 && gd.data[1].y.length")
     bh.scroll_to(page, ids.INSPECTOR_TOP10)
@@ -362,11 +362,11 @@ def check_the_page_says_it_timed_out(watch: bh.PageWatch, url: str, run_id: str)
     )
     page.mouse.click(bar["x"], bar["y"])
     page.wait_for_function(
-        "(id) => document.getElementById(id).textContent.startsWith('computing')",
+        "(id) => document.getElementById(id)?.textContent?.startsWith('computing')",
         arg=ids.INSPECTOR_EXPLAIN_STATUS,
     )
     page.wait_for_function(
-        "(text) => document.querySelector('.ls-explanation .ls-hint').textContent.includes(text)",
+        "(text) => document.querySelector('.ls-explanation .ls-hint')?.textContent?.includes(text)",
         arg=f"took longer than {SHORT_TIMEOUT_S:g} s",
         timeout=10_000,
     )
