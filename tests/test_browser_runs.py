@@ -93,7 +93,7 @@ def test_a_run_made_after_the_page_loaded_appears_in_the_menu(browser, data_dir,
                 timeout=RUN_LIST_POLL_MS * 10,
             )
             menu = page.evaluate(MENU_JS)
-            # (dbc.Select's first option is its empty placeholder.)
+            # Options with an empty value are dbc.Select's placeholder, not runs.
             assert {value for value, _ in menu["options"] if value} == {run_id, "digits-later"}
             assert menu["value"] == run_id  # the run being looked at stays selected
             assert any(polls)
