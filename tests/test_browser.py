@@ -242,8 +242,9 @@ def test_hovering_a_point_fills_the_inspector(watch, server, data_dir):
     assert isinstance(
         row, int
     )  # list customdata survives Scattergl hover (a numpy array would not)
-    page.mouse.move(point["x"] - 30, point["y"] - 30)
-    page.mouse.move(point["x"], point["y"])
+    # Measured again until plotly reports hovering that point: on a loaded machine the layout
+    # can still shift (images loading) between finding the point and reaching it.
+    bh.hover_point(page, "embedding-graph", f"(trace, i) => trace.customdata[i] === {row}")
     page.wait_for_function(
         f"() => window.hoverProbe.loaded !== null && window.hoverProbe.url.includes('/thumb/{row}.png')"
     )
