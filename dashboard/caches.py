@@ -8,12 +8,12 @@ warning saying where.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import tempfile
 from pathlib import Path
 
-LOG = logging.getLogger(__name__)
+from pipelines import report
+
 CACHE_DIR_NAME = "cache"
 
 
@@ -26,11 +26,8 @@ def cache_dir(data_dir: Path, name: str) -> Path:
     key = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
     fallback = Path(tempfile.gettempdir()) / f"layerscope-cache-{os.getuid()}" / key / name
     fallback.mkdir(parents=True, exist_ok=True, mode=0o700)
-    LOG.warning(
-        "warning: %s is not writable; keeping the %s cache in %s instead",
-        Path(data_dir).resolve(),
-        name,
-        fallback,
+    report.warn(
+        f"{Path(data_dir).resolve()} is not writable; keeping the {name} cache in {fallback} instead"
     )
     return fallback
 

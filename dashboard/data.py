@@ -229,10 +229,6 @@ class RunData:
     def explanation_methods(self) -> list[str]:
         return [m for m in EXPLANATION_METHODS if self.store.has("explanation", method=m)]
 
-    def embedding_source(self, layer_id: str) -> str:
-        """The layer whose embedding ``layer_id`` shows (reshape-only layers reuse their parent's)."""
-        return str(self.layer(layer_id).get("same_as") or layer_id)
-
     def embedding(
         self, layer_id: str, subset: int, method: str, perplexity: float | None
     ) -> np.ndarray:
@@ -270,11 +266,6 @@ class RunData:
                 "delete the run and precompute it again"
             )
         return coords
-
-    def reduction(self, layer_id: str) -> dict[str, Any] | None:
-        if not self.store.has("reduction", layer=layer_id):
-            return None
-        return self.store.load_json("reduction", layer=layer_id)
 
     def source_change(self) -> str | None:
         """None while the run's dataset is as it was when computed, else a sentence saying

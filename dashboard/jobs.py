@@ -44,6 +44,7 @@ from dash.background_callback._proxy_set_props import ProxySetProps
 from dash.background_callback.managers import BaseBackgroundCallbackManager
 from dash.exceptions import PreventUpdate
 
+from pipelines import report
 from pipelines.errors import UserError
 
 LOG = logging.getLogger(__name__)
@@ -255,12 +256,9 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
         now = time.monotonic()
         for job in list(self._jobs.values()):
             if job.state in (QUEUED, RUNNING) and now >= job.deadline:
-                LOG.warning(
-                    "background job %s took longer than %g s (%s); answering with its timeout "
-                    "result",
-                    job.id,
-                    self.timeout_s,
-                    job.state,
+                report.warn(
+                    f"background job {job.id} took longer than {self.timeout_s:g} s "
+                    f"({job.state}); answering with its timeout result"
                 )
                 if job.state == RUNNING and job.worker is not None:
                     job.worker.abandoned = True
@@ -295,10 +293,9 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
                 if job.state == RUNNING:
                     job.state, job.result, job.finished = DONE, output, time.monotonic()
                 elif job.timed_out:
-                    LOG.warning(
-                        "background job %s finished %.1f s after its deadline; result dropped",
-                        job.id,
-                        time.monotonic() - job.deadline,
+                    report.warn(
+                        f"background job {job.id} finished "
+                        f"{time.monotonic() - job.deadline:.1f} s after its deadline; result dropped"
                     )
                 if worker.abandoned:
                     self._abandoned -= 1

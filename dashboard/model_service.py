@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import math
 import threading
 from collections import OrderedDict
@@ -41,11 +40,10 @@ from components.activations import (
 from components.images import encode_png, gradcam_overlay
 from dashboard.caches import cache_dir
 from dashboard.data import EXPLANATION_METHODS, RunData
+from pipelines import report
 from pipelines.cores import idle_cores
 from pipelines.errors import UserError
 from pipelines.features import capture_layers
-
-LOG = logging.getLogger(__name__)
 
 MEMORY_BYTES = 1 << 30  # activations kept in RAM: ~9 VGG16 samples with every layer
 DISK_BYTES = 4 << 30
@@ -213,7 +211,7 @@ class ModelService:
                 self._disk = diskcache.Cache(str(self.cache_dir), size_limit=self.disk_bytes)
             except Exception as exc:  # noqa: BLE001 - a broken cache must not break the page
                 self._disk_failed = f"{type(exc).__name__}: {exc}"
-                LOG.warning("activation disk cache disabled: %s", self._disk_failed)
+                report.warn(f"activation disk cache disabled: {self._disk_failed}")
         return self._disk
 
     def _key_lock(self, key: Hashable) -> threading.Lock:
@@ -227,7 +225,7 @@ class ModelService:
         try:
             return disk.get(key)
         except Exception as exc:  # noqa: BLE001 - unreadable entry: treat as corrupt
-            LOG.warning("disk cache read failed for %s: %s", key, exc)
+            report.warn(f"disk cache read failed for {key}: {exc}")
             return _CORRUPT
 
     def _disk_set(self, key: str, value: bytes) -> None:
@@ -237,7 +235,7 @@ class ModelService:
         try:
             disk.set(key, value)
         except Exception as exc:  # noqa: BLE001 - a full or read-only disk only costs speed
-            LOG.warning("disk cache write failed for %s: %s", key, exc)
+            report.warn(f"disk cache write failed for {key}: {exc}")
 
     def _disk_delete(self, key: str) -> None:
         disk = self.disk
@@ -245,7 +243,7 @@ class ModelService:
             try:
                 disk.delete(key)
             except Exception as exc:  # noqa: BLE001
-                LOG.warning("disk cache delete failed for %s: %s", key, exc)
+                report.warn(f"disk cache delete failed for {key}: {exc}")
 
     # ---- models -----------------------------------------------------------------------------
 
@@ -405,7 +403,7 @@ class ModelService:
                     self._activations.put(memory_key, result)
                     return result
                 except ValueError as exc:
-                    LOG.warning("dropping corrupt explanation cache %s: %s", disk_key, exc)
+                    report.warn(f"dropping corrupt explanation cache {disk_key}: {exc}")
                     self._disk_delete(disk_key)
             from pipelines.explain import explain_batch
 

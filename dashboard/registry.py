@@ -41,8 +41,3 @@ def register_all(app: dash.Dash) -> None:
         app.callback(*args, **kwargs)(function)
     for function_name, args, kwargs in _CLIENT:
         app.clientside_callback(ClientsideFunction(JS_NAMESPACE, function_name), *args, **kwargs)
-
-
-def clientside_names() -> list[str]:
-    """Names of the JS functions the page needs (a test checks the JS file defines them)."""
-    return [name for name, _, _ in _CLIENT]

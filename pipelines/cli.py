@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import NoReturn
 
+from pipelines import report
 from pipelines.errors import UserError
 
 DEFAULT_DATA_DIR = Path("data")
@@ -246,12 +246,8 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
         stop_background_jobs(app)
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    print(f"warning: {message}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
-    warnings.showwarning = show_warning
+    report.install()  # library warnings too print as one `warning: …` line, clear of the bars
     try:
         args = build_parser().parse_args(argv)
         if args.command == "precompute":

@@ -25,7 +25,12 @@ def idle_cores(sample_seconds: float) -> int:
     after a pip install it still says one core is busy). Even 20 ms tell idle from busy: on two
     cores, 40 of 40 samples of 20 ms said 2 idle, 1 with one busy process, 1 with two."""
     usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    per_cpu = psutil.cpu_percent(interval=sample_seconds, percpu=True)
+    return count_idle(psutil.cpu_percent(interval=sample_seconds, percpu=True), usable)
+
+
+def count_idle(per_cpu: list[float], usable: list[int] | None) -> int:
+    """Idle cores among ``usable`` (CPU numbers; None: all) given each CPU's busy percentage over
+    a sample, at least one. Pure, so the rule is tested without depending on the host's load."""
     if usable is not None:
         per_cpu = [per_cpu[cpu] for cpu in usable if cpu < len(per_cpu)]
     idle = sum(1.0 - percent / 100.0 for percent in per_cpu)

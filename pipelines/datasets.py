@@ -17,7 +17,6 @@ import difflib
 import fcntl
 import hashlib
 import http.client
-import logging
 import os
 import shutil
 import socket
@@ -35,10 +34,9 @@ from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, Imagenette
 from torchvision.datasets.folder import find_classes, make_dataset
 from torchvision.datasets.utils import download_and_extract_archive
 
+from pipelines import report
 from pipelines.errors import UserError
 from pipelines.types import UInt8Array
-
-logger = logging.getLogger(__name__)
 
 # Lower-case suffixes a folder dataset accepts; anything else (README.txt, .csv) is ignored.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -340,15 +338,12 @@ def open_folder(path_text: str, progress: bool = True) -> Dataset:
     classes = class_folders(root, skipped_links)
     rel_paths = candidate_files(root, classes, skipped_links)
     if skipped_links:
-        logger.warning(
-            "warning: did not follow %d folder symlink%s in %s that lead%s back into it, to a "
-            "folder containing it, or to a folder already read (%s); their images would be "
-            "counted twice",
-            len(skipped_links),
-            "" if len(skipped_links) == 1 else "s",
-            root,
-            "s" if len(skipped_links) == 1 else "",
-            ", ".join(skipped_links[:3]) + (", …" if len(skipped_links) > 3 else ""),
+        count = len(skipped_links)
+        shown = ", ".join(skipped_links[:3]) + (", …" if count > 3 else "")
+        report.warn(
+            f"did not follow {count} folder symlink{'' if count == 1 else 's'} in {root} that "
+            f"lead{'s' if count == 1 else ''} back into it, to a folder containing it, or to a "
+            f"folder already read ({shown}); their images would be counted twice"
         )
     candidates: dict[str, list[str]] = {name: [] for name in classes}
     for rel in rel_paths:
@@ -357,12 +352,9 @@ def open_folder(path_text: str, progress: bool = True) -> Dataset:
     unreadable = set(find_unreadable(root, rel_paths, progress=progress))
     if unreadable:
         example = min(unreadable)
-        logger.warning(
-            "warning: skipped %d unreadable file%s in %s (e.g. %s)",
-            len(unreadable),
-            "" if len(unreadable) == 1 else "s",
-            root,
-            example,
+        count = len(unreadable)
+        report.warn(
+            f"skipped {count} unreadable file{'' if count == 1 else 's'} in {root} (e.g. {example})"
         )
 
     usable = {
@@ -377,12 +369,10 @@ def open_folder(path_text: str, progress: bool = True) -> Dataset:
             f"({', '.join(sorted(IMAGE_EXTENSIONS))}) laid out as {root}/<class>/<image>"
         )
     if dropped:
-        logger.warning(
-            "warning: dropped %d class%s with no usable images in %s: %s",
-            len(dropped),
-            "" if len(dropped) == 1 else "es",
-            root,
-            ", ".join(dropped),
+        count = len(dropped)
+        report.warn(
+            f"dropped {count} class{'' if count == 1 else 'es'} with no usable images in {root}: "
+            f"{', '.join(dropped)}"
         )
 
     samples = [

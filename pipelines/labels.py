@@ -51,10 +51,6 @@ class ClassMapping:
     def to_json(self) -> dict:
         return asdict(self)
 
-    @property
-    def any_mapped(self) -> bool:
-        return any(index != UNMAPPED for index in self.dataset_to_model)
-
 
 def normalise_name(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", name).strip().lower()

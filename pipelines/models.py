@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pipelines import report
 from pipelines.datasets import open_dataset, to_l_or_rgb
 from pipelines.errors import UserError
 from pipelines.smallcnn import SmallCNN, train_small_cnn
@@ -388,10 +389,9 @@ def build_torchscript(spec: str, device: torch.device, input_size: int | None) -
         ) from None
     module = unwrap_script(scripted)
     if isinstance(module, ScriptLeaf):
-        warnings.warn(
+        report.warn(
             f"{path.name} is not a scripted nn.Sequential, so only its input and output can be "
-            "shown; use python:FILE.py for per-layer views",
-            stacklevel=2,
+            "shown; use python:FILE.py for per-layer views"
         )
     declared = declared_settings(
         lambda name: attribute(scripted, name),

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipelines import reduce
+from pipelines import reduce, report
 from pipelines.cores import available_cores, idle_cores
 from pipelines.datasets import Dataset, open_dataset
 from pipelines.errors import UserError
@@ -320,7 +320,7 @@ def gradcam_layer_or_none(layers: list[dict[str, Any]]) -> str | None:
     try:
         return last_spatial_conv_layer(layers)
     except UserError as exc:
-        print(f"warning: {exc}; explanations are skipped for this model", file=sys.stderr)
+        report.warn(f"{exc}; explanations are skipped for this model")
         return None
 
 
@@ -541,7 +541,7 @@ class Precompute:
         subset_sizes = reduce.resolve_subset_sizes(list(self.config.subsets), n_total)
         perplexities, warning = resolve_perplexities(self.config.perplexities, subset_sizes)
         if warning:
-            print(f"warning: {warning}", file=sys.stderr)
+            report.warn(warning)
         processes = self.embedding_workers()
         blas_threads = max(1, available_cores() // processes)
         with self.store.writer_lock(), LayerWorkers(processes, blas_threads) as workers:
@@ -676,7 +676,7 @@ class Precompute:
             dataset.class_names, dataset.class_wnids, adapter.class_names, adapter.is_imagenet
         )
         if mapping.warning:
-            print(f"warning: {mapping.warning}", file=sys.stderr)
+            report.warn(mapping.warning)
         # A sample table written before it had ``model_split`` is rebuilt: same rows.
         if not self.store.has("samples") or "model_split" not in self.store.load_json("samples"):
             trained_on = None
@@ -789,10 +789,7 @@ class Precompute:
             self.store.write_manifest(manifest)
             if check is not None:
                 choice = manifest["forward_precision"]
-                # Through tqdm: the forward stage's progress bar is on screen.
-                tqdm.write(
-                    f"note: forward pass in {choice['dtype']}: {choice['reason']}", file=sys.stderr
-                )
+                report.note(f"forward pass in {choice['dtype']}: {choice['reason']}")
         return manifest["forward_precision"]["dtype"]
 
     def consolidate_forward(

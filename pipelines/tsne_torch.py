@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipelines import report
 from pipelines.errors import UserError
 
 # openTSNE's PCA initialisation: the first component is scaled to this std, so the first
@@ -498,11 +499,7 @@ def repulsion_tile_function(device: torch.device, compile: bool | None) -> TileF
 
 
 def _warn_compile_failed(error: Exception) -> None:
-    warnings.warn(
-        f"torch.compile of the t-SNE repulsion failed ({error!r}); using eager PyTorch",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+    report.warn(f"torch.compile of the t-SNE repulsion failed ({error!r}); using eager PyTorch")
 
 
 class _GuardedTile:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -34,10 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def mixed(tmp_path: Path) -> MixedFolder:
     return build_mixed_folder(tmp_path / "photos")
-
-
-def skipped_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,9 +69,8 @@ def test_digits_images_are_8x8_gray_scaled_to_0_255(tmp_path: Path) -> None:
 
 
 def test_folder_loads_every_good_image_and_skips_corrupt_ones(
-    mixed: MixedFolder, caplog: pytest.LogCaptureFixture
+    mixed: MixedFolder, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.WARNING)
     ds = open_dataset(f"folder:{mixed.root}", mixed.root.parent / "cache")
     assert ds.name == "folder" and ds.spec == f"folder:{mixed.root}"
     assert ds.class_names == mixed.classes and ds.native_channels == 3
@@ -89,10 +83,11 @@ def test_folder_loads_every_good_image_and_skips_corrupt_ones(
         assert img.mode in ("L", "RGB")
         assert img.convert("RGB").mode == "RGB"
 
-    (message,) = skipped_messages(caplog)
+    said = capsys.readouterr().err.splitlines()  # warnings are lines on stderr (pipelines.report)
+    (message,) = [line for line in said if "unreadable" in line]
     assert message.startswith(f"warning: skipped 3 unreadable files in {mixed.root} (e.g. ")
     assert any(bad in message for bad in mixed.corrupt)
-    (dropped,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    (dropped,) = [line for line in said if "dropped" in line]
     assert "1 class" in dropped and dropped.endswith(": empty")
 
 
@@ -245,8 +240,9 @@ def pngs(folder: Path, *names: str) -> None:
         save(Image.new("RGB", (6, 6), (len(name) * 40 % 256, 90, 30)), folder / name)
 
 
-def link_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "symlink" in r.getMessage()]
+def link_messages(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The stderr lines about symlinks since the last call (warnings: see pipelines.report)."""
+    return [line for line in capsys.readouterr().err.splitlines() if "symlink" in line]
 
 
 @pytest.fixture
@@ -263,30 +259,28 @@ PET_SOURCES = ["cat/a.png", "cat/b.png", "cat/sub/d.png", "dog/c.png"]
 
 
 def test_symlink_to_the_dataset_root_is_not_a_class(
-    pets: Path, caplog: pytest.LogCaptureFixture
+    pets: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (pets / "self").symlink_to(".")
-    caplog.set_level(logging.WARNING)
     ds = open_dataset(f"folder:{pets}", pets.parent / "cache", progress=False)
     assert ds.class_names == ["cat", "dog"]
     assert [s.source for s in ds.samples] == PET_SOURCES
-    (message,) = link_messages(caplog)
+    (message,) = link_messages(capsys)
     assert message.startswith(f"warning: did not follow 1 folder symlink in {pets} that leads")
     assert f"self -> {pets}" in message and "counted twice" in message
 
 
 def test_loops_inside_class_folders_are_not_followed_and_said(
-    pets: Path, caplog: pytest.LogCaptureFixture
+    pets: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (pets / "cat" / "loop").symlink_to(".")
     (pets / "cat" / "sub" / "up").symlink_to("../..")  # the dataset root
     (pets / "cat" / "dogs").symlink_to("../dog")  # another class: its images twice
     (pets / "dog" / "everything").symlink_to(pets.parent)  # contains the dataset
-    caplog.set_level(logging.WARNING)
     ds = open_dataset(f"folder:{pets}", pets.parent / "cache", progress=False)
     assert ds.class_names == ["cat", "dog"]
     assert [s.source for s in ds.samples] == PET_SOURCES
-    (message,) = link_messages(caplog)
+    (message,) = link_messages(capsys)
     assert message.startswith("warning: did not follow 4 folder symlinks in ")
     assert f"cat/dogs -> {pets / 'dog'}, cat/loop -> {pets / 'cat'}, cat/sub/up -> {pets}, …" in (
         message
@@ -294,7 +288,7 @@ def test_loops_inside_class_folders_are_not_followed_and_said(
 
 
 def test_class_folders_may_be_symlinks_to_folders_elsewhere_read_once(
-    pets: Path, caplog: pytest.LogCaptureFixture
+    pets: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The layout people build datasets with: class folders (or folders inside one) that are
     symlinks to real folders outside the dataset. Each real folder is read once."""
@@ -306,7 +300,6 @@ def test_class_folders_may_be_symlinks_to_folders_elsewhere_read_once(
     (pets / "cat" / "more").symlink_to(elsewhere / "more-cats")
     (elsewhere / "more-cats" / "back").symlink_to(pets)  # out and back in: skipped
     (elsewhere / "cows" / "itself").symlink_to(elsewhere / "cows")
-    caplog.set_level(logging.WARNING)
     ds = open_dataset(f"folder:{pets}", pets.parent / "cache", progress=False)
     assert ds.class_names == ["cat", "cows", "dog"]
     assert [s.source for s in ds.samples] == [
@@ -319,7 +312,7 @@ def test_class_folders_may_be_symlinks_to_folders_elsewhere_read_once(
         "dog/c.png",
     ]
     assert ds.load_image(2).size == (6, 6)
-    (message,) = link_messages(caplog)
+    (message,) = link_messages(capsys)
     assert "did not follow 3 folder symlinks" in message
     for skipped in (
         f"zebu -> {elsewhere / 'cows'}",
@@ -328,9 +321,8 @@ def test_class_folders_may_be_symlinks_to_folders_elsewhere_read_once(
     ):
         assert skipped in message
     # The listing the run's dataset fingerprint is built from follows the same rules, silently.
-    caplog.clear()
     assert candidate_files(pets, class_folders(pets)) == [s.source for s in ds.samples]
-    assert not link_messages(caplog)
+    assert not link_messages(capsys)
 
 
 def test_a_folder_whose_only_subfolder_loops_has_no_classes(tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ exactly as it was.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from pipelines import report
 from pipelines.errors import UserError
 from pipelines.explain.base import (
     ExplainBatch,
@@ -119,9 +119,9 @@ def guided_backprop_gradients(
 
 def warn_if_no_relus(count: int) -> None:
     if count == 0:
-        warnings.warn(
-            "the model has no nn.ReLU modules, so guided backprop is the plain gradient",
-            stacklevel=3,
+        # Checked on every batch and request: said once.
+        report.warn(
+            "the model has no nn.ReLU modules, so guided backprop is the plain gradient", once=True
         )
 
 
