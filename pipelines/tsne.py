@@ -68,9 +68,10 @@ torch backend       1.3183 / 1.0164 / 0.4840   1.0000 / 1.0000 / 1.0000   0.9873
 0.4284 / 0.4513 / 0.2936, torch 0.4318 / 0.4511 / 0.3013.
 
 Both backends pass the quality bar at every perplexity (the closest: blobs at perplexity 90, KL
-+4.3% for opentsne and +3.0% for torch) and differ from each other by less than either differs
-from openTSNE's defaults in kNN accuracy and trustworthiness (at most 0.0006 and 0.0005). So the
-device changes the coordinates of a map, not its quality, and the backend is recorded with it.
++4.3% for opentsne and +3.0% for torch). The backends differ from each other by at most 0.0006
+in kNN accuracy and 0.0005 in trustworthiness, no more than each differs from openTSNE's
+defaults (up to 0.0011 and 0.0024). So the device changes the coordinates of a map, not its
+quality as measured here, and the backend is recorded with it.
 Time is what the device is for: on these loaded CPU cores the three digits maps took 33.6 s
 with opentsne and 121.2 s with torch (exact O(N^2) repulsion, one thread; blobs 37.3 s and
 170.8 s), which is why the CPU path stays openTSNE. Not yet measured on a GPU.
