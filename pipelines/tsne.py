@@ -40,11 +40,10 @@ rows of the larger subset's map gets stuck 10-30% above the default KL at perple
 The quality bar (checked by tests and the benchmarks, for both backends): KL divergence within
 5% of openTSNE's default ``TSNE().fit`` and 10-nearest-neighbour preservation within 0.02 of it.
 
-Does the device change the result? Not the method: both backends use the same affinities (to
+Does the device change the result? The method, no: both backends use the same affinities (to
 float precision), the same starting layout and the same schedule, and each is deterministic for
-a seed. But not the coordinates either: Barnes-Hut (theta 0.5 / 0.8) against exact repulsion and
-float64 against float32 make the two backends' maps of the same seed differ, at the same
-quality. Measured with ``benchmarks/bench_tsne.py`` (both backends on the CPU of the project's
+a seed. The coordinates, yes: Barnes-Hut (theta 0.5 / 0.8) against exact repulsion and float64
+against float32 make the two backends' maps of the same seed differ, at the same quality. Measured with ``benchmarks/bench_tsne.py`` (both backends on the CPU of the project's
 2-core VM, load average 10-20 from other jobs; perplexities 10 / 30 / 90; KL under one exact P
 and Q, 10-NN preservation, leave-one-out 10-NN accuracy on the labels, trustworthiness at 10
 neighbours; openTSNE defaults = ``TSNE().fit``, the quality bar's reference):
