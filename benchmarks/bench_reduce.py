@@ -36,7 +36,7 @@ from sklearn.decomposition import PCA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines import reduce  # noqa: E402
+from pipelines import reduce, tsne, tsne_opentsne  # noqa: E402
 
 SUBSETS = ["100", "1000", "all"]
 PERPLEXITIES = [10.0, 30.0, 90.0]
@@ -116,8 +116,9 @@ def breakdown(x: np.ndarray, sizes: list[int], perplexities: dict[int, list[floa
     per core at once, so an idle 2-core machine needs about half the total)."""
     parts, total = [], 0.0
     for n in reversed(sizes):
-        jobs, _, knn = timed_cpu(lambda n=n: reduce.map_jobs(x[:n], perplexities[n], 0, 1))
-        costs = [timed_cpu(lambda j=job: reduce.optimise_map(j, 1))[2] for job in jobs]
+        subset = tsne.SubsetMaps(n, tuple(sorted(perplexities[n])), tsne.initial_layout(x[:n], 0))
+        jobs, _, knn = timed_cpu(lambda s=subset: tsne_opentsne.map_jobs(x, s, 0, 1))
+        costs = [timed_cpu(lambda j=job: tsne_opentsne.optimise_map(j, 1))[2] for job in jobs]
         total += knn + sum(costs)
         maps = ", ".join(f"p{job.perplexity:g} {c:.2f}" for job, c in zip(jobs, costs, strict=True))
         parts.append(f"n={n}: kNN+P {knn:.2f}, maps {maps}")

@@ -1,19 +1,25 @@
-"""Benchmark the PyTorch t-SNE (pipelines.tsne_torch) against openTSNE on the same data.
+"""Benchmark the two t-SNE backends of ``pipelines.tsne.fit`` against openTSNE's defaults.
 
-    python benchmarks/bench_tsne.py                       # 13k points, perplexities 10,30,90
-    python benchmarks/bench_tsne.py --n 50000 --compare   # the dashboard's upper size
-    python benchmarks/bench_tsne.py --data features.npy   # real (N, D) layer features
+    python benchmarks/bench_tsne.py                                # digits, both backends, CPU
+    python benchmarks/bench_tsne.py --data blobs --n 2000          # separated Gaussian blobs
+    python benchmarks/bench_tsne.py --n 13000 --backends torch --device cuda   # the GPU path
+    python benchmarks/bench_tsne.py --data features.npy            # real (N, D) layer features
 
-Times each stage separately (CUDA synchronised around every timer): exact kNN, affinities,
-PCA initialisation, compiling the repulsion kernel, optimisation of all perplexities as one
-batched problem, and the final KL. Then checks the issue's acceptance criteria against openTSNE
-run on the same data (by default only up to 20k points, where it finishes in reasonable time):
-KL divergence within 5% and 10-nearest-neighbour preservation within 0.02. Optionally reruns
-the whole thing to check the output is bit-identical (--check-determinism).
+Runs ``tsne.fit`` (the precompute's entry point: PCA scores in, one map per perplexity out) once
+per backend with the shared schedule (or openTSNE's default one, ``--schedule
+opentsne-defaults``), timed with CUDA synchronised, and judges every map by its neighbourhoods:
+KL divergence under one exact P and exact Q (``reduce.kl_divergence``, so the backends' own
+approximations do not enter the comparison), 10-nearest-neighbour preservation, leave-one-out
+10-NN accuracy on the class labels (digits and blobs) and trustworthiness at 10 neighbours (up
+to ``TRUST_MAX_N`` points). Then checks the quality bar against openTSNE's default
+``TSNE().fit`` on the same scores (by default only up to 20k points): KL at most 5% above it and
+10-NN preservation at most 0.02 below it. Optionally reruns each backend to check the output is
+bit-identical (--check-determinism).
 
-The default data are scikit-learn's digits (ship with the package, no download), augmented by
-small random rotations, shifts and pixel noise to the requested size: the same ten-cluster,
-curved structure as the real digits at any N.
+The data are reduced to the PCA scores keeping 90% of the variance first, as the precompute
+does. ``digits`` are scikit-learn's digits (ship with the package, no download), augmented by
+small random rotations, shifts and pixel noise beyond 1,797 points: the same ten-cluster,
+curved structure at any N.
 """
 
 from __future__ import annotations
@@ -25,9 +31,8 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,31 +42,32 @@ if __package__ in (None, ""):
     # Run as a script (python benchmarks/bench_tsne.py): make the repo root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import tsne_torch as T  # noqa: E402
+from pipelines import reduce, tsne  # noqa: E402
 
 KL_TOLERANCE = 0.05
 KNN_TOLERANCE = 0.02
 KNN_K = 10
 OPENTSNE_DEFAULT_MAX_N = 20_000
-
-Result = TypeVar("Result")
+TRUST_MAX_N = 5_000  # sklearn's trustworthiness holds an (N, N) distance matrix
+SCHEDULES = {"shared": tsne.SCHEDULE, "opentsne-defaults": tsne.OPENTSNE_DEFAULTS}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=13_000, help="number of points (default 13000)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--perplexities", default="10,30,90", help="comma-separated")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-iter", type=int, default=750, help="total iterations (default 750)")
-    parser.add_argument("--data", default="digits", help="'digits' (augmented) or an .npy file")
+    parser.add_argument("--n", type=int, default=1797, help="number of points (default 1797)")
+    parser.add_argument("--data", default="digits", help="'digits', 'blobs' or an .npy file")
+    parser.add_argument("--backends", default="opentsne,torch", help="comma-separated")
     parser.add_argument(
-        "--compile", choices=("auto", "on", "off"), default="auto", help="fused repulsion kernel"
+        "--device", default="auto", help="torch backend's device: auto, cpu or cuda"
     )
+    parser.add_argument("--perplexities", default="10,30,90", help="comma-separated")
+    parser.add_argument("--schedule", choices=tuple(SCHEDULES), default="shared")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="openTSNE threads")
     parser.add_argument(
         "--compare", action="store_true", help="run openTSNE even when n > 20000 (slow)"
     )
-    parser.add_argument("--no-compare", action="store_true", help="skip openTSNE (timings only)")
+    parser.add_argument("--no-compare", action="store_true", help="skip openTSNE's defaults")
     parser.add_argument(
         "--check-determinism", action="store_true", help="run twice, compare bit for bit"
     )
@@ -79,12 +85,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def augmented_digits(n: int, seed: int) -> np.ndarray:
+def augmented_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, 64) float32: digits images, each randomly rotated (+-10 degrees), shifted (+-0.5 px)
-    and noised (std 0.5 on the 0..16 scale); the first 1797 rows are the originals."""
+    and noised (std 0.5 on the 0..16 scale), the first 1797 rows the originals; and their (n,)
+    int64 labels."""
     from sklearn.datasets import load_digits
 
-    digits = load_digits().images.astype(np.float32)
+    loaded = load_digits()
+    digits = loaded.images.astype(np.float32)
     rng = np.random.default_rng(seed)
     picks = np.concatenate([np.arange(len(digits)), rng.integers(0, len(digits), n)])[:n]
     images = torch.from_numpy(digits[picks]).unsqueeze(1)  # (n, 1, 8, 8)
@@ -99,35 +107,35 @@ def augmented_digits(n: int, seed: int) -> np.ndarray:
     warped = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
     noise = rng.normal(scale=0.5, size=(n, 64)).astype(np.float32)
     noise[: min(n, len(digits))] = 0
-    return warped.reshape(n, 64).numpy() + noise
+    return warped.reshape(n, 64).numpy() + noise, loaded.target[picks].astype(np.int64)
 
 
-def load_data(spec: str, n: int, seed: int) -> np.ndarray:
+def blobs(n: int, seed: int, classes: int = 10, dims: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """(n, dims) float32 well-separated Gaussian blobs (centres 10 apart in scale, unit noise)
+    and their (n,) int64 labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=10.0, size=(classes, dims))
+    labels = np.arange(n) % classes
+    return (centres[labels] + rng.normal(size=(n, dims))).astype(np.float32), labels
+
+
+def load_data(spec: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, D) float32 features and (N,) labels, or None where the data have none."""
     if spec == "digits":
         return augmented_digits(n, seed)
+    if spec == "blobs":
+        return blobs(n, seed)
     data = np.load(spec).astype(np.float32)
     if data.ndim != 2:
         raise SystemExit(f"error: {spec} must hold an (N, D) array, got shape {data.shape}")
     if n < len(data):
         data = data[np.random.default_rng(seed).permutation(len(data))[:n]]
-    return data
+    return data, None
 
 
 def synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed(
-    label: str, fn: Callable[[], Result], device: torch.device, log: dict[str, float]
-) -> Result:
-    """Run fn, store its wall time (device work included) under ``label``."""
-    synchronise(device)
-    start = time.perf_counter()
-    result = fn()
-    synchronise(device)
-    log[label] = time.perf_counter() - start
-    return result
 
 
 def peak_memory_gib(device: torch.device) -> float | None:
@@ -136,119 +144,80 @@ def peak_memory_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-def run_torch(
-    x: torch.Tensor, perplexities: list[float], args: argparse.Namespace
-) -> tuple[dict[float, tuple[np.ndarray, float]], dict[str, float], dict[str, float | None]]:
-    """The same stages tsne_torch runs, timed one by one. Returns embeddings (on the host) with
-    KL per perplexity, stage times (s) and peak GPU memory per stage (GiB)."""
-    device = x.device
-    times: dict[str, float] = {}
-    memory: dict[str, float | None] = {}
-    n = x.shape[0]
-    compile_flag = {"auto": None, "on": True, "off": False}[args.compile]
-
-    def stage(label: str, fn: Callable[[], Result]) -> Result:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        result = timed(label, fn, device, times)
-        memory[label] = peak_memory_gib(device)
-        return result
-
-    k = min(n - 1, int(3 * max(perplexities)))
-    indices, distances = stage("knn", lambda: T.knn_blocked(x, k))
-    graph = stage("affinities", lambda: T.affinity_graph(indices, distances, perplexities))
-    start = stage("pca init", lambda: T.pca_init(x, args.seed))
-    tile = stage("compile", lambda: T.repulsion_tile_function(device, compile_flag))
-    block = T.repulsion_block_rows(tile, len(perplexities), n, device)
-    y0 = start.unsqueeze(0).repeat(len(perplexities), 1, 1)
-    early = min(250, args.n_iter)
-    y = stage(
-        "optimise",
-        lambda: T.optimise(
-            y0,
-            graph,
-            n_iter=args.n_iter,
-            early_exaggeration_iter=early,
-            exaggeration=12.0,
-            block_size=block,
-            tile=tile,
-        ),
+def run_backend(
+    backend: tsne.Backend,
+    scores: np.ndarray,
+    perplexities: list[float],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> tuple[dict[float, np.ndarray], float, float | None]:
+    """``tsne.fit`` with one backend. Returns ({perplexity: (n, 2) map}, seconds, peak GPU GiB)."""
+    n = scores.shape[0]
+    on_cuda = backend == "torch" and device.type == "cuda"
+    options: dict[str, Any] = (
+        {"device": str(device)} if backend == "torch" else {"cores": args.cores}
     )
-    kl = stage("kl", lambda: T.kl_divergence(y, graph, block_size=block, tile=tile))
-    times["per iteration (ms)"] = 1000 * times["optimise"] / max(1, args.n_iter)
-    embeddings = {p: (y[b].cpu().numpy(), float(kl[b])) for b, p in enumerate(perplexities)}
-    return embeddings, times, memory
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    synchronise(device)
+    start = time.perf_counter()
+    maps = tsne.fit(
+        scores, {n: perplexities}, args.seed, backend, schedule=SCHEDULES[args.schedule], **options
+    )
+    synchronise(device)
+    seconds = time.perf_counter() - start
+    peak = peak_memory_gib(device) if on_cuda else None
+    return {p: maps[(n, p)] for p in perplexities}, seconds, peak
 
 
-def run_opentsne(x: np.ndarray, perplexity: float, seed: int) -> tuple[np.ndarray, float, float]:
-    """openTSNE with its defaults, all cores. Returns (embedding, KL, seconds)."""
+def run_opentsne_defaults(x: np.ndarray, perplexity: float, seed: int, cores: int) -> np.ndarray:
+    """openTSNE's ``TSNE().fit`` with its defaults (its own PCA initialisation and schedule)."""
     from openTSNE import TSNE
 
-    start = time.perf_counter()
-    embedding = TSNE(perplexity=perplexity, random_state=seed, n_jobs=os.cpu_count() or 1).fit(x)
-    return np.asarray(embedding), float(embedding.kl_divergence), time.perf_counter() - start
+    return np.asarray(TSNE(perplexity=perplexity, random_state=seed, n_jobs=cores).fit(x))
 
 
-def compare_quality(
-    data: np.ndarray,
-    embeddings: dict[float, tuple[np.ndarray, float]],
-    seed: int,
-    compare: bool,
-) -> list[dict[str, Any]]:
-    """Print and return, per perplexity, our KL and 10-NN preservation and, when ``compare``,
-    openTSNE's on the same data with the pass/fail of the issue's criteria."""
-    try:
-        # The metrics live with openTSNE's CPU path, which imports openTSNE; a GPU box without
-        # it can still time the PyTorch path.
-        from pipelines.reduce import kl_divergence, knn_preservation
-    except ImportError as error:
-        print(f"\nquality: skipped, openTSNE is not importable ({error}); pip install openTSNE")
-        return []
-    quality: list[dict[str, Any]] = []
-    rows = [("perplexity", "KL torch", "KL openTSNE", "KL diff", "10-NN torch", "10-NN openTSNE")]
-    rows[0] += ("10-NN diff", "same-P KL torch", "same-P KL openTSNE", "openTSNE s", "pass")
-    threads = os.cpu_count() or 1
-    for perplexity, (embedding, kl) in embeddings.items():
-        ours = knn_preservation(data, embedding, KNN_K)
-        record: dict[str, Any] = {"perplexity": perplexity, "kl": kl, "knn_preservation": ours}
-        quality.append(record)
-        if not compare:
-            rows.append((f"{perplexity:g}", f"{kl:.4f}", "-", "-", f"{ours:.4f}", *["-"] * 6))
-            continue
-        reference, reference_kl, seconds = run_opentsne(data, perplexity, seed)
-        theirs = knn_preservation(data, reference, KNN_K)
-        # Each library reports KL under its own P (openTSNE: approximate kNN above 1k points) and
-        # its own Q estimate (Barnes-Hut / FFT); re-evaluating both embeddings under one exact P
-        # and exact Q separates layout quality from those differences.
-        same_p = [kl_divergence(data, y, perplexity, threads) for y in (embedding, reference)]
-        kl_diff = (kl - reference_kl) / reference_kl
-        passed = abs(kl_diff) <= KL_TOLERANCE and abs(ours - theirs) <= KNN_TOLERANCE
-        record |= {
-            "opentsne_kl": reference_kl,
-            "opentsne_knn_preservation": theirs,
-            "opentsne_seconds": seconds,
-            "same_p_kl": same_p[0],
-            "opentsne_same_p_kl": same_p[1],
-            "pass": passed,
-        }
-        rows.append(
-            (
-                f"{perplexity:g}",
-                f"{kl:.4f}",
-                f"{reference_kl:.4f}",
-                f"{kl_diff:+.2%}",
-                f"{ours:.4f}",
-                f"{theirs:.4f}",
-                f"{ours - theirs:+.4f}",
-                f"{same_p[0]:.4f}",
-                f"{same_p[1]:.4f}",
-                f"{seconds:.1f}",
-                "yes" if passed else "NO",
-            )
-        )
-    criteria = f"KL within {KL_TOLERANCE:.0%}, {KNN_K}-NN preservation within {KNN_TOLERANCE}"
-    print_table(f"quality vs openTSNE ({criteria})", rows)
-    return quality
+def knn_accuracy(embedding: np.ndarray, labels: np.ndarray, k: int = KNN_K) -> float:
+    """Leave-one-out accuracy of a k-nearest-neighbour majority vote in the map."""
+    from sklearn.neighbors import NearestNeighbors
+
+    neighbours = NearestNeighbors(n_neighbors=k).fit(embedding).kneighbors(return_distance=False)
+    votes = np.apply_along_axis(np.bincount, 1, labels[neighbours], minlength=labels.max() + 1)
+    return float((votes.argmax(axis=1) == labels).mean())
+
+
+def quality(
+    scores: np.ndarray,
+    embedding: np.ndarray,
+    perplexity: float,
+    labels: np.ndarray | None,
+    cores: int,
+) -> dict[str, float | None]:
+    """Every neighbourhood measure of one map (never its coordinates)."""
+    from sklearn.manifold import trustworthiness
+
+    n = scores.shape[0]
+    return {
+        "kl": reduce.kl_divergence(scores, embedding, perplexity, cores),
+        "knn_preservation": reduce.knn_preservation(scores, embedding, KNN_K),
+        "knn_accuracy": None if labels is None else knn_accuracy(embedding, labels),
+        "trustworthiness": (
+            trustworthiness(scores, embedding, n_neighbors=KNN_K) if n <= TRUST_MAX_N else None
+        ),
+    }
+
+
+def passes(ours: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """The quality bar: KL at most 5% above openTSNE's defaults, 10-NN preservation at most 0.02
+    below."""
+    return (
+        ours["kl"] <= (1 + KL_TOLERANCE) * reference["kl"]
+        and ours["knn_preservation"] >= reference["knn_preservation"] - KNN_TOLERANCE
+    )
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -284,33 +253,86 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    for name in backends:
+        if name not in tsne.BACKENDS:
+            raise SystemExit(
+                f"error: unknown backend {name!r}; pick from {', '.join(tsne.BACKENDS)}"
+            )
     perplexities = [float(p) for p in args.perplexities.split(",") if p.strip()]
-    data = load_data(args.data, args.n, args.seed)
-    x = torch.from_numpy(data).to(device)
+    data, labels = load_data(args.data, args.n, args.seed)
+    scores, pca_info = reduce.pca_reduce(data, seed=args.seed)
     info = machine_info(device)
-    info["data"] = f"{args.data}: {data.shape[0]} x {data.shape[1]}"
+    info["data"] = f"{args.data}: {data.shape[0]} x {data.shape[1]} -> PCA {scores.shape[1]}"
+    info["schedule"] = args.schedule
+    info["load average"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     print_table("machine", [("key", "value"), *[(k, str(v)) for k, v in info.items()]])
 
-    total_start = time.perf_counter()
-    embeddings, times, memory = run_torch(x, perplexities, args)
-    times["total"] = time.perf_counter() - total_start
-    stage_rows = [("stage", "seconds", "peak GPU GiB")]
-    for label, seconds in times.items():
-        peak = memory.get(label)
-        stage_rows.append((label, f"{seconds:.3f}", "-" if peak is None else f"{peak:.2f}"))
-    print_table(f"tsne_torch on {device} ({len(perplexities)} perplexities batched)", stage_rows)
-
-    deterministic = None
-    if args.check_determinism:
-        again, _, _ = run_torch(x, perplexities, args)
-        deterministic = all(
-            np.array_equal(embeddings[p][0], again[p][0]) and embeddings[p][1] == again[p][1]
-            for p in perplexities
-        )
+    compare = not args.no_compare and (args.compare or data.shape[0] <= OPENTSNE_DEFAULT_MAX_N)
+    records: list[dict[str, Any]] = []
+    references: dict[float, dict[str, Any]] = {}
+    if compare:
+        for p in perplexities:
+            start = time.perf_counter()
+            reference = run_opentsne_defaults(scores, p, args.seed, args.cores)
+            seconds = time.perf_counter() - start
+            references[p] = quality(scores, reference, p, labels, args.cores)
+            records.append(
+                {
+                    "backend": "openTSNE defaults",
+                    "perplexity": p,
+                    "seconds": seconds,
+                    **references[p],
+                }
+            )
+    deterministic: dict[str, bool] = {}
+    timing_rows = [("backend", "seconds (all perplexities)", "peak GPU GiB")]
+    for backend in backends:
+        maps, seconds, peak = run_backend(backend, scores, perplexities, args, device)
+        timing_rows.append((backend, f"{seconds:.2f}", fmt(peak, 2)))
+        if args.check_determinism:
+            again, _, _ = run_backend(backend, scores, perplexities, args, device)
+            deterministic[backend] = all(np.array_equal(maps[p], again[p]) for p in perplexities)
+        for p in perplexities:
+            record = {
+                "backend": backend,
+                "perplexity": p,
+                "seconds": seconds,
+                **quality(scores, maps[p], p, labels, args.cores),
+            }
+            if p in references:
+                record["pass"] = passes(record, references[p])
+            records.append(record)
+    print_table(f"tsne.fit wall time, {len(perplexities)} perplexities", timing_rows)
+    if deterministic:
         print(f"\nbit-identical on a second run: {deterministic}")
 
-    compare = not args.no_compare and (args.compare or data.shape[0] <= OPENTSNE_DEFAULT_MAX_N)
-    quality = compare_quality(data, embeddings, args.seed, compare)
+    rows = [
+        (
+            "map",
+            "perplexity",
+            "KL (exact P, Q)",
+            "10-NN preservation",
+            "10-NN accuracy",
+            "trustworthiness",
+            "pass",
+        )
+    ]
+    for record in sorted(records, key=lambda r: (r["perplexity"], r["backend"])):
+        passed = record.get("pass")
+        rows.append(
+            (
+                record["backend"],
+                f"{record['perplexity']:g}",
+                fmt(record["kl"]),
+                fmt(record["knn_preservation"]),
+                fmt(record["knn_accuracy"]),
+                fmt(record["trustworthiness"]),
+                "-" if passed is None else ("yes" if passed else "NO"),
+            )
+        )
+    criteria = f"KL <= +{KL_TOLERANCE:.0%}, {KNN_K}-NN preservation >= -{KNN_TOLERANCE}"
+    print_table(f"quality (pass: vs openTSNE defaults, {criteria})", rows)
 
     if args.json:
         args.json.write_text(
@@ -318,15 +340,15 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "machine": info,
                     "args": {k: str(v) for k, v in vars(args).items()},
-                    "times_s": times,
-                    "peak_gpu_gib": memory,
+                    "pca": pca_info,
+                    "timings": timing_rows[1:],
                     "deterministic": deterministic,
-                    "quality": quality,
+                    "quality": records,
                 },
                 indent=2,
             )
         )
-    failed = any(record.get("pass") is False for record in quality) or deterministic is False
+    failed = any(r.get("pass") is False for r in records) or not all(deterministic.values())
     return 1 if failed else 0
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import threadpoolctl
 
-from pipelines import reduce
+from pipelines import reduce, tsne
 from pipelines.store import RunStore
 
 
@@ -73,10 +73,22 @@ class LayerJob:
                 coords.astype(np.float32),
                 **embedding_key(layer_id, size, method, perplexity),
             )
-        # Written last: its presence marks the layer complete.
-        info = {**info, "seconds": round(time.perf_counter() - started, 3)}
+        # Written last: its presence marks the layer complete. The backend is recorded because
+        # it changes the maps' coordinates (not their quality), and a run resumed on another
+        # device mixes backends across layers.
+        info = {
+            **info,
+            "tsne_backend": self.tsne_backend,
+            "tsne_device": self.torch_device or "cpu",
+            "seconds": round(time.perf_counter() - started, 3),
+        }
         store.save_json("reduction", info, layer=layer_id)
         return layer_id
+
+    @property
+    def tsne_backend(self) -> tsne.Backend:
+        """The t-SNE backend of this job: PyTorch on ``torch_device``, else openTSNE."""
+        return "opentsne" if self.torch_device is None else "torch"
 
     def pca(self, features: np.ndarray) -> tuple[np.ndarray, dict]:
         """features: (N, D) float32 -> PCA scores keeping 90% of the variance, and their info."""
@@ -89,19 +101,15 @@ class LayerJob:
 
     def maps(self, scores: np.ndarray) -> dict[tuple[int, str, float | None], np.ndarray]:
         """scores: (N, k) float32 -> every 2D map of the layer, keyed (n, method, perplexity)."""
-        if self.torch_device is None:
-            return reduce.embed_layer(
-                scores, self.subsets, self.perplexities, self.seed, self.n_jobs
-            )
-        # Imported here: the GPU path runs in the precompute's own process, which has torch
-        # loaded already, while CPU workers never need it.
-        from pipelines import tsne_torch
-
-        pca_only = reduce.embed_layer(scores, self.subsets, {}, self.seed, self.n_jobs)
-        gpu = tsne_torch.embed_subsets_torch(
-            scores, self.perplexities, self.seed, self.torch_device
+        return reduce.embed_layer(
+            scores,
+            self.subsets,
+            self.perplexities,
+            self.seed,
+            self.n_jobs,
+            backend=self.tsne_backend,
+            device=self.torch_device,
         )
-        return {**pca_only, **gpu}
 
     def copy(self, source: str, layer_id: str) -> None:
         """A reshape-only layer gets its parent's maps under its own id."""

@@ -84,7 +84,13 @@ TRAIN, HELD_OUT = "train", "held-out"
 
 @dataclass(frozen=True)
 class PrecomputeConfig:
-    """Everything that defines a run. ``device`` and ``batch_size`` change speed, not results."""
+    """Everything that defines a run. ``device`` and ``batch_size`` are not part of its identity
+    (a run may resume on another device). ``batch_size`` changes speed, and results only by float
+    rounding. ``device`` changes results within a measured bound, not their quality: on CUDA the
+    forward pass may run in bfloat16 (within the ``BF16_*`` bounds) and the t-SNE maps come from
+    the torch backend, whose coordinates differ from openTSNE's at the same neighbourhood quality
+    (measured in ``pipelines/tsne.py``); each layer's ``reduction`` record names its
+    ``tsne_backend``."""
 
     dataset: str
     model: str

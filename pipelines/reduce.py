@@ -8,40 +8,17 @@ each a small pure function with an explicit seed:
 1. ``pca_reduce``: principal component analysis (Pearson 1901; Hotelling 1933) keeping the
    fewest components that explain 90% of the variance, through the cheaper of the covariance or
    Gram eigenproblem, or a randomized SVD (Halko, Martinsson & Tropp 2011) when both are large.
-2. ``embed_layer``: t-SNE (van der Maaten & Hinton, "Visualizing Data using t-SNE", JMLR 2008)
-   with openTSNE (Poličar, Stražar & Zupan, J. Stat. Softw. 2024) at several perplexities and
-   nested subsets, plus the first two principal components as the 2-D PCA view.
+2. ``embed_layer``: the first two principal components as the 2-D PCA view, and t-SNE maps at
+   several perplexities and nested subsets through ``tsne.fit`` (its module docstring says why
+   the schedule is fast and what the backend changes), openTSNE on the CPU by default.
 
-Why t-SNE is fast here: openTSNE's defaults (250 early-exaggeration + 500 main iterations per
-map) cost 3-5 s per map for 1,797 points on two cores, and a layer has eight maps. Instead
-(every number measured in ``benchmarks/bench_reduce.py``):
-
-- one kNN graph per (layer, subset) at the largest perplexity, re-weighted for the others
-  (``PerplexityBasedNN.set_perplexity``), so the neighbour search runs once per subset;
-- 75 + 125 iterations (75 + 75 at small perplexity / n) instead of 250 + 500: a stronger early
-  exaggeration (learning rate 0.35 n instead of n/12, Barnes-Hut theta 0.8 while exaggerated)
-  and a main phase at learning rate 3n with momentum chosen from perplexity / n
-  (``TSNESchedule``) reach the KL divergence of the defaults: the learning-rate argument of
-  Belkina et al. (Nat. Commun. 2019) pushed further, kept stable by openTSNE's step clipping;
-- the maps of a layer are independent (each starts from its subset's PCA initialisation), so
-  they run in parallel, one single-threaded map per core, which also keeps a busy machine from
-  stalling OpenMP barriers (a 2-thread map ran 3x slower than a 1-thread one under load).
-
-Also measured and rejected (numbers in ``benchmarks/README.md``): shorter schedules, coarser
-Barnes-Hut, one early-exaggeration phase shared by a subset's perplexities, FFT repulsion at
-these sizes. Warm starts were measured and rejected too: a perplexity started from another perplexity's map
-needs ~125 iterations (little saved, and it serialises the maps), and a subset started from its
-rows of the larger subset's map gets stuck 10-30% above the default KL at perplexity 90.
-
-The quality bar (checked by tests and the benchmark): KL divergence within 5% of openTSNE's
-default ``TSNE().fit`` and 10-nearest-neighbour preservation within 0.02 of it.
+The quality metrics the tests and benchmarks judge maps by (``knn_preservation``,
+``kl_divergence``) live here too.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +29,7 @@ from openTSNE.affinity import PerplexityBasedNN
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.extmath import randomized_svd
 
+from pipelines import tsne
 from pipelines.cores import available_cores
 from pipelines.errors import UserError
 from pipelines.subsets import (
@@ -64,19 +42,14 @@ from pipelines.types import FloatArray
 
 __all__ = [
     "EmbeddingKey",
-    "MapJob",
-    "TSNESchedule",
     "embed_layer",
     "kl_divergence",
     "knn_preservation",
     "largest_perplexity",
-    "map_jobs",
     "nested_subset_order",
-    "optimise_map",
     "pca_reduce",
     "resolve_perplexities",
     "resolve_subset_sizes",
-    "tsne_maps",
 ]
 
 # (subset size, "pca" | "tsne", perplexity or None for PCA)
@@ -283,72 +256,14 @@ def fix_signs(scores: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TSNESchedule:
-    """The optimisation schedule of every t-SNE map (see the module docstring for why).
-
-    Learning rates are multiples of the number of points n, as in openTSNE's ``"auto"`` (n /
-    exaggeration). Momentum in the main phase is ``1 - momentum_ratio * perplexity / n`` clipped
-    to [min_momentum, max_momentum]: measured on digits, high momentum is what makes 125
-    iterations enough at small perplexity / n, while at large perplexity / n (k = 3 * perplexity
-    neighbours reach across clusters) it oscillates and a lower value converges faster. Where the
-    momentum is at its maximum (perplexity 10 on 1,000 points or more), the map is within 1% of
-    its 125-iteration KL after ``fast_main_iter`` iterations, so it stops there: 12% less t-SNE
-    time for the embedded default, the same worst-case KL against openTSNE's defaults (measured
-    on five smallcnn layers, ``benchmarks/bench_reduce.py``).
-    """
-
-    early_iter: int = 75
-    early_exaggeration: float = 12.0
-    early_learning_rate: float = 0.35  # x n; openTSNE's default is n / 12
-    early_momentum: float = 0.5
-    main_iter: int = 125
-    fast_main_iter: int = 75  # where the momentum is at max_momentum
-    learning_rate: float = 3.0  # x n; openTSNE's default is n
-    momentum_ratio: float = 4.0
-    min_momentum: float = 0.5
-    max_momentum: float = 0.95
-    theta: float = 0.5  # Barnes-Hut accuracy (openTSNE's default)
-    early_theta: float = 0.8  # coarser while exaggerated: ~10% faster, same final KL (benchmark)
-
-    def momentum(self, perplexity: float, n: int) -> float:
-        """Main-phase momentum for ``n`` points at ``perplexity``."""
-        wanted = 1.0 - self.momentum_ratio * perplexity / n
-        return min(self.max_momentum, max(self.min_momentum, wanted))
-
-    def main_iterations(self, perplexity: float, n: int) -> int:
-        """Main-phase iterations for ``n`` points at ``perplexity``."""
-        if self.momentum(perplexity, n) >= self.max_momentum:
-            return min(self.main_iter, self.fast_main_iter)
-        return self.main_iter
-
-
-SCHEDULE = TSNESchedule()
-# kNN: exact search is deterministic and, on PCA scores, faster than building Annoy trees (13,000
-# x 28: 1.8 s exact vs 7-9 s Annoy on two cores); approximate search only beyond this size.
-EXACT_KNN_MAX = 20_000
-# openTSNE's own switch point: FFT-interpolated repulsion beats Barnes-Hut above ~10k points.
-FFT_MIN_POINTS = 10_000
-INIT_STD = 1e-4  # openTSNE's PCA initialisation scale: small, so early steps shape the map
-INIT_JITTER = 0.01
-
-
-@dataclass(frozen=True, eq=False)
-class MapJob:
-    """One t-SNE map to optimise: subset size, perplexity and its own affinity matrix."""
-
-    n: int
-    perplexity: float
-    affinities: PerplexityBasedNN
-    init: np.ndarray  # (n, 2) float64
-
-
 def embed_layer(
     scores: np.ndarray,
     subset_sizes: list[int],
     perplexities: dict[int, list[float]],
     seed: int,
     n_jobs: int = -1,
+    backend: tsne.Backend = "opentsne",
+    device: str | None = None,
 ) -> dict[EmbeddingKey, FloatArray]:
     """All 2-D maps of one layer.
 
@@ -359,10 +274,10 @@ def embed_layer(
     and each of its perplexities}.
 
     The PCA map is the first two principal components of the whole layer, so a sample sits at
-    the same place in every subset. Each t-SNE map starts from the subset's PCA initialisation;
-    one kNN graph per subset serves all its perplexities; the maps are independent, so they are
-    optimised in parallel, one per core (``tsne_maps``). Deterministic for a given seed; below
-    ``FFT_MIN_POINTS`` also whatever ``n_jobs`` (Barnes-Hut sums each point's forces on one thread).
+    the same place in every subset. The t-SNE maps are ``tsne.fit``'s, with ``backend`` (and
+    ``device``, for the torch backend); the openTSNE backend optimises them in parallel on
+    ``n_jobs`` cores (scikit-learn's convention: -1 is all). Deterministic for a given seed and
+    backend; with openTSNE below ``tsne_opentsne.FFT_MIN_POINTS`` also whatever ``n_jobs``.
     """
     x = np.ascontiguousarray(scores, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
@@ -370,137 +285,16 @@ def embed_layer(
     sizes = sorted({int(n) for n in subset_sizes})
     if not sizes or sizes[0] < 1 or sizes[-1] > x.shape[0]:
         raise ValueError(f"subset sizes {subset_sizes} must lie in 1..{x.shape[0]}")
-    cores = _cores(n_jobs)
     pca_2d = _pad_columns(x[:, :2], 2)
     result: dict[EmbeddingKey, FloatArray] = {
         (n, "pca", None): np.ascontiguousarray(pca_2d[:n]) for n in sizes
     }
-    wanted = {n: sorted({float(p) for p in perplexities.get(n, [])}) for n in sizes}
-    for n, values in wanted.items():
-        for p in values:
-            if not p < n / 3:
-                raise ValueError(
-                    f"perplexity {p:g} needs more than {3 * p:g} points; subset has {n}"
-                )
-    for (n, p), coords in tsne_maps(x, wanted, seed, cores).items():
-        result[(n, "tsne", p)] = coords.astype(np.float32)
+    wanted = {n: perplexities.get(n, []) for n in sizes}
+    # The openTSNE backend threads over cores; the torch one runs on its device.
+    cores = {"cores": _cores(n_jobs)} if backend == "opentsne" else {}
+    for (n, p), coords in tsne.fit(x, wanted, seed, backend, device=device, **cores).items():
+        result[(n, "tsne", p)] = coords
     return result
-
-
-def tsne_maps(
-    x: np.ndarray,
-    perplexities: dict[int, list[float]],
-    seed: int,
-    cores: int,
-    schedule: TSNESchedule = SCHEDULE,
-) -> dict[tuple[int, float], np.ndarray]:
-    """Every t-SNE map of a layer, optimised on a pool of ``cores`` threads.
-
-    x: (N, k) float32 in nested-subset order; perplexities: {subset size n: ascending
-    perplexities, each < n / 3}. Returns {(n, perplexity): (n, 2) float64}.
-
-    Each subset's kNN graph is built on the pool too, so the big subset's maps start while the
-    smaller subsets' graphs are still being built; maps are queued biggest first. openTSNE's
-    gradient code releases the GIL, and one single-threaded map per core avoids the OpenMP
-    barriers that make a 2-thread map slower than a 1-thread one on a busy machine.
-    """
-    sizes = sorted((n for n, values in perplexities.items() if values), reverse=True)
-    total = sum(len(perplexities[n]) for n in sizes)
-    if not total:
-        return {}
-    workers = min(cores, total)
-    threads = max(1, cores // workers)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tsne")
-    try:
-        graphs = [pool.submit(map_jobs, x[:n], perplexities[n], seed, threads) for n in sizes]
-        maps = {}
-        for graph in graphs:
-            # Highest perplexity first: its attraction term makes it the slowest map of a subset.
-            for job in reversed(graph.result()):
-                maps[(job.n, job.perplexity)] = pool.submit(optimise_map, job, threads, schedule)
-        return {key: future.result() for key, future in maps.items()}
-    finally:
-        # On an error or Ctrl-C, maps not yet started are dropped instead of run to the end.
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def map_jobs(x: np.ndarray, perplexities: list[float], seed: int, threads: int) -> list[MapJob]:
-    """The t-SNE maps of one subset, sharing its kNN graph, ready to optimise.
-
-    x: (n, k) float32 scores of the subset; perplexities: ascending, each < n / 3. Returns one
-    ``MapJob`` per perplexity, in that order.
-    """
-    n = x.shape[0]
-    shared = shared_affinities(x, perplexities[-1], seed, threads)
-    init = pca_initialisation(x, seed)
-    jobs = []
-    # Largest first: the graph was built at that perplexity, so its P is reused as is.
-    for p in reversed(perplexities):
-        shared.set_perplexity(p)
-        # set_perplexity assigns a fresh P matrix, so a shallow copy keeps this perplexity's P
-        # (and shares the kNN graph); each map can then be optimised on its own thread.
-        jobs.append(MapJob(n, p, copy.copy(shared), init))
-    return jobs[::-1]
-
-
-def optimise_map(job: MapJob, threads: int, schedule: TSNESchedule = SCHEDULE) -> np.ndarray:
-    """Early exaggeration then the main phase (van der Maaten & Hinton 2008; openTSNE's two
-    ``optimize`` calls), with the accelerated ``schedule``. Returns (n, 2) float64."""
-    n = job.n
-    embedding = TSNEEmbedding(
-        job.init,
-        job.affinities,
-        negative_gradient_method="fft" if n >= FFT_MIN_POINTS else "bh",
-        theta=schedule.theta,
-        n_jobs=threads,
-    )
-    embedding.optimize(
-        schedule.early_iter,
-        exaggeration=schedule.early_exaggeration,
-        momentum=schedule.early_momentum,
-        learning_rate=schedule.early_learning_rate * n,
-        theta=schedule.early_theta,
-        inplace=True,
-    )
-    embedding.optimize(
-        schedule.main_iterations(job.perplexity, n),
-        momentum=schedule.momentum(job.perplexity, n),
-        learning_rate=schedule.learning_rate * n,
-        theta=schedule.theta,
-        inplace=True,
-    )
-    return np.array(embedding, dtype=np.float64)
-
-
-def shared_affinities(
-    x: np.ndarray, perplexity: float, seed: int, n_jobs: int
-) -> PerplexityBasedNN:
-    """One kNN graph (k = 3 * the largest perplexity) whose weights ``set_perplexity`` redoes for
-    any smaller perplexity without a new neighbour search. x: (n, k) float32."""
-    n = x.shape[0]
-    return PerplexityBasedNN(
-        x,
-        perplexity=perplexity,
-        method="exact" if n <= EXACT_KNN_MAX else "annoy",
-        n_jobs=n_jobs,
-        random_state=seed,
-        k_neighbors=min(n - 1, int(3 * perplexity)),
-    )
-
-
-def pca_initialisation(x: np.ndarray, seed: int) -> np.ndarray:
-    """openTSNE's PCA initialisation, from PCA scores: the first two columns, centred, scaled so
-    the first has std 1e-4, plus 1% jitter. A layer with no spread (all points equal) gets a
-    seeded random start instead of a division by zero. x: (n, k) float32 -> (n, 2) float64."""
-    rng = np.random.default_rng(seed)
-    init = _pad_columns(x[:, :2], 2).astype(np.float64)
-    init -= init.mean(axis=0)
-    spread = init[:, 0].std()
-    if not spread > 0:
-        return rng.normal(0.0, INIT_STD, size=init.shape)
-    init *= INIT_STD / spread
-    init += rng.normal(0.0, INIT_STD * INIT_JITTER, size=init.shape)
-    return init
 
 
 def _cores(n_jobs: int) -> int:

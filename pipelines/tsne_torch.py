@@ -1,20 +1,21 @@
-"""t-SNE in PyTorch, for the GPU path of the precompute.
+"""The PyTorch backend of ``tsne.fit``: t-SNE on any torch device, the GPU path of the precompute.
 
 t-SNE is van der Maaten & Hinton, "Visualizing Data using t-SNE", JMLR 9 (2008). This
 implementation follows the conventions of openTSNE (Poličar, Stražar & Zupan, "openTSNE: A
 Modular Python Library for t-SNE Dimensionality Reduction and Embedding", J. Stat. Softw. 109,
 2024) and FIt-SNE (Linderman et al., "Fast interpolation-based t-SNE for improved visualization
-of single-cell RNA-seq data", Nat. Methods 16, 2019), so the GPU path and openTSNE's CPU path
-give embeddings of the same quality:
+of single-cell RNA-seq data", Nat. Methods 16, 2019), and takes its schedule and starting layout
+from ``tsne`` (``TSNESchedule``, ``initial_layout``), the ones the openTSNE backend uses, so the
+two backends give embeddings of the same quality (``tsne``'s docstring has the measurements):
 
 - affinities from the ``k = 3 * perplexity`` nearest neighbours, with a per-point bandwidth
   found by binary search on the perplexity, then symmetrised and normalised to sum to 1;
-- initialisation from the first two principal components scaled to std 1e-4, plus jitter;
-- early exaggeration 12 for 250 iterations, learning rate ``N / exaggeration`` (Belkina et al.,
+- initialisation from the first two principal components (``tsne.initial_layout``);
+- the schedule's early exaggeration, learning rates (multiples of N, after Belkina et al.,
   "Automated optimized parameters for t-SNE improve visualization and analysis of large
-  datasets", Nat. Commun. 10, 2019), momentum 0.5 then 0.8, delta-bar-delta gains
-  (Jacobs, "Increased rates of convergence through learning rate adaptation", Neural Networks
-  1, 1988) and per-point step clipping at 5;
+  datasets", Nat. Commun. 10, 2019) and momenta, with openTSNE's optimiser: delta-bar-delta
+  gains (Jacobs, "Increased rates of convergence through learning rate adaptation", Neural
+  Networks 1, 1988) carried over between the phases, and per-point step clipping at 5;
 - the gradient without the constant factor 4, as openTSNE and FIt-SNE write it.
 
 Where openTSNE approximates the repulsive forces (Barnes-Hut or FFT interpolation), this
@@ -41,20 +42,13 @@ import torch
 
 from pipelines import report
 from pipelines.errors import UserError
+from pipelines.tsne import SCHEDULE, SubsetMaps, TSNESchedule, initial_layout
 
-# openTSNE's PCA initialisation: the first component is scaled to this std, so the first
-# gradient steps are not dominated by the initial layout, and jitter of 1% of it keeps points
-# that coincide in PCA space apart.
-INIT_STD = 1e-4
-INIT_JITTER = 0.01
-# Optimiser constants of openTSNE / FIt-SNE.
-EARLY_MOMENTUM = 0.5
-FINAL_MOMENTUM = 0.8
+# Optimiser constants of openTSNE's gradient descent (its defaults; not part of the schedule).
 MIN_GAIN = 0.01
 GAIN_INCREASE = 0.2
 GAIN_DECAY = 0.8
 MAX_STEP_NORM = 5.0
-MIN_LEARNING_RATE = 50.0
 # The perplexity search stops when |entropy - log(perplexity)| is below this (openTSNE's value).
 PERPLEXITY_TOL = 1e-8
 PERPLEXITY_MAX_ITER = 200
@@ -95,9 +89,7 @@ def tsne_torch(
     perplexities: list[float],
     seed: int,
     init: torch.Tensor | None = None,
-    n_iter: int = 750,
-    early_exaggeration_iter: int = 250,
-    exaggeration: float = 12.0,
+    schedule: TSNESchedule = SCHEDULE,
     knn: tuple[torch.Tensor, torch.Tensor] | None = None,
     *,
     block_size: int | None = None,
@@ -109,10 +101,9 @@ def tsne_torch(
     perplexities: one embedding per distinct value; each must be > 0.
     seed: seeds the PCA jitter, the randomised PCA and nothing else; same seed, same output.
     init: (N, 2) starting layout for every perplexity (should have std ~1e-4, as openTSNE's);
-        default PCA of ``x``.
-    n_iter: total iterations, the ``early_exaggeration_iter`` exaggerated ones included
-        (750 = openTSNE's 250 + 500).
-    exaggeration: the early exaggeration factor; afterwards the exaggeration is 1.
+        default ``pca_init(x, seed)``.
+    schedule: iterations, exaggeration, learning rates and momenta (``tsne.SCHEDULE``; pass
+        ``tsne.OPENTSNE_DEFAULTS`` for openTSNE's default 250 + 500 iterations).
     knn: precomputed neighbours as (indices (N, k) int64, Euclidean distances (N, k) float32),
         ascending per row, self excluded; default: exact neighbours computed here, k =
         min(N - 1, 3 * max perplexity), one graph shared by all perplexities.
@@ -123,7 +114,7 @@ def tsne_torch(
 
     Returns {perplexity: ((N, 2) float32 embedding on x.device, KL(P || Q) of that embedding)}.
     """
-    _check_inputs(x, perplexities, n_iter, early_exaggeration_iter, exaggeration)
+    _check_inputs(x, perplexities)
     n = x.shape[0]
     wanted = list(dict.fromkeys(float(p) for p in perplexities))
     x = x.detach().float()
@@ -141,26 +132,12 @@ def tsne_torch(
     tile = repulsion_tile_function(x.device, compile)
     if block_size is None:
         block_size = repulsion_block_rows(tile, len(wanted), n, x.device)
-    y = optimise(
-        y0,
-        graph,
-        n_iter=n_iter,
-        early_exaggeration_iter=early_exaggeration_iter,
-        exaggeration=exaggeration,
-        block_size=block_size,
-        tile=tile,
-    )
+    y = optimise(y0, graph, wanted, schedule, block_size=block_size, tile=tile)
     kl = kl_divergence(y, graph, block_size=block_size, tile=tile)
     return {p: (y[b].contiguous(), float(kl[b])) for b, p in enumerate(wanted)}
 
 
-def _check_inputs(
-    x: torch.Tensor,
-    perplexities: list[float],
-    n_iter: int,
-    early_exaggeration_iter: int,
-    exaggeration: float,
-) -> None:
+def _check_inputs(x: torch.Tensor, perplexities: list[float]) -> None:
     """Fail loudly, before any work, on arguments that cannot give an embedding."""
     if x.ndim != 2:
         raise ValueError(f"x must be (N, D), got shape {tuple(x.shape)}")
@@ -178,13 +155,6 @@ def _check_inputs(
     for p in perplexities:
         if not math.isfinite(p) or p <= 0:
             raise UserError(f"perplexity must be a positive number, got {p}; e.g. 10, 30 or 90")
-    if not 0 <= early_exaggeration_iter <= n_iter:
-        raise ValueError(
-            f"early_exaggeration_iter ({early_exaggeration_iter}) must be between 0 and n_iter "
-            f"({n_iter}); n_iter counts the exaggerated iterations too"
-        )
-    if exaggeration <= 0:
-        raise ValueError(f"exaggeration must be positive, got {exaggeration}")
 
 
 def _check_knn(
@@ -377,26 +347,17 @@ def stack_graphs(graphs: list[torch.Tensor]) -> AffinityGraph:
 
 
 def pca_init(x: torch.Tensor, seed: int) -> torch.Tensor:
-    """openTSNE's initial layout: the first two principal components, scaled so the first has
-    std 1e-4, plus Gaussian jitter of 1% of that.
+    """``tsne.initial_layout`` of the first two principal components of ``x``.
 
-    x: (N, D) float32 on any device. Returns (N, 2) float32 on x.device.
+    x: (N, D) float32 on any device. Returns (N, 2) float32 on x.device, the same layout for a
+    seed on every device (the scaling and jitter are drawn on the host).
     Component signs are fixed (largest loading positive) so the layout is deterministic.
     """
     generator = torch.Generator().manual_seed(seed)
     components = principal_axes(x, 2, generator)
     scores = (x.double() - x.double().mean(dim=0)) @ components
-    std = scores[:, 0].std(correction=0)
-    if not bool(std > 0):
-        # All points coincide: no direction to start from, so start from noise of the same size.
-        scores = torch.randn(x.shape[0], 2, generator=generator, dtype=torch.float64)
-        scores = scores.to(x.device)
-        std = scores[:, 0].std(correction=0)
-    scores = scores * (INIT_STD / std)
-    # The jitter is drawn on the CPU so the same seed gives the same layout on every device.
-    jitter = torch.randn(x.shape[0], 2, generator=generator, dtype=torch.float64)
-    scores = scores + jitter.to(x.device) * (INIT_STD * INIT_JITTER)
-    return scores.float()
+    layout = initial_layout(scores.cpu().numpy(), seed)
+    return torch.from_numpy(layout).to(device=x.device, dtype=torch.float32)
 
 
 def principal_axes(
@@ -570,44 +531,63 @@ def gradient(
 def optimise(
     y: torch.Tensor,
     graph: AffinityGraph,
-    n_iter: int,
-    early_exaggeration_iter: int,
-    exaggeration: float,
+    perplexities: list[float],
+    schedule: TSNESchedule,
     block_size: int,
     tile: TileFunction = repulsion_tile,
 ) -> torch.Tensor:
-    """Gradient descent with momentum, delta-bar-delta gains and step clipping, as openTSNE.
+    """Gradient descent with momentum, delta-bar-delta gains and step clipping, as openTSNE's,
+    with ``schedule``: exaggerated first, then each problem's main phase.
 
-    y: (B, N, 2) float32 initial layouts (not modified). Returns (B, N, 2) float32.
-    The first ``early_exaggeration_iter`` iterations use ``exaggeration`` and momentum 0.5, the
-    rest exaggeration 1 and momentum 0.8; the learning rate is N / exaggeration (at least 50);
-    gains and velocity carry over between the phases.
+    y: (B, N, 2) float32 initial layouts (not modified), problem b at ``perplexities[b]``.
+    Returns (B, N, 2) float32. Gains and velocity carry over between the phases, as in
+    openTSNE's two ``optimize`` calls. The main phase's momentum and length depend on the
+    perplexity; a problem whose main phase is over stays where it is while the others go on,
+    so a batch gives each problem the layout it would get alone.
     """
     y = y.clone()
     n = y.shape[1]
     update = torch.zeros_like(y)
     gains = torch.ones_like(y)
-    for iteration in range(n_iter):
-        early = iteration < early_exaggeration_iter
-        factor = exaggeration if early else 1.0
-        momentum = EARLY_MOMENTUM if early else FINAL_MOMENTUM
-        learning_rate = max(n / factor, MIN_LEARNING_RATE)
-        grad = gradient(y, graph, factor, block_size, tile)
-        update, gains = _step(update, gains, grad, momentum, learning_rate)
-        y = y + update
-        # Only relative positions matter; re-centring keeps coordinates small for float32.
-        y = y - y.mean(dim=1, keepdim=True)
+    rate = schedule.early_learning_rate * n
+    for _ in range(schedule.early_iter):
+        grad = gradient(y, graph, schedule.early_exaggeration, block_size, tile)
+        update, gains = _step(update, gains, grad, schedule.early_momentum, rate)
+        y = _recentred(y + update)
+    momenta = [schedule.momentum(p, n) for p in perplexities]
+    momentum = torch.tensor(momenta, dtype=y.dtype, device=y.device).view(-1, 1, 1)
+    lengths = [schedule.main_iterations(p, n) for p in perplexities]
+    rate = schedule.learning_rate * n
+    for iteration in range(max(lengths)):
+        grad = gradient(y, graph, 1.0, block_size, tile)
+        stepped, stepped_gains = _step(update, gains, grad, momentum, rate)
+        moved = _recentred(y + stepped)
+        if iteration < min(lengths):
+            update, gains, y = stepped, stepped_gains, moved
+            continue
+        running = torch.tensor([iteration < length for length in lengths], device=y.device)
+        running = running.view(-1, 1, 1)
+        update = torch.where(running, stepped, update)
+        gains = torch.where(running, stepped_gains, gains)
+        y = torch.where(running, moved, y)
     return y
+
+
+def _recentred(y: torch.Tensor) -> torch.Tensor:
+    """Only relative positions matter; re-centring keeps coordinates small for float32.
+    y: (B, N, 2)."""
+    return y - y.mean(dim=1, keepdim=True)
 
 
 def _step(
     update: torch.Tensor,
     gains: torch.Tensor,
     grad: torch.Tensor,
-    momentum: float,
+    momentum: float | torch.Tensor,
     learning_rate: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One delta-bar-delta momentum step; all (B, N, 2) float32. Returns (update, gains).
+    """One delta-bar-delta momentum step; all (B, N, 2) float32, ``momentum`` a float or a
+    (B, 1, 1) tensor (one per problem). Returns (update, gains).
 
     Gains grow by 0.2 where the gradient opposes the last step (progress is steady in that
     coordinate) and decay by 0.8 where it flips; each point's step is clipped to norm 5 so a
@@ -642,22 +622,21 @@ def kl_divergence(
     return sums + torch.log(z)
 
 
-def embed_subsets_torch(
-    scores: np.ndarray, perplexities: dict[int, list[float]], seed: int, device: str
-) -> dict[tuple[int, str, float], np.ndarray]:
-    """The t-SNE maps of one layer on ``device`` (the GPU path of the embeddings stage).
+def fit_subsets(
+    x: np.ndarray, subsets: list[SubsetMaps], device: str, schedule: TSNESchedule = SCHEDULE
+) -> dict[tuple[int, float], np.ndarray]:
+    """The torch backend of ``tsne.fit``: every map of a layer on ``device``.
 
-    scores: (N, k) float32 PCA scores in nested-subset order (subset n = rows [:n]);
-    perplexities: {n: perplexities of subset n}. Returns {(n, "tsne", p): (n, 2) float32}, the
-    same keys ``reduce.embed_layer`` uses for its openTSNE maps.
+    x: (N, k) float32 PCA scores in nested-subset order (subset n = rows [:n]); subsets: as
+    ``tsne.fit`` builds them (each with its starting layout). Returns {(n, perplexity): (n, 2)
+    float32 numpy}. A subset's perplexities are optimised together as one batched problem.
     """
-    x = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)).to(device)
-    maps: dict[tuple[int, str, float], np.ndarray] = {}
-    for n, wanted in sorted(perplexities.items()):
-        if not wanted:
-            continue
-        for perplexity, (coords, _kl) in tsne_torch(
-            x[:n], [float(p) for p in wanted], seed
-        ).items():
-            maps[(n, "tsne", float(perplexity))] = coords.float().cpu().numpy()
+    data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    maps: dict[tuple[int, float], np.ndarray] = {}
+    for subset in subsets:
+        init = torch.from_numpy(subset.init)
+        # The seed only seeds pca_init, which an explicit init replaces.
+        result = tsne_torch(data[: subset.n], list(subset.perplexities), 0, init, schedule)
+        for perplexity, (coords, _kl) in result.items():
+            maps[(subset.n, perplexity)] = coords.float().cpu().numpy()
     return maps

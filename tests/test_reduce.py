@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import trustworthiness
 from sklearn.neighbors import KNeighborsClassifier
 
-from pipelines import reduce
+from pipelines import reduce, tsne
 from pipelines.errors import UserError
 from pipelines.reduce import (
     embed_layer,
@@ -270,16 +270,6 @@ def test_embed_layer_rejects_bad_subsets_and_perplexities():
         embed_layer(x, [10, 51], {}, seed=0)
 
 
-def test_schedule_momentum_follows_perplexity_over_n():
-    schedule = reduce.TSNESchedule()
-    assert schedule.momentum(10, 1797) == 0.95  # clipped high: small perplexity / n
-    assert schedule.momentum(90, 1797) == pytest.approx(1 - 4 * 90 / 1797)
-    assert schedule.momentum(30, 100) == 0.5  # clipped low
-    # At maximum momentum the main phase is shorter; elsewhere it is the full length.
-    assert schedule.main_iterations(10, 1797) == schedule.fast_main_iter < schedule.main_iter
-    assert schedule.main_iterations(90, 1797) == schedule.main_iter
-
-
 # --------------------------------------------------------------------------------------------
 # quality metrics, and quality against openTSNE's defaults
 # --------------------------------------------------------------------------------------------
@@ -303,13 +293,15 @@ def test_kl_divergence_ranks_a_tsne_map_above_noise():
 
 
 @pytest.mark.slow
-def test_quality_matches_opentsne_defaults_on_digits():
+@pytest.mark.parametrize("backend", tsne.BACKENDS)
+def test_quality_matches_opentsne_defaults_on_digits(backend):
     digits = load_digits()
     order = nested_subset_order(digits.target.astype(np.int64), seed=0)
     scores, _ = pca_reduce(digits.data.astype(np.float32)[order])
     n = scores.shape[0]
     perplexities = [10.0, 30.0, 90.0]
-    maps = embed_layer(scores, [n], {n: perplexities}, seed=0)
+    device = "cpu" if backend == "torch" else None
+    maps = embed_layer(scores, [n], {n: perplexities}, seed=0, backend=backend, device=device)
     for p in perplexities:
         reference = np.asarray(TSNE(perplexity=p, n_jobs=-1, random_state=0).fit(scores))
         ours = maps[(n, "tsne", p)]
