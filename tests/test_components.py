@@ -132,7 +132,6 @@ def test_selected_layer_inside_a_collapsed_block_rings_the_block(resnet18_layers
     assert figure["layout"]["annotations"][0]["text"] == "layer3.1.conv2 (in layer3.1)"
     # The hover ring is drawn in the browser from these silhouettes.
     assert set(meta["outlines"]) == {n.id for n in arch.diagram_nodes(resnet18_layers, ())}
-    assert figure["data"][meta["hoverTrace"]]["name"] == "hovered"
 
 
 def test_box_size_grows_with_channels_and_spatial_size():
