@@ -13,7 +13,43 @@
   var IDS = ls.ids;
   var METHODS = ls.constants.explanationMethods || [];
 
-  var state = (ls.state.inspector = { signature: null, requests: 0 });
+  var state = (ls.state.inspector = { signature: null, requests: 0, table: null, info: null, warming: [] });
+  var WARM_KEEP = 16; // image objects kept alive so their requests are not dropped mid-flight
+
+  // ---- images fetched from the hover event itself ----------------------------------------
+  // Dash delivers the new src ~15-25 ms after plotly's hover event (store updates, callback
+  // dispatch, React render). Requesting the same URLs straight from the event overlaps that
+  // with the image request; the <img> then finds them in the browser's memory cache (the
+  // routes answer with Cache-Control max-age).
+
+  function imageUrls(row) {
+    var info = state.info, table = state.table;
+    if (!info || info.error || !table || !(row >= 0 && row < table.uid.length)) {
+      return [];
+    }
+    var urls = info.hasThumbnails ? [ls.fill(info.urls.thumb, { row: row })] : [];
+    info.explanations.forEach(function (method) {
+      urls.push(ls.fill(info.urls.explain[method], { row: row }));
+    });
+    return urls;
+  }
+
+  function warmImages(eventData) {
+    imageUrls(ls.rowOf(eventData)).forEach(function (url) {
+      var image = new Image();
+      image.src = url;
+      state.warming.push(image);
+    });
+    state.warming.splice(0, Math.max(0, state.warming.length - WARM_KEEP));
+  }
+
+  function listenToHover() {
+    var gd = ls.graphDiv(IDS.EMBEDDING_GRAPH);
+    if (gd && gd.on && !gd.layerscopeInspector) {
+      gd.layerscopeInspector = true;
+      gd.on("plotly_hover", warmImages);
+    }
+  }
 
   // ---- the top-10 bars ------------------------------------------------------------------
 
@@ -114,6 +150,9 @@
 
   ls.define("renderInspector", function (selection, hoverData, table, info, explainedClass, shown) {
     var st = state;
+    st.table = table;
+    st.info = info;
+    listenToHover();
     var s = Object.assign({}, selection || {});
     if (dc.callback_context.triggered_id === IDS.EMBEDDING_GRAPH) {
       // Straight from the hover event: one store round trip less than waiting for the
