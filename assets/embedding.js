@@ -1,6 +1,7 @@
 /*
- * Embedding panel (dashboard/panels/embedding.py): hover and click write the hovered / pinned
- * row into the selection store, so they never wait on the server; renderEmbedding draws the
+ * Embedding panel (dashboard/panels/embedding.py): a click writes the pinned row into the
+ * selection store, so it never waits on the server (hover goes straight from the graph's
+ * hoverData to the inspector, see assets/inspector.js); renderEmbedding draws the
  * server-built figure. When only the layer changed (same trace structure, i.e. same samples in
  * the same traces), points glide from their old positions to the new ones: Scattergl traces
  * cannot use plotly's own transitions, so the interpolation runs here with
@@ -142,10 +143,6 @@
     }
     window.requestAnimationFrame(frame);
   }
-
-  ls.define("hoverToSelection", function (hoverData) {
-    return new dc.Patch().assign(["hovered"], ls.rowOf(hoverData)).build();
-  });
 
   ls.define("clickToSelection", function (clickData) {
     var row = ls.rowOf(clickData);

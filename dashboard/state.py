@@ -2,7 +2,7 @@
 
 The page keeps ONE selection store::
 
-    {"run", "layer", "subset", "method", "perplexity", "color", "hovered", "pinned"}
+    {"run", "layer", "subset", "method", "perplexity", "color", "pinned"}
 
 Controls, the model view and the embedding each write their own fields with ``Patch``; a
 clientside splitter (``splitSelection`` in assets/page.js) derives small keys from it so
@@ -29,7 +29,6 @@ EMPTY_SELECTION: dict[str, Any] = {
     "method": "tsne",
     "perplexity": None,
     "color": "label",
-    "hovered": None,
     "pinned": None,
 }
 METHOD_OPTIONS = [{"label": "t-SNE", "value": "tsne"}, {"label": "PCA", "value": "pca"}]
