@@ -13,8 +13,10 @@ What it measures (targets from PRODUCT.md):
 2. Layer switch with 13k points (<= 300 ms): the server side of the embedding callback on a
    synthetic 13,000-sample run (figure build + JSON encoding), and in Chromium the time from the
    click on a layer to the first animation frame and to the end of the animation.
-3. Hover -> inspector (<= 100 ms) in Chromium: from the mouse event to the inspector's new image
-   URL, and to that image being loaded.
+3. Hover -> inspector fully updated (<= 50 ms) in Chromium, on the digits run and on the 13k
+   run: from the mouse event to the inspector's new image URL, to the first frame painted after
+   it (every output drawn, the main thread free), to the sample image loaded, and to every
+   inspector image (sample and three explanations) loaded.
 
 Medians over several repetitions are reported; the machine's load is printed alongside, since
 the numbers are wall-clock times.
@@ -328,60 +330,95 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the dashboard server did not start within 60 s")
 
 
-def bench_browser(data_dir: Path, run_id: str, hovers: int, switches: int) -> dict[str, Any]:
+def open_run(page: Any, url: str, run_id: str) -> None:
+    """Load the page on ``run_id`` and wait until the embedding is drawn and the per-run
+    inspector table has arrived (the hint stops saying "loading")."""
+    page.goto(f"{url}/?run={run_id}")
+    bh.wait_for_graph(
+        page,
+        "embedding-graph",
+        "gd => gd.data.length > 2 && gd.layout.meta && gd.layout.meta.n > 0",
+        timeout=120_000,
+    )
+    page.wait_for_function(
+        "() => document.getElementById('inspector-hint').textContent.startsWith('hover a point')",
+        timeout=120_000,
+    )
+    time.sleep(1.0)
+
+
+def bench_hover(page: Any, hovers: int) -> dict[str, Any]:
+    """Hover ``hovers`` points spread over the first trace, each from 40 px away; medians of
+    the times from the mouse event to the inspector's new image URL, to the first frame after
+    it, to that image loaded, and to every inspector image loaded (fully updated)."""
+    page.evaluate(bh.HOVER_PROBE)
+    to_src, to_painted, to_loaded, to_all = [], [], [], []
+    points = bh.graph_eval(
+        page,
+        "embedding-graph",
+        f"""gd => {{
+          const L = gd._fullLayout, b = gd.getBoundingClientRect(), out = [];
+          const t = gd.data[0];
+          for (let i = 0; i < t.x.length && out.length < {hovers}; i += Math.max(1, Math.floor(t.x.length / {hovers}))) {{
+            out.push({{x: b.left + L.xaxis._offset + L.xaxis.l2p(t.x[i]), y: b.top + L.yaxis._offset + L.yaxis.l2p(t.y[i])}});
+          }}
+          return out;
+        }}""",
+    )
+    for point in points:
+        page.mouse.move(point["x"] + 40, point["y"] + 40)
+        time.sleep(0.15)
+        page.evaluate(
+            "() => { const p = window.hoverProbe; p.loaded = p.src = p.painted = p.allLoaded = null; }"
+        )
+        page.mouse.move(point["x"], point["y"])
+        try:
+            page.wait_for_function(
+                "() => window.hoverProbe.allLoaded !== null && window.hoverProbe.painted !== null",
+                timeout=5000,
+            )
+        except Exception:  # noqa: BLE001 - a point under another one: skip it
+            continue
+        probe = page.evaluate("() => window.hoverProbe")
+        to_src.append((probe["src"] - probe["move"]) / 1000)
+        to_painted.append((probe["painted"] - probe["move"]) / 1000)
+        to_loaded.append((probe["loaded"] - probe["move"]) / 1000)
+        to_all.append((probe["allLoaded"] - probe["move"]) / 1000)
+    return {
+        "hover_to_inspector_url_ms": median_ms(to_src) if to_src else None,
+        "hover_to_next_frame_ms": median_ms(to_painted) if to_painted else None,
+        "hover_to_image_loaded_ms": median_ms(to_loaded) if to_loaded else None,
+        "hover_to_all_images_loaded_ms": median_ms(to_all) if to_all else None,
+        "hovers_measured": len(to_src),
+    }
+
+
+def bench_browser(
+    data_dir: Path, digits_run: str, large_run: str, hovers: int, switches: int
+) -> dict[str, Any]:
+    """Hover on the digits run (the target's run) and on the large run; layer switches on the
+    large run."""
     process, url = start_server(data_dir)
     try:
         with bh.chromium() as browser:
             watch = bh.PageWatch(browser, bh.LARGE)
             page = watch.page
-            page.goto(f"{url}/?run={run_id}")
-            bh.wait_for_graph(
-                page,
-                "embedding-graph",
-                "gd => gd.data.length > 2 && gd.layout.meta && gd.layout.meta.n > 0",
-                timeout=120_000,
-            )
-            # The per-run inspector table has arrived once the hint stops saying "loading".
-            page.wait_for_function(
-                "() => document.getElementById('inspector-hint').textContent.startsWith('hover a point')",
-                timeout=120_000,
-            )
-            time.sleep(1.0)
-            page.evaluate(bh.HOVER_PROBE)
-            to_src, to_loaded = [], []
-            points = bh.graph_eval(
-                page,
-                "embedding-graph",
-                f"""gd => {{
-                  const L = gd._fullLayout, b = gd.getBoundingClientRect(), out = [];
-                  const t = gd.data[0];
-                  for (let i = 0; i < t.x.length && out.length < {hovers}; i += Math.floor(t.x.length / {hovers})) {{
-                    out.push({{x: b.left + L.xaxis._offset + L.xaxis.l2p(t.x[i]), y: b.top + L.yaxis._offset + L.yaxis.l2p(t.y[i])}});
-                  }}
-                  return out;
-                }}""",
-            )
-            for point in points:
-                page.mouse.move(point["x"] + 40, point["y"] + 40)
-                time.sleep(0.15)
-                page.evaluate(
-                    "() => { window.hoverProbe.loaded = null; window.hoverProbe.src = null; }"
-                )
-                page.mouse.move(point["x"], point["y"])
-                try:
-                    page.wait_for_function("() => window.hoverProbe.loaded !== null", timeout=5000)
-                except Exception:  # noqa: BLE001 - a point under another one: skip it
-                    continue
-                probe = page.evaluate("() => window.hoverProbe")
-                to_src.append((probe["src"] - probe["move"]) / 1000)
-                to_loaded.append((probe["loaded"] - probe["move"]) / 1000)
+            open_run(page, url, digits_run)
+            hover_digits = bench_hover(page, hovers)
+            print("hover on the digits run:", hover_digits, flush=True)
+            open_run(page, url, large_run)
+            hover_large = bench_hover(page, hovers)
+            print(f"hover on {large_run}:", hover_large, flush=True)
             first_frame, finished = [], []
             layer_ids = bh.graph_eval(
                 page,
                 "model-graph",
                 "gd => gd.data.find(t => t.name === 'layers').customdata.map(c => c[0])",
             )
-            targets = [layer for layer in dict.fromkeys(layer_ids) if layer != "input"][:switches]
+            shown = page.evaluate("() => new URLSearchParams(location.search).get('layer')")
+            targets = [
+                layer for layer in dict.fromkeys(layer_ids) if layer not in ("input", shown)
+            ][:switches]
             for layer in targets:
                 box = bh.graph_eval(
                     page,
@@ -413,9 +450,8 @@ def bench_browser(data_dir: Path, run_id: str, hovers: int, switches: int) -> di
         process.terminate()
         process.wait(timeout=10)
     return {
-        "hover_to_inspector_url_ms": median_ms(to_src) if to_src else None,
-        "hover_to_image_loaded_ms": median_ms(to_loaded) if to_loaded else None,
-        "hovers_measured": len(to_src),
+        "hover_digits": hover_digits,
+        f"hover_{large_run}": hover_large,
         "layer_click_to_animation_start_ms": median_ms(first_frame) if first_frame else None,
         "layer_click_to_animation_end_ms": median_ms(finished) if finished else None,
         "switches_measured": len(first_frame),
@@ -460,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(work)
 
     if args.only_browser:
-        results["browser"] = bench_browser(work, LARGE_RUN, hovers=15, switches=5)
+        results["browser"] = bench_browser(work, SMALLCNN_RUN, LARGE_RUN, hovers=15, switches=5)
         print("in Chromium:", results["browser"], flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
@@ -483,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     results["layer_switch_server"] = bench_layer_switch_server(app, LARGE_RUN, repeats=14)
     print("layer switch, server side:", results["layer_switch_server"], flush=True)
     if not args.skip_browser:
-        results["browser"] = bench_browser(work, LARGE_RUN, hovers=15, switches=5)
+        results["browser"] = bench_browser(work, SMALLCNN_RUN, LARGE_RUN, hovers=15, switches=5)
         print("in Chromium:", results["browser"], flush=True)
     results["load_average_after"] = os.getloadavg()
     if args.json:

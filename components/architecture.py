@@ -550,7 +550,6 @@ def architecture_figure(
     data.extend(_family_traces(boxes))
     data.extend(_label_traces(boxes, baseline))
     data.append(_ring(outline(selected_box, 0.12) if selected_box else None, ACCENT, 3, "selected"))
-    data.append(_ring(None, HOVER, 2, "hovered"))
     data.append(_hover_trace(boxes))
     annotations = []
     if selected_box is not None:
@@ -589,7 +588,6 @@ def architecture_figure(
         annotations=annotations,
         meta={
             "outlines": {box.node.id: outline(box, 0.08) for box in boxes},
-            "hoverTrace": len(data) - 2,
             "selectedNode": selected_node,
         },
         # Keeps a user's zoom while the selection moves, resets it when boxes are re-laid out.

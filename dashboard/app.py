@@ -11,19 +11,18 @@ from typing import Any
 import dash
 import dash_bootstrap_components as dbc  # noqa: F401 - registers the component suite
 
-from dashboard import ids
 from dashboard.context import CONFIG_KEY, configure
 from dashboard.jobs import ThreadJobManager
 from dashboard.layout import page
-from dashboard.registry import register_all
+from dashboard.registry import register_all, shared_with_browser
 from dashboard.routes import register_routes
 from pipelines.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 
-# The page template, plus the component ids for assets/layerscope.js (ids.py stays the only
-# place they are spelled).
+# The page template, plus what the browser shares with Python (component ids, clientside output
+# names, constants) for assets/*.js: each stays spelled in one Python place.
 INDEX_TEMPLATE = """<!DOCTYPE html>
 <html lang="en" data-bs-theme="dark">
     <head>
@@ -31,7 +30,7 @@ INDEX_TEMPLATE = """<!DOCTYPE html>
         <title>{%title%}</title>
         {%favicon%}
         {%css%}
-        <script>window.layerscopeIds = __IDS__;</script>
+        <script>window.layerscopeShared = __SHARED__;</script>
     </head>
     <body>
         {%app_entry%}
@@ -42,6 +41,11 @@ INDEX_TEMPLATE = """<!DOCTYPE html>
         </footer>
     </body>
 </html>"""
+
+
+def browser_json(value: Any) -> str:
+    """``value`` as JSON that is safe inside a <script> element (no "</" to close it early)."""
+    return json.dumps(value).replace("</", "<\\/")
 
 
 def background_manager() -> Any:
@@ -81,7 +85,7 @@ def create_app(data_dir: Path) -> dash.Dash:
         assets_folder=str(ASSETS),
         serve_locally=True,
         background_callback_manager=background_manager(),
-        index_string=INDEX_TEMPLATE.replace("__IDS__", json.dumps(ids.all_ids())),
+        index_string=INDEX_TEMPLATE.replace("__SHARED__", browser_json(shared_with_browser())),
         meta_tags=[{"name": "viewport", "content": "width=device-width, initial-scale=1"}],
     )
     app.server.config[CONFIG_KEY] = context

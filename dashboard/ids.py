@@ -1,11 +1,13 @@
 """Every component id of the page, in one place: kebab-case, prefixed by the panel that owns it.
 
-Callbacks, layouts, ``assets/layerscope.js`` and the browser tests all refer to ids through this
-module (the JS reads them from ``window.layerscopeIds``, written into the page by ``app.py``), so
-renaming one is a one-line change. Pattern-matching ids are built by functions.
+Callbacks, layouts, ``assets/*.js`` and the browser tests all refer to ids through this module
+(the JS reads them from ``window.layerscope.ids``, published by ``registry.shared_with_browser``),
+so renaming one is a one-line change. Pattern-matching ids are built by functions.
 """
 
 from __future__ import annotations
+
+from dash.dependencies import Wildcard
 
 # ---- page-wide --------------------------------------------------------------------------------
 URL = "app-url"
@@ -58,18 +60,19 @@ INSPECTOR_IMAGE = "inspector-image"
 INSPECTOR_UID = "inspector-uid"
 INSPECTOR_LABELS = "inspector-labels"
 INSPECTOR_HINT = "inspector-hint"
-INSPECTOR_TOP10 = "inspector-top10"
+INSPECTOR_TOP10 = "inspector-top10"  # the top-10 bars, drawn by assets/inspector.js
+INSPECTOR_CLASS_REQUEST = "inspector-class-request"  # {cls, name} of the clicked bar
 INSPECTOR_EXPLAIN_CAPTION = "inspector-explain-caption"
 INSPECTOR_EXPLAIN_STATUS = "inspector-explain-status"
 INSPECTOR_UNPIN = "inspector-unpin"
 
 
-def explanation_image(method: str) -> dict[str, str]:
-    """The <img> showing explanation ``method`` ("gradcam", "guided_backprop", ...)."""
+def explanation_image(method: str | Wildcard) -> dict[str, str | Wildcard]:
+    """The <img> showing explanation ``method`` ("gradcam", ...; ALL for every one)."""
     return {"type": "inspector-explanation", "method": method}
 
 
-def explanation_note(method: str) -> dict[str, str]:
+def explanation_note(method: str | Wildcard) -> dict[str, str | Wildcard]:
     """The text shown instead of explanation ``method`` when it does not exist."""
     return {"type": "inspector-explanation-note", "method": method}
 
@@ -99,7 +102,7 @@ TOUR_CLOSE = "tour-close"
 
 
 def all_ids() -> dict[str, str]:
-    """Every plain string id by constant name, for the browser (``window.layerscopeIds``)."""
+    """Every plain string id by constant name, for the browser (``window.layerscope.ids``)."""
     return {
         name: value
         for name, value in globals().items()

@@ -91,15 +91,17 @@ def page(token: str) -> html.Div:
 
 clientside_callback(
     "splitSelection",
-    Output(ids.VIEW_KEY, "data"),
-    Output(ids.LAYER_KEY, "data"),
-    Output(ids.SAMPLE_KEY, "data"),
-    Output(ids.RUN_KEY, "data"),
     Input(ids.SELECTION, "data"),
     State(ids.VIEW_KEY, "data"),
     State(ids.LAYER_KEY, "data"),
     State(ids.SAMPLE_KEY, "data"),
     State(ids.RUN_KEY, "data"),
+    outputs={
+        "viewKey": Output(ids.VIEW_KEY, "data"),
+        "layerKey": Output(ids.LAYER_KEY, "data"),
+        "sampleKey": Output(ids.SAMPLE_KEY, "data"),
+        "runKey": Output(ids.RUN_KEY, "data"),
+    },
 )
 
 clientside_callback(

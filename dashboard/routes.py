@@ -50,13 +50,11 @@ def grid_url(run: RunData, layer_id: str, row: int, sort: str) -> str:
 
 
 def url_templates(run: RunData) -> dict[str, object]:
-    """URL patterns with "{row}", "{cls}" placeholders, for the browser's hover code."""
+    """URL patterns with a "{row}" placeholder, for the browser's hover code. (Class
+    explanations are computed on a click; their answer carries its URLs.)"""
     return {
         "thumb": thumb_url(run, "{row}"),
         "explain": {m: explanation_url(run, m, "{row}") for m in EXPLANATION_METHODS},
-        "classExplain": {
-            m: class_explanation_url(run, "{cls}", m, "{row}") for m in EXPLANATION_METHODS
-        },
     }
 
 

@@ -2,10 +2,10 @@
 
 The page keeps ONE selection store::
 
-    {"run", "layer", "subset", "method", "perplexity", "color", "hovered", "pinned"}
+    {"run", "layer", "subset", "method", "perplexity", "color", "pinned"}
 
 Controls, the model view and the embedding each write their own fields with ``Patch``; a
-clientside splitter (``splitSelection`` in assets/layerscope.js) derives small keys from it so
+clientside splitter (``splitSelection`` in assets/page.js) derives small keys from it so
 server callbacks fire only when a field they use changed (a hover never reaches the server).
 ``?run=...&layer=...&subset=...&method=...&perplexity=...&color=...&row=...`` in the URL sets the
 initial selection; unknown values are replaced by defaults with a message saying so.
@@ -29,7 +29,6 @@ EMPTY_SELECTION: dict[str, Any] = {
     "method": "tsne",
     "perplexity": None,
     "color": "label",
-    "hovered": None,
     "pinned": None,
 }
 METHOD_OPTIONS = [{"label": "t-SNE", "value": "tsne"}, {"label": "PCA", "value": "pca"}]

@@ -294,17 +294,33 @@ def isolated_point(page: Any, graph_id: str, min_distance: float = 12.0) -> dict
 
 HOVER_PROBE = """() => {
   // Times, in the page's clock: the last mousemove over the embedding, when the inspector image
-  // got its new URL, and when that image finished loading.
-  const probe = window.hoverProbe = {move: null, src: null, loaded: null, url: null};
+  // got its new URL, when that image finished loading, the first frame painted after the new
+  // URL (the main thread is free again: every output of the hover is drawn), and when every
+  // image of the inspector (sample and explanations) is loaded: the inspector fully updated.
+  const probe = window.hoverProbe = {move: null, src: null, loaded: null, url: null, painted: null, allLoaded: null};
   const graph = document.getElementById('embedding-graph');
   graph.addEventListener('mousemove', () => { probe.move = performance.now(); }, true);
   const img = document.getElementById('inspector-image');
+  const card = document.getElementById('inspector-card');
+  const settled = () => Array.from(card.querySelectorAll('img'))
+    .filter(i => i.getAttribute('src'))
+    .every(i => i.complete && i.naturalWidth > 0);
+  const check = () => {
+    if (probe.loaded !== null && probe.allLoaded === null && settled()) { probe.allLoaded = performance.now(); }
+  };
   new MutationObserver(() => {
     probe.src = performance.now();
     probe.url = img.getAttribute('src');
     probe.loaded = null;
+    probe.painted = null;
+    probe.allLoaded = null;
+    requestAnimationFrame(() => { probe.painted = performance.now(); });
   }).observe(img, {attributes: true, attributeFilter: ['src']});
-  img.addEventListener('load', () => { probe.loaded = performance.now(); });
+  // load does not bubble; a capturing listener on the card sees every image's.
+  card.addEventListener('load', (event) => {
+    if (event.target === img) { probe.loaded = performance.now(); }
+    check();
+  }, true);
 }"""
 
 

@@ -82,13 +82,13 @@ class ExplainClient:
             return error.code, error.read()
 
     def body(self, run_id: str | None, row: int | None, cls: int | None) -> dict[str, Any]:
-        click = None if cls is None else {"points": [{"customdata": [cls, f"class {cls}", 0.1]}]}
+        click = None if cls is None else {"cls": cls, "name": f"class {cls}", "click": 1}
         shown = None if row is None else {"run": run_id, "row": row}
         return {
             "output": f"{ids.INSPECTOR_CLASS}.data",
             "outputs": {"id": ids.INSPECTOR_CLASS, "property": "data"},
-            "inputs": [{"id": ids.INSPECTOR_TOP10, "property": "clickData", "value": click}],
-            "changedPropIds": [f"{ids.INSPECTOR_TOP10}.clickData"],
+            "inputs": [{"id": ids.INSPECTOR_CLASS_REQUEST, "property": "data", "value": click}],
+            "changedPropIds": [f"{ids.INSPECTOR_CLASS_REQUEST}.data"],
             "state": [
                 {"id": ids.INSPECTOR_SHOWN, "property": "data", "value": shown},
                 {"id": ids.APP_TOKEN, "property": "data", "value": self.token},
@@ -350,17 +350,7 @@ def check_the_page_says_it_timed_out(watch: bh.PageWatch, url: str, run_id: str)
     page.wait_for_function(
         "() => document.getElementById('inspector-hint')?.textContent?.includes('pinned')"
     )
-    bh.wait_for_graph(page, ids.INSPECTOR_TOP10, "gd => gd.data.length > 1 && gd.data[1].y.length")
-    bh.scroll_to(page, ids.INSPECTOR_TOP10)
-    bar = bh.graph_eval(
-        page,
-        ids.INSPECTOR_TOP10,
-        """gd => { const L = gd._fullLayout, b = gd.getBoundingClientRect(), t = gd.data[1];
-                   const i = t.customdata.findIndex(c => c[0] === 6);
-                   return {x: b.left + L.xaxis._offset + L.xaxis.l2p(0.5),
-                           y: b.top + L.yaxis._offset + L.yaxis.l2p(L.yaxis.d2l(t.y[i]))}; }""",
-    )
-    page.mouse.click(bar["x"], bar["y"])
+    page.locator(f"#{ids.INSPECTOR_TOP10} button.ls-bar[data-cls='6']").click()
     page.wait_for_function(
         "(id) => document.getElementById(id)?.textContent?.startsWith('computing')",
         arg=ids.INSPECTOR_EXPLAIN_STATUS,

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torchvision
 
-from components.inspector import top10_traces
+from components.inspector import short_name
 from dashboard.app import create_app
 from dashboard.data import RunCatalog
 from pipelines.features import discover_layers
@@ -156,6 +156,15 @@ def layer_box(page: Any, layer_id: str) -> dict[str, float]:
     )
 
 
+# What the top-10 shows, bar by bar (assets/inspector.js draws one button per class).
+TOP10_BARS = """() => Array.from(document.querySelectorAll('#inspector-top10 button.ls-bar')).map(b => ({
+  cls: Number(b.dataset.cls), fullName: b.dataset.name, title: b.title, disabled: b.disabled,
+  name: b.querySelector('.ls-bar-name').textContent, value: b.querySelector('.ls-bar-value').textContent,
+  width: parseFloat(b.querySelector('.ls-bar-fill').style.width), buttonWidth: b.getBoundingClientRect().width,
+  isTrue: b.classList.contains('is-true'), isExplained: b.classList.contains('is-explained'),
+}))"""
+
+
 def pin_a_point(page: Any) -> dict[str, Any]:
     row = bh.isolated_point(page, "embedding-graph")["customdata"]
     # Hover first and wait until plotly reports that very point, then click where the hover
@@ -179,6 +188,7 @@ def test_page_loads_without_console_errors(browser, server, viewport):
     try:
         page = open_small_run(watch, server)
         page.wait_for_function("() => document.getElementById('inspector-top10') !== null")
+        assert page.inner_text("#inspector-top10") == "hover a point to see its top-10 predictions"
         assert "t-SNE, perplexity 30 — layer features.7 (ReLU), 300 samples" in bh.graph_eval(
             page, "embedding-graph", "gd => gd.layout.title.text"
         )
@@ -260,27 +270,27 @@ def test_hovering_a_point_fills_the_inspector(watch, server, data_dir):
             arg=selector,
         )
         assert f"/explain/{method}/{row}.png" in page.get_attribute(selector, "src")
-    # The browser drew the top-10 bars exactly as the Python builder would.
+    # The top-10 bars, best first: short name, width and percentage from the probability, the
+    # class and its full name on the button; the true class green, the predicted one outlined.
     run = RunCatalog(data_dir).open("digits-small")
     predictions = run.predictions()
     classes = predictions["top10_index"][row].tolist()
     probs = np.round(predictions["top10_prob"][row].astype(np.float64), 4).tolist()
-    expected = top10_traces(
-        classes,
-        probs,
-        run.model_class_names,
-        samples["model_label"][row],
-        int(predictions["predicted"][row]),
-    )
-    drawn = bh.graph_eval(
-        page,
-        "inspector-top10",
-        "gd => gd.data.map(t => ({x: t.x, y: t.y, customdata: t.customdata, marker: t.marker}))",
-    )
-    for shown, built in zip(drawn, expected, strict=True):
-        assert shown["y"] == built["y"] and shown["customdata"] == built["customdata"]
-        assert shown["x"] == pytest.approx(built["x"])
-    assert drawn[0]["marker"]["color"] == expected[0]["marker"]["color"]
+    drawn = page.evaluate(TOP10_BARS)
+    assert [bar["cls"] for bar in drawn] == classes
+    names = [run.model_class_names[c] for c in classes]
+    assert [bar["name"] for bar in drawn] == [short_name(name) for name in names]
+    assert [bar["fullName"] for bar in drawn] == names
+    assert [bar["value"] for bar in drawn] == [f"{100 * p:.1f}%" for p in probs]
+    assert [bar["width"] for bar in drawn] == pytest.approx([100 * p for p in probs], abs=0.05)
+    for bar, name, p in zip(drawn, names, probs, strict=True):
+        assert bar["title"] == f"{name}\np = {p:.4f}\nclick: explain this class"
+    true_class, predicted = samples["model_label"][row], int(predictions["predicted"][row])
+    assert [bar["isTrue"] for bar in drawn] == [c == true_class for c in classes]
+    assert [bar["isExplained"] for bar in drawn] == [c == predicted for c in classes]
+    # Every class can be clicked, however small its probability: each button spans the row.
+    assert all(not bar["disabled"] for bar in drawn)
+    assert len({bar["buttonWidth"] for bar in drawn}) == 1
     latency = probe["loaded"] - probe["move"]
     print(
         f"hover -> inspector image loaded: {latency:.0f} ms (src set after {probe['src'] - probe['move']:.0f} ms)"
@@ -356,8 +366,11 @@ def test_clicking_a_channel_opens_its_heatmap(watch, server):
 def test_clicking_a_top10_bar_changes_the_explanation_images(watch, server):
     page = open_small_run(watch, server, "&row=20")
     bar = click_a_top10_bar_and_wait_for_its_explanations(page)
-    outline = bh.graph_eval(page, "inspector-top10", "gd => gd.data[0].marker.line.color")
-    assert outline[2] != "rgba(0,0,0,0)" and outline.count("rgba(0,0,0,0)") == len(outline) - 1
+    # The clicked bar, and only it, is now marked as the explained class.
+    page.wait_for_function(
+        "() => document.querySelectorAll('#inspector-top10 .ls-bar')[2].classList.contains('is-explained')"
+    )
+    assert [b["isExplained"] for b in page.evaluate(TOP10_BARS)] == [i == 2 for i in range(10)]
     assert f"“{bar['cls']}” (clicked)" in page.inner_text("#inspector-explain-caption")
     watch.screenshot("class-explanations")
     assert watch.errors == []
@@ -377,22 +390,17 @@ def test_top10_bar_explanations_through_celery_and_redis(watch, celery_server):
 
 def click_a_top10_bar_and_wait_for_its_explanations(page: Any) -> dict[str, Any]:
     """Click the third bar of row 20's top-10 chart; wait until all three explanation images of
-    that class are loaded. Returns the bar's position and class."""
+    that class are loaded. Returns the bar's class."""
     page.wait_for_function(
         "() => document.getElementById('inspector-hint').textContent.includes('pinned')"
     )
     selector = 'img[id*="gradcam"][id*="inspector-explanation"]:not([id*="guided"])'
     before = page.get_attribute(selector, "src")
     assert "/explain/gradcam/20.png" in before
-    bh.scroll_to(page, "inspector-top10")
-    bar = bh.graph_eval(
-        page,
-        "inspector-top10",
-        """gd => { const L = gd._fullLayout, s = L._size, b = gd.getBoundingClientRect(); const t = gd.data[1];
-                   return {x: b.left + L.xaxis._offset + L.xaxis.l2p(0.5), y: b.top + L.yaxis._offset + L.yaxis.l2p(L.yaxis.d2l(t.y[2])), cls: t.customdata[2][0]}; }""",
-    )
-    page.mouse.move(bar["x"], bar["y"])
-    page.mouse.click(bar["x"], bar["y"])
+    button = page.locator("#inspector-top10 button.ls-bar").nth(2)
+    bar = {"cls": int(button.get_attribute("data-cls"))}
+    button.hover()
+    button.click()
     page.wait_for_function(
         "([sel, cls]) => (document.querySelector(sel).getAttribute('src') || '').includes('/explain-class/' + cls + '/gradcam/20.png')",
         arg=[selector, bar["cls"]],

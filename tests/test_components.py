@@ -26,14 +26,8 @@ from components.embedding import (
     prediction_groups,
 )
 from components.images import apply_lut, encode_png, gradcam_overlay
-from components.inspector import (
-    inspector_table,
-    short_name,
-    top10_figure,
-    top10_style,
-    top10_traces,
-)
-from components.theme import ACCENT, INFERNO_LUT, SUCCESS, class_color, layer_family, shade
+from components.inspector import inspector_table, short_name
+from components.theme import ACCENT, INFERNO_LUT, class_color, layer_family, shade
 from pipelines.features import discover_layers
 
 
@@ -132,7 +126,6 @@ def test_selected_layer_inside_a_collapsed_block_rings_the_block(resnet18_layers
     assert figure["layout"]["annotations"][0]["text"] == "layer3.1.conv2 (in layer3.1)"
     # The hover ring is drawn in the browser from these silhouettes.
     assert set(meta["outlines"]) == {n.id for n in arch.diagram_nodes(resnet18_layers, ())}
-    assert figure["data"][meta["hoverTrace"]]["name"] == "hovered"
 
 
 def test_box_size_grows_with_channels_and_spatial_size():
@@ -287,26 +280,6 @@ def test_inspector_table_round_trips_predictions():
     json.dumps(table)
     empty = inspector_table(samples, None, ["c0"])
     assert empty["pred"] is None and empty["top_idx"] is None
-
-
-def test_top10_marks_true_and_explained_classes_and_every_bar_is_clickable():
-    names = ["tench, Tinca tinca", "goldfish", "great white shark, white shark"]
-    bars, hit = top10_traces([2, 0, 1], [0.7, 0.2, 0.00001], names, true_class=0, explained_class=2)
-    assert bars["y"] == ["great white shark ", "tench ", "goldfish "]
-    assert bars["customdata"][0] == [2, "great white shark, white shark", 0.7]
-    assert bars["marker"]["color"][1] == SUCCESS
-    assert bars["marker"]["line"]["color"][0] == ACCENT
-    assert bars["hoverinfo"] == "skip"
-    # A 0.0% class still has a full-width transparent bar to hover and click.
-    assert hit["x"] == [1.0, 1.0, 1.0] and hit["customdata"] == bars["customdata"]
-    style = top10_style()
-    assert {k: bars[k] for k in style["trace"]} == style["trace"]
-    assert {k: hit[k] for k in style["hitTrace"]} == style["hitTrace"]
-    figure = top10_figure([2, 0, 1], [0.7, 0.2, 0.1], names)
-    valid_plotly(figure)
-    assert figure["layout"]["yaxis"]["type"] == "category"
-    empty = top10_figure([], [], [])
-    assert empty["data"] == [] and "hover a point" in empty["layout"]["annotations"][0]["text"]
 
 
 def test_short_name_cuts_long_names():

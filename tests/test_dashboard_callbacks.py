@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from dashboard.data import NotReady, RunCatalog, RunData, run_label
 from dashboard.model_service import ByteLRU, ModelService
 from dashboard.panels import about, activations, controls, embedding, inspector, model_view
 from pipelines.errors import UserError
+from pipelines.explain import EXPLAINERS
 from pipelines.store import RunStore
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -257,6 +259,35 @@ def test_embedding_colourings_and_bad_parameters(app, selection):
 # ---- inspector and image routes -------------------------------------------------------------
 
 
+def test_page_shares_ids_output_names_and_method_names_with_the_javascript(app):
+    """The page carries what assets/*.js and Python must agree on, each from its one Python
+    source; every clientside function with named outputs is defined by an asset file."""
+    page = app.server.test_client().get("/").get_data(as_text=True)
+    start = page.index("window.layerscopeShared = ") + len("window.layerscopeShared = ")
+    shared = json.loads(page[start : page.index(";</script>", start)])
+    assert shared["ids"]["INSPECTOR_TOP10"] == ids.INSPECTOR_TOP10
+    assert shared["constants"]["explanationMethods"] == list(EXPLAINERS)
+    assert [o["name"] for o in shared["outputs"]["renderInspector"]] == [
+        "image",
+        "uid",
+        "labels",
+        "hint",
+        "caption",
+        "explanationImages",
+        "explanationNotes",
+        "shown",
+        "unpinDisabled",
+    ]
+    assert shared["outputs"]["renderInspector"][5]["by"] == "method"
+    assets = Path(__file__).resolve().parent.parent / "assets"
+    defined = set()
+    for script in assets.glob("*.js"):
+        defined |= set(re.findall(r'ls\.define\("(\w+)"', script.read_text()))
+    assert set(shared["outputs"]) <= defined
+    # Dash loads assets in name order: the shared core must come before every panel's file.
+    assert sorted(p.name for p in assets.glob("*.js"))[0] == "00-core.js"
+
+
 def test_inspector_table_and_url_templates(app, selection):
     table, info = call(app, inspector.load_table, selection["run"], None, None)
     assert len(table["uid"]) == 300 and len(table["top_idx"][0]) == 10
@@ -308,7 +339,7 @@ def test_image_routes_refuse_anything_outside_the_run(app, run_dir, path):
 def test_clicking_a_bar_computes_explanations_for_that_class(app, run_dir, selection):
     store = next(c for c in app.layout.children if getattr(c, "id", None) == ids.APP_TOKEN)
     token = store.data
-    click = {"points": [{"customdata": [7, "7", 0.0]}]}
+    click = {"cls": 7, "name": "7", "click": 1}  # what a click on class 7's bar writes
     result = call(app, inspector.explain_class, click, {"run": run_dir[1], "row": 4}, token)
     assert result["cls"] == 7 and result["row"] == 4 and "error" not in result
     client = app.server.test_client()
@@ -328,7 +359,7 @@ def test_clicking_a_bar_computes_explanations_for_that_class(app, run_dir, selec
     bad = call(
         app,
         inspector.explain_class,
-        {"points": [{"customdata": [55, "x", 0]}]},
+        {"cls": 55, "name": "x", "click": 2},
         {"run": run_dir[1], "row": 4},
         token,
     )

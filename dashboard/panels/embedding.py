@@ -1,9 +1,9 @@
 """Embedding: the selected layer's 2-D reduction as a Scattergl, one trace per colour group.
 
 The server builds the figure (``load``) into a store; the browser draws it (``renderEmbedding``),
-animating points from the previous layer's positions when only the layer changed. Hover and
-click write the hovered / pinned row into the selection clientside, so they never wait on the
-server.
+animating points from the previous layer's positions when only the layer changed. A click writes
+the pinned row into the selection clientside, so it never waits on the server; hover reaches the
+inspector straight from the graph's ``hoverData``.
 """
 
 from __future__ import annotations
@@ -136,13 +136,6 @@ clientside_callback(
     Input(ids.EMBEDDING_DATA, "data"),
     Input(ids.SELECTION, "data"),
     State(ids.EMBEDDING_GRAPH, "figure"),
-)
-
-clientside_callback(
-    "hoverToSelection",
-    Output(ids.SELECTION, "data", allow_duplicate=True),
-    Input(ids.EMBEDDING_GRAPH, "hoverData"),
-    prevent_initial_call=True,
 )
 
 clientside_callback(

@@ -1,9 +1,11 @@
-"""Inspector: the hovered (or pinned) sample's image, labels, top-10 chart and explanations.
+"""Inspector: the hovered (or pinned) sample's image, labels, top-10 bars and explanations.
 
-Hover must show within 100 ms, so the server sends the per-run table once (``load_table``) and
-the browser fills the panel itself (``renderInspector``): image URLs from templates, the bar
-chart from the table. Clicking a bar asks a background callback (``explain_class``) to compute
-the three explanations for that class through the model service; the images then load by URL.
+Hover must show within 50 ms, so the server sends the per-run table once (``load_table``) and
+the browser fills the panel itself (``renderInspector`` in assets/inspector.js): image URLs from
+templates, the top-10 bars from the table (the JS is their only builder). Clicking a bar writes
+{cls, name} into ``INSPECTOR_CLASS_REQUEST``, which asks a background callback
+(``explain_class``) to compute every explanation for that class through the model service; the
+images then load by URL.
 """
 
 from __future__ import annotations
@@ -11,17 +13,23 @@ from __future__ import annotations
 from typing import Any
 
 import dash_bootstrap_components as dbc
-from dash import Input, Output, State, dcc, html, no_update
+from dash import ALL, Input, Output, State, dcc, html, no_update
 
-from components.inspector import inspector_table, top10_figure, top10_layout, top10_style
+from components.inspector import inspector_table
 from dashboard import ids
 from dashboard.context import by_token, current
-from dashboard.data import EXPLANATION_METHODS, RunData
+from dashboard.data import RunData
 from dashboard.jobs import on_timeout
-from dashboard.registry import callback, clientside_callback
+from dashboard.registry import callback, clientside_callback, publish
 from dashboard.routes import class_explanation_url, url_templates
 from pipelines.errors import UserError
+from pipelines.explain import EXPLAINERS
 
+# The explanation registry names the methods; the page shows one image per method, in its order.
+EXPLANATION_METHODS = tuple(EXPLAINERS)
+publish("explanationMethods", list(EXPLANATION_METHODS))
+
+# Display names; a method without one shows its registry name.
 METHOD_TITLES = {
     "gradcam": "Grad-CAM",
     "guided_backprop": "Guided backprop",
@@ -30,16 +38,17 @@ METHOD_TITLES = {
 
 
 def _explanation(method: str) -> html.Figure:
+    title = METHOD_TITLES.get(method, method)
     return html.Figure(
         [
             html.Img(
                 id=ids.explanation_image(method),
                 src="",
                 className="ls-explanation-image",
-                alt=METHOD_TITLES[method],
+                alt=title,
             ),
             html.Div(id=ids.explanation_note(method), className="ls-hint"),
-            html.Figcaption(METHOD_TITLES[method], className="ls-caption"),
+            html.Figcaption(title, className="ls-caption"),
         ],
         className="ls-explanation m-0",
     )
@@ -78,11 +87,16 @@ def layout() -> dbc.Card:
                 ],
                 className="d-flex align-items-start mb-2",
             ),
-            dcc.Graph(
-                id=ids.INSPECTOR_TOP10,
-                figure=top10_figure([], [], []),
-                config={"displayModeBar": False},
-                className="ls-top10-graph",
+            # Filled by assets/inspector.js only: Dash never renders children into it.
+            html.Div(id=ids.INSPECTOR_TOP10, className="ls-top10"),
+            html.Div(
+                [
+                    html.Span(className="ls-swatch is-true"),
+                    "true label",
+                    html.Span(className="ls-swatch is-explained"),
+                    "explained class",
+                ],
+                className="ls-top10-legend",
             ),
             html.Div(
                 [
@@ -96,6 +110,7 @@ def layout() -> dbc.Card:
             dcc.Store(id=ids.INSPECTOR_RUN_INFO),
             dcc.Store(id=ids.INSPECTOR_SHOWN),
             dcc.Store(id=ids.INSPECTOR_CLASS),
+            dcc.Store(id=ids.INSPECTOR_CLASS_REQUEST),
         ]
     )
     return dbc.Card([dbc.CardHeader(header), body], id=ids.INSPECTOR_CARD, className="ls-card mb-3")
@@ -123,12 +138,6 @@ def run_info(run: RunData) -> dict[str, Any]:
         "explanationNote": note,
         "hasPredictions": run.predictions() is not None,
         "canExplainClass": bool(gradcam_layer),
-        "top10": top10_figure([], [], []),
-        "top10NoPredictions": top10_figure(
-            [], [], [], empty_message="predictions are not computed yet"
-        ),
-        "top10Layout": top10_layout(),
-        "top10Style": top10_style(),
     }
 
 
@@ -154,41 +163,35 @@ def load_table(run_id: str | None, _version: Any, previous: dict[str, Any] | Non
             return no_update, no_update
         table = inspector_table(run.samples(), run.predictions(), run.model_class_names)
     except UserError as exc:  # NotReady included: the panel says what is missing
-        return None, {
-            "run": run_id,
-            "error": str(exc),
-            "top10": top10_figure([], [], [], empty_message=""),
-        }
+        return None, {"run": run_id, "error": str(exc)}
     return table, info
 
 
-def clicked_class(click: dict[str, Any] | None, shown: dict[str, Any] | None) -> dict[str, Any]:
-    """What a click on a top-10 bar asks for, as every answer to it starts: the run, row and
-    class (the page shows an answer only while that row is shown), or an error saying what to
-    do first."""
-    points = (click or {}).get("points") or []
-    custom = points[0].get("customdata") if points else None
-    if not shown or shown.get("row") is None or not isinstance(custom, list) or not custom:
+def clicked_class(request: dict[str, Any] | None, shown: dict[str, Any] | None) -> dict[str, Any]:
+    """What a click on a top-10 bar asks for (``request``: {"cls", "name"} of the bar), as every
+    answer to it starts: the run, row and class (the page shows an answer only while that row is
+    shown), or an error saying what to do first."""
+    class_index = (request or {}).get("cls")
+    if not shown or shown.get("row") is None or not isinstance(class_index, int):
         return {"error": "Hover or pin a sample first, then click one of its bars."}
-    class_index = int(custom[0])
-    name = str(custom[1]) if len(custom) > 1 else str(class_index)
+    name = str((request or {}).get("name") or class_index)
     return {"run": shown.get("run"), "row": int(shown["row"]), "cls": class_index, "name": name}
 
 
 def explain_timed_out(
-    seconds: float, click: dict[str, Any] | None, shown: dict[str, Any] | None, _token: Any
+    seconds: float, request: dict[str, Any] | None, shown: dict[str, Any] | None, _token: Any
 ) -> dict[str, Any]:
     """``explain_class``'s answer when its job runs out of time: the page says so under the
     images instead of "computing…" for ever."""
     error = (
         f"Computing the explanations took longer than {seconds:g} s; click the bar to try again."
     )
-    return {**clicked_class(click, shown), "error": error}
+    return {**clicked_class(request, shown), "error": error}
 
 
 @callback(
     Output(ids.INSPECTOR_CLASS, "data"),
-    Input(ids.INSPECTOR_TOP10, "clickData"),
+    Input(ids.INSPECTOR_CLASS_REQUEST, "data"),
     State(ids.INSPECTOR_SHOWN, "data"),
     State(ids.APP_TOKEN, "data"),
     background=True,
@@ -204,11 +207,11 @@ def explain_timed_out(
 )
 @on_timeout(explain_timed_out)
 def explain_class(
-    click: dict[str, Any] | None, shown: dict[str, Any] | None, token: str | None
+    request: dict[str, Any] | None, shown: dict[str, Any] | None, token: str | None
 ) -> dict[str, Any]:
-    """A click on a top-10 bar -> Grad-CAM, guided backprop and guided Grad-CAM for that class,
-    computed (and cached) by the model service; the browser then loads them by URL."""
-    result = clicked_class(click, shown)
+    """A click on a top-10 bar -> every explanation method for that class, computed (and
+    cached) by the model service; the browser then loads them by URL."""
+    result = clicked_class(request, shown)
     if "error" in result:
         return result
     try:
@@ -223,24 +226,27 @@ def explain_class(
     return result
 
 
+# The top-10 bars are not an output: renderInspector draws them into INSPECTOR_TOP10 itself.
 clientside_callback(
     "renderInspector",
-    Output(ids.INSPECTOR_IMAGE, "src"),
-    Output(ids.INSPECTOR_UID, "children"),
-    Output(ids.INSPECTOR_LABELS, "children"),
-    Output(ids.INSPECTOR_HINT, "children"),
-    Output(ids.INSPECTOR_TOP10, "figure"),
-    Output(ids.INSPECTOR_EXPLAIN_CAPTION, "children"),
-    *[Output(ids.explanation_image(m), "src") for m in EXPLANATION_METHODS],
-    *[Output(ids.explanation_note(m), "children") for m in EXPLANATION_METHODS],
-    Output(ids.INSPECTOR_SHOWN, "data"),
-    Output(ids.INSPECTOR_UNPIN, "disabled"),
     Input(ids.SELECTION, "data"),
     Input(ids.EMBEDDING_GRAPH, "hoverData"),
     Input(ids.INSPECTOR_TABLE, "data"),
     Input(ids.INSPECTOR_RUN_INFO, "data"),
     Input(ids.INSPECTOR_CLASS, "data"),
     State(ids.INSPECTOR_SHOWN, "data"),
+    outputs={
+        "image": Output(ids.INSPECTOR_IMAGE, "src"),
+        "uid": Output(ids.INSPECTOR_UID, "children"),
+        "labels": Output(ids.INSPECTOR_LABELS, "children"),
+        "hint": Output(ids.INSPECTOR_HINT, "children"),
+        "caption": Output(ids.INSPECTOR_EXPLAIN_CAPTION, "children"),
+        # {method: value}, one per explanation image / note on the page
+        "explanationImages": Output(ids.explanation_image(ALL), "src"),
+        "explanationNotes": Output(ids.explanation_note(ALL), "children"),
+        "shown": Output(ids.INSPECTOR_SHOWN, "data"),
+        "unpinDisabled": Output(ids.INSPECTOR_UNPIN, "disabled"),
+    },
 )
 
 clientside_callback(

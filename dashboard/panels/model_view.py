@@ -1,7 +1,7 @@
 """Model view: the clickable architecture diagram, layer stepping and the selected layer's line.
 
 Click a box to select its layer (a collapsed block expands and selects its output layer);
-prev/next buttons and the arrow keys (assets/layerscope.js presses the buttons) step through
+prev/next buttons and the arrow keys (assets/model_view.js presses the buttons) step through
 layers in execution order. Selection and hover highlighting are clientside (``selectLayer``,
 ``archHover``); the server draws the diagram.
 """
@@ -89,9 +89,6 @@ def layout() -> dbc.Card:
 # starts one round trip earlier.
 clientside_callback(
     "selectLayer",
-    Output(ids.SELECTION, "data", allow_duplicate=True),
-    Output(ids.MODEL_LAYER, "value", allow_duplicate=True),
-    Output(ids.MODEL_EXPANDED, "data", allow_duplicate=True),
     Input(ids.MODEL_GRAPH, "clickData"),
     Input(ids.MODEL_PREV, "n_clicks"),
     Input(ids.MODEL_NEXT, "n_clicks"),
@@ -99,6 +96,11 @@ clientside_callback(
     State(ids.SELECTION, "data"),
     State(ids.MODEL_EXPANDED, "data"),
     State(ids.MODEL_LAYER, "options"),
+    outputs={
+        "selection": Output(ids.SELECTION, "data", allow_duplicate=True),
+        "dropdown": Output(ids.MODEL_LAYER, "value", allow_duplicate=True),
+        "expanded": Output(ids.MODEL_EXPANDED, "data", allow_duplicate=True),
+    },
     prevent_initial_call=True,
 )
 

@@ -1,7 +1,7 @@
 """The guided tour: a floating card that walks through the panels, highlighting each in turn.
 
 The steps live here; stepping and highlighting are pure UI, so they run clientside (``tourStep``
-and ``tourRender`` in assets/layerscope.js). Escape closes the tour.
+and ``tourRender`` in assets/tour.js). Escape closes the tour.
 """
 
 from __future__ import annotations
@@ -106,11 +106,13 @@ clientside_callback(
 
 clientside_callback(
     "tourRender",
-    Output(ids.TOUR_CARD, "style"),
-    Output(ids.TOUR_TITLE, "children"),
-    Output(ids.TOUR_TEXT, "children"),
-    Output(ids.TOUR_NEXT, "children"),
-    Output(ids.TOUR_BACK, "disabled"),
     Input(ids.TOUR_STEP, "data"),
     State(ids.TOUR_STEPS, "data"),
+    outputs={
+        "card": Output(ids.TOUR_CARD, "style"),
+        "title": Output(ids.TOUR_TITLE, "children"),
+        "text": Output(ids.TOUR_TEXT, "children"),
+        "nextLabel": Output(ids.TOUR_NEXT, "children"),
+        "backDisabled": Output(ids.TOUR_BACK, "disabled"),
+    },
 )

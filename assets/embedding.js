@@ -1,0 +1,181 @@
+/*
+ * Embedding panel (dashboard/panels/embedding.py): a click writes the pinned row into the
+ * selection store, so it never waits on the server (hover goes straight from the graph's
+ * hoverData to the inspector, see assets/inspector.js); renderEmbedding draws the
+ * server-built figure. When only the layer changed (same trace structure, i.e. same samples in
+ * the same traces), points glide from their old positions to the new ones: Scattergl traces
+ * cannot use plotly's own transitions, so the interpolation runs here with
+ * requestAnimationFrame + Plotly.restyle, and the final figure is handed back to Dash with
+ * set_props so its state matches what is drawn.
+ */
+(function () {
+  "use strict";
+
+  var ls = window.layerscope;
+  var dc = window.dash_clientside;
+  var IDS = ls.ids;
+  var ANIMATION_MS = 650;
+  // At most this much of the way per frame: where frames are slow (software WebGL, a busy
+  // laptop), points still visibly travel in >= 4 steps instead of jumping.
+  var MAX_STEP = 0.25;
+
+  var state = (ls.state.embedding = {
+    key: null, pinned: null, latestPinned: null, token: 0, animating: false, last: null,
+  });
+
+  function pinnedCoordinates(figure, row) {
+    if (!ls.isNumber(row)) {
+      return null;
+    }
+    var pinnedIndex = figure.layout.meta.pinnedTrace;
+    for (var i = 0; i < figure.data.length; i++) {
+      if (i === pinnedIndex) {
+        continue;
+      }
+      var trace = figure.data[i];
+      var at = trace.customdata ? trace.customdata.indexOf(row) : -1;
+      if (at >= 0) {
+        return [trace.x[at], trace.y[at]];
+      }
+    }
+    return null;
+  }
+
+  function withPinned(figure, row) {
+    if (!figure || !figure.layout || !figure.layout.meta || figure.layout.meta.pinnedTrace === undefined) {
+      return figure;
+    }
+    var index = figure.layout.meta.pinnedTrace;
+    var at = pinnedCoordinates(figure, row);
+    var data = figure.data.map(function (trace, i) {
+      if (i !== index) {
+        return trace;
+      }
+      return Object.assign({}, trace, { x: at ? [at[0]] : [], y: at ? [at[1]] : [] });
+    });
+    return { data: data, layout: figure.layout };
+  }
+
+  function canAnimate(gd, current, target) {
+    if (!gd || !gd.data || !window.Plotly || !current || !current.layout || !target.layout) {
+      return false;
+    }
+    if (window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches) {
+      return false;
+    }
+    var before = current.layout.meta, after = target.layout.meta;
+    if (!before || !after || before.structure !== after.structure) {
+      return false;
+    }
+    if (gd.data.length !== target.data.length) {
+      return false;
+    }
+    for (var i = 0; i < target.data.length; i++) {
+      if (i === after.pinnedTrace) {
+        continue;
+      }
+      if (!gd.data[i].x || gd.data[i].x.length !== target.data[i].x.length) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  function ease(s) {
+    return s < 0.5 ? 4 * s * s * s : 1 - Math.pow(-2 * s + 2, 3) / 2;
+  }
+
+  function animateTo(gd, target) {
+    var st = state;
+    var token = ++st.token;
+    var pinnedIndex = target.layout.meta.pinnedTrace;
+    var indices = [], from = [], to = [];
+    target.data.forEach(function (trace, i) {
+      var shown = gd.data[i];
+      if (i === pinnedIndex && (!shown.x || shown.x.length !== trace.x.length)) {
+        return;
+      }
+      indices.push(i);
+      from.push([Array.from(shown.x), Array.from(shown.y)]);
+      to.push([trace.x, trace.y]);
+    });
+    st.animating = true;
+    st.last = { start: performance.now(), frames: 0, end: null, samples: [] };
+    if (target.layout.title) {
+      window.Plotly.relayout(gd, { "title.text": target.layout.title.text });
+    }
+    var started = performance.now();
+    var s = 0;
+    function frame() {
+      if (token !== st.token) {
+        return;
+      }
+      s = Math.min(1, Math.max(0, (performance.now() - started) / ANIMATION_MS), s + MAX_STEP);
+      var e = ease(s);
+      var xs = [], ys = [];
+      for (var k = 0; k < indices.length; k++) {
+        var fx = from[k][0], fy = from[k][1], tx = to[k][0], ty = to[k][1];
+        var n = tx.length, ox = new Array(n), oy = new Array(n);
+        for (var j = 0; j < n; j++) {
+          ox[j] = fx[j] + (tx[j] - fx[j]) * e;
+          oy[j] = fy[j] + (ty[j] - fy[j]) * e;
+        }
+        xs.push(ox);
+        ys.push(oy);
+      }
+      st.last.frames += 1;
+      if (xs.length && xs[0].length) {
+        st.last.samples.push([s, xs[0][0], ys[0][0]]);
+      }
+      window.Plotly.restyle(gd, { x: xs, y: ys }, indices).then(function () {
+        if (token !== st.token) {
+          return;
+        }
+        if (s < 1) {
+          window.requestAnimationFrame(frame);
+          return;
+        }
+        st.animating = false;
+        st.last.end = performance.now();
+        st.pinned = st.latestPinned;
+        dc.set_props(IDS.EMBEDDING_GRAPH, { figure: withPinned(target, st.latestPinned) });
+      });
+    }
+    window.requestAnimationFrame(frame);
+  }
+
+  ls.define("clickToSelection", function (clickData) {
+    var row = ls.rowOf(clickData);
+    if (row === null) {
+      return ls.noUpdate();
+    }
+    return new dc.Patch().assign(["pinned"], row).build();
+  });
+
+  ls.define("renderEmbedding", function (payload, selection, current) {
+    var st = state;
+    if (!payload || !payload.figure) {
+      return ls.noUpdate();
+    }
+    var pinned = selection && selection.run === payload.run && ls.isNumber(selection.pinned) ? selection.pinned : null;
+    st.latestPinned = pinned;
+    if (payload.key === st.key) {
+      if (pinned === st.pinned || st.animating) {
+        return ls.noUpdate();
+      }
+      st.pinned = pinned;
+      return withPinned(current, pinned);
+    }
+    st.key = payload.key;
+    st.pinned = pinned;
+    var target = withPinned(payload.figure, pinned);
+    var gd = ls.graphDiv(IDS.EMBEDDING_GRAPH);
+    if (!canAnimate(gd, current, target)) {
+      st.token += 1;
+      st.animating = false;
+      return target;
+    }
+    animateTo(gd, target);
+    return ls.noUpdate();
+  });
+})();

@@ -1,0 +1,239 @@
+/*
+ * Inspector panel (dashboard/panels/inspector.py): fills the panel on hover from the per-run
+ * table the server sent once (images by URL), and owns the top-10 chart. The chart is plain HTML
+ * bars drawn here: a plotly chart redrawn on every hover cost ~34 ms of the main thread, more
+ * than half the hover budget. A click on a bar writes {cls, name} into the class-request store,
+ * which starts the server's explanations for that class.
+ */
+(function () {
+  "use strict";
+
+  var ls = window.layerscope;
+  var dc = window.dash_clientside;
+  var IDS = ls.ids;
+  var METHODS = ls.constants.explanationMethods || [];
+
+  var state = (ls.state.inspector = { signature: null, requests: 0, table: null, info: null, warming: [] });
+  var WARM_KEEP = 16; // image objects kept alive so their requests are not dropped mid-flight
+
+  // ---- images fetched from the hover event itself ----------------------------------------
+  // Dash delivers the new src ~15-25 ms after plotly's hover event (store updates, callback
+  // dispatch, React render). Requesting the same URLs straight from the event overlaps that
+  // with the image request; the <img> then finds them in the browser's memory cache (the
+  // routes answer with Cache-Control max-age).
+
+  function imageUrls(row) {
+    var info = state.info, table = state.table;
+    if (!info || info.error || !table || !(row >= 0 && row < table.uid.length)) {
+      return [];
+    }
+    var urls = info.hasThumbnails ? [ls.fill(info.urls.thumb, { row: row })] : [];
+    info.explanations.forEach(function (method) {
+      urls.push(ls.fill(info.urls.explain[method], { row: row }));
+    });
+    return urls;
+  }
+
+  function warmImages(eventData) {
+    imageUrls(ls.rowOf(eventData)).forEach(function (url) {
+      var image = new Image();
+      image.src = url;
+      state.warming.push(image);
+    });
+    state.warming.splice(0, Math.max(0, state.warming.length - WARM_KEEP));
+  }
+
+  function listenToHover() {
+    var gd = ls.graphDiv(IDS.EMBEDDING_GRAPH);
+    if (gd && gd.on && !gd.layerscopeInspector) {
+      gd.layerscopeInspector = true;
+      gd.on("plotly_hover", warmImages);
+    }
+  }
+
+  // ---- the top-10 bars ------------------------------------------------------------------
+
+  function top10Element() {
+    var element = document.getElementById(IDS.INSPECTOR_TOP10);
+    if (element && !element.dataset.listening) {
+      // One delegated listener: the bars are replaced on every hover.
+      element.dataset.listening = "1";
+      element.addEventListener("click", function (event) {
+        var bar = event.target.closest("button.ls-bar");
+        if (!bar || bar.disabled) {
+          return;
+        }
+        state.requests += 1;
+        dc.set_props(IDS.INSPECTOR_CLASS_REQUEST, {
+          // `click` makes a second click on the same bar a new request (e.g. after a timeout).
+          data: { cls: Number(bar.dataset.cls), name: bar.dataset.name, click: state.requests },
+        });
+      });
+    }
+    return element;
+  }
+
+  function span(className, text) {
+    var element = document.createElement("span");
+    element.className = className;
+    if (text !== undefined) {
+      element.textContent = text;
+    }
+    return element;
+  }
+
+  function drawTop10Message(message) {
+    var element = top10Element();
+    if (element) {
+      element.replaceChildren(span("ls-top10-message", message));
+    }
+  }
+
+  // One button per class, best first: short name, a bar as wide as the probability, the
+  // percentage. The true class's bar is green, the explained class's is outlined.
+  function drawTop10(table, row, explained, clickable) {
+    var element = top10Element();
+    if (!element) {
+      return;
+    }
+    var classes = table.top_idx[row], probs = table.top_prob[row];
+    var trueClass = table.model_label[row];
+    var bars = classes.map(function (c, i) {
+      var name = table.classes[c] !== undefined ? table.classes[c] : String(c);
+      var bar = document.createElement("button");
+      bar.type = "button";
+      bar.className = "ls-bar" + (c === trueClass ? " is-true" : "") + (c === explained ? " is-explained" : "");
+      bar.dataset.cls = String(c);
+      bar.dataset.name = name;
+      bar.disabled = !clickable;
+      bar.title = name + "\np = " + probs[i].toFixed(4) + (clickable ? "\nclick: explain this class" : "");
+      var fill = span("ls-bar-fill");
+      fill.style.width = (100 * probs[i]).toFixed(1) + "%";
+      var track = span("ls-bar-track");
+      track.appendChild(fill);
+      bar.append(
+        span("ls-bar-name", table.short[c] !== undefined ? table.short[c] : String(c)),
+        track,
+        span("ls-bar-value", (100 * probs[i]).toFixed(1) + "%")
+      );
+      return bar;
+    });
+    element.replaceChildren.apply(element, bars);
+  }
+
+  // ---- the rest of the panel ------------------------------------------------------------
+
+  function labelsText(table, row) {
+    var truth = "true: " + table.label[row];
+    if (!table.pred) {
+      return truth + " · predictions not computed yet";
+    }
+    var predicted = table.classes[table.pred[row]];
+    var verdict = { 1: " ✓ correct", 0: " ✗ wrong", "-1": " (label not among the model's classes)" }[table.correct[row]];
+    return truth + " · predicted: " + predicted + verdict;
+  }
+
+  function perMethod(value) {
+    var out = {};
+    METHODS.forEach(function (method, i) { out[method] = value(method, i); });
+    return out;
+  }
+
+  function emptyInspector(hint, pinned, top10Message) {
+    drawTop10Message(top10Message);
+    var blank = perMethod(function () { return ""; });
+    return {
+      image: "", uid: "", labels: "", hint: hint, caption: "",
+      explanationImages: blank, explanationNotes: blank, unpinDisabled: pinned === null,
+    };
+  }
+
+  ls.define("renderInspector", function (selection, hoverData, table, info, explainedClass, shown) {
+    var st = state;
+    st.table = table;
+    st.info = info;
+    listenToHover();
+    var s = selection || {};
+    // The hovered row comes straight from the graph's hoverData, never through the selection
+    // store: writing it there on every hover set off splitSelection, renderEmbedding and this
+    // callback again, and that cascade held the main thread until the image's load event
+    // (digits run, 2-core VM at load 16: fully updated 56 ms without it, 100 ms with it).
+    var hovered = ls.rowOf(hoverData);
+    var pinned = ls.isNumber(s.pinned) ? s.pinned : null;
+    if (!info || info.error || !table) {
+      var message = info && info.error ? info.error : (s.run ? "loading…" : "no run selected");
+      if (st.signature === "empty|" + message) {
+        return {};
+      }
+      st.signature = "empty|" + message;
+      return emptyInspector(message, pinned, "");
+    }
+    var row = hovered !== null ? hovered : pinned;
+    // Hovering the pinned point itself (right after clicking it) reads as pinned: the click
+    // is confirmed at once rather than when the mouse leaves the point.
+    var hoveringOther = hovered !== null && hovered !== pinned;
+    var mode = hoveringOther ? "hover" : (pinned !== null ? "pinned" : "last");
+    if (row === null && shown && shown.run === info.run && ls.isNumber(shown.row)) {
+      row = shown.row;
+    }
+    if (row !== null && !(row >= 0 && row < table.uid.length)) {
+      row = null;
+    }
+    var forClass = explainedClass && explainedClass.run === info.run && explainedClass.row === row ? explainedClass : null;
+    var signature = [info.run, info.version, row, mode, pinned, JSON.stringify(forClass), table.uid.length, info.explanations.join(",")].join("|");
+    if (signature === st.signature) {
+      return {};
+    }
+    st.signature = signature;
+    if (row === null) {
+      return emptyInspector("hover a point to inspect it, click to pin it", pinned, "hover a point to see its top-10 predictions");
+    }
+    var predicted = table.pred ? table.pred[row] : null;
+    var explained = forClass && !forClass.error ? forClass.cls : predicted;
+    if (table.top_idx) {
+      drawTop10(table, row, explained, info.canExplainClass);
+    } else {
+      drawTop10Message("predictions are not computed yet");
+    }
+    var hint = mode === "hover" ? "row " + row + " · hovering" : (mode === "pinned" ? "row " + row + " · pinned" : "row " + row);
+    var caption = "";
+    if (forClass && !forClass.error) {
+      caption = "Explanations for class “" + forClass.name + "” (clicked) · click another bar to compare";
+    } else if (info.explanations.length) {
+      caption = "Explanations for the predicted class" + (predicted !== null ? " “" + table.classes[predicted] + "”" : "") +
+        (info.canExplainClass ? " · click a bar to explain another class" : "");
+    }
+    var images = perMethod(function (method) {
+      if (forClass && forClass.urls) {
+        return forClass.urls[method];
+      }
+      return info.explanations.indexOf(method) >= 0 ? ls.fill(info.urls.explain[method], { row: row }) : "";
+    });
+    // One note, under the first image, says why the images are missing.
+    var notes = perMethod(function (method, i) {
+      if (forClass && forClass.error) {
+        return i === 0 ? forClass.error : "";
+      }
+      return images[method] || i > 0 ? "" : (info.explanationNote || "");
+    });
+    var out = {
+      image: info.hasThumbnails ? ls.fill(info.urls.thumb, { row: row }) : "",
+      uid: table.uid[row],
+      labels: labelsText(table, row),
+      hint: hint,
+      caption: caption,
+      explanationImages: images,
+      explanationNotes: notes,
+      unpinDisabled: pinned === null,
+    };
+    var nextShown = { run: info.run, row: row };
+    if (!ls.same(nextShown, shown)) {
+      out.shown = nextShown;
+    }
+    return out;
+  });
+
+  ls.define("unpin", function () {
+    return new dc.Patch().assign(["pinned"], null).build();
+  });
+})();

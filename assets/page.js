@@ -1,0 +1,47 @@
+/*
+ * Page-wide clientside callbacks (dashboard/layout.py): the one selection store split into the
+ * small keys the server callbacks listen to, each emitted only when it changed (so a hover never
+ * triggers server work), and the view mirrored into the URL so any view can be shared as a link.
+ */
+(function () {
+  "use strict";
+
+  var ls = window.layerscope;
+
+  ls.define("splitSelection", function (selection, viewKey, layerKey, sampleKey, runKey) {
+    var s = selection || {};
+    var run = s.run || null;
+    var view = {
+      run: run, layer: s.layer || null, subset: s.subset === undefined ? null : s.subset,
+      method: s.method || null, perplexity: s.method === "pca" ? null : (s.perplexity || null),
+      color: s.color || null,
+    };
+    var layer = { run: run, layer: s.layer || null };
+    var sample = { run: run, layer: s.layer || null, pinned: ls.isNumber(s.pinned) ? s.pinned : null };
+    var out = {};
+    if (!ls.same(view, viewKey)) { out.viewKey = view; }
+    if (!ls.same(layer, layerKey)) { out.layerKey = layer; }
+    if (!ls.same(sample, sampleKey)) { out.sampleKey = sample; }
+    if (!ls.same(run, runKey)) { out.runKey = run; }
+    return out;
+  });
+
+  ls.define("syncUrl", function (view, sample) {
+    if (!view || !view.run) {
+      return ls.noUpdate();
+    }
+    var query = new URLSearchParams();
+    query.set("run", view.run);
+    if (view.layer) { query.set("layer", view.layer); }
+    if (view.subset !== null && view.subset !== undefined) { query.set("subset", view.subset); }
+    if (view.method) { query.set("method", view.method); }
+    if (view.method === "tsne" && view.perplexity) { query.set("perplexity", view.perplexity); }
+    if (view.color) { query.set("color", view.color); }
+    if (sample && sample.run === view.run && ls.isNumber(sample.pinned)) { query.set("row", sample.pinned); }
+    var next = "?" + query.toString();
+    if (window.location.search !== next) {
+      window.history.replaceState(window.history.state, "", window.location.pathname + next);
+    }
+    return ls.noUpdate();
+  });
+})();
