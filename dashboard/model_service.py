@@ -407,14 +407,16 @@ class ModelService:
                 except ValueError as exc:
                     LOG.warning("dropping corrupt explanation cache %s: %s", disk_key, exc)
                     self._disk_delete(disk_key)
-            from pipelines.explain import explain_batch
+            from pipelines.explain import explain
 
             model, lock = self.model(run)
             with lock, self._threads_for_pass(run, model):
                 images = model.input_for(row)
                 target = model.layer_module(layer_name)
                 classes = torch.tensor([int(class_index)], device=images.device)
-                arrays = explain_batch(model.adapter.module, target, images, classes, size)
+                arrays = explain(
+                    model.adapter.module, target, images, classes, EXPLANATION_METHODS, size
+                ).maps
             result = {method: np.asarray(arrays[method][0]) for method in EXPLANATION_METHODS}
             self._activations.put(memory_key, result)
         self._disk_set(disk_key, pack_explanations(result))
