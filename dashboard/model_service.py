@@ -95,7 +95,6 @@ class ModelService:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        with self._lock:
             loading = self._loading.setdefault(key, threading.Lock())
         with loading:
             with self._lock:
