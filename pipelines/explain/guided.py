@@ -39,15 +39,15 @@ class _GuidedReLU(torch.autograd.Function):
         # and is immune to later in-place ops on the output.
         active = x > 0
         ctx.save_for_backward(active)
-        ctx.switch = switch  # type: ignore[attr-defined]
+        ctx.switch = switch
         return x.clamp(min=0)
 
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor, None]:
-        (active,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        if ctx.switch.guided:  # type: ignore[attr-defined]
+        (active,) = ctx.saved_tensors
+        if ctx.switch.guided:
             grad_output = grad_output.clamp(min=0)
         return grad_output * active, None
 
@@ -76,11 +76,11 @@ def guided_relus(model: torch.nn.Module, switch: GuideSwitch) -> Iterator[None]:
 
     try:
         for module in relus:
-            module.forward = guided_forward  # type: ignore[method-assign]
+            module.forward = guided_forward
         yield
     finally:
         for module, forward in zip(relus, previous, strict=True):
             if forward is None:
                 del module.forward
             else:
-                module.forward = forward  # type: ignore[method-assign]
+                module.forward = forward
