@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
+from components.images import encode_png
 from components.theme import MUTED, PAPER, TEXT, VIRIDIS_LUT, VIRIDIS_SCALE, base_layout
 
 FloatArray = npt.NDArray[np.float32]
@@ -253,6 +254,13 @@ def render_grid(
         score = format_score(float(scores[channel]))
         stamp_text(canvas, score, after + 4, top + geometry.tile, MUTED_INDEX, right)
     return canvas
+
+
+def grid_png(acts: FloatArray, scores: FloatArray, sort: str) -> bytes:
+    """The activation grid of a (C, H, W) float32 layer output as an indexed PNG, channels in
+    ``sort`` order (see ``channel_order``); scores: (C,) float32 from ``channel_scores``."""
+    order = channel_order(scores, sort)
+    return encode_png(render_grid(acts, scores, order, grid_geometry(len(scores))), GRID_PALETTE)
 
 
 # ---- figures --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Small image helpers: colour maps, Grad-CAM overlays and fast PNG encoding.
+"""Small image helpers: colour maps, Grad-CAM overlays, explanation pictures and fast PNG
+encoding.
 
 Everything takes and returns numpy arrays so the Flask routes and the activation grid share
 one implementation and tests can check pixels exactly.
@@ -80,3 +81,15 @@ def gradcam_overlay(image: UInt8Image, cam: FloatMap, alpha: float = CAM_ALPHA) 
     heat = apply_lut(heat_values, INFERNO_LUT).astype(np.float32)
     weight = (alpha * heat_values)[..., None]
     return np.clip(base * (1.0 - weight) + heat * weight, 0, 255).astype(np.uint8)
+
+
+def explanation_png(method: str, values: np.ndarray, thumbnail: UInt8Image) -> bytes:
+    """One explanation of one sample as the page shows it, PNG-encoded: Grad-CAM blended over
+    the sample's thumbnail, every other method (an (S, S, 3) uint8 picture) as it is.
+
+    values: "gradcam" (S, S) float16/float32 in [0, 1], else (S, S, 3) uint8; thumbnail:
+    (T, T, 3) uint8.
+    """
+    if method == "gradcam":
+        return encode_png(gradcam_overlay(np.asarray(thumbnail), values))
+    return encode_png(np.asarray(values))

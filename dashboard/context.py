@@ -1,4 +1,5 @@
-"""What a callback needs from its app: the data dir, its run catalog and its model service.
+"""What a callback needs from its app: the data dir, its run catalog and its on-demand results
+(``service``: per-sample torch work, cached).
 
 Request-time callbacks find it on the Flask app serving the request, so several apps (several
 data dirs) can live in one process. Background callbacks run without a request (on a job thread,
@@ -17,7 +18,7 @@ from pathlib import Path
 import flask
 
 from dashboard.data import RunCatalog
-from dashboard.model_service import ModelService, get_service
+from dashboard.on_demand import OnDemand, for_data_dir
 from pipelines.errors import UserError
 
 CONFIG_KEY = "LAYERSCOPE"
@@ -27,7 +28,7 @@ CONFIG_KEY = "LAYERSCOPE"
 class AppContext:
     data_dir: Path
     catalog: RunCatalog
-    service: ModelService
+    service: OnDemand
     token: str
 
 
@@ -40,7 +41,7 @@ def configure(data_dir: Path) -> AppContext:
     context = AppContext(
         data_dir=data_dir,
         catalog=RunCatalog(data_dir),
-        service=get_service(data_dir),
+        service=for_data_dir(data_dir),
         token=hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16],
     )
     _by_token[context.token] = context

@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import UserError
+from pipelines.explain import STORED_METHODS
 from pipelines.layer_jobs import embedding_key
 from pipelines.store import RunStore, list_run_dirs
 
-EXPLANATION_METHODS = ("gradcam", "guided_backprop", "guided_gradcam")
+# The methods the precompute stores for every sample: named once, by the explanation package.
+EXPLANATION_METHODS = STORED_METHODS
 METHODS = ("tsne", "pca")
 PRECOMPUTE_HINT = "python main.py precompute --dataset digits --model smallcnn"
 # How stale the "dataset changed" check of a run may be (it lists and stats the folder's files).

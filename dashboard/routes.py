@@ -21,7 +21,7 @@ import flask
 import numpy as np
 
 from components.activations import SORTS
-from components.images import encode_png, gradcam_overlay
+from components.images import encode_png, explanation_png
 from dashboard.context import AppContext
 from dashboard.data import EXPLANATION_METHODS, RunData
 from pipelines.errors import UserError
@@ -93,10 +93,7 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
     def explanation(run_id: str, method: str, row: int) -> bytes:
         run = catalog.open(run_id)
         row = run.check_row(row)
-        values = np.asarray(run.explanation(method)[row])
-        if method == "gradcam":
-            return encode_png(gradcam_overlay(np.asarray(run.thumbnails()[row]), values))
-        return encode_png(values)
+        return explanation_png(method, run.explanation(method)[row], run.thumbnails()[row])
 
     def class_explanation(run_id: str, class_index: int, method: str, row: int) -> bytes:
         run = catalog.open(run_id)

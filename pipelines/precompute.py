@@ -32,8 +32,7 @@ from pipelines import reduce, report
 from pipelines.cores import available_cores, idle_cores
 from pipelines.datasets import Dataset, open_dataset
 from pipelines.errors import UserError
-from pipelines.explain import last_spatial_conv_layer
-from pipelines.explain.fused import predict_and_explain
+from pipelines.explain import STORED_METHODS, FeatureCapture, explain, last_spatial_conv_layer
 from pipelines.features import (
     PASS_THROUGH_TYPES,
     capture_layers,
@@ -435,15 +434,17 @@ def forward_chunk(
             explained = {}
         else:
             # One forward pass for the features, the prediction and its explanations.
-            logits, pooled, explained = predict_and_explain(
+            result = explain(
                 adapter.module,
                 target,
                 batch,
-                feature_layers,
-                pool,
+                None,  # each sample's predicted class
+                STORED_METHODS,
                 explanation_size,
-                autocast_dtype,
+                features=FeatureCapture(feature_layers, pool),
+                autocast_dtype=autocast_dtype,
             )
+            logits, pooled, explained = result.logits, result.features, result.maps
         for layer, values in pooled.items():
             features[layer].append(values.cpu())
         probabilities = torch.softmax(logits.float(), dim=1)

@@ -25,7 +25,7 @@ from components.embedding import (
     label_groups,
     prediction_groups,
 )
-from components.images import apply_lut, encode_png, gradcam_overlay
+from components.images import apply_lut, encode_png, explanation_png, gradcam_overlay
 from components.inspector import inspector_table, short_name
 from components.theme import ACCENT, INFERNO_LUT, class_color, layer_family, shade
 from pipelines.features import discover_layers
@@ -435,6 +435,27 @@ def test_gradcam_overlay_blends_by_cam_strength():
     assert cold.shape == (8, 8, 3) and (cold == 100).all()
     hot = gradcam_overlay(image, np.ones((8, 8), dtype=np.float16), alpha=1.0)
     assert (hot == INFERNO_LUT[-1]).all()
+
+
+def test_explanation_png_overlays_gradcam_and_shows_the_others_as_they_are():
+    thumbnail = np.full((4, 4, 3), 100, dtype=np.uint8)
+    cam = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8).astype(np.float16)
+    decoded = np.asarray(Image.open(io.BytesIO(explanation_png("gradcam", cam, thumbnail))))
+    np.testing.assert_array_equal(decoded, gradcam_overlay(thumbnail, cam))
+    picture = np.random.default_rng(5).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    shown = explanation_png("guided_backprop", picture, thumbnail)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(shown))), picture)
+
+
+def test_grid_png_is_the_rendered_grid_in_the_sort_order():
+    maps = np.random.default_rng(6).random((5, 6, 6), dtype=np.float32)
+    scores = act.channel_scores(maps)
+    for sort in act.SORTS:
+        order = act.channel_order(scores, sort)
+        expected = act.render_grid(maps, scores, order, act.grid_geometry(5))
+        decoded = Image.open(io.BytesIO(act.grid_png(maps, scores, sort)))
+        assert decoded.mode == "P"
+        np.testing.assert_array_equal(np.asarray(decoded), expected)
 
 
 def test_lut_endpoints_and_png_round_trip():

@@ -23,12 +23,13 @@ from PIL import Image
 from components.activations import grid_geometry
 from dashboard import ids
 from dashboard.app import create_app
+from dashboard.caches import ByteLRU
 from dashboard.context import current
-from dashboard.data import NotReady, RunCatalog, RunData, run_label
-from dashboard.model_service import ByteLRU, ModelService
+from dashboard.data import EXPLANATION_METHODS, NotReady, RunCatalog, RunData, run_label
+from dashboard.on_demand import OnDemand
 from dashboard.panels import about, activations, controls, embedding, inspector, model_view
 from pipelines.errors import UserError
-from pipelines.explain import EXPLAINERS
+from pipelines.explain import STORED_METHODS
 from pipelines.store import RunStore
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -266,7 +267,7 @@ def test_page_shares_ids_output_names_and_method_names_with_the_javascript(app):
     start = page.index("window.layerscopeShared = ") + len("window.layerscopeShared = ")
     shared = json.loads(page[start : page.index(";</script>", start)])
     assert shared["ids"]["INSPECTOR_TOP10"] == ids.INSPECTOR_TOP10
-    assert shared["constants"]["explanationMethods"] == list(EXPLAINERS)
+    assert shared["constants"]["explanationMethods"] == list(STORED_METHODS)
     assert [o["name"] for o in shared["outputs"]["renderInspector"]] == [
         "image",
         "uid",
@@ -366,6 +367,24 @@ def test_clicking_a_bar_computes_explanations_for_that_class(app, run_dir, selec
     assert "not one of the model's 10 classes" in bad["error"]
 
 
+def test_explaining_the_predicted_class_gives_the_stored_maps(run_dir):
+    """The dashboard's on-demand path and the precompute run one engine: for the class the
+    precompute explained (the prediction), the same sample gives the maps it stored, up to the
+    float rounding of a batch of one against the precompute's larger batches (identical maps for
+    identical batches: tests/test_explain.py)."""
+    run = RunCatalog(run_dir[0]).open(run_dir[1])
+    service = OnDemand(run_dir[0])
+    predicted = run.predictions()["predicted"]
+    for row in (0, 17):
+        computed = service.class_explanations(run, row, int(predicted[row]))
+        for method in EXPLANATION_METHODS:
+            stored = np.asarray(run.explanation(method)[row])
+            assert computed[method].dtype == stored.dtype and computed[method].shape == stored.shape
+            difference = np.abs(computed[method].astype(np.float32) - stored.astype(np.float32))
+            # One float16 step near 1 (2^-11 ~ 4.9e-4) for Grad-CAM; one grey level for the others.
+            assert difference.max() <= (5e-4 if method == "gradcam" else 1), (method, row)
+
+
 # ---- activations ------------------------------------------------------------------------------
 
 
@@ -427,7 +446,7 @@ def test_one_forward_pass_serves_every_layer_of_a_sample(run_dir, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(service_module, "capture_layers", counting)
-    service = ModelService(run_dir[0])
+    service = OnDemand(run_dir[0])
     run = RunCatalog(run_dir[0]).open(run_dir[1])
     first = service.layer_activation(run, 11, "features.0")
     assert first.source == "computed" and first.values.shape == (16, 32, 32)
@@ -441,20 +460,20 @@ def test_one_forward_pass_serves_every_layer_of_a_sample(run_dir, monkeypatch):
 
 def test_disk_cache_survives_a_restart_and_corrupt_entries_are_recomputed(run_dir):
     run = RunCatalog(run_dir[0]).open(run_dir[1])
-    first = ModelService(run_dir[0])
+    first = OnDemand(run_dir[0])
     computed = first.layer_activation(run, 21, "features.6")
-    restarted = ModelService(run_dir[0])
+    restarted = OnDemand(run_dir[0])
     from_disk = restarted.layer_activation(run, 21, "features.6")
     assert from_disk.source == "disk"
     np.testing.assert_array_equal(from_disk.values, computed.values)
     assert (run_dir[0] / "cache" / "activations").is_dir()
     key = f"act/{run.run_id}/{run.version}/21/features.6"
-    restarted.disk.set(key, b"\x93NUMPY garbage, not an array")
-    fresh = ModelService(run_dir[0])
+    restarted.results.disk.set(key, b"\x93NUMPY garbage, not an array")
+    fresh = OnDemand(run_dir[0])
     repaired = fresh.layer_activation(run, 21, "features.6")
     assert repaired.source == "computed" and "unreadable" in repaired.notice
     np.testing.assert_allclose(repaired.values, computed.values, atol=1e-5)
-    assert ModelService(run_dir[0]).layer_activation(run, 21, "features.6").source == "disk"
+    assert OnDemand(run_dir[0]).layer_activation(run, 21, "features.6").source == "disk"
 
 
 def test_corrupt_cache_file_on_disk_is_reported_in_place(app, run_dir, selection):
@@ -467,7 +486,7 @@ def test_corrupt_cache_file_on_disk_is_reported_in_place(app, run_dir, selection
     assert cache_files, "expected diskcache to keep large values in files"
     for path in cache_files:
         path.write_bytes(path.read_bytes()[:40])
-    context.service._activations.clear()
+    context.service.results.memory.clear()
     _, style, _, message = call(
         app, activations.render_grid, sample_key(selection, layer="features.3", pinned=row), "score"
     )

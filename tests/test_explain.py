@@ -4,6 +4,8 @@ batching invariance, and a model left exactly as it was found."""
 from __future__ import annotations
 
 import copy
+import re
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -20,14 +22,19 @@ from torch import nn
 from pipelines.errors import UserError
 from pipelines.explain import (
     EXPLAINERS,
-    explain_batch,
-    gradcam_maps,
-    guided_backprop_gradients,
-    guided_gradcam_gradients,
+    STORED_METHODS,
+    Explainer,
+    FeatureCapture,
+    Gradient,
+    Passes,
+    explain,
     last_spatial_conv_layer,
+    register,
+    run_passes,
 )
 from pipelines.explain.base import gradients_display
-from pipelines.explain.fused import predict_and_explain
+from pipelines.explain.methods.gradcam import cam_from
+from pipelines.explain.methods.guided_gradcam import guided_gradcam_gradients
 from pipelines.features import capture_layers
 
 
@@ -39,6 +46,34 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def explain_batch(
+    model: nn.Module,
+    target_layer: nn.Module,
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    out_size: int,
+    methods: list[str] | tuple[str, ...] = STORED_METHODS,
+) -> dict[str, np.ndarray]:
+    """The dashboard's call: chosen classes, display maps only."""
+    return explain(model, target_layer, images, classes, methods, out_size).maps
+
+
+def gradcam_maps(
+    model: nn.Module, target_layer: nn.Module, images: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor:
+    """Raw Grad-CAM, (B, h, w) float32 unscaled, from the engine's passes."""
+    passes, _ = run_passes(model, target_layer, images, classes, frozenset({Gradient.TARGET_LAYER}))
+    return cam_from(passes.acts(), passes.gradient(Gradient.TARGET_LAYER))
+
+
+def guided_backprop_gradients(
+    model: nn.Module, images: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor:
+    """Raw guided-backprop gradients, (B, C, H, W) float32, from the engine's passes."""
+    passes, _ = run_passes(model, None, images, classes, frozenset({Gradient.PIXELS_GUIDED}))
+    return passes.gradient(Gradient.PIXELS_GUIDED)
 
 
 HOOK_DICTS = ("_forward_hooks", "_backward_hooks", "_forward_pre_hooks", "_backward_pre_hooks")
@@ -119,7 +154,61 @@ def assert_same_snapshot(before: dict, after: dict) -> None:
 
 def test_registry_names() -> None:
     assert set(EXPLAINERS) == {"gradcam", "guided_backprop", "guided_gradcam"}
+    assert set(STORED_METHODS) <= set(EXPLAINERS)
     assert all(explainer.name == name for name, explainer in EXPLAINERS.items())
+
+
+@pytest.mark.parametrize("name", sorted(EXPLAINERS))
+def test_each_method_cites_its_paper_and_declares_its_gradients(name: str) -> None:
+    explainer = EXPLAINERS[name]
+    module = sys.modules[type(explainer).__module__]
+    assert re.search(r"(19|20)\d\d", module.__doc__ or ""), "cite the paper (authors, venue, year)"
+    assert "arXiv:" in (module.__doc__ or "")
+    assert explainer.needs and explainer.needs <= set(Gradient)
+
+
+class _InputTimesGradient(Explainer):
+    """A plugin written as a user would: guided gradient times input, shown as a picture."""
+
+    name = "test_input_times_guided"
+    needs = frozenset({Gradient.PIXELS_GUIDED})
+
+    def explain(self, passes: Passes, out_size: int) -> np.ndarray:
+        return gradients_display(passes.gradient(Gradient.PIXELS_GUIDED) * passes.images, out_size)
+
+
+@pytest.fixture
+def plugin() -> Iterator[str]:
+    register(_InputTimesGradient)
+    yield _InputTimesGradient.name
+    del EXPLAINERS[_InputTimesGradient.name]
+
+
+def test_a_registered_plugin_is_served_by_the_engine_with_the_built_ins(plugin: str) -> None:
+    model = small_cnn()
+    images, classes = random_batch(3, 3, 16)
+    out = explain_batch(model, model[4], images, classes, 16, methods=[plugin, "gradcam"])
+    assert list(out) == [plugin, "gradcam"] and out[plugin].shape == (3, 16, 16, 3)
+    guided = guided_backprop_gradients(model, images, classes)
+    np.testing.assert_array_equal(out[plugin], gradients_display(guided * images, 16))
+    # The built-in's maps do not depend on which other methods share the passes.
+    alone = explain_batch(model, model[4], images, classes, 16, methods=["gradcam"])
+    np.testing.assert_array_equal(out["gradcam"], alone["gradcam"])
+
+
+def test_registering_a_taken_name_or_an_incomplete_method_fails() -> None:
+    class Impostor(_InputTimesGradient):
+        name = "gradcam"
+
+    with pytest.raises(ValueError, match="already registered by .*GradCAM; pick another name"):
+        register(Impostor)
+
+    class Nameless(_InputTimesGradient):
+        name = ""
+
+    with pytest.raises(ValueError, match="name ="):
+        register(Nameless)
+    assert type(EXPLAINERS["gradcam"]).__name__ == "GradCAM"
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -304,6 +393,40 @@ def test_gradcam_matches_package_and_ignores_inplace_relus() -> None:
     )
 
 
+def package_gradcam(
+    model: nn.Module, layer: nn.Module, images: torch.Tensor, classes: torch.Tensor
+) -> np.ndarray:
+    """The package's Grad-CAM: (B, H, W) float32 in [0, 1] at the input size."""
+    targets = [ClassifierOutputTarget(int(c)) for c in classes]
+    with GradCAM(model, [layer]) as cam:
+        return cam(images, targets)
+
+
+def test_all_three_methods_match_the_package_on_resnet18() -> None:
+    """The oracle for the engine on a non-sequential model whose target ReLU runs twice per
+    block: the package's Grad-CAM of the block (``layer4``) is ours of its last ReLU call, and
+    guided Grad-CAM is the package's guided backprop times its CAM, shown as the package shows
+    gradients. Maps at the input size, so no resizing stands between the two."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    generator = torch.Generator().manual_seed(4)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    classes = torch.tensor([7, 421])
+    ours = explain_batch(model, model.layer4[1].relu, images, classes, 64)
+    reference = copy.deepcopy(model)
+    cams = package_gradcam(reference, reference.layer4, images, classes)
+    # One float16 rounding of values in [0, 1] (half a unit in the last place is 2.4e-4).
+    np.testing.assert_allclose(ours["gradcam"].astype(np.float32), cams, atol=5e-4)
+    guided = package_guided_backprop(model, images, classes)
+    expected = {
+        "guided_backprop": guided,
+        "guided_gradcam": guided * cams[:, None],
+    }
+    for name, gradients in expected.items():
+        shown = np.stack([deprocess_image(g.transpose(1, 2, 0)) for g in gradients])
+        assert np.abs(ours[name].astype(int) - shown.astype(int)).max() <= 1, name
+
+
 def test_gradients_display_matches_package_deprocess() -> None:
     grads = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(3)) * 1e-3
     ours = gradients_display(grads, 12).astype(int)
@@ -340,8 +463,10 @@ def test_no_hooks_left_after_100_runs() -> None:
     )
     images, classes = digits_batch(2)
     before = model_snapshot(model)
+    capture = FeatureCapture(["1", "3"], _pool)
     for _ in range(100):
-        explain_batch(model, model[2], images, classes, 8)
+        explain_batch(model, model[2], images, classes, 8)  # the dashboard's call
+        explain(model, model[2], images, None, STORED_METHODS, 8, features=capture)  # precompute's
     assert hooks_left(model) == []
     assert_same_snapshot(before, model_snapshot(model))
 
@@ -505,7 +630,7 @@ def test_last_spatial_conv_layer_without_conv_is_a_user_error() -> None:
         last_spatial_conv_layer(layers)
 
 
-# --- the precompute's fused pass -------------------------------------------------------------
+# --- the precompute's call and the dashboard's call ---------------------------------------------
 
 
 def _pool(tensor: torch.Tensor) -> torch.Tensor:
@@ -513,9 +638,10 @@ def _pool(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("model_name", ["small_cnn", "resnet18"])
-def test_fused_pass_equals_capture_plus_explain_batch(model_name: str) -> None:
-    """One forward with two backward passes gives what three separate passes give: the same
-    features and logits, and each method's maps for the predicted class."""
+def test_precompute_and_dashboard_calls_give_identical_maps(model_name: str) -> None:
+    """The precompute's call (top-1 classes, every layer captured in the same forward pass)
+    gives the features and logits of a plain capture, and exactly the maps the dashboard's call
+    (the class chosen, nothing captured) gives for the same samples and classes."""
     if model_name == "resnet18":
         torch.manual_seed(0)
         model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
@@ -526,28 +652,28 @@ def test_fused_pass_equals_capture_plus_explain_batch(model_name: str) -> None:
         target, layers = model[7], ["input", "2", "7", "11"]
         images, _ = random_batch(5, 3, 16)
     before = model_snapshot(model)
-    logits, captured, explained = predict_and_explain(model, target, images, layers, _pool, 20)
+    precompute = explain(
+        model, target, images, None, STORED_METHODS, 20, features=FeatureCapture(layers, _pool)
+    )
     assert_same_snapshot(before, model_snapshot(model))
     assert hooks_left(model) == []
 
     expected_logits, expected_features = capture_layers(model, images, layers, transform=_pool)
-    torch.testing.assert_close(logits, expected_logits)
-    assert captured.keys() == expected_features.keys()
+    torch.testing.assert_close(precompute.logits, expected_logits)
+    assert torch.equal(precompute.classes, expected_logits.argmax(1))
+    assert precompute.features.keys() == expected_features.keys()
     for layer, values in expected_features.items():
-        torch.testing.assert_close(captured[layer], values, msg=layer)
-    expected = explain_batch(model, target, images, expected_logits.argmax(1), 20)
-    assert explained.keys() == expected.keys()
-    np.testing.assert_allclose(
-        explained["gradcam"].astype(np.float32), expected["gradcam"].astype(np.float32), atol=2e-3
-    )
-    for name in ("guided_backprop", "guided_gradcam"):
-        difference = np.abs(explained[name].astype(int) - expected[name].astype(int))
-        assert difference.max() <= 1, name  # uint8 rounding of float noise
+        torch.testing.assert_close(precompute.features[layer], values, msg=layer)
+    dashboard = explain_batch(model, target, images, expected_logits.argmax(1), 20)
+    assert list(precompute.maps) == list(dashboard) == list(STORED_METHODS)
+    for name in STORED_METHODS:
+        np.testing.assert_array_equal(precompute.maps[name], dashboard[name], err_msg=name)
 
 
-def test_fused_pass_gradcam_gradient_is_plain_not_guided() -> None:
-    """Grad-CAM weighs the target layer by the plain gradient: a head whose ReLU sees a negative
-    incoming gradient must still pass it to the CAM (the guided rule would zero it)."""
+def test_gradcam_gradient_is_plain_not_guided() -> None:
+    """Grad-CAM weighs the target layer by the plain gradient, also when it shares its forward
+    pass with guided backprop: a head whose ReLU sees a negative incoming gradient must still
+    pass it to the CAM (the guided rule would zero it)."""
     model = nn.Sequential(
         nn.Conv2d(1, 2, 1, bias=False),
         nn.ReLU(),
@@ -562,9 +688,11 @@ def test_fused_pass_gradcam_gradient_is_plain_not_guided() -> None:
         model[4].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
         model[6].weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
     images = torch.rand(1, 1, 4, 4) + 0.5
-    _, _, fused = predict_and_explain(model, model[1], images, [], _pool, 4)
-    expected = explain_batch(model, model[1], images, torch.tensor([1]), 4, methods=["gradcam"])
-    np.testing.assert_allclose(
-        fused["gradcam"].astype(np.float32), expected["gradcam"].astype(np.float32), atol=2e-3
-    )
-    assert fused["gradcam"].max() > 0.5  # a real map, not the empty one a guided rule gives
+    shared = explain(model, model[1], images, None, STORED_METHODS, 4)
+    assert shared.classes.tolist() == [1]
+    alone = explain_batch(model, model[1], images, torch.tensor([1]), 4, methods=["gradcam"])
+    np.testing.assert_array_equal(shared.maps["gradcam"], alone["gradcam"])
+    reference = copy.deepcopy(model)
+    expected = package_gradcam(reference, reference[1], images, torch.tensor([1]))
+    np.testing.assert_allclose(shared.maps["gradcam"].astype(np.float32), expected, atol=5e-4)
+    assert shared.maps["gradcam"].max() > 0.5  # a real map, not the empty one a guided rule gives

@@ -18,15 +18,13 @@ from dash import ALL, Input, Output, State, dcc, html, no_update
 from components.inspector import inspector_table
 from dashboard import ids
 from dashboard.context import by_token, current
-from dashboard.data import RunData
+from dashboard.data import EXPLANATION_METHODS, RunData
 from dashboard.jobs import on_timeout
 from dashboard.registry import callback, clientside_callback, publish
 from dashboard.routes import class_explanation_url, url_templates
 from pipelines.errors import UserError
-from pipelines.explain import EXPLAINERS
 
-# The explanation registry names the methods; the page shows one image per method, in its order.
-EXPLANATION_METHODS = tuple(EXPLAINERS)
+# The explanation package names the stored methods; the page shows one image per method, in its order.
 publish("explanationMethods", list(EXPLANATION_METHODS))
 
 # Display names; a method without one shows its registry name.

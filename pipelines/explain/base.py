@@ -1,6 +1,6 @@
-"""Shared machinery for the explanation methods: the explainer base class, the per-batch memo
-that lets guided Grad-CAM reuse the Grad-CAM and guided-backprop passes, the context managers
-that leave a model exactly as they found it, and the batched display conversions.
+"""What every explanation method shares: the gradients a method can ask the engine for, the
+record of one batch's passes that methods read, the method base class, the context manager that
+leaves a model exactly as it was found, input checks, and the batched display conversions.
 
 Every tensor op here works on whole batches on the images' device, so a GPU precompute never
 loops over images in Python nor copies one image at a time to the host.
@@ -9,9 +9,10 @@ loops over images in Python nor copies one image at a time to the host.
 from __future__ import annotations
 
 import contextlib
+import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -31,43 +32,82 @@ DEPROCESS_EPS = 1e-5
 DEPROCESS_SCALE = 0.1
 
 
-@dataclass
-class ExplainBatch:
-    """One batch to explain, plus a memo of intermediate results shared between methods.
+class Gradient(enum.Enum):
+    """A gradient of the explained class scores that a method reads. The engine runs one forward
+    pass per batch and one backward pass per gradient that the requested methods need, so methods
+    that need the same gradient share its pass."""
 
-    images: (B, C, H, W) float32, model-ready (normalised), on the model's device.
-    class_indices: (B,) int64, the class whose score is explained for each image.
+    # d y^c / d A at the target layer, plain backward rules (Grad-CAM's weights).
+    TARGET_LAYER = "target_layer"
+    # d y^c / d x at the pixels, with the guided rule at every nn.ReLU (guided backprop).
+    PIXELS_GUIDED = "pixels_guided"
+
+    @property
+    def at_pixels(self) -> bool:
+        return self is Gradient.PIXELS_GUIDED
+
+    @property
+    def guided(self) -> bool:
+        return self is Gradient.PIXELS_GUIDED
+
+
+@dataclass(frozen=True)
+class Passes:
+    """One batch after the engine's forward pass and the backward passes its methods need.
+
+    model: the model, in eval mode with frozen parameters while methods run (for methods that
+    run passes of their own); images: (B, C, H, W) float32 model-ready, C in {1, 3};
+    classes: (B,) int64, the class explained per image; logits: (B, K) detached, in the forward
+    pass's dtype; target_acts: (B, C', h, w) float32 at the target layer, or None when no method
+    needs it; gradients: each needed ``Gradient``, float32, shaped as what it is taken w.r.t.
+    All tensors are on the model's device.
     """
 
     model: torch.nn.Module
-    target_layer: torch.nn.Module
     images: torch.Tensor
-    class_indices: torch.Tensor
-    _memo: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    classes: torch.Tensor
+    logits: torch.Tensor
+    target_acts: torch.Tensor | None
+    gradients: Mapping[Gradient, torch.Tensor]
 
-    def memo(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Return ``compute()`` once per batch and key; guided Grad-CAM reuses Grad-CAM's
-        and guided backprop's passes this way instead of running the model again."""
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
+    def acts(self) -> torch.Tensor:
+        """The target layer's activations; a method that reads them must say it needs
+        ``Gradient.TARGET_LAYER``, which makes the engine keep them."""
+        if self.target_acts is None:
+            raise RuntimeError("target-layer activations were not kept; add TARGET_LAYER to needs")
+        return self.target_acts
+
+    def gradient(self, which: Gradient) -> torch.Tensor:
+        if which not in self.gradients:
+            raise RuntimeError(f"{which} was not computed; add it to the method's needs")
+        return self.gradients[which]
 
 
 class Explainer(ABC):
-    """One explanation method; subclasses live one per file and are listed in the registry."""
+    """One explanation method: one file under ``pipelines/explain/methods/``, a class decorated
+    with ``registry.register``. Its docstring cites the paper.
+
+    ``name`` is the registry name (the store's ``explanation`` method parameter, the dashboard's
+    method key); ``needs`` are the gradients the engine must compute for it. ``explain`` turns
+    the batch's passes into display-ready arrays, (B, S, S) or (B, S, S, 3), for S = out_size.
+    """
 
     name: ClassVar[str]
+    needs: ClassVar[frozenset[Gradient]]
 
     @abstractmethod
-    def explain(self, batch: ExplainBatch, out_size: int) -> np.ndarray:
-        """Display-ready explanation of ``batch`` at ``out_size`` x ``out_size`` pixels."""
+    def explain(self, passes: Passes, out_size: int) -> np.ndarray:
+        """Display-ready explanation of the batch at ``out_size`` x ``out_size`` pixels."""
 
 
-def check_batch(images: torch.Tensor, class_indices: torch.Tensor) -> list[int]:
-    """Validate a batch and return the class indices as a Python list (one host sync per batch).
+def check_out_size(out_size: object) -> int:
+    if isinstance(out_size, bool) or not isinstance(out_size, int) or out_size < 1:
+        raise ValueError(f"out_size must be a positive int, got {out_size!r}")
+    return out_size
 
-    images: (B, C, H, W) floating point; class_indices: (B,) integer, all >= 0.
-    """
+
+def check_images(images: torch.Tensor) -> None:
+    """images: (B, C, H, W) floating point with C in {1, 3}."""
     if images.ndim != 4 or not images.is_floating_point():
         raise ValueError(
             f"images must be a (B, C, H, W) float tensor, got {tuple(images.shape)} {images.dtype}"
@@ -77,24 +117,37 @@ def check_batch(images: torch.Tensor, class_indices: torch.Tensor) -> list[int]:
             f"explanations need 1-channel or 3-channel images, got {images.shape[1]} channels; "
             "use a model that takes grayscale or RGB input"
         )
-    if class_indices.shape != (images.shape[0],) or class_indices.is_floating_point():
+
+
+def check_classes(class_indices: torch.Tensor, batch_size: int) -> None:
+    """class_indices: (B,) integer, all >= 0 (one host sync per batch)."""
+    if class_indices.shape != (batch_size,) or class_indices.is_floating_point():
         raise ValueError(
-            f"class_indices must be a ({images.shape[0]},) integer tensor, "
+            f"class_indices must be a ({batch_size},) integer tensor, "
             f"got {tuple(class_indices.shape)} {class_indices.dtype}"
         )
-    classes = [int(c) for c in class_indices.tolist()]
-    if any(c < 0 for c in classes):
-        raise UserError(f"class indices must be >= 0, got {min(classes)}; pass a valid class")
-    return classes
-
-
-def check_classes_in_range(classes: Sequence[int], num_outputs: int) -> None:
-    """Fail with a fix-it message if a requested class is not one of the model's outputs."""
-    if classes and max(classes) >= num_outputs:
+    if batch_size and int(class_indices.min()) < 0:
         raise UserError(
-            f"class index {max(classes)} is out of range for a model with {num_outputs} "
-            f"outputs; pass a class between 0 and {num_outputs - 1}"
+            f"class indices must be >= 0, got {int(class_indices.min())}; pass a valid class"
         )
+
+
+def check_classes_in_range(class_indices: torch.Tensor, num_outputs: int) -> None:
+    """Fail with a fix-it message if a requested class is not one of the model's outputs."""
+    if len(class_indices) and int(class_indices.max()) >= num_outputs:
+        raise UserError(
+            f"class index {int(class_indices.max())} is out of range for a model with "
+            f"{num_outputs} outputs; pass a class between 0 and {num_outputs - 1}"
+        )
+
+
+def check_logits(logits: object) -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise UserError(
+            "explanations need a model that returns (batch, classes) logits; wrap the model "
+            "so that forward returns a single logits tensor"
+        )
+    return logits
 
 
 def check_eager(model: torch.nn.Module) -> None:
@@ -108,9 +161,9 @@ def check_eager(model: torch.nn.Module) -> None:
         )
 
 
-def check_submodule(model: torch.nn.Module, layer: torch.nn.Module) -> None:
+def check_submodule(model: torch.nn.Module, layer: torch.nn.Module | None) -> None:
     """A target layer outside the model would never fire its hooks; say so up front."""
-    if not any(module is layer for module in model.modules()):
+    if layer is None or not any(module is layer for module in model.modules()):
         raise ValueError("target_layer is not a submodule of model; pass one of model.modules()")
 
 
@@ -122,7 +175,7 @@ def preserved_model_state(model: torch.nn.Module) -> Iterator[None]:
     Eval mode because explanations must see the model as it predicts (BatchNorm running stats,
     no dropout). Frozen parameters because explanations need gradients w.r.t. activations and
     pixels only; skipping weight gradients roughly halves the backward pass. ``.grad`` is kept
-    because pytorch-grad-cam calls ``model.zero_grad()``, which would wipe a caller's gradients.
+    so that a caller's accumulated gradients survive whatever a method's own passes do.
     """
     training = [(module, module.training) for module in model.modules()]
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]

@@ -1,7 +1,7 @@
 """Guided Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
-Gradient-based Localization", ICCV 2017, section 3.1): guided backprop multiplied point-wise by
-the Grad-CAM map upsampled to the input resolution, class-discriminative and high-resolution.
-"""
+Gradient-based Localization", ICCV 2017, arXiv:1610.02391, section 3.1): guided backprop
+multiplied point-wise by the Grad-CAM map upsampled to the input resolution, class-discriminative
+and high-resolution."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import numpy as np
 import torch
 
 from pipelines.explain.base import (
-    ExplainBatch,
     Explainer,
+    Gradient,
+    Passes,
     gradients_display,
     resize_maps,
     unit_scale,
 )
-from pipelines.explain.gradcam import batch_gradcam
-from pipelines.explain.guided_backprop import batch_guided_backprop
+from pipelines.explain.methods.gradcam import gradcam_maps
+from pipelines.explain.registry import register
 
 
 def guided_gradcam_gradients(guided: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
@@ -32,13 +33,14 @@ def guided_gradcam_gradients(guided: torch.Tensor, cams: torch.Tensor) -> torch.
     return guided * unit_scale(upsampled)[:, None]
 
 
-class GuidedGradCAMExplainer(Explainer):
-    """Guided Grad-CAM (Selvaraju et al., ICCV 2017): guided backprop times upsampled
-    Grad-CAM, reusing both passes of the batch; display (B, S, S, 3) uint8.
-    """
+@register
+class GuidedGradCAM(Explainer):
+    """Guided Grad-CAM: guided backprop times upsampled Grad-CAM, from the same two backward
+    passes as those methods; display (B, S, S, 3) uint8."""
 
     name = "guided_gradcam"
+    needs = frozenset({Gradient.TARGET_LAYER, Gradient.PIXELS_GUIDED})
 
-    def explain(self, batch: ExplainBatch, out_size: int) -> np.ndarray:
-        weighted = guided_gradcam_gradients(batch_guided_backprop(batch), batch_gradcam(batch))
-        return gradients_display(weighted, out_size)
+    def explain(self, passes: Passes, out_size: int) -> np.ndarray:
+        guided = passes.gradient(Gradient.PIXELS_GUIDED)
+        return gradients_display(guided_gradcam_gradients(guided, gradcam_maps(passes)), out_size)

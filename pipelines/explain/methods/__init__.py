@@ -1,0 +1,13 @@
+"""The built-in explanation methods, one per file; importing this package registers each.
+
+Files are imported in name order, so the registry's order (and the ``choose from`` list of its
+errors) does not depend on the file system.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+for _module in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+    importlib.import_module(f"{__name__}.{_module.name}")
