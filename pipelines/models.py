@@ -26,6 +26,7 @@ from torch import nn
 
 from pipelines.datasets import open_dataset, to_l_or_rgb
 from pipelines.errors import UserError
+from pipelines.io import atomic_path
 from pipelines.smallcnn import SmallCNN, train_small_cnn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -656,10 +657,10 @@ def train_or_load_smallcnn(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         result = train_small_cnn(module, inputs, labels, is_test, seed, progress=progress)
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    temp = checkpoint.with_suffix(".tmp")
-    torch.save(module.state_dict(), temp)
-    temp.replace(checkpoint)
+    # Two runs on the same dataset may train it at once: each writes its own temp file, and the
+    # rename leaves one whole checkpoint (both are the same, seeded model).
+    with atomic_path(checkpoint) as temp:
+        torch.save(module.state_dict(), temp)
     return {"checkpoint": str(checkpoint), "trained_now": True, "training": result.__dict__}
 
 
