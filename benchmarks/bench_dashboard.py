@@ -185,7 +185,7 @@ def make_large_run(data_dir: Path, template: Path, points: int) -> str:
             rng.integers(0, 255, (points, size, size, 3), dtype=np.uint8),
             method=method,
         )
-    from pipelines.layer_jobs import embedding_key
+    from pipelines.store import embedding_key
 
     centres = rng.standard_normal((10, 2)) * 30
     for depth, layer in enumerate(source["layers"]):

@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import UserError
-from pipelines.layer_jobs import embedding_key
-from pipelines.store import RunStore, list_run_dirs
+from pipelines.store import RunStore, embedding_key, list_run_dirs
 
 EXPLANATION_METHODS = ("gradcam", "guided_backprop", "guided_gradcam")
 METHODS = ("tsne", "pca")

@@ -19,10 +19,9 @@ import torchvision
 from PIL import Image
 
 from pipelines import precompute
-from pipelines.layer_jobs import embedding_key
 from pipelines.models import build_torchvision, open_run_model
 from pipelines.precompute import Precompute, PrecomputeConfig
-from pipelines.store import RunStore, runs_dir
+from pipelines.store import RunStore, embedding_key, runs_dir
 from tests.conftest import small_run_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
