@@ -93,7 +93,8 @@ def make_vgg_run(data_dir: Path) -> str:
 
     from pipelines.datasets import open_dataset
     from pipelines.models import build_torchvision
-    from pipelines.precompute import build_sample_table, describe_layers
+    from pipelines.stages.index import build_sample_table
+    from pipelines.stages.model import describe_layers
 
     dataset = open_dataset("digits", data_dir / "datasets", progress=False)
     with torch.random.fork_rng(devices=[]):
@@ -119,8 +120,8 @@ def make_vgg_run(data_dir: Path) -> str:
             "subsets": [50],
             "perplexities": {"50": []},
             "stages": {
-                "index": {"state": "done"},
                 "model": {"state": "done"},
+                "index": {"state": "done"},
                 "forward": {"state": "pending"},
                 "embeddings": {"state": "pending"},
             },

@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -132,8 +133,6 @@ def data_dir_path(text: str) -> Path:
 def precompute_command(args: argparse.Namespace) -> None:
     from pipelines.precompute import Precompute, PrecomputeConfig
 
-    if args.batch_size <= 0:
-        raise UserError("--batch-size must be a positive number")
     config = PrecomputeConfig(
         dataset=args.dataset,
         model=args.model,
@@ -187,8 +186,19 @@ def print_summary(manifest: dict, run_dir: Path) -> None:
     )
 
 
+def iter_stage_states(manifest: dict) -> Iterator[tuple[str, str]]:
+    """(stage, "done" | "pending" | "running 3/14") per stage, in the order they run."""
+    from pipelines.stages import STAGES
+
+    for name in STAGES:
+        stage = manifest.get("stages", {}).get(name, {})
+        state = stage.get("state", "pending")
+        if state != "done" and stage.get("total"):
+            state = f"{state} {stage.get('done', 0)}/{stage['total']}"
+        yield name, state
+
+
 def runs_command(args: argparse.Namespace) -> None:
-    from pipelines.precompute import iter_stage_states
     from pipelines.store import RunStore, list_run_dirs
 
     run_dirs = list_run_dirs(args.data_dir)
