@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,8 @@
 """The command line: ``precompute``, ``runs`` and ``serve`` (the default).
 
-User mistakes end as one ``error: ...`` line on stderr and exit status 2; Ctrl-C leaves the run
-resumable and says so.
+It sits above both sides: it drives the offline pipeline (``pipelines/``) and serves the
+dashboard (``dashboard/``), and neither of those imports it. User mistakes end as one
+``error: ...`` line on stderr and exit status 2; Ctrl-C leaves the run resumable and says so.
 """
 
 from __future__ import annotations
