@@ -132,7 +132,8 @@ def data_dir_path(text: str) -> Path:
 
 
 def precompute_command(args: argparse.Namespace) -> None:
-    from pipelines.precompute import Precompute, PrecomputeConfig
+    from pipelines.precompute import Precompute
+    from pipelines.run_config import PrecomputeConfig
 
     config = PrecomputeConfig(
         dataset=args.dataset,
@@ -235,7 +236,8 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
     from pipelines.store import list_run_dirs
 
     if build_default and not list_run_dirs(args.data_dir):
-        from pipelines.precompute import Precompute, PrecomputeConfig
+        from pipelines.precompute import Precompute
+        from pipelines.run_config import PrecomputeConfig
 
         print(
             "no runs yet: building the embedded default (digits + smallcnn), fully offline",

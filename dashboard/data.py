@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import UserError
-from pipelines.store import RunStore, embedding_key, list_run_dirs
+from pipelines.store import RunStore, datasets_dir, embedding_key, list_run_dirs
 
 EXPLANATION_METHODS = ("gradcam", "guided_backprop", "guided_gradcam")
 METHODS = ("tsne", "pca")
@@ -293,7 +293,7 @@ class RunData:
         )
         change = change_on_disk(
             str((self.manifest.get("dataset") or {}).get("spec") or ""),
-            self.store.run_dir.parent.parent / "datasets",
+            datasets_dir(self.store.run_dir.parent.parent),
             self.manifest.get("source_fingerprint"),
             files,
         )

@@ -29,6 +29,7 @@ from pipelines.datasets import open_dataset, to_l_or_rgb
 from pipelines.errors import UserError
 from pipelines.io import atomic_path
 from pipelines.smallcnn import SmallCNN, train_small_cnn
+from pipelines.store import datasets_dir
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -781,7 +782,7 @@ def open_run_model(store: Any, data_dir: Path, device: str = "auto") -> RunModel
     adapter = rebuild_adapter(
         manifest, store.artifact_path("model_checkpoint"), resolve_device(device)
     )
-    dataset = open_dataset(manifest["dataset"]["spec"], Path(data_dir) / "datasets", progress=False)
+    dataset = open_dataset(manifest["dataset"]["spec"], datasets_dir(data_dir), progress=False)
     samples = store.load_json("samples")
     recorded = store.load_json("dataset_files") if store.has("dataset_files") else None
     return RunModel(

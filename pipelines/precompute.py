@@ -32,7 +32,7 @@ from pipelines.models import ModelAdapter, rebuild_adapter, resolve_device
 from pipelines.run_config import PrecomputeConfig, run_id_for
 from pipelines.stages import STAGES, embeddings, forward, index, model, use_threads_for
 from pipelines.stages.index import SamplePlan
-from pipelines.store import RunStore, runs_dir
+from pipelines.store import RunStore, datasets_dir, runs_dir
 
 __all__ = ["Precompute", "PrecomputeConfig"]
 
@@ -62,7 +62,7 @@ class Precompute:
         self.config.check()
         if self.store.exists():
             self.check_same_settings()
-        dataset = open_dataset(self.config.dataset, self.data_dir / "datasets", self.progress)
+        dataset = open_dataset(self.config.dataset, datasets_dir(self.data_dir), self.progress)
         content = dataset_fingerprint(dataset)
         if self.store.exists():
             self.check_same_source(content)

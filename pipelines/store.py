@@ -57,6 +57,16 @@ def runs_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "runs"
 
 
+def datasets_dir(data_dir: Path) -> Path:
+    """Downloaded datasets, shared by every run of the data dir."""
+    return Path(data_dir) / "datasets"
+
+
+def models_dir(data_dir: Path) -> Path:
+    """Trained smallcnn checkpoints, shared by every run on the same dataset."""
+    return Path(data_dir) / "models"
+
+
 def list_run_dirs(data_dir: Path) -> list[Path]:
     """Run folders (those with a manifest) under ``data_dir``, sorted by name."""
     root = runs_dir(data_dir)

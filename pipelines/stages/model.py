@@ -30,7 +30,7 @@ from pipelines.models import (
 )
 from pipelines.run_config import PrecomputeConfig
 from pipelines.stages.forward import MAX_EXPLANATION_SIZE
-from pipelines.store import RunStore
+from pipelines.store import RunStore, models_dir
 
 
 def smallcnn_checkpoint(data_dir: Path, dataset: Dataset, seed: int, content: Fingerprint) -> Path:
@@ -38,7 +38,7 @@ def smallcnn_checkpoint(data_dir: Path, dataset: Dataset, seed: int, content: Fi
     folder's key includes its content, so a model is never reused on a folder that changed."""
     identity = dataset.spec if content.kind == "samples" else f"{dataset.spec}@{content.digest}"
     key = hashlib.sha1(identity.encode()).hexdigest()[:8]
-    return Path(data_dir) / "models" / f"smallcnn-{dataset.name}-{key}-seed{seed}.pt"
+    return models_dir(data_dir) / f"smallcnn-{dataset.name}-{key}-seed{seed}.pt"
 
 
 def training_split(dataset: Dataset, seed: int) -> np.ndarray:
