@@ -6,6 +6,6 @@ import sys
 if __name__ == "__main__":
     # Imported here, not at the top: the precompute's worker processes start by importing this
     # file, and they need none of what the CLI imports (torch, torchvision, dash).
-    from pipelines.cli import main
+    from cli import main
 
     sys.exit(main(sys.argv[1:]))

@@ -95,7 +95,8 @@ def make_vgg_run(data_dir: Path) -> str:
 
     from pipelines.datasets import open_dataset
     from pipelines.models import build_torchvision
-    from pipelines.precompute import build_sample_table, describe_layers
+    from pipelines.stages.index import build_sample_table
+    from pipelines.stages.model import describe_layers
 
     dataset = open_dataset("digits", data_dir / "datasets", progress=False)
     with torch.random.fork_rng(devices=[]):
@@ -121,8 +122,8 @@ def make_vgg_run(data_dir: Path) -> str:
             "subsets": [50],
             "perplexities": {"50": []},
             "stages": {
-                "index": {"state": "done"},
                 "model": {"state": "done"},
+                "index": {"state": "done"},
                 "forward": {"state": "pending"},
                 "embeddings": {"state": "pending"},
             },
@@ -187,7 +188,7 @@ def make_large_run(data_dir: Path, template: Path, points: int) -> str:
             rng.integers(0, 255, (points, size, size, 3), dtype=np.uint8),
             method=method,
         )
-    from pipelines.layer_jobs import embedding_key
+    from pipelines.store import embedding_key
 
     centres = rng.standard_normal((10, 2)) * 30
     for depth, layer in enumerate(source["layers"]):

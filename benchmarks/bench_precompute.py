@@ -42,8 +42,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.datasets import open_dataset  # noqa: E402
-from pipelines.features import capture_layers, pool_activations  # noqa: E402
-from pipelines.precompute import MAX_POOLED_DIMS, Precompute, PrecomputeConfig  # noqa: E402
+from pipelines.features import (  # noqa: E402
+    DEFAULT_MAX_DIMS,  # noqa: E402
+    capture_layers,
+    pool_activations,
+)
+from pipelines.precompute import Precompute, PrecomputeConfig  # noqa: E402
 from pipelines.store import runs_dir  # noqa: E402
 
 
@@ -153,7 +157,7 @@ def run_reference(
         logits, captured = capture_layers(module, image, timed_layers)
         predicted.append(int(logits.argmax()))
         for layer, value in captured.items():
-            features[layer].append(pool_activations(value, MAX_POOLED_DIMS).cpu().numpy())
+            features[layer].append(pool_activations(value, DEFAULT_MAX_DIMS).cpu().numpy())
     times["forward (per image)"] = time.perf_counter() - start
 
     gradcam_layer = manifest["model"]["gradcam_layer"]

@@ -18,8 +18,7 @@ import numpy as np
 
 from pipelines.errors import UserError
 from pipelines.explain import STORED_METHODS
-from pipelines.layer_jobs import embedding_key
-from pipelines.store import RunStore, list_run_dirs
+from pipelines.store import RunStore, datasets_dir, embedding_key, list_run_dirs
 
 # The methods the precompute stores for every sample: named once, by the explanation package.
 EXPLANATION_METHODS = STORED_METHODS
@@ -287,7 +286,7 @@ class RunData:
         )
         change = change_on_disk(
             str((self.manifest.get("dataset") or {}).get("spec") or ""),
-            self.store.run_dir.parent.parent / "datasets",
+            datasets_dir(self.store.run_dir.parent.parent),
             self.manifest.get("source_fingerprint"),
             files,
         )

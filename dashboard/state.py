@@ -21,6 +21,7 @@ from components.architecture import layer_option_label
 from components.embedding import COLOR_BY
 from dashboard.data import METHODS, RunCatalog, RunData, RunSummary
 from pipelines.errors import UserError
+from pipelines.store import perplexity_key
 
 EMPTY_SELECTION: dict[str, Any] = {
     "run": None,
@@ -58,7 +59,8 @@ def parse_query(search: str | None) -> dict[str, str]:
 
 
 def format_perplexity(value: float | None) -> str | None:
-    return None if value is None else f"{float(value):g}"
+    """The dropdown value of a perplexity: the store's spelling of it (its key)."""
+    return None if value is None else perplexity_key(value)
 
 
 def perplexity_options(
@@ -68,7 +70,7 @@ def perplexity_options(
     if subset is None:
         return []
     return [
-        {"label": f"{p:g}", "value": f"{p:g}", "disabled": disabled}
+        {"label": perplexity_key(p), "value": perplexity_key(p), "disabled": disabled}
         for p in run.perplexities(subset)
     ]
 
@@ -95,7 +97,7 @@ def choose_perplexity(run: RunData, subset: int | None, wanted: str | None) -> s
     """``wanted`` if computed for ``subset``, else the one closest to 30."""
     if subset is None:
         return None
-    valid = [f"{p:g}" for p in run.perplexities(subset)]
+    valid = [perplexity_key(p) for p in run.perplexities(subset)]
     if wanted in valid:
         return wanted
     return format_perplexity(run.default_perplexity(subset))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import fcntl
 import hashlib
 import http.client
 import os
@@ -36,6 +35,7 @@ from torchvision.datasets.utils import download_and_extract_archive
 
 from pipelines import report
 from pipelines.errors import UserError
+from pipelines.io import exclusive_lock
 from pipelines.types import UInt8Array
 
 # Lower-case suffixes a folder dataset accepts; anything else (README.txt, .csv) is ignored.
@@ -634,17 +634,13 @@ def _download_lock(cache_dir: Path, name: str, progress: bool) -> Iterator[None]
     flock is released by the kernel when a process dies, so a killed download never blocks the
     next one; and whoever holds the lock knows every ``.partial-<name>-*`` is a leftover.
     """
-    with open(cache_dir / f".lock-{name}", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                print(f"waiting for another process to finish downloading {name}", file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def say_waiting() -> None:
+        if progress:
+            print(f"waiting for another process to finish downloading {name}", file=sys.stderr)
+
+    with exclusive_lock(cache_dir / f".lock-{name}", on_wait=say_waiting):
+        yield
 
 
 def remove_stale_partials(cache_dir: Path, name: str) -> list[Path]:

@@ -73,6 +73,12 @@ def pool_activations(acts: torch.Tensor, max_dims: int = DEFAULT_MAX_DIMS) -> to
     return acts.reshape(acts.shape[0], -1).contiguous()
 
 
+def pooled_features(tensor: torch.Tensor) -> torch.Tensor:
+    """A captured layer output (B, ...) -> (B, D) float32 pooled to at most DEFAULT_MAX_DIMS:
+    the features the precompute stores, and compares when it chooses its precision."""
+    return pool_activations(tensor.detach().float(), DEFAULT_MAX_DIMS)
+
+
 # ---------------------------------------------------------------------------------------------
 # Capture
 # ---------------------------------------------------------------------------------------------

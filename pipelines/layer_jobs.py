@@ -26,19 +26,7 @@ import numpy as np
 import threadpoolctl
 
 from pipelines import reduce, tsne
-from pipelines.store import RunStore
-
-
-def embedding_key(
-    layer_id: str, size: int, method: str, perplexity: float | None
-) -> dict[str, Any]:
-    """Artifact parameters of one embedding; the dashboard builds them the same way."""
-    return {
-        "layer": layer_id,
-        "subset": int(size),
-        "method": method,
-        "perplexity": "none" if perplexity is None else f"{float(perplexity):g}",
-    }
+from pipelines.store import RunStore, embedding_key
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
 from pipelines import report
 from pipelines.datasets import open_dataset, to_l_or_rgb
 from pipelines.errors import UserError
+from pipelines.io import atomic_path
 from pipelines.smallcnn import SmallCNN, train_small_cnn
+from pipelines.store import datasets_dir
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -656,11 +659,51 @@ def train_or_load_smallcnn(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         result = train_small_cnn(module, inputs, labels, is_test, seed, progress=progress)
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    temp = checkpoint.with_suffix(".tmp")
-    torch.save(module.state_dict(), temp)
-    temp.replace(checkpoint)
+    # Two runs on the same dataset may train it at once: each writes its own temp file, and the
+    # rename leaves one whole checkpoint (both are the same, seeded model).
+    with atomic_path(checkpoint) as temp:
+        torch.save(module.state_dict(), temp)
     return {"checkpoint": str(checkpoint), "trained_now": True, "training": result.__dict__}
+
+
+def build_adapter(
+    spec: str,
+    device: torch.device,
+    *,
+    weights: str | None = None,
+    seed: int = 0,
+    input_size: int | None = None,
+    smallcnn: tuple[int, list[str]] | None = None,
+    progress: bool = False,
+) -> ModelAdapter:
+    """The one place a model spec becomes a ModelAdapter, for the precompute and the dashboard.
+
+    ``smallcnn``: (input channels, class names) of the built-in CNN, which comes back with seeded
+    initial weights: the caller trains it or loads its checkpoint. Every other kind is built with
+    the torch seed ``seed``, so random-weight models come out identical every time they are built.
+    """
+    kind = model_kind(spec)
+    if kind == "smallcnn":
+        if smallcnn is None:
+            raise ValueError("smallcnn needs its (input channels, class names)")
+        in_channels, class_names = smallcnn
+        return smallcnn_adapter(in_channels, class_names, device, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "torchvision":
+            return build_torchvision(spec, weights, device, progress)
+        if kind == "torchscript":
+            return build_torchscript(spec, device, input_size)
+        return build_python(spec, device, input_size)
+
+
+def load_views(
+    adapter: ModelAdapter, dataset: Any, indices: Any, progress: bool = False, desc: str = ""
+) -> list[Image.Image]:
+    """The model-sized views (``adapter.view``) of the dataset's images at ``indices``."""
+    indices = list(indices)
+    bar = tqdm(indices, desc=desc, unit="img", disable=not progress or len(indices) < 2000)
+    return [adapter.view(dataset.load_image(int(i))) for i in bar]
 
 
 # ---- request time: reopen the model of a finished run ---------------------------------------
@@ -673,20 +716,18 @@ def rebuild_adapter(
     seeded random weights rebuilt with the same seed)."""
     model = manifest["model"]
     config = manifest["config"]
-    kind = model_kind(config["model"])
-    if kind == "smallcnn":
-        adapter = smallcnn_adapter(model["in_channels"], model["class_names"], device)
+    adapter = build_adapter(
+        config["model"],
+        device,
+        weights=config["weights"],
+        seed=config["seed"],
+        input_size=model["input_size"],
+        smallcnn=(model["in_channels"], model["class_names"]),
+    )
+    if model_kind(config["model"]) == "smallcnn":
         adapter.module.load_state_dict(load_state_dict(checkpoint))
         adapter.module.eval()
-        return adapter
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        if kind == "torchvision":
-            return build_torchvision(config["model"], config["weights"], device, progress=False)
-        if kind == "torchscript":
-            adapter = build_torchscript(config["model"], device, model["input_size"])
-        else:
-            adapter = build_python(config["model"], device, model["input_size"])
+    # Names the precompute gave a model that declares none ("class 0", ...).
     adapter.class_names = model["class_names"]
     return adapter
 
@@ -741,7 +782,7 @@ def open_run_model(store: Any, data_dir: Path, device: str = "auto") -> RunModel
     adapter = rebuild_adapter(
         manifest, store.artifact_path("model_checkpoint"), resolve_device(device)
     )
-    dataset = open_dataset(manifest["dataset"]["spec"], Path(data_dir) / "datasets", progress=False)
+    dataset = open_dataset(manifest["dataset"]["spec"], datasets_dir(data_dir), progress=False)
     samples = store.load_json("samples")
     recorded = store.load_json("dataset_files") if store.has("dataset_files") else None
     return RunModel(

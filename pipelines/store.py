@@ -2,26 +2,34 @@
 
 A run lives in ``<data-dir>/runs/<run-id>/``: a ``manifest.json`` plus artifacts addressed by
 ``(kind, parameters)``. Callers never build paths themselves; they ask ``artifact_path`` (or the
-save/load helpers built on it). Every write is atomic (temp file + ``os.replace``), so a killed
-process leaves either the old file or the new one, never half of one.
+save/load helpers built on it), and artifact parameters are built by the key functions here
+(``embedding_key``, ``perplexity_key``), so the precompute and the dashboard cannot disagree on a
+key. Every write is atomic (``pipelines.io``), so a killed process leaves either the old file or
+the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.errors import UserError
+from pipelines.io import (
+    LockBusy,
+    atomic_path,
+    atomic_write_bytes,
+    exclusive_lock,
+    is_locked,
+    remove_temp_files,
+)
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -49,6 +57,16 @@ def runs_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "runs"
 
 
+def datasets_dir(data_dir: Path) -> Path:
+    """Downloaded datasets, shared by every run of the data dir."""
+    return Path(data_dir) / "datasets"
+
+
+def models_dir(data_dir: Path) -> Path:
+    """Trained smallcnn checkpoints, shared by every run on the same dataset."""
+    return Path(data_dir) / "models"
+
+
 def list_run_dirs(data_dir: Path) -> list[Path]:
     """Run folders (those with a manifest) under ``data_dir``, sorted by name."""
     root = runs_dir(data_dir)
@@ -57,34 +75,29 @@ def list_run_dirs(data_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / MANIFEST_NAME).is_file())
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; move it into place only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _format_value(value: Any) -> str:
     text = str(value)
     if not _SAFE_VALUE.match(text):
         raise ValueError(f"artifact parameter {text!r} has characters unsafe in a file name")
     return text
+
+
+def perplexity_key(perplexity: float | None) -> str:
+    """The one spelling of a perplexity in keys, file names and dashboard values: 30.0 -> "30",
+    7.5 -> "7.5", None (no t-SNE, e.g. PCA) -> "none"."""
+    return "none" if perplexity is None else f"{float(perplexity):g}"
+
+
+def embedding_key(
+    layer_id: str, size: int, method: str, perplexity: float | None
+) -> dict[str, Any]:
+    """Artifact parameters of one embedding (``kind="embedding"``)."""
+    return {
+        "layer": layer_id,
+        "subset": int(size),
+        "method": method,
+        "perplexity": perplexity_key(perplexity),
+    }
 
 
 class RunStore:
@@ -154,7 +167,7 @@ class RunStore:
 
     def save_json(self, kind: str, obj: Any, **params: Any) -> None:
         data = json.dumps(obj, indent=1, sort_keys=False).encode()
-        atomic_write_bytes(self.artifact_path(kind, **params), data)
+        atomic_write_bytes(self.artifact_path(kind, **params), data, durable=True)
 
     def load_json(self, kind: str, **params: Any) -> Any:
         return json.loads(self.artifact_path(kind, **params).read_text())
@@ -192,7 +205,13 @@ class RunStore:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         manifest = dict(manifest, schema_version=SCHEMA_VERSION, updated=time.time())
-        atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=1).encode())
+        data = json.dumps(manifest, indent=1).encode()
+        atomic_write_bytes(self.manifest_path, data, durable=True)
+
+    def pending_stages(self, names: Sequence[str]) -> list[str]:
+        """Those of the stages ``names`` that the manifest does not record as done, in order."""
+        stages = self.read_manifest().get("stages", {})
+        return [name for name in names if stages.get(name, {}).get("state") != "done"]
 
     def update_stage(self, name: str, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into ``manifest['stages'][name]`` and write the manifest back."""
@@ -211,47 +230,28 @@ class RunStore:
         ``flock`` is released by the kernel when the process dies, so a ``kill -9`` never leaves
         a stale lock behind.
         """
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            handle = open(self.run_dir / LOCK_NAME, "a+")
-        except OSError as exc:
-            raise UserError(
-                f"cannot write run '{self.run_id}' in {self.run_dir.parent.parent} "
-                f"({exc.strerror or exc}); pass a --data-dir you can write to"
-            ) from None
-        try:
+        with contextlib.ExitStack() as held:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(exclusive_lock(self.run_dir / LOCK_NAME, wait=False))
+            except LockBusy:
                 raise UserError(
                     f"another precompute is writing run '{self.run_id}'; wait for it to finish "
                     "or pass a different --run-id"
                 ) from None
+            except OSError as exc:
+                raise UserError(
+                    f"cannot write run '{self.run_id}' in {self.run_dir.parent.parent} "
+                    f"({exc.strerror or exc}); pass a --data-dir you can write to"
+                ) from None
             self.remove_stale_temp_files()
             yield
-        finally:
-            handle.close()
 
     def remove_stale_temp_files(self) -> None:
         """Delete the temp files of writes that a killed process never finished; only safe
         under the writer lock (no other writer can be mid-write then)."""
-        for temp in self.run_dir.rglob(".*.tmp-*"):
-            if temp.is_file():
-                temp.unlink(missing_ok=True)
+        remove_temp_files(self.run_dir)
 
     def is_being_written(self) -> bool:
         """True while some precompute holds the writer lock (for the dashboard and `runs`)."""
-        lock_path = self.run_dir / LOCK_NAME
-        try:
-            # Opened for reading: flock works on any descriptor, and `runs` and the dashboard
-            # must work on a read-only data dir.
-            handle = open(lock_path)
-        except OSError:
-            return False  # no lock file: nothing ever wrote here, or it is not ours to read
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return False
+        return is_locked(self.run_dir / LOCK_NAME)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -228,7 +228,7 @@ def test_serve_port_out_of_range(tmp_path, capsys):
 
 
 def test_default_perplexities_adapt_to_small_data_with_a_warning():
-    from pipelines.precompute import resolve_perplexities
+    from pipelines.stages.index import resolve_perplexities
 
     chosen, warning = resolve_perplexities(None, [100, 200])
     assert chosen == {100: [10.0, 30.0], 200: [10.0, 30.0]}

@@ -18,11 +18,11 @@ import torch
 import torchvision
 from PIL import Image
 
-from pipelines import precompute
-from pipelines.layer_jobs import embedding_key
+from pipelines import precision
 from pipelines.models import build_torchvision, open_run_model
 from pipelines.precompute import Precompute, PrecomputeConfig
-from pipelines.store import RunStore, runs_dir
+from pipelines.stages import forward
+from pipelines.store import RunStore, embedding_key, runs_dir
 from tests.conftest import small_run_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,29 +247,29 @@ def random_resnet18_and_images(count: int = 6) -> tuple:
 
 def test_bf16_forward_stays_within_tolerance_of_float32():
     adapter, images = random_resnet18_and_images()
-    check = precompute.compare_bf16(adapter, images, BF16_LAYERS)
+    check = precision.compare_bf16(adapter, images, BF16_LAYERS)
     # Autocast really ran (bfloat16 changed the features) and stayed within the tolerance.
-    assert 0.0 < check["worst_feature_error"] <= precompute.BF16_MAX_FEATURE_ERROR
+    assert 0.0 < check["worst_feature_error"] <= precision.BF16_MAX_FEATURE_ERROR
     assert check["worst_layer"] in BF16_LAYERS
-    assert precompute.choose_precision(check)["dtype"] == (
+    assert precision.choose_precision(check)["dtype"] == (
         "bfloat16" if check["accepted"] else "float32"
     )
-    exact, exact_features = precompute.forward_chunk(
+    exact, exact_features = forward.forward_chunk(
         adapter, images, BF16_LAYERS, "layer4.1.relu", 16, 3, "float32"
     )
-    bf16, bf16_features = precompute.forward_chunk(
+    bf16, bf16_features = forward.forward_chunk(
         adapter, images, BF16_LAYERS, "layer4.1.relu", 16, 3, "bfloat16"
     )
     for layer in BF16_LAYERS:
-        error = precompute.relative_error(
+        error = precision.relative_error(
             torch.from_numpy(bf16_features[layer]), torch.from_numpy(exact_features[layer])
         )
-        assert 0.0 < error <= precompute.BF16_MAX_FEATURE_ERROR, layer
+        assert 0.0 < error <= precision.BF16_MAX_FEATURE_ERROR, layer
     assert bf16_features["fc"].dtype == np.float16  # stored as always
     np.testing.assert_allclose(bf16["log_prob"], exact["log_prob"], atol=0.05)
     # The explanations of the same class agree (Grad-CAM maps in float32 from bf16 tensors).
     same = bf16["top10_index"][:, 0] == exact["top10_index"][:, 0]
-    assert same.mean() >= precompute.BF16_MIN_TOP1_AGREEMENT
+    assert same.mean() >= precision.BF16_MIN_TOP1_AGREEMENT
     for method in ("gradcam", "guided_backprop"):
         a = bf16[method][same].astype(np.float64).ravel()
         b = exact[method][same].astype(np.float64).ravel()
@@ -286,18 +286,18 @@ def test_bf16_is_refused_where_it_would_change_predictions():
     model = torch.nn.Sequential(torch.nn.Flatten(), head).eval()
     adapter = type("Adapter", (), {"module": model, "device": torch.device("cpu")})()
     images = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    check = precompute.compare_bf16(adapter, images, ["1"])
-    assert check["top1_agreement"] < precompute.BF16_MIN_TOP1_AGREEMENT
-    choice = precompute.choose_precision(check)
+    check = precision.compare_bf16(adapter, images, ["1"])
+    assert check["top1_agreement"] < precision.BF16_MIN_TOP1_AGREEMENT
+    choice = precision.choose_precision(check)
     assert choice["dtype"] == "float32" and not choice["accepted"]
     assert f"{check['top1_agreement']:.1%}" in choice["reason"] and "needs 99%" in choice["reason"]
 
 
 def test_precision_is_float32_off_cuda_and_kept_in_the_manifest(small_run):
-    assert precompute.choose_precision(None) == {
+    assert precision.choose_precision(None) == {
         "dtype": "float32",
         "reason": "bfloat16 is used on CUDA GPUs only",
     }
-    assert not precompute.bf16_available(torch.device("cpu"))
+    assert not precision.bf16_available(torch.device("cpu"))
     manifest = open_store(*small_run).read_manifest()
     assert manifest["forward_precision"]["dtype"] == "float32"

@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.layer_jobs import embedding_key
 from pipelines.models import ModelAdapter
-from pipelines.precompute import describe_layers
-from pipelines.store import RunStore, runs_dir
+from pipelines.stages.model import describe_layers
+from pipelines.store import RunStore, embedding_key, runs_dir
 
 
 class Branchy(nn.Module):

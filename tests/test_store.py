@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from pipelines.errors import UserError
-from pipelines.store import SCHEMA_VERSION, RunStore, list_run_dirs
+from pipelines.store import (
+    SCHEMA_VERSION,
+    RunStore,
+    embedding_key,
+    list_run_dirs,
+    perplexity_key,
+)
 
 
 @pytest.fixture
@@ -121,3 +127,19 @@ def test_the_writer_lock_removes_temp_files_of_killed_writes(tmp_path):
     with store.writer_lock():
         assert not any(path.exists() for path in leftovers)
     assert store.load_array("thumbnails").shape == (2, 4, 4, 3)
+
+
+def test_the_store_spells_every_embedding_key(store):
+    """One spelling of a perplexity for files and dashboard values: 30.0 and 30 are one key."""
+    assert perplexity_key(30.0) == perplexity_key(30) == "30"
+    assert perplexity_key(7.5) == "7.5" and perplexity_key(None) == "none"
+    key = embedding_key("features.0", 100, "tsne", 30.0)
+    assert key == {"layer": "features.0", "subset": 100, "method": "tsne", "perplexity": "30"}
+    assert store.artifact_path("embedding", **key).name == "perplexity=30.npy"
+    assert embedding_key("input", 10, "pca", None)["perplexity"] == "none"
+
+
+def test_pending_stages_follow_the_order_asked(store):
+    store.update_stage("model", state="done")
+    store.update_stage("index", state="running")
+    assert store.pending_stages(["model", "index", "forward"]) == ["index", "forward"]

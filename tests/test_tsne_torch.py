@@ -323,8 +323,8 @@ def test_cuda_matches_cpu_and_is_deterministic(digits_1000: np.ndarray) -> None:
 def test_gpu_path_of_the_embeddings_stage_runs_the_same_code_on_cpu(tmp_path):
     """The LayerJob the precompute uses on CUDA, pointed at the CPU: the same maps (keys,
     shapes) as the openTSNE path, and well-separated blobs stay separated."""
-    from pipelines.layer_jobs import LayerJob, embedding_key
-    from pipelines.store import RunStore
+    from pipelines.layer_jobs import LayerJob
+    from pipelines.store import RunStore, embedding_key
 
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 10, size=(3, 20))

@@ -1,7 +1,8 @@
 """The command line: ``precompute``, ``runs`` and ``serve`` (the default).
 
-User mistakes end as one ``error: ...`` line on stderr and exit status 2; Ctrl-C leaves the run
-resumable and says so.
+It sits above both sides: it drives the offline pipeline (``pipelines/``) and serves the
+dashboard (``dashboard/``), and neither of those imports it. User mistakes end as one
+``error: ...`` line on stderr and exit status 2; Ctrl-C leaves the run resumable and says so.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -130,10 +132,9 @@ def data_dir_path(text: str) -> Path:
 
 
 def precompute_command(args: argparse.Namespace) -> None:
-    from pipelines.precompute import Precompute, PrecomputeConfig
+    from pipelines.precompute import Precompute
+    from pipelines.run_config import PrecomputeConfig
 
-    if args.batch_size <= 0:
-        raise UserError("--batch-size must be a positive number")
     config = PrecomputeConfig(
         dataset=args.dataset,
         model=args.model,
@@ -187,8 +188,19 @@ def print_summary(manifest: dict, run_dir: Path) -> None:
     )
 
 
+def iter_stage_states(manifest: dict) -> Iterator[tuple[str, str]]:
+    """(stage, "done" | "pending" | "running 3/14") per stage, in the order they run."""
+    from pipelines.stages import STAGES
+
+    for name in STAGES:
+        stage = manifest.get("stages", {}).get(name, {})
+        state = stage.get("state", "pending")
+        if state != "done" and stage.get("total"):
+            state = f"{state} {stage.get('done', 0)}/{stage['total']}"
+        yield name, state
+
+
 def runs_command(args: argparse.Namespace) -> None:
-    from pipelines.precompute import iter_stage_states
     from pipelines.store import RunStore, list_run_dirs
 
     run_dirs = list_run_dirs(args.data_dir)
@@ -224,7 +236,8 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
     from pipelines.store import list_run_dirs
 
     if build_default and not list_run_dirs(args.data_dir):
-        from pipelines.precompute import Precompute, PrecomputeConfig
+        from pipelines.precompute import Precompute
+        from pipelines.run_config import PrecomputeConfig
 
         print(
             "no runs yet: building the embedded default (digits + smallcnn), fully offline",

@@ -1,0 +1,57 @@
+"""Prediction metrics of a run: per-sample correctness and loss, accuracy by split, confusion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipelines.labels import UNMAPPED
+
+# The sample table's ``model_split``: whether the model was fitted on a sample.
+TRAIN, HELD_OUT = "train", "held-out"
+
+
+def prediction_columns(log_prob: np.ndarray, model_labels: np.ndarray) -> dict[str, np.ndarray]:
+    """log_prob: (N, K) float32; model_labels: (N,) int64 with UNMAPPED where unknown."""
+    predicted = log_prob.argmax(axis=1)
+    known = model_labels != UNMAPPED
+    loss = np.full(len(predicted), np.nan, dtype=np.float32)
+    loss[known] = -log_prob[known, model_labels[known]]
+    correct = np.where(known, (predicted == model_labels).astype(np.int8), np.int8(-1))
+    return {
+        "predicted": predicted.astype(np.int64),
+        "loss": loss,
+        "correct": correct.astype(np.int8),
+    }
+
+
+def accuracy_by_split(correct: np.ndarray, held_out: np.ndarray) -> dict[str, dict[str, Any]]:
+    """correct: (N,) int8, 1 / 0 / -1 (class not mapped); held_out: (N,) bool.
+
+    {"held-out": {"accuracy": float or None, "samples": int}, "train": {...}}: accuracy over the
+    split's rows whose class is known (None when there are none).
+    """
+    result = {}
+    for name, rows in ((HELD_OUT, held_out), (TRAIN, ~held_out)):
+        known = correct[rows][correct[rows] >= 0]
+        result[name] = {
+            "accuracy": float(known.mean()) if len(known) else None,
+            "samples": int(rows.sum()),
+        }
+    return result
+
+
+def confusion_matrix(
+    labels: np.ndarray, predicted: np.ndarray, dataset_to_model: list[int]
+) -> np.ndarray:
+    """(C, C+1) counts: rows true dataset class, columns predicted dataset class, last column
+    a model output that is no dataset class."""
+    num_classes = len(dataset_to_model)
+    model_to_dataset = {m: d for d, m in enumerate(dataset_to_model) if m != UNMAPPED}
+    columns = np.array(
+        [model_to_dataset.get(int(p), num_classes) for p in predicted], dtype=np.int64
+    )
+    matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+    np.add.at(matrix, (labels, columns), 1)
+    return matrix

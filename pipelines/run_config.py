@@ -1,0 +1,96 @@
+"""What defines a run, its name, and the checks on both: the one place for run naming and
+validation (the CLI, the embedded default and the benchmarks all build a ``PrecomputeConfig``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import UserError
+from pipelines.models import check_weights_option, model_kind
+
+DEFAULT_PERPLEXITIES = (10.0, 30.0, 90.0)
+RUN_ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    """Everything that defines a run. ``device`` and ``batch_size`` are not part of its identity
+    (a run may resume on another device). ``batch_size`` changes speed, and results only by float
+    rounding. ``device`` changes results within a measured bound, not their quality: on CUDA the
+    forward pass may run in bfloat16 (within ``pipelines.precision``'s ``BF16_*`` bounds) and the t-SNE maps come from
+    the torch backend, whose coordinates differ from openTSNE's at the same neighbourhood quality
+    (measured in ``pipelines/tsne.py``); each layer's ``reduction`` record names its
+    ``tsne_backend``."""
+
+    dataset: str
+    model: str
+    weights: str | None = None
+    samples: int | None = None
+    subsets: tuple[str, ...] = ("100", "1000", "all")
+    # None: the defaults, of which those the data is too small for are dropped with a warning;
+    # explicit values the data cannot support are an error.
+    perplexities: tuple[float, ...] | None = None
+    device: str = "auto"
+    batch_size: int = 64
+    seed: int = 0
+    input_size: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        fields = asdict(self)
+        for speed_only in ("device", "batch_size"):
+            fields.pop(speed_only)
+        fields["subsets"] = list(self.subsets)
+        fields["perplexities"] = list(self.perplexities or DEFAULT_PERPLEXITIES)
+        return fields
+
+    def check(self) -> None:
+        """Options that make no sense, refused before anything is read or written."""
+        if self.batch_size <= 0:
+            raise UserError("--batch-size must be a positive number")
+        if self.samples is not None and self.samples <= 0:
+            raise UserError(
+                "--samples must be a positive number of images (or leave it out for all)"
+            )
+        model_kind(self.model)  # unknown model names fail here
+        check_weights_option(self.model, self.weights)
+        if not 0 <= self.seed < 2**32:
+            # numpy's and scikit-learn's seeds are unsigned 32-bit numbers
+            raise UserError(f"--seed {self.seed} is out of range; use a whole number 0..4294967295")
+        if self.input_size is not None and self.input_size <= 0:
+            raise UserError(
+                f"--input-size {self.input_size} is not a size; give the model's input side in "
+                "pixels, e.g. --input-size 224"
+            )
+
+
+def default_run_id(config: PrecomputeConfig) -> str:
+    """Deterministic, so re-running the same command resumes the same run."""
+    dataset = config.dataset
+    if ":" in dataset:
+        kind, path = dataset.split(":", 1)
+        dataset = f"{kind}-{Path(path).name or 'root'}"
+    model = config.model
+    if ":" in model:
+        model = Path(model.split(":", 1)[1]).stem
+    parts = [dataset, model]
+    if config.weights and config.weights != "imagenet":
+        parts.append(Path(config.weights).stem)
+    if config.samples:
+        parts.append(str(config.samples))
+    if config.seed:
+        parts.append(f"seed{config.seed}")
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", "-".join(parts)).strip("-.")
+
+
+def validate_run_id(run_id: str) -> str:
+    if not re.fullmatch(RUN_ID_PATTERN, run_id):
+        raise UserError(f"--run-id {run_id!r} may only use letters, digits, '.', '_' and '-'")
+    return run_id
+
+
+def run_id_for(config: PrecomputeConfig, run_id: str | None) -> str:
+    """The run's folder name: ``run_id`` if given (checked), else derived from the settings."""
+    return validate_run_id(run_id or default_run_id(config))

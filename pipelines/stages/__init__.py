@@ -1,0 +1,40 @@
+"""The precompute's stages, one module each, in the order they run (``STAGES``):
+
+1. **model** (``model.py``): build (or train) the model, discover its layers, map its classes.
+2. **index** (``index.py``): nested class-balanced sample order, the sample table (each sample's
+   class in the model's terms, from the model stage's class mapping), subsets and perplexities.
+3. **forward** (``forward.py``): per chunk of samples — thumbnails, one forward pass capturing
+   every layer (pooled on the device), top-10 predictions, and Grad-CAM / guided backprop /
+   guided Grad-CAM. A chunk's file is written last, so its presence means the chunk is on disk.
+4. **embeddings** (``embeddings.py``): per layer — PCA to 90% variance, then 2D PCA and t-SNE
+   per subset/perplexity.
+
+Each stage reads what the stages before it stored and writes its own artifacts and manifest
+fields; ``pipelines/precompute.py`` asks the store which stages are missing and runs those.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipelines.cores import idle_cores
+from pipelines.models import resolve_device
+from pipelines.run_config import PrecomputeConfig
+
+STAGES = ("model", "index", "forward", "embeddings")
+# Long enough to average over a few scheduler ticks; paid once per run, before training.
+FREE_CORES_SAMPLE_SECONDS = 0.2
+
+
+def use_threads_for(config: PrecomputeConfig, stage: str) -> None:
+    """Torch threads for the small built-in CNN on a CPU (other models keep torch's default).
+
+    Training ("model") uses the cores that are free now: 5.0 s on two idle cores against 7.8 s
+    on one, but on a busy machine a second OpenMP thread spin-waits for a core and made it 3x
+    slower. The forward pass ("forward") always uses one thread: its layers are too small to
+    split, and a fixed thread count keeps the features identical from run to run, so a resumed
+    run equals an uninterrupted one.
+    """
+    if config.model != "smallcnn" or resolve_device(config.device).type != "cpu":
+        return
+    torch.set_num_threads(idle_cores(FREE_CORES_SAMPLE_SECONDS) if stage == "model" else 1)

@@ -1,0 +1,80 @@
+"""Stage "embeddings": reduce every layer (``pipelines/layer_jobs.py`` does one layer), then give
+each reshape-only layer its parent's maps. Independent layers run in parallel worker processes
+on a CPU (openTSNE on small data uses a core far better alone than split over threads)."""
+
+from __future__ import annotations
+
+import time
+
+from tqdm import tqdm
+
+from pipelines.cores import available_cores
+from pipelines.layer_jobs import LayerJob, LayerWorkers
+from pipelines.models import resolve_device
+from pipelines.stages.forward import chunk_ranges
+from pipelines.store import RunStore
+
+
+def worker_processes(device: str) -> int:
+    """Layer workers for the ``--device`` choice: on CUDA the layers run in this process."""
+    if resolve_device(device).type == "cuda":
+        return 1  # the GPU path runs in this process
+    return available_cores()
+
+
+def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress: bool) -> None:
+    """Every layer without a ``reduction`` yet (written last, it marks a layer complete)."""
+    manifest = store.read_manifest()
+    layers = manifest["layers"]
+    done = {layer["id"] for layer in layers if store.has("reduction", layer=layer["id"])}
+    pending = [layer["id"] for layer in layers if layer["id"] not in done and not layer["same_as"]]
+    aliases = [layer for layer in layers if layer["id"] not in done and layer["same_as"]]
+    job = LayerJob(
+        run_dir=str(store.run_dir),
+        num_chunks=len(chunk_ranges(manifest["dataset"]["num_samples"])),
+        subsets=manifest["subsets"],
+        perplexities={int(n): values for n, values in manifest["perplexities"].items()},
+        seed=seed,
+        # Every worker may thread its maps over all cores: when the other workers run out of
+        # layers, the last ones still use the whole machine (the OS shares the cores).
+        n_jobs=available_cores(),
+        torch_device="cuda" if resolve_device(device).type == "cuda" else None,
+    )
+    start = time.perf_counter() - manifest["stages"]["embeddings"].get("seconds", 0.0)
+    bar = tqdm(
+        total=len(layers),
+        initial=len(done),
+        desc="embeddings (PCA + t-SNE)",
+        unit="layer",
+        disable=not progress,
+    )
+
+    def finished(layer_id: str) -> None:
+        done.add(layer_id)
+        bar.update(1)
+        bar.set_postfix_str(layer_id)
+        store.update_stage(
+            "embeddings",
+            state="running",
+            done=len(done),
+            total=len(layers),
+            seconds=round(time.perf_counter() - start, 3),
+        )
+
+    try:
+        for layer_id in workers.run(job, pending):
+            finished(layer_id)
+        for layer in aliases:
+            job.copy(layer["same_as"], layer["id"])
+            finished(layer["id"])
+    finally:
+        # Also on Ctrl-C: left open, the bar is drawn once more, after the "interrupted" line.
+        bar.close()
+    store.update_stage(
+        "embeddings",
+        state="done",
+        done=len(layers),
+        total=len(layers),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    store.delete_kind("features")

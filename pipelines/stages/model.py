@@ -1,0 +1,167 @@
+"""Stage "model": build (or train) the model, discover its layers, map its classes.
+
+Writes the manifest's ``model``, ``layers``, ``class_mapping`` and ``explanation_size``, and for
+the built-in CNN the run's own copy of its weights (``model_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines import report
+from pipelines.datasets import Dataset
+from pipelines.errors import UserError
+from pipelines.explain import last_spatial_conv_layer
+from pipelines.features import PASS_THROUGH_TYPES, discover_layers, pooled_shape
+from pipelines.fingerprint import Fingerprint
+from pipelines.labels import map_classes
+from pipelines.models import (
+    ModelAdapter,
+    build_adapter,
+    load_views,
+    model_kind,
+    resolve_device,
+    train_or_load_smallcnn,
+)
+from pipelines.run_config import PrecomputeConfig
+from pipelines.stages.forward import MAX_EXPLANATION_SIZE
+from pipelines.store import RunStore, models_dir
+
+
+def smallcnn_checkpoint(data_dir: Path, dataset: Dataset, seed: int, content: Fingerprint) -> Path:
+    """One trained smallcnn per dataset (and seed), reused by every run on that dataset. A
+    folder's key includes its content, so a model is never reused on a folder that changed."""
+    identity = dataset.spec if content.kind == "samples" else f"{dataset.spec}@{content.digest}"
+    key = hashlib.sha1(identity.encode()).hexdigest()[:8]
+    return models_dir(data_dir) / f"smallcnn-{dataset.name}-{key}-seed{seed}.pt"
+
+
+def training_split(dataset: Dataset, seed: int) -> np.ndarray:
+    """Held-out rows: the dataset's own val/test split, else a seeded 20%."""
+    splits = np.array([record.split for record in dataset.samples])
+    held_out = np.isin(splits, ["val", "test"])
+    if held_out.any() and not held_out.all():
+        return held_out
+    rng = np.random.default_rng(seed)
+    return rng.random(len(splits)) < 0.2
+
+
+def build_model(
+    config: PrecomputeConfig,
+    dataset: Dataset,
+    data_dir: Path,
+    progress: bool,
+    content: Fingerprint,
+) -> tuple[ModelAdapter, dict[str, Any]]:
+    """The run's model, and what to record about how it was made (the smallcnn's training)."""
+    device = resolve_device(config.device)
+    adapter = build_adapter(
+        config.model,
+        device,
+        weights=config.weights,
+        # Seeded so random-weight models can be rebuilt identically by the dashboard.
+        seed=config.seed,
+        input_size=config.input_size,
+        smallcnn=(dataset.native_channels, dataset.class_names),
+        progress=progress,
+    )
+    if model_kind(config.model) != "smallcnn":
+        return adapter, {}
+
+    def load_inputs() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        images = load_views(
+            adapter, dataset, range(len(dataset.samples)), progress, "load training images"
+        )
+        labels = torch.tensor([r.label for r in dataset.samples], device=device)
+        return adapter.to_tensor(images), labels, training_split(dataset, config.seed)
+
+    checkpoint = smallcnn_checkpoint(data_dir, dataset, config.seed, content)
+    info = train_or_load_smallcnn(adapter, checkpoint, load_inputs, config.seed, progress)
+    return adapter, info
+
+
+def describe_layers(adapter: ModelAdapter, example: torch.Tensor) -> list[dict[str, Any]]:
+    """The manifest's layer list, or a UserError when the model cannot take the data."""
+    try:
+        layers = discover_layers(adapter.module, example)
+        with torch.no_grad():
+            logits = adapter.module(example)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the model does not fit
+        raise UserError(
+            f"model {adapter.spec} failed on an input of shape {tuple(example.shape)}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+            "check it takes this many channels and pass --input-size if it needs another size"
+        ) from None
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise UserError(
+            f"model {adapter.spec} returned {type(logits).__name__} of shape "
+            f"{tuple(getattr(logits, 'shape', ()))}; a classifier must return (batch, classes) logits"
+        )
+    num_outputs = logits.shape[1]
+    if not adapter.class_names:
+        adapter.class_names = [f"class {i}" for i in range(num_outputs)]
+    if len(adapter.class_names) != num_outputs:
+        raise UserError(
+            f"model {adapter.spec} has {num_outputs} outputs but {len(adapter.class_names)} "
+            "class names; make class_names match the model's last layer"
+        )
+    by_id = {layer["id"]: layer for layer in layers}
+    for layer in layers:
+        layer["pooled_shape"] = list(pooled_shape(tuple(layer["output_shape"])))
+        passes = layer["type"] in PASS_THROUGH_TYPES and len(layer["parents"]) == 1
+        parent = by_id.get(layer["parents"][0]) if passes else None
+        # Reshape-only layers hold the same values as their parent: reuse its embedding.
+        layer["same_as"] = (parent["same_as"] or parent["id"]) if parent else None
+    return layers
+
+
+def gradcam_layer_or_none(layers: list[dict[str, Any]]) -> str | None:
+    try:
+        return last_spatial_conv_layer(layers)
+    except UserError as exc:
+        report.warn(f"{exc}; explanations are skipped for this model")
+        return None
+
+
+def run(
+    store: RunStore, dataset: Dataset, adapter: ModelAdapter, model_info: dict[str, Any]
+) -> None:
+    """Describe the built model into the manifest (its layers found on the dataset's first
+    image: layer shapes depend on the input size, never on the picture)."""
+    if "checkpoint" in model_info:
+        # The run keeps its own copy so it stays viewable if data/models is cleaned.
+        store.save_state_dict("model_checkpoint", adapter.module.state_dict())
+    example = adapter.preprocess([dataset.load_image(0)])
+    layers = describe_layers(adapter, example)
+    mapping = map_classes(
+        dataset.class_names, dataset.class_wnids, adapter.class_names, adapter.is_imagenet
+    )
+    if mapping.warning:
+        report.warn(mapping.warning)
+    manifest = store.read_manifest()
+    manifest.update(
+        model={
+            **adapter.describe(),
+            **model_info,
+            "gradcam_layer": gradcam_layer_or_none(layers),
+        },
+        class_mapping=mapping.to_json(),
+        layers=layers,
+        explanation_size=min(adapter.input_size, MAX_EXPLANATION_SIZE),
+    )
+    store.write_manifest(manifest)
+
+
+def outdated(store: RunStore) -> bool:
+    """True if the manifest says this stage is done but lacks what it writes: an older
+    precompute recorded the stage done before describing the model, and could be killed in
+    between. The stage is then simply run again."""
+    manifest = store.read_manifest()
+    if not all(key in manifest for key in ("model", "layers", "class_mapping")):
+        return True
+    return "checkpoint" in manifest["model"] and not store.has("model_checkpoint")
