@@ -12,13 +12,13 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pipelines import report
 from pipelines.errors import UserError
 
 DEFAULT_DATA_DIR = Path("data")
-DEFAULT_RUN = {"dataset": "digits", "model": "smallcnn"}
+DEFAULT_RUN: dict[str, Any] = {"dataset": "digits", "model": "smallcnn"}
 EXIT_USER_ERROR = 2
 
 

@@ -150,7 +150,7 @@ def resize_maps(maps: FloatArray, size: int) -> FloatArray:
     pool, whose fork-join latency on a busy 2-core machine costs more than the work.
     """
     maps = np.asarray(maps, dtype=np.float32)
-    out = maps
+    out: npt.NDArray[np.floating] = maps
     for axis, length in ((1, maps.shape[1]), (2, maps.shape[2])):
         if length > size:
             edges = _bin_edges(length, size)

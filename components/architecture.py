@@ -360,11 +360,11 @@ def _stack_trace(boxes: Sequence[Box]) -> dict[str, Any]:
         if box.node.kind == "block":
             xs, ys = outline(box)
             polygons.append(([v + 0.18 for v in xs], [v + 0.18 for v in ys]))
-    xs, ys = _join(polygons)
+    joined_xs, joined_ys = _join(polygons)
     return {
         "type": "scatter",
-        "x": xs,
-        "y": ys,
+        "x": joined_xs,
+        "y": joined_ys,
         "mode": "lines",
         "line": {"color": shade(FAMILY_COLORS["block"], 1.3), "width": 1, "dash": "dot"},
         "hoverinfo": "skip",

@@ -57,7 +57,7 @@ def resize_rgb(image: UInt8Image, size: int) -> UInt8Image:
     """image: (H, W, 3) uint8 -> (size, size, 3) uint8, bilinear (thumbnails are photos)."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def resize_map(cam: FloatMap, size: int) -> npt.NDArray[np.float32]:
@@ -65,7 +65,9 @@ def resize_map(cam: FloatMap, size: int) -> npt.NDArray[np.float32]:
     cam32 = np.asarray(cam, dtype=np.float32)
     if cam32.shape == (size, size):
         return cam32
-    return np.asarray(Image.fromarray(cam32, mode="F").resize((size, size), Image.BILINEAR))
+    return np.asarray(
+        Image.fromarray(cam32, mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    )
 
 
 def gradcam_overlay(image: UInt8Image, cam: FloatMap, alpha: float = CAM_ALPHA) -> UInt8Image:

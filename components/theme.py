@@ -178,7 +178,7 @@ VIRIDIS_SCALE: list[list[Any]] = [
 def message_figure(message: str, height: int | None = 300) -> dict[str, Any]:
     """An empty themed figure that says ``message`` in its centre (e.g. "not computed yet");
     with ``height`` None it fills its container."""
-    figure = {
+    figure: dict[str, Any] = {
         "data": [],
         "layout": base_layout(
             xaxis={"visible": False},

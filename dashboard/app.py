@@ -81,7 +81,7 @@ def create_app(data_dir: Path) -> dash.Dash:
     app = dash.Dash(
         __name__,
         title="LayerScope",
-        update_title=None,
+        update_title=None,  # type: ignore[arg-type]  # Dash documents None: no "Updating..." title
         assets_folder=str(ASSETS),
         serve_locally=True,
         background_callback_manager=background_manager(),

@@ -209,7 +209,7 @@ def maps_codec(names: Sequence[str], size: int) -> Codec[dict[str, np.ndarray]]:
 
     def encode(arrays: dict[str, np.ndarray]) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **dict[str, Any](arrays))
         return buffer.getvalue()
 
     def decode(data: bytes) -> dict[str, np.ndarray]:

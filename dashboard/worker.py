@@ -23,4 +23,7 @@ if not os.environ.get("REDIS_URL"):
 # Not named ``app``: ``celery -A dashboard.worker`` takes a module attribute called ``app`` first,
 # and would find the Dash app instead of the Celery one.
 dash_app = create_app(Path(os.environ.get("LAYERSCOPE_DATA_DIR", "data")))
-celery = dash_app._background_manager.handle
+manager = dash_app._background_manager
+if manager is None:
+    raise UserError("the dashboard has no Celery background manager; is REDIS_URL set?")
+celery = manager.handle

@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -804,7 +805,7 @@ def open_fastai_subset(name: str, cache_dir: Path, progress: bool = True) -> Dat
 # mnist / fashion-mnist / cifar10 (torchvision array datasets)
 
 
-def torchvision_source_url(cls: type) -> str:
+def torchvision_source_url(cls: type[Any]) -> str:
     """Where ``cls`` downloads from, for error messages (read at call time, like torchvision)."""
     if issubclass(cls, MNIST):
         return cls.mirrors[0]

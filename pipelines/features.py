@@ -66,7 +66,11 @@ def pool_activations(acts: torch.Tensor, max_dims: int = DEFAULT_MAX_DIMS) -> to
     acts = acts.float()
     target = pooled_shape(tuple(acts.shape[1:]), max_dims)
     if acts.ndim > 2 and target[1:] != tuple(acts.shape[2:]):
-        pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}
+        pool: dict[int, Callable[..., torch.Tensor]] = {
+            3: F.adaptive_avg_pool1d,
+            4: F.adaptive_avg_pool2d,
+            5: F.adaptive_avg_pool3d,
+        }
         if acts.ndim not in pool:
             raise ValueError(f"cannot pool activations of shape {tuple(acts.shape)}")
         acts = pool[acts.ndim](acts, target[1:])

@@ -108,7 +108,8 @@ def square_view(image: Image.Image, size: int) -> Image.Image:
     width, height = image.size
     scale = size / min(width, height)
     resized = image.resize(
-        (max(size, round(width * scale)), max(size, round(height * scale))), Image.BILINEAR
+        (max(size, round(width * scale)), max(size, round(height * scale))),
+        Image.Resampling.BILINEAR,
     )
     left = (resized.width - size) // 2
     top = (resized.height - size) // 2
@@ -356,7 +357,9 @@ class ScriptLeaf(nn.Module):
     """A Python shell around one TorchScript submodule, so forward hooks can attach to it
     (``register_forward_hook`` is not supported on ScriptModules)."""
 
-    def __init__(self, scripted: torch.jit.ScriptModule):
+    scripted: nn.Module
+
+    def __init__(self, scripted: nn.Module):
         super().__init__()
         # Kept out of the module tree on purpose: the shell must stay a leaf, since hooks and
         # layer discovery can only use it, never the compiled module inside.
@@ -370,7 +373,7 @@ class ScriptLeaf(nn.Module):
         return self.scripted(x)
 
 
-def unwrap_script(scripted: torch.jit.ScriptModule) -> nn.Module:
+def unwrap_script(scripted: nn.Module) -> nn.Module:
     """Rebuild nested scripted Sequentials as Python Sequentials of ``ScriptLeaf``s; anything
     else stays one opaque layer (its inner calls are compiled and cannot be observed)."""
     if getattr(scripted, "original_name", "") == "Sequential":
@@ -432,6 +435,8 @@ def build_python(spec: str, device: torch.device, input_size: int | None) -> Mod
     module_name = f"layerscope_user_model_{abs(hash(str(path)))}"
     try:
         import_spec = importlib.util.spec_from_file_location(module_name, path)
+        if import_spec is None or import_spec.loader is None:
+            raise UserError(f"{path} cannot be imported as a Python module; pass a .py file")
         user = importlib.util.module_from_spec(import_spec)
         sys.modules[module_name] = user
         import_spec.loader.exec_module(user)
@@ -655,6 +660,10 @@ def train_or_load_smallcnn(
         adapter.module.eval()
         return {"checkpoint": str(checkpoint), "trained_now": False}
     module = adapter.module
+    if not isinstance(module, SmallCNN):
+        raise TypeError(
+            f"train_or_load_smallcnn needs a smallcnn adapter, got {type(module).__name__}"
+        )
     inputs, labels, is_test = load_inputs()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

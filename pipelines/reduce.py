@@ -291,7 +291,7 @@ def embed_layer(
     }
     wanted = {n: perplexities.get(n, []) for n in sizes}
     # The openTSNE backend threads over cores; the torch one runs on its device.
-    cores = {"cores": _cores(n_jobs)} if backend == "opentsne" else {}
+    cores: dict[str, Any] = {"cores": _cores(n_jobs)} if backend == "opentsne" else {}
     for (n, p), coords in tsne.fit(x, wanted, seed, backend, device=device, **cores).items():
         result[(n, "tsne", p)] = coords
     return result

@@ -153,7 +153,7 @@ class RunStore:
     def save_arrays(self, kind: str, arrays: dict[str, np.ndarray], **params: Any) -> None:
         with atomic_path(self.artifact_path(kind, **params)) as tmp:
             with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
+                np.savez(handle, **dict[str, Any](arrays))
 
     def load_arrays(self, kind: str, **params: Any) -> dict[str, np.ndarray]:
         with np.load(self.artifact_path(kind, **params), allow_pickle=False) as data:

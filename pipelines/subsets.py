@@ -51,7 +51,7 @@ def nested_subset_order(labels: np.ndarray, seed: int) -> IntArray:
     round_of = np.empty(labels.shape[0], dtype=np.int64)
     round_of[by_class] = np.arange(labels.shape[0]) - np.repeat(starts, counts)
     # One random key per sample orders the classes within a round (one sample per class per round).
-    within_round = rng.random(labels.shape[0])
+    within_round = np.asarray(rng.random(labels.shape[0]))
     return np.lexsort((within_round, round_of)).astype(np.int64)
 
 

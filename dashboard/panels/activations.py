@@ -99,8 +99,8 @@ def render_grid(key: dict[str, Any] | None, sort: str | None) -> tuple:
     """Pinned sample + selected layer -> the channel grid (or the dense heatmap)."""
     key = key or {}
     if key.get("pinned") is None or not key.get("run"):
-        layer = key.get("layer") or "the selected layer"
-        message = f"Click a point in the embedding to pin a sample: every channel of {layer} for that sample appears here."
+        layer_name = key.get("layer") or "the selected layer"
+        message = f"Click a point in the embedding to pin a sample: every channel of {layer_name} for that sample appears here."
         return no_update, HIDDEN, "", _info(message)
     row, layer_id, sort = int(key["pinned"]), str(key["layer"]), sort or "score"
     start = time.perf_counter()
@@ -131,8 +131,8 @@ def render_grid(key: dict[str, Any] | None, sort: str | None) -> tuple:
         "computed": "one forward pass",
     }[activation.source]
     header = f"sample {row} · {uid} · layer {layer_id} ({layer['type']}, output {format_shape(layer.get('output_shape') or ())}) · {what} · {source}, {elapsed:.0f} ms"
-    message = _info(activation.notice, "warning") if activation.notice else None
-    return figure, SHOWN, header, message
+    notice = _info(activation.notice, "warning") if activation.notice else None
+    return figure, SHOWN, header, notice
 
 
 @callback(
