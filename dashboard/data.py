@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from pipelines.errors import UserError
 from pipelines.explain import STORED_METHODS
+from pipelines.records import LayerSpec, layers_from_json
 from pipelines.store import RunStore, datasets_dir, embedding_key, list_run_dirs
 
 # The methods the precompute stores for every sample: named once, by the explanation package.
@@ -67,17 +69,18 @@ class RunData:
         browser never shows a cached picture of an older run."""
         return int(self.manifest.get("created") or 0)
 
-    @property
-    def layers(self) -> list[dict[str, Any]]:
-        return list(self.manifest.get("layers") or [])
+    @cached_property
+    def layers(self) -> tuple[LayerSpec, ...]:
+        """Empty until the model stage has described the model."""
+        return tuple(layers_from_json(self.manifest.get("layers")))
 
     @property
     def layer_ids(self) -> list[str]:
-        return [str(layer["id"]) for layer in self.layers]
+        return [layer.id for layer in self.layers]
 
-    def layer(self, layer_id: str) -> dict[str, Any]:
+    def layer(self, layer_id: str) -> LayerSpec:
         for layer in self.layers:
-            if layer["id"] == layer_id:
+            if layer.id == layer_id:
                 return layer
         raise UserError(
             f"layer '{layer_id}' is not in run '{self.run_id}'; pick one in the model view "

@@ -13,9 +13,9 @@ import contextlib
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from pipelines.cores import idle_cores
 from pipelines.errors import UserError
 from pipelines.explain import explain
 from pipelines.features import capture_layers
+from pipelines.records import LayerSpec
 
 if TYPE_CHECKING:
     from pipelines.models import RunModel
@@ -51,9 +52,9 @@ def request_threads(activation_values: int) -> int:
     return idle_cores(IDLE_SAMPLE_SECONDS)
 
 
-def activation_values(layers: list[dict[str, Any]]) -> int:
+def activation_values(layers: Sequence[LayerSpec]) -> int:
     """Values one sample's forward pass outputs, over the manifest's layers."""
-    return sum(math.prod(layer.get("output_shape") or [0]) for layer in layers)
+    return sum(math.prod(layer.output_shape or (0,)) for layer in layers)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from pipelines.cores import available_cores
 from pipelines.layer_jobs import LayerJob, LayerWorkers
 from pipelines.models import resolve_device
+from pipelines.records import layers_from_json
 from pipelines.stages.forward import chunk_ranges
 from pipelines.store import RunStore
 
@@ -25,10 +26,12 @@ def worker_processes(device: str) -> int:
 def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress: bool) -> None:
     """Every layer without a ``reduction`` yet (written last, it marks a layer complete)."""
     manifest = store.read_manifest()
-    layers = manifest["layers"]
-    done = {layer["id"] for layer in layers if store.has("reduction", layer=layer["id"])}
-    pending = [layer["id"] for layer in layers if layer["id"] not in done and not layer["same_as"]]
-    aliases = [layer for layer in layers if layer["id"] not in done and layer["same_as"]]
+    layers = layers_from_json(manifest["layers"])
+    done = {layer.id for layer in layers if store.has("reduction", layer=layer.id)}
+    pending = [layer.id for layer in layers if layer.id not in done and not layer.same_as]
+    aliases = [
+        (layer.id, source) for layer in layers if layer.id not in done and (source := layer.same_as)
+    ]
     job = LayerJob(
         run_dir=str(store.run_dir),
         num_chunks=len(chunk_ranges(manifest["dataset"]["num_samples"])),
@@ -64,9 +67,9 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
     try:
         for layer_id in workers.run(job, pending):
             finished(layer_id)
-        for layer in aliases:
-            job.copy(layer["same_as"], layer["id"])
-            finished(layer["id"])
+        for layer_id, source in aliases:
+            job.copy(source, layer_id)
+            finished(layer_id)
     finally:
         # Also on Ctrl-C: left open, the bar is drawn once more, after the "interrupted" line.
         bar.close()
