@@ -201,6 +201,7 @@ def iter_stage_states(manifest: dict) -> Iterator[tuple[str, str]]:
 
 
 def runs_command(args: argparse.Namespace) -> None:
+    from pipelines.records import layers_from_json
     from pipelines.store import RunStore, list_run_dirs
 
     run_dirs = list_run_dirs(args.data_dir)
@@ -228,7 +229,7 @@ def runs_command(args: argparse.Namespace) -> None:
         print(
             f"{run_dir.name}\n  {config['dataset']} x {config['model']}, {samples} samples, "
             f"accuracy {accuracy_text(manifest)}{status}\n  {states}\n"
-            f"  layers: {', '.join(layer['id'] for layer in manifest.get('layers', []))}"
+            f"  layers: {', '.join(layer.id for layer in layers_from_json(manifest.get('layers')))}"
         )
 
 
