@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
-from dataclasses import FrozenInstanceError
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
-from pipelines.records import LayerSpec, layers_from_json, layers_to_json
+from pipelines.records import (
+    DatasetInfo,
+    LayerSpec,
+    Manifest,
+    ModelInfo,
+    RunSettings,
+    StageState,
+    layers_from_json,
+    layers_to_json,
+)
 from pipelines.stages.model import describe_layers
 from tests.test_reshape_layers import Branchy, adapter_for
 
@@ -116,3 +125,79 @@ def test_a_run_written_before_layer_spec_opens(tmp_path: Path) -> None:
     assert layer_summary(run.layer("features.0")).startswith("features.0 · Conv2d · output ")
     assert [option["value"] for option in layer_options(run)] == run.layer_ids
     assert architecture_figure(run.layers, "features.0")["data"]
+
+
+# ---- the manifest ------------------------------------------------------------------------------
+
+MANIFEST_V1 = (DATA / "manifest_v1_digits_smallcnn.json").read_text()
+
+
+def test_a_manifest_written_before_the_manifest_record_writes_back_unchanged() -> None:
+    stored = json.loads(MANIFEST_V1)
+    manifest = Manifest.from_json(stored)
+    assert json.dumps(manifest.to_json(), indent=1) == json.dumps(stored, indent=1)
+    assert manifest.run_id == "digits-small"
+    assert manifest.config is not None and manifest.dataset is not None
+    assert manifest.model is not None
+    assert (manifest.config.dataset, manifest.config.model, manifest.config.seed) == (
+        "digits",
+        "smallcnn",
+        0,
+    )
+    assert manifest.config.weights is None
+    assert manifest.config.identity == stored["config"]["identity"]
+    assert manifest.dataset.num_samples == 300 and manifest.dataset.dataset_size == 1797
+    assert manifest.dataset.class_names == tuple(str(i) for i in range(10))
+    assert manifest.model.gradcam_layer == "features.7" and manifest.model.input_size == 32
+    assert manifest.model.checkpoint == stored["model"]["checkpoint"]
+    assert manifest.layers == tuple(layers_from_json(stored["layers"]))
+    assert list(manifest.stages) == ["model", "index", "forward", "embeddings"]
+    assert manifest.stage("embeddings") == StageState.from_json(stored["stages"]["embeddings"])
+    assert manifest.stage("embeddings").done == 14 and manifest.stage("later").state == "pending"
+
+
+def test_a_changed_field_is_written_in_its_place_and_the_rest_kept() -> None:
+    stored = json.loads(MANIFEST_V1)
+    manifest = Manifest.from_json(stored)
+    assert manifest.model is not None
+    changed = replace(manifest, model=replace(manifest.model, gradcam_layer="features.4"))
+    data = changed.to_json()
+    assert list(data) == list(stored) and list(data["model"]) == list(stored["model"])
+    assert data["model"]["gradcam_layer"] == "features.4"
+    assert data["model"]["training"] == stored["model"]["training"]
+    assert {k: v for k, v in data.items() if k != "model"} == {
+        k: v for k, v in stored.items() if k != "model"
+    }
+
+
+def test_a_manifest_before_its_stages_ran_round_trips() -> None:
+    for stored in ({"run_id": "r1", "stages": {}}, {"run_id": "r1"}):
+        manifest = Manifest.from_json(stored)
+        assert manifest.model is None and manifest.layers == () and manifest.dataset is None
+        assert manifest.to_json() == stored
+
+
+def test_records_built_in_code_round_trip() -> None:
+    manifest = Manifest(
+        run_id="r2",
+        config=RunSettings("digits", "vgg16", "none", 3, {"dataset": "digits"}),
+        dataset=DatasetInfo("digits", "digits", 50, ("a", "b"), "two classes", 1797),
+        model=ModelInfo("vgg16", "VGG-16", ("a", "b"), 224, 3, 10, "cpu", "features.29"),
+        layers=(LayerSpec("input", "Input", (3, 224, 224), 0, (), "", (3, 26, 26), None),),
+        stages={"model": StageState("done", 1, 1, 0.5), "index": StageState()},
+    )
+    assert Manifest.from_json(json.loads(json.dumps(manifest.to_json()))).to_json() == (
+        manifest.to_json()
+    )
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    assert list(manifest.to_json()) == ["run_id", "config", "dataset", "model", "layers", "stages"]
+
+
+def test_the_store_reads_the_manifest_as_a_record(tmp_path: Path) -> None:
+    from pipelines.store import RunStore, runs_dir
+
+    store = RunStore(runs_dir(tmp_path) / "digits-small")
+    store.write_manifest(json.loads(MANIFEST_V1))
+    record = store.read_record()
+    assert record == Manifest.from_json(json.loads(MANIFEST_V1))
+    assert record.to_json() == store.read_manifest()
