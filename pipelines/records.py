@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from pipelines.errors import UserError
 from pipelines.types import LayerId
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,15 @@ def _to_json(raw: Mapping[str, Any], typed: dict[str, Any]) -> dict[str, Any]:
         if value is not None or key in raw:
             data[key] = value
     return data
+
+
+def _required(value: T | None, run_id: str, what: str) -> T:
+    if value is None:
+        raise UserError(
+            f"run '{run_id}' has no {what} in its manifest yet (its precompute stopped before "
+            "writing it); run the precompute command again to resume it"
+        )
+    return value
 
 
 def _optional_int(value: Any) -> int | None:
@@ -299,6 +311,15 @@ class Manifest:
                 else None,
             },
         )
+
+    def require_config(self) -> RunSettings:
+        return _required(self.config, self.run_id, "config")
+
+    def require_dataset(self) -> DatasetInfo:
+        return _required(self.dataset, self.run_id, "dataset")
+
+    def require_model(self) -> ModelInfo:
+        return _required(self.model, self.run_id, "model")
 
     def stage(self, name: str) -> StageState:
         """The named stage's state; "pending" if the manifest does not list it yet."""

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from pipelines.cores import available_cores
 from pipelines.layer_jobs import LayerJob, LayerWorkers
 from pipelines.models import resolve_device
-from pipelines.records import layers_from_json
+from pipelines.records import Manifest
 from pipelines.stages.forward import chunk_ranges
 from pipelines.store import RunStore
 
@@ -26,7 +26,8 @@ def worker_processes(device: str) -> int:
 def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress: bool) -> None:
     """Every layer without a ``reduction`` yet (written last, it marks a layer complete)."""
     manifest = store.read_manifest()
-    layers = layers_from_json(manifest["layers"])
+    record = Manifest.from_json(manifest)
+    layers = record.layers
     done = {layer.id for layer in layers if store.has("reduction", layer=layer.id)}
     pending = [layer.id for layer in layers if layer.id not in done and not layer.same_as]
     aliases = [
@@ -34,7 +35,7 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
     ]
     job = LayerJob(
         run_dir=str(store.run_dir),
-        num_chunks=len(chunk_ranges(manifest["dataset"]["num_samples"])),
+        num_chunks=len(chunk_ranges(record.require_dataset().num_samples)),
         subsets=manifest["subsets"],
         perplexities={int(n): values for n, values in manifest["perplexities"].items()},
         seed=seed,
@@ -43,7 +44,7 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
         n_jobs=available_cores(),
         torch_device="cuda" if resolve_device(device).type == "cuda" else None,
     )
-    start = time.perf_counter() - manifest["stages"]["embeddings"].get("seconds", 0.0)
+    start = time.perf_counter() - (record.stage("embeddings").seconds or 0.0)
     bar = tqdm(
         total=len(layers),
         initial=len(done),
