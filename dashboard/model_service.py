@@ -112,7 +112,7 @@ class ModelService:
         # Imported on first use: torchvision's import would slow the dashboard's start.
         from pipelines.models import open_run_model
 
-        if run.stages.get("model", {}).get("state") != "done" or not run.layers:
+        if run.stage("model").state != "done" or not run.layers:
             raise UserError(
                 f"the model of run '{run.run_id}' is not ready yet; wait for its precompute "
                 "to finish the model and index stages"
@@ -173,7 +173,7 @@ class ModelService:
         num_classes = len(run.model_class_names)
         if not 0 <= int(class_index) < num_classes:
             raise UserError(f"class {class_index} is not one of the model's {num_classes} classes")
-        layer_name = (run.manifest.get("model") or {}).get("gradcam_layer")
+        layer_name = run.gradcam_layer
         if not layer_name:
             raise UserError(
                 f"run '{run.run_id}' has no spatial conv layer to explain with Grad-CAM, so no "

@@ -618,8 +618,9 @@ def test_a_run_with_no_held_out_rows_still_shows_its_train_accuracy(with_accurac
 
 
 def test_a_randomly_initialised_model_is_not_called_pretrained(with_accuracy):
-    run = with_accuracy(accuracy=0.1, accuracy_by_split=by_split(0.1, 300, None, 0))
-    run.manifest["config"]["weights"] = "none"
+    fields = {"accuracy": 0.1, "accuracy_by_split": by_split(0.1, 300, None, 0)}
+    config = with_accuracy(**fields).manifest["config"]
+    run = with_accuracy(**fields, config={**config, "weights": "none"})
     assert accuracy_row(run) == "held-out 10.0% (all 300 samples; randomly initialised model)"
 
 
