@@ -29,7 +29,7 @@ from pipelines.models import (
     resolve_device,
     train_or_load_smallcnn,
 )
-from pipelines.records import LayerSpec, layers_to_json
+from pipelines.records import LayerSpec, Manifest, layers_to_json
 from pipelines.run_config import PrecomputeConfig
 from pipelines.stages.forward import MAX_EXPLANATION_SIZE
 from pipelines.store import RunStore, models_dir
@@ -170,4 +170,5 @@ def outdated(store: RunStore) -> bool:
     manifest = store.read_manifest()
     if not all(key in manifest for key in ("model", "layers", "class_mapping")):
         return True
-    return "checkpoint" in manifest["model"] and not store.has("model_checkpoint")
+    model = Manifest.from_json(manifest).require_model()
+    return model.checkpoint is not None and not store.has("model_checkpoint")
