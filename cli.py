@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from pipelines import report
 from pipelines.errors import UserError
+from pipelines.records import Manifest
 
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_RUN: dict[str, Any] = {"dataset": "digits", "model": "smallcnn"}
@@ -172,12 +173,11 @@ def accuracy_text(manifest: dict) -> str:
 
 
 def print_summary(manifest: dict, run_dir: Path) -> None:
-    stages = ", ".join(
-        f"{name} {stage.get('seconds', 0):.1f}s" for name, stage in manifest["stages"].items()
-    )
+    record = Manifest.from_json(manifest)
+    stages = ", ".join(f"{name} {stage.seconds or 0:.1f}s" for name, stage in record.stages.items())
     print(
-        f"run '{manifest['run_id']}' complete: {manifest['dataset']['num_samples']} samples, "
-        f"{len(manifest['layers'])} layers, accuracy {accuracy_text(manifest)}\n"
+        f"run '{record.run_id}' complete: {record.require_dataset().num_samples} samples, "
+        f"{len(record.layers)} layers, accuracy {accuracy_text(manifest)}\n"
         f"  stages: {stages}\n  in {run_dir}\n"
         "  explore it with: python main.py serve"
         + (
@@ -188,15 +188,15 @@ def print_summary(manifest: dict, run_dir: Path) -> None:
     )
 
 
-def iter_stage_states(manifest: dict) -> Iterator[tuple[str, str]]:
+def iter_stage_states(manifest: Manifest) -> Iterator[tuple[str, str]]:
     """(stage, "done" | "pending" | "running 3/14") per stage, in the order they run."""
     from pipelines.stages import STAGES
 
     for name in STAGES:
-        stage = manifest.get("stages", {}).get(name, {})
-        state = stage.get("state", "pending")
-        if state != "done" and stage.get("total"):
-            state = f"{state} {stage.get('done', 0)}/{stage['total']}"
+        stage = manifest.stage(name)
+        state = stage.state
+        if state != "done" and stage.total:
+            state = f"{state} {stage.done or 0}/{stage.total}"
         yield name, state
 
 
@@ -216,9 +216,10 @@ def runs_command(args: argparse.Namespace) -> None:
         except UserError as exc:
             print(f"{run_dir.name}: unreadable ({exc})")
             continue
-        config = manifest["config"]
-        samples = manifest.get("dataset", {}).get("num_samples", "?")
-        states = "  ".join(f"{name}: {state}" for name, state in iter_stage_states(manifest))
+        record = Manifest.from_json(manifest)
+        config = record.require_config()
+        samples = record.dataset.num_samples if record.dataset else "?"
+        states = "  ".join(f"{name}: {state}" for name, state in iter_stage_states(record))
         if store.is_being_written():
             status = "  [being written now]"
         elif manifest.get("failure"):
@@ -226,9 +227,9 @@ def runs_command(args: argparse.Namespace) -> None:
         else:
             status = ""
         print(
-            f"{run_dir.name}\n  {config['dataset']} x {config['model']}, {samples} samples, "
+            f"{run_dir.name}\n  {config.dataset} x {config.model}, {samples} samples, "
             f"accuracy {accuracy_text(manifest)}{status}\n  {states}\n"
-            f"  layers: {', '.join(layer['id'] for layer in manifest.get('layers', []))}"
+            f"  layers: {', '.join(layer.id for layer in record.layers)}"
         )
 
 

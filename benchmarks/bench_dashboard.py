@@ -95,6 +95,7 @@ def make_vgg_run(data_dir: Path) -> str:
 
     from pipelines.datasets import open_dataset
     from pipelines.models import build_torchvision
+    from pipelines.records import layers_to_json
     from pipelines.stages.index import build_sample_table
     from pipelines.stages.model import describe_layers
 
@@ -118,7 +119,7 @@ def make_vgg_run(data_dir: Path) -> str:
             },
             "model": {**adapter.describe(), "gradcam_layer": "features.28"},
             "class_mapping": {"method": "none", "dataset_to_model": [-1] * 10, "warning": None},
-            "layers": layers,
+            "layers": layers_to_json(layers),
             "subsets": [50],
             "perplexities": {"50": []},
             "stages": {

@@ -14,7 +14,7 @@ one box) until the user expands them. Hover and click go through one invisible m
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +30,8 @@ from components.theme import (
     message_figure,
     shade,
 )
+from pipelines.records import LayerSpec
 
-LayerRecord = Mapping[str, Any]
 Polygon = tuple[list[float], list[float]]
 
 BLOCK_TYPE = "Block"
@@ -84,28 +84,19 @@ class Box:
 # ---- which boxes to draw --------------------------------------------------------------------
 
 
-def block_path(layer: LayerRecord) -> str:
-    """The layer's enclosing module path ("layer2.1.conv1" -> "layer2.1"), from the manifest's
-    ``block`` field when present."""
-    block = layer.get("block")
-    if block is None:
-        block = str(layer["id"]).rpartition(".")[0]
-    return str(block)
-
-
-def collapse_group(layer: LayerRecord) -> str | None:
+def collapse_group(layer: LayerSpec) -> str | None:
     """The collapsible group of a layer: the first two components of its block path.
 
     "layer2.1.conv1" and "layer2.1.downsample.0" both fall in "layer2.1" (one bottleneck), while
     VGG's "features.28" (block "features") is in none: a flat Sequential is drawn layer by layer.
     """
-    parts = [part for part in block_path(layer).split(".") if part]
+    parts = [part for part in layer.block.split(".") if part]
     if len(parts) < 2:
         return None
     return ".".join(parts[:2])
 
 
-def collapsible_groups(layers: Sequence[LayerRecord]) -> list[str]:
+def collapsible_groups(layers: Sequence[LayerSpec]) -> list[str]:
     """Groups with at least two member layers, in execution order."""
     counts: dict[str, int] = {}
     for layer in layers:
@@ -115,11 +106,11 @@ def collapsible_groups(layers: Sequence[LayerRecord]) -> list[str]:
     return [group for group, count in counts.items() if count >= 2]
 
 
-def diagram_nodes(layers: Sequence[LayerRecord], expanded: Collection[str]) -> list[DiagramNode]:
+def diagram_nodes(layers: Sequence[LayerSpec], expanded: Collection[str]) -> list[DiagramNode]:
     """The boxes to draw: every layer, except that members of a collapsible group that is not in
     ``expanded`` merge into one block node placed where the group's first layer runs."""
     collapsed = set(collapsible_groups(layers)) - set(expanded)
-    members: dict[str, list[LayerRecord]] = {}
+    members: dict[str, list[LayerSpec]] = {}
     order: list[tuple[str, str]] = []  # (kind, key) in first-appearance order
     for layer in layers:
         group = collapse_group(layer)
@@ -129,8 +120,8 @@ def diagram_nodes(layers: Sequence[LayerRecord], expanded: Collection[str]) -> l
                 order.append(("block", group))
             members[group].append(layer)
         else:
-            order.append(("layer", str(layer["id"])))
-    by_id = {str(layer["id"]): layer for layer in layers}
+            order.append(("layer", layer.id))
+    by_id = {layer.id: layer for layer in layers}
     nodes = []
     for kind, key in order:
         if kind == "layer":
@@ -140,9 +131,9 @@ def diagram_nodes(layers: Sequence[LayerRecord], expanded: Collection[str]) -> l
                     id=key,
                     kind="layer",
                     layer_ids=(key,),
-                    type=str(layer["type"]),
-                    output_shape=tuple(int(v) for v in layer.get("output_shape") or ()),
-                    params=int(layer.get("params") or 0),
+                    type=layer.type,
+                    output_shape=layer.output_shape,
+                    params=layer.params,
                 )
             )
         else:
@@ -151,10 +142,10 @@ def diagram_nodes(layers: Sequence[LayerRecord], expanded: Collection[str]) -> l
                 DiagramNode(
                     id=key,
                     kind="block",
-                    layer_ids=tuple(str(layer["id"]) for layer in group_layers),
+                    layer_ids=tuple(layer.id for layer in group_layers),
                     type=BLOCK_TYPE,
-                    output_shape=tuple(int(v) for v in group_layers[-1].get("output_shape") or ()),
-                    params=sum(int(layer.get("params") or 0) for layer in group_layers),
+                    output_shape=group_layers[-1].output_shape,
+                    params=sum(layer.params for layer in group_layers),
                 )
             )
     return nodes
@@ -166,16 +157,16 @@ def node_of_layer(nodes: Sequence[DiagramNode]) -> dict[str, str]:
 
 
 def diagram_edges(
-    layers: Sequence[LayerRecord], nodes: Sequence[DiagramNode]
+    layers: Sequence[LayerSpec], nodes: Sequence[DiagramNode]
 ) -> list[tuple[str, str]]:
     """Data-flow edges between boxes, from the manifest's ``parents``; edges inside a collapsed
     block vanish with it and duplicates are merged."""
     owner = node_of_layer(nodes)
     edges: dict[tuple[str, str], None] = {}
     for layer in layers:
-        child = owner.get(str(layer["id"]))
-        for parent_id in layer.get("parents") or ():
-            parent = owner.get(str(parent_id))
+        child = owner.get(layer.id)
+        for parent_id in layer.parents:
+            parent = owner.get(parent_id)
             if parent is not None and child is not None and parent != child:
                 edges[(parent, child)] = None
     return list(edges)
@@ -268,24 +259,24 @@ def format_shape(shape: Sequence[int]) -> str:
     return " × ".join(str(int(v)) for v in shape) if shape else "?"
 
 
-def layer_summary(layer: LayerRecord) -> str:
+def layer_summary(layer: LayerSpec) -> str:
     """ "features.3 · Conv2d · output 32 × 16 × 16 · 4,640 parameters"."""
-    params = int(layer.get("params") or 0)
+    params = layer.params
     parts = [
-        str(layer["id"]),
-        str(layer["type"]),
-        f"output {format_shape(layer.get('output_shape') or ())}",
+        layer.id,
+        layer.type,
+        f"output {format_shape(layer.output_shape)}",
         f"{params:,} parameter{'s' if params != 1 else ''}",
     ]
-    if layer.get("same_as"):
-        parts.append(f"reshape of {layer['same_as']}")
+    if layer.same_as:
+        parts.append(f"reshape of {layer.same_as}")
     return " · ".join(parts)
 
 
-def layer_option_label(layer: LayerRecord) -> str:
+def layer_option_label(layer: LayerSpec) -> str:
     """Dropdown label: "features.3 — Conv2d 32×16×16"."""
-    shape = "×".join(str(int(v)) for v in layer.get("output_shape") or ())
-    return f"{layer['id']} — {layer['type']} {shape}".rstrip()
+    shape = "×".join(str(v) for v in layer.output_shape)
+    return f"{layer.id} — {layer.type} {shape}".rstrip()
 
 
 def short_label(node: DiagramNode) -> str:
@@ -522,7 +513,7 @@ def _label_traces(boxes: Sequence[Box], baseline: float) -> list[dict[str, Any]]
 
 
 def architecture_figure(
-    layers: Sequence[LayerRecord],
+    layers: Sequence[LayerSpec],
     selected: str | None,
     expanded: Collection[str] = (),
     height: int | None = None,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from pipelines.errors import UserError
 from pipelines.explain import STORED_METHODS
+from pipelines.records import LayerSpec, Manifest, StageState
 from pipelines.store import RunStore, datasets_dir, embedding_key, list_run_dirs
 
 # The methods the precompute stores for every sample: named once, by the explanation package.
@@ -67,17 +70,23 @@ class RunData:
         browser never shows a cached picture of an older run."""
         return int(self.manifest.get("created") or 0)
 
+    @cached_property
+    def record(self) -> Manifest:
+        """The manifest's typed fields (a run is reopened when its manifest changes on disk)."""
+        return Manifest.from_json(self.manifest)
+
     @property
-    def layers(self) -> list[dict[str, Any]]:
-        return list(self.manifest.get("layers") or [])
+    def layers(self) -> tuple[LayerSpec, ...]:
+        """Empty until the model stage has described the model."""
+        return self.record.layers
 
     @property
     def layer_ids(self) -> list[str]:
-        return [str(layer["id"]) for layer in self.layers]
+        return [layer.id for layer in self.layers]
 
-    def layer(self, layer_id: str) -> dict[str, Any]:
+    def layer(self, layer_id: str) -> LayerSpec:
         for layer in self.layers:
-            if layer["id"] == layer_id:
+            if layer.id == layer_id:
                 return layer
         raise UserError(
             f"layer '{layer_id}' is not in run '{self.run_id}'; pick one in the model view "
@@ -90,19 +99,28 @@ class RunData:
         ids = self.layer_ids
         if not ids:
             return None
-        preferred = (self.manifest.get("model") or {}).get("gradcam_layer")
+        preferred = self.gradcam_layer
         return preferred if preferred in ids else ids[-1]
+
+    @property
+    def gradcam_layer(self) -> str | None:
+        """The layer Grad-CAM explains at; None before the model stage, or for a model without
+        a spatial conv layer."""
+        return self.record.model.gradcam_layer if self.record.model else None
 
     # ---- stages -----------------------------------------------------------------------------
 
     @property
-    def stages(self) -> dict[str, dict[str, Any]]:
-        return dict(self.manifest.get("stages") or {})
+    def stages(self) -> Mapping[str, StageState]:
+        return self.record.stages
+
+    def stage(self, name: str) -> StageState:
+        return self.record.stage(name)
 
     @property
     def complete(self) -> bool:
         stages = self.stages
-        return bool(stages) and all(s.get("state") == "done" for s in stages.values())
+        return bool(stages) and all(s.state == "done" for s in stages.values())
 
     def being_written(self) -> bool:
         return self.store.is_being_written()
@@ -111,12 +129,13 @@ class RunData:
         """(stage, state, detail) per stage, e.g. ("embeddings", "running", "12 / 39, 41 s")."""
         lines = []
         for name, stage in self.stages.items():
-            state = str(stage.get("state", "pending"))
+            state = stage.state
             parts = []
-            if stage.get("total") not in (None, 1) or (state == "running" and "done" in stage):
-                parts.append(f"{stage.get('done', 0)} / {stage.get('total', '?')}")
-            if stage.get("seconds") is not None:
-                parts.append(f"{float(stage['seconds']):.1f} s")
+            if stage.total not in (None, 1) or (state == "running" and stage.done is not None):
+                total = "?" if stage.total is None else stage.total
+                parts.append(f"{stage.done or 0} / {total}")
+            if stage.seconds is not None:
+                parts.append(f"{stage.seconds:.1f} s")
             lines.append((name, state, ", ".join(parts)))
         return lines
 
@@ -154,7 +173,7 @@ class RunData:
 
     @property
     def num_samples(self) -> int:
-        return int((self.manifest.get("dataset") or {}).get("num_samples") or 0)
+        return self.record.dataset.num_samples if self.record.dataset else 0
 
     @property
     def subsets(self) -> list[int]:
@@ -176,11 +195,11 @@ class RunData:
 
     @property
     def class_names(self) -> list[str]:
-        return [str(c) for c in (self.manifest.get("dataset") or {}).get("class_names") or []]
+        return list(self.record.dataset.class_names) if self.record.dataset else []
 
     @property
     def model_class_names(self) -> list[str]:
-        return [str(c) for c in (self.manifest.get("model") or {}).get("class_names") or []]
+        return list(self.record.model.class_names) if self.record.model else []
 
     @property
     def dataset_to_model(self) -> list[int]:
@@ -251,13 +270,11 @@ class RunData:
         self.layer(layer_id)
         key = embedding_key(layer_id, subset, method, None if method == "pca" else perplexity)
         if not self.store.has("embedding", **key):
-            stage = self.stages.get("embeddings", {})
-            progress = (
-                f"{stage.get('done', 0)} of {stage.get('total') or len(self.layers)} layers done"
-            )
+            stage = self.stage("embeddings")
+            progress = f"{stage.done or 0} of {stage.total or len(self.layers)} layers done"
             raise NotReady(
                 f"the {method.upper() if method == 'pca' else 't-SNE'} embedding of layer {layer_id} "
-                f"({subset} samples) is not computed yet (embeddings stage {stage.get('state', 'pending')}, "
+                f"({subset} samples) is not computed yet (embeddings stage {stage.state}, "
                 f"{progress})"
             )
         coords = self.store.load_array("embedding", **key)
@@ -285,7 +302,7 @@ class RunData:
             ),
         )
         change = change_on_disk(
-            str((self.manifest.get("dataset") or {}).get("spec") or ""),
+            self.record.dataset.spec if self.record.dataset else "",
             datasets_dir(self.store.run_dir.parent.parent),
             self.manifest.get("source_fingerprint"),
             files,
@@ -380,10 +397,10 @@ class RunCatalog:
 
 
 def run_label(run: RunData) -> str:
-    config = run.manifest.get("config") or {}
+    config = run.record.config
     accuracy = run.manifest.get("accuracy")
     parts = [
-        f"{config.get('dataset', '?')} × {config.get('model', '?')}",
+        f"{config.dataset} × {config.model}" if config else "? × ?",
         f"{run.num_samples:,} samples",
     ]
     if accuracy is not None:

@@ -13,9 +13,9 @@ import contextlib
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from pipelines.cores import idle_cores
 from pipelines.errors import UserError
 from pipelines.explain import explain
 from pipelines.features import capture_layers
+from pipelines.records import LayerSpec
 
 if TYPE_CHECKING:
     from pipelines.models import RunModel
@@ -51,9 +52,9 @@ def request_threads(activation_values: int) -> int:
     return idle_cores(IDLE_SAMPLE_SECONDS)
 
 
-def activation_values(layers: list[dict[str, Any]]) -> int:
+def activation_values(layers: Sequence[LayerSpec]) -> int:
     """Values one sample's forward pass outputs, over the manifest's layers."""
-    return sum(math.prod(layer.get("output_shape") or [0]) for layer in layers)
+    return sum(math.prod(layer.output_shape or (0,)) for layer in layers)
 
 
 @contextlib.contextmanager
@@ -111,7 +112,7 @@ class ModelService:
         # Imported on first use: torchvision's import would slow the dashboard's start.
         from pipelines.models import open_run_model
 
-        if run.stages.get("model", {}).get("state") != "done" or not run.layers:
+        if run.stage("model").state != "done" or not run.layers:
             raise UserError(
                 f"the model of run '{run.run_id}' is not ready yet; wait for its precompute "
                 "to finish the model and index stages"
@@ -172,7 +173,7 @@ class ModelService:
         num_classes = len(run.model_class_names)
         if not 0 <= int(class_index) < num_classes:
             raise UserError(f"class {class_index} is not one of the model's {num_classes} classes")
-        layer_name = (run.manifest.get("model") or {}).get("gradcam_layer")
+        layer_name = run.gradcam_layer
         if not layer_name:
             raise UserError(
                 f"run '{run.run_id}' has no spatial conv layer to explain with Grad-CAM, so no "

@@ -63,7 +63,7 @@ class OnDemand:
         (the user usually steps through layers of the same sample next); all are kept in
         memory, and the layer looked at also on disk."""
         row = run.check_row(row)
-        shape = tuple(int(v) for v in run.layer(layer_id).get("output_shape") or ())
+        shape = run.layer(layer_id).output_shape
         sample = f"act/{run.run_id}/{run.version}/{row}"
 
         def forward() -> dict[str, np.ndarray]:

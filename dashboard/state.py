@@ -83,7 +83,7 @@ def subset_options(run: RunData) -> list[dict[str, Any]]:
 
 
 def layer_options(run: RunData) -> list[dict[str, Any]]:
-    return [{"label": layer_option_label(layer), "value": layer["id"]} for layer in run.layers]
+    return [{"label": layer_option_label(layer), "value": layer.id} for layer in run.layers]
 
 
 def _int_or_none(text: str | None) -> int | None:

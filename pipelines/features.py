@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.records import LayerSpec
 from pipelines.types import INPUT_LAYER, LayerId
 
 # Layers that only reshape or pass values through: their embedding equals their parent's.
@@ -209,16 +210,17 @@ def block_of(layer_id: LayerId) -> str:
     return layer_id.rpartition(".")[0]
 
 
-def discover_layers(model: nn.Module, example: torch.Tensor) -> list[dict[str, Any]]:
+def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerSpec]:
     """Describe every leaf layer that runs, in execution order, with ``"input"`` first.
 
-    example: (1, C, H, W) float32 model-ready input on the model's device. Each entry has
-    ``id, type, output_shape`` (no batch dim), ``params``, ``parents`` (data-flow predecessors,
-    from a torch.fx trace where the model allows one, else the previous layer) and ``block``.
+    example: (1, C, H, W) float32 model-ready input on the model's device. Each record has its
+    ``output_shape`` (no batch dim), ``params``, ``parents`` (data-flow predecessors, from a
+    torch.fx trace where the model allows one, else the previous layer) and ``block``; its
+    ``pooled_shape`` and ``same_as`` are left for the model stage to fill in.
     """
     leaves = leaf_modules(model)
     order: list[LayerId] = []
-    shapes: dict[LayerId, list[int]] = {}
+    shapes: dict[LayerId, tuple[int, ...]] = {}
 
     def sink(layer_id: LayerId, output: Any) -> None:
         tensor = first_tensor(output)
@@ -227,32 +229,32 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[dict[str, A
         if layer_id in shapes:
             order.remove(layer_id)
         order.append(layer_id)
-        shapes[layer_id] = list(tensor.shape[1:])
+        shapes[layer_id] = tuple(tensor.shape[1:])
 
     with torch.no_grad(), forward_hooks(model, list(leaves), sink):
         model(example)
 
     parents = trace_parents(model, set(order)) or sequential_parents(order)
     layers = [
-        {
-            "id": INPUT_LAYER,
-            "type": "Input",
-            "output_shape": list(example.shape[1:]),
-            "params": 0,
-            "parents": [],
-            "block": "",
-        }
+        LayerSpec(
+            id=INPUT_LAYER,
+            type="Input",
+            output_shape=tuple(example.shape[1:]),
+            params=0,
+            parents=(),
+            block="",
+        )
     ]
     for layer_id in order:
         layers.append(
-            {
-                "id": layer_id,
-                "type": layer_type(leaves[layer_id]),
-                "output_shape": shapes[layer_id],
-                "params": count_parameters(leaves[layer_id]),
-                "parents": parents.get(layer_id, []),
-                "block": block_of(layer_id),
-            }
+            LayerSpec(
+                id=layer_id,
+                type=layer_type(leaves[layer_id]),
+                output_shape=shapes[layer_id],
+                params=count_parameters(leaves[layer_id]),
+                parents=tuple(parents.get(layer_id, [])),
+                block=block_of(layer_id),
+            )
         )
     return layers
 

@@ -29,6 +29,7 @@ from pipelines import report
 from pipelines.datasets import open_dataset, to_l_or_rgb
 from pipelines.errors import UserError
 from pipelines.io import atomic_path
+from pipelines.records import Manifest
 from pipelines.smallcnn import SmallCNN, train_small_cnn
 from pipelines.store import datasets_dir
 
@@ -718,26 +719,24 @@ def load_views(
 # ---- request time: reopen the model of a finished run ---------------------------------------
 
 
-def rebuild_adapter(
-    manifest: dict[str, Any], checkpoint: Path, device: torch.device
-) -> ModelAdapter:
+def rebuild_adapter(manifest: Manifest, checkpoint: Path, device: torch.device) -> ModelAdapter:
     """The run's model exactly as the precompute used it (smallcnn from the run's checkpoint,
     seeded random weights rebuilt with the same seed)."""
-    model = manifest["model"]
-    config = manifest["config"]
+    model = manifest.require_model()
+    config = manifest.require_config()
     adapter = build_adapter(
-        config["model"],
+        config.model,
         device,
-        weights=config["weights"],
-        seed=config["seed"],
-        input_size=model["input_size"],
-        smallcnn=(model["in_channels"], model["class_names"]),
+        weights=config.weights,
+        seed=config.seed,
+        input_size=model.input_size,
+        smallcnn=(model.in_channels, list(model.class_names)),
     )
-    if model_kind(config["model"]) == "smallcnn":
+    if model_kind(config.model) == "smallcnn":
         adapter.module.load_state_dict(load_state_dict(checkpoint))
         adapter.module.eval()
     # Names the precompute gave a model that declares none ("class 0", ...).
-    adapter.class_names = model["class_names"]
+    adapter.class_names = list(model.class_names)
     return adapter
 
 
@@ -787,11 +786,11 @@ class RunModel:
 
 def open_run_model(store: Any, data_dir: Path, device: str = "auto") -> RunModel:
     """store: a ``pipelines.store.RunStore`` of a run whose model stage is done."""
-    manifest = store.read_manifest()
+    manifest = store.read_record()
     adapter = rebuild_adapter(
         manifest, store.artifact_path("model_checkpoint"), resolve_device(device)
     )
-    dataset = open_dataset(manifest["dataset"]["spec"], datasets_dir(data_dir), progress=False)
+    dataset = open_dataset(manifest.require_dataset().spec, datasets_dir(data_dir), progress=False)
     samples = store.load_json("samples")
     recorded = store.load_json("dataset_files") if store.has("dataset_files") else None
     return RunModel(

@@ -123,7 +123,7 @@ class Precompute:
         """The model a resumed run's earlier model stage described, rebuilt the way the
         dashboard rebuilds it (the smallcnn from the run's own checkpoint)."""
         return rebuild_adapter(
-            self.store.read_manifest(),
+            self.store.read_record(),
             self.store.artifact_path("model_checkpoint"),
             resolve_device(self.config.device),
         )
@@ -139,8 +139,7 @@ class Precompute:
     # ---- the run's manifest: settings, source, failure ----------------------------------------
 
     def check_same_settings(self) -> None:
-        manifest = self.store.read_manifest()
-        if manifest["config"]["identity"] != self.config.identity():
+        if self.store.read_record().require_config().identity != self.config.identity():
             raise UserError(
                 f"run '{self.run_id}' already exists with different settings; pass a new "
                 "--run-id, or delete the run folder to start over"

@@ -5,7 +5,8 @@ A run lives in ``<data-dir>/runs/<run-id>/``: a ``manifest.json`` plus artifacts
 save/load helpers built on it), and artifact parameters are built by the key functions here
 (``embedding_key``, ``perplexity_key``), so the precompute and the dashboard cannot disagree on a
 key. Every write is atomic (``pipelines.io``), so a killed process leaves either the old file or
-the new one, never half of one.
+the new one, never half of one. The manifest's typed records (``LayerSpec``, ``Manifest``) live in
+``pipelines.records`` and convert to and from exactly the JSON written here.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pipelines.io import (
     is_locked,
     remove_temp_files,
 )
+from pipelines.records import Manifest
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -202,6 +204,10 @@ class RunStore:
                 f"reads version {SCHEMA_VERSION}; precompute it again with a new --run-id"
             )
         return manifest
+
+    def read_record(self) -> Manifest:
+        """The manifest as a typed record (``pipelines.records``), checked like ``read_manifest``."""
+        return Manifest.from_json(self.read_manifest())
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         manifest = dict(manifest, schema_version=SCHEMA_VERSION, updated=time.time())

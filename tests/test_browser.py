@@ -76,11 +76,12 @@ def watch(browser: Any) -> Iterator[bh.PageWatch]:
 def write_described_only_run(data_dir: Path, run_id: str) -> None:
     """A run as the precompute leaves it right after describing the model: manifest and layer
     list (a real ResNet-50's), nothing else yet."""
-    layers = discover_layers(
-        torchvision.models.resnet50(weights=None).eval(), torch.zeros(1, 3, 64, 64)
-    )
-    for layer in layers:
-        layer["same_as"] = None
+    layers = [
+        dict(layer.to_json(), same_as=None)
+        for layer in discover_layers(
+            torchvision.models.resnet50(weights=None).eval(), torch.zeros(1, 3, 64, 64)
+        )
+    ]
     store = RunStore(data_dir / "runs" / run_id)
     names = [f"class {i}" for i in range(1000)]
     store.write_manifest(

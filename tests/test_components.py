@@ -29,6 +29,7 @@ from components.images import apply_lut, encode_png, explanation_png, gradcam_ov
 from components.inspector import inspector_table, short_name
 from components.theme import ACCENT, INFERNO_LUT, class_color, layer_family, shade
 from pipelines.features import discover_layers
+from pipelines.records import LayerSpec
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def valid_plotly(figure: dict) -> None:
 
 def test_vgg16_draws_every_layer_as_its_own_box(vgg16_layers):
     nodes = arch.diagram_nodes(vgg16_layers, expanded=())
-    assert [n.id for n in nodes] == [layer["id"] for layer in vgg16_layers]
+    assert [n.id for n in nodes] == [layer.id for layer in vgg16_layers]
     assert 38 <= len(nodes) <= 42
     figure = arch.architecture_figure(vgg16_layers, "features.28")
     valid_plotly(figure)
@@ -86,7 +87,7 @@ def test_resnet50_collapses_bottlenecks_and_expands_on_demand(resnet50_layers):
     assert block.kind == "block" and "layer2.0.downsample.0" in block.layer_ids
     assert block.output_shape == (512, 8, 8)
     assert block.params == sum(
-        layer["params"] for layer in resnet50_layers if layer["id"].startswith("layer2.0.")
+        layer.params for layer in resnet50_layers if layer.id.startswith("layer2.0.")
     )
 
     one_open = arch.diagram_nodes(resnet50_layers, expanded=["layer2.0"])
@@ -153,23 +154,27 @@ def test_large_models_drop_per_box_labels_but_keep_brackets(resnet50_layers):
 
 
 def test_layer_summary_and_collapse_group():
-    layer = {
-        "id": "features.3",
-        "type": "Conv2d",
-        "output_shape": [32, 16, 16],
-        "params": 4640,
-        "block": "features",
-    }
+    layer = LayerSpec(
+        id="features.3",
+        type="Conv2d",
+        output_shape=(32, 16, 16),
+        params=4640,
+        parents=("features.2",),
+        block="features",
+    )
     assert (
         arch.layer_summary(layer) == "features.3 · Conv2d · output 32 × 16 × 16 · 4,640 parameters"
     )
     assert arch.collapse_group(layer) is None
-    assert arch.collapse_group({"id": "layer2.1.conv1", "block": "layer2.1"}) == "layer2.1"
+
+    def in_block(layer_id: str, block: str) -> LayerSpec:
+        return LayerSpec(layer_id, "Conv2d", (8, 4, 4), 0, (), block)
+
+    assert arch.collapse_group(in_block("layer2.1.conv1", "layer2.1")) == "layer2.1"
     assert (
-        arch.collapse_group({"id": "layer2.0.downsample.0", "block": "layer2.0.downsample"})
-        == "layer2.0"
+        arch.collapse_group(in_block("layer2.0.downsample.0", "layer2.0.downsample")) == "layer2.0"
     )
-    assert arch.collapse_group({"id": "fc", "block": ""}) is None
+    assert arch.collapse_group(in_block("fc", "")) is None
 
 
 def test_empty_layer_list_says_so():

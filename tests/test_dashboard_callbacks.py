@@ -30,6 +30,7 @@ from dashboard.on_demand import OnDemand
 from dashboard.panels import about, activations, controls, embedding, inspector, model_view
 from pipelines.errors import UserError
 from pipelines.explain import STORED_METHODS
+from pipelines.records import LayerSpec
 from pipelines.store import RunStore
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -507,8 +508,11 @@ def test_forward_threads_are_restored():
 def test_request_threads_split_only_big_passes(monkeypatch):
     import dashboard.model_service as service_module
 
-    vgg16_layers = [{"output_shape": [64, 224, 224]}] * 2 + [{"output_shape": [1000]}]
-    smallcnn_layers = [{"output_shape": [32, 8, 8]}, {"output_shape": [10]}, {"output_shape": []}]
+    def shaped(*shapes: tuple[int, ...]) -> list[LayerSpec]:
+        return [LayerSpec(f"{i}", "Conv2d", shape, 0, (), "") for i, shape in enumerate(shapes)]
+
+    vgg16_layers = shaped((64, 224, 224), (64, 224, 224), (1000,))
+    smallcnn_layers = shaped((32, 8, 8), (10,), ())
     assert service_module.activation_values(vgg16_layers) == 2 * 64 * 224 * 224 + 1000
     assert service_module.activation_values(smallcnn_layers) == 32 * 64 + 10
     monkeypatch.setattr(service_module, "idle_cores", lambda seconds: 2)
@@ -614,8 +618,9 @@ def test_a_run_with_no_held_out_rows_still_shows_its_train_accuracy(with_accurac
 
 
 def test_a_randomly_initialised_model_is_not_called_pretrained(with_accuracy):
-    run = with_accuracy(accuracy=0.1, accuracy_by_split=by_split(0.1, 300, None, 0))
-    run.manifest["config"]["weights"] = "none"
+    fields = {"accuracy": 0.1, "accuracy_by_split": by_split(0.1, 300, None, 0)}
+    config = with_accuracy(**fields).manifest["config"]
+    run = with_accuracy(**fields, config={**config, "weights": "none"})
     assert accuracy_row(run) == "held-out 10.0% (all 300 samples; randomly initialised model)"
 
 

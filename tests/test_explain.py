@@ -8,6 +8,7 @@ import re
 import sys
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -36,6 +37,7 @@ from pipelines.explain.base import gradients_display
 from pipelines.explain.methods.gradcam import cam_from
 from pipelines.explain.methods.guided_gradcam import guided_gradcam_gradients
 from pipelines.features import capture_layers
+from pipelines.records import LayerSpec
 
 
 @pytest.fixture(autouse=True)
@@ -574,14 +576,18 @@ def test_other_user_errors_name_the_fix() -> None:
 # --- default Grad-CAM layer -------------------------------------------------------------------
 
 
+def layer_spec(layer_id: str, layer_type: str, shape: tuple[int, ...]) -> LayerSpec:
+    return LayerSpec(layer_id, layer_type, shape, 0, (), layer_id.rpartition(".")[0])
+
+
 def test_last_spatial_conv_layer_skips_1x1_outputs() -> None:
     layers = [
-        {"id": "features.0", "type": "Conv2d", "output_shape": [64, 32, 32]},
-        {"id": "features.1", "type": "ReLU", "output_shape": [64, 32, 32]},
-        {"id": "features.2", "type": "Conv2d", "output_shape": [128, 4, 1]},
-        {"id": "features.3", "type": "BatchNorm2d", "output_shape": [128, 4, 1]},
-        {"id": "head.conv", "type": "Conv2d", "output_shape": [10, 1, 1]},
-        {"id": "head.fc", "type": "Linear", "output_shape": [10]},
+        layer_spec("features.0", "Conv2d", (64, 32, 32)),
+        layer_spec("features.1", "ReLU", (64, 32, 32)),
+        layer_spec("features.2", "Conv2d", (128, 4, 1)),
+        layer_spec("features.3", "BatchNorm2d", (128, 4, 1)),
+        layer_spec("head.conv", "Conv2d", (10, 1, 1)),
+        layer_spec("head.fc", "Linear", (10,)),
     ]
     # The conv's rectified/normalised output, not its raw (often negative) output.
     assert last_spatial_conv_layer(layers) == "features.3"
@@ -591,11 +597,11 @@ def test_last_spatial_conv_layer_skips_1x1_outputs() -> None:
 
 def test_last_spatial_conv_layer_on_resnet18_shapes() -> None:
     model = torchvision.models.resnet18(weights=None).eval()
-    layers: list[dict] = []
+    layers: list[LayerSpec] = []
     hooks = [
         module.register_forward_hook(
             lambda m, i, o, name=name: layers.append(
-                {"id": name, "type": type(m).__name__, "output_shape": list(o.shape[1:])}
+                layer_spec(name, type(m).__name__, tuple(o.shape[1:]))
             )
         )
         for name, module in model.named_modules()
@@ -610,8 +616,8 @@ def test_last_spatial_conv_layer_on_resnet18_shapes() -> None:
     assert (
         last_spatial_conv_layer(
             [
-                {**layer, "output_shape": [layer["output_shape"][0], 1, 1]}
-                if layer["id"].startswith("layer4")
+                replace(layer, output_shape=(layer.output_shape[0], 1, 1))
+                if layer.id.startswith("layer4")
                 else layer
                 for layer in layers
             ]
@@ -622,9 +628,9 @@ def test_last_spatial_conv_layer_on_resnet18_shapes() -> None:
 
 def test_last_spatial_conv_layer_without_conv_is_a_user_error() -> None:
     layers = [
-        {"id": "0", "type": "Flatten", "output_shape": [64]},
-        {"id": "1", "type": "Linear", "output_shape": [10]},
-        {"id": "2", "type": "Conv2d", "output_shape": [10, 1, 1]},
+        layer_spec("0", "Flatten", (64,)),
+        layer_spec("1", "Linear", (10,)),
+        layer_spec("2", "Conv2d", (10, 1, 1)),
     ]
     with pytest.raises(UserError, match="Grad-CAM needs a Conv2d layer"):
         last_spatial_conv_layer(layers)

@@ -28,18 +28,18 @@ def all_hooks(model):
 def test_resnet_layers_have_skip_connection_parents_and_form_a_dag():
     model = torchvision.models.resnet18(weights=None).eval()
     layers = discover_layers(model, torch.randn(1, 3, 64, 64))
-    ids = [layer["id"] for layer in layers]
+    ids = [layer.id for layer in layers]
     assert ids[0] == "input" and ids[-1] == "fc"
-    by_id = {layer["id"]: layer for layer in layers}
+    by_id = {layer.id: layer for layer in layers}
     # The block's output relu joins the residual branch and the block input.
-    assert set(by_id["layer1.0.relu"]["parents"]) == {"layer1.0.bn2", "maxpool"}
-    assert set(by_id["layer2.0.relu"]["parents"]) == {"layer2.0.bn2", "layer2.0.downsample.1"}
+    assert set(by_id["layer1.0.relu"].parents) == {"layer1.0.bn2", "maxpool"}
+    assert set(by_id["layer2.0.relu"].parents) == {"layer2.0.bn2", "layer2.0.downsample.1"}
     position = {layer_id: i for i, layer_id in enumerate(ids)}
     for layer in layers:
-        assert all(position[parent] < position[layer["id"]] for parent in layer["parents"])
-    assert by_id["layer3.1.conv2"]["output_shape"] == [256, 4, 4]
-    assert by_id["fc"]["params"] == 512 * 1000 + 1000
-    assert by_id["layer3.1.conv2"]["block"] == "layer3.1"
+        assert all(position[parent] < position[layer.id] for parent in layer.parents)
+    assert by_id["layer3.1.conv2"].output_shape == (256, 4, 4)
+    assert by_id["fc"].params == 512 * 1000 + 1000
+    assert by_id["layer3.1.conv2"].block == "layer3.1"
 
 
 def test_nested_sequential_is_a_chain_of_every_leaf_in_order():
@@ -48,10 +48,10 @@ def test_nested_sequential_is_a_chain_of_every_leaf_in_order():
         nn.Sequential(nn.Flatten(), nn.Linear(8 * 7 * 7, 5)),
     ).eval()
     layers = discover_layers(model, torch.randn(1, 3, 16, 16))
-    assert [layer["id"] for layer in layers] == ["input", "0.0", "0.1", "0.2", "1.0", "1.1"]
+    assert [layer.id for layer in layers] == ["input", "0.0", "0.1", "0.2", "1.0", "1.1"]
     assert len(layers) == 1 + len(leaf_modules(model))
     for previous, layer in itertools.pairwise(layers):
-        assert layer["parents"] == [previous["id"]]
+        assert layer.parents == (previous.id,)
 
 
 def test_capture_keeps_conv_output_before_an_inplace_relu():

@@ -55,7 +55,7 @@ def test_scripted_sequential_keeps_per_layer_views(tmp_path):
     torch.jit.save(torch.jit.script(small_net().eval()), str(path))
     adapter = build_torchscript(f"torchscript:{path}", CPU, input_size=16)
     layers = discover_layers(adapter.module, torch.randn(1, 3, 16, 16))
-    assert [layer["type"] for layer in layers] == [
+    assert [layer.type for layer in layers] == [
         "Input",
         "Conv2d",
         "ReLU",
@@ -63,7 +63,7 @@ def test_scripted_sequential_keeps_per_layer_views(tmp_path):
         "Flatten",
         "Linear",
     ]
-    assert layers[1]["params"] == 4 * 3 * 9 + 4
+    assert layers[1].params == 4 * 3 * 9 + 4
     _, captured = capture_layers(adapter.module, torch.randn(2, 3, 16, 16), ["0.0", "2"])
     assert captured["0.0"].shape == (2, 4, 16, 16) and captured["2"].shape == (2, 3)
 

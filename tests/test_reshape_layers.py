@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pipelines.models import ModelAdapter
+from pipelines.records import layers_from_json
 from pipelines.stages.model import describe_layers
 from pipelines.store import RunStore, embedding_key, runs_dir
 
@@ -53,7 +54,7 @@ def adapter_for(module: nn.Module) -> ModelAdapter:
 
 def test_pass_through_layers_point_at_the_layer_whose_values_they_hold():
     layers = describe_layers(adapter_for(Branchy()), torch.randn(1, 1, 4, 4))
-    same_as = {layer["id"]: layer["same_as"] for layer in layers}
+    same_as = {layer.id: layer.same_as for layer in layers}
     assert same_as == {
         "input": None,
         "skip": "input",  # an Identity on the input shows the input's map
@@ -70,7 +71,9 @@ def test_reshape_layer_of_the_session_run_has_its_parents_maps(small_run: tuple[
     data_dir, run_id = small_run
     store = RunStore(runs_dir(data_dir) / run_id)
     manifest = store.read_manifest()
-    aliases = {layer["id"]: layer["same_as"] for layer in manifest["layers"] if layer["same_as"]}
+    aliases = {
+        layer.id: layer.same_as for layer in layers_from_json(manifest["layers"]) if layer.same_as
+    }
     # smallcnn's classifier starts with a Flatten of the last pooling layer.
     assert aliases == {"classifier.0": "features.8"}
     for layer_id, source in aliases.items():

@@ -63,7 +63,7 @@ def accuracy_text(run: RunData) -> str:
     if train_n == 0:
         model = (
             "randomly initialised model"
-            if (manifest.get("config") or {}).get("weights") == "none"
+            if run.record.config and run.record.config.weights == "none"
             else "pretrained model"
         )
         return f"held-out {percent(held_out)} (all {held_out_n:,} samples; {model})"
@@ -76,29 +76,30 @@ def accuracy_text(run: RunData) -> str:
 def about_rows(run: RunData) -> list[html.Tr]:
     """Key facts of a run (dataset, model, accuracy, size, dates), as table rows."""
     manifest = run.manifest
-    dataset = manifest.get("dataset") or {}
-    model = manifest.get("model") or {}
-    config = manifest.get("config") or {}
+    dataset, model, config = run.record.dataset, run.record.model, run.record.config
     mapping = manifest.get("class_mapping") or {}
+    dataset_name = dataset.name if dataset else config.dataset if config else "?"
+    size = dataset.dataset_size if dataset and dataset.dataset_size is not None else run.num_samples
     rows = [
         _row("Run", run.run_id),
         _row(
             "Dataset",
-            f"{dataset.get('name', config.get('dataset', '?'))}: {dataset.get('description', '')}".strip(
-                ": "
-            ),
+            f"{dataset_name}: {dataset.description if dataset else ''}".strip(": "),
         ),
         _row(
             "Samples",
-            f"{run.num_samples:,} of {dataset.get('dataset_size', run.num_samples):,}, {len(run.class_names)} classes",
+            f"{run.num_samples:,} of {size:,}, {len(run.class_names)} classes",
         ),
-        _row("Model", model.get("description") or config.get("model", "?")),
-        _row("Parameters", f"{int(model.get('num_params') or 0):,}"),
+        _row(
+            "Model",
+            (model.description if model else "") or (config.model if config else "?"),
+        ),
+        _row("Parameters", f"{model.num_params if model else 0:,}"),
         _row("Layers", f"{len(run.layers)} (input included)"),
         _row("Accuracy", accuracy_text(run)),
         _row(
             "Computed",
-            f"{format_time(manifest.get('created'))} (updated {format_time(manifest.get('updated'))}) on {model.get('device', '?')}",
+            f"{format_time(manifest.get('created'))} (updated {format_time(manifest.get('updated'))}) on {model.device if model else '?'}",
         ),
     ]
     if mapping.get("warning"):

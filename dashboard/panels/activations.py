@@ -119,7 +119,7 @@ def render_grid(key: dict[str, Any] | None, sort: str | None) -> tuple:
             what = f"{values.shape[0]} channels of {values.shape[1]}×{values.shape[2]}, sorted by {'score' if sort == 'score' else 'channel'}"
         else:
             flat = np.asarray(values, dtype=np.float32).ravel()
-            title = f"{layer_id} ({layer['type']}): {flat.size:,} neurons, sample {row}"
+            title = f"{layer_id} ({layer.type}): {flat.size:,} neurons, sample {row}"
             figure = dense_heatmap_figure(flat, title)
             what = f"dense layer, {flat.size:,} neurons as a heatmap"
     except UserError as exc:
@@ -130,7 +130,7 @@ def render_grid(key: dict[str, Any] | None, sort: str | None) -> tuple:
         "disk": "from the disk cache",
         "computed": "one forward pass",
     }[activation.source]
-    header = f"sample {row} · {uid} · layer {layer_id} ({layer['type']}, output {format_shape(layer.get('output_shape') or ())}) · {what} · {source}, {elapsed:.0f} ms"
+    header = f"sample {row} · {uid} · layer {layer_id} ({layer.type}, output {format_shape(layer.output_shape)}) · {what} · {source}, {elapsed:.0f} ms"
     notice = _info(activation.notice, "warning") if activation.notice else None
     return figure, SHOWN, header, notice
 

@@ -89,9 +89,7 @@ def build_embedding(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
         run.dataset_to_model,
     )
     layer = run.layer(layer_id)
-    title = embedding_title(
-        method, perplexity, layer_id, str(layer["type"]), subset, layer.get("same_as")
-    )
+    title = embedding_title(method, perplexity, layer_id, layer.type, subset, layer.same_as)
     if predictions is None and color != "label":
         title += " (coloured by true label: predictions are not computed yet)"
     structure = f"{run.run_id}|{run.version}|{subset}|{color}|{predictions is not None}"

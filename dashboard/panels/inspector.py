@@ -118,10 +118,10 @@ def run_info(run: RunData) -> dict[str, Any]:
     """What the browser needs besides the table: URL templates and what exists, with the note
     to show where something does not."""
     methods = run.explanation_methods()
-    gradcam_layer = (run.manifest.get("model") or {}).get("gradcam_layer")
+    gradcam_layer = run.gradcam_layer
     if methods:
         note = None
-    elif not gradcam_layer and run.stages.get("index", {}).get("state") == "done":
+    elif not gradcam_layer and run.stage("index").state == "done":
         note = "This model has no spatial conv layer, so it has no Grad-CAM explanations."
     else:
         note = (

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from pipelines.cores import available_cores
 from pipelines.layer_jobs import LayerJob, LayerWorkers
 from pipelines.models import resolve_device
+from pipelines.records import Manifest
 from pipelines.stages.forward import chunk_ranges
 from pipelines.store import RunStore
 
@@ -25,13 +26,16 @@ def worker_processes(device: str) -> int:
 def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress: bool) -> None:
     """Every layer without a ``reduction`` yet (written last, it marks a layer complete)."""
     manifest = store.read_manifest()
-    layers = manifest["layers"]
-    done = {layer["id"] for layer in layers if store.has("reduction", layer=layer["id"])}
-    pending = [layer["id"] for layer in layers if layer["id"] not in done and not layer["same_as"]]
-    aliases = [layer for layer in layers if layer["id"] not in done and layer["same_as"]]
+    record = Manifest.from_json(manifest)
+    layers = record.layers
+    done = {layer.id for layer in layers if store.has("reduction", layer=layer.id)}
+    pending = [layer.id for layer in layers if layer.id not in done and not layer.same_as]
+    aliases = [
+        (layer.id, source) for layer in layers if layer.id not in done and (source := layer.same_as)
+    ]
     job = LayerJob(
         run_dir=str(store.run_dir),
-        num_chunks=len(chunk_ranges(manifest["dataset"]["num_samples"])),
+        num_chunks=len(chunk_ranges(record.require_dataset().num_samples)),
         subsets=manifest["subsets"],
         perplexities={int(n): values for n, values in manifest["perplexities"].items()},
         seed=seed,
@@ -40,7 +44,7 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
         n_jobs=available_cores(),
         torch_device="cuda" if resolve_device(device).type == "cuda" else None,
     )
-    start = time.perf_counter() - manifest["stages"]["embeddings"].get("seconds", 0.0)
+    start = time.perf_counter() - (record.stage("embeddings").seconds or 0.0)
     bar = tqdm(
         total=len(layers),
         initial=len(done),
@@ -64,9 +68,9 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
     try:
         for layer_id in workers.run(job, pending):
             finished(layer_id)
-        for layer in aliases:
-            job.copy(layer["same_as"], layer["id"])
-            finished(layer["id"])
+        for layer_id, source in aliases:
+            job.copy(source, layer_id)
+            finished(layer_id)
     finally:
         # Also on Ctrl-C: left open, the bar is drawn once more, after the "interrupted" line.
         bar.close()

@@ -21,6 +21,7 @@ from pipelines.features import capture_layers, pooled_features
 from pipelines.metrics import HELD_OUT, accuracy_by_split, confusion_matrix, prediction_columns
 from pipelines.models import ModelAdapter, load_views
 from pipelines.precision import AUTOCAST_DTYPES, bf16_available, choose_precision, compare_bf16
+from pipelines.records import Manifest
 from pipelines.store import RunStore
 
 THUMBNAIL_SIZE = 64
@@ -164,11 +165,12 @@ def run(
     """Every chunk not on disk yet, then the consolidation."""
     start = time.perf_counter()
     manifest = store.read_manifest()
+    record = Manifest.from_json(manifest)
     samples = store.load_json("samples")
     indices = np.array(samples["dataset_index"])
     chunks = chunk_ranges(len(indices))
-    feature_layers = [layer["id"] for layer in manifest["layers"] if not layer["same_as"]]
-    gradcam_layer = manifest["model"]["gradcam_layer"]
+    feature_layers = [layer.id for layer in record.layers if not layer.same_as]
+    gradcam_layer = record.require_model().gradcam_layer
     pending = [i for i, rows in enumerate(chunks) if not store.has("forward_chunk", chunk=i)]
     bar = tqdm(
         total=len(indices),

@@ -7,6 +7,7 @@ the built-in CNN the run's own copy of its weights (``model_checkpoint``).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,11 @@ from pipelines.models import (
     resolve_device,
     train_or_load_smallcnn,
 )
+from pipelines.records import LayerSpec, Manifest, layers_to_json
 from pipelines.run_config import PrecomputeConfig
 from pipelines.stages.forward import MAX_EXPLANATION_SIZE
 from pipelines.store import RunStore, models_dir
+from pipelines.types import LayerId
 
 
 def smallcnn_checkpoint(data_dir: Path, dataset: Dataset, seed: int, content: Fingerprint) -> Path:
@@ -85,7 +88,7 @@ def build_model(
     return adapter, info
 
 
-def describe_layers(adapter: ModelAdapter, example: torch.Tensor) -> list[dict[str, Any]]:
+def describe_layers(adapter: ModelAdapter, example: torch.Tensor) -> list[LayerSpec]:
     """The manifest's layer list, or a UserError when the model cannot take the data."""
     try:
         layers = discover_layers(adapter.module, example)
@@ -110,17 +113,20 @@ def describe_layers(adapter: ModelAdapter, example: torch.Tensor) -> list[dict[s
             f"model {adapter.spec} has {num_outputs} outputs but {len(adapter.class_names)} "
             "class names; make class_names match the model's last layer"
         )
-    by_id = {layer["id"]: layer for layer in layers}
+    described: dict[LayerId, LayerSpec] = {}
     for layer in layers:
-        layer["pooled_shape"] = list(pooled_shape(tuple(layer["output_shape"])))
-        passes = layer["type"] in PASS_THROUGH_TYPES and len(layer["parents"]) == 1
-        parent = by_id.get(layer["parents"][0]) if passes else None
+        passes = layer.type in PASS_THROUGH_TYPES and len(layer.parents) == 1
+        parent = described.get(layer.parents[0]) if passes else None
         # Reshape-only layers hold the same values as their parent: reuse its embedding.
-        layer["same_as"] = (parent["same_as"] or parent["id"]) if parent else None
-    return layers
+        described[layer.id] = replace(
+            layer,
+            pooled_shape=pooled_shape(layer.output_shape),
+            same_as=(parent.same_as or parent.id) if parent else None,
+        )
+    return list(described.values())
 
 
-def gradcam_layer_or_none(layers: list[dict[str, Any]]) -> str | None:
+def gradcam_layer_or_none(layers: list[LayerSpec]) -> str | None:
     try:
         return last_spatial_conv_layer(layers)
     except UserError as exc:
@@ -151,7 +157,7 @@ def run(
             "gradcam_layer": gradcam_layer_or_none(layers),
         },
         class_mapping=mapping.to_json(),
-        layers=layers,
+        layers=layers_to_json(layers),
         explanation_size=min(adapter.input_size, MAX_EXPLANATION_SIZE),
     )
     store.write_manifest(manifest)
@@ -164,4 +170,5 @@ def outdated(store: RunStore) -> bool:
     manifest = store.read_manifest()
     if not all(key in manifest for key in ("model", "layers", "class_mapping")):
         return True
-    return "checkpoint" in manifest["model"] and not store.has("model_checkpoint")
+    model = Manifest.from_json(manifest).require_model()
+    return model.checkpoint is not None and not store.has("model_checkpoint")
