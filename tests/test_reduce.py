@@ -10,7 +10,6 @@ from openTSNE import TSNE
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.manifold import trustworthiness
-from sklearn.neighbors import KNeighborsClassifier
 
 from pipelines import reduce, tsne
 from pipelines.errors import UserError
@@ -23,6 +22,7 @@ from pipelines.reduce import (
     resolve_perplexities,
     resolve_subset_sizes,
 )
+from tests.embedding_checks import blobs, knn_accuracy
 
 # --------------------------------------------------------------------------------------------
 # nested, class-balanced subsets
@@ -196,27 +196,9 @@ def test_pca_method_picks_the_smaller_eigenproblem():
 # --------------------------------------------------------------------------------------------
 
 
-def _blobs(per_class: int = 60, classes: int = 5, dims: int = 10, seed: int = 0):
-    """Well-separated Gaussian blobs in nested-subset order. (N, dims) float32, (N,) int64."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((classes, dims)) * 10
-    labels = np.repeat(np.arange(classes), per_class)
-    x = centres[labels] + rng.standard_normal((labels.shape[0], dims))
-    order = nested_subset_order(labels, seed)
-    return x[order].astype(np.float32), labels[order]
-
-
-def _knn_accuracy(y: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
-    classifier = KNeighborsClassifier(n_neighbors=k + 1).fit(y, labels)
-    neighbours = classifier.kneighbors(y, return_distance=False)[:, 1:]  # leave one out
-    votes = labels[neighbours]
-    predicted = np.array([np.bincount(row).argmax() for row in votes])
-    return float((predicted == labels).mean())
-
-
 @pytest.fixture(scope="module")
 def blob_maps():
-    x, labels = _blobs()
+    x, labels = blobs()
     sizes = resolve_subset_sizes(["60", "all"], x.shape[0])
     perplexities = resolve_perplexities([5, 30], sizes)
     return x, labels, sizes, perplexities, embed_layer(x, sizes, perplexities, seed=0)
@@ -242,7 +224,7 @@ def test_embed_layer_tsne_keeps_blobs_apart_and_neighbours_close(blob_maps):
     for (n, method, _), coords in maps.items():
         if method != "tsne":
             continue
-        assert _knn_accuracy(coords, labels[:n]) > 0.95
+        assert knn_accuracy(coords, labels[:n]) > 0.95
         assert trustworthiness(x[:n], coords, n_neighbors=10) > 0.9
 
 
@@ -263,7 +245,7 @@ def test_embed_layer_on_a_dead_layer_stays_finite():
 
 
 def test_embed_layer_rejects_bad_subsets_and_perplexities():
-    x, _ = _blobs(per_class=10)
+    x, _ = blobs(per_class=10)
     with pytest.raises(ValueError, match="needs more than"):
         embed_layer(x, [20], {20: [10.0]}, seed=0)
     with pytest.raises(ValueError, match="must lie in"):
@@ -276,14 +258,14 @@ def test_embed_layer_rejects_bad_subsets_and_perplexities():
 
 
 def test_knn_preservation_bounds():
-    x, _ = _blobs(per_class=30)
+    x, _ = blobs(per_class=30)
     assert knn_preservation(x, x, k=10) == 1.0
     noise = np.random.default_rng(0).standard_normal((x.shape[0], 2))
     assert knn_preservation(x, noise, k=10) < 0.15
 
 
 def test_kl_divergence_ranks_a_tsne_map_above_noise():
-    x, _ = _blobs(per_class=40)
+    x, _ = blobs(per_class=40)
     fitted = TSNE(perplexity=20, neighbors="exact", random_state=0).fit(x)
     good = kl_divergence(x, np.asarray(fitted), 20)
     noise = kl_divergence(x, np.random.default_rng(0).standard_normal((x.shape[0], 2)), 20)

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 from sklearn.manifold import trustworthiness
-from sklearn.neighbors import KNeighborsClassifier
 
 from pipelines import tsne
-from pipelines.reduce import nested_subset_order
+from tests.embedding_checks import blobs, knn_accuracy
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,42 +23,25 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _blobs(per_class: int = 60, classes: int = 5, dims: int = 10, seed: int = 0):
-    """Well-separated Gaussian blobs in nested-subset order. (N, dims) float32, (N,) int64."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((classes, dims)) * 10
-    labels = np.repeat(np.arange(classes), per_class)
-    x = centres[labels] + rng.standard_normal((labels.shape[0], dims))
-    order = nested_subset_order(labels, seed)
-    return x[order].astype(np.float32), labels[order]
-
-
-def _knn_accuracy(y: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
-    """Leave-one-out accuracy of a k-nearest-neighbour majority vote in the map."""
-    neighbours = KNeighborsClassifier(n_neighbors=k + 1).fit(y, labels)
-    votes = labels[neighbours.kneighbors(y, return_distance=False)[:, 1:]]
-    return float((np.array([np.bincount(row).argmax() for row in votes]) == labels).mean())
-
-
 def _options(backend: str) -> dict:
     return {"device": "cpu"} if backend == "torch" else {"cores": 2}
 
 
 @pytest.mark.parametrize("backend", tsne.BACKENDS)
 def test_both_backends_keep_blobs_apart_and_neighbours_close(backend):
-    x, labels = _blobs()
+    x, labels = blobs()
     wanted = {60: [5.0], 300: [5.0, 30.0]}
     maps = tsne.fit(x, wanted, seed=0, backend=backend, **_options(backend))
     assert set(maps) == {(60, 5.0), (300, 5.0), (300, 30.0)}
     for (n, _), coords in maps.items():
         assert coords.shape == (n, 2) and coords.dtype == np.float32
-        assert _knn_accuracy(coords, labels[:n]) > 0.95
+        assert knn_accuracy(coords, labels[:n]) > 0.95
         assert trustworthiness(x[:n], coords, n_neighbors=10) > 0.9
 
 
 @pytest.mark.parametrize("backend", tsne.BACKENDS)
 def test_fit_is_deterministic_for_a_seed(backend):
-    x, _ = _blobs(per_class=20)
+    x, _ = blobs(per_class=20)
     first = tsne.fit(x, {100: [10.0]}, seed=3, backend=backend, **_options(backend))
     again = tsne.fit(x, {100: [10.0]}, seed=3, backend=backend, **_options(backend))
     other = tsne.fit(x, {100: [10.0]}, seed=4, backend=backend, **_options(backend))
@@ -68,7 +50,7 @@ def test_fit_is_deterministic_for_a_seed(backend):
 
 
 def test_fit_fails_loudly_on_arguments_that_do_not_go_together():
-    x, _ = _blobs(per_class=10)
+    x, _ = blobs(per_class=10)
     with pytest.raises(ValueError, match="unknown t-SNE backend 'sklearn'; pass one of"):
         tsne.fit(x, {50: [5.0]}, seed=0, backend="sklearn")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="CPU only.*backend='torch'"):
@@ -114,7 +96,7 @@ def test_schedule_rejects_impossible_values():
 
 
 def test_initial_layout_is_scaled_principal_components():
-    x, _ = _blobs()
+    x, _ = blobs()
     init = tsne.initial_layout(x, seed=0)
     assert init.shape == (x.shape[0], 2) and init.dtype == np.float64
     assert init[:, 0].std() == pytest.approx(tsne.INIT_STD, rel=0.01)
