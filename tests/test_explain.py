@@ -33,7 +33,7 @@ from pipelines.explain import (
     register,
     run_passes,
 )
-from pipelines.explain.base import gradients_display
+from pipelines.explain.base import Display, gradients_display
 from pipelines.explain.methods.gradcam import cam_from
 from pipelines.explain.methods.guided_gradcam import guided_gradcam_gradients
 from pipelines.features import capture_layers
@@ -173,6 +173,8 @@ class _InputTimesGradient(Explainer):
     """A plugin written as a user would: guided gradient times input, shown as a picture."""
 
     name = "test_input_times_guided"
+    title = "Input x guided gradient"
+    display = Display.PICTURE
     needs = frozenset({Gradient.PIXELS_GUIDED})
 
     def explain(self, passes: Passes, out_size: int) -> np.ndarray:

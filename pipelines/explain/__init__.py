@@ -8,7 +8,15 @@ dashboard, and methods registered by name, one file each under ``methods/``.
 from __future__ import annotations
 
 from pipelines.explain import methods as _methods  # noqa: F401 - importing registers them
-from pipelines.explain.base import Explainer, Gradient, Passes
+from pipelines.explain.base import (
+    Cancelled,
+    Display,
+    Explainer,
+    Gradient,
+    MethodResult,
+    Passes,
+    Progress,
+)
 from pipelines.explain.engine import Explained, FeatureCapture, explain, run_passes
 from pipelines.explain.registry import EXPLAINERS, register
 from pipelines.explain.target_layer import last_spatial_conv_layer
@@ -18,6 +26,10 @@ STORED_METHODS = ("gradcam", "guided_backprop", "guided_gradcam")
 __all__ = [
     "EXPLAINERS",
     "STORED_METHODS",
+    "Cancelled",
+    "Display",
+    "MethodResult",
+    "Progress",
     "Explained",
     "Explainer",
     "FeatureCapture",

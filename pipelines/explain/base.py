@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -51,6 +51,34 @@ class Gradient(enum.Enum):
         return self is Gradient.PIXELS_GUIDED
 
 
+class Display(enum.Enum):
+    """What a method's display array holds, which says how the page and the CLI draw it."""
+
+    # (B, S, S) float16 in [0, 1]: a heat map drawn over the image (Grad-CAM).
+    HEAT = "heat"
+    # (B, S, S) float16 in [-1, 1]: signed evidence, red for the class, blue against it, drawn
+    # over a grey copy of the image (LRP, Integrated Gradients, occlusion's probability drop).
+    SIGNED = "signed"
+    # (B, S, S, 3) uint8: a picture shown as it is (guided backprop's gradients).
+    PICTURE = "picture"
+
+
+class Cancelled(Exception):
+    """Raised by a progress callback to stop a method between its passes (the page's cancel)."""
+
+
+Progress = Callable[[int, int], None]
+
+
+def no_progress(_done: int, _total: int) -> None:
+    """The progress callback when nobody listens."""
+
+
+def softmax_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """The default ``decode``: class probabilities from (B, K) logits."""
+    return torch.softmax(logits.float(), dim=1)
+
+
 @dataclass(frozen=True)
 class Passes:
     """One batch after the engine's forward pass and the backward passes its methods need.
@@ -60,7 +88,10 @@ class Passes:
     classes: (B,) int64, the class explained per image; logits: (B, K) detached, in the forward
     pass's dtype; target_acts: (B, C', h, w) float32 at the target layer, or None when no method
     needs it; gradients: each needed ``Gradient``, float32, shaped as what it is taken w.r.t.
-    All tensors are on the model's device.
+    All tensors are on the model's device. Methods that run passes of their own (the library
+    adapters: Captum, zennit) call ``report(done, total)`` between them, which may raise
+    ``Cancelled``, and turn logits into probabilities with ``decode`` (a model file's own
+    ``decode`` hook, else softmax).
     """
 
     model: torch.nn.Module
@@ -69,6 +100,8 @@ class Passes:
     logits: torch.Tensor
     target_acts: torch.Tensor | None
     gradients: Mapping[Gradient, torch.Tensor]
+    report: Progress = no_progress
+    decode: Callable[[torch.Tensor], torch.Tensor] = softmax_probabilities
 
     def acts(self) -> torch.Tensor:
         """The target layer's activations; a method that reads them must say it needs
@@ -83,20 +116,40 @@ class Passes:
         return self.gradients[which]
 
 
+@dataclass(frozen=True)
+class MethodResult:
+    """What a method may return instead of a bare display array: the array and named per-image
+    extras, each (B, ...) (occlusion's class probability with each region hidden)."""
+
+    maps: np.ndarray
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
 class Explainer(ABC):
-    """One explanation method: one file under ``pipelines/explain/methods/``, a class decorated
-    with ``registry.register``. Its docstring cites the paper.
+    """One explanation method: one file under ``pipelines/explain/methods/`` (or a user's
+    plugin file), a class decorated with ``registry.register``. Its docstring cites the paper.
 
     ``name`` is the registry name (the store's ``explanation`` method parameter, the dashboard's
-    method key); ``needs`` are the gradients the engine must compute for it. ``explain`` turns
-    the batch's passes into display-ready arrays, (B, S, S) or (B, S, S, 3), for S = out_size.
+    method key, the CLI's ``--method``); ``title`` is what the page and the CLI show; ``needs``
+    are the gradients the engine must compute for it (empty for methods that run their own
+    passes); ``display`` says what the array holds; ``slow`` marks methods that cost many passes
+    (never precomputed; the page runs them as background jobs with a progress bar). ``explain``
+    turns the batch's passes into display-ready arrays for S = out_size, as ``display`` says.
     """
 
     name: ClassVar[str]
+    title: ClassVar[str]
     needs: ClassVar[frozenset[Gradient]]
+    display: ClassVar[Display]
+    slow: ClassVar[bool] = False
+
+    @property
+    def uses_target_layer(self) -> bool:
+        """Whether the method weighs a chosen layer (the Grad-CAM family), so the page says which."""
+        return Gradient.TARGET_LAYER in self.needs
 
     @abstractmethod
-    def explain(self, passes: Passes, out_size: int) -> np.ndarray:
+    def explain(self, passes: Passes, out_size: int) -> np.ndarray | MethodResult:
         """Display-ready explanation of the batch at ``out_size`` x ``out_size`` pixels."""
 
 

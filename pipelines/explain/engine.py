@@ -14,8 +14,8 @@ The maps are cross-checked against pytorch-grad-cam in ``tests/test_explain.py``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,9 @@ import torch
 from pipelines.errors import UserError
 from pipelines.explain.base import (
     Gradient,
+    MethodResult,
     Passes,
+    Progress,
     check_classes,
     check_classes_in_range,
     check_eager,
@@ -32,7 +34,9 @@ from pipelines.explain.base import (
     check_logits,
     check_out_size,
     check_submodule,
+    no_progress,
     preserved_model_state,
+    softmax_probabilities,
 )
 from pipelines.explain.guided import GuideSwitch, guided_relus
 from pipelines.explain.registry import explainers
@@ -57,12 +61,15 @@ class Explained:
     image was explained for; features: {layer_id: transform(output)} for a ``FeatureCapture``,
     else empty; maps: {method name: display array} as each method documents, e.g.
     "gradcam" (B, S, S) float16 in [0, 1], "guided_backprop" / "guided_gradcam" (B, S, S, 3) uint8.
+    extras: {method name: {extra name: (B, ...) array}} for methods that return a
+    ``MethodResult`` (occlusion's probabilities), else absent.
     """
 
     logits: torch.Tensor
     classes: torch.Tensor
     features: dict[LayerId, torch.Tensor]
     maps: dict[str, np.ndarray]
+    extras: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def explain(
@@ -75,6 +82,8 @@ def explain(
     *,
     features: FeatureCapture | None = None,
     autocast_dtype: torch.dtype | None = None,
+    progress: Progress = no_progress,
+    decode: Callable[[torch.Tensor], torch.Tensor] = softmax_probabilities,
 ) -> Explained:
     """Explain a batch with the named methods, in one forward pass.
 
@@ -83,7 +92,9 @@ def explain(
     (B,) int64, the class to explain per image, or None for each image's top-1 prediction of
     this same pass; methods: registry names (``EXPLAINERS``); out_size: S of the maps.
     ``autocast_dtype`` runs the forward pass under autocast (the backward passes in the dtypes it
-    chose, the maps in float32). The model is left as it was: training flags,
+    chose, the maps in float32). ``progress(done, total)`` hears from methods that run many
+    passes and may raise ``Cancelled`` to stop them; ``decode`` turns logits into probabilities
+    for methods that need them. The model is left as it was: training flags,
     ``requires_grad``, ``.grad``, ReLU modules, no hooks, even when a pass fails.
     """
     check_out_size(out_size)
@@ -99,8 +110,18 @@ def explain(
             features=features,
             autocast_dtype=autocast_dtype,
         )
-        maps = {explainer.name: explainer.explain(passes, out_size) for explainer in chosen}
-    return Explained(passes.logits, passes.classes, captured, maps)
+        passes = replace(passes, report=progress, decode=decode)
+        results = {explainer.name: explainer.explain(passes, out_size) for explainer in chosen}
+    maps = {
+        name: result.maps if isinstance(result, MethodResult) else result
+        for name, result in results.items()
+    }
+    extras = {
+        name: dict(result.extras)
+        for name, result in results.items()
+        if isinstance(result, MethodResult) and result.extras
+    }
+    return Explained(passes.logits, passes.classes, captured, maps, extras)
 
 
 def run_passes(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipelines.errors import UserError
-from pipelines.explain.base import Explainer
+from pipelines.explain.base import Display, Explainer
 
 EXPLAINERS: dict[str, Explainer] = {}
 
@@ -22,6 +22,10 @@ def register(cls: type[Explainer]) -> type[Explainer]:
         raise ValueError(f"{cls.__qualname__} needs a class attribute name = '<registry name>'")
     if not isinstance(getattr(cls, "needs", None), frozenset):
         raise ValueError(f"{cls.__qualname__} needs a class attribute needs = frozenset(...)")
+    if not isinstance(getattr(cls, "display", None), Display):
+        raise ValueError(f"{cls.__qualname__} needs a class attribute display = Display.<kind>")
+    if not isinstance(getattr(cls, "title", None), str):
+        raise ValueError(f"{cls.__qualname__} needs a class attribute title = '<display name>'")
     registered = EXPLAINERS.get(name)
     if registered is not None and type(registered) is not cls:
         raise ValueError(

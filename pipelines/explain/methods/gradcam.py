@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.explain.base import Explainer, Gradient, Passes, cam_display
+from pipelines.explain.base import Display, Explainer, Gradient, Passes, cam_display
 from pipelines.explain.registry import register
 
 
@@ -33,6 +33,8 @@ class GradCAM(Explainer):
     the class score, ReLU'd; display (B, S, S) float16 in [0, 1]."""
 
     name = "gradcam"
+    title = "Grad-CAM"
+    display = Display.HEAT
     needs = frozenset({Gradient.TARGET_LAYER})
 
     def explain(self, passes: Passes, out_size: int) -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.explain.base import Explainer, Gradient, Passes, gradients_display
+from pipelines.explain.base import Display, Explainer, Gradient, Passes, gradients_display
 from pipelines.explain.registry import register
 
 
@@ -16,6 +16,8 @@ class GuidedBackprop(Explainer):
     zeroed at every ReLU; display (B, S, S, 3) uint8."""
 
     name = "guided_backprop"
+    title = "Guided backprop"
+    display = Display.PICTURE
     needs = frozenset({Gradient.PIXELS_GUIDED})
 
     def explain(self, passes: Passes, out_size: int) -> np.ndarray:

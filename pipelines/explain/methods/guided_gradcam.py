@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pipelines.explain.base import (
+    Display,
     Explainer,
     Gradient,
     Passes,
@@ -39,6 +40,8 @@ class GuidedGradCAM(Explainer):
     passes as those methods; display (B, S, S, 3) uint8."""
 
     name = "guided_gradcam"
+    title = "Guided Grad-CAM"
+    display = Display.PICTURE
     needs = frozenset({Gradient.TARGET_LAYER, Gradient.PIXELS_GUIDED})
 
     def explain(self, passes: Passes, out_size: int) -> np.ndarray:
