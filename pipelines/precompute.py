@@ -22,6 +22,7 @@ from pipelines import report
 from pipelines.cores import available_cores
 from pipelines.datasets import Dataset, open_dataset
 from pipelines.errors import UserError
+from pipelines.explain import STORED_METHODS
 from pipelines.fingerprint import (
     Fingerprint,
     change_since,
@@ -30,7 +31,7 @@ from pipelines.fingerprint import (
 )
 from pipelines.layer_jobs import LayerWorkers
 from pipelines.models import ModelAdapter, rebuild_adapter, resolve_device
-from pipelines.run_config import PrecomputeConfig, run_id_for
+from pipelines.run_config import PrecomputeConfig, run_id_for, stored_methods
 from pipelines.stages import STAGES, embeddings, forward, index, model, use_threads_for
 from pipelines.stages.index import SamplePlan
 from pipelines.store import RunStore, datasets_dir, runs_dir
@@ -139,10 +140,21 @@ class Precompute:
     # ---- the run's manifest: settings, source, failure ----------------------------------------
 
     def check_same_settings(self) -> None:
-        if self.store.read_record().require_config().identity != self.config.identity():
+        """Refuse to resume a run made with other settings. ``--explain`` is checked on its own:
+        left out, the run keeps its list; given, it must be the run's list (in any order), since
+        adding methods to stored chunks would mean recomputing them all anyway."""
+        settings = self.store.read_record().require_config()
+        if settings.identity != self.config.identity():
             raise UserError(
                 f"run '{self.run_id}' already exists with different settings; pass a new "
                 "--run-id, or delete the run folder to start over"
+            )
+        stored = stored_methods(settings)
+        if self.config.explain is not None and set(self.config.explain) != set(stored):
+            raise UserError(
+                f"run '{self.run_id}' stores the explanations {','.join(stored)}, not "
+                f"{','.join(self.config.explain)}; leave out --explain (or pass --explain "
+                f"{','.join(stored)}) to resume it, or pass a new --run-id to store another set"
             )
 
     def check_same_source(self, content: Fingerprint) -> None:
@@ -172,7 +184,11 @@ class Precompute:
         manifest = {
             "run_id": self.run_id,
             "created": time.time(),
-            "config": {**asdict(self.config), "identity": self.config.identity()},
+            "config": {
+                **asdict(self.config),
+                "explain": list(self.config.explain or STORED_METHODS),
+                "identity": self.config.identity(),
+            },
             "stages": {name: {"state": "pending"} for name in STAGES},
             "versions": library_versions(),
         }

@@ -1,5 +1,6 @@
 """Stage "forward": per chunk of samples — thumbnails, one forward pass capturing every layer
-(pooled on the device), top-10 predictions, and Grad-CAM / guided backprop / guided Grad-CAM.
+(pooled on the device), top-10 predictions, and the run's stored explanations (``--explain``;
+by default Grad-CAM / guided backprop / guided Grad-CAM).
 
 A chunk's file (``forward_chunk``) is written last, so its presence means the whole chunk is on
 disk; once every chunk is, they are consolidated into ``thumbnails``, ``explanation`` and
@@ -9,6 +10,7 @@ disk; once every chunk is, they are consolidated into ``thumbnails``, ``explanat
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from pipelines.metrics import HELD_OUT, accuracy_by_split, confusion_matrix, pre
 from pipelines.models import ModelAdapter, load_views
 from pipelines.precision import AUTOCAST_DTYPES, bf16_available, choose_precision, compare_bf16
 from pipelines.records import Manifest
+from pipelines.run_config import check_stored_methods, stored_methods
 from pipelines.store import RunStore
 
 THUMBNAIL_SIZE = 64
@@ -49,8 +52,10 @@ def forward_chunk(
     explanation_size: int,
     batch_size: int,
     precision: str = "float32",
+    methods: Sequence[str] = STORED_METHODS,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """inputs: (B, C, S, S) model-ready; precision: a key of AUTOCAST_DTYPES. Returns
+    """inputs: (B, C, S, S) model-ready; precision: a key of AUTOCAST_DTYPES; methods: the
+    explanations to store (registry names; none without a Grad-CAM layer). Returns
     (per-sample arrays, pooled features per layer)."""
     autocast_dtype = AUTOCAST_DTYPES[precision]
 
@@ -65,7 +70,7 @@ def forward_chunk(
     adapter.module.to(memory_format=torch.channels_last)
     for batch in inputs.split(batch_size):
         batch = batch.contiguous(memory_format=torch.channels_last)
-        if target is None:
+        if target is None or not methods:
             logits, pooled = capture_layers(
                 adapter.module, batch, feature_layers, pool, autocast_dtype
             )
@@ -77,7 +82,7 @@ def forward_chunk(
                 target,
                 batch,
                 None,  # each sample's predicted class
-                STORED_METHODS,
+                methods,
                 explanation_size,
                 features=FeatureCapture(feature_layers, pool),
                 autocast_dtype=autocast_dtype,
@@ -129,12 +134,14 @@ def consolidate(
     labels: np.ndarray,
     model_labels: np.ndarray,
     held_out: np.ndarray,
+    methods: Sequence[str],
 ) -> None:
-    """Merge the chunks into the run's per-sample artifacts and metrics, then drop them."""
+    """Merge the chunks into the run's per-sample artifacts and metrics, then drop them;
+    ``methods``: the stored explanations' names."""
     parts = [store.load_arrays("forward_chunk", chunk=i) for i in range(num_chunks)]
     merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     store.save_array("thumbnails", merged["thumbnails"])
-    for method in ("gradcam", "guided_backprop", "guided_gradcam"):
+    for method in methods:
         if method in merged:
             store.save_array("explanation", merged[method], method=method)
     columns = prediction_columns(merged["log_prob"], model_labels)
@@ -171,6 +178,8 @@ def run(
     chunks = chunk_ranges(len(indices))
     feature_layers = [layer.id for layer in record.layers if not layer.same_as]
     gradcam_layer = record.require_model().gradcam_layer
+    methods = stored_methods(record.require_config())
+    check_stored_methods(methods)  # a plugin's method needs its --plugins again on resume
     pending = [i for i, rows in enumerate(chunks) if not store.has("forward_chunk", chunk=i)]
     bar = tqdm(
         total=len(indices),
@@ -195,6 +204,7 @@ def run(
                 manifest["explanation_size"],
                 batch_size,
                 precision,
+                methods,
             )
             for layer, values in features.items():
                 store.save_array("features", values, layer=layer, chunk=chunk_index)
@@ -209,6 +219,7 @@ def run(
         np.array(samples["label"]),
         np.array(samples["model_label"]),
         np.array(samples["model_split"]) == HELD_OUT,
+        methods,
     )
     store.update_stage(
         "forward",
