@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from components.images import explanation_png_for
+from pipelines import report
 from pipelines.datasets import UnreadableImage, check_image, read_image
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS, Explained, Explainer, Progress, explain
@@ -59,6 +60,15 @@ def explain_command(args: argparse.Namespace) -> None:
     class_index = (
         None if args.class_ is None else resolve_class(args.class_, model_info.class_names)
     )
+    if args.method is None and args.layer is None and model_info.gradcam_layer is None:
+        # Every method by default: those that weigh a layer cannot run on this model.
+        skipped = [explainer.title for explainer in methods if explainer.uses_target_layer]
+        methods = [explainer for explainer in methods if not explainer.uses_target_layer]
+        if skipped:
+            report.warn(
+                f"run '{record.run_id}' has no default Grad-CAM layer, so {', '.join(skipped)} "
+                "are left out; pass --layer LAYER_ID to include them"
+            )
     uses_layer = any(explainer.uses_target_layer for explainer in methods)
     layer_id = target_layer_id(record, args.layer, args.data_dir) if uses_layer else None
     out_dir = writable_folder(Path(args.out).expanduser())
@@ -68,17 +78,20 @@ def explain_command(args: argparse.Namespace) -> None:
     )
     modules = dict(adapter.module.named_modules())
     if layer_id is not None and layer_id not in modules:
+        default = model_info.gradcam_layer
         raise UserError(
             f"layer '{layer_id}' of run '{record.run_id}' is not a module of its model, so "
             "Grad-CAM cannot weigh it; pick a convolutional layer with --layer"
-            + (
-                f", e.g. the run's default {model_info.gradcam_layer}"
-                if model_info.gradcam_layer
-                else ""
-            )
+            + (f", e.g. the run's default {default}" if default else "")
         )
-    target = modules[layer_id] if layer_id is not None else None
-    out_size = max(adapter.input_size, MIN_PNG_SIDE)
+    explainer_run = ExplainerRun(
+        module=adapter.module,
+        target=modules[layer_id] if layer_id is not None else None,
+        out_size=max(adapter.input_size, MIN_PNG_SIDE),
+        out_dir=out_dir,
+        # Every method by default: one that refuses this model is skipped with a warning.
+        skip_failures=args.method is None,
+    )
     for user_image in images:
         inputs = adapter.preprocess([user_image.image])
         with torch.inference_mode():
@@ -91,21 +104,60 @@ def explain_command(args: argparse.Namespace) -> None:
         probabilities = torch.softmax(logits, dim=1)[0]
         chosen = int(probabilities.argmax()) if class_index is None else class_index
         print_top_k(user_image.path, probabilities, model_info.class_names, chosen)
-        overlay_base = np.asarray(square_view(to_mode(user_image.image, 3), out_size))
+        explainer_run.explain_image(user_image, inputs, chosen, methods)
+
+
+@dataclass(frozen=True)
+class ExplainerRun:
+    """What every image of one command is explained with, and where its PNGs go."""
+
+    module: torch.nn.Module
+    target: torch.nn.Module | None  # the Grad-CAM layer; None when no method weighs one
+    out_size: int  # S of the maps and PNGs
+    out_dir: Path
+    skip_failures: bool  # warn about a method that refuses the model instead of stopping
+
+    def explain_image(
+        self, user_image: UserImage, inputs: torch.Tensor, chosen: int, methods: list[Explainer]
+    ) -> None:
+        """inputs: (1, C, H, W) model-ready; chosen: the class explained."""
+        overlay_base = np.asarray(square_view(to_mode(user_image.image, 3), self.out_size))
+        classes = torch.tensor([chosen], device=inputs.device)
         for group in method_groups(methods):
+            for done, explained in self.explain_group(group, user_image, inputs, classes):
+                for explainer in done:
+                    write_png(self.out_dir, user_image, explainer, explained, overlay_base)
+                    print_extras(explainer, explained)
+
+    def explain_group(
+        self,
+        group: list[Explainer],
+        user_image: UserImage,
+        inputs: torch.Tensor,
+        classes: torch.Tensor,
+    ) -> list[tuple[list[Explainer], Explained]]:
+        """The group's maps from one engine call; when methods are skipped rather than fatal,
+        a group that fails is retried one method at a time, and a method that fails alone is
+        left out with a warning (LRP refusing an architecture it has no rules for, say)."""
+        try:
             with progress_bar(group, user_image) as progress:
+                names = [explainer.name for explainer in group]
                 explained = explain(
-                    adapter.module,
-                    target,
-                    inputs,
-                    torch.tensor([chosen], device=inputs.device),
-                    [explainer.name for explainer in group],
-                    out_size,
+                    self.module, self.target, inputs, classes, names, self.out_size,
                     progress=progress,
-                )
-            for explainer in group:
-                write_png(out_dir, user_image, explainer, explained, overlay_base)
-                print_extras(explainer, explained)
+                )  # fmt: skip
+        except UserError as exc:
+            if not self.skip_failures:
+                raise
+            if len(group) > 1:
+                return [
+                    pair
+                    for explainer in group
+                    for pair in self.explain_group([explainer], user_image, inputs, classes)
+                ]
+            report.warn(f"{group[0].title} left out: {exc}", once=True)
+            return []
+        return [(group, explained)]
 
 
 # ---- checks of what the user typed ------------------------------------------------------

@@ -230,6 +230,62 @@ def test_a_slow_method_shows_progress_and_prints_its_extras(
     assert pixels[10, 112, 0] > pixels[10, 112, 2] and pixels[200, 112, 2] > pixels[200, 112, 0]
 
 
+REFUSING_PLUGIN = textwrap.dedent(
+    """
+    from pipelines.errors import UserError
+    from pipelines.explain import Display, Explainer, register
+
+
+    @register
+    class VggOnly(Explainer):
+        name = "vgg_only"
+        title = "VGG only"
+        display = Display.HEAT
+        needs = frozenset()
+
+        def explain(self, passes, out_size):
+            raise UserError("vgg_only has no rules for this model; use a VGG")
+    """
+)
+
+
+def test_a_method_that_refuses_the_model_is_left_out_only_by_default(
+    small_run, images, tmp_path, capsys, restore_explainers
+):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "vgg_only.py").write_text(REFUSING_PLUGIN)
+    out = tmp_path / "out"
+    base = explain_args(small_run, "--image", str(images["three"]), "--plugins", str(plugins))
+    assert main([*base, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: VGG only left out: vgg_only has no rules for this model" in err
+    expected = sorted(f"three_{name}.png" for name in restore_explainers if name != "vgg_only")
+    assert sorted(path.name for path in out.iterdir()) == expected
+    status = main([*base, "--method", "vgg_only", "gradcam", "--out", str(tmp_path / "o")])
+    assert_user_error(status, capsys.readouterr().err, "vgg_only has no rules")
+
+
+def test_a_run_without_a_grad_cam_layer(small_run, images, tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    shutil.copytree(runs_dir(small_run[0]) / small_run[1], runs_dir(data_dir) / "no-cam")
+    store = RunStore(runs_dir(data_dir) / "no-cam")
+    manifest = store.read_manifest()
+    manifest["model"]["gradcam_layer"] = None  # as for a model without a spatial conv layer
+    store.write_manifest(manifest)
+    base = ["explain", "--data-dir", str(data_dir), "--run", "no-cam", "--image"]
+    out = tmp_path / "out"
+    assert main([*base, str(images["three"]), "--out", str(out)]) == 0
+    assert "no default Grad-CAM layer" in capsys.readouterr().err
+    written = {path.name for path in out.iterdir()}
+    assert "three_guided_backprop.png" in written and "three_gradcam.png" not in written
+    status = main([*base, str(images["three"]), "--method", "gradcam", "--out", str(out)])
+    assert_user_error(status, capsys.readouterr().err, "no default Grad-CAM layer", "--layer")
+    args = [*base, str(images["three"]), "--layer", "features.7", "--out", str(out)]
+    assert main([*args, "--method", "gradcam"]) == 0
+    assert (out / "three_gradcam.png").is_file()
+
+
 # ---- user mistakes --------------------------------------------------------------------------
 
 

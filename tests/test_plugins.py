@@ -120,6 +120,14 @@ def test_files_load_in_name_order_under_unique_module_names(tmp_path, restore_ex
     assert len(modules) == 3 and all(m.startswith("layerscope_plugin_") for m in modules)
 
 
+def test_loading_a_folder_again_in_one_process_reuses_its_methods(tmp_path, restore_explainers):
+    folder = folder_with(tmp_path, one=plugin_source("once"))
+    assert load_plugins(folder) == ["once"]
+    first = restore_explainers["once"]
+    assert load_plugins(folder) == ["once"]
+    assert restore_explainers["once"] is first
+
+
 def test_a_folder_without_python_files_warns_and_adds_nothing(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a plugin")
     assert load_plugins(tmp_path) == []

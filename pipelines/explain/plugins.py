@@ -25,6 +25,9 @@ MODULE_PREFIX = "layerscope_plugin_"
 # A registry name is also a CLI value (``--method``, ``--explain``), part of PNG file names and
 # the store's ``explanation`` method parameter, so it keeps to the characters all three accept.
 METHOD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+# Plugin file -> the names it registered: a file loaded again in the same process (a second
+# command run in-process) is not imported again, whose classes would clash with its own.
+_LOADED: dict[Path, list[str]] = {}
 
 
 def load_plugins(directory: Path | str) -> list[str]:
@@ -58,6 +61,11 @@ def load_plugin_file(path: Path) -> list[str]:
     fix = f"fix {path.name}, or move it out of {path.parent}"
     before = set(EXPLAINERS)
     module_name = plugin_module_name(path)
+    loaded = _LOADED.get(path)
+    if loaded is not None and all(
+        name in EXPLAINERS and type(EXPLAINERS[name]).__module__ == module_name for name in loaded
+    ):
+        return list(loaded)
     try:
         module = import_file(module_name, path)
     except SyntaxError as exc:
@@ -82,6 +90,7 @@ def load_plugin_file(path: Path) -> list[str]:
             "with @register (from pipelines.explain import register)"
         )
     del module  # kept alive by sys.modules, where dataclasses and pickling look it up
+    _LOADED[path] = added
     return added
 
 
