@@ -3,7 +3,6 @@ the example plugin's values against a hand computation, and --plugins on every c
 
 from __future__ import annotations
 
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -244,20 +243,28 @@ def test_a_missing_plugin_folder_is_one_error_line(tmp_path, capsys, command):
     assert_user_error(status, capsys.readouterr().err, "plugin folder", "does not exist")
 
 
-def test_precompute_stores_a_plugin_method(small_run, tmp_path, capsys):
-    data_dir = tmp_path / "data"
-    shutil.copytree(small_run[0] / "models", data_dir / "models")  # no training
-    args = [
-        "precompute", "--dataset", "digits", "--model", "smallcnn", "--samples", "40",
-        "--subsets", "all", "--perplexities", "5", "--data-dir", str(data_dir),
-        "--run-id", "with-plugin", "--plugins", str(EXAMPLES),
-        "--explain", "input_x_gradient,gradcam",
-    ]  # fmt: skip
-    assert main(args) == 0, capsys.readouterr().err
-    store = RunStore(runs_dir(data_dir) / "with-plugin")
-    size = store.read_manifest()["explanation_size"]
-    values = store.load_array("explanation", method="input_x_gradient")
-    assert values.shape == (40, size, size) and values.dtype == np.float16
-    assert values.min() >= -1 and values.max() <= 1 and np.abs(values).max() == 1
-    assert store.has("explanation", method="gradcam")
-    assert not store.has("explanation", method="guided_backprop")
+def test_precompute_accepts_and_stores_a_fast_plugin_method(small_run):
+    from pipelines.models import open_run_model
+    from pipelines.run_config import PrecomputeConfig
+    from pipelines.stages import forward
+
+    with pytest.raises(UserError, match="unknown explanation method 'input_x_gradient'"):
+        PrecomputeConfig("digits", "smallcnn", explain=("input_x_gradient",)).check()
+    load_plugins(EXAMPLES)
+    PrecomputeConfig("digits", "smallcnn", explain=("gradcam", "input_x_gradient")).check()
+    # The forward stage stores exactly the run's methods, a plugin's among them.
+    store = RunStore(runs_dir(small_run[0]) / small_run[1])
+    record = store.read_record()
+    model = open_run_model(store, small_run[0], "cpu")
+    inputs = torch.cat([model.input_for(row) for row in range(6)])
+    layers = [layer.id for layer in record.layers if not layer.same_as]
+    per_sample, _ = forward.forward_chunk(
+        model.adapter, inputs, layers, "features.7", 16, 4, "float32",
+        ["input_x_gradient", "gradcam"],
+    )  # fmt: skip
+    assert {"input_x_gradient", "gradcam"} <= set(per_sample)
+    assert not {"guided_backprop", "guided_gradcam"} & set(per_sample)
+    values = per_sample["input_x_gradient"]
+    assert values.shape == (6, 16, 16) and values.dtype == np.float16
+    assert values.min() >= -1 and values.max() <= 1
+    np.testing.assert_allclose(np.abs(values).reshape(6, -1).max(axis=1), 1.0, atol=1e-3)

@@ -42,8 +42,8 @@ def input_x_gradient(
 
 @register
 class InputXGradient(Explainer):
-    """Gradient x input, each map divided by its largest magnitude; display (B, S, S) float16
-    in [-1, 1]."""
+    """Gradient x input, resized to S and divided by its largest magnitude; display (B, S, S)
+    float16 in [-1, 1]."""
 
     name = "input_x_gradient"  # --method / --explain value, file names, the page's key
     title = "Input × gradient"  # what the page and the CLI show
@@ -56,10 +56,10 @@ class InputXGradient(Explainer):
 
     def explain(self, passes: Passes, out_size: int) -> np.ndarray:
         maps = input_x_gradient(passes.model, passes.images, passes.classes)
-        scale = maps.abs().flatten(1).max(dim=1).values.clamp_min(EPS)[:, None, None]
-        signed = maps / scale
-        if signed.shape[-1] != out_size or signed.shape[-2] != out_size:
-            signed = F.interpolate(
-                signed[:, None], size=(out_size, out_size), mode="bilinear", align_corners=False
+        if maps.shape[-2:] != (out_size, out_size):
+            maps = F.interpolate(
+                maps[:, None], size=(out_size, out_size), mode="bilinear", align_corners=False
             )[:, 0]
-        return signed.clamp(-1.0, 1.0).to(torch.float16).cpu().numpy()
+        # Scaled after resizing, so each displayed map spans the whole colour scale.
+        scale = maps.abs().flatten(1).max(dim=1).values.clamp_min(EPS)[:, None, None]
+        return (maps / scale).clamp(-1.0, 1.0).to(torch.float16).cpu().numpy()
