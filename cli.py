@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser(
         "explain", help="explain your own images with a run's model, one PNG per method"
     )
-    explain.add_argument("--run", required=True, help="run id (`python main.py runs` lists them)")
+    explain.add_argument(
+        "--run", required=True, metavar="RUN_ID", help="run id (`python main.py runs` lists them)"
+    )
     explain.add_argument(
         "--image",
         required=True,
@@ -153,12 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=method_list,
         metavar="M",
-        help="explanation method(s) (default: every registered one)",
+        help="explanation method(s), repeated, listed or comma-separated (default: every "
+        "registered one)",
     )
     explain.add_argument(
-        "--layer", default=None, help="layer Grad-CAM weighs (default: the run's Grad-CAM layer)"
+        "--layer",
+        default=None,
+        metavar="LAYER_ID",
+        help="layer Grad-CAM weighs (default: the run's Grad-CAM layer)",
     )
-    explain.add_argument("--out", required=True, help="folder for the PNGs (created if missing)")
+    explain.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for the PNGs (created if missing)"
+    )
     explain.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_data_dir(explain)
     add_plugins(explain)
