@@ -65,11 +65,32 @@ INSPECTOR_CLASS_REQUEST = "inspector-class-request"  # {cls, name} of the clicke
 INSPECTOR_EXPLAIN_CAPTION = "inspector-explain-caption"
 INSPECTOR_EXPLAIN_STATUS = "inspector-explain-status"
 INSPECTOR_UNPIN = "inspector-unpin"
+# The explanation controls (dashboard/panels/explain.py, assets/explain.js)
+EXPLAIN_CLASS = "explain-class"  # searchable class picker; None = the predicted class
+EXPLAIN_PREDICTED = "explain-predicted"
+EXPLAIN_TRUE = "explain-true"
+EXPLAIN_METHODS = "explain-methods"  # which registered methods are shown
+EXPLAIN_LAYER = "explain-layer"  # "Grad-CAM layer: ..." line
+EXPLAIN_USE_SELECTED_LAYER = "explain-use-selected-layer"
+# {run, row, cls, name, layer, methods}: what the quick / the slow job computes
+EXPLAIN_REQUEST_QUICK = "explain-request-quick"
+EXPLAIN_REQUEST_SLOW = "explain-request-slow"
+EXPLAIN_SLOW = "explain-slow"  # the slow job's answer, as INSPECTOR_CLASS is the quick one's
+EXPLAIN_PROGRESS_ROW = "explain-progress-row"
+EXPLAIN_PROGRESS = "explain-progress"
+EXPLAIN_CANCEL = "explain-cancel"
+EXPLAIN_LEGEND = "explain-legend"
+EXPLAIN_OCCLUSION = "explain-occlusion"  # occlusion's probability table
 
 
 def explanation_image(method: str | Wildcard) -> dict[str, str | Wildcard]:
     """The <img> showing explanation ``method`` ("gradcam", ...; ALL for every one)."""
     return {"type": "inspector-explanation", "method": method}
+
+
+def explanation_figure(method: str | Wildcard) -> dict[str, str | Wildcard]:
+    """The figure (image, note, title) of explanation ``method``; hidden when not chosen."""
+    return {"type": "inspector-explanation-figure", "method": method}
 
 
 def explanation_note(method: str | Wildcard) -> dict[str, str | Wildcard]:

@@ -9,6 +9,7 @@ scores and PNGs (rendered by ``components/``) in a small memory-only LRU.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,13 @@ import numpy as np
 
 from components.activations import channel_scores, grid_png
 from components.images import explanation_png
-from dashboard.caches import DiskStore, Source, TieredCache, array_codec, cache_dir, maps_codec
-from dashboard.data import EXPLANATION_METHODS, RunData
-from dashboard.model_service import ModelService, explanation_size
+from dashboard.caches import DiskStore, Source, TieredCache, array_codec, cache_dir, method_codec
+from dashboard.data import RunData
+from dashboard.model_service import MethodMaps, ModelService, explanation_size
 from pipelines.errors import UserError
+from pipelines.explain import EXPLAINERS, Progress
+from pipelines.explain.base import no_progress
+from pipelines.explain.registry import explainers
 
 MEMORY_BYTES = 1 << 30  # torch results kept in RAM: ~9 VGG16 samples with every layer
 DISK_BYTES = 4 << 30
@@ -105,31 +109,60 @@ class OnDemand:
 
         return self.derived.get_or_compute(key, render).value
 
-    def class_explanations(self, run: RunData, row: int, class_index: int) -> dict[str, np.ndarray]:
-        """Grad-CAM (S, S) float16, guided backprop and guided Grad-CAM (S, S, 3) uint8 of
-        sample ``row`` for model class ``class_index`` (the precompute stored them for the
-        predicted class only)."""
+    def class_explanations(
+        self,
+        run: RunData,
+        row: int,
+        class_index: int,
+        methods: Sequence[str],
+        layer_id: str | None = None,
+        progress: Progress = no_progress,
+    ) -> dict[str, MethodMaps]:
+        """The named methods' explanations of sample ``row`` for model class ``class_index``
+        (``ModelService.explanations``), each cached by itself: the quick methods not cached yet
+        are computed together in one pass, each slow one alone, reporting to ``progress``."""
         row, class_index = run.check_row(row), int(class_index)
-        key = f"explain/{run.run_id}/{run.version}/{row}/{class_index}"
-        return self.results.get_or_compute(
-            key,
-            lambda: {key: self.model_service.explanations(run, row, class_index)},
-            maps_codec(EXPLANATION_METHODS, explanation_size(run)),
-            what=f"explanations of sample {row} for class {class_index}",
-        ).value
+        chosen = explainers(methods)
+        layer = ModelService.target_layer(run, layer_id, chosen)
+        size = explanation_size(run)
 
-    def class_explanation_png(self, run: RunData, row: int, class_index: int, method: str) -> bytes:
-        """PNG of one method's explanation for a chosen class; Grad-CAM over the thumbnail."""
-        if method not in EXPLANATION_METHODS:
-            raise UserError(
-                f"unknown explanation method '{method}'; use one of {', '.join(EXPLANATION_METHODS)}"
+        def key(method: str) -> str:
+            weighed = layer if EXPLAINERS[method].uses_target_layer else "-"
+            return f"explain/{run.run_id}/{run.version}/{row}/{class_index}/{weighed}/{method}"
+
+        def compute(names: list[str]) -> dict[str, MethodMaps]:
+            computed = self.model_service.explanations(
+                run, row, class_index, names, layer, progress
             )
+            return {key(name): maps for name, maps in computed.items()}
+
+        fast = [e.name for e in chosen if not e.slow]
+        results = {}
+        for explainer in chosen:
+            names = fast if not explainer.slow else [explainer.name]
+            results[explainer.name] = self.results.get_or_compute(
+                key(explainer.name),
+                lambda names=names: compute(names),  # type: ignore[misc]
+                method_codec(size),
+                what=f"{explainer.title} of sample {row} for class {class_index}",
+            ).value
+        return results
+
+    def class_explanation_png(
+        self, run: RunData, row: int, class_index: int, method: str, layer_id: str | None = None
+    ) -> bytes:
+        """PNG of one method's explanation of sample ``row`` for a chosen class, drawn as the
+        method's ``display`` says, over the sample's thumbnail."""
+        (explainer,) = explainers([method])
         row = run.check_row(row)
-        key = f"explain-png/{run.run_id}/{run.version}/{row}/{int(class_index)}/{method}"
+        layer = ModelService.target_layer(run, layer_id, [explainer]) or "-"
+        key = f"explain-png/{run.run_id}/{run.version}/{row}/{int(class_index)}/{layer}/{method}"
 
         def render() -> dict[str, bytes]:
-            maps = self.class_explanations(run, row, class_index)
-            return {key: explanation_png(method, maps[method], run.thumbnails()[row])}
+            maps = self.class_explanations(run, row, class_index, [method], layer_id)[method]
+            return {
+                key: explanation_png(explainer.display.value, maps["map"], run.thumbnails()[row])
+            }
 
         return self.derived.get_or_compute(key, render).value
 

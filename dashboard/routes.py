@@ -2,11 +2,11 @@
 
     /runs/<run_id>/thumb/<row>.png                           the sample's thumbnail
     /runs/<run_id>/explain/<method>/<row>.png                precomputed, predicted class
-    /runs/<run_id>/explain-class/<class>/<method>/<row>.png  computed on demand (model service)
+    /runs/<run_id>/explain-class/<class>/<method>/<row>.png?layer=L  computed on demand
     /runs/<run_id>/activations/<layer>/<row>.png?sort=score  the tiled activation grid
 
-Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` one of three
-names, ``layer`` a layer of that run, rows and classes are ints checked against the run; files are
+Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` a registered
+explanation method, ``layer`` a layer of that run, rows and classes are ints checked against the run; files are
 then addressed only through ``RunStore``, so no request can name a path outside the data dir.
 Errors answer 404 (user-fixable) or 500 with one plain line, never a traceback.
 """
@@ -23,8 +23,9 @@ import numpy as np
 from components.activations import SORTS
 from components.images import encode_png, explanation_png
 from dashboard.context import AppContext
-from dashboard.data import EXPLANATION_METHODS, RunData
+from dashboard.data import RunData
 from pipelines.errors import UserError
+from pipelines.explain import EXPLAINERS
 
 LOG = logging.getLogger(__name__)
 # URLs carry the run's version (?v=), so a picture can be cached until the run is recomputed.
@@ -39,9 +40,14 @@ def explanation_url(run: RunData, method: str, row: int | str) -> str:
     return f"/runs/{quote(run.run_id)}/explain/{method}/{row}.png?v={run.version}"
 
 
-def class_explanation_url(run: RunData, class_index: int | str, method: str, row: int | str) -> str:
+def class_explanation_url(
+    run: RunData, class_index: int | str, method: str, row: int | str, layer: str | None = None
+) -> str:
+    """``layer``: the layer the Grad-CAM family weighs (None: the run's Grad-CAM layer)."""
+    layer_query = f"&layer={quote(layer)}" if layer else ""
     return (
-        f"/runs/{quote(run.run_id)}/explain-class/{class_index}/{method}/{row}.png?v={run.version}"
+        f"/runs/{quote(run.run_id)}/explain-class/{class_index}/{method}/{row}.png"
+        f"?v={run.version}{layer_query}"
     )
 
 
@@ -54,7 +60,7 @@ def url_templates(run: RunData) -> dict[str, object]:
     explanations are computed on a click; their answer carries its URLs.)"""
     return {
         "thumb": thumb_url(run, "{row}"),
-        "explain": {m: explanation_url(run, m, "{row}") for m in EXPLANATION_METHODS},
+        "explain": {m: explanation_url(run, m, "{row}") for m in run.explanation_methods()},
     }
 
 
@@ -93,11 +99,16 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
     def explanation(run_id: str, method: str, row: int) -> bytes:
         run = catalog.open(run_id)
         row = run.check_row(row)
-        return explanation_png(method, run.explanation(method)[row], run.thumbnails()[row])
+        values = run.explanation(method)[row]  # a UserError for an unknown method
+        display = EXPLAINERS[method].display.value
+        return explanation_png(display, values, run.thumbnails()[row])
 
     def class_explanation(run_id: str, class_index: int, method: str, row: int) -> bytes:
         run = catalog.open(run_id)
-        return service.class_explanation_png(run, row, class_index, method)
+        layer = flask.request.args.get("layer") or None
+        if layer is not None:
+            run.layer(layer)
+        return service.class_explanation_png(run, row, class_index, method, layer)
 
     def activation_grid(run_id: str, layer_id: str, row: int) -> bytes:
         run = catalog.open(run_id)

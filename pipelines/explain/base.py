@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.errors import Cancelled as Cancelled  # methods import it from here
 from pipelines.errors import UserError
 
 # Added to the divisor when scaling a CAM to [0, 1], as pytorch-grad-cam's ``scale_cam_image``
@@ -63,10 +64,7 @@ class Display(enum.Enum):
     PICTURE = "picture"
 
 
-class Cancelled(Exception):
-    """Raised by a progress callback to stop a method between its passes (the page's cancel)."""
-
-
+# progress(done, total): called between a method's passes; raising ``Cancelled`` stops it.
 Progress = Callable[[int, int], None]
 
 
