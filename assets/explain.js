@@ -18,6 +18,13 @@
   var HIDDEN = { display: "none" };
   var state = (ls.state.explain = { quick: null, slow: null });
 
+  // The uploaded image the selection names, with its prediction, or null.
+  function uploadFor(selection, uploads, session) {
+    var id = (selection || {}).upload;
+    var found = (uploads || []).filter(function (u) { return u.id === id; })[0];
+    return found && session ? Object.assign({ session: session }, found) : null;
+  }
+
   function rowFor(selection, shown, info) {
     var s = selection || {};
     if (ls.isNumber(s.pinned)) {
@@ -54,26 +61,30 @@
       (!METHODS[method].layer || layer === info.gradcamLayer);
   }
 
-  ls.define("explainRequest", function (classValue, barClick, methods, useSelected, selection, info, table, shown) {
+  ls.define("explainRequest", function (classValue, barClick, methods, useSelected, selection, info, uploads,
+                                         table, shown, session) {
     if (!info || info.error || !table) {
       return { layerNote: "" };
     }
     var layer = layerFor(useSelected, selection, info);
     var note = layerNote(useSelected, selection, info, layer);
-    var row = rowFor(selection, shown, info);
-    if (row === null || !(row >= 0 && row < table.uid.length)) {
+    var upload = uploadFor(selection, uploads, session);
+    var row = upload ? null : rowFor(selection, shown, info);
+    if (!upload && (row === null || !(row >= 0 && row < table.uid.length))) {
       return { layerNote: note };
     }
-    var predicted = table.pred ? table.pred[row] : null;
+    var predicted = upload ? upload.pred : (table.pred ? table.pred[row] : null);
     var cls = ls.isNumber(classValue) ? classValue : predicted;
     if (!ls.isNumber(cls)) {
       return { layerNote: note };
     }
     var chosen = (methods || []).filter(function (m) { return METHODS[m]; });
-    var needed = chosen.filter(function (m) { return !stored(info, m, cls, predicted, layer); });
+    var needed = chosen.filter(function (m) { return upload || !stored(info, m, cls, predicted, layer); });
     var base = {
       run: info.run,
       row: row,
+      upload: upload ? upload.id : null,
+      session: upload ? session : null,
       cls: cls,
       name: table.classes[cls] !== undefined ? table.classes[cls] : String(cls),
       layer: layer,
@@ -108,32 +119,33 @@
 
   // An answer (quick or slow job) is for what the inspector shows when it names the same run,
   // row, class and layer.
-  function answerFor(answer, info, row, cls, layer) {
-    return answer && answer.run === info.run && answer.row === row && answer.cls === cls &&
-      (answer.layer || null) === (layer || null) ? answer : null;
+  function answerFor(answer, info, row, upload, cls, layer) {
+    return answer && answer.run === info.run && answer.row === row && (answer.upload || null) === upload &&
+      answer.cls === cls && (answer.layer || null) === (layer || null) ? answer : null;
   }
 
-  function requested(request, method, info, row, cls) {
-    return request && request.run === info.run && request.row === row && request.cls === cls &&
-      (request.methods || []).indexOf(method) >= 0;
+  function requested(request, method, info, row, upload, cls) {
+    return request && request.run === info.run && request.row === row && (request.upload || null) === upload &&
+      request.cls === cls && (request.methods || []).indexOf(method) >= 0;
   }
 
   /*
    * What each method's figure shows for the inspector's row:
-   *   context: {info, table, row, mode, classValue, methods, quick, slow, quickRequest,
-   *             slowRequest, useSelected, selection}
+   *   context: {info, table, row, upload, mode, classValue, methods, quick, slow, quickRequest,
+   *             slowRequest, useSelected, selection}  (row null and upload set for an upload)
    * Returns {images, notes, figures, legends, explained, caption} keyed by method / display.
    */
   function images(c) {
     var info = c.info, table = c.table, row = c.row;
-    var predicted = table.pred ? table.pred[row] : null;
+    var upload = c.upload ? c.upload.id : null;
+    var predicted = c.upload ? c.upload.pred : (table.pred ? table.pred[row] : null);
     var chosenClass = ls.isNumber(c.classValue) ? c.classValue : null;
     var layer = layerFor(c.useSelected, c.selection, info);
     // Hovering another sample shows its stored maps; the chosen class applies to the sample
     // the requests were made for.
     var cls = c.mode === "hover" || chosenClass === null ? predicted : chosenClass;
     var chosen = (c.methods || []).filter(function (m) { return METHODS[m]; });
-    var answers = [answerFor(c.quick, info, row, cls, layer), answerFor(c.slow, info, row, cls, layer)];
+    var answers = [answerFor(c.quick, info, row, upload, cls, layer), answerFor(c.slow, info, row, upload, cls, layer)];
     var out = { images: {}, notes: {}, figures: {}, legends: { heat: HIDDEN, signed: HIDDEN }, explained: cls };
     NAMES.forEach(function (method) {
       var on = chosen.indexOf(method) >= 0;
@@ -149,9 +161,9 @@
         out.images[method] = answer.urls[method];
       } else if (answer && answer.error) {
         out.notes[method] = answer.error;
-      } else if (stored(info, method, cls, predicted, layer) && info.urls.explain[method]) {
+      } else if (!upload && stored(info, method, cls, predicted, layer) && info.urls.explain[method]) {
         out.images[method] = ls.fill(info.urls.explain[method], { row: row });
-      } else if (requested(METHODS[method].slow ? c.slowRequest : c.quickRequest, method, info, row, cls)) {
+      } else if (requested(METHODS[method].slow ? c.slowRequest : c.quickRequest, method, info, row, upload, cls)) {
         out.notes[method] = "computing…";
       } else if (c.mode === "hover") {
         out.notes[method] = "click the point to compute";
@@ -232,5 +244,5 @@
     return svg;
   }
 
-  ls.explain = { images: images, names: NAMES };
+  ls.explain = { images: images, names: NAMES, uploadFor: uploadFor };
 })();

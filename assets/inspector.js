@@ -92,13 +92,15 @@
 
   // One button per class, best first: short name, a bar as wide as the probability, the
   // percentage. The true class's bar is green, the explained class's is outlined.
-  function drawTop10(table, row, explained, clickable) {
+  // `entry`: an uploaded image's {top_idx, top_prob} instead of the table's row.
+  function drawTop10(table, row, explained, clickable, entry) {
     var element = top10Element();
     if (!element) {
       return;
     }
-    var classes = table.top_idx[row], probs = table.top_prob[row];
-    var trueClass = table.model_label[row];
+    var classes = entry ? entry.top_idx : table.top_idx[row];
+    var probs = entry ? entry.top_prob : table.top_prob[row];
+    var trueClass = entry ? null : table.model_label[row];
     var bars = classes.map(function (c, i) {
       var name = table.classes[c] !== undefined ? table.classes[c] : String(c);
       var bar = document.createElement("button");
@@ -144,8 +146,30 @@
     };
   }
 
+  // An uploaded image in the inspector: its picture as the model sees it, the model's top-10
+  // for it, and the explanations (always computed: nothing was precomputed for it).
+  function uploadInspector(context, pinned) {
+    var upload = context.upload, table = context.table;
+    var shownMaps = ls.explain.images(context);
+    drawTop10(table, null, shownMaps.explained, true, upload);
+    var predicted = table.classes[upload.pred] !== undefined ? table.classes[upload.pred] : String(upload.pred);
+    return {
+      image: upload.thumb,
+      uid: upload.name,
+      labels: "your image · predicted: " + predicted,
+      hint: "your image",
+      caption: shownMaps.caption,
+      explanationImages: shownMaps.images,
+      explanationNotes: shownMaps.notes,
+      explanationFigures: shownMaps.figures,
+      legends: shownMaps.legends,
+      unpinDisabled: false,
+    };
+  }
+
   ls.define("renderInspector", function (selection, hoverData, table, info, quickAnswer, slowAnswer, methods,
-                                          quickRequest, slowRequest, classValue, useSelected, shown) {
+                                          quickRequest, slowRequest, classValue, useSelected, uploads, shown,
+                                          session) {
     var st = state;
     st.table = table;
     st.info = info;
@@ -165,28 +189,33 @@
       st.signature = "empty|" + message;
       return emptyInspector(message, pinned, "");
     }
-    var row = hovered !== null ? hovered : pinned;
+    // The chosen upload shows unless another point is hovered.
+    var upload = hovered === null ? ls.explain.uploadFor(s, uploads, session) : null;
+    var row = upload ? null : (hovered !== null ? hovered : pinned);
     // Hovering the pinned point itself (right after clicking it) reads as pinned: the click
     // is confirmed at once rather than when the mouse leaves the point.
     var hoveringOther = hovered !== null && hovered !== pinned;
-    var mode = hoveringOther ? "hover" : (pinned !== null ? "pinned" : "last");
-    if (row === null && shown && shown.run === info.run && ls.isNumber(shown.row)) {
+    var mode = upload ? "upload" : (hoveringOther ? "hover" : (pinned !== null ? "pinned" : "last"));
+    if (row === null && !upload && shown && shown.run === info.run && ls.isNumber(shown.row)) {
       row = shown.row;
     }
     if (row !== null && !(row >= 0 && row < table.uid.length)) {
       row = null;
     }
     var context = {
-      info: info, table: table, row: row, mode: mode, classValue: classValue, methods: methods,
+      info: info, table: table, row: row, upload: upload, mode: mode, classValue: classValue, methods: methods,
       quick: quickAnswer, slow: slowAnswer, quickRequest: quickRequest, slowRequest: slowRequest,
       useSelected: useSelected, selection: s,
     };
     var signature = JSON.stringify([info.run, info.version, row, mode, pinned, table.uid.length, info.explanations,
-      quickAnswer, slowAnswer, methods, quickRequest, slowRequest, classValue, useSelected, s.layer]);
+      quickAnswer, slowAnswer, methods, quickRequest, slowRequest, classValue, useSelected, s.layer, upload]);
     if (signature === st.signature) {
       return {};
     }
     st.signature = signature;
+    if (upload) {
+      return uploadInspector(context, pinned);
+    }
     if (row === null) {
       return emptyInspector("hover a point to inspect it, click to pin it", pinned, "hover a point to see its top-10 predictions");
     }
@@ -217,6 +246,6 @@
   });
 
   ls.define("unpin", function () {
-    return new dc.Patch().assign(["pinned"], null).build();
+    return new dc.Patch().assign(["pinned"], null).assign(["upload"], null).build();
   });
 })();

@@ -98,6 +98,19 @@ def explanation_note(method: str | Wildcard) -> dict[str, str | Wildcard]:
     return {"type": "inspector-explanation-note", "method": method}
 
 
+# ---- the user's own images (dashboard/panels/uploads.py) -------------------------------------
+
+UPLOAD_CARD = "upload-card"
+UPLOAD_DROP = "upload-drop"
+UPLOAD_LIST = "upload-list"
+UPLOAD_MESSAGE = "upload-message"
+UPLOAD_SESSION = "upload-session"  # this tab's random upload session
+UPLOADS = "uploads"  # [{id, name, thumb, top_idx, top_prob, pred}] for the current run
+UPLOAD_POINTS = "upload-points"  # {view, points: [{id, name, x, y}]} in the map on screen
+UPLOAD_PICK_TYPE = "upload-pick"  # {"type": UPLOAD_PICK_TYPE, "id": upload id} buttons
+UPLOAD_SINK = "upload-sink"  # no-output side effect: the uploads' markers drawn into the map
+
+
 # ---- activations ----------------------------------------------------------------------------
 ACTIVATIONS_CARD = "activations-card"
 ACTIVATIONS_GRAPH = "activations-graph"

@@ -16,11 +16,13 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dashboard.data import RunData
 from pipelines.cores import idle_cores
@@ -32,10 +34,32 @@ from pipelines.features import capture_layers
 from pipelines.records import LayerSpec
 
 if TYPE_CHECKING:
+    from pipelines.placement import ImagePass
+
     from pipelines.models import ModelAdapter, RunModel
 
 # One method's explanation of one sample: "map" is its display array, other keys its extras.
 MethodMaps = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSample:
+    """A picture that is not one of the run's samples (an upload): ``key`` names it in caches,
+    e.g. "upload/<id>"."""
+
+    key: str
+    image: Image.Image
+
+
+# A sample row of the run, or a picture from elsewhere.
+Sample = int | ImageSample
+
+
+def decoded(adapter: ModelAdapter, logits: torch.Tensor) -> torch.Tensor:
+    """(B, K) class probabilities: the model file's own ``decode`` when it has one."""
+    decode = getattr(adapter, "decode", None)
+    return decode(logits) if callable(decode) else torch.softmax(logits.float(), dim=1)
+
 
 # Intra-op threads for one request's forward pass: the cores idle right now, for models whose
 # pass is big enough to split. Measured on 2 cores: VGG16 at 224 px took 0.26 s on two idle
@@ -158,37 +182,61 @@ class ModelService:
                 yield model
 
     @staticmethod
-    def _input(model: RunModel, row: int) -> torch.Tensor:
-        images = model.input_for(row)
+    def _input(run: RunData, model: RunModel, sample: Sample) -> torch.Tensor:
+        """(1, C, S, S) model-ready input of a sample row or an uploaded picture."""
+        if isinstance(sample, ImageSample):
+            images = model.adapter.preprocess([sample.image])
+        else:
+            images = model.input_for(run.check_row(sample))
         if images.device.type == "cpu" and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def activations(self, run: RunData, row: int) -> dict[str, np.ndarray]:
-        """One forward pass of sample ``row``: every layer's output, (C, H, W) / (F,) float32.
+    def forward(self, run: RunData, sample: Sample) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One forward pass of a sample row or an uploaded picture: the model's class
+        probabilities (K,) float32 and every layer's output, (C, H, W) / (F,) float32.
 
         Values of NHWC layers are strided views; callers make the layer they use contiguous.
         """
-        row = run.check_row(row)
         with self._using(run) as model:
-            _, captured = capture_layers(
-                model.adapter.module, self._input(model, row), run.layer_ids
+            logits, captured = capture_layers(
+                model.adapter.module, self._input(run, model, sample), run.layer_ids
             )
-        return {
+            probabilities = decoded(model.adapter, logits.detach())
+        layers = {
             layer_id: tensor[0].detach().to("cpu", torch.float32).numpy()
             for layer_id, tensor in captured.items()
         }
+        return probabilities[0].to("cpu", torch.float32).numpy(), layers
+
+    def image_pass(self, run: RunData, sample: ImageSample) -> ImagePass:
+        """A picture's forward pass with every layer's pooled features, as the precompute
+        pooled the samples' (what ``pipelines.placement`` places into the maps)."""
+        from pipelines.placement import forward_images
+
+        with self._using(run) as model:
+            return forward_images(run.store, model, [sample.image])
+
+    def view(self, run: RunData, image: Image.Image) -> Image.Image:
+        """The model's square view of a picture (the size and mode it is fed at)."""
+        model, _ = self.model(run)
+        return model.adapter.view(image)
+
+    def activations(self, run: RunData, sample: Sample) -> dict[str, np.ndarray]:
+        """Every layer's output for a sample row or an uploaded picture (see ``forward``)."""
+        return self.forward(run, sample)[1]
 
     def explanations(
         self,
         run: RunData,
-        row: int,
+        sample: Sample,
         class_index: int,
         methods: Sequence[str],
         layer_id: str | None = None,
         progress: Progress = no_progress,
     ) -> dict[str, MethodMaps]:
-        """The named methods' explanations of sample ``row`` for model class ``class_index``, by
+        """The named methods' explanations of a sample row or an uploaded picture for model class
+        ``class_index``, by
         the engine the precompute uses: {method: {"map": display array, extra name: array}}
         (shapes as each method's ``display`` says; extras such as occlusion's probabilities).
 
@@ -197,14 +245,13 @@ class ModelService:
         the model meanwhile (hover, grids, a quick class explanation) never wait behind them;
         ``progress`` hears from them and may raise ``Cancelled``.
         """
-        row = run.check_row(row)
         chosen = explainers(methods)
         num_classes = len(run.model_class_names)
         if not 0 <= int(class_index) < num_classes:
             raise UserError(f"class {class_index} is not one of the model's {num_classes} classes")
         layer_id = self.target_layer(run, layer_id, chosen)
         with self._using(run) as model:
-            images = self._input(model, row)
+            images = self._input(run, model, sample)
         fast = [e.name for e in chosen if not e.slow]
         slow = [e.name for e in chosen if e.slow]
         results: dict[str, MethodMaps] = {}
@@ -264,6 +311,7 @@ class ModelService:
             methods,
             explanation_size(run),
             progress=progress,
+            decode=lambda logits: decoded(adapter, logits),
         )
         return {
             method: {

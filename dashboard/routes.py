@@ -4,6 +4,9 @@
     /runs/<run_id>/explain/<method>/<row>.png                precomputed, predicted class
     /runs/<run_id>/explain-class/<class>/<method>/<row>.png?layer=L  computed on demand
     /runs/<run_id>/activations/<layer>/<row>.png?sort=score  the tiled activation grid
+    /runs/<run_id>/upload/<session>/<id>/thumb.png                        an uploaded picture,
+    /runs/<run_id>/upload/<session>/<id>/explain/<class>/<method>.png     as the run's model
+    /runs/<run_id>/upload/<session>/<id>/activations/<layer>.png?sort=    sees it
 
 Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` a registered
 explanation method, ``layer`` a layer of that run, rows and classes are ints checked against the run; files are
@@ -24,6 +27,7 @@ from components.activations import SORTS
 from components.images import encode_png, explanation_png
 from dashboard.context import AppContext
 from dashboard.data import RunData
+from dashboard.model_service import ImageSample
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS
 
@@ -49,6 +53,12 @@ def class_explanation_url(
         f"/runs/{quote(run.run_id)}/explain-class/{class_index}/{method}/{row}.png"
         f"?v={run.version}{layer_query}"
     )
+
+
+def upload_url(run: RunData, session: str, upload_id: str, rest: str) -> str:
+    """``rest``: "thumb.png", "explain/<class>/<method>.png?layer=..", "activations/<layer>.png"."""
+    joiner = "&" if "?" in rest else "?"
+    return f"/runs/{quote(run.run_id)}/upload/{session}/{upload_id}/{rest}{joiner}v={run.version}"
 
 
 def grid_url(run: RunData, layer_id: str, row: int, sort: str) -> str:
@@ -88,6 +98,13 @@ def _guarded(render: Callable[..., bytes]) -> Callable[..., flask.Response]:
     return view
 
 
+def _sort() -> str:
+    sort = flask.request.args.get("sort", "score")
+    if sort not in SORTS:
+        raise UserError(f"sort must be one of {', '.join(SORTS)}")
+    return sort
+
+
 def register_routes(server: flask.Flask, context: AppContext) -> None:
     """Attach the image routes for ``context``'s data dir to ``server``."""
     catalog, service = context.catalog, context.service
@@ -113,11 +130,40 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
     def activation_grid(run_id: str, layer_id: str, row: int) -> bytes:
         run = catalog.open(run_id)
         run.layer(layer_id)
-        sort = flask.request.args.get("sort", "score")
-        if sort not in SORTS:
-            raise UserError(f"sort must be one of {', '.join(SORTS)}")
-        return service.grid_png(run, row, layer_id, sort)
+        return service.grid_png(run, row, layer_id, _sort())
 
+    def upload_sample(run: RunData, session: str, upload_id: str) -> ImageSample:
+        image = context.uploads.image(session, upload_id)  # checks both names' formats
+        return ImageSample(f"upload/{session}/{upload_id}", image)
+
+    def upload_thumbnail(run_id: str, session: str, upload_id: str) -> bytes:
+        run = catalog.open(run_id)
+        return encode_png(service.thumbnail(run, upload_sample(run, session, upload_id)))
+
+    def upload_explanation(
+        run_id: str, session: str, upload_id: str, class_index: int, method: str
+    ) -> bytes:
+        run = catalog.open(run_id)
+        layer = flask.request.args.get("layer") or None
+        if layer is not None:
+            run.layer(layer)
+        sample = upload_sample(run, session, upload_id)
+        return service.class_explanation_png(run, sample, class_index, method, layer)
+
+    def upload_grid(run_id: str, session: str, upload_id: str, layer_id: str) -> bytes:
+        run = catalog.open(run_id)
+        run.layer(layer_id)
+        return service.grid_png(run, upload_sample(run, session, upload_id), layer_id, _sort())
+
+    upload_prefix = "/runs/<run_id>/upload/<session>/<upload_id>"
+    server.add_url_rule(f"{upload_prefix}/thumb.png", view_func=_guarded(upload_thumbnail))
+    server.add_url_rule(
+        f"{upload_prefix}/explain/<int:class_index>/<method>.png",
+        view_func=_guarded(upload_explanation),
+    )
+    server.add_url_rule(
+        f"{upload_prefix}/activations/<layer_id>.png", view_func=_guarded(upload_grid)
+    )
     server.add_url_rule("/runs/<run_id>/thumb/<int:row>.png", view_func=_guarded(thumbnail))
     server.add_url_rule(
         "/runs/<run_id>/explain/<method>/<int:row>.png", view_func=_guarded(explanation)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import dash_bootstrap_components as dbc
 import numpy as np
@@ -27,7 +28,9 @@ from dashboard.context import by_token, current
 from dashboard.data import RunData
 from dashboard.jobs import on_timeout, slow_job
 from dashboard.registry import callback, clientside_callback, publish
-from dashboard.routes import class_explanation_url
+from dashboard.model_service import ImageSample, Sample
+from dashboard.routes import class_explanation_url, upload_url
+from dashboard.uploads import check_session, check_upload_id
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS, STORED_METHODS, Display
 from pipelines.explain.base import Progress
@@ -215,14 +218,20 @@ def class_options(run_id: str | None) -> tuple[list[dict[str, Any]], None]:
 
 
 def checked_request(request: Any) -> dict[str, Any]:
-    """A request from the page as the answer starts ({run, row, cls, name, layer}), after the
-    checks a hand-made payload needs; a ``UserError`` for anything else."""
+    """A request from the page as the answer starts ({run, row, upload, session, cls, name,
+    layer}: a sample row, or an uploaded image of a session), after the checks a hand-made
+    payload needs; a ``UserError`` for anything else."""
     if not isinstance(request, dict):
         raise UserError("pin a sample or pick a class first")
     run_id, row, cls = request.get("run"), request.get("row"), request.get("cls")
+    upload, session = request.get("upload"), request.get("session")
     methods, layer = request.get("methods"), request.get("layer")
-    if not isinstance(run_id, str) or type(row) is not int or type(cls) is not int:
-        raise UserError("the request names no run, row and class; pin a sample first")
+    if upload is not None:
+        upload, session, row = check_upload_id(upload), check_session(session), None
+    elif type(row) is not int:
+        raise UserError("the request names no sample; pin a sample first")
+    if not isinstance(run_id, str) or type(cls) is not int:
+        raise UserError("the request names no run and class; pin a sample first")
     if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
         raise UserError("the request names no explanation methods")
     if layer is not None and not isinstance(layer, str):
@@ -230,6 +239,8 @@ def checked_request(request: Any) -> dict[str, Any]:
     return {
         "run": run_id,
         "row": row,
+        "upload": upload,
+        "session": session,
         "cls": cls,
         "name": str(request.get("name") or cls),
         "layer": layer,
@@ -248,17 +259,21 @@ def answer_request(
     methods = [m for m in request["methods"] if m in EXPLAINERS and EXPLAINERS[m].slow == slow]
     if not methods:
         raise PreventUpdate
+    answer["methods"] = methods
     try:
         context = by_token(token)
         run = context.catalog.open(answer["run"])
         if answer["layer"] is not None:
             run.layer(answer["layer"])
+        sample: Sample = answer["row"]
+        if answer["upload"] is not None:
+            image = context.uploads.image(answer["session"], answer["upload"])
+            sample = ImageSample(f"upload/{answer['session']}/{answer['upload']}", image)
         results = context.service.class_explanations(
-            run, answer["row"], answer["cls"], methods, answer["layer"], progress or _silent
+            run, sample, answer["cls"], methods, answer["layer"], progress or _silent
         )
     except UserError as exc:
-        return {**answer, "methods": methods, "error": str(exc)}
-    answer["methods"] = methods
+        return {**answer, "error": str(exc)}
     answer["urls"] = {m: explanation_url(run, answer, m) for m in methods}
     if "occlusion" in results:
         answer["occlusion"] = occlusion_table(results["occlusion"])
@@ -271,7 +286,10 @@ def _silent(_done: int, _total: int) -> None:
 
 def explanation_url(run: RunData, answer: dict[str, Any], method: str) -> str:
     layer = answer["layer"] if EXPLAINERS[method].uses_target_layer else None
-    return class_explanation_url(run, answer["cls"], method, answer["row"], layer)
+    if answer["upload"] is None:
+        return class_explanation_url(run, answer["cls"], method, answer["row"], layer)
+    rest = f"explain/{answer['cls']}/{method}.png" + (f"?layer={quote(layer)}" if layer else "")
+    return upload_url(run, answer["session"], answer["upload"], rest)
 
 
 def occlusion_table(maps: dict[str, np.ndarray]) -> dict[str, Any] | None:
@@ -367,8 +385,10 @@ clientside_callback(
     Input(ids.EXPLAIN_USE_SELECTED_LAYER, "value"),
     Input(ids.SELECTION, "data"),
     Input(ids.INSPECTOR_RUN_INFO, "data"),
+    Input(ids.UPLOADS, "data"),
     State(ids.INSPECTOR_TABLE, "data"),
     State(ids.INSPECTOR_SHOWN, "data"),
+    State(ids.UPLOAD_SESSION, "data"),
     outputs={
         "quick": Output(ids.EXPLAIN_REQUEST_QUICK, "data"),
         "slow": Output(ids.EXPLAIN_REQUEST_SLOW, "data"),

@@ -158,7 +158,9 @@ clientside_callback(
     Input(ids.EXPLAIN_REQUEST_SLOW, "data"),
     Input(ids.EXPLAIN_CLASS, "value"),
     Input(ids.EXPLAIN_USE_SELECTED_LAYER, "value"),
+    Input(ids.UPLOADS, "data"),
     State(ids.INSPECTOR_SHOWN, "data"),
+    State(ids.UPLOAD_SESSION, "data"),
     outputs={
         "image": Output(ids.INSPECTOR_IMAGE, "src"),
         "uid": Output(ids.INSPECTOR_UID, "children"),
