@@ -274,6 +274,29 @@ def test_occluded_probability_is_the_model_on_the_hand_occluded_image(
         np.testing.assert_allclose(out.maps["occlusion"][b], drops, atol=2e-3)
 
 
+def test_occlusion_measures_the_models_own_decode() -> None:
+    """A model file's ``decode`` (here independent sigmoids, as a multi-label head) is what
+    occlusion measures, not a softmax."""
+    model = small_cnn()
+    images, classes = random_batch(2, 3, 16)
+
+    def sigmoid(logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits.float())
+
+    extras = explain(model, None, images, classes, ["occlusion"], 16, decode=sigmoid).extras
+    with torch.no_grad():
+        logits = model(images)
+        hidden = images.clone()
+        hidden[:, :, :2, :2] = 0.0  # the first of 8 x 8 patches of 2 px
+        hidden_logits = model(hidden)
+    expected = torch.sigmoid(logits).gather(1, classes[:, None])[:, 0]
+    np.testing.assert_allclose(extras["occlusion"]["probability"], expected.numpy(), rtol=1e-6)
+    first = torch.sigmoid(hidden_logits).gather(1, classes[:, None])[:, 0]
+    np.testing.assert_allclose(
+        extras["occlusion"]["occluded_probability"][:, 0, 0], first.numpy(), atol=1e-6
+    )
+
+
 # --- against Captum on torchvision models, through explain() ----------------------------------
 
 
