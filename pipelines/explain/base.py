@@ -270,8 +270,9 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def cam_display(cams: torch.Tensor, out_size: int) -> np.ndarray:
-    """Grad-CAM maps to display form: scaled, resized, scaled again (the order of
-    pytorch-grad-cam, whose second scaling makes the resized map span [0, 1] again).
+    """Non-negative maps (Grad-CAM; saliency's gradient magnitudes) to display form: scaled,
+    resized, scaled again (the order of pytorch-grad-cam, whose second scaling makes the resized
+    map span [0, 1] again).
 
     cams: (B, h, w) float32, non-negative -> (B, S, S) float16 in [0, 1].
     """
