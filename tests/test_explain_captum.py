@@ -427,8 +427,7 @@ def test_model_left_as_found_and_unhooked_after_100_runs(name: str) -> None:
     images, classes = digits_batch(1)
     images = images[:, :, :4, :4]  # the smallest image the net takes: 100 runs stay fast
     before = model_snapshot(model)
-    runs = 100 if name == "saliency" else 10
-    for _ in range(runs):
+    for _ in range(100):
         explain(model, None, images, classes, [name], 4)
     assert hooks_left(model) == []
     assert_same_snapshot(before, model_snapshot(model))
