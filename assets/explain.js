@@ -62,7 +62,7 @@
   }
 
   ls.define("explainRequest", function (classValue, barClick, methods, useSelected, selection, info, uploads,
-                                         table, shown, session) {
+                                         table, shown, session, cancels) {
     if (!info || info.error || !table) {
       return { layerNote: "" };
     }
@@ -88,8 +88,10 @@
       cls: cls,
       name: table.classes[cls] !== undefined ? table.classes[cls] : String(cls),
       layer: layer,
-      // A new click on the same bar asks again (e.g. after a timeout).
+      // A new click on the same bar asks again (e.g. after a timeout), as does the same
+      // choice after a cancel.
       click: barClick && barClick.click,
+      cancels: cancels || 0,
     };
     // A request equal to the last one is not sent again: the selection store changes with every
     // layer switch, and the slow job would restart (and flash its progress bar) for nothing.
@@ -129,11 +131,25 @@
       request.cls === cls && (request.methods || []).indexOf(method) >= 0;
   }
 
+  // Whether the slow job is still working on `request`: no answer for it yet, and no cancel
+  // since it was made (a cancelled job never answers).
+  function slowPending(request, answer, cancels) {
+    if (!request || (cancels || 0) !== request.cancels) {
+      return false;
+    }
+    var answered = answer && answer.run === request.run && answer.row === request.row &&
+      (answer.upload || null) === (request.upload || null) && answer.cls === request.cls &&
+      (answer.layer || null) === (request.layer || null);
+    return !(answered && request.methods.every(function (m) {
+      return (answer.urls && answer.urls[m]) || answer.error;
+    }));
+  }
+
   /*
    * What each method's figure shows for the inspector's row:
    *   context: {info, table, row, upload, mode, classValue, methods, quick, slow, quickRequest,
-   *             slowRequest, useSelected, selection}  (row null and upload set for an upload)
-   * Returns {images, notes, figures, legends, explained, caption} keyed by method / display.
+   *             slowRequest, useSelected, selection, cancels}  (row null, upload set for an upload)
+   * Returns {images, notes, figures, legends, explained, caption, progress}.
    */
   function images(c) {
     var info = c.info, table = c.table, row = c.row;
@@ -146,7 +162,11 @@
     var cls = c.mode === "hover" || chosenClass === null ? predicted : chosenClass;
     var chosen = (c.methods || []).filter(function (m) { return METHODS[m]; });
     var answers = [answerFor(c.quick, info, row, upload, cls, layer), answerFor(c.slow, info, row, upload, cls, layer)];
-    var out = { images: {}, notes: {}, figures: {}, legends: { heat: HIDDEN, signed: HIDDEN }, explained: cls };
+    state.shown = { slowRequest: c.slowRequest, slow: c.slow, cancels: c.cancels };  // for tests and the console
+    var out = {
+      images: {}, notes: {}, figures: {}, legends: { heat: HIDDEN, signed: HIDDEN }, explained: cls,
+      progress: slowPending(c.slowRequest, c.slow, c.cancels) ? SHOWN : HIDDEN,
+    };
     NAMES.forEach(function (method) {
       var on = chosen.indexOf(method) >= 0;
       out.figures[method] = on ? SHOWN : HIDDEN;
@@ -164,7 +184,8 @@
       } else if (!upload && stored(info, method, cls, predicted, layer) && info.urls.explain[method]) {
         out.images[method] = ls.fill(info.urls.explain[method], { row: row });
       } else if (requested(METHODS[method].slow ? c.slowRequest : c.quickRequest, method, info, row, upload, cls)) {
-        out.notes[method] = "computing…";
+        var cancelled = METHODS[method].slow && (c.cancels || 0) !== c.slowRequest.cancels;
+        out.notes[method] = cancelled ? "cancelled · choose the class or method again to retry" : "computing…";
       } else if (c.mode === "hover") {
         out.notes[method] = "click the point to compute";
       } else if (!info.explanations.length && info.explanationNote) {

@@ -163,13 +163,14 @@
       explanationNotes: shownMaps.notes,
       explanationFigures: shownMaps.figures,
       legends: shownMaps.legends,
+      progress: shownMaps.progress,
       unpinDisabled: false,
     };
   }
 
   ls.define("renderInspector", function (selection, hoverData, table, info, quickAnswer, slowAnswer, methods,
-                                          quickRequest, slowRequest, classValue, useSelected, uploads, shown,
-                                          session) {
+                                          quickRequest, slowRequest, classValue, useSelected, uploads, cancels,
+                                          shown, session) {
     var st = state;
     st.table = table;
     st.info = info;
@@ -205,10 +206,10 @@
     var context = {
       info: info, table: table, row: row, upload: upload, mode: mode, classValue: classValue, methods: methods,
       quick: quickAnswer, slow: slowAnswer, quickRequest: quickRequest, slowRequest: slowRequest,
-      useSelected: useSelected, selection: s,
+      useSelected: useSelected, selection: s, cancels: cancels,
     };
     var signature = JSON.stringify([info.run, info.version, row, mode, pinned, table.uid.length, info.explanations,
-      quickAnswer, slowAnswer, methods, quickRequest, slowRequest, classValue, useSelected, s.layer, upload]);
+      quickAnswer, slowAnswer, methods, quickRequest, slowRequest, classValue, useSelected, s.layer, upload, cancels]);
     if (signature === st.signature) {
       return {};
     }
@@ -236,6 +237,7 @@
       explanationNotes: shownMaps.notes,
       explanationFigures: shownMaps.figures,
       legends: shownMaps.legends,
+      progress: shownMaps.progress,
       unpinDisabled: pinned === null,
     };
     var nextShown = { run: info.run, row: row };

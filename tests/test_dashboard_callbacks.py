@@ -288,6 +288,7 @@ def test_page_shares_ids_output_names_and_method_names_with_the_javascript(app):
         "explanationNotes",
         "explanationFigures",
         "legends",
+        "progress",
         "shown",
         "unpinDisabled",
     ]

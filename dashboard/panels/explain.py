@@ -27,8 +27,8 @@ from dashboard import ids
 from dashboard.context import by_token, current
 from dashboard.data import RunData
 from dashboard.jobs import on_timeout, slow_job
-from dashboard.registry import callback, clientside_callback, publish
 from dashboard.model_service import ImageSample, Sample
+from dashboard.registry import callback, clientside_callback, publish
 from dashboard.routes import class_explanation_url, upload_url
 from dashboard.uploads import check_session, check_upload_id
 from pipelines.errors import UserError
@@ -55,7 +55,7 @@ def method_catalogue() -> dict[str, dict[str, Any]]:
 def method_options() -> list[dict[str, Any]]:
     """Checklist options: slow methods marked, since they run as a job with a progress bar."""
     return [
-        {"label": explainer.title + (" ⏱" if explainer.slow else ""), "value": name}
+        {"label": explainer.title + (" (slow)" if explainer.slow else ""), "value": name}
         for name, explainer in EXPLAINERS.items()
     ]
 
@@ -349,10 +349,7 @@ def explain_quick(request: Any, token: str | None) -> dict[str, Any]:
     interval=300,
     progress=[Output(ids.EXPLAIN_PROGRESS, "value"), Output(ids.EXPLAIN_PROGRESS, "label")],
     progress_default=[0, ""],
-    running=[
-        (Output(ids.EXPLAIN_PROGRESS_ROW, "style"), {}, {"display": "none"}),
-        (Output(ids.EXPLAIN_CANCEL, "disabled"), False, True),
-    ],
+    running=[(Output(ids.EXPLAIN_CANCEL, "disabled"), False, True)],
     cancel=[Input(ids.EXPLAIN_CANCEL, "n_clicks")],
     prevent_initial_call=True,
 )
@@ -389,6 +386,7 @@ clientside_callback(
     State(ids.INSPECTOR_TABLE, "data"),
     State(ids.INSPECTOR_SHOWN, "data"),
     State(ids.UPLOAD_SESSION, "data"),
+    State(ids.EXPLAIN_CANCEL, "n_clicks"),
     outputs={
         "quick": Output(ids.EXPLAIN_REQUEST_QUICK, "data"),
         "slow": Output(ids.EXPLAIN_REQUEST_SLOW, "data"),

@@ -159,6 +159,7 @@ clientside_callback(
     Input(ids.EXPLAIN_CLASS, "value"),
     Input(ids.EXPLAIN_USE_SELECTED_LAYER, "value"),
     Input(ids.UPLOADS, "data"),
+    Input(ids.EXPLAIN_CANCEL, "n_clicks"),
     State(ids.INSPECTOR_SHOWN, "data"),
     State(ids.UPLOAD_SESSION, "data"),
     outputs={
@@ -172,6 +173,8 @@ clientside_callback(
         "explanationNotes": Output(ids.explanation_note(ALL), "children"),
         "explanationFigures": Output(ids.explanation_figure(ALL), "style"),
         "legends": Output({"type": "explain-legend", "display": ALL}, "style"),
+        # Shown while the slow job works on the current request (cancelled jobs never answer).
+        "progress": Output(ids.EXPLAIN_PROGRESS_ROW, "style"),
         "shown": Output(ids.INSPECTOR_SHOWN, "data"),
         "unpinDisabled": Output(ids.INSPECTOR_UNPIN, "disabled"),
     },
