@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from components.images import explanation_png_for
+from components.images import explanation_png
 from pipelines import report
 from pipelines.datasets import UnreadableImage, check_image, read_image
 from pipelines.errors import UserError
@@ -378,19 +378,25 @@ def write_png(
     overlay_base: np.ndarray,
 ) -> None:
     """overlay_base: (S, S, 3) uint8, the image as the model saw it, at the maps' size."""
-    png = explanation_png_for(explainer.display, explained.maps[explainer.name][0], overlay_base)
+    png = explanation_png(explainer.display.value, explained.maps[explainer.name][0], overlay_base)
     path = out_dir / f"{user_image.stem}_{explainer.name}.png"
     atomic_write_bytes(path, png, durable=False)
     print(f"  {explainer.title}: {path}")
 
 
 def print_extras(explainer: Explainer, explained: Explained) -> None:
-    """A method's per-image extras (occlusion's probabilities), one line each."""
+    """A method's per-image extras, one line each: a single value as it is; several (occlusion's
+    probability with each patch hidden) by their lowest, where it is, and their highest."""
     for name, values in explained.extras.get(explainer.name, {}).items():
         value = np.asarray(values[0])
         label = name.replace("_", " ")
         if value.size == 1:
             shown = f"{value.item():.4g}"
         else:
-            shown = f"{value.size} values, {value.min():.4g} to {value.max():.4g}"
+            at = tuple(int(i) for i in np.unravel_index(int(value.argmin()), value.shape))
+            where = at[0] if len(at) == 1 else at
+            shown = (
+                f"{value.size} values, lowest {value.min():.4g} at {where}, "
+                f"highest {value.max():.4g}"
+            )
         print(f"    {explainer.title} {label}: {shown}")

@@ -13,8 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from components.theme import INFERNO_LUT, colorscale_lut
-from pipelines.explain.base import Display
+from components.theme import DIVERGING_LUT, INFERNO_LUT
 
 UInt8Image = npt.NDArray[np.uint8]
 FloatMap = npt.NDArray[np.floating]
@@ -23,22 +22,6 @@ FloatMap = npt.NDArray[np.floating]
 PNG_COMPRESS_LEVEL = 1
 # How much of the heat colour a CAM of 1.0 contributes over the image.
 CAM_ALPHA = 0.55
-# Signed evidence: ColorBrewer RdBu, blue (against the class) through white to red (for it).
-SIGNED_LUT = colorscale_lut(
-    [
-        "#2166ac",
-        "#4393c3",
-        "#92c5de",
-        "#d1e5f0",
-        "#f7f7f7",
-        "#fddbc7",
-        "#f4a582",
-        "#d6604d",
-        "#b2182b",
-    ]
-)
-# How much of the diverging colour a value of +-1 contributes over the grey image.
-SIGNED_ALPHA = 0.85
 
 
 def encode_png(image: UInt8Image, palette: UInt8Image | None = None) -> bytes:
@@ -102,43 +85,35 @@ def gradcam_overlay(image: UInt8Image, cam: FloatMap, alpha: float = CAM_ALPHA) 
     return np.clip(base * (1.0 - weight) + heat * weight, 0, 255).astype(np.uint8)
 
 
-def explanation_png(method: str, values: np.ndarray, thumbnail: UInt8Image) -> bytes:
-    """One explanation of one sample as the page shows it, PNG-encoded: Grad-CAM blended over
-    the sample's thumbnail, every other method (an (S, S, 3) uint8 picture) as it is.
+def signed_overlay(image: UInt8Image, values: FloatMap) -> UInt8Image:
+    """Signed evidence over a grey copy of its image: red for the class, blue against it, the
+    colour's weight growing with |value| so regions without evidence show the picture.
 
-    values: "gradcam" (S, S) float16/float32 in [0, 1], else (S, S, 3) uint8; thumbnail:
-    (T, T, 3) uint8.
-    """
-    if method == "gradcam":
-        return encode_png(gradcam_overlay(np.asarray(thumbnail), values))
-    return encode_png(np.asarray(values))
-
-
-def signed_overlay(image: UInt8Image, values: FloatMap, alpha: float = SIGNED_ALPHA) -> UInt8Image:
-    """Signed evidence over a grey copy of its image (colour stays for the evidence alone).
-
-    image: (T, T, 3) uint8; values: (S, S) float16/float32 in [-1, 1].
-    Returns (max(S, T), max(S, T), 3) uint8; per-pixel alpha grows with ``|values|``, so where
-    the evidence is near zero the grey image shows through.
+    image: (T, T, 3) uint8 thumbnail; values: (S, S) float in [-1, 1].
+    Returns (S', S', 3) uint8 at the finer of the two resolutions.
     """
     size = max(values.shape[0], image.shape[0])
-    grey = resize_rgb(image, size).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    base = np.repeat(grey[..., None], 3, axis=2)
+    grey = resize_rgb(image, size).astype(np.float32).mean(axis=2, keepdims=True)
     signed = np.clip(resize_map(values, size), -1.0, 1.0)
-    colour = apply_lut((signed + 1.0) / 2.0, SIGNED_LUT).astype(np.float32)
-    weight = (alpha * np.abs(signed))[..., None]
+    colour = apply_lut((signed + 1.0) / 2.0, DIVERGING_LUT).astype(np.float32)
+    # Dimmed grey, so white (no evidence) in the colour map never hides a light image.
+    base = 0.6 * grey
+    weight = np.abs(signed)[..., None]
     return np.clip(base * (1.0 - weight) + colour * weight, 0, 255).astype(np.uint8)
 
 
-def explanation_png_for(display: Display, values: np.ndarray, image_rgb: UInt8Image) -> bytes:
-    """One explanation of one image, PNG-encoded, drawn as its method's ``display`` says: a heat
-    map over the image, signed evidence over a grey copy of it, or a picture as it is.
+def explanation_png(display: str, values: np.ndarray, thumbnail: UInt8Image) -> bytes:
+    """One explanation of one sample as the page shows it, PNG-encoded, by its method's
+    ``Display`` value: "heat" blended over the sample's thumbnail, "signed" in red and blue over
+    a grey copy of it, "picture" ((S, S, 3) uint8) as it is.
 
-    values: HEAT (S, S) in [0, 1], SIGNED (S, S) in [-1, 1], PICTURE (S, S, 3) uint8;
-    image_rgb: (T, T, 3) uint8.
+    values: (S, S) float16/float32 ("heat" in [0, 1], "signed" in [-1, 1]) or (S, S, 3) uint8;
+    thumbnail: (T, T, 3) uint8.
     """
-    if display is Display.HEAT:
-        return encode_png(gradcam_overlay(np.asarray(image_rgb), values))
-    if display is Display.SIGNED:
-        return encode_png(signed_overlay(np.asarray(image_rgb), values))
-    return encode_png(np.asarray(values))
+    if display == "heat":
+        return encode_png(gradcam_overlay(np.asarray(thumbnail), values))
+    if display == "signed":
+        return encode_png(signed_overlay(np.asarray(thumbnail), values))
+    if display == "picture":
+        return encode_png(np.asarray(values))
+    raise ValueError(f"unknown display {display!r}; expected heat, signed or picture")

@@ -35,6 +35,7 @@ from dashboard.app import create_app, stop_background_jobs
 from dashboard.context import CONFIG_KEY
 from dashboard.jobs import TIMEOUT_ENV, ThreadJobManager, job_timeout_s, on_timeout
 from pipelines.errors import UserError
+from pipelines.explain import STORED_METHODS
 from tests import browser_helpers as bh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,17 +83,24 @@ class ExplainClient:
             return error.code, error.read()
 
     def body(self, run_id: str | None, row: int | None, cls: int | None) -> dict[str, Any]:
-        click = None if cls is None else {"cls": cls, "name": f"class {cls}", "click": 1}
-        shown = None if row is None else {"run": run_id, "row": row}
+        # What assets/explain.js's explainRequest writes for a click on class ``cls``'s bar.
+        request = None
+        if cls is not None:
+            request = {
+                "run": run_id,
+                "row": row,
+                "cls": cls,
+                "name": f"class {cls}",
+                "layer": None,
+                "methods": list(STORED_METHODS),
+                "click": 1,
+            }
         return {
             "output": f"{ids.INSPECTOR_CLASS}.data",
             "outputs": {"id": ids.INSPECTOR_CLASS, "property": "data"},
-            "inputs": [{"id": ids.INSPECTOR_CLASS_REQUEST, "property": "data", "value": click}],
-            "changedPropIds": [f"{ids.INSPECTOR_CLASS_REQUEST}.data"],
-            "state": [
-                {"id": ids.INSPECTOR_SHOWN, "property": "data", "value": shown},
-                {"id": ids.APP_TOKEN, "property": "data", "value": self.token},
-            ],
+            "inputs": [{"id": ids.EXPLAIN_REQUEST_QUICK, "property": "data", "value": request}],
+            "changedPropIds": [f"{ids.EXPLAIN_REQUEST_QUICK}.data"],
+            "state": [{"id": ids.APP_TOKEN, "property": "data", "value": self.token}],
         }
 
     def explain(self, run_id: str, row: int, cls: int, seconds: float) -> dict[str, Any]:
@@ -302,12 +310,12 @@ def stuck_explanations(
     compute = service.class_explanations
     # Load the model and run one explanation now (nothing is cached in this copy): the jobs
     # that are not stuck then take milliseconds, far within the deadline.
-    compute(context.catalog.open(run_id), 0, 0)
+    compute(context.catalog.open(run_id), 0, 0, STORED_METHODS)
 
-    def class_explanations(run: Any, row: int, class_index: int) -> Any:
+    def class_explanations(run: Any, row: int, class_index: int, *args: Any) -> Any:
         if class_index == 6:
             release.wait(60)
-        return compute(run, row, class_index)
+        return compute(run, row, class_index, *args)
 
     monkeypatch.setattr(service, "class_explanations", class_explanations)
     try:

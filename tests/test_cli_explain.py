@@ -21,7 +21,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from cli import main
-from components.images import explanation_png_for
+from components.images import explanation_png
 from pipelines.explain import STORED_METHODS, Display
 from pipelines.records import RunSettings
 from pipelines.run_config import stored_methods
@@ -195,7 +195,7 @@ def test_the_example_plugin_through_the_cli_draws_its_signed_map(
     signed = values.maps["input_x_gradient"][0]
     assert signed.min() < 0 < signed.max()
     base = np.asarray(square_view(to_mode(image, 3), PNG_SIDE))
-    expected = decoded_bytes(explanation_png_for(Display.SIGNED, signed, base))
+    expected = decoded_bytes(explanation_png(Display.SIGNED.value, signed, base))
     np.testing.assert_array_equal(decoded(out / "three_input_x_gradient.png"), expected)
 
 
@@ -228,6 +228,30 @@ def test_a_slow_method_shows_progress_and_prints_its_extras(
     # signed: red over the top half (+0.5), blue over the bottom (-0.5)
     pixels = decoded(out / "three_fake_occlusion.png").astype(int)
     assert pixels[10, 112, 0] > pixels[10, 112, 2] and pixels[200, 112, 2] > pixels[200, 112, 0]
+
+
+def test_occlusion_prints_the_probability_intact_and_with_the_top_patch_hidden(
+    small_run, images, tmp_path, capsys, restore_explainers
+):
+    if "occlusion" not in restore_explainers:
+        pytest.skip("occlusion is not registered in this checkout")
+    out = tmp_path / "out"
+    args = explain_args(
+        small_run, "--image", str(images["three"]), "--method", "occlusion", "--out", str(out)
+    )
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "three: Occlusion" in captured.err  # its progress bar
+    top1 = top_k_lines(captured.out)[0][1]
+    intact = re.search(r"Occlusion probability: ([\d.e-]+)", captured.out)
+    hidden = re.search(
+        r"Occlusion occluded probability: (\d+) values, lowest ([\d.e-]+) at \((\d+), (\d+)\)",
+        captured.out,
+    )
+    assert intact and hidden, captured.out
+    assert float(intact.group(1)) == pytest.approx(top1, abs=1e-3)
+    assert int(hidden.group(1)) > 1 and float(hidden.group(2)) <= float(intact.group(1)) + 1e-6
+    assert (out / "three_occlusion.png").is_file()
 
 
 REFUSING_PLUGIN = textwrap.dedent(

@@ -27,7 +27,7 @@ from components.embedding import (
 )
 from components.images import apply_lut, encode_png, explanation_png, gradcam_overlay
 from components.inspector import inspector_table, short_name
-from components.theme import ACCENT, INFERNO_LUT, class_color, layer_family, shade
+from components.theme import ACCENT, DIVERGING_LUT, INFERNO_LUT, class_color, layer_family, shade
 from pipelines.features import discover_layers
 from pipelines.records import LayerSpec
 
@@ -442,14 +442,24 @@ def test_gradcam_overlay_blends_by_cam_strength():
     assert (hot == INFERNO_LUT[-1]).all()
 
 
-def test_explanation_png_overlays_gradcam_and_shows_the_others_as_they_are():
+def test_explanation_png_draws_heat_over_the_image_signed_in_red_and_blue_pictures_as_they_are():
     thumbnail = np.full((4, 4, 3), 100, dtype=np.uint8)
     cam = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8).astype(np.float16)
-    decoded = np.asarray(Image.open(io.BytesIO(explanation_png("gradcam", cam, thumbnail))))
+    decoded = np.asarray(Image.open(io.BytesIO(explanation_png("heat", cam, thumbnail))))
     np.testing.assert_array_equal(decoded, gradcam_overlay(thumbnail, cam))
     picture = np.random.default_rng(5).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    shown = explanation_png("guided_backprop", picture, thumbnail)
+    shown = explanation_png("picture", picture, thumbnail)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(shown))), picture)
+    signed = np.zeros((8, 8), np.float16)
+    signed[0, 0], signed[7, 7] = 1.0, -1.0
+    drawn = np.asarray(Image.open(io.BytesIO(explanation_png("signed", signed, thumbnail))))
+    # Full evidence is the colour map's end, none is the dimmed grey image.
+    np.testing.assert_array_equal(drawn[0, 0], DIVERGING_LUT[-1])
+    np.testing.assert_array_equal(drawn[7, 7], DIVERGING_LUT[0])
+    np.testing.assert_array_equal(drawn[3, 3], [60, 60, 60])
+    assert drawn[0, 0, 0] > drawn[0, 0, 2] and drawn[7, 7, 2] > drawn[7, 7, 0]  # red / blue
+    with pytest.raises(ValueError, match="unknown display"):
+        explanation_png("gradcam", cam, thumbnail)
 
 
 def test_grid_png_is_the_rendered_grid_in_the_sort_order():
