@@ -108,6 +108,12 @@
     return { quick: requestOf(false), slow: requestOf(true), layerNote: note };
   });
 
+  // Copies the jobs' answers into EXPLAIN_ANSWERS with set_props (see panels/explain.py).
+  ls.define("deliverAnswers", function (quick, slow) {
+    dc.set_props(IDS.EXPLAIN_ANSWERS, { data: { quick: quick || null, slow: slow || null } });
+    return dc.no_update;
+  });
+
   ls.define("pickClass", function (predictedClicks, trueClicks, table, shown) {
     var triggered = (dc.callback_context.triggered || [])[0] || {};
     if (String(triggered.prop_id).indexOf(IDS.EXPLAIN_TRUE) === 0) {

@@ -168,10 +168,11 @@
     };
   }
 
-  ls.define("renderInspector", function (selection, hoverData, table, info, quickAnswer, slowAnswer, methods,
+  ls.define("renderInspector", function (selection, hoverData, table, info, answers, methods,
                                           quickRequest, slowRequest, classValue, useSelected, uploads, cancels,
                                           shown, session) {
     var st = state;
+    var quickAnswer = (answers || {}).quick || null, slowAnswer = (answers || {}).slow || null;
     st.table = table;
     st.info = info;
     listenToHover();

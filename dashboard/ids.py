@@ -76,6 +76,9 @@ EXPLAIN_USE_SELECTED_LAYER = "explain-use-selected-layer"
 EXPLAIN_REQUEST_QUICK = "explain-request-quick"
 EXPLAIN_REQUEST_SLOW = "explain-request-slow"
 EXPLAIN_SLOW = "explain-slow"  # the slow job's answer, as INSPECTOR_CLASS is the quick one's
+# {quick, slow}: both answers, written only by set_props (see deliverAnswers in explain.js)
+EXPLAIN_ANSWERS = "explain-answers"
+EXPLAIN_ANSWERS_SINK = "explain-answers-sink"
 EXPLAIN_PROGRESS_ROW = "explain-progress-row"
 EXPLAIN_PROGRESS = "explain-progress"
 EXPLAIN_CANCEL = "explain-cancel"

@@ -177,7 +177,8 @@ def images() -> html.Div:
                     ),
                 ],
                 id=ids.EXPLAIN_PROGRESS_ROW,
-                className="d-flex align-items-center mb-1",
+                # Not bootstrap's d-flex: its !important would beat the inline display: none.
+                className="ls-progress-row mb-1",
                 style={"display": "none"},
             ),
             html.Div([_figure(name) for name in EXPLAINERS], className="ls-explanations"),
@@ -194,6 +195,8 @@ def images() -> html.Div:
             dcc.Store(id=ids.EXPLAIN_REQUEST_QUICK),
             dcc.Store(id=ids.EXPLAIN_REQUEST_SLOW),
             dcc.Store(id=ids.EXPLAIN_SLOW),
+            dcc.Store(id=ids.EXPLAIN_ANSWERS),
+            dcc.Store(id=ids.EXPLAIN_ANSWERS_SINK),
         ]
     )
 
@@ -349,7 +352,6 @@ def explain_quick(request: Any, token: str | None) -> dict[str, Any]:
     interval=300,
     progress=[Output(ids.EXPLAIN_PROGRESS, "value"), Output(ids.EXPLAIN_PROGRESS, "label")],
     progress_default=[0, ""],
-    running=[(Output(ids.EXPLAIN_CANCEL, "disabled"), False, True)],
     cancel=[Input(ids.EXPLAIN_CANCEL, "n_clicks")],
     prevent_initial_call=True,
 )
@@ -392,6 +394,17 @@ clientside_callback(
         "slow": Output(ids.EXPLAIN_REQUEST_SLOW, "data"),
         "layerNote": Output(ids.EXPLAIN_LAYER, "children"),
     },
+)
+
+# The jobs' answers reach the inspector through set_props, not as a callback output: dash holds
+# back every callback with an input that a running callback will write, so with the answers as
+# renderInspector's inputs, hovering froze for as long as a slow method ran.
+clientside_callback(
+    "deliverAnswers",
+    Output(ids.EXPLAIN_ANSWERS_SINK, "data"),
+    Input(ids.INSPECTOR_CLASS, "data"),
+    Input(ids.EXPLAIN_SLOW, "data"),
+    prevent_initial_call=True,
 )
 
 clientside_callback(
