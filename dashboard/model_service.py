@@ -189,5 +189,6 @@ class ModelService:
                 classes,
                 EXPLANATION_METHODS,
                 explanation_size(run),
+                decode=model.adapter.decode,
             ).maps
         return {method: maps[method][0] for method in EXPLANATION_METHODS}
