@@ -283,8 +283,8 @@ class Placer:
     ) -> FloatArray:
         """(M, 2) float32 positions of the pass's M images in the stored map of ``layer_id``
         for (subset, method, perplexity), in that map's coordinates."""
-        coords = stored_map(store, layer_id, subset_size, method, perplexity)
         scores = pca_scores(store, layer_id, image_pass.features_of(layer_id))
+        coords = stored_map(store, layer_id, subset_size, method, perplexity)
         if method == "pca":
             return place_pca(scores)
         affinities = self.affinities(store, layer_id, subset_size)
