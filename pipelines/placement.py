@@ -199,12 +199,12 @@ def stored_map(
     if not store.has("embedding", **key):
         manifest = store.read_manifest()
         perplexities = manifest.get("perplexities", {}).get(str(subset_size), [])
+        at = f" at perplexity {perplexity_key(perplexity)}" if perplexity is not None else ""
+        offered = ", ".join(perplexity_key(p) for p in perplexities) or "none"
         raise UserError(
             f"run '{store.run_id}' has no {method} map of layer '{layer_id}' for subset "
-            f"{subset_size}"
-            + (f" at perplexity {perplexity_key(perplexity)}" if perplexity else "")
-            + f"; its subsets are {manifest.get('subsets')}, with perplexities "
-            f"{', '.join(perplexity_key(p) for p in perplexities) or 'none'} for {subset_size}"
+            f"{subset_size}{at}; its subsets are {manifest.get('subsets')}, with perplexities "
+            f"{offered} for subset {subset_size}"
         )
     return store.load_array("embedding", mmap=False, **key)
 
