@@ -34,9 +34,8 @@ from pipelines.features import capture_layers
 from pipelines.records import LayerSpec
 
 if TYPE_CHECKING:
-    from pipelines.placement import ImagePass
-
     from pipelines.models import ModelAdapter, RunModel
+    from pipelines.placement import ImagePass
 
 # One method's explanation of one sample: "map" is its display array, other keys its extras.
 MethodMaps = dict[str, np.ndarray]
@@ -53,12 +52,6 @@ class ImageSample:
 
 # A sample row of the run, or a picture from elsewhere.
 Sample = int | ImageSample
-
-
-def decoded(adapter: ModelAdapter, logits: torch.Tensor) -> torch.Tensor:
-    """(B, K) class probabilities: the model file's own ``decode`` when it has one."""
-    decode = getattr(adapter, "decode", None)
-    return decode(logits) if callable(decode) else torch.softmax(logits.float(), dim=1)
 
 
 # Intra-op threads for one request's forward pass: the cores idle right now, for models whose
@@ -202,7 +195,7 @@ class ModelService:
             logits, captured = capture_layers(
                 model.adapter.module, self._input(run, model, sample), run.layer_ids
             )
-            probabilities = decoded(model.adapter, logits.detach())
+            probabilities = model.adapter.decode(logits.detach())
         layers = {
             layer_id: tensor[0].detach().to("cpu", torch.float32).numpy()
             for layer_id, tensor in captured.items()
@@ -311,7 +304,7 @@ class ModelService:
             methods,
             explanation_size(run),
             progress=progress,
-            decode=lambda logits: decoded(adapter, logits),
+            decode=adapter.decode,
         )
         return {
             method: {

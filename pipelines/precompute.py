@@ -90,12 +90,13 @@ class Precompute:
     ) -> None:
         """The missing stages, in order; each skips what of its own work is already on disk."""
         missing = self.store.pending_stages(STAGES)
+        reduce_layers = "embeddings" in missing or embeddings.outdated(self.store)
         adapter: ModelAdapter | None = None
         if "model" in missing or model.outdated(self.store):
             use_threads_for(self.config, "model")
             adapter = self.timed("model", lambda: self.model_stage(dataset, content))
         use_threads_for(self.config, "forward")
-        if "embeddings" in missing:
+        if reduce_layers:
             # Started now so their imports overlap the forward pass, not training (which
             # may use every core) or the first layer.
             workers.start()
@@ -109,7 +110,18 @@ class Precompute:
                 self.config.batch_size,
                 self.progress,
             )
-        if "embeddings" in missing:
+        if reduce_layers:
+            # Layers of a run computed before image placement need their features again.
+            recapture = embeddings.layers_without_features(self.store)
+            if recapture:
+                forward.capture_features(
+                    self.store,
+                    dataset,
+                    adapter or self.reopen_model(),
+                    recapture,
+                    self.config.batch_size,
+                    self.progress,
+                )
             embeddings.run(self.store, workers, self.config.seed, self.config.device, self.progress)
         self.clear_failure()
 
@@ -168,7 +180,7 @@ class Precompute:
             raise changed_source_error(self.run_id, self.config.dataset, change)
 
     def finished(self) -> bool:
-        return not self.store.pending_stages(STAGES)
+        return not self.store.pending_stages(STAGES) and not embeddings.outdated(self.store)
 
     def check_or_create_manifest(self, content: Fingerprint) -> None:
         if self.store.exists():

@@ -4,7 +4,8 @@ validation (the CLI, the embedded default and the benchmarks all build a ``Preco
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,30 @@ def validate_run_id(run_id: str) -> str:
 def run_id_for(config: PrecomputeConfig, run_id: str | None) -> str:
     """The run's folder name: ``run_id`` if given (checked), else derived from the settings."""
     return validate_run_id(run_id or default_run_id(config))
+
+
+def precompute_command(identity: Mapping[str, Any], run_id: str, data_dir: Path) -> str:
+    """The shell command that resumes run ``run_id`` of ``data_dir``, whose settings are
+    ``identity`` (``PrecomputeConfig.identity()``, as its manifest records it). Options left at
+    their defaults are left out, so the command reads as a person would type it."""
+    defaults = PrecomputeConfig(dataset="", model="").identity()
+    parts = ["python main.py precompute"]
+    for option, key in (("--dataset", "dataset"), ("--model", "model")):
+        parts.append(f"{option} {shlex.quote(str(identity.get(key, '')))}")
+    for option, key in (
+        ("--weights", "weights"),
+        ("--samples", "samples"),
+        ("--seed", "seed"),
+        ("--input-size", "input_size"),
+    ):
+        value = identity.get(key)
+        if value is not None and value != defaults[key]:
+            parts.append(f"{option} {shlex.quote(str(value))}")
+    subsets = [str(size) for size in identity.get("subsets") or defaults["subsets"]]
+    if subsets != defaults["subsets"]:
+        parts.append(f"--subsets {shlex.quote(','.join(subsets))}")
+    perplexities = [float(p) for p in identity.get("perplexities") or defaults["perplexities"]]
+    if perplexities != defaults["perplexities"]:
+        parts.append(f"--perplexities {','.join(f'{p:g}' for p in perplexities)}")
+    parts.append(f"--data-dir {shlex.quote(str(data_dir))} --run-id {shlex.quote(run_id)}")
+    return " ".join(parts)

@@ -4,7 +4,8 @@ by default Grad-CAM / guided backprop / guided Grad-CAM).
 
 A chunk's file (``forward_chunk``) is written last, so its presence means the whole chunk is on
 disk; once every chunk is, they are consolidated into ``thumbnails``, ``explanation`` and
-``predictions`` (with the metrics of ``pipelines/metrics.py``).
+``predictions`` (with the metrics of ``pipelines/metrics.py``). ``capture_features`` redoes only
+the pooled features, for a finished run whose layers need them again (``embeddings``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pipelines.datasets import Dataset
 from pipelines.explain import STORED_METHODS, FeatureCapture, explain
 from pipelines.features import capture_layers, pooled_features
 from pipelines.metrics import HELD_OUT, accuracy_by_split, confusion_matrix, prediction_columns
-from pipelines.models import ModelAdapter, load_views
+from pipelines.models import ModelAdapter, load_inputs
 from pipelines.precision import AUTOCAST_DTYPES, bf16_available, choose_precision, compare_bf16
 from pipelines.records import Manifest
 from pipelines.run_config import check_stored_methods, stored_methods
@@ -86,17 +87,19 @@ def forward_chunk(
                 explanation_size,
                 features=FeatureCapture(feature_layers, pool),
                 autocast_dtype=autocast_dtype,
+                decode=adapter.decode,
             )
             logits, pooled, explained = result.logits, result.features, result.maps
         for layer, values in pooled.items():
             features[layer].append(values.cpu())
-        probabilities = torch.softmax(logits.float(), dim=1)
+        # The model file's own decode where it has one, else the softmax.
+        probabilities = adapter.decode(logits)
         k = min(TOP_K, probabilities.shape[1])
         top_prob, top_index = probabilities.topk(k, dim=1)
         batch_out = {
             "top10_index": top_index.cpu().numpy(),
             "top10_prob": top_prob.cpu().numpy(),
-            "log_prob": torch.log_softmax(logits.float(), dim=1).cpu().numpy(),
+            "log_prob": adapter.log_probabilities(logits, probabilities).cpu().numpy(),
             **explained,
         }
         for name, value in batch_out.items():
@@ -118,8 +121,8 @@ def forward_precision(
     if "forward_precision" not in manifest:
         check = None
         if bf16_available(adapter.device):
-            views = load_views(adapter, dataset, indices[:batch_size])
-            check = compare_bf16(adapter, adapter.to_tensor(views), layers)
+            _, inputs = load_inputs(adapter, dataset, indices[:batch_size])
+            check = compare_bf16(adapter, inputs, layers)
         manifest["forward_precision"] = choose_precision(check)
         store.write_manifest(manifest)
         if check is not None:
@@ -195,10 +198,10 @@ def run(
     try:
         for chunk_index in pending:
             rows = chunks[chunk_index]
-            views = load_views(adapter, dataset, indices[rows.start : rows.stop])
+            views, inputs = load_inputs(adapter, dataset, indices[rows.start : rows.stop])
             per_sample, features = forward_chunk(
                 adapter,
-                adapter.to_tensor(views),
+                inputs,
                 feature_layers,
                 gradcam_layer,
                 manifest["explanation_size"],
@@ -228,3 +231,52 @@ def run(
         done=len(chunks),
         total=len(chunks),
     )
+
+
+def capture_features(
+    store: RunStore,
+    dataset: Dataset,
+    adapter: ModelAdapter,
+    layer_ids: list[str],
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """The pooled ``features`` of ``layer_ids`` again, for every chunk that lacks them.
+
+    The embeddings stage deletes the features when it finishes; a run computed before image
+    placement existed needs them once more to add its layers' PCA bases. Same inputs, chunks,
+    pooling and precision as ``run``, so the same features; nothing else is written.
+    """
+    manifest = store.read_manifest()
+    indices = np.array(store.load_json("samples")["dataset_index"])
+    chunks = chunk_ranges(len(indices))
+    precision = manifest.get("forward_precision", {}).get("dtype", "float32")
+    pending = [
+        i
+        for i in range(len(chunks))
+        if not all(store.has("features", layer=layer, chunk=i) for layer in layer_ids)
+    ]
+    bar = tqdm(
+        total=sum(len(chunks[i]) for i in pending),
+        desc="features for image placement",
+        unit="img",
+        disable=not progress,
+    )
+    try:
+        for chunk_index in pending:
+            rows = chunks[chunk_index]
+            _, inputs = load_inputs(adapter, dataset, indices[rows.start : rows.stop])
+            _, features = forward_chunk(
+                adapter,
+                inputs,
+                layer_ids,
+                None,
+                manifest["explanation_size"],
+                batch_size,
+                precision,
+            )
+            for layer, values in features.items():
+                store.save_array("features", values, layer=layer, chunk=chunk_index)
+            bar.update(len(rows))
+    finally:
+        bar.close()
