@@ -94,7 +94,9 @@ def decoded_image(data: bytes) -> Image.Image:
                 image = probe.convert("L" if probe.mode in ("1", "L", "I;16", "I", "F") else "RGB")
     except UserError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Warning) as exc:
+    except UnidentifiedImageError:
+        raise UserError("the file is not a readable image; use a PNG or JPEG") from None
+    except (OSError, SyntaxError, ValueError, Warning) as exc:
         raise UserError(f"the file is not a readable image ({exc}); use a PNG or JPEG") from None
     return image
 

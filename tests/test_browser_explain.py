@@ -8,6 +8,7 @@ built: the page lists whatever is registered, as it does for a user's ``--plugin
 
 from __future__ import annotations
 
+import io
 import shutil
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dashboard import ids
 from dashboard.app import create_app, stop_background_jobs
@@ -183,3 +185,78 @@ def test_a_slow_method_shows_progress_and_its_cancel_stops_it(page: bh.PageWatch
     assert "cancelled" in note
     page.screenshot("explain-slow-cancelled")
     assert page.errors == []
+
+
+def digit_png(index: int, size: int = 64) -> bytes:
+    """A scikit-learn digit as the PNG a user would drop: grey, larger than the model's input."""
+    from sklearn.datasets import load_digits
+
+    pixels = (load_digits().images[index] * (255 / 16)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((size, size), Image.Resampling.NEAREST).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def star_count(page: Any) -> int:
+    return page.evaluate(
+        """(id) => {
+            const gd = document.querySelector(`#${id} .js-plotly-plot`);
+            const meta = gd && gd.layout && gd.layout.meta;
+            return meta ? (gd.data[meta.uploadsTrace].x || []).length : -1;
+        }""",
+        ids.EMBEDDING_GRAPH,
+    )
+
+
+def test_an_uploaded_image_gets_the_inspector_its_grid_and_a_star_in_every_layer(
+    page: bh.PageWatch, app_url
+):
+    url, run_id = app_url
+    browser_page = page.page
+    browser_page.goto(f"{url}/?run={run_id}&layer=features.7")
+    browser_page.wait_for_selector(f"#{ids.UPLOAD_DROP} input[type=file]", state="attached")
+    browser_page.set_input_files(
+        f"#{ids.UPLOAD_DROP} input[type=file]",
+        files=[
+            {"name": "my three.png", "mimeType": "image/png", "buffer": digit_png(1503)},
+            {"name": "notes.txt", "mimeType": "image/png", "buffer": b"not a picture"},
+        ],
+    )
+    # The bad file is named with the reason; the good one is listed with its prediction.
+    browser_page.wait_for_function(
+        "(id) => document.getElementById(id).textContent.includes('notes.txt: the file is not a readable image')",
+        arg=ids.UPLOAD_MESSAGE,
+    )
+    button = browser_page.locator(f"#{ids.UPLOAD_LIST} button.ls-upload")
+    assert button.count() == 1 and "my three.png →" in button.inner_text()
+    # Placed in the map on screen with that map's own embedding, as a star.
+    wait_for_stars(browser_page, 1)
+    button.click()
+    browser_page.wait_for_function(
+        "(id) => document.getElementById(id).textContent === 'your image'", arg=ids.INSPECTOR_HINT
+    )
+    assert browser_page.locator(f"#{ids.INSPECTOR_TOP10} button.ls-bar").count() == 10
+    wait_for_loaded_image(browser_page, "gradcam", "/upload/")
+    browser_page.wait_for_function(
+        "(id) => document.getElementById(id).textContent.includes('your image · layer features.7')",
+        arg=ids.ACTIVATIONS_HEADER,
+    )
+    # The star follows a layer switch: placed again in the next layer's map.
+    browser_page.click(f"#{ids.MODEL_NEXT}")
+    browser_page.wait_for_function(
+        "(id) => document.getElementById(id).textContent.includes('layer features.8')",
+        arg=ids.ACTIVATIONS_HEADER,
+    )
+    wait_for_stars(browser_page, 1)
+    assert browser_page.inner_text(f"#{ids.INSPECTOR_HINT}") == "your image"
+    page.screenshot("upload-in-the-map")
+    assert page.errors == []
+
+
+def wait_for_stars(page: Any, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if star_count(page) == count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the map shows {star_count(page)} stars, expected {count}")

@@ -228,7 +228,7 @@ def test_embedding_figure_puts_every_row_once_with_list_customdata():
     figure = embedding_figure(coords, groups, "title", "run|500|label", "rev")
     valid_plotly(figure)
     rows, xs, ys = [], [], []
-    for t in figure["data"][:-1]:
+    for t in figure["data"][:-2]:  # the last two are the overlays the browser fills
         assert t["type"] == "scattergl" and isinstance(t["customdata"], list)
         assert all(type(v) is int for v in t["customdata"])
         rows += t["customdata"]
@@ -238,8 +238,11 @@ def test_embedding_figure_puts_every_row_once_with_list_customdata():
     order = np.argsort(rows)
     np.testing.assert_allclose(np.array(xs)[order], coords[:, 0], atol=0.051)
     np.testing.assert_allclose(np.array(ys)[order], coords[:, 1], atol=0.051)
-    pinned = figure["data"][-1]
+    pinned, uploads = figure["data"][-1], figure["data"][-2]
     assert pinned["x"] == [] and figure["layout"]["meta"]["pinnedTrace"] == len(figure["data"]) - 1
+    assert (
+        uploads["x"] == [] and figure["layout"]["meta"]["uploadsTrace"] == len(figure["data"]) - 2
+    )
     assert figure["layout"]["meta"]["structure"] == "run|500|label"
 
 

@@ -235,7 +235,7 @@ def test_embedding_payload_has_every_sample_and_a_descriptive_title(app, selecti
     payload, message = call(app, embedding.load, view_key(selection), None)
     figure = payload["figure"]
     assert message is None and payload["run"] == selection["run"]
-    rows = sorted(r for t in figure["data"][:-1] for r in t["customdata"])
+    rows = sorted(r for t in figure["data"][:-2] for r in t["customdata"])  # less the overlays
     assert rows == list(range(selection["subset"]))
     assert figure["layout"]["title"]["text"] == (
         f"t-SNE, perplexity 30 — layer {selection['layer']} (ReLU), {selection['subset']} samples"
@@ -253,7 +253,7 @@ def test_embedding_payload_has_every_sample_and_a_descriptive_title(app, selecti
 
 def test_embedding_colourings_and_bad_parameters(app, selection):
     by_correct, _ = call(app, embedding.load, view_key(selection, color="correct"), None)
-    names = [t["name"] for t in by_correct["figure"]["data"][:-1]]
+    names = [t["name"] for t in by_correct["figure"]["data"][:-2]]  # less the two overlays
     assert set(names) <= {"correct", "wrong", "unknown label"}
     payload, message = call(app, embedding.load, view_key(selection, perplexity="77"), None)
     assert "perplexity 77" in text_of(message) and payload["figure"]["data"] == []
@@ -430,7 +430,7 @@ def test_explaining_the_predicted_class_gives_the_stored_maps(run_dir):
 
 def test_activation_grid_shows_every_channel(app, run_dir, selection):
     figure, style, header, message = call(
-        app, activations.render_grid, sample_key(selection, layer="features.3"), "score"
+        app, activations.render_grid, sample_key(selection, layer="features.3"), "score", None
     )
     assert style == {} and message is None
     markers = figure["data"][0]
@@ -443,18 +443,18 @@ def test_activation_grid_shows_every_channel(app, run_dir, selection):
     geometry = grid_geometry(32)
     assert image.shape[:2] == (geometry.height, geometry.width)
     by_index, _, _, _ = call(
-        app, activations.render_grid, sample_key(selection, layer="features.3"), "index"
+        app, activations.render_grid, sample_key(selection, layer="features.3"), "index", None
     )
     assert [c[0] for c in by_index["data"][0]["customdata"]] == list(range(32))
 
 
 def test_dense_layers_are_one_heatmap_and_no_pin_says_what_to_do(app, selection):
     figure, _, header, _ = call(
-        app, activations.render_grid, sample_key(selection, layer="classifier.1"), "score"
+        app, activations.render_grid, sample_key(selection, layer="classifier.1"), "score", None
     )
     assert figure["data"][0]["type"] == "heatmap" and "128 neurons" in header
     _, style, _, message = call(
-        app, activations.render_grid, sample_key(selection, pinned=None), "score"
+        app, activations.render_grid, sample_key(selection, pinned=None), "score", None
     )
     assert style == {"display": "none"} and "Click a point" in text_of(message)
 
@@ -462,7 +462,7 @@ def test_dense_layers_are_one_heatmap_and_no_pin_says_what_to_do(app, selection)
 def test_clicking_a_channel_opens_its_raw_values(app, selection):
     key = sample_key(selection, layer="features.0")
     is_open, title, figure = call(
-        app, activations.open_channel, {"points": [{"customdata": [5, 1.0]}]}, key
+        app, activations.open_channel, {"points": [{"customdata": [5, 1.0]}]}, key, None
     )
     assert is_open is True and "channel 5" in title
     z = np.array(figure["data"][0]["z"])
@@ -471,7 +471,7 @@ def test_clicking_a_channel_opens_its_raw_values(app, selection):
     run = context.catalog.open(selection["run"])
     raw = context.service.layer_activation(run, 3, "features.0").values[5]
     np.testing.assert_allclose(z, raw, atol=1e-4)
-    dense_click = call(app, activations.open_channel, {"points": [{"customdata": 17}]}, key)
+    dense_click = call(app, activations.open_channel, {"points": [{"customdata": 17}]}, key, None)
     assert not isinstance(dense_click[0], bool)  # no_update: dense cells open nothing
 
 
@@ -528,7 +528,11 @@ def test_corrupt_cache_file_on_disk_is_reported_in_place(app, run_dir, selection
         path.write_bytes(path.read_bytes()[:40])
     context.service.results.memory.clear()
     _, style, _, message = call(
-        app, activations.render_grid, sample_key(selection, layer="features.3", pinned=row), "score"
+        app,
+        activations.render_grid,
+        sample_key(selection, layer="features.3", pinned=row),
+        "score",
+        None,
     )
     assert style == {} and "unreadable" in text_of(message) and "recomputed" in text_of(message)
 
@@ -732,7 +736,7 @@ def test_a_deleted_run_shows_a_message_everywhere(small_run, tmp_path):
     assert "is not in" in figure["layout"]["annotations"][0]["text"]
     _, message = call(doomed_app, embedding.load, view_key(chosen), None)
     assert "deleted" in text_of(message)
-    _, _, _, message = call(doomed_app, activations.render_grid, sample_key(chosen), "score")
+    _, _, _, message = call(doomed_app, activations.render_grid, sample_key(chosen), "score", None)
     assert "deleted" in text_of(message)
     body, note, _, _ = call(doomed_app, about.render, run_id, None)
     assert "deleted" in text_of(note)
