@@ -33,7 +33,7 @@ import pytest
 from dashboard import ids
 from dashboard.app import create_app, stop_background_jobs
 from dashboard.context import CONFIG_KEY
-from dashboard.jobs import TIMEOUT_ENV, ThreadJobManager, job_timeout_s, on_timeout
+from dashboard.jobs import TIMEOUT_ENV, ThreadJobManager, job_timeout_s, on_timeout, slow_job
 from pipelines.errors import UserError
 from pipelines.explain import STORED_METHODS
 from tests import browser_helpers as bh
@@ -456,3 +456,47 @@ def test_the_job_timeout_setting(monkeypatch):
     assert ThreadJobManager().timeout_s == job_timeout_s() == 30.0
     monkeypatch.setenv(TIMEOUT_ENV, "2.5")
     assert ThreadJobManager().timeout_s == 2.5
+
+
+def test_slow_jobs_run_on_their_own_threads_and_stop_when_cancelled():
+    """A burst of slow jobs (occlusion, IG) never makes a quick one wait for a thread, and a
+    cancelled slow job stops at its next progress report instead of running on."""
+    manager = ThreadJobManager(workers=1, timeout_s=5, slow_workers=2, slow_timeout_s=30)
+    release = threading.Event()
+    steps: dict[str, int] = {}
+
+    @slow_job
+    def slow(set_progress: Any, name: str) -> dict[str, str]:
+        for step in range(1000):
+            set_progress((step, 1000))
+            steps[name] = step + 1
+            if release.wait(0.01):
+                break
+        return {"name": name}
+
+    def quick(name: str) -> dict[str, str]:
+        return {"name": name}
+
+    try:
+        slow_jobs = [
+            manager.call_job_fn(f"s{i}", manager.make_job_fn(slow, True), [f"slow {i}"], {})
+            for i in range(3)
+        ]
+        start = time.monotonic()
+        assert answer(manager, run_job(manager, quick, "quick")) == {"name": "quick"}
+        assert time.monotonic() - start < 1.0
+        # The third slow job waits for a slow thread; cancelling the first frees one.
+        time.sleep(0.2)
+        assert manager.job_running(slow_jobs[2])
+        manager.terminate_job(slow_jobs[0])
+        time.sleep(0.1)
+        stopped_at, running_at = steps["slow 0"], steps["slow 1"]
+        time.sleep(0.3)
+        assert steps["slow 0"] == stopped_at  # stopped at its next report
+        assert steps["slow 1"] > running_at and steps.get("slow 2", 0) > 0  # the others go on
+        release.set()
+        assert answer(manager, slow_jobs[1], key="s1") == {"name": "slow 1"}
+        assert answer(manager, slow_jobs[2], key="s2") == {"name": "slow 2"}
+    finally:
+        release.set()
+        manager.shutdown(1.0)

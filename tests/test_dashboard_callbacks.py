@@ -342,6 +342,14 @@ def test_image_routes_serve_run_pictures(app, run_dir):
         "/runs/{run}/activations/..%2Fmanifest/0.png",
         "/runs/{run}/activations/features.3/0.png?sort=name",
         "/runs/{run}/explain-class/999/gradcam/0.png",
+        "/runs/{run}/explain-class/3/nope/0.png",
+        "/runs/{run}/explain-class/3/gradcam/0.png?layer=..%2Fmanifest",
+        "/runs/{run}/explain-class/3/gradcam/0.png?layer=classifier.1",  # no channel maps
+        "/runs/{run}/upload/../../etc/passwd/thumb.png",
+        "/runs/{run}/upload/0123456789abcdef0123456789abcdef/..%2Fnames/thumb.png",
+        "/runs/{run}/upload/0123456789abcdef0123456789abcdef/0123456789abcdef/thumb.png",
+        "/runs/{run}/upload/NOTASESSION/0123456789abcdef/thumb.png",
+        "/runs/{run}/upload/0123456789abcdef0123456789abcdef/0123456789abcdef/explain/3/gradcam.png",
     ],
 )
 def test_image_routes_refuse_anything_outside_the_run(app, run_dir, path):
