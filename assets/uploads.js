@@ -43,11 +43,12 @@
     };
   };
 
+  // Draws the stars; says why they are missing when the server could not place them.
   ls.define("drawUploads", function (points) {
     state.points = points;
     if (ls.redrawUploads) {
       ls.redrawUploads();
     }
-    return dc.no_update;
+    return (points && points.error) || "";
   });
 })();

@@ -111,7 +111,7 @@ UPLOAD_SESSION = "upload-session"  # this tab's random upload session
 UPLOADS = "uploads"  # [{id, name, thumb, top_idx, top_prob, pred}] for the current run
 UPLOAD_POINTS = "upload-points"  # {view, points: [{id, name, x, y}]} in the map on screen
 UPLOAD_PICK_TYPE = "upload-pick"  # {"type": UPLOAD_PICK_TYPE, "id": upload id} buttons
-UPLOAD_SINK = "upload-sink"  # no-output side effect: the uploads' markers drawn into the map
+UPLOAD_PLACEMENT_NOTE = "upload-placement-note"  # why the uploads are not in this map
 
 
 # ---- activations ----------------------------------------------------------------------------

@@ -53,10 +53,10 @@ def layout() -> dbc.Card:
             ),
             html.Div(id=ids.UPLOAD_LIST, className="ls-uploads"),
             html.Div(id=ids.UPLOAD_MESSAGE, className="ls-hint"),
+            html.Div(id=ids.UPLOAD_PLACEMENT_NOTE, className="ls-hint text-warning"),
             dcc.Store(id=ids.UPLOAD_SESSION, storage_type="session"),
             dcc.Store(id=ids.UPLOADS),
             dcc.Store(id=ids.UPLOAD_POINTS),
-            dcc.Store(id=ids.UPLOAD_SINK),
         ],
         className="ls-upload-area",
     )
@@ -184,6 +184,6 @@ clientside_callback(
 
 clientside_callback(
     "drawUploads",
-    Output(ids.UPLOAD_SINK, "data"),
+    Output(ids.UPLOAD_PLACEMENT_NOTE, "children"),
     Input(ids.UPLOAD_POINTS, "data"),
 )
