@@ -14,7 +14,7 @@ import contextlib
 import difflib
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +89,7 @@ def explain_command(args: argparse.Namespace) -> None:
         target=modules[layer_id] if layer_id is not None else None,
         out_size=max(adapter.input_size, MIN_PNG_SIDE),
         out_dir=out_dir,
+        decode=adapter.decode,
         # Every method by default: one that refuses this model is skipped with a warning.
         skip_failures=args.method is None,
     )
@@ -101,7 +102,8 @@ def explain_command(args: argparse.Namespace) -> None:
                 f"class {class_index} is out of range for a model with {logits.shape[1]} "
                 f"outputs; pass a class between 0 and {logits.shape[1] - 1}"
             )
-        probabilities = torch.softmax(logits, dim=1)[0]
+        # The model file's own decode where it has one, as everywhere else.
+        probabilities = adapter.decode(logits)[0]
         chosen = int(probabilities.argmax()) if class_index is None else class_index
         print_top_k(user_image.path, probabilities, model_info.class_names, chosen)
         explainer_run.explain_image(user_image, inputs, chosen, methods)
@@ -115,6 +117,7 @@ class ExplainerRun:
     target: torch.nn.Module | None  # the Grad-CAM layer; None when no method weighs one
     out_size: int  # S of the maps and PNGs
     out_dir: Path
+    decode: Callable[[torch.Tensor], torch.Tensor]  # logits -> probabilities (the model's own)
     skip_failures: bool  # warn about a method that refuses the model instead of stopping
 
     def explain_image(
@@ -144,7 +147,7 @@ class ExplainerRun:
                 names = [explainer.name for explainer in group]
                 explained = explain(
                     self.module, self.target, inputs, classes, names, self.out_size,
-                    progress=progress,
+                    progress=progress, decode=self.decode,
                 )  # fmt: skip
         except UserError as exc:
             if not self.skip_failures:
