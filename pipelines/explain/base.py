@@ -280,6 +280,22 @@ def cam_display(cams: torch.Tensor, out_size: int) -> np.ndarray:
     return unit_scale(resized).clamp_(0.0, 1.0).to(torch.float16).cpu().numpy()
 
 
+def signed_display(attributions: torch.Tensor, out_size: int) -> np.ndarray:
+    """Signed per-pixel attributions to display form: each map divided by its largest absolute
+    value, so the strongest evidence for or against the class is +-1 and zero stays zero (the
+    colour scale's white), then resized.
+
+    attributions: (B, h, w) float32 -> (B, S, S) float16 in [-1, 1]; an all-zero map stays zero.
+    """
+    peak = attributions.abs().flatten(1).max(dim=1).values[:, None, None]
+    # Dividing by 1 where the peak is 0 keeps an all-zero map zero instead of NaN, and, unlike an
+    # epsilon added to every divisor, leaves tiny but non-zero maps spanning the full scale.
+    scaled = attributions / torch.where(peak > 0, peak, torch.ones_like(peak))
+    resized = resize_maps(scaled[:, None], (out_size, out_size))[:, 0]
+    # Bilinear and anti-aliased weights are convex, so the clamp only absorbs float rounding.
+    return resized.clamp_(-1.0, 1.0).to(torch.float16).cpu().numpy()
+
+
 def gradients_display(grads: torch.Tensor, out_size: int) -> np.ndarray:
     """Pixel-space gradients to an RGB picture, per image, as pytorch-grad-cam's
     ``deprocess_image``: standardise, scale by 0.1, centre on 0.5, clip, quantise.
