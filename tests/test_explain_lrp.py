@@ -250,6 +250,27 @@ def test_matches_zennit_on_torchvision_models(model_name: str) -> None:
         )
 
 
+def test_skipping_zero_branches_is_bit_identical_to_zennits_rules() -> None:
+    """z+ and alpha-beta skip the branches that read a layer's negative inputs where there are
+    none (behind a ReLU) and run zennit's rule unchanged where there are (behind a Tanh)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(6, 6, 3, padding=1),  # negative inputs: zennit's rule as it is
+        nn.ReLU(inplace=True),
+        nn.Conv2d(6, 6, 3, padding=1),  # non-negative inputs: the shortcut
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, 10),
+    ).eval()
+    images, classes = random_batch(3, 3, 8, seed=6)
+    for method in METHODS:
+        expected = zennit_relevance(model, images, classes, ZENNITS[method]())
+        assert torch.equal(ours(model, images, classes, method), expected), method
+
+
 def test_channels_last_gives_the_same_relevance() -> None:
     """The forward stage runs models and batches in channels_last."""
     torch.manual_seed(0)
@@ -508,3 +529,17 @@ def test_top1_classes_when_none_are_given() -> None:
     np.testing.assert_array_equal(
         out.maps["lrp"], explain(model, None, images, top1, ["lrp"], 8).maps["lrp"]
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    model = block_cnn()
+    images, classes = random_batch(4, 3, 8)
+    on_cpu = explain(model, None, images, classes, METHODS, 8).maps
+    model_gpu = block_cnn().cuda()
+    on_gpu = explain(model_gpu, None, images.cuda(), classes.cuda(), METHODS, 8).maps
+    for method in METHODS:
+        np.testing.assert_allclose(
+            on_gpu[method].astype(np.float32), on_cpu[method].astype(np.float32), atol=2e-3
+        )
+    assert hooks_left(model_gpu) == []

@@ -200,10 +200,11 @@ class NonNegativeInputShortcut(BasicHook):
             param_mod = ParamMod.ensure(self.param_modifiers[k])
             with param_mod(module) as modified, torch.autograd.enable_grad():
                 outputs[k] = self.output_modifiers[k](modified.forward(inputs[k]))
-        zero_input = torch.zeros_like(original)
-        zero_output = torch.zeros_like(outputs[kept[0]])
+        # A 0-dim zero broadcasts where the rule adds or multiplies a skipped branch's tensors:
+        # the same sums, without filling and reading full tensors of zeros.
+        zero = original.new_zeros(())
         grad_outputs = self.gradient_mapper(
-            grad_output[0], [outputs.get(k, zero_output) for k in branches]
+            grad_output[0], [outputs.get(k, zero) for k in branches]
         )
         gradients = torch.autograd.grad(
             [outputs[k] for k in kept],
@@ -213,8 +214,7 @@ class NonNegativeInputShortcut(BasicHook):
         )
         by_branch = dict(zip(kept, gradients, strict=True))
         relevance = self.reducer(
-            [inputs.get(k, zero_input) for k in branches],
-            [by_branch.get(k, zero_input) for k in branches],
+            [inputs.get(k, zero) for k in branches], [by_branch.get(k, zero) for k in branches]
         )
         return tuple(relevance if old.shape == relevance.shape else None for old in grad_input)
 
