@@ -4,6 +4,7 @@ chosen for other models, and a model left exactly as it was found, also after a 
 
 from __future__ import annotations
 
+import gc
 import warnings
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from torchvision.models.resnet import BasicBlock
 from zennit.attribution import Gradient as ZennitGradient
 from zennit.canonizers import MergeBatchNorm, SequentialMergeBatchNorm
 from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonPlusFlat
-from zennit.core import Composite
+from zennit.core import Composite, Hook
 from zennit.torchvision import ResNetCanonizer
 
 from pipelines.errors import UserError
@@ -387,6 +388,10 @@ def test_no_hooks_canonizers_or_changes_left_after_100_runs() -> None:
         maps = explain(model, None, images, classes, METHODS, 8).maps
     assert_left_as_found(model, before, before_storage)
     assert model.training and model[3].training
+    # Nor anything alive elsewhere: zennit's hooks live only as long as one pass's graph.
+    gc.collect()
+    # type(), not isinstance(): the latter reads __class__, which some torch objects deprecate.
+    assert not [obj for obj in gc.get_objects() if issubclass(type(obj), Hook)]
     for method in METHODS:
         np.testing.assert_array_equal(maps[method], first[method])
 

@@ -53,8 +53,8 @@ from pipelines.explain.registry import register
 
 # zennit's defaults for both composites: epsilon for dense layers, the stabilizer (added to every
 # other rule's denominator with its sign) for the rest. An epsilon this small makes the dense
-# layers' rule LRP-0, which conserves relevance; the z+ / alpha-beta convolutions below them are
-# what removes the gradient's noise.
+# layers' rule LRP-0, which conserves relevance; the z+ / alpha-beta rules at the convolutions
+# are what keeps the maps from being as noisy as gradient x input (Montavon et al. 2019).
 EPSILON = 1e-6
 STABILIZER = 1e-6
 # Canonizing only merges BatchNorm and re-routes a sum, so a canonized model computes the same
