@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import gc
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
@@ -251,21 +252,42 @@ def test_matches_zennit_on_torchvision_models(model_name: str) -> None:
         )
 
 
-def test_skipping_zero_branches_is_bit_identical_to_zennits_rules() -> None:
-    """z+ and alpha-beta skip the branches that read a layer's negative inputs where there are
-    none (behind a ReLU) and run zennit's rule unchanged where there are (behind a Tanh)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
+class FunctionalInPlace(nn.Module):
+    """Convolutions whose outputs a custom forward rectifies in place with ``F.relu``, where no
+    module (and no hook) sits between them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.head = nn.Linear(6 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x), inplace=True)
+        x = F.relu(self.conv2(x), inplace=True)
+        return self.head(x.flatten(1))
+
+
+def tanh_then_relu_cnn() -> nn.Sequential:
+    return nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1),
         nn.Tanh(),
-        nn.Conv2d(6, 6, 3, padding=1),  # negative inputs: zennit's rule as it is
+        nn.Conv2d(6, 6, 3, padding=1),  # negative inputs: every branch of zennit's rule runs
         nn.ReLU(inplace=True),
-        nn.Conv2d(6, 6, 3, padding=1),  # non-negative inputs: the shortcut
+        nn.Conv2d(6, 6, 3, padding=1),  # non-negative inputs: the negative branches are skipped
         nn.ReLU(inplace=True),
         nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
         nn.Linear(24, 10),
-    ).eval()
+    )
+
+
+@pytest.mark.parametrize("make_model", [tanh_then_relu_cnn, FunctionalInPlace])
+def test_lean_rules_are_bit_identical_to_zennits(make_model: Callable[[], nn.Module]) -> None:
+    """``LeanRule`` skips the plain backward zennit discards and, behind a ReLU, the branches
+    that read negative inputs; zennit's composites give exactly the same relevance."""
+    torch.manual_seed(0)
+    model = make_model().eval()
     images, classes = random_batch(3, 3, 8, seed=6)
     for method in METHODS:
         expected = zennit_relevance(model, images, classes, ZENNITS[method]())

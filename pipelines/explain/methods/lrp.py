@@ -21,16 +21,19 @@ BatchNorm merged into the layer it follows, and torchvision ResNet blocks made t
 residual in a module zennit can hook. zennit's canonizers and hooks modify the model in place;
 ``attached`` restores it exactly, also when a pass fails.
 
-zennit 0.5.1 with torch 2.14.1: no deprecated hooks (zennit hooks ``grad_fn`` nodes, not modules)
-and no warnings; maps agree with zennit's own composites on VGG and ResNet. Two gaps are closed
-here: ``Composite.register`` does not undo what it applied when a canonizer fails halfway
-(``attached``, ``AtomicMergeBatchNorm``), and its ``SequentialMergeBatchNorm`` pairs modules by
-registration order, which is the forward order only for some models (``batch_norm_pairs``).
+Convolutions get ``LeanRule``: zennit's z+ / alpha-beta rule, computed with less work (VGG16's
+pass 1.5x faster), with the same values. zennit 0.5.1 with torch 2.14.1: no deprecated hooks
+(zennit hooks ``grad_fn`` nodes, not modules) and no warnings; maps agree with zennit's own
+composites on VGG and ResNet. Two gaps of zennit's are closed here: ``Composite.register`` does
+not undo what it applied when a canonizer fails halfway (``attached``, ``AtomicMergeBatchNorm``),
+and its ``SequentialMergeBatchNorm`` pairs modules by registration order, which is the forward
+order only for some models (``batch_norm_pairs``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterator
@@ -42,7 +45,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from zennit.canonizers import Canonizer, NamedMergeBatchNorm
 from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonPlusFlat
-from zennit.core import BasicHook, Composite, ParamMod
+from zennit.core import BasicHook, Composite, Identity, ParamMod
 from zennit.rules import AlphaBeta, ZPlus
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 from zennit.types import BatchNorm, Convolution, ConvolutionStandard
@@ -159,16 +162,43 @@ def canonizers_for(model: nn.Module) -> list[Canonizer]:
 # --- rules ---------------------------------------------------------------------------------------
 
 
-class NonNegativeInputShortcut(BasicHook):
-    """A zennit rule that splits a layer's input into positive and negative parts (z+,
-    alpha-beta), run without the branches that read the negative part when the input has no
-    negative entry, as behind every ReLU.
+class _Rejoin(torch.autograd.Function):
+    """Puts a layer's output, computed from a detached copy of its input, back on the graph
+    behind the input's zennit ``Identity`` node. Its gradient towards that node is a zero (an
+    expanded scalar: no memory), which the rule's hook there replaces with the relevance."""
 
-    Such a branch's input is all zero, so its output is zero and it adds exactly zero relevance.
-    The rule's own gradient mapper and reducer still see every branch (zeros for the skipped
-    ones), so the relevance is the rule's, bit for bit (tested against zennit's composites),
-    while each convolution's backward step runs half the convolutions (VGG16, 224 px, 2 CPU
-    threads: 1.0 s -> 0.75 s per image).
+    @staticmethod
+    def forward(ctx: Any, anchor: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        ctx.anchor = (anchor.shape, anchor.dtype, anchor.device)
+        # A new tensor object, not ``output`` itself: autograd would make a returned input a
+        # view, and the in-place ReLU that often follows cannot modify such a view.
+        return output.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        shape, dtype, device = ctx.anchor
+        return torch.zeros((), dtype=dtype, device=device).expand(shape), None
+
+
+class LeanRule(BasicHook):
+    """A zennit rule that splits a layer's input into positive and negative parts (z+,
+    alpha-beta), computed without two kinds of work that cannot change a value:
+
+    - zennit's hooks let autograd run each layer's plain backward (the gradient w.r.t. its input)
+      and then overwrite that gradient with the rule's relevance. Here the layer runs on a
+      detached copy of its input and its output rejoins the graph through ``_Rejoin``, so that
+      backward is never run (nor its inputs kept for it).
+    - Where the input has no negative entry, as behind every ReLU, the branches that read the
+      negative part (``negative_branches``) see all zeros, give zero outputs and add exactly zero
+      relevance; they are skipped, and the rule's own gradient mapper and reducer see a zero in
+      their place.
+
+    The relevance is zennit's rule's, bit for bit (tested against zennit's composites); each z+
+    convolution's backward step runs two convolutions instead of five. VGG16, 224 px, one image,
+    channels_last, the LRP pass alone, best / median of 8 interleaved runs on the shared 2-core
+    VM (load 1.1-1.7), 2 threads: zennit's EpsilonPlusFlat 1.00 / 1.25 s, zero branches skipped
+    0.79 / 0.97 s, both 0.66 / 0.81 s; 1 thread: 2.21, 1.58, 1.29 s best. Unlike zennit's hooks,
+    these do not support ``Composite.inactive``.
     """
 
     def __init__(self, rule: BasicHook, negative_branches: frozenset[int]) -> None:
@@ -181,9 +211,35 @@ class NonNegativeInputShortcut(BasicHook):
         )
         self.negative_branches = negative_branches
 
-    def copy(self) -> NonNegativeInputShortcut:
+    def copy(self) -> LeanRule:
         # zennit copies one template per module; BasicHook.copy would drop negative_branches.
-        return NonNegativeInputShortcut(self, self.negative_branches)
+        return LeanRule(self, self.negative_branches)
+
+    def pre_forward(self, module: nn.Module, input: tuple[Any, ...]) -> Any:
+        """As zennit's ``Hook.pre_forward`` (an ``Identity`` node whose gradient the rule's
+        ``backward`` replaces), but the layer gets a detached copy of its input."""
+        if len(input) != 1 or not input[0].requires_grad:
+            return super().pre_forward(module, input)
+        hook_ref = weakref.ref(self)
+
+        def relevance_hook(grad_input: Any, _grad_output: Any) -> Any:
+            hook = hook_ref()
+            if hook is None or not hook.active:
+                return None
+            return hook.backward(module, grad_input, hook.stored_tensors["grad_output"])
+
+        (anchor,) = Identity.apply(*input)
+        self.tensor_handles.append(anchor.grad_fn.register_hook(relevance_hook))
+        self.stored_tensors["anchor"] = anchor
+        # A copy, as zennit's: the stored input must survive in-place ops on the original.
+        return anchor.detach().clone()
+
+    def post_forward(self, module: nn.Module, input: Any, output: Any) -> Any:
+        anchor = self.stored_tensors.pop("anchor", None)
+        if anchor is not None:
+            output = _Rejoin.apply(anchor, output)
+        # zennit's: a hook on the output's node keeps the incoming relevance for ``backward``.
+        return super().post_forward(module, input, output)
 
     def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
         stored = self.stored_tensors["input"][0]
@@ -220,9 +276,9 @@ class NonNegativeInputShortcut(BasicHook):
 
 
 def epsilon_plus_flat(canonizers: list[Canonizer]) -> Composite:
-    """zennit's EpsilonPlusFlat: flat at the first layer, z+ for convolutions, epsilon for
-    dense layers, with z+'s negative-input branch skipped where it is zero."""
-    z_plus = NonNegativeInputShortcut(ZPlus(stabilizer=STABILIZER), frozenset({1}))
+    """zennit's EpsilonPlusFlat: flat at the first layer, z+ for convolutions (as a
+    ``LeanRule``; branch 1 reads the negative inputs), epsilon for dense layers."""
+    z_plus = LeanRule(ZPlus(stabilizer=STABILIZER), frozenset({1}))
     return EpsilonPlusFlat(
         epsilon=EPSILON,
         stabilizer=STABILIZER,
@@ -233,12 +289,13 @@ def epsilon_plus_flat(canonizers: list[Canonizer]) -> Composite:
 
 def epsilon_alpha2_beta1_flat(canonizers: list[Canonizer]) -> Composite:
     """zennit's EpsilonAlpha2Beta1Flat: flat at the first layer, alpha=2 beta=1 for
-    convolutions, epsilon for dense layers, with the negative-input branches skipped where zero."""
+    convolutions (as a ``LeanRule``; branches 1 and 3 read the negative inputs), epsilon for
+    dense layers."""
     alpha_beta = AlphaBeta(alpha=2.0, beta=1.0, stabilizer=STABILIZER)
     return EpsilonAlpha2Beta1Flat(
         epsilon=EPSILON,
         stabilizer=STABILIZER,
-        layer_map=[(Convolution, NonNegativeInputShortcut(alpha_beta, frozenset({1, 3})))],
+        layer_map=[(Convolution, LeanRule(alpha_beta, frozenset({1, 3})))],
         canonizers=canonizers,
     )
 
