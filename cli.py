@@ -1,4 +1,4 @@
-"""The command line: ``precompute``, ``runs`` and ``serve`` (the default).
+"""The command line: ``precompute``, ``runs``, ``explain`` and ``serve`` (the default).
 
 It sits above both sides: it drives the offline pipeline (``pipelines/``) and serves the
 dashboard (``dashboard/``), and neither of those imports it. User mistakes end as one
@@ -52,6 +52,11 @@ def port_number(text: str) -> int:
     return port
 
 
+def method_list(text: str) -> list[str]:
+    """Comma-separated method names, each once, in the order given."""
+    return list(dict.fromkeys(comma_list(text)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="main.py", description="LayerScope: see inside image-classification CNNs.")
     commands = parser.add_subparsers(dest="command", parser_class=Parser)
@@ -60,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(serve)
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=8050)
+    add_plugins(serve)
 
     pre = commands.add_parser("precompute", help="compute a run: dataset x model")
     pre.add_argument(
@@ -107,11 +113,74 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument(
         "--run-id", default=None, help="name of the run folder (default: derived from the settings)"
     )
+    pre.add_argument(
+        "--explain",
+        type=method_list,
+        default=None,
+        metavar="M[,M...]",
+        help="fast explanation methods stored for every sample (default for a new run: "
+        "gradcam,guided_backprop,guided_gradcam; a resumed run keeps its own list)",
+    )
     add_data_dir(pre)
+    add_plugins(pre)
 
     runs = commands.add_parser("runs", help="list runs and the state of each stage")
     add_data_dir(runs)
+
+    explain = commands.add_parser(
+        "explain", help="explain your own images with a run's model, one PNG per method"
+    )
+    explain.add_argument(
+        "--run", required=True, metavar="RUN_ID", help="run id (`python main.py runs` lists them)"
+    )
+    explain.add_argument(
+        "--image",
+        required=True,
+        action="extend",
+        nargs="+",
+        metavar="PATH",
+        help="image file(s) to explain; repeat the flag or list several",
+    )
+    explain.add_argument(
+        "--class",
+        dest="class_",
+        default=None,
+        metavar="NAME_OR_INDEX",
+        help="class to explain: an index, or a class name (any case, or a unique start of one); "
+        "default: the predicted class",
+    )
+    explain.add_argument(
+        "--method",
+        action="extend",
+        nargs="+",
+        type=method_list,
+        metavar="M",
+        help="explanation method(s), repeated, listed or comma-separated (default: every "
+        "registered one)",
+    )
+    explain.add_argument(
+        "--layer",
+        default=None,
+        metavar="LAYER_ID",
+        help="layer Grad-CAM weighs (default: the run's Grad-CAM layer)",
+    )
+    explain.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for the PNGs (created if missing)"
+    )
+    explain.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_data_dir(explain)
+    add_plugins(explain)
     return parser
+
+
+def add_plugins(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugins",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of .py files that each register an explanation method",
+    )
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -147,6 +216,7 @@ def precompute_command(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         seed=args.seed,
         input_size=args.input_size,
+        explain=None if args.explain is None else tuple(args.explain),
     )
     store = Precompute(config, args.data_dir, args.run_id).run()
     print_summary(store.read_manifest(), store.run_dir)
@@ -201,6 +271,7 @@ def iter_stage_states(manifest: Manifest) -> Iterator[tuple[str, str]]:
 
 
 def runs_command(args: argparse.Namespace) -> None:
+    from pipelines.run_config import stored_methods
     from pipelines.store import RunStore, list_run_dirs
 
     run_dirs = list_run_dirs(args.data_dir)
@@ -220,6 +291,7 @@ def runs_command(args: argparse.Namespace) -> None:
         config = record.require_config()
         samples = record.dataset.num_samples if record.dataset else "?"
         states = "  ".join(f"{name}: {state}" for name, state in iter_stage_states(record))
+        explanations = ", ".join(stored_methods(config))
         if store.is_being_written():
             status = "  [being written now]"
         elif manifest.get("failure"):
@@ -229,6 +301,7 @@ def runs_command(args: argparse.Namespace) -> None:
         print(
             f"{run_dir.name}\n  {config.dataset} x {config.model}, {samples} samples, "
             f"accuracy {accuracy_text(manifest)}{status}\n  {states}\n"
+            f"  explanations stored: {explanations}\n"
             f"  layers: {', '.join(layer.id for layer in record.layers)}"
         )
 
@@ -260,20 +333,34 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
         stop_background_jobs(app)
 
 
+def load_plugins(directory: Path | None) -> None:
+    """Import the user's explanation methods before anything reads the registry (the
+    dashboard's method list, ``--explain``'s check, ``explain``'s default methods)."""
+    if directory is not None:
+        from pipelines.explain.plugins import load_plugins as load
+
+        load(directory)
+
+
 def main(argv: list[str] | None = None) -> int:
     report.install()  # library warnings too print as one `warning: …` line, clear of the bars
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `python main.py [serve's options]`: serve, building the embedded default run if needed.
+    build_default = not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help"))
+    command = "serve" if build_default else argv[0]
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(["serve", *argv] if build_default else argv)
+        load_plugins(getattr(args, "plugins", None))
         if args.command == "precompute":
             precompute_command(args)
         elif args.command == "runs":
             runs_command(args)
+        elif args.command == "explain":
+            from cli_explain import explain_command
+
+            explain_command(args)
         else:
-            if args.command is None:
-                args = build_parser().parse_args(["serve", *(argv or [])])
-                serve_command(args, build_default=True)
-            else:
-                serve_command(args, build_default=False)
+            serve_command(args, build_default=build_default)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -281,8 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         # On the way out (the precompute's workers are stopped already): a second Ctrl-C must
         # not turn this message or the interpreter's exit into a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print(
-            "\ninterrupted; run the same command again to resume where it stopped", file=sys.stderr
-        )
+        if command == "explain":
+            message = "interrupted; the PNGs written so far are complete, the rest were not begun"
+        else:
+            message = "interrupted; run the same command again to resume where it stopped"
+        print(f"\n{message}", file=sys.stderr)
         return 130
     return 0

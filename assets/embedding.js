@@ -41,17 +41,29 @@
     return null;
   }
 
-  function withPinned(figure, row) {
+  // The two overlay traces the browser fills: the pinned ring and the uploads' stars. They
+  // are not animated (their point counts change with the pin and the uploads).
+  function isOverlay(meta, i) {
+    return i === meta.pinnedTrace || i === meta.uploadsTrace;
+  }
+
+  // The figure with the pinned ring on `row` and the uploads' stars where the server placed
+  // them for this view (ls.state.uploads, see assets/uploads.js).
+  function withOverlays(figure, row, key) {
     if (!figure || !figure.layout || !figure.layout.meta || figure.layout.meta.pinnedTrace === undefined) {
       return figure;
     }
-    var index = figure.layout.meta.pinnedTrace;
+    var meta = figure.layout.meta;
     var at = pinnedCoordinates(figure, row);
+    var uploads = ls.uploadTrace ? ls.uploadTrace(key) : null;
     var data = figure.data.map(function (trace, i) {
-      if (i !== index) {
-        return trace;
+      if (i === meta.pinnedTrace) {
+        return Object.assign({}, trace, { x: at ? [at[0]] : [], y: at ? [at[1]] : [] });
       }
-      return Object.assign({}, trace, { x: at ? [at[0]] : [], y: at ? [at[1]] : [] });
+      if (i === meta.uploadsTrace) {
+        return Object.assign({}, trace, uploads || { x: [], y: [], text: [], customdata: [] });
+      }
+      return trace;
     });
     return { data: data, layout: figure.layout };
   }
@@ -71,7 +83,7 @@
       return false;
     }
     for (var i = 0; i < target.data.length; i++) {
-      if (i === after.pinnedTrace) {
+      if (isOverlay(after, i)) {
         continue;
       }
       if (!gd.data[i].x || gd.data[i].x.length !== target.data[i].x.length) {
@@ -88,11 +100,11 @@
   function animateTo(gd, target) {
     var st = state;
     var token = ++st.token;
-    var pinnedIndex = target.layout.meta.pinnedTrace;
+    var meta = target.layout.meta;
     var indices = [], from = [], to = [];
     target.data.forEach(function (trace, i) {
       var shown = gd.data[i];
-      if (i === pinnedIndex && (!shown.x || shown.x.length !== trace.x.length)) {
+      if (isOverlay(meta, i) && (!shown.x || shown.x.length !== trace.x.length)) {
         return;
       }
       indices.push(i);
@@ -138,19 +150,37 @@
         st.animating = false;
         st.last.end = performance.now();
         st.pinned = st.latestPinned;
-        dc.set_props(IDS.EMBEDDING_GRAPH, { figure: withPinned(target, st.latestPinned) });
+        dc.set_props(IDS.EMBEDDING_GRAPH, { figure: withOverlays(target, st.latestPinned, st.key) });
       });
     }
     window.requestAnimationFrame(frame);
   }
 
   ls.define("clickToSelection", function (clickData) {
+    var point = clickData && clickData.points && clickData.points[0];
+    var custom = point && point.customdata;
+    if (Array.isArray(custom) && custom[0] === "upload") {
+      return new dc.Patch().assign(["upload"], custom[1]).assign(["pinned"], null).build();
+    }
     var row = ls.rowOf(clickData);
     if (row === null) {
       return ls.noUpdate();
     }
-    return new dc.Patch().assign(["pinned"], row).build();
+    return new dc.Patch().assign(["pinned"], row).assign(["upload"], null).build();
   });
+
+  // Redraw the uploads' stars after their placements arrived (the figure is otherwise unchanged).
+  ls.redrawUploads = function () {
+    var gd = ls.graphDiv(IDS.EMBEDDING_GRAPH);
+    var meta = gd && gd.layout && gd.layout.meta;
+    if (!gd || !meta || meta.uploadsTrace === undefined || !gd.data[meta.uploadsTrace] || state.animating) {
+      return;
+    }
+    var uploads = ls.uploadTrace(state.key) || { x: [], y: [], text: [], customdata: [] };
+    window.Plotly.restyle(gd, {
+      x: [uploads.x], y: [uploads.y], text: [uploads.text], customdata: [uploads.customdata],
+    }, [meta.uploadsTrace]);
+  };
 
   ls.define("renderEmbedding", function (payload, selection, current) {
     var st = state;
@@ -164,11 +194,11 @@
         return ls.noUpdate();
       }
       st.pinned = pinned;
-      return withPinned(current, pinned);
+      return withOverlays(current, pinned, st.key);
     }
     st.key = payload.key;
     st.pinned = pinned;
-    var target = withPinned(payload.figure, pinned);
+    var target = withOverlays(payload.figure, pinned, payload.key);
     var gd = ls.graphDiv(IDS.EMBEDDING_GRAPH);
     if (!canAnimate(gd, current, target)) {
       st.token += 1;

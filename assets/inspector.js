@@ -11,7 +11,6 @@
   var ls = window.layerscope;
   var dc = window.dash_clientside;
   var IDS = ls.ids;
-  var METHODS = ls.constants.explanationMethods || [];
 
   var state = (ls.state.inspector = { signature: null, requests: 0, table: null, info: null, warming: [] });
   var WARM_KEEP = 16; // image objects kept alive so their requests are not dropped mid-flight
@@ -64,8 +63,10 @@
           return;
         }
         state.requests += 1;
+        // The bar picks its class in the class picker; `click` makes a second click on the same
+        // bar a new request (e.g. after a timeout).
+        dc.set_props(IDS.EXPLAIN_CLASS, { value: Number(bar.dataset.cls) });
         dc.set_props(IDS.INSPECTOR_CLASS_REQUEST, {
-          // `click` makes a second click on the same bar a new request (e.g. after a timeout).
           data: { cls: Number(bar.dataset.cls), name: bar.dataset.name, click: state.requests },
         });
       });
@@ -91,13 +92,15 @@
 
   // One button per class, best first: short name, a bar as wide as the probability, the
   // percentage. The true class's bar is green, the explained class's is outlined.
-  function drawTop10(table, row, explained, clickable) {
+  // `entry`: an uploaded image's {top_idx, top_prob} instead of the table's row.
+  function drawTop10(table, row, explained, clickable, entry) {
     var element = top10Element();
     if (!element) {
       return;
     }
-    var classes = table.top_idx[row], probs = table.top_prob[row];
-    var trueClass = table.model_label[row];
+    var classes = entry ? entry.top_idx : table.top_idx[row];
+    var probs = entry ? entry.top_prob : table.top_prob[row];
+    var trueClass = entry ? null : table.model_label[row];
     var bars = classes.map(function (c, i) {
       var name = table.classes[c] !== undefined ? table.classes[c] : String(c);
       var bar = document.createElement("button");
@@ -133,23 +136,43 @@
     return truth + " · predicted: " + predicted + verdict;
   }
 
-  function perMethod(value) {
-    var out = {};
-    METHODS.forEach(function (method, i) { out[method] = value(method, i); });
-    return out;
-  }
-
   function emptyInspector(hint, pinned, top10Message) {
     drawTop10Message(top10Message);
-    var blank = perMethod(function () { return ""; });
+    var blank = {};
+    ls.explain.names.forEach(function (method) { blank[method] = ""; });
     return {
       image: "", uid: "", labels: "", hint: hint, caption: "",
       explanationImages: blank, explanationNotes: blank, unpinDisabled: pinned === null,
     };
   }
 
-  ls.define("renderInspector", function (selection, hoverData, table, info, explainedClass, shown) {
+  // An uploaded image in the inspector: its picture as the model sees it, the model's top-10
+  // for it, and the explanations (always computed: nothing was precomputed for it).
+  function uploadInspector(context, pinned) {
+    var upload = context.upload, table = context.table;
+    var shownMaps = ls.explain.images(context);
+    drawTop10(table, null, shownMaps.explained, true, upload);
+    var predicted = table.classes[upload.pred] !== undefined ? table.classes[upload.pred] : String(upload.pred);
+    return {
+      image: upload.thumb,
+      uid: upload.name,
+      labels: "your image · predicted: " + predicted,
+      hint: "your image",
+      caption: shownMaps.caption,
+      explanationImages: shownMaps.images,
+      explanationNotes: shownMaps.notes,
+      explanationFigures: shownMaps.figures,
+      legends: shownMaps.legends,
+      progress: shownMaps.progress,
+      unpinDisabled: false,
+    };
+  }
+
+  ls.define("renderInspector", function (selection, hoverData, table, info, answers, methods,
+                                          quickRequest, slowRequest, classValue, useSelected, uploads, cancels,
+                                          shown, session) {
     var st = state;
+    var quickAnswer = (answers || {}).quick || null, slowAnswer = (answers || {}).slow || null;
     st.table = table;
     st.info = info;
     listenToHover();
@@ -168,62 +191,54 @@
       st.signature = "empty|" + message;
       return emptyInspector(message, pinned, "");
     }
-    var row = hovered !== null ? hovered : pinned;
+    // The chosen upload shows unless another point is hovered.
+    var upload = hovered === null ? ls.explain.uploadFor(s, uploads, session) : null;
+    var row = upload ? null : (hovered !== null ? hovered : pinned);
     // Hovering the pinned point itself (right after clicking it) reads as pinned: the click
     // is confirmed at once rather than when the mouse leaves the point.
     var hoveringOther = hovered !== null && hovered !== pinned;
-    var mode = hoveringOther ? "hover" : (pinned !== null ? "pinned" : "last");
-    if (row === null && shown && shown.run === info.run && ls.isNumber(shown.row)) {
+    var mode = upload ? "upload" : (hoveringOther ? "hover" : (pinned !== null ? "pinned" : "last"));
+    if (row === null && !upload && shown && shown.run === info.run && ls.isNumber(shown.row)) {
       row = shown.row;
     }
     if (row !== null && !(row >= 0 && row < table.uid.length)) {
       row = null;
     }
-    var forClass = explainedClass && explainedClass.run === info.run && explainedClass.row === row ? explainedClass : null;
-    var signature = [info.run, info.version, row, mode, pinned, JSON.stringify(forClass), table.uid.length, info.explanations.join(",")].join("|");
+    var context = {
+      info: info, table: table, row: row, upload: upload, mode: mode, classValue: classValue, methods: methods,
+      quick: quickAnswer, slow: slowAnswer, quickRequest: quickRequest, slowRequest: slowRequest,
+      useSelected: useSelected, selection: s, cancels: cancels,
+    };
+    var signature = JSON.stringify([info.run, info.version, row, mode, pinned, table.uid.length, info.explanations,
+      quickAnswer, slowAnswer, methods, quickRequest, slowRequest, classValue, useSelected, s.layer, upload, cancels]);
     if (signature === st.signature) {
       return {};
     }
     st.signature = signature;
+    if (upload) {
+      return uploadInspector(context, pinned);
+    }
     if (row === null) {
       return emptyInspector("hover a point to inspect it, click to pin it", pinned, "hover a point to see its top-10 predictions");
     }
-    var predicted = table.pred ? table.pred[row] : null;
-    var explained = forClass && !forClass.error ? forClass.cls : predicted;
+    var shownMaps = ls.explain.images(context);
     if (table.top_idx) {
-      drawTop10(table, row, explained, info.canExplainClass);
+      drawTop10(table, row, shownMaps.explained, info.canExplainClass);
     } else {
       drawTop10Message("predictions are not computed yet");
     }
     var hint = mode === "hover" ? "row " + row + " · hovering" : (mode === "pinned" ? "row " + row + " · pinned" : "row " + row);
-    var caption = "";
-    if (forClass && !forClass.error) {
-      caption = "Explanations for class “" + forClass.name + "” (clicked) · click another bar to compare";
-    } else if (info.explanations.length) {
-      caption = "Explanations for the predicted class" + (predicted !== null ? " “" + table.classes[predicted] + "”" : "") +
-        (info.canExplainClass ? " · click a bar to explain another class" : "");
-    }
-    var images = perMethod(function (method) {
-      if (forClass && forClass.urls) {
-        return forClass.urls[method];
-      }
-      return info.explanations.indexOf(method) >= 0 ? ls.fill(info.urls.explain[method], { row: row }) : "";
-    });
-    // One note, under the first image, says why the images are missing.
-    var notes = perMethod(function (method, i) {
-      if (forClass && forClass.error) {
-        return i === 0 ? forClass.error : "";
-      }
-      return images[method] || i > 0 ? "" : (info.explanationNote || "");
-    });
     var out = {
       image: info.hasThumbnails ? ls.fill(info.urls.thumb, { row: row }) : "",
       uid: table.uid[row],
       labels: labelsText(table, row),
       hint: hint,
-      caption: caption,
-      explanationImages: images,
-      explanationNotes: notes,
+      caption: shownMaps.caption,
+      explanationImages: shownMaps.images,
+      explanationNotes: shownMaps.notes,
+      explanationFigures: shownMaps.figures,
+      legends: shownMaps.legends,
+      progress: shownMaps.progress,
       unpinDisabled: pinned === null,
     };
     var nextShown = { run: info.run, row: row };
@@ -234,6 +249,6 @@
   });
 
   ls.define("unpin", function () {
-    return new dc.Patch().assign(["pinned"], null).build();
+    return new dc.Patch().assign(["pinned"], null).assign(["upload"], null).build();
   });
 })();

@@ -17,7 +17,10 @@
       color: s.color || null,
     };
     var layer = { run: run, layer: s.layer || null };
-    var sample = { run: run, layer: s.layer || null, pinned: ls.isNumber(s.pinned) ? s.pinned : null };
+    var sample = {
+      run: run, layer: s.layer || null, pinned: ls.isNumber(s.pinned) ? s.pinned : null,
+      upload: typeof s.upload === "string" ? s.upload : null,
+    };
     var out = {};
     if (!ls.same(view, viewKey)) { out.viewKey = view; }
     if (!ls.same(layer, layerKey)) { out.layerKey = layer; }

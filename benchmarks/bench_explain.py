@@ -1,16 +1,27 @@
-"""One image's explanations on VGG16 (random init, 224 x 224) on the CPU: the dashboard's
-on-demand path (a chosen class) and the precompute's path (the predicted class, no features).
+"""One image's explanations on the CPU.
 
     .venv/bin/python benchmarks/bench_explain.py [--repeats 7] [--threads 2]
+    .venv/bin/python benchmarks/bench_explain.py --methods [--repeats 5] [--threads 2]
 
-Prints the median and best wall time and the median CPU time of each path over ``--repeats``
-runs after one warm-up;
-the model and input are channels_last, as the dashboard and the precompute use them.
+Default: VGG16 (random init, 224 x 224), the stored methods together, the dashboard's on-demand
+path (a chosen class) and the precompute's path (the predicted class, no features); prints the
+median and best wall time and the median CPU time of each path over ``--repeats`` runs after one
+warm-up.
+
+``--methods``: every registered method alone, as the page runs it (one ``explain`` call: the
+engine's forward pass plus the method's own passes), on smallcnn at the digits size (1 channel,
+32 x 32, 10 classes) and on VGG16 (224 x 224); fast methods are timed as above, slow ones
+(``Explainer.slow``, many passes) once, without a warm-up. Prints seconds per method beside the
+issue's target, and the load average before and after (on a shared 2-core machine neighbours
+change wall times 2-5x).
+
+Models and inputs are channels_last, as the dashboard and the precompute use them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -22,7 +33,8 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.explain import STORED_METHODS, explain  # noqa: E402
+from pipelines.explain import EXPLAINERS, STORED_METHODS, Explainer, explain  # noqa: E402
+from pipelines.smallcnn import SmallCNN  # noqa: E402
 
 
 def timed(work: Callable[[], object], repeats: int) -> tuple[float, float, float]:
@@ -39,17 +51,84 @@ def timed(work: Callable[[], object], repeats: int) -> tuple[float, float, float
     return statistics.median(wall), min(wall), statistics.median(cpu)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def vgg16_case() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """Random-init VGG16, its default Grad-CAM layer and one 224 px image, channels_last."""
     torch.manual_seed(0)
     model = torchvision.models.vgg16(weights=None).eval()
     model.to(memory_format=torch.channels_last)
     image = torch.randn(1, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    target = model.features[29]  # the ReLU after the last conv: the default Grad-CAM layer
+    return model, model.features[29], image  # the ReLU after the last conv
+
+
+def smallcnn_case() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """Random-init smallcnn at the digits size (1 channel, 32 px, 10 classes), channels_last."""
+    torch.manual_seed(0)
+    model = SmallCNN(1, 10, 32).eval()
+    model.to(memory_format=torch.channels_last)
+    image = torch.randn(1, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    return model, model.features[7], image  # the ReLU after the last conv
+
+
+def target_seconds(case: str, explainer: Explainer) -> float | None:
+    """Issue 11's targets: smallcnn every method <= 0.3 s; VGG16 one-backward methods <= 1 s,
+    Integrated Gradients and occlusion <= 60 s; none set for SmoothGrad on VGG16."""
+    if case == "smallcnn":
+        return 0.3
+    if not explainer.slow:
+        return 1.0
+    return 60.0 if explainer.name in ("integrated_gradients", "occlusion") else None
+
+
+def time_method(
+    model: torch.nn.Module,
+    target: torch.nn.Module,
+    image: torch.Tensor,
+    explainer: Explainer,
+    repeats: int,
+) -> tuple[float, float, str]:
+    """(wall, CPU) seconds of one method for class 7 at 64 px, and how they were taken: the
+    median of ``repeats`` after a warm-up for fast methods, one run for slow ones (a warm-up
+    would double a minute-long run for a first-call cost of milliseconds)."""
+
+    def work() -> object:
+        return explain(model, target, image, torch.tensor([7]), [explainer.name], 64)
+
+    if not explainer.slow:
+        median, _, cpu = timed(work, repeats)
+        return median, cpu, f"median of {repeats}"
+    start, start_cpu = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - start, time.process_time() - start_cpu, "1 run"
+
+
+def time_methods(repeats: int) -> None:
+    """Every registered method alone, on each case; one line per method."""
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    for case, build in (("smallcnn", smallcnn_case), ("vgg16", vgg16_case)):
+        model, target, image = build()
+        for name, explainer in EXPLAINERS.items():
+            wall, cpu, how = time_method(model, target, image, explainer, repeats)
+            limit = target_seconds(case, explainer)
+            verdict = "" if limit is None else f", target <= {limit:g} s: "
+            verdict += "" if limit is None else ("met" if wall <= limit else "MISSED")
+            print(f"{case:8s} {name:22s} {wall:8.3f} s wall, {cpu:8.3f} s CPU ({how}{verdict})")
+            sys.stdout.flush()
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--methods", action="store_true", help="time every registered method alone instead"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.methods:
+        time_methods(args.repeats)
+        return
+    model, target, image = vgg16_case()
     chosen = torch.tensor([7])
 
     def dashboard() -> object:

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from components.theme import (
     ACCENT,
     DANGER,
+    HOVER,
     SUCCESS,
     UNKNOWN,
     base_layout,
@@ -38,6 +39,7 @@ METHOD_NAMES = {"tsne": "t-SNE", "pca": "PCA"}
 MAX_PREDICTION_GROUPS = 20
 SIGNIFICANT_DIGITS = 4
 PINNED_TRACE_NAME = "pinned sample"
+UPLOADS_TRACE_NAME = "your images"
 
 
 @dataclass(frozen=True)
@@ -189,8 +191,8 @@ def embedding_figure(
     """coords: (n, 2) float32, row i = sample row i; ``groups`` partition rows 0..n-1.
 
     ``structure`` names the trace layout (run, subset, colouring): the browser animates between
-    two figures only when it is equal. The last trace is an empty ring for the pinned sample,
-    filled in the browser.
+    two figures only when it is equal. The last two traces are empty, filled in the browser:
+    stars for the user's uploaded images, then a ring for the pinned sample.
     """
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(f"coords must be (n, 2), got {coords.shape}")
@@ -211,6 +213,29 @@ def embedding_figure(
                 "hovertemplate": "%{fullData.name} · row %{customdata}<extra></extra>",
             }
         )
+    # The user's own images, filled in the browser from their placements (assets/uploads.js).
+    # SVG, not WebGL, so their names can be drawn beside them.
+    data.append(
+        {
+            "type": "scatter",
+            "mode": "markers+text",
+            "name": UPLOADS_TRACE_NAME,
+            "x": [],
+            "y": [],
+            "text": [],
+            "customdata": [],
+            "textposition": "top center",
+            "textfont": {"color": HOVER, "size": 11},
+            "marker": {
+                "symbol": "star",
+                "size": 16,
+                "color": HOVER,
+                "line": {"width": 2, "color": ACCENT},
+            },
+            "hovertemplate": "your image: %{text}<extra></extra>",
+            "showlegend": False,
+        }
+    )
     data.append(
         {
             "type": "scattergl",
@@ -236,7 +261,12 @@ def embedding_figure(
         legend={"itemsizing": "constant", "font": {"size": 12}, "title": {"text": ""}},
         hovermode="closest",
         uirevision=uirevision,
-        meta={"structure": structure, "n": int(len(coords)), "pinnedTrace": len(data) - 1},
+        meta={
+            "structure": structure,
+            "n": int(len(coords)),
+            "uploadsTrace": len(data) - 2,
+            "pinnedTrace": len(data) - 1,
+        },
         annotations=[],
     )
     return {"data": data, "layout": layout}

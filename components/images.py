@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from components.theme import INFERNO_LUT
+from components.theme import DIVERGING_LUT, INFERNO_LUT
 
 UInt8Image = npt.NDArray[np.uint8]
 FloatMap = npt.NDArray[np.floating]
@@ -85,13 +85,35 @@ def gradcam_overlay(image: UInt8Image, cam: FloatMap, alpha: float = CAM_ALPHA) 
     return np.clip(base * (1.0 - weight) + heat * weight, 0, 255).astype(np.uint8)
 
 
-def explanation_png(method: str, values: np.ndarray, thumbnail: UInt8Image) -> bytes:
-    """One explanation of one sample as the page shows it, PNG-encoded: Grad-CAM blended over
-    the sample's thumbnail, every other method (an (S, S, 3) uint8 picture) as it is.
+def signed_overlay(image: UInt8Image, values: FloatMap) -> UInt8Image:
+    """Signed evidence over a grey copy of its image: red for the class, blue against it, the
+    colour's weight growing with |value| so regions without evidence show the picture.
 
-    values: "gradcam" (S, S) float16/float32 in [0, 1], else (S, S, 3) uint8; thumbnail:
-    (T, T, 3) uint8.
+    image: (T, T, 3) uint8 thumbnail; values: (S, S) float in [-1, 1].
+    Returns (S', S', 3) uint8 at the finer of the two resolutions.
     """
-    if method == "gradcam":
+    size = max(values.shape[0], image.shape[0])
+    grey = resize_rgb(image, size).astype(np.float32).mean(axis=2, keepdims=True)
+    signed = np.clip(resize_map(values, size), -1.0, 1.0)
+    colour = apply_lut((signed + 1.0) / 2.0, DIVERGING_LUT).astype(np.float32)
+    # Dimmed grey, so white (no evidence) in the colour map never hides a light image.
+    base = 0.6 * grey
+    weight = np.abs(signed)[..., None]
+    return np.clip(base * (1.0 - weight) + colour * weight, 0, 255).astype(np.uint8)
+
+
+def explanation_png(display: str, values: np.ndarray, thumbnail: UInt8Image) -> bytes:
+    """One explanation of one sample as the page shows it, PNG-encoded, by its method's
+    ``Display`` value: "heat" blended over the sample's thumbnail, "signed" in red and blue over
+    a grey copy of it, "picture" ((S, S, 3) uint8) as it is.
+
+    values: (S, S) float16/float32 ("heat" in [0, 1], "signed" in [-1, 1]) or (S, S, 3) uint8;
+    thumbnail: (T, T, 3) uint8.
+    """
+    if display == "heat":
         return encode_png(gradcam_overlay(np.asarray(thumbnail), values))
-    return encode_png(np.asarray(values))
+    if display == "signed":
+        return encode_png(signed_overlay(np.asarray(thumbnail), values))
+    if display == "picture":
+        return encode_png(np.asarray(values))
+    raise ValueError(f"unknown display {display!r}; expected heat, signed or picture")

@@ -168,8 +168,22 @@ INFERNO_STOPS = [
     "#f7d13d",
     "#fcffa4",
 ]
+# Signed attributions (LRP, Integrated Gradients, occlusion): ColorBrewer's RdBu reversed, blue
+# for evidence against the class, white for none, red for evidence for it.
+DIVERGING_STOPS = [
+    "#2166ac",
+    "#4393c3",
+    "#92c5de",
+    "#d1e5f0",
+    "#f7f7f7",
+    "#fddbc7",
+    "#f4a582",
+    "#d6604d",
+    "#b2182b",
+]
 VIRIDIS_LUT = colorscale_lut(VIRIDIS_STOPS)
 INFERNO_LUT = colorscale_lut(INFERNO_STOPS)
+DIVERGING_LUT = colorscale_lut(DIVERGING_STOPS)
 VIRIDIS_SCALE: list[list[Any]] = [
     [i / (len(VIRIDIS_STOPS) - 1), color] for i, color in enumerate(VIRIDIS_STOPS)
 ]

@@ -78,6 +78,9 @@ def create_app(data_dir: Path) -> dash.Dash:
     """The LayerScope dashboard over the runs in ``data_dir`` (which may be empty)."""
     data_dir = Path(data_dir)
     context = configure(data_dir)
+    # Built first: the panels publish what the browser needs (the registered explanation
+    # methods, plugins included) as they lay themselves out.
+    layout = page(context.token)
     app = dash.Dash(
         __name__,
         title="LayerScope",
@@ -89,7 +92,7 @@ def create_app(data_dir: Path) -> dash.Dash:
         meta_tags=[{"name": "viewport", "content": "width=device-width, initial-scale=1"}],
     )
     app.server.config[CONFIG_KEY] = context
-    app.layout = page(context.token)
+    app.layout = layout
     register_all(app)
     register_routes(app.server, context)
     return app

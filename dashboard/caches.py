@@ -18,7 +18,7 @@ import tempfile
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -204,8 +204,10 @@ def array_codec(shape: tuple[int, ...]) -> Codec[np.ndarray]:
     return Codec(encode, decode)
 
 
-def maps_codec(names: Sequence[str], size: int) -> Codec[dict[str, np.ndarray]]:
-    """Named (size, size) or (size, size, 3) maps, as ``.npz`` bytes (no pickle)."""
+def method_codec(size: int) -> Codec[dict[str, np.ndarray]]:
+    """One method's explanation of one sample: its (size, size) or (size, size, 3) display map
+    under "map" and any extras (occlusion's probabilities) under their names, as ``.npz`` bytes
+    (no pickle)."""
 
     def encode(arrays: dict[str, np.ndarray]) -> bytes:
         buffer = io.BytesIO()
@@ -218,14 +220,13 @@ def maps_codec(names: Sequence[str], size: int) -> Codec[dict[str, np.ndarray]]:
             raise ValueError("cache entry is not an .npz archive")
         with archive:
             try:
-                arrays = {name: archive[name] for name in names}
+                arrays = {name: archive[name] for name in archive.files}
             except Exception as exc:  # noqa: BLE001 - a missing or truncated member
                 raise ValueError(f"not readable maps: {type(exc).__name__}: {exc}") from exc
-        for name, array in arrays.items():
-            if tuple(array.shape[:2]) != (size, size):
-                raise ValueError(
-                    f"cached {name} has shape {array.shape}, expected ({size}, {size})"
-                )
+        shown = arrays.get("map")
+        if shown is None or tuple(shown.shape[:2]) != (size, size):
+            found = None if shown is None else shown.shape
+            raise ValueError(f"cached map has shape {found}, expected ({size}, {size})")
         return arrays
 
     return Codec(encode, decode)

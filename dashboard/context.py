@@ -1,5 +1,5 @@
-"""What a callback needs from its app: the data dir, its run catalog and its on-demand results
-(``service``: per-sample torch work, cached).
+"""What a callback needs from its app: the data dir, its run catalog, its on-demand results
+(``service``: per-sample torch work, cached) and the pictures users dropped onto the page.
 
 Request-time callbacks find it on the Flask app serving the request, so several apps (several
 data dirs) can live in one process. Background callbacks run without a request (on a job thread,
@@ -19,6 +19,7 @@ import flask
 
 from dashboard.data import RunCatalog
 from dashboard.on_demand import OnDemand, for_data_dir
+from dashboard.uploads import UploadStore
 from pipelines.errors import UserError
 
 CONFIG_KEY = "LAYERSCOPE"
@@ -30,6 +31,7 @@ class AppContext:
     catalog: RunCatalog
     service: OnDemand
     token: str
+    uploads: UploadStore
 
 
 _by_token: dict[str, AppContext] = {}
@@ -43,6 +45,7 @@ def configure(data_dir: Path) -> AppContext:
         catalog=RunCatalog(data_dir),
         service=for_data_dir(data_dir),
         token=hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16],
+        uploads=UploadStore(data_dir),
     )
     _by_token[context.token] = context
     return context

@@ -19,12 +19,10 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import UserError
-from pipelines.explain import STORED_METHODS
+from pipelines.explain import EXPLAINERS
 from pipelines.records import LayerSpec, Manifest, StageState
 from pipelines.store import RunStore, datasets_dir, embedding_key, list_run_dirs
 
-# The methods the precompute stores for every sample: named once, by the explanation package.
-EXPLANATION_METHODS = STORED_METHODS
 METHODS = ("tsne", "pca")
 PRECOMPUTE_HINT = "python main.py precompute --dataset digits --model smallcnn"
 # How stale the "dataset changed" check of a run may be (it lists and stats the folder's files).
@@ -235,10 +233,11 @@ class RunData:
         return self._cached("thumbnails", lambda: self.store.load_array("thumbnails"))
 
     def explanation(self, method: str) -> np.ndarray:
-        """gradcam (N, S, S) float16; guided_* (N, S, S, 3) uint8; memory-mapped."""
-        if method not in EXPLANATION_METHODS:
+        """A method the precompute stored, for every sample's predicted class, memory-mapped:
+        (N, S, S) float16 or (N, S, S, 3) uint8 as the method's ``display`` says."""
+        if method not in EXPLAINERS:
             raise UserError(
-                f"unknown explanation method '{method}'; use one of {', '.join(EXPLANATION_METHODS)}"
+                f"unknown explanation method '{method}'; use one of {', '.join(EXPLAINERS)}"
             )
         if not self.store.has("explanation", method=method):
             raise NotReady(f"{method} explanations of run '{self.run_id}' are not written yet")
@@ -247,7 +246,8 @@ class RunData:
         )
 
     def explanation_methods(self) -> list[str]:
-        return [m for m in EXPLANATION_METHODS if self.store.has("explanation", method=m)]
+        """The registered methods the precompute stored for this run, in registry order."""
+        return [m for m in EXPLAINERS if self.store.has("explanation", method=m)]
 
     def embedding(
         self, layer_id: str, subset: int, method: str, perplexity: float | None

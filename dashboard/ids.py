@@ -65,6 +65,25 @@ INSPECTOR_CLASS_REQUEST = "inspector-class-request"  # {cls, name} of the clicke
 INSPECTOR_EXPLAIN_CAPTION = "inspector-explain-caption"
 INSPECTOR_EXPLAIN_STATUS = "inspector-explain-status"
 INSPECTOR_UNPIN = "inspector-unpin"
+# The explanation controls (dashboard/panels/explain.py, assets/explain.js)
+EXPLAIN_CLASS = "explain-class"  # searchable class picker; None = the predicted class
+EXPLAIN_PREDICTED = "explain-predicted"
+EXPLAIN_TRUE = "explain-true"
+EXPLAIN_METHODS = "explain-methods"  # which registered methods are shown
+EXPLAIN_LAYER = "explain-layer"  # "Grad-CAM layer: ..." line
+EXPLAIN_USE_SELECTED_LAYER = "explain-use-selected-layer"
+# {run, row, cls, name, layer, methods}: what the quick / the slow job computes
+EXPLAIN_REQUEST_QUICK = "explain-request-quick"
+EXPLAIN_REQUEST_SLOW = "explain-request-slow"
+EXPLAIN_SLOW = "explain-slow"  # the slow job's answer, as INSPECTOR_CLASS is the quick one's
+# {quick, slow}: both answers, written only by set_props (see deliverAnswers in explain.js)
+EXPLAIN_ANSWERS = "explain-answers"
+EXPLAIN_ANSWERS_SINK = "explain-answers-sink"
+EXPLAIN_PROGRESS_ROW = "explain-progress-row"
+EXPLAIN_PROGRESS = "explain-progress"
+EXPLAIN_CANCEL = "explain-cancel"
+EXPLAIN_LEGEND = "explain-legend"
+EXPLAIN_OCCLUSION = "explain-occlusion"  # occlusion's probability table
 
 
 def explanation_image(method: str | Wildcard) -> dict[str, str | Wildcard]:
@@ -72,9 +91,27 @@ def explanation_image(method: str | Wildcard) -> dict[str, str | Wildcard]:
     return {"type": "inspector-explanation", "method": method}
 
 
+def explanation_figure(method: str | Wildcard) -> dict[str, str | Wildcard]:
+    """The figure (image, note, title) of explanation ``method``; hidden when not chosen."""
+    return {"type": "inspector-explanation-figure", "method": method}
+
+
 def explanation_note(method: str | Wildcard) -> dict[str, str | Wildcard]:
     """The text shown instead of explanation ``method`` when it does not exist."""
     return {"type": "inspector-explanation-note", "method": method}
+
+
+# ---- the user's own images (dashboard/panels/uploads.py) -------------------------------------
+
+UPLOAD_CARD = "upload-card"
+UPLOAD_DROP = "upload-drop"
+UPLOAD_LIST = "upload-list"
+UPLOAD_MESSAGE = "upload-message"
+UPLOAD_SESSION = "upload-session"  # this tab's random upload session
+UPLOADS = "uploads"  # [{id, name, thumb, top_idx, top_prob, pred}] for the current run
+UPLOAD_POINTS = "upload-points"  # {view, points: [{id, name, x, y}]} in the map on screen
+UPLOAD_PICK_TYPE = "upload-pick"  # {"type": UPLOAD_PICK_TYPE, "id": upload id} buttons
+UPLOAD_PLACEMENT_NOTE = "upload-placement-note"  # why the uploads are not in this map
 
 
 # ---- activations ----------------------------------------------------------------------------

@@ -45,13 +45,20 @@ from dash.background_callback.managers import BaseBackgroundCallbackManager
 from dash.exceptions import PreventUpdate
 
 from pipelines import report
-from pipelines.errors import UserError
+from pipelines.errors import Cancelled, UserError
 
 LOG = logging.getLogger(__name__)
 
 WORKERS = 4  # jobs running at once; later ones wait for a thread (their deadline still runs)
 TIMEOUT_S = 30.0  # from the click to the answer: generous for a VGG16 explanation (< 1 s)
 TIMEOUT_ENV = "LAYERSCOPE_JOB_TIMEOUT_S"
+# Slow jobs (occlusion, Integrated Gradients: up to a minute on VGG16 on 2 cores) run on threads
+# of their own, so a burst of them never makes a quick job wait for a thread.
+SLOW_WORKERS = 2
+SLOW_TIMEOUT_S = 600.0
+SLOW_TIMEOUT_ENV = "LAYERSCOPE_SLOW_JOB_TIMEOUT_S"
+FAST, SLOW = "fast", "slow"
+_SLOW_JOB = "_layerscope_slow_job"
 UNCOLLECTED_S = 600.0  # a result no page came back for (the tab was closed) is dropped then
 _TIMEOUT_RESULT = "_layerscope_timeout_result"
 
@@ -73,19 +80,27 @@ def on_timeout(result: Callable[..., Any]) -> Callable[[F], F]:
     return mark
 
 
-def job_timeout_s() -> float:
-    """Seconds a background job may take: ``$LAYERSCOPE_JOB_TIMEOUT_S``, else ``TIMEOUT_S``."""
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+def slow_job(function: F) -> F:
+    """Declare a background callback slow (many model passes): its jobs run on the slow lane's
+    threads with the slow deadline, and its progress callback raises ``Cancelled`` once the job
+    is cancelled or timed out, so the work stops between passes instead of running on."""
+    setattr(function, _SLOW_JOB, True)
+    return function
+
+
+def job_timeout_s(variable: str = TIMEOUT_ENV, default: float = TIMEOUT_S) -> float:
+    """Seconds a background job may take: ``$variable``, else ``default``."""
+    raw = os.environ.get(variable, "").strip()
     if not raw:
-        return TIMEOUT_S
+        return default
     try:
         seconds = float(raw)
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
         raise UserError(
-            f"{TIMEOUT_ENV}={raw!r} is not a number of seconds above 0; set e.g. "
-            f"{TIMEOUT_ENV}=60, or unset it for the default {TIMEOUT_S:g} s"
+            f"{variable}={raw!r} is not a number of seconds above 0; set e.g. "
+            f"{variable}=60, or unset it for the default {default:g} s"
         )
     return seconds
 
@@ -97,12 +112,27 @@ class _Callback:
     function: Callable[..., Any]
     progress: bool
     timeout_result: Callable[..., Any] | None
+    lane: str = FAST
+
+
+@dataclass(eq=False)
+class _Lane:
+    """A queue and the threads that serve it (its fields are guarded by the manager's lock)."""
+
+    name: str
+    workers: int
+    timeout_s: float
+    queue: queue.SimpleQueue[_Job | None] = field(default_factory=queue.SimpleQueue)
+    threads: set[_Worker] = field(default_factory=set)
+    abandoned: int = 0
+    used: bool = False  # threads start with a lane's first job
 
 
 class _Worker(threading.Thread):
-    def __init__(self, manager: ThreadJobManager, number: int):
-        super().__init__(name=f"layerscope-job-{number}", daemon=True)
+    def __init__(self, manager: ThreadJobManager, lane: _Lane, number: int):
+        super().__init__(name=f"layerscope-{lane.name}-job-{number}", daemon=True)
         self.manager = manager
+        self.lane = lane
         self.abandoned = False  # its job ran past the deadline and another thread took its place
 
     def run(self) -> None:
@@ -129,16 +159,27 @@ class _Job:
 
 class ThreadJobManager(BaseBackgroundCallbackManager):
     """Dash's background-callback manager protocol, with jobs on ``workers`` daemon threads of
-    this process that time out after ``timeout_s`` seconds (default: ``job_timeout_s()``)."""
+    this process that time out after ``timeout_s`` seconds (default: ``job_timeout_s()``), and
+    ``slow_job`` callbacks' jobs on ``slow_workers`` threads of their own that time out after
+    ``slow_timeout_s`` (default: ``$LAYERSCOPE_SLOW_JOB_TIMEOUT_S``, else ``SLOW_TIMEOUT_S``)."""
 
-    def __init__(self, workers: int = WORKERS, timeout_s: float | None = None):
+    def __init__(
+        self,
+        workers: int = WORKERS,
+        timeout_s: float | None = None,
+        slow_workers: int = SLOW_WORKERS,
+        slow_timeout_s: float | None = None,
+    ):
         self.workers = workers
         self.timeout_s = job_timeout_s() if timeout_s is None else float(timeout_s)
+        if slow_timeout_s is None:
+            slow_timeout_s = job_timeout_s(SLOW_TIMEOUT_ENV, SLOW_TIMEOUT_S)
+        self._lanes = {
+            FAST: _Lane(FAST, workers, self.timeout_s),
+            SLOW: _Lane(SLOW, slow_workers, float(slow_timeout_s)),
+        }
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._jobs: dict[str, _Job] = {}
-        self._threads: set[_Worker] = set()
-        self._abandoned = 0
         self._started = 0
         self._progress: dict[str, list[Any]] = {}
         self._updated_props: dict[str, dict[str, Any]] = {}
@@ -149,26 +190,29 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
     # ---- what dash calls ------------------------------------------------------------------
 
     def make_job_fn(self, fn: Callable[..., Any], progress: bool, key: str | None = None) -> Any:
-        return _Callback(fn, bool(progress), getattr(fn, _TIMEOUT_RESULT, None))
+        lane = SLOW if getattr(fn, _SLOW_JOB, False) else FAST
+        return _Callback(fn, bool(progress), getattr(fn, _TIMEOUT_RESULT, None), lane)
 
     def call_job_fn(self, key: str, job_fn: _Callback, args: Any, context: dict[str, Any]) -> str:
         """Queue a job; returns its id (the handle dash signs and the page polls with)."""
-        timeout_output = _timeout_output(job_fn, args, self.timeout_s)
+        lane = self._lanes[job_fn.lane]
+        timeout_output = _timeout_output(job_fn, args, lane.timeout_s)
         job = _Job(
             id=uuid.uuid4().hex,
             key=key,
             callback=job_fn,
             args=args,
             context=dict(context),
-            deadline=time.monotonic() + self.timeout_s,
+            deadline=time.monotonic() + lane.timeout_s,
             timeout_output=timeout_output,
         )
         with self._lock:
             if self._closed:
                 raise RuntimeError("the server is stopping; no new background jobs start")
             self._jobs[job.id] = job
+            lane.used = True
             self._sweep()  # which also starts the threads, on the first job
-        self._queue.put(job)
+        lane.queue.put(job)
         return job.id
 
     def job_running(self, job: str | None) -> bool:
@@ -226,9 +270,10 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
                 if job.state in (QUEUED, RUNNING):
                     job.state = CANCELLED
             self._jobs.clear()
-            threads = len(self._threads) + self._abandoned
-        for _ in range(threads):
-            self._queue.put(None)
+            threads = {lane: len(lane.threads) + lane.abandoned for lane in self._lanes.values()}
+        for lane, count in threads.items():
+            for _ in range(count):
+                lane.queue.put(None)
         deadline = time.monotonic() + wait_s
         for thread in threading.enumerate():
             if isinstance(thread, _Worker) and thread.manager is self:
@@ -237,18 +282,20 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
     # ---- inside ---------------------------------------------------------------------------
 
     def _add_workers(self) -> None:
-        """Top the pool up to ``workers`` threads (lock held). Threads left running past their
-        deadline count towards a cap of as many again: beyond it the pool stays short and jobs
-        wait (and time out) rather than threads piling up behind work that never ends."""
-        while (
-            not self._closed
-            and len(self._threads) < self.workers
-            and len(self._threads) + self._abandoned < 2 * self.workers
-        ):
-            self._started += 1
-            worker = _Worker(self, self._started)
-            self._threads.add(worker)
-            worker.start()
+        """Top each lane up to its ``workers`` threads (lock held). Threads left running past
+        their deadline count towards a cap of as many again: beyond it the lane stays short and
+        jobs wait (and time out) rather than threads piling up behind work that never ends."""
+        for lane in self._lanes.values():
+            while (
+                lane.used
+                and not self._closed
+                and len(lane.threads) < lane.workers
+                and len(lane.threads) + lane.abandoned < 2 * lane.workers
+            ):
+                self._started += 1
+                worker = _Worker(self, lane, self._started)
+                lane.threads.add(worker)
+                worker.start()
 
     def _sweep(self) -> None:
         """Answer every job past its deadline with its timeout result, and drop results no page
@@ -257,13 +304,15 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
         for job in list(self._jobs.values()):
             if job.state in (QUEUED, RUNNING) and now >= job.deadline:
                 report.warn(
-                    f"background job {job.id} took longer than {self.timeout_s:g} s "
+                    f"background job {job.id} took longer than "
+                    f"{self._lanes[job.callback.lane].timeout_s:g} s "
                     f"({job.state}); answering with its timeout result"
                 )
                 if job.state == RUNNING and job.worker is not None:
-                    job.worker.abandoned = True
-                    self._threads.discard(job.worker)
-                    self._abandoned += 1
+                    worker = job.worker
+                    worker.abandoned = True
+                    worker.lane.threads.discard(worker)
+                    worker.lane.abandoned += 1
                 job.state, job.result, job.finished = DONE, job.timeout_output, now
                 job.timed_out = True
             elif job.state == DONE and now - job.finished > UNCOLLECTED_S:
@@ -277,11 +326,12 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
         self._updated_props.pop(job.key, None)
 
     def _work(self, worker: _Worker) -> None:
+        lane = worker.lane
         while True:
-            job = self._queue.get()
+            job = lane.queue.get()
             if job is None:
                 with self._lock:
-                    self._threads.discard(worker)
+                    lane.threads.discard(worker)
                 return
             with self._lock:
                 if job.state != QUEUED:  # cancelled, or timed out while it waited
@@ -298,11 +348,11 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
                         f"{time.monotonic() - job.deadline:.1f} s after its deadline; result dropped"
                     )
                 if worker.abandoned:
-                    self._abandoned -= 1
-                    if self._closed or len(self._threads) >= self.workers:
+                    lane.abandoned -= 1
+                    if self._closed or len(lane.threads) >= lane.workers:
                         return
                     worker.abandoned = False  # the pool is short: this thread rejoins it
-                    self._threads.add(worker)
+                    lane.threads.add(worker)
 
     def _run(self, job: _Job) -> Any:
         """The callback's output, or what dash expects in its place: a no-update marker for
@@ -311,6 +361,9 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
 
         def set_progress(value: Any) -> None:
             with self._lock:
+                if callback.lane == SLOW and job.state != RUNNING:
+                    # Cancelled by the page, or answered with its timeout result: stop here.
+                    raise Cancelled(f"background job {job.id} was {job.state}")
                 self._progress[job.key] = (
                     list(value) if isinstance(value, list | tuple) else [value]
                 )
@@ -341,6 +394,8 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
             return contextvars.Context().run(call)
         except PreventUpdate:
             return {"_dash_no_update": "_dash_no_update"}
+        except Cancelled:
+            return {"_dash_no_update": "_dash_no_update"}  # nobody waits for this answer
         except Exception as exc:  # noqa: BLE001 - the page gets the error, the log the trace
             LOG.exception("background job %s failed", job.id)
             return {"background_callback_error": {"msg": str(exc), "tb": traceback.format_exc()}}

@@ -11,7 +11,16 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html
 
 from dashboard import ids
-from dashboard.panels import about, activations, controls, embedding, inspector, model_view, tour
+from dashboard.panels import (
+    about,
+    activations,
+    controls,
+    embedding,
+    inspector,
+    model_view,
+    tour,
+    uploads,
+)
 from dashboard.registry import clientside_callback
 from dashboard.state import EMPTY_SELECTION
 
@@ -76,7 +85,14 @@ def page(token: str) -> html.Div:
                         md=12,
                         className="ls-col",
                     ),
-                    dbc.Col(embedding.layout(), xxl=6, xl=5, lg=5, md=12, className="ls-col"),
+                    dbc.Col(
+                        [embedding.layout(), uploads.layout()],
+                        xxl=6,
+                        xl=5,
+                        lg=5,
+                        md=12,
+                        className="ls-col",
+                    ),
                     dbc.Col(inspector.layout(), xxl=4, xl=4, lg=4, md=12, className="ls-col"),
                 ],
                 className="g-3",

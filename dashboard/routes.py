@@ -2,11 +2,14 @@
 
     /runs/<run_id>/thumb/<row>.png                           the sample's thumbnail
     /runs/<run_id>/explain/<method>/<row>.png                precomputed, predicted class
-    /runs/<run_id>/explain-class/<class>/<method>/<row>.png  computed on demand (model service)
+    /runs/<run_id>/explain-class/<class>/<method>/<row>.png?layer=L  computed on demand
     /runs/<run_id>/activations/<layer>/<row>.png?sort=score  the tiled activation grid
+    /runs/<run_id>/upload/<session>/<id>/thumb.png                        an uploaded picture,
+    /runs/<run_id>/upload/<session>/<id>/explain/<class>/<method>.png     as the run's model
+    /runs/<run_id>/upload/<session>/<id>/activations/<layer>.png?sort=    sees it
 
-Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` one of three
-names, ``layer`` a layer of that run, rows and classes are ints checked against the run; files are
+Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` a registered
+explanation method, ``layer`` a layer of that run, rows and classes are ints checked against the run; files are
 then addressed only through ``RunStore``, so no request can name a path outside the data dir.
 Errors answer 404 (user-fixable) or 500 with one plain line, never a traceback.
 """
@@ -23,8 +26,10 @@ import numpy as np
 from components.activations import SORTS
 from components.images import encode_png, explanation_png
 from dashboard.context import AppContext
-from dashboard.data import EXPLANATION_METHODS, RunData
+from dashboard.data import RunData
+from dashboard.model_service import ImageSample
 from pipelines.errors import UserError
+from pipelines.explain import EXPLAINERS
 
 LOG = logging.getLogger(__name__)
 # URLs carry the run's version (?v=), so a picture can be cached until the run is recomputed.
@@ -39,10 +44,21 @@ def explanation_url(run: RunData, method: str, row: int | str) -> str:
     return f"/runs/{quote(run.run_id)}/explain/{method}/{row}.png?v={run.version}"
 
 
-def class_explanation_url(run: RunData, class_index: int | str, method: str, row: int | str) -> str:
+def class_explanation_url(
+    run: RunData, class_index: int | str, method: str, row: int | str, layer: str | None = None
+) -> str:
+    """``layer``: the layer the Grad-CAM family weighs (None: the run's Grad-CAM layer)."""
+    layer_query = f"&layer={quote(layer)}" if layer else ""
     return (
-        f"/runs/{quote(run.run_id)}/explain-class/{class_index}/{method}/{row}.png?v={run.version}"
+        f"/runs/{quote(run.run_id)}/explain-class/{class_index}/{method}/{row}.png"
+        f"?v={run.version}{layer_query}"
     )
+
+
+def upload_url(run: RunData, session: str, upload_id: str, rest: str) -> str:
+    """``rest``: "thumb.png", "explain/<class>/<method>.png?layer=..", "activations/<layer>.png"."""
+    joiner = "&" if "?" in rest else "?"
+    return f"/runs/{quote(run.run_id)}/upload/{session}/{upload_id}/{rest}{joiner}v={run.version}"
 
 
 def grid_url(run: RunData, layer_id: str, row: int, sort: str) -> str:
@@ -54,7 +70,7 @@ def url_templates(run: RunData) -> dict[str, object]:
     explanations are computed on a click; their answer carries its URLs.)"""
     return {
         "thumb": thumb_url(run, "{row}"),
-        "explain": {m: explanation_url(run, m, "{row}") for m in EXPLANATION_METHODS},
+        "explain": {m: explanation_url(run, m, "{row}") for m in run.explanation_methods()},
     }
 
 
@@ -82,6 +98,13 @@ def _guarded(render: Callable[..., bytes]) -> Callable[..., flask.Response]:
     return view
 
 
+def _sort() -> str:
+    sort = flask.request.args.get("sort", "score")
+    if sort not in SORTS:
+        raise UserError(f"sort must be one of {', '.join(SORTS)}")
+    return sort
+
+
 def register_routes(server: flask.Flask, context: AppContext) -> None:
     """Attach the image routes for ``context``'s data dir to ``server``."""
     catalog, service = context.catalog, context.service
@@ -93,20 +116,54 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
     def explanation(run_id: str, method: str, row: int) -> bytes:
         run = catalog.open(run_id)
         row = run.check_row(row)
-        return explanation_png(method, run.explanation(method)[row], run.thumbnails()[row])
+        values = run.explanation(method)[row]  # a UserError for an unknown method
+        display = EXPLAINERS[method].display.value
+        return explanation_png(display, values, run.thumbnails()[row])
 
     def class_explanation(run_id: str, class_index: int, method: str, row: int) -> bytes:
         run = catalog.open(run_id)
-        return service.class_explanation_png(run, row, class_index, method)
+        layer = flask.request.args.get("layer") or None
+        if layer is not None:
+            run.layer(layer)
+        return service.class_explanation_png(run, row, class_index, method, layer)
 
     def activation_grid(run_id: str, layer_id: str, row: int) -> bytes:
         run = catalog.open(run_id)
         run.layer(layer_id)
-        sort = flask.request.args.get("sort", "score")
-        if sort not in SORTS:
-            raise UserError(f"sort must be one of {', '.join(SORTS)}")
-        return service.grid_png(run, row, layer_id, sort)
+        return service.grid_png(run, row, layer_id, _sort())
 
+    def upload_sample(run: RunData, session: str, upload_id: str) -> ImageSample:
+        image = context.uploads.image(session, upload_id)  # checks both names' formats
+        return ImageSample(f"upload/{session}/{upload_id}", image)
+
+    def upload_thumbnail(run_id: str, session: str, upload_id: str) -> bytes:
+        run = catalog.open(run_id)
+        return encode_png(service.thumbnail(run, upload_sample(run, session, upload_id)))
+
+    def upload_explanation(
+        run_id: str, session: str, upload_id: str, class_index: int, method: str
+    ) -> bytes:
+        run = catalog.open(run_id)
+        layer = flask.request.args.get("layer") or None
+        if layer is not None:
+            run.layer(layer)
+        sample = upload_sample(run, session, upload_id)
+        return service.class_explanation_png(run, sample, class_index, method, layer)
+
+    def upload_grid(run_id: str, session: str, upload_id: str, layer_id: str) -> bytes:
+        run = catalog.open(run_id)
+        run.layer(layer_id)
+        return service.grid_png(run, upload_sample(run, session, upload_id), layer_id, _sort())
+
+    upload_prefix = "/runs/<run_id>/upload/<session>/<upload_id>"
+    server.add_url_rule(f"{upload_prefix}/thumb.png", view_func=_guarded(upload_thumbnail))
+    server.add_url_rule(
+        f"{upload_prefix}/explain/<int:class_index>/<method>.png",
+        view_func=_guarded(upload_explanation),
+    )
+    server.add_url_rule(
+        f"{upload_prefix}/activations/<layer_id>.png", view_func=_guarded(upload_grid)
+    )
     server.add_url_rule("/runs/<run_id>/thumb/<int:row>.png", view_func=_guarded(thumbnail))
     server.add_url_rule(
         "/runs/<run_id>/explain/<method>/<int:row>.png", view_func=_guarded(explanation)

@@ -2,7 +2,7 @@
 
 The page keeps ONE selection store::
 
-    {"run", "layer", "subset", "method", "perplexity", "color", "pinned"}
+    {"run", "layer", "subset", "method", "perplexity", "color", "pinned", "upload"}
 
 Controls, the model view and the embedding each write their own fields with ``Patch``; a
 clientside splitter (``splitSelection`` in assets/page.js) derives small keys from it so
@@ -31,6 +31,7 @@ EMPTY_SELECTION: dict[str, Any] = {
     "perplexity": None,
     "color": "label",
     "pinned": None,
+    "upload": None,  # the id of the user's uploaded image shown instead of a sample
 }
 METHOD_OPTIONS = [{"label": "t-SNE", "value": "tsne"}, {"label": "PCA", "value": "pca"}]
 COLOR_OPTIONS = [

@@ -7,3 +7,8 @@ is a bug and keeps its traceback.
 
 class UserError(Exception):
     """A problem with the user's input. The message must say what to do about it."""
+
+
+class Cancelled(Exception):
+    """Raised by a progress callback to stop long work between its steps (the page's cancel
+    button, a background job past its deadline)."""

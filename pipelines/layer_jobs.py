@@ -28,6 +28,13 @@ import threadpoolctl
 from pipelines import reduce, tsne
 from pipelines.store import RunStore, embedding_key
 
+# How far a recomputed PCA may stray from a stored PCA map, relative to the map's extent, for
+# the map to count as the same one (and its t-SNE maps, made from the same scores, to stand).
+# Measured on digits + smallcnn on the CPU, the second forward pass gave bit-identical scores;
+# the margin is for passes whose float16-rounded features differ in the odd last bit (another
+# batch size or device). Beyond it, the layer's maps are recomputed.
+SAME_MAP_TOLERANCE = 1e-3
+
 
 @dataclass(frozen=True)
 class LayerJob:
@@ -53,19 +60,24 @@ class LayerJob:
     def __call__(self, layer_id: str) -> str:
         store = RunStore(Path(self.run_dir))
         started = time.perf_counter()
-        scores, info = self.pca(self.features(store, layer_id))
-        maps = self.maps(scores)
-        for (size, method, perplexity), coords in maps.items():
+        fit = self.pca(self.features(store, layer_id))
+        if store.has("reduction", layer=layer_id) and same_pca_map(store, layer_id, fit.scores):
+            # A layer of a run computed before image placement: its maps stand (the same PCA,
+            # as its PCA map shows), only its placement data is added.
+            save_placement(store, layer_id, fit)
+            return layer_id
+        for (size, method, perplexity), coords in self.maps(fit.scores).items():
             store.save_array(
                 "embedding",
                 coords.astype(np.float32),
                 **embedding_key(layer_id, size, method, perplexity),
             )
+        save_placement(store, layer_id, fit)
         # Written last: its presence marks the layer complete. The backend is recorded because
         # it changes the maps' coordinates (not their quality), and a run resumed on another
         # device mixes backends across layers.
         info = {
-            **info,
+            **fit.info,
             "tsne_backend": self.tsne_backend,
             "tsne_device": self.torch_device or "cpu",
             "seconds": round(time.perf_counter() - started, 3),
@@ -78,14 +90,14 @@ class LayerJob:
         """The t-SNE backend of this job: PyTorch on ``torch_device``, else openTSNE."""
         return "opentsne" if self.torch_device is None else "torch"
 
-    def pca(self, features: np.ndarray) -> tuple[np.ndarray, dict]:
-        """features: (N, D) float32 -> PCA scores keeping 90% of the variance, and their info."""
+    def pca(self, features: np.ndarray) -> reduce.PCAFit:
+        """features: (N, D) float32 -> PCA keeping 90% of the variance: scores and basis."""
         if self.torch_device is None:
-            return reduce.pca_reduce(features, variance=0.9, seed=self.seed)
+            return reduce.pca_fit(features, variance=0.9, seed=self.seed)
         # Imported here for the same reason as in ``maps``.
         from pipelines import pca_torch
 
-        return pca_torch.pca_reduce_torch(features, 0.9, self.seed, self.torch_device)
+        return pca_torch.pca_fit_torch(features, 0.9, self.seed, self.torch_device)
 
     def maps(self, scores: np.ndarray) -> dict[tuple[int, str, float | None], np.ndarray]:
         """scores: (N, k) float32 -> every 2D map of the layer, keyed (n, method, perplexity)."""
@@ -100,7 +112,7 @@ class LayerJob:
         )
 
     def copy(self, source: str, layer_id: str) -> None:
-        """A reshape-only layer gets its parent's maps under its own id."""
+        """A reshape-only layer gets its parent's maps and placement data under its own id."""
         store = RunStore(Path(self.run_dir))
         for size in self.subsets:
             for method, perplexity in [
@@ -113,11 +125,38 @@ class LayerJob:
                 store.save_array(
                     "embedding", coords, **embedding_key(layer_id, size, method, perplexity)
                 )
+        store.save_array(
+            "pca_scores", store.load_array("pca_scores", mmap=False, layer=source), layer=layer_id
+        )
+        store.save_arrays(
+            "projection", store.load_arrays("projection", layer=source), layer=layer_id
+        )
         store.save_json(
             "reduction",
             {**store.load_json("reduction", layer=source), "same_as": source},
             layer=layer_id,
         )
+
+
+def save_placement(store: RunStore, layer_id: str, fit: reduce.PCAFit) -> None:
+    """What placing a new image in the layer's maps needs (``pipelines/placement.py``): the
+    samples' PCA scores, then the basis, whose file marks the placement data complete."""
+    store.save_array("pca_scores", fit.scores, layer=layer_id)
+    store.save_arrays(
+        "projection", {"mean": fit.mean, "components": fit.components}, layer=layer_id
+    )
+
+
+def same_pca_map(store: RunStore, layer_id: str, scores: np.ndarray) -> bool:
+    """True if ``scores`` (N, k) give the layer's stored PCA map (its first two columns, the
+    largest subset's rows) to within ``SAME_MAP_TOLERANCE`` of the map's extent."""
+    size = max(int(n) for n in store.read_manifest()["subsets"])
+    stored = store.load_array("embedding", mmap=False, **embedding_key(layer_id, size, "pca", None))
+    if stored.shape != (size, 2) or scores.shape[0] < size:
+        return False
+    extent = float(np.abs(stored).max())
+    error = float(np.abs(scores[:size, :2] - stored).max())
+    return error <= SAME_MAP_TOLERANCE * max(extent, float(np.finfo(np.float32).tiny))
 
 
 def prepare_worker(threads: int) -> None:

@@ -1,9 +1,10 @@
 """One adapter over every kind of model LayerScope can open.
 
 ``smallcnn`` (trained here), torchvision architectures, TorchScript files and user Python files
-all become a ``ModelAdapter``: an eval-mode ``nn.Module`` on a device, its class names, and the
-preprocessing that turns any PIL image into its input. The rest of the pipeline never asks which
-kind it has.
+all become a ``ModelAdapter``: an eval-mode ``nn.Module`` on a device, its class names, the
+preprocessing that turns any PIL image into its input and the decoding that turns its logits into
+class probabilities (a Python model file's own ``preprocess`` / ``decode`` hooks where it has
+them, ``pipelines/model_hooks.py``). The rest of the pipeline never asks which kind it has.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pipelines import report
 from pipelines.datasets import open_dataset, to_l_or_rgb
 from pipelines.errors import UserError
 from pipelines.io import atomic_path
+from pipelines.model_hooks import ModelHooks
 from pipelines.records import Manifest
 from pipelines.smallcnn import SmallCNN, train_small_cnn
 from pipelines.store import datasets_dir
@@ -61,9 +63,12 @@ class ModelAdapter:
     device: torch.device
     is_imagenet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # A python: model file's own preprocess / decode (none for every other kind).
+    hooks: ModelHooks = field(default_factory=ModelHooks)
 
     def view(self, image: Image.Image) -> Image.Image:
-        """The square, model-sized view of ``image`` that the model, thumbnails and CAMs share."""
+        """The square, model-sized view of ``image`` that thumbnails and CAMs show, and the
+        model's input unless the model file has its own ``preprocess``."""
         return square_view(to_mode(image, self.in_channels), self.input_size)
 
     def to_tensor(self, views: list[Image.Image]) -> torch.Tensor:
@@ -78,8 +83,31 @@ class ModelAdapter:
         std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
         return ((tensor - mean) / std).to(self.device)
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.to_tensor([self.view(image) for image in images])
+    def preprocess(
+        self, images: list[Image.Image], views: list[Image.Image] | None = None
+    ) -> torch.Tensor:
+        """PIL images (any mode and size) -> (B, C, S, S) float32 model-ready, on ``device``:
+        the model file's own ``preprocess`` if it has one, else the ``view``s normalised.
+        ``views``: the images' ``view``s, when the caller has made them already."""
+        if self.hooks.preprocess is None:
+            return self.to_tensor(views if views is not None else list(map(self.view, images)))
+        inputs = [
+            self.hooks.input_of(to_mode(image, self.in_channels), self.in_channels, self.input_size)
+            for image in images
+        ]
+        return torch.stack(inputs).to(self.device)
+
+    def decode(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, K) logits -> (B, K) float32 class probabilities: the model file's ``decode``
+        (checked) if it has one, else the softmax. The explanation engine's ``decode``."""
+        return self.hooks.probabilities(logits)
+
+    def log_probabilities(
+        self, logits: torch.Tensor, probabilities: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, K) float32 log class probabilities, consistent with ``decode``
+        (``probabilities``: ``decode(logits)`` if already computed)."""
+        return self.hooks.log_probabilities(logits, probabilities)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -95,6 +123,8 @@ class ModelAdapter:
             "num_params": sum(p.numel() for p in self.module.parameters()),
             "device": str(self.device),
             "is_imagenet": self.is_imagenet,
+            "own_preprocess": self.hooks.preprocess is not None,
+            "own_decode": self.hooks.decode is not None,
             **self.extra,
         }
 
@@ -430,7 +460,8 @@ def attribute(obj: Any, name: str) -> Any:
 
 def build_python(spec: str, device: torch.device, input_size: int | None) -> ModelAdapter:
     """``python:FILE.py`` exposing ``get_model()``; optional ``class_names``, ``input_size``,
-    ``in_channels``, ``mean``, ``std`` (checked by :func:`declared_settings`). Only ever loaded
+    ``in_channels``, ``mean``, ``std`` (checked by :func:`declared_settings`) and the hooks
+    ``preprocess(image)`` and ``decode(logits)`` (``pipelines/model_hooks.py``). Only ever loaded
     from the CLI, never from an upload. A file that calls ``sys.exit()`` is a UserError too."""
     path = existing_file(spec)
     module_name = f"layerscope_user_model_{abs(hash(str(path)))}"
@@ -465,6 +496,7 @@ def build_python(spec: str, device: torch.device, input_size: int | None) -> Mod
             f"get_model() in {path} returned a {type(model).__name__}, not an nn.Module"
         )
     declared = declared_settings(lambda name: getattr(user, name, None), str(path), "", input_size)
+    hooks = ModelHooks.of_module(user, str(path))
     return ModelAdapter(
         module=model.eval().to(device),
         spec=spec,
@@ -477,6 +509,7 @@ def build_python(spec: str, device: torch.device, input_size: int | None) -> Mod
         std=declared.std,
         device=device,
         extra={"path": str(path)},
+        hooks=hooks,
     )
 
 
@@ -707,13 +740,22 @@ def build_adapter(
         return build_python(spec, device, input_size)
 
 
-def load_views(
+def load_inputs(
     adapter: ModelAdapter, dataset: Any, indices: Any, progress: bool = False, desc: str = ""
-) -> list[Image.Image]:
-    """The model-sized views (``adapter.view``) of the dataset's images at ``indices``."""
+) -> tuple[list[Image.Image], torch.Tensor]:
+    """The dataset's images at ``indices``: their ``view``s (for thumbnails and CAMs) and the
+    model's (B, C, S, S) input (``adapter.preprocess``), each image decoded once."""
     indices = list(indices)
     bar = tqdm(indices, desc=desc, unit="img", disable=not progress or len(indices) < 2000)
-    return [adapter.view(dataset.load_image(int(i))) for i in bar]
+    views: list[Image.Image] = []
+    own: list[torch.Tensor] = []
+    for i in bar:
+        image = dataset.load_image(int(i))
+        views.append(adapter.view(image))
+        if adapter.hooks.preprocess is not None:
+            # Made now, so a chunk's full-size images are not all held at once.
+            own.append(adapter.preprocess([image]))
+    return views, torch.cat(own) if own else adapter.to_tensor(views)
 
 
 # ---- request time: reopen the model of a finished run ---------------------------------------
@@ -759,6 +801,11 @@ class RunModel:
 
     def input_for(self, row: int) -> torch.Tensor:
         """(1, C, S, S) model-ready input of sample row ``row``."""
+        return self.adapter.preprocess([self.image_of(row)])
+
+    def image_of(self, row: int) -> Image.Image:
+        """The image of sample row ``row``, as its dataset loads it, checked to be the one the
+        run was computed from."""
         from pipelines.fingerprint import sample_is_unchanged
 
         uid = self.uids[row]
@@ -775,7 +822,7 @@ class RunModel:
                 f"the image of sample {uid} ({source}) changed on disk since run "
                 f"'{self.run_id}' was computed, so it cannot be explained; {fix}"
             )
-        return self.adapter.preprocess([self.dataset.load_image(index)])
+        return self.dataset.load_image(index)
 
     def layer_module(self, layer_id: str) -> nn.Module:
         modules = dict(self.adapter.module.named_modules())

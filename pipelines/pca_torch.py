@@ -1,4 +1,4 @@
-"""PCA in PyTorch: the GPU path's ``reduce.pca_reduce``, with the same contract and method choice.
+"""PCA in PyTorch: the GPU path's ``reduce.pca_fit``, with the same contract and method choice.
 
 On the GPU path the embeddings stage runs in the precompute's own process, one layer after
 another; there, the covariance eigenproblem of a (13k, 2048) layer is a few milliseconds on the
@@ -16,23 +16,23 @@ import numpy as np
 import torch
 
 from pipelines import reduce
-from pipelines.types import FloatArray
 
 
-def pca_reduce_torch(
+def pca_fit_torch(
     features: np.ndarray, variance: float = 0.9, seed: int = 0, device: str = "cuda"
-) -> tuple[FloatArray, dict]:
-    """``reduce.pca_reduce`` computed on ``device``.
+) -> reduce.PCAFit:
+    """``reduce.pca_fit`` computed on ``device``.
 
-    features: (N, D) float (float32 expected). Returns ``(scores (N, k) float32 numpy, info)``
-    exactly as ``reduce.pca_reduce`` documents them.
+    features: (N, D) float (float32 expected). Returns a ``reduce.PCAFit`` of float32 numpy
+    arrays exactly as ``reduce.pca_fit`` documents it.
     """
     matrix = reduce.as_feature_matrix(features)
     reduce.check_variance(variance)
     x = torch.from_numpy(matrix).to(device)
-    centred = x - x.mean(dim=0, dtype=torch.float64).float()
+    mean = x.mean(dim=0, dtype=torch.float64).float()
+    centred = x - mean
     total = float(torch.linalg.vector_norm(centred, dtype=torch.float64) ** 2)
-    return reduce.pca_of_centred(centred, total, variance, seed, TORCH_FORMS)
+    return reduce.pca_of_centred(centred, mean.cpu().numpy(), total, variance, seed, TORCH_FORMS)
 
 
 def _descending_eigh(matrix: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -43,51 +43,57 @@ def _descending_eigh(matrix: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
     return values, vectors.flip(1)
 
 
-def _covariance_eig(centred: torch.Tensor) -> tuple[np.ndarray, reduce.ScoresFor]:
-    """D x D eigenproblem of X^T X; scores = X V. centred: (N, D) float32."""
+def _covariance_eig(centred: torch.Tensor) -> tuple[np.ndarray, reduce.ComponentsFor]:
+    """D x D eigenproblem of X^T X; components V^T, scores X V. centred: (N, D) float32."""
     values, vectors = _descending_eigh(centred.T @ centred)
 
-    def scores_for(k: int) -> np.ndarray:
-        return (centred @ vectors[:, :k]).cpu().numpy()
+    def components_for(k: int) -> tuple[np.ndarray, np.ndarray]:
+        top = vectors[:, :k]
+        return top.T.contiguous().cpu().numpy(), (centred @ top).cpu().numpy()
 
-    return values, scores_for
+    return values, components_for
 
 
-def _gram_eig(centred: torch.Tensor) -> tuple[np.ndarray, reduce.ScoresFor]:
-    """N x N eigenproblem of X X^T; scores = U S. centred: (N, D) float32."""
+def _gram_eig(centred: torch.Tensor) -> tuple[np.ndarray, reduce.ComponentsFor]:
+    """N x N eigenproblem of X X^T; components S^-1 U^T X, scores X V (as ``reduce._gram_eig``).
+    centred: (N, D) float32."""
     values, vectors = _descending_eigh(centred @ centred.T)
 
-    def scores_for(k: int) -> np.ndarray:
+    def components_for(k: int) -> tuple[np.ndarray, np.ndarray]:
         singular = torch.from_numpy(np.sqrt(values[:k])).float().to(vectors.device)
-        return (vectors[:, :k] * singular).cpu().numpy()
+        inverse = torch.where(singular > 0, 1.0 / singular, torch.zeros_like(singular))
+        components = (vectors[:, :k].T @ centred) * inverse[:, None]
+        return components.cpu().numpy(), (centred @ components.T).cpu().numpy()
 
-    return values, scores_for
+    return values, components_for
 
 
 def _randomized_eig(
     centred: torch.Tensor, total: float, variance: float, seed: int
-) -> tuple[np.ndarray, reduce.ScoresFor]:
+) -> tuple[np.ndarray, reduce.ComponentsFor]:
     """Leading singular triplets, widening the rank until ``variance`` is explained (as
     ``reduce._randomized_eig`` does with scikit-learn's randomized SVD)."""
     rank, full = reduce.RANDOMIZED_FIRST_RANK, min(centred.shape)
     while True:
         rank = min(rank, full)
-        u, s = randomized_svd(centred, rank, reduce.RANDOMIZED_POWER_ITERATIONS, seed)
+        _, s, vh = randomized_svd(centred, rank, reduce.RANDOMIZED_POWER_ITERATIONS, seed)
         values = s.double().cpu().numpy() ** 2
         if values.sum() >= variance * total or rank == full:
             break
         rank *= 2
 
-    def scores_for(k: int) -> np.ndarray:
-        return (u[:, :k] * s[:k]).cpu().numpy()
+    def components_for(k: int) -> tuple[np.ndarray, np.ndarray]:
+        components = vh[:k].contiguous()
+        return components.cpu().numpy(), (centred @ components.T).cpu().numpy()
 
-    return values, scores_for
+    return values, components_for
 
 
 def randomized_svd(
     x: torch.Tensor, rank: int, power_iterations: int, seed: int, oversample: int = 10
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left singular vectors (N, rank) and singular values (rank,) of x: (N, D) float32.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left singular vectors (N, rank), singular values (rank,) and right singular vectors as
+    rows (rank, D) of x: (N, D) float32.
 
     The Gaussian test matrix is drawn on the CPU from ``seed``, so a seed gives the same result
     on every device; QR between the power iterations keeps float32 from losing the small
@@ -100,8 +106,8 @@ def randomized_svd(
     for _ in range(power_iterations):
         basis, _ = torch.linalg.qr(x.T @ basis)
         basis, _ = torch.linalg.qr(x @ basis)
-    small_u, singular, _ = torch.linalg.svd(basis.T @ x, full_matrices=False)
-    return (basis @ small_u)[:, :rank], singular[:rank]
+    small_u, singular, right = torch.linalg.svd(basis.T @ x, full_matrices=False)
+    return (basis @ small_u)[:, :rank], singular[:rank], right[:rank]
 
 
 TORCH_FORMS = reduce.PCAForms(

@@ -22,6 +22,7 @@ from pipelines import report
 from pipelines.cores import available_cores
 from pipelines.datasets import Dataset, open_dataset
 from pipelines.errors import UserError
+from pipelines.explain import STORED_METHODS
 from pipelines.fingerprint import (
     Fingerprint,
     change_since,
@@ -30,7 +31,7 @@ from pipelines.fingerprint import (
 )
 from pipelines.layer_jobs import LayerWorkers
 from pipelines.models import ModelAdapter, rebuild_adapter, resolve_device
-from pipelines.run_config import PrecomputeConfig, run_id_for
+from pipelines.run_config import PrecomputeConfig, run_id_for, stored_methods
 from pipelines.stages import STAGES, embeddings, forward, index, model, use_threads_for
 from pipelines.stages.index import SamplePlan
 from pipelines.store import RunStore, datasets_dir, runs_dir
@@ -89,12 +90,13 @@ class Precompute:
     ) -> None:
         """The missing stages, in order; each skips what of its own work is already on disk."""
         missing = self.store.pending_stages(STAGES)
+        reduce_layers = "embeddings" in missing or embeddings.outdated(self.store)
         adapter: ModelAdapter | None = None
         if "model" in missing or model.outdated(self.store):
             use_threads_for(self.config, "model")
             adapter = self.timed("model", lambda: self.model_stage(dataset, content))
         use_threads_for(self.config, "forward")
-        if "embeddings" in missing:
+        if reduce_layers:
             # Started now so their imports overlap the forward pass, not training (which
             # may use every core) or the first layer.
             workers.start()
@@ -108,7 +110,18 @@ class Precompute:
                 self.config.batch_size,
                 self.progress,
             )
-        if "embeddings" in missing:
+        if reduce_layers:
+            # Layers of a run computed before image placement need their features again.
+            recapture = embeddings.layers_without_features(self.store)
+            if recapture:
+                forward.capture_features(
+                    self.store,
+                    dataset,
+                    adapter or self.reopen_model(),
+                    recapture,
+                    self.config.batch_size,
+                    self.progress,
+                )
             embeddings.run(self.store, workers, self.config.seed, self.config.device, self.progress)
         self.clear_failure()
 
@@ -139,10 +152,21 @@ class Precompute:
     # ---- the run's manifest: settings, source, failure ----------------------------------------
 
     def check_same_settings(self) -> None:
-        if self.store.read_record().require_config().identity != self.config.identity():
+        """Refuse to resume a run made with other settings. ``--explain`` is checked on its own:
+        left out, the run keeps its list; given, it must be the run's list (in any order), since
+        adding methods to stored chunks would mean recomputing them all anyway."""
+        settings = self.store.read_record().require_config()
+        if settings.identity != self.config.identity():
             raise UserError(
                 f"run '{self.run_id}' already exists with different settings; pass a new "
                 "--run-id, or delete the run folder to start over"
+            )
+        stored = stored_methods(settings)
+        if self.config.explain is not None and set(self.config.explain) != set(stored):
+            raise UserError(
+                f"run '{self.run_id}' stores the explanations {','.join(stored)}, not "
+                f"{','.join(self.config.explain)}; leave out --explain (or pass --explain "
+                f"{','.join(stored)}) to resume it, or pass a new --run-id to store another set"
             )
 
     def check_same_source(self, content: Fingerprint) -> None:
@@ -156,7 +180,7 @@ class Precompute:
             raise changed_source_error(self.run_id, self.config.dataset, change)
 
     def finished(self) -> bool:
-        return not self.store.pending_stages(STAGES)
+        return not self.store.pending_stages(STAGES) and not embeddings.outdated(self.store)
 
     def check_or_create_manifest(self, content: Fingerprint) -> None:
         if self.store.exists():
@@ -172,7 +196,11 @@ class Precompute:
         manifest = {
             "run_id": self.run_id,
             "created": time.time(),
-            "config": {**asdict(self.config), "identity": self.config.identity()},
+            "config": {
+                **asdict(self.config),
+                "explain": list(self.config.explain or STORED_METHODS),
+                "identity": self.config.identity(),
+            },
             "stages": {name: {"state": "pending"} for name in STAGES},
             "versions": library_versions(),
         }

@@ -121,17 +121,23 @@ class RunSettings:
     seed: int = 0
     # The settings that define the run (compared when a precompute resumes it), as JSON.
     identity: Mapping[str, Any] = field(default_factory=dict)
+    # The explanation methods stored for every sample (``--explain``); None in runs made
+    # before the list was recorded, which store the three built-in ones
+    # (``run_config.stored_methods`` reads it).
+    explain: tuple[str, ...] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSettings:
         weights = data.get("weights")
+        explain = data.get("explain")
         return cls(
             dataset=str(data.get("dataset", "?")),
             model=str(data.get("model", "?")),
             weights=None if weights is None else str(weights),
             seed=int(data.get("seed") or 0),
             identity=dict(data.get("identity") or {}),
+            explain=None if explain is None else _names(explain),
             raw=data,
         )
 
@@ -146,6 +152,7 @@ class RunSettings:
                 "identity": dict(self.identity)
                 if self.identity or "identity" in self.raw
                 else None,
+                "explain": None if self.explain is None else list(self.explain),
             },
         )
 

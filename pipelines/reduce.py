@@ -5,9 +5,11 @@ number of layers. Its input is already pooled at capture time (``features.pool_a
 The module needs no torch, so the worker processes that run it start in about two seconds. Stages,
 each a small pure function with an explicit seed:
 
-1. ``pca_reduce``: principal component analysis (Pearson 1901; Hotelling 1933) keeping the
+1. ``pca_fit``: principal component analysis (Pearson 1901; Hotelling 1933) keeping the
    fewest components that explain 90% of the variance, through the cheaper of the covariance or
    Gram eigenproblem, or a randomized SVD (Halko, Martinsson & Tropp 2011) when both are large.
+   Its basis (mean and components) is kept with the scores, so a new image's pooled features
+   ``project`` onto the very scores the maps were made from (``pipelines/placement.py``).
 2. ``embed_layer``: the first two principal components as the 2-D PCA view, and t-SNE maps at
    several perplexities and nested subsets through ``tsne.fit`` (its module docstring says why
    the schedule is fast and what the backend changes), openTSNE on the CPU by default.
@@ -46,8 +48,11 @@ __all__ = [
     "kl_divergence",
     "knn_preservation",
     "largest_perplexity",
+    "PCAFit",
     "nested_subset_order",
+    "pca_fit",
     "pca_reduce",
+    "project",
     "resolve_perplexities",
     "resolve_subset_sizes",
 ]
@@ -66,33 +71,75 @@ RANDOMIZED_FIRST_RANK = 256
 RANDOMIZED_POWER_ITERATIONS = 6
 # The 2-D PCA view and the t-SNE initialisation need two components even when one would do.
 MIN_COMPONENTS = 2
-# Each PCA form returns all eigenvalues first (to find k), then the scores of the top k on demand,
-# as a (N, k) float32 numpy array.
-ScoresFor = Callable[[int], np.ndarray]
+# Each PCA form returns all eigenvalues first (to find k), then, on demand, the top k components
+# as (k, D) float32 numpy rows and the samples' scores on them, (N, k) float32 numpy.
+ComponentsFor = Callable[[int], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True, eq=False)
+class PCAFit:
+    """One layer's PCA: its samples' scores and the basis that gives them, so a new sample's
+    pooled features project to the same space (``project``).
+
+    scores: (N, k) float32, columns by descending variance, k >= 2; mean: (D,) float32, the
+    features' mean; components: (k, D) float32, orthonormal rows (zero rows where a constant
+    layer or D == 1 leaves fewer than two axes); info: as ``pca_reduce`` documents it.
+    ``scores == project(features)`` up to float rounding, signs included.
+    """
+
+    scores: FloatArray
+    mean: FloatArray
+    components: FloatArray
+    info: dict
+
+    def project(self, features: np.ndarray) -> FloatArray:
+        """features: (M, D) float pooled activations -> (M, k) float32 scores."""
+        return project(features, self.mean, self.components)
+
+
+def project(features: np.ndarray, mean: np.ndarray, components: np.ndarray) -> FloatArray:
+    """PCA scores of new samples on a stored basis: ``(features - mean) @ components.T``, in
+    float32 as the layer's own scores were computed. features: (M, D); mean: (D,); components:
+    (k, D). Returns (M, k) float32."""
+    x = as_feature_matrix(features)
+    if x.shape[1] != mean.shape[0] or components.shape[1] != mean.shape[0]:
+        raise ValueError(
+            f"features have {x.shape[1]} dimensions but the PCA basis has {mean.shape[0]}"
+        )
+    centred = x - np.asarray(mean, dtype=np.float32)
+    return np.asarray(centred @ np.asarray(components, dtype=np.float32).T, dtype=np.float32)
+
+
+def pca_fit(features: np.ndarray, variance: float = 0.9, seed: int = 0) -> PCAFit:
+    """Principal component analysis keeping the fewest components explaining >= ``variance``.
+
+    features: (N, D) float (float32 expected). Returns a ``PCAFit``: the scores (N, k) float32,
+    sorted by explained variance, k >= 2, with the mean and components that give them, and
+    info = {"kept_dims": k, "explained_variance": float (fraction of the total variance the k
+    components explain), "input_dims": D, "method": "covariance" | "gram" | "randomized" |
+    "constant", "total_variance": float}.
+
+    Never a full SVD of the data matrix: the covariance form (D x D eigh) when D <= N, the Gram
+    form (N x N eigh) when N < D, randomized SVD when both exceed ``RANDOMIZED_MIN_SIDE``.
+    Constant features (a dead ReLU layer is all zeros) have no variance to explain: they give
+    zero scores and components, method "constant", explained_variance 1.0 (nothing is lost),
+    and no NaNs. Component signs are fixed (largest |score| positive) so the result does not
+    depend on the method or the LAPACK build.
+    """
+    x = as_feature_matrix(features)
+    check_variance(variance)
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    centred = x - mean
+    total = float(np.einsum("ij,ij->", centred, centred, dtype=np.float64))
+    return pca_of_centred(centred, mean, total, variance, seed, NUMPY_FORMS)
 
 
 def pca_reduce(
     features: np.ndarray, variance: float = 0.9, seed: int = 0
 ) -> tuple[FloatArray, dict]:
-    """Principal component scores keeping the fewest components explaining >= ``variance``.
-
-    features: (N, D) float (float32 expected). Returns ``(scores, info)``: scores (N, k) float32,
-    sorted by explained variance, k >= 2; info = {"kept_dims": k, "explained_variance": float
-    (fraction of the total variance the k components explain), "input_dims": D, "method":
-    "covariance" | "gram" | "randomized" | "constant", "total_variance": float}.
-
-    Never a full SVD of the data matrix: the covariance form (D x D eigh) when D <= N, the Gram
-    form (N x N eigh) when N < D, randomized SVD when both exceed ``RANDOMIZED_MIN_SIDE``.
-    Constant features (a dead ReLU layer is all zeros) have no variance to explain: they give
-    zero scores, method "constant", explained_variance 1.0 (nothing is lost), and no NaNs.
-    Component signs are fixed (largest |score| positive) so the result does not depend on the
-    method or the LAPACK build.
-    """
-    x = as_feature_matrix(features)
-    check_variance(variance)
-    centred = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    total = float(np.einsum("ij,ij->", centred, centred, dtype=np.float64))
-    return pca_of_centred(centred, total, variance, seed, NUMPY_FORMS)
+    """``pca_fit``'s scores (N, k) float32 and info, for callers that need no basis."""
+    fit = pca_fit(features, variance, seed)
+    return fit.scores, fit.info
 
 
 def check_variance(variance: float) -> None:
@@ -103,33 +150,40 @@ def check_variance(variance: float) -> None:
 @dataclass(frozen=True)
 class PCAForms:
     """One backend's three PCA forms (numpy/LAPACK here, PyTorch in ``pca_torch``). Each takes
-    the centred (N, D) data and returns (all eigenvalues (m,) float64 descending, ScoresFor)."""
+    the centred (N, D) data and returns (all eigenvalues (m,) float64 descending,
+    ComponentsFor)."""
 
-    covariance: Callable[[Any], tuple[np.ndarray, ScoresFor]]
-    gram: Callable[[Any], tuple[np.ndarray, ScoresFor]]
+    covariance: Callable[[Any], tuple[np.ndarray, ComponentsFor]]
+    gram: Callable[[Any], tuple[np.ndarray, ComponentsFor]]
     # Also gets (total, variance, seed): it widens its rank until ``variance`` is explained.
-    randomized: Callable[[Any, float, float, int], tuple[np.ndarray, ScoresFor]]
+    randomized: Callable[[Any, float, float, int], tuple[np.ndarray, ComponentsFor]]
 
 
 def pca_of_centred(
-    centred: Any, total: float, variance: float, seed: int, forms: PCAForms
-) -> tuple[FloatArray, dict]:
-    """``pca_reduce`` from the centred (N, D) data (a numpy array or a tensor, as ``forms``
-    take) and its sum of squares ``total``: picks the form, k, the signs and the info dict, the
-    same way for every backend."""
+    centred: Any, mean: np.ndarray, total: float, variance: float, seed: int, forms: PCAForms
+) -> PCAFit:
+    """``pca_fit`` from the centred (N, D) data (a numpy array or a tensor, as ``forms``
+    take), its mean (D,) float32 numpy and its sum of squares ``total``: picks the form, k, the
+    signs and the info dict, the same way for every backend."""
     n, d = (int(side) for side in centred.shape)
     if n < 2 or total <= 0.0:
-        return constant_result(n, d)
+        return constant_result(n, mean)
     method = pca_method(n, d)
     if method == "randomized":
-        eigenvalues, scores_for = forms.randomized(centred, total, variance, seed)
+        eigenvalues, components_for = forms.randomized(centred, total, variance, seed)
     else:
-        eigenvalues, scores_for = getattr(forms, method)(centred)
+        eigenvalues, components_for = getattr(forms, method)(centred)
     k = components_for_variance(eigenvalues, total, variance)
-    scores = fix_signs(scores_for(k))
+    components, scores = components_for(k)
+    # One sign per component, applied to its scores and its axis alike, so projecting a
+    # sample reproduces its signed scores.
+    signs = component_signs(scores)
+    scores, components = scores * signs, components * signs[:, None]
     if scores.shape[1] < MIN_COMPONENTS:
         # D == 1 (or rank-1 randomized output): pad so the 2-D PCA view still has two axes.
-        scores = np.pad(scores, ((0, 0), (0, MIN_COMPONENTS - scores.shape[1])))
+        missing = MIN_COMPONENTS - scores.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, missing)))
+        components = np.pad(components, ((0, missing), (0, 0)))
     explained = min(1.0, float(np.sum(eigenvalues[:k]) / total))
     info = {
         "kept_dims": int(scores.shape[1]),
@@ -138,7 +192,12 @@ def pca_of_centred(
         "method": method,
         "total_variance": total / (n - 1),
     }
-    return scores.astype(np.float32), info
+    return PCAFit(
+        scores=np.ascontiguousarray(scores, dtype=np.float32),
+        mean=np.ascontiguousarray(mean, dtype=np.float32),
+        components=np.ascontiguousarray(components, dtype=np.float32),
+        info=info,
+    )
 
 
 def pca_method(n: int, d: int) -> str:
@@ -171,15 +230,21 @@ def as_feature_matrix(features: np.ndarray) -> FloatArray:
     return x
 
 
-def constant_result(n: int, d: int) -> tuple[FloatArray, dict]:
+def constant_result(n: int, mean: np.ndarray) -> PCAFit:
+    d = int(mean.shape[0])
     info = {
         "kept_dims": MIN_COMPONENTS,
         "explained_variance": 1.0,
-        "input_dims": int(d),
+        "input_dims": d,
         "method": "constant",
         "total_variance": 0.0,
     }
-    return np.zeros((n, MIN_COMPONENTS), dtype=np.float32), info
+    return PCAFit(
+        scores=np.zeros((n, MIN_COMPONENTS), dtype=np.float32),
+        mean=np.ascontiguousarray(mean, dtype=np.float32),
+        components=np.zeros((MIN_COMPONENTS, d), dtype=np.float32),
+        info=info,
+    )
 
 
 def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,36 +257,47 @@ def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, np.ascontiguousarray(vectors[:, ::-1])
 
 
-def _covariance_eig(centred: FloatArray) -> tuple[np.ndarray, ScoresFor]:
-    """D x D eigenproblem of X^T X; scores = X V. centred: (N, D) float32."""
+def _covariance_eig(centred: FloatArray) -> tuple[np.ndarray, ComponentsFor]:
+    """D x D eigenproblem of X^T X; components V^T, scores X V. centred: (N, D) float32."""
     values, vectors = _descending_eigh(centred.T @ centred)
 
-    def scores_for(k: int) -> np.ndarray:
-        return centred @ vectors[:, :k]
+    def components_for(k: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.ascontiguousarray(vectors[:, :k].T), centred @ vectors[:, :k]
 
-    return values, scores_for
+    return values, components_for
 
 
-def _gram_eig(centred: FloatArray) -> tuple[np.ndarray, ScoresFor]:
-    """N x N eigenproblem of X X^T; scores = U S (the same scores as X V). centred: (N, D)."""
+def _gram_eig(centred: FloatArray) -> tuple[np.ndarray, ComponentsFor]:
+    """N x N eigenproblem of X X^T = U S^2 U^T; components V^T = S^-1 U^T X, scores X V (= U S).
+    centred: (N, D)."""
     values, vectors = _descending_eigh(centred @ centred.T)
 
-    def scores_for(k: int) -> np.ndarray:
-        return vectors[:, :k] * np.sqrt(values[:k]).astype(np.float32)
+    def components_for(k: int) -> tuple[np.ndarray, np.ndarray]:
+        components = scaled_rows(vectors[:, :k].T @ centred, values[:k])
+        # X V rather than U S: the scores are then exactly what projecting a sample gives.
+        return components, centred @ components.T
 
-    return values, scores_for
+    return values, components_for
+
+
+def scaled_rows(rows: np.ndarray, eigenvalues: np.ndarray) -> np.ndarray:
+    """rows (k, D) divided by the singular values sqrt(eigenvalues) (k,); rows of a zero
+    singular value (a rank below k) become zero instead of NaN."""
+    singular = np.sqrt(eigenvalues)
+    inverse = np.divide(1.0, singular, out=np.zeros_like(singular), where=singular > 0)
+    return (rows * inverse[:, None].astype(np.float32)).astype(np.float32)
 
 
 def _randomized_eig(
     centred: FloatArray, total: float, variance: float, seed: int
-) -> tuple[np.ndarray, ScoresFor]:
+) -> tuple[np.ndarray, ComponentsFor]:
     """Leading singular triplets by randomized SVD, widening the rank until ``variance`` is
     explained. If 90% needs (almost) every component, the rank grows to full and this degrades to
     an SVD, which only happens for nearly white data. centred: (N, D) float32."""
     rank, full = RANDOMIZED_FIRST_RANK, min(centred.shape)
     while True:
         rank = min(rank, full)
-        u, s, _ = randomized_svd(
+        _, s, vt = randomized_svd(
             centred,
             n_components=rank,
             n_iter=RANDOMIZED_POWER_ITERATIONS,
@@ -232,23 +308,25 @@ def _randomized_eig(
             break
         rank *= 2
 
-    def scores_for(k: int) -> np.ndarray:
-        return u[:, :k] * s[:k]
+    def components_for(k: int) -> tuple[np.ndarray, np.ndarray]:
+        components = np.ascontiguousarray(vt[:k], dtype=np.float32)
+        return components, centred @ components.T
 
-    return values, scores_for
+    return values, components_for
 
 
 NUMPY_FORMS = PCAForms(covariance=_covariance_eig, gram=_gram_eig, randomized=_randomized_eig)
 
 
-def fix_signs(scores: np.ndarray) -> np.ndarray:
-    """Flip each component so its largest-magnitude score is positive. scores: (N, k)."""
+def component_signs(scores: np.ndarray) -> np.ndarray:
+    """(k,) float32 +-1: the sign that makes each component's largest-magnitude score positive.
+    scores: (N, k)."""
     if scores.size == 0:
-        return scores
+        return np.ones(scores.shape[1], dtype=np.float32)
     rows = np.argmax(np.abs(scores), axis=0)
-    signs = np.sign(scores[rows, np.arange(scores.shape[1])])
+    signs = np.sign(scores[rows, np.arange(scores.shape[1])]).astype(np.float32)
     signs[signs == 0] = 1.0
-    return scores * signs
+    return signs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,12 +4,16 @@ validation (the CLI, the embedded default and the benchmarks all build a ``Preco
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines.errors import UserError
+from pipelines.explain import EXPLAINERS, STORED_METHODS
 from pipelines.models import check_weights_option, model_kind
+from pipelines.records import RunSettings
 
 DEFAULT_PERPLEXITIES = (10.0, 30.0, 90.0)
 RUN_ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
@@ -23,7 +27,12 @@ class PrecomputeConfig:
     forward pass may run in bfloat16 (within ``pipelines.precision``'s ``BF16_*`` bounds) and the t-SNE maps come from
     the torch backend, whose coordinates differ from openTSNE's at the same neighbourhood quality
     (measured in ``pipelines/tsne.py``); each layer's ``reduction`` record names its
-    ``tsne_backend``."""
+    ``tsne_backend``.
+
+    ``explain`` names the explanation methods stored for every sample (fast ones only; None:
+    the run's own list when it exists, else ``STORED_METHODS``). It is left out of
+    ``identity`` and checked on its own (``Precompute.check_same_settings``), so runs made
+    before it was recorded still resume, and a mismatch gets a message of its own."""
 
     dataset: str
     model: str
@@ -37,11 +46,12 @@ class PrecomputeConfig:
     batch_size: int = 64
     seed: int = 0
     input_size: int | None = None
+    explain: tuple[str, ...] | None = None
 
     def identity(self) -> dict[str, Any]:
         fields = asdict(self)
-        for speed_only in ("device", "batch_size"):
-            fields.pop(speed_only)
+        for other in ("device", "batch_size", "explain"):
+            fields.pop(other)
         fields["subsets"] = list(self.subsets)
         fields["perplexities"] = list(self.perplexities or DEFAULT_PERPLEXITIES)
         return fields
@@ -64,6 +74,38 @@ class PrecomputeConfig:
                 f"--input-size {self.input_size} is not a size; give the model's input side in "
                 "pixels, e.g. --input-size 224"
             )
+        if self.explain is not None:
+            check_stored_methods(self.explain)
+
+
+def fast_methods() -> list[str]:
+    """The registered methods cheap enough to store for every sample."""
+    return [name for name, explainer in EXPLAINERS.items() if not explainer.slow]
+
+
+def check_stored_methods(names: Sequence[str]) -> None:
+    """A UserError unless ``names`` is a non-empty list of registered, fast methods."""
+    fast = ", ".join(fast_methods())
+    if not names:
+        raise UserError(f"--explain needs at least one method; choose from {fast}")
+    for name in names:
+        explainer = EXPLAINERS.get(name)
+        if explainer is None:
+            raise UserError(
+                f"unknown explanation method {name!r} for --explain; choose from {fast} (a "
+                "plugin's methods need --plugins DIR)"
+            )
+        if explainer.slow:
+            raise UserError(
+                f"{name} is slow (many passes per image), so it is not precomputed: slow methods "
+                f"run on demand in the page; --explain takes the fast ones: {fast}"
+            )
+
+
+def stored_methods(settings: RunSettings) -> tuple[str, ...]:
+    """The explanation methods a run stores for every sample; runs made before the list was
+    recorded store ``STORED_METHODS``."""
+    return settings.explain if settings.explain is not None else STORED_METHODS
 
 
 def default_run_id(config: PrecomputeConfig) -> str:
@@ -94,3 +136,30 @@ def validate_run_id(run_id: str) -> str:
 def run_id_for(config: PrecomputeConfig, run_id: str | None) -> str:
     """The run's folder name: ``run_id`` if given (checked), else derived from the settings."""
     return validate_run_id(run_id or default_run_id(config))
+
+
+def precompute_command(identity: Mapping[str, Any], run_id: str, data_dir: Path) -> str:
+    """The shell command that resumes run ``run_id`` of ``data_dir``, whose settings are
+    ``identity`` (``PrecomputeConfig.identity()``, as its manifest records it). Options left at
+    their defaults are left out, so the command reads as a person would type it."""
+    defaults = PrecomputeConfig(dataset="", model="").identity()
+    parts = ["python main.py precompute"]
+    for option, key in (("--dataset", "dataset"), ("--model", "model")):
+        parts.append(f"{option} {shlex.quote(str(identity.get(key, '')))}")
+    for option, key in (
+        ("--weights", "weights"),
+        ("--samples", "samples"),
+        ("--seed", "seed"),
+        ("--input-size", "input_size"),
+    ):
+        value = identity.get(key)
+        if value is not None and value != defaults[key]:
+            parts.append(f"{option} {shlex.quote(str(value))}")
+    subsets = [str(size) for size in identity.get("subsets") or defaults["subsets"]]
+    if subsets != defaults["subsets"]:
+        parts.append(f"--subsets {shlex.quote(','.join(subsets))}")
+    perplexities = [float(p) for p in identity.get("perplexities") or defaults["perplexities"]]
+    if perplexities != defaults["perplexities"]:
+        parts.append(f"--perplexities {','.join(f'{p:g}' for p in perplexities)}")
+    parts.append(f"--data-dir {shlex.quote(str(data_dir))} --run-id {shlex.quote(run_id)}")
+    return " ".join(parts)

@@ -46,6 +46,9 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "forward_chunk": ("npz", ("chunk",)),  # one chunk's per-sample outputs, until consolidated
     "features": ("npy", ("layer", "chunk")),  # (n_chunk, D) float32, pooled activations
     "reduction": ("json", ("layer",)),  # pooled shape, PCA kept dims and variance
+    # A layer's PCA basis, to place new images in its maps: mean (D,), components (k, D) float32
+    "projection": ("npz", ("layer",)),
+    "pca_scores": ("npy", ("layer",)),  # (N, k) float32, the samples' PCA scores, by row
     "embedding": ("npy", ("layer", "subset", "method", "perplexity")),  # (n, 2) float32
     "model_checkpoint": ("pt", ()),
     # source file -> [size, mtime_ns] of every file of a file dataset when the run was computed

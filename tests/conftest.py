@@ -47,3 +47,15 @@ def small_run_arguments(data_dir: Path, run_id: str) -> list[str]:
         "--run-id",
         run_id,
     ]
+
+
+@pytest.fixture
+def restore_explainers():
+    """The explanation registry; whatever a test registers (a plugin the CLI loaded in this
+    process) is gone again after it, so other tests see the built-in methods only."""
+    from pipelines.explain import EXPLAINERS
+
+    saved = dict(EXPLAINERS)
+    yield EXPLAINERS
+    EXPLAINERS.clear()
+    EXPLAINERS.update(saved)

@@ -33,8 +33,9 @@ import pytest
 from dashboard import ids
 from dashboard.app import create_app, stop_background_jobs
 from dashboard.context import CONFIG_KEY
-from dashboard.jobs import TIMEOUT_ENV, ThreadJobManager, job_timeout_s, on_timeout
+from dashboard.jobs import TIMEOUT_ENV, ThreadJobManager, job_timeout_s, on_timeout, slow_job
 from pipelines.errors import UserError
+from pipelines.explain import STORED_METHODS
 from tests import browser_helpers as bh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,17 +83,24 @@ class ExplainClient:
             return error.code, error.read()
 
     def body(self, run_id: str | None, row: int | None, cls: int | None) -> dict[str, Any]:
-        click = None if cls is None else {"cls": cls, "name": f"class {cls}", "click": 1}
-        shown = None if row is None else {"run": run_id, "row": row}
+        # What assets/explain.js's explainRequest writes for a click on class ``cls``'s bar.
+        request = None
+        if cls is not None:
+            request = {
+                "run": run_id,
+                "row": row,
+                "cls": cls,
+                "name": f"class {cls}",
+                "layer": None,
+                "methods": list(STORED_METHODS),
+                "click": 1,
+            }
         return {
             "output": f"{ids.INSPECTOR_CLASS}.data",
             "outputs": {"id": ids.INSPECTOR_CLASS, "property": "data"},
-            "inputs": [{"id": ids.INSPECTOR_CLASS_REQUEST, "property": "data", "value": click}],
-            "changedPropIds": [f"{ids.INSPECTOR_CLASS_REQUEST}.data"],
-            "state": [
-                {"id": ids.INSPECTOR_SHOWN, "property": "data", "value": shown},
-                {"id": ids.APP_TOKEN, "property": "data", "value": self.token},
-            ],
+            "inputs": [{"id": ids.EXPLAIN_REQUEST_QUICK, "property": "data", "value": request}],
+            "changedPropIds": [f"{ids.EXPLAIN_REQUEST_QUICK}.data"],
+            "state": [{"id": ids.APP_TOKEN, "property": "data", "value": self.token}],
         }
 
     def explain(self, run_id: str, row: int, cls: int, seconds: float) -> dict[str, Any]:
@@ -302,12 +310,12 @@ def stuck_explanations(
     compute = service.class_explanations
     # Load the model and run one explanation now (nothing is cached in this copy): the jobs
     # that are not stuck then take milliseconds, far within the deadline.
-    compute(context.catalog.open(run_id), 0, 0)
+    compute(context.catalog.open(run_id), 0, 0, STORED_METHODS)
 
-    def class_explanations(run: Any, row: int, class_index: int) -> Any:
+    def class_explanations(run: Any, row: int, class_index: int, *args: Any) -> Any:
         if class_index == 6:
             release.wait(60)
-        return compute(run, row, class_index)
+        return compute(run, row, class_index, *args)
 
     monkeypatch.setattr(service, "class_explanations", class_explanations)
     try:
@@ -448,3 +456,47 @@ def test_the_job_timeout_setting(monkeypatch):
     assert ThreadJobManager().timeout_s == job_timeout_s() == 30.0
     monkeypatch.setenv(TIMEOUT_ENV, "2.5")
     assert ThreadJobManager().timeout_s == 2.5
+
+
+def test_slow_jobs_run_on_their_own_threads_and_stop_when_cancelled():
+    """A burst of slow jobs (occlusion, IG) never makes a quick one wait for a thread, and a
+    cancelled slow job stops at its next progress report instead of running on."""
+    manager = ThreadJobManager(workers=1, timeout_s=5, slow_workers=2, slow_timeout_s=30)
+    release = threading.Event()
+    steps: dict[str, int] = {}
+
+    @slow_job
+    def slow(set_progress: Any, name: str) -> dict[str, str]:
+        for step in range(1000):
+            set_progress((step, 1000))
+            steps[name] = step + 1
+            if release.wait(0.01):
+                break
+        return {"name": name}
+
+    def quick(name: str) -> dict[str, str]:
+        return {"name": name}
+
+    try:
+        slow_jobs = [
+            manager.call_job_fn(f"s{i}", manager.make_job_fn(slow, True), [f"slow {i}"], {})
+            for i in range(3)
+        ]
+        start = time.monotonic()
+        assert answer(manager, run_job(manager, quick, "quick")) == {"name": "quick"}
+        assert time.monotonic() - start < 1.0
+        # The third slow job waits for a slow thread; cancelling the first frees one.
+        time.sleep(0.2)
+        assert manager.job_running(slow_jobs[2])
+        manager.terminate_job(slow_jobs[0])
+        time.sleep(0.1)
+        stopped_at, running_at = steps["slow 0"], steps["slow 1"]
+        time.sleep(0.3)
+        assert steps["slow 0"] == stopped_at  # stopped at its next report
+        assert steps["slow 1"] > running_at and steps.get("slow 2", 0) > 0  # the others go on
+        release.set()
+        assert answer(manager, slow_jobs[1], key="s1") == {"name": "slow 1"}
+        assert answer(manager, slow_jobs[2], key="s2") == {"name": "slow 2"}
+    finally:
+        release.set()
+        manager.shutdown(1.0)

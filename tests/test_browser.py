@@ -382,7 +382,7 @@ def test_clicking_a_top10_bar_changes_the_explanation_images(watch, server):
         "() => document.querySelectorAll('#inspector-top10 .ls-bar')[2].classList.contains('is-explained')"
     )
     assert [b["isExplained"] for b in page.evaluate(TOP10_BARS)] == [i == 2 for i in range(10)]
-    assert f"“{bar['cls']}” (clicked)" in page.inner_text("#inspector-explain-caption")
+    assert f"“{bar['cls']}” (chosen)" in page.inner_text("#inspector-explain-caption")
     watch.screenshot("class-explanations")
     assert watch.errors == []
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dashboard.caches import DiskStore, TieredCache, array_codec, maps_codec
+from dashboard.caches import DiskStore, TieredCache, array_codec, method_codec
 
 
 def tiered(tmp_path: Path, memory_bytes: int = 1 << 20) -> TieredCache:
@@ -78,18 +78,23 @@ def test_a_wrong_shape_is_corrupt(tmp_path: Path) -> None:
     assert tiered(tmp_path).get_or_compute("a", Counter("a"), array_codec((3, 2))).notice
 
 
-def test_maps_codec_round_trip_and_size_check() -> None:
-    maps = {"gradcam": np.full((4, 4), 0.5, np.float16), "guided": np.zeros((4, 4, 3), np.uint8)}
-    codec = maps_codec(list(maps), 4)
+def test_method_codec_round_trip_and_size_check() -> None:
+    maps = {
+        "map": np.full((4, 4), 0.5, np.float16),
+        "occluded_probability": np.arange(6, dtype=np.float32).reshape(2, 3),
+    }
+    codec = method_codec(4)
     decoded = codec.decode(codec.encode(maps))
     assert decoded.keys() == maps.keys()
     for name, values in maps.items():
         np.testing.assert_array_equal(decoded[name], values)
         assert decoded[name].dtype == values.dtype
+    picture = {"map": np.zeros((4, 4, 3), np.uint8)}
+    np.testing.assert_array_equal(codec.decode(codec.encode(picture))["map"], picture["map"])
     with pytest.raises(ValueError, match="expected \\(8, 8\\)"):
-        maps_codec(list(maps), 8).decode(codec.encode(maps))
-    with pytest.raises(ValueError, match="not readable maps"):
-        maps_codec(["missing"], 4).decode(codec.encode(maps))
+        method_codec(8).decode(codec.encode(maps))
+    with pytest.raises(ValueError, match="expected \\(4, 4\\)"):
+        codec.decode(codec.encode({"other": maps["map"]}))
     with pytest.raises(ValueError):
         codec.decode(b"PK\x03\x04 truncated")
 

@@ -27,7 +27,7 @@ from components.embedding import (
 )
 from components.images import apply_lut, encode_png, explanation_png, gradcam_overlay
 from components.inspector import inspector_table, short_name
-from components.theme import ACCENT, INFERNO_LUT, class_color, layer_family, shade
+from components.theme import ACCENT, DIVERGING_LUT, INFERNO_LUT, class_color, layer_family, shade
 from pipelines.features import discover_layers
 from pipelines.records import LayerSpec
 
@@ -228,7 +228,7 @@ def test_embedding_figure_puts_every_row_once_with_list_customdata():
     figure = embedding_figure(coords, groups, "title", "run|500|label", "rev")
     valid_plotly(figure)
     rows, xs, ys = [], [], []
-    for t in figure["data"][:-1]:
+    for t in figure["data"][:-2]:  # the last two are the overlays the browser fills
         assert t["type"] == "scattergl" and isinstance(t["customdata"], list)
         assert all(type(v) is int for v in t["customdata"])
         rows += t["customdata"]
@@ -238,8 +238,11 @@ def test_embedding_figure_puts_every_row_once_with_list_customdata():
     order = np.argsort(rows)
     np.testing.assert_allclose(np.array(xs)[order], coords[:, 0], atol=0.051)
     np.testing.assert_allclose(np.array(ys)[order], coords[:, 1], atol=0.051)
-    pinned = figure["data"][-1]
+    pinned, uploads = figure["data"][-1], figure["data"][-2]
     assert pinned["x"] == [] and figure["layout"]["meta"]["pinnedTrace"] == len(figure["data"]) - 1
+    assert (
+        uploads["x"] == [] and figure["layout"]["meta"]["uploadsTrace"] == len(figure["data"]) - 2
+    )
     assert figure["layout"]["meta"]["structure"] == "run|500|label"
 
 
@@ -442,14 +445,24 @@ def test_gradcam_overlay_blends_by_cam_strength():
     assert (hot == INFERNO_LUT[-1]).all()
 
 
-def test_explanation_png_overlays_gradcam_and_shows_the_others_as_they_are():
+def test_explanation_png_draws_heat_over_the_image_signed_in_red_and_blue_pictures_as_they_are():
     thumbnail = np.full((4, 4, 3), 100, dtype=np.uint8)
     cam = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8).astype(np.float16)
-    decoded = np.asarray(Image.open(io.BytesIO(explanation_png("gradcam", cam, thumbnail))))
+    decoded = np.asarray(Image.open(io.BytesIO(explanation_png("heat", cam, thumbnail))))
     np.testing.assert_array_equal(decoded, gradcam_overlay(thumbnail, cam))
     picture = np.random.default_rng(5).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    shown = explanation_png("guided_backprop", picture, thumbnail)
+    shown = explanation_png("picture", picture, thumbnail)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(shown))), picture)
+    signed = np.zeros((8, 8), np.float16)
+    signed[0, 0], signed[7, 7] = 1.0, -1.0
+    drawn = np.asarray(Image.open(io.BytesIO(explanation_png("signed", signed, thumbnail))))
+    # Full evidence is the colour map's end, none is the dimmed grey image.
+    np.testing.assert_array_equal(drawn[0, 0], DIVERGING_LUT[-1])
+    np.testing.assert_array_equal(drawn[7, 7], DIVERGING_LUT[0])
+    np.testing.assert_array_equal(drawn[3, 3], [60, 60, 60])
+    assert drawn[0, 0, 0] > drawn[0, 0, 2] and drawn[7, 7, 2] > drawn[7, 7, 0]  # red / blue
+    with pytest.raises(ValueError, match="unknown display"):
+        explanation_png("gradcam", cam, thumbnail)
 
 
 def test_grid_png_is_the_rendered_grid_in_the_sort_order():

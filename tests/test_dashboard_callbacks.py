@@ -18,6 +18,7 @@ import pytest
 from dash import Patch, no_update
 from dash._callback_context import context_value
 from dash._utils import AttributeDict
+from dash.exceptions import PreventUpdate
 from PIL import Image
 
 from components.activations import grid_geometry
@@ -25,11 +26,11 @@ from dashboard import ids
 from dashboard.app import create_app
 from dashboard.caches import ByteLRU
 from dashboard.context import current
-from dashboard.data import EXPLANATION_METHODS, NotReady, RunCatalog, RunData, run_label
+from dashboard.data import NotReady, RunCatalog, RunData, run_label
 from dashboard.on_demand import OnDemand
-from dashboard.panels import about, activations, controls, embedding, inspector, model_view
+from dashboard.panels import about, activations, controls, embedding, explain, inspector, model_view
 from pipelines.errors import UserError
-from pipelines.explain import STORED_METHODS
+from pipelines.explain import EXPLAINERS, STORED_METHODS
 from pipelines.records import LayerSpec
 from pipelines.store import RunStore
 
@@ -234,7 +235,7 @@ def test_embedding_payload_has_every_sample_and_a_descriptive_title(app, selecti
     payload, message = call(app, embedding.load, view_key(selection), None)
     figure = payload["figure"]
     assert message is None and payload["run"] == selection["run"]
-    rows = sorted(r for t in figure["data"][:-1] for r in t["customdata"])
+    rows = sorted(r for t in figure["data"][:-2] for r in t["customdata"])  # less the overlays
     assert rows == list(range(selection["subset"]))
     assert figure["layout"]["title"]["text"] == (
         f"t-SNE, perplexity 30 — layer {selection['layer']} (ReLU), {selection['subset']} samples"
@@ -252,7 +253,7 @@ def test_embedding_payload_has_every_sample_and_a_descriptive_title(app, selecti
 
 def test_embedding_colourings_and_bad_parameters(app, selection):
     by_correct, _ = call(app, embedding.load, view_key(selection, color="correct"), None)
-    names = [t["name"] for t in by_correct["figure"]["data"][:-1]]
+    names = [t["name"] for t in by_correct["figure"]["data"][:-2]]  # less the two overlays
     assert set(names) <= {"correct", "wrong", "unknown label"}
     payload, message = call(app, embedding.load, view_key(selection, perplexity="77"), None)
     assert "perplexity 77" in text_of(message) and payload["figure"]["data"] == []
@@ -268,7 +269,15 @@ def test_page_shares_ids_output_names_and_method_names_with_the_javascript(app):
     start = page.index("window.layerscopeShared = ") + len("window.layerscopeShared = ")
     shared = json.loads(page[start : page.index(";</script>", start)])
     assert shared["ids"]["INSPECTOR_TOP10"] == ids.INSPECTOR_TOP10
-    assert shared["constants"]["explanationMethods"] == list(STORED_METHODS)
+    methods = shared["constants"]["explainers"]
+    assert list(methods) == list(EXPLAINERS)  # every registered method, plugins included
+    for name, explainer in EXPLAINERS.items():
+        assert methods[name] == {
+            "title": explainer.title,
+            "display": explainer.display.value,
+            "slow": explainer.slow,
+            "layer": explainer.uses_target_layer,
+        }
     assert [o["name"] for o in shared["outputs"]["renderInspector"]] == [
         "image",
         "uid",
@@ -277,10 +286,14 @@ def test_page_shares_ids_output_names_and_method_names_with_the_javascript(app):
         "caption",
         "explanationImages",
         "explanationNotes",
+        "explanationFigures",
+        "legends",
+        "progress",
         "shown",
         "unpinDisabled",
     ]
     assert shared["outputs"]["renderInspector"][5]["by"] == "method"
+    assert shared["outputs"]["renderInspector"][8]["by"] == "display"
     assets = Path(__file__).resolve().parent.parent / "assets"
     defined = set()
     for script in assets.glob("*.js"):
@@ -329,6 +342,14 @@ def test_image_routes_serve_run_pictures(app, run_dir):
         "/runs/{run}/activations/..%2Fmanifest/0.png",
         "/runs/{run}/activations/features.3/0.png?sort=name",
         "/runs/{run}/explain-class/999/gradcam/0.png",
+        "/runs/{run}/explain-class/3/nope/0.png",
+        "/runs/{run}/explain-class/3/gradcam/0.png?layer=..%2Fmanifest",
+        "/runs/{run}/explain-class/3/gradcam/0.png?layer=classifier.1",  # no channel maps
+        "/runs/{run}/upload/../../etc/passwd/thumb.png",
+        "/runs/{run}/upload/0123456789abcdef0123456789abcdef/..%2Fnames/thumb.png",
+        "/runs/{run}/upload/0123456789abcdef0123456789abcdef/0123456789abcdef/thumb.png",
+        "/runs/{run}/upload/NOTASESSION/0123456789abcdef/thumb.png",
+        "/runs/{run}/upload/0123456789abcdef0123456789abcdef/0123456789abcdef/explain/3/gradcam.png",
     ],
 )
 def test_image_routes_refuse_anything_outside_the_run(app, run_dir, path):
@@ -338,11 +359,22 @@ def test_image_routes_refuse_anything_outside_the_run(app, run_dir, path):
     assert b"Traceback" not in response.data
 
 
-def test_clicking_a_bar_computes_explanations_for_that_class(app, run_dir, selection):
+STORED = list(STORED_METHODS)
+
+
+def test_a_chosen_class_gets_its_explanations_from_the_quick_job(app, run_dir, selection):
     store = next(c for c in app.layout.children if getattr(c, "id", None) == ids.APP_TOKEN)
     token = store.data
-    click = {"cls": 7, "name": "7", "click": 1}  # what a click on class 7's bar writes
-    result = call(app, inspector.explain_class, click, {"run": run_dir[1], "row": 4}, token)
+    # What explainRequest sends when class 7 is picked for pinned row 4.
+    request = {
+        "run": run_dir[1],
+        "row": 4,
+        "cls": 7,
+        "name": "7",
+        "layer": "features.3",
+        "methods": STORED,
+    }
+    result = call(app, explain.explain_quick, request, token)
     assert result["cls"] == 7 and result["row"] == 4 and "error" not in result
     client = app.server.test_client()
     sizes = {"gradcam": (64, 64), "guided_backprop": (32, 32), "guided_gradcam": (32, 32)}
@@ -351,21 +383,35 @@ def test_clicking_a_bar_computes_explanations_for_that_class(app, run_dir, selec
         assert png(client.get(url)).shape[:2] == sizes[method]
     context = call(app, current)
     run = context.catalog.open(run_dir[1])
-    for_seven = context.service.class_explanations(run, 4, 7)
-    for_three = context.service.class_explanations(run, 4, 3)
-    assert for_seven["guided_backprop"].shape == (32, 32, 3)
-    assert not np.array_equal(for_seven["guided_backprop"], for_three["guided_backprop"])
-    assert call(app, inspector.explain_class, click, None, token)["error"].startswith(
-        "Hover or pin"
+    for_seven = context.service.class_explanations(run, 4, 7, STORED)
+    for_three = context.service.class_explanations(run, 4, 3, STORED)
+    assert for_seven["guided_backprop"]["map"].shape == (32, 32, 3)
+    assert not np.array_equal(
+        for_seven["guided_backprop"]["map"], for_three["guided_backprop"]["map"]
     )
-    bad = call(
-        app,
-        inspector.explain_class,
-        {"cls": 55, "name": "x", "click": 2},
-        {"run": run_dir[1], "row": 4},
-        token,
-    )
+    assert call(app, explain.explain_quick, None, token)["error"].startswith("pin a sample")
+    bad = call(app, explain.explain_quick, {**request, "cls": 55}, token)
     assert "not one of the model's 10 classes" in bad["error"]
+    # Hand-made payloads get a sentence, never a traceback.
+    for hostile in (
+        {**request, "row": "4"},
+        {**request, "methods": "gradcam"},
+        {**request, "layer": 3},
+    ):
+        assert "error" in call(app, explain.explain_quick, hostile, token)
+    unknown_layer = call(app, explain.explain_quick, {**request, "layer": "../manifest"}, token)
+    assert "is not in run" in unknown_layer["error"]
+
+
+def test_the_quick_job_leaves_slow_methods_to_the_slow_one(app, run_dir):
+    """A request naming only slow methods is not the quick job's: it answers no update."""
+    slow = [name for name, explainer in EXPLAINERS.items() if explainer.slow]
+    if not slow:
+        pytest.skip("no slow method is registered")
+    token = next(c for c in app.layout.children if getattr(c, "id", None) == ids.APP_TOKEN).data
+    request = {"run": run_dir[1], "row": 4, "cls": 7, "name": "7", "layer": None, "methods": slow}
+    with pytest.raises(PreventUpdate):
+        call(app, explain.explain_quick, request, token)
 
 
 def test_explaining_the_predicted_class_gives_the_stored_maps(run_dir):
@@ -377,11 +423,12 @@ def test_explaining_the_predicted_class_gives_the_stored_maps(run_dir):
     service = OnDemand(run_dir[0])
     predicted = run.predictions()["predicted"]
     for row in (0, 17):
-        computed = service.class_explanations(run, row, int(predicted[row]))
-        for method in EXPLANATION_METHODS:
+        computed = service.class_explanations(run, row, int(predicted[row]), STORED)
+        for method in STORED:
+            shown = computed[method]["map"]
             stored = np.asarray(run.explanation(method)[row])
-            assert computed[method].dtype == stored.dtype and computed[method].shape == stored.shape
-            difference = np.abs(computed[method].astype(np.float32) - stored.astype(np.float32))
+            assert shown.dtype == stored.dtype and shown.shape == stored.shape
+            difference = np.abs(shown.astype(np.float32) - stored.astype(np.float32))
             # One float16 step near 1 (2^-11 ~ 4.9e-4) for Grad-CAM; one grey level for the others.
             assert difference.max() <= (5e-4 if method == "gradcam" else 1), (method, row)
 
@@ -391,7 +438,7 @@ def test_explaining_the_predicted_class_gives_the_stored_maps(run_dir):
 
 def test_activation_grid_shows_every_channel(app, run_dir, selection):
     figure, style, header, message = call(
-        app, activations.render_grid, sample_key(selection, layer="features.3"), "score"
+        app, activations.render_grid, sample_key(selection, layer="features.3"), "score", None
     )
     assert style == {} and message is None
     markers = figure["data"][0]
@@ -404,18 +451,18 @@ def test_activation_grid_shows_every_channel(app, run_dir, selection):
     geometry = grid_geometry(32)
     assert image.shape[:2] == (geometry.height, geometry.width)
     by_index, _, _, _ = call(
-        app, activations.render_grid, sample_key(selection, layer="features.3"), "index"
+        app, activations.render_grid, sample_key(selection, layer="features.3"), "index", None
     )
     assert [c[0] for c in by_index["data"][0]["customdata"]] == list(range(32))
 
 
 def test_dense_layers_are_one_heatmap_and_no_pin_says_what_to_do(app, selection):
     figure, _, header, _ = call(
-        app, activations.render_grid, sample_key(selection, layer="classifier.1"), "score"
+        app, activations.render_grid, sample_key(selection, layer="classifier.1"), "score", None
     )
     assert figure["data"][0]["type"] == "heatmap" and "128 neurons" in header
     _, style, _, message = call(
-        app, activations.render_grid, sample_key(selection, pinned=None), "score"
+        app, activations.render_grid, sample_key(selection, pinned=None), "score", None
     )
     assert style == {"display": "none"} and "Click a point" in text_of(message)
 
@@ -423,7 +470,7 @@ def test_dense_layers_are_one_heatmap_and_no_pin_says_what_to_do(app, selection)
 def test_clicking_a_channel_opens_its_raw_values(app, selection):
     key = sample_key(selection, layer="features.0")
     is_open, title, figure = call(
-        app, activations.open_channel, {"points": [{"customdata": [5, 1.0]}]}, key
+        app, activations.open_channel, {"points": [{"customdata": [5, 1.0]}]}, key, None
     )
     assert is_open is True and "channel 5" in title
     z = np.array(figure["data"][0]["z"])
@@ -432,7 +479,7 @@ def test_clicking_a_channel_opens_its_raw_values(app, selection):
     run = context.catalog.open(selection["run"])
     raw = context.service.layer_activation(run, 3, "features.0").values[5]
     np.testing.assert_allclose(z, raw, atol=1e-4)
-    dense_click = call(app, activations.open_channel, {"points": [{"customdata": 17}]}, key)
+    dense_click = call(app, activations.open_channel, {"points": [{"customdata": 17}]}, key, None)
     assert not isinstance(dense_click[0], bool)  # no_update: dense cells open nothing
 
 
@@ -489,7 +536,11 @@ def test_corrupt_cache_file_on_disk_is_reported_in_place(app, run_dir, selection
         path.write_bytes(path.read_bytes()[:40])
     context.service.results.memory.clear()
     _, style, _, message = call(
-        app, activations.render_grid, sample_key(selection, layer="features.3", pinned=row), "score"
+        app,
+        activations.render_grid,
+        sample_key(selection, layer="features.3", pinned=row),
+        "score",
+        None,
     )
     assert style == {} and "unreadable" in text_of(message) and "recomputed" in text_of(message)
 
@@ -693,7 +744,7 @@ def test_a_deleted_run_shows_a_message_everywhere(small_run, tmp_path):
     assert "is not in" in figure["layout"]["annotations"][0]["text"]
     _, message = call(doomed_app, embedding.load, view_key(chosen), None)
     assert "deleted" in text_of(message)
-    _, _, _, message = call(doomed_app, activations.render_grid, sample_key(chosen), "score")
+    _, _, _, message = call(doomed_app, activations.render_grid, sample_key(chosen), "score", None)
     assert "deleted" in text_of(message)
     body, note, _, _ = call(doomed_app, about.render, run_id, None)
     assert "deleted" in text_of(note)

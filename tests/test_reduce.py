@@ -191,6 +191,38 @@ def test_pca_method_picks_the_smaller_eigenproblem():
     assert reduce.pca_method(13000, 25088) == "randomized"
 
 
+@pytest.mark.parametrize(
+    ("n", "d", "method"), [(400, 60, "covariance"), (80, 300, "gram"), (500, 400, "randomized")]
+)
+def test_pca_basis_projects_the_samples_onto_their_signed_scores(monkeypatch, n, d, method):
+    # What image placement relies on: a sample's features, projected with the stored mean and
+    # components, give back its stored scores, signs included, whatever the form.
+    monkeypatch.setattr(reduce, "RANDOMIZED_MIN_SIDE", 100)
+    x = _structured(n, d, seed=n)
+    fit = reduce.pca_fit(x)
+    assert fit.info["method"] == method
+    k = fit.scores.shape[1]
+    assert fit.mean.shape == (d,) and fit.components.shape == (k, d)
+    assert fit.mean.dtype == fit.components.dtype == np.float32
+    np.testing.assert_allclose(fit.components @ fit.components.T, np.eye(k), atol=1e-4)
+    scale = np.abs(fit.scores).max()
+    np.testing.assert_allclose(fit.project(x), fit.scores, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(fit.project(x[7:8]), fit.scores[7:8], rtol=0, atol=1e-5 * scale)
+    assert (fit.scores[np.abs(fit.scores).argmax(axis=0), np.arange(k)] > 0).all()
+
+
+def test_pca_basis_of_constant_and_one_dimensional_features():
+    dead = reduce.pca_fit(np.full((50, 8), 2.0, np.float32))
+    assert not dead.components.any() and dead.components.shape == (2, 8)
+    np.testing.assert_array_equal(dead.project(np.ones((3, 8), np.float32)), np.zeros((3, 2)))
+    one = np.random.default_rng(0).standard_normal((30, 1)).astype(np.float32)
+    fit = reduce.pca_fit(one)
+    assert fit.components.shape == (2, 1) and fit.components[1, 0] == 0.0
+    np.testing.assert_allclose(fit.project(one), fit.scores, atol=1e-5)
+    with pytest.raises(ValueError, match="dimensions"):
+        fit.project(np.ones((2, 3), np.float32))
+
+
 # --------------------------------------------------------------------------------------------
 # 2-D maps
 # --------------------------------------------------------------------------------------------

@@ -347,6 +347,15 @@ def test_gpu_path_of_the_embeddings_stage_runs_the_same_code_on_cpu(tmp_path):
     assert (info["tsne_backend"], info["tsne_device"]) == ("torch", "cpu")
     numpy_info = reduce.pca_reduce(features)[1]
     assert info["kept_dims"] == numpy_info["kept_dims"] and info["method"] == "covariance"
+    # Its placement data too, written before the reduction: the basis projects the samples onto
+    # their stored scores, whose first two columns are the PCA map.
+    basis = store.load_arrays("projection", layer="fc")
+    scores = store.load_array("pca_scores", layer="fc")
+    assert basis["components"].shape == (info["kept_dims"], 20) and basis["mean"].shape == (20,)
+    projected = reduce.project(features, basis["mean"], basis["components"])
+    np.testing.assert_allclose(projected, scores, atol=1e-5 * np.abs(scores).max())
+    pca_map = store.load_array("embedding", **embedding_key("fc", 120, "pca", None))
+    np.testing.assert_array_equal(pca_map, scores[:, :2])
     for size, method, perplexity in cpu_keys:
         coords = store.load_array("embedding", **embedding_key("fc", size, method, perplexity))
         assert coords.shape == (size, 2) and np.isfinite(coords).all()

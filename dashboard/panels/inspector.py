@@ -2,10 +2,8 @@
 
 Hover must show within 50 ms, so the server sends the per-run table once (``load_table``) and
 the browser fills the panel itself (``renderInspector`` in assets/inspector.js): image URLs from
-templates, the top-10 bars from the table (the JS is their only builder). Clicking a bar writes
-{cls, name} into ``INSPECTOR_CLASS_REQUEST``, which asks a background callback
-(``explain_class``) to compute every explanation for that class through the model service; the
-images then load by URL.
+templates, the top-10 bars from the table (the JS is their only builder). Clicking a bar picks
+that class for the explanations, whose controls and jobs are ``panels/explain.py``.
 """
 
 from __future__ import annotations
@@ -17,39 +15,12 @@ from dash import ALL, Input, Output, State, dcc, html, no_update
 
 from components.inspector import inspector_table
 from dashboard import ids
-from dashboard.context import by_token, current
-from dashboard.data import EXPLANATION_METHODS, RunData
-from dashboard.jobs import on_timeout
-from dashboard.registry import callback, clientside_callback, publish
-from dashboard.routes import class_explanation_url, url_templates
+from dashboard.context import current
+from dashboard.data import RunData
+from dashboard.panels import explain
+from dashboard.registry import callback, clientside_callback
+from dashboard.routes import url_templates
 from pipelines.errors import UserError
-
-# The explanation package names the stored methods; the page shows one image per method, in its order.
-publish("explanationMethods", list(EXPLANATION_METHODS))
-
-# Display names; a method without one shows its registry name.
-METHOD_TITLES = {
-    "gradcam": "Grad-CAM",
-    "guided_backprop": "Guided backprop",
-    "guided_gradcam": "Guided Grad-CAM",
-}
-
-
-def _explanation(method: str) -> html.Figure:
-    title = METHOD_TITLES.get(method, method)
-    return html.Figure(
-        [
-            html.Img(
-                id=ids.explanation_image(method),
-                src="",
-                className="ls-explanation-image",
-                alt=title,
-            ),
-            html.Div(id=ids.explanation_note(method), className="ls-hint"),
-            html.Figcaption(title, className="ls-caption"),
-        ],
-        className="ls-explanation m-0",
-    )
 
 
 def layout() -> dbc.Card:
@@ -96,6 +67,7 @@ def layout() -> dbc.Card:
                 ],
                 className="ls-top10-legend",
             ),
+            explain.controls(),
             html.Div(
                 [
                     html.Span(id=ids.INSPECTOR_EXPLAIN_CAPTION, className="ls-hint me-2"),
@@ -103,7 +75,7 @@ def layout() -> dbc.Card:
                 ],
                 className="mt-1 mb-1",
             ),
-            html.Div([_explanation(m) for m in EXPLANATION_METHODS], className="ls-explanations"),
+            explain.images(),
             dcc.Store(id=ids.INSPECTOR_TABLE),
             dcc.Store(id=ids.INSPECTOR_RUN_INFO),
             dcc.Store(id=ids.INSPECTOR_SHOWN),
@@ -135,7 +107,14 @@ def run_info(run: RunData) -> dict[str, Any]:
         "explanations": methods,
         "explanationNote": note,
         "hasPredictions": run.predictions() is not None,
-        "canExplainClass": bool(gradcam_layer),
+        "canExplainClass": bool(run.layers),
+        "gradcamLayer": gradcam_layer,
+        # Layers with channel maps: those the Grad-CAM family can weigh.
+        "spatialLayers": [
+            layer.id
+            for layer in run.layers
+            if layer.output_shape is not None and len(layer.output_shape) == 3
+        ],
     }
 
 
@@ -165,65 +144,6 @@ def load_table(run_id: str | None, _version: Any, previous: dict[str, Any] | Non
     return table, info
 
 
-def clicked_class(request: dict[str, Any] | None, shown: dict[str, Any] | None) -> dict[str, Any]:
-    """What a click on a top-10 bar asks for (``request``: {"cls", "name"} of the bar), as every
-    answer to it starts: the run, row and class (the page shows an answer only while that row is
-    shown), or an error saying what to do first."""
-    class_index = (request or {}).get("cls")
-    if not shown or shown.get("row") is None or not isinstance(class_index, int):
-        return {"error": "Hover or pin a sample first, then click one of its bars."}
-    name = str((request or {}).get("name") or class_index)
-    return {"run": shown.get("run"), "row": int(shown["row"]), "cls": class_index, "name": name}
-
-
-def explain_timed_out(
-    seconds: float, request: dict[str, Any] | None, shown: dict[str, Any] | None, _token: Any
-) -> dict[str, Any]:
-    """``explain_class``'s answer when its job runs out of time: the page says so under the
-    images instead of "computing…" for ever."""
-    error = (
-        f"Computing the explanations took longer than {seconds:g} s; click the bar to try again."
-    )
-    return {**clicked_class(request, shown), "error": error}
-
-
-@callback(
-    Output(ids.INSPECTOR_CLASS, "data"),
-    Input(ids.INSPECTOR_CLASS_REQUEST, "data"),
-    State(ids.INSPECTOR_SHOWN, "data"),
-    State(ids.APP_TOKEN, "data"),
-    background=True,
-    interval=200,
-    running=[
-        (
-            Output(ids.INSPECTOR_EXPLAIN_STATUS, "children"),
-            "computing explanations for the clicked class…",
-            "",
-        )
-    ],
-    prevent_initial_call=True,
-)
-@on_timeout(explain_timed_out)
-def explain_class(
-    request: dict[str, Any] | None, shown: dict[str, Any] | None, token: str | None
-) -> dict[str, Any]:
-    """A click on a top-10 bar -> every explanation method for that class, computed (and
-    cached) by the model service; the browser then loads them by URL."""
-    result = clicked_class(request, shown)
-    if "error" in result:
-        return result
-    try:
-        context = by_token(token)
-        run = context.catalog.open(result["run"])
-        context.service.class_explanations(run, result["row"], result["cls"])
-    except UserError as exc:
-        return {**result, "error": str(exc)}
-    result["urls"] = {
-        m: class_explanation_url(run, result["cls"], m, result["row"]) for m in EXPLANATION_METHODS
-    }
-    return result
-
-
 # The top-10 bars are not an output: renderInspector draws them into INSPECTOR_TOP10 itself.
 clientside_callback(
     "renderInspector",
@@ -231,8 +151,16 @@ clientside_callback(
     Input(ids.EMBEDDING_GRAPH, "hoverData"),
     Input(ids.INSPECTOR_TABLE, "data"),
     Input(ids.INSPECTOR_RUN_INFO, "data"),
-    Input(ids.INSPECTOR_CLASS, "data"),
+    Input(ids.EXPLAIN_ANSWERS, "data"),
+    Input(ids.EXPLAIN_METHODS, "value"),
+    Input(ids.EXPLAIN_REQUEST_QUICK, "data"),
+    Input(ids.EXPLAIN_REQUEST_SLOW, "data"),
+    Input(ids.EXPLAIN_CLASS, "value"),
+    Input(ids.EXPLAIN_USE_SELECTED_LAYER, "value"),
+    Input(ids.UPLOADS, "data"),
+    Input(ids.EXPLAIN_CANCEL, "n_clicks"),
     State(ids.INSPECTOR_SHOWN, "data"),
+    State(ids.UPLOAD_SESSION, "data"),
     outputs={
         "image": Output(ids.INSPECTOR_IMAGE, "src"),
         "uid": Output(ids.INSPECTOR_UID, "children"),
@@ -242,6 +170,10 @@ clientside_callback(
         # {method: value}, one per explanation image / note on the page
         "explanationImages": Output(ids.explanation_image(ALL), "src"),
         "explanationNotes": Output(ids.explanation_note(ALL), "children"),
+        "explanationFigures": Output(ids.explanation_figure(ALL), "style"),
+        "legends": Output({"type": "explain-legend", "display": ALL}, "style"),
+        # Shown while the slow job works on the current request (cancelled jobs never answer).
+        "progress": Output(ids.EXPLAIN_PROGRESS_ROW, "style"),
         "shown": Output(ids.INSPECTOR_SHOWN, "data"),
         "unpinDisabled": Output(ids.INSPECTOR_UNPIN, "disabled"),
     },

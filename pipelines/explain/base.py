@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.errors import Cancelled as Cancelled  # methods import it from here
 from pipelines.errors import UserError
 
 # Added to the divisor when scaling a CAM to [0, 1], as pytorch-grad-cam's ``scale_cam_image``
@@ -63,10 +64,7 @@ class Display(enum.Enum):
     PICTURE = "picture"
 
 
-class Cancelled(Exception):
-    """Raised by a progress callback to stop a method between its passes (the page's cancel)."""
-
-
+# progress(done, total): called between a method's passes; raising ``Cancelled`` stops it.
 Progress = Callable[[int, int], None]
 
 
@@ -270,8 +268,9 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def cam_display(cams: torch.Tensor, out_size: int) -> np.ndarray:
-    """Grad-CAM maps to display form: scaled, resized, scaled again (the order of
-    pytorch-grad-cam, whose second scaling makes the resized map span [0, 1] again).
+    """Non-negative maps (Grad-CAM; saliency's gradient magnitudes) to display form: scaled,
+    resized, scaled again (the order of pytorch-grad-cam, whose second scaling makes the resized
+    map span [0, 1] again).
 
     cams: (B, h, w) float32, non-negative -> (B, S, S) float16 in [0, 1].
     """
@@ -281,19 +280,18 @@ def cam_display(cams: torch.Tensor, out_size: int) -> np.ndarray:
 
 
 def signed_display(attributions: torch.Tensor, out_size: int) -> np.ndarray:
-    """Signed per-pixel attributions to display form: each map divided by its largest absolute
-    value, so the strongest evidence for or against the class is +-1 and zero stays zero (the
-    colour scale's white), then resized.
+    """Signed attributions (LRP, Integrated Gradients) to display form: resized, then divided by
+    each image's largest magnitude, so the strongest evidence of every image is +-1 and zero
+    stays zero (a sign is never flipped or shifted, unlike a min-max scaling). The scaling comes
+    after the resize so the shown map spans the colour scale even when shrinking smoothed its
+    peak; an all-zero map stays zero.
 
-    attributions: (B, h, w) float32 -> (B, S, S) float16 in [-1, 1]; an all-zero map stays zero.
+    attributions: (B, h, w) float32 -> (B, S, S) float16 in [-1, 1].
     """
-    peak = attributions.abs().flatten(1).max(dim=1).values[:, None, None]
-    # Dividing by 1 where the peak is 0 keeps an all-zero map zero instead of NaN, and, unlike an
-    # epsilon added to every divisor, leaves tiny but non-zero maps spanning the full scale.
-    scaled = attributions / torch.where(peak > 0, peak, torch.ones_like(peak))
-    resized = resize_maps(scaled[:, None], (out_size, out_size))[:, 0]
-    # Bilinear and anti-aliased weights are convex, so the clamp only absorbs float rounding.
-    return resized.clamp_(-1.0, 1.0).to(torch.float16).cpu().numpy()
+    resized = resize_maps(attributions[:, None], (out_size, out_size))[:, 0]
+    peak = resized.abs().flatten(1).max(dim=1).values[:, None, None]
+    scaled = resized / torch.where(peak > 0, peak, torch.ones_like(peak))
+    return scaled.clamp_(-1.0, 1.0).to(torch.float16).cpu().numpy()
 
 
 def gradients_display(grads: torch.Tensor, out_size: int) -> np.ndarray:

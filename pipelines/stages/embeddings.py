@@ -1,6 +1,12 @@
 """Stage "embeddings": reduce every layer (``pipelines/layer_jobs.py`` does one layer), then give
 each reshape-only layer its parent's maps. Independent layers run in parallel worker processes
-on a CPU (openTSNE on small data uses a core far better alone than split over threads)."""
+on a CPU (openTSNE on small data uses a core far better alone than split over threads).
+
+A layer is complete with its ``reduction`` (written last) and its placement data (``projection``,
+the PCA basis that places a new image in its maps). Runs computed before image placement existed
+lack the latter: their layers are pending again (``outdated``), and need their features captured
+once more (``layers_without_features``), since the stage deletes them when it finishes.
+"""
 
 from __future__ import annotations
 
@@ -23,12 +29,41 @@ def worker_processes(device: str) -> int:
     return available_cores()
 
 
+def layer_done(store: RunStore, layer_id: str) -> bool:
+    """The layer's maps are complete (``reduction``, written last) and so is its placement
+    data (``projection``, which runs computed before image placement lack)."""
+    return store.has("reduction", layer=layer_id) and store.has("projection", layer=layer_id)
+
+
+def outdated(store: RunStore) -> bool:
+    """True if some layer lacks its placement data although its maps are done: a run computed
+    before image placement existed. The stage then runs again to add it."""
+    return any(
+        store.has("reduction", layer=layer.id) and not store.has("projection", layer=layer.id)
+        for layer in store.read_record().layers
+    )
+
+
+def layers_without_features(store: RunStore) -> list[str]:
+    """The pending layers that lack some chunk of their pooled features (deleted when the stage
+    last finished): the forward pass must capture them again (``forward.capture_features``)."""
+    record = store.read_record()
+    num_chunks = len(chunk_ranges(record.require_dataset().num_samples))
+    return [
+        layer.id
+        for layer in record.layers
+        if not layer.same_as
+        and not layer_done(store, layer.id)
+        and not all(store.has("features", layer=layer.id, chunk=i) for i in range(num_chunks))
+    ]
+
+
 def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress: bool) -> None:
-    """Every layer without a ``reduction`` yet (written last, it marks a layer complete)."""
+    """Every layer not ``layer_done`` yet."""
     manifest = store.read_manifest()
     record = Manifest.from_json(manifest)
     layers = record.layers
-    done = {layer.id for layer in layers if store.has("reduction", layer=layer.id)}
+    done = {layer.id for layer in layers if layer_done(store, layer.id)}
     pending = [layer.id for layer in layers if layer.id not in done and not layer.same_as]
     aliases = [
         (layer.id, source) for layer in layers if layer.id not in done and (source := layer.same_as)

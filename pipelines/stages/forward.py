@@ -1,14 +1,17 @@
 """Stage "forward": per chunk of samples — thumbnails, one forward pass capturing every layer
-(pooled on the device), top-10 predictions, and Grad-CAM / guided backprop / guided Grad-CAM.
+(pooled on the device), top-10 predictions, and the run's stored explanations (``--explain``;
+by default Grad-CAM / guided backprop / guided Grad-CAM).
 
 A chunk's file (``forward_chunk``) is written last, so its presence means the whole chunk is on
 disk; once every chunk is, they are consolidated into ``thumbnails``, ``explanation`` and
-``predictions`` (with the metrics of ``pipelines/metrics.py``).
+``predictions`` (with the metrics of ``pipelines/metrics.py``). ``capture_features`` redoes only
+the pooled features, for a finished run whose layers need them again (``embeddings``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,9 +22,10 @@ from pipelines.datasets import Dataset
 from pipelines.explain import STORED_METHODS, FeatureCapture, explain
 from pipelines.features import capture_layers, pooled_features
 from pipelines.metrics import HELD_OUT, accuracy_by_split, confusion_matrix, prediction_columns
-from pipelines.models import ModelAdapter, load_views
+from pipelines.models import ModelAdapter, load_inputs
 from pipelines.precision import AUTOCAST_DTYPES, bf16_available, choose_precision, compare_bf16
 from pipelines.records import Manifest
+from pipelines.run_config import check_stored_methods, stored_methods
 from pipelines.store import RunStore
 
 THUMBNAIL_SIZE = 64
@@ -49,8 +53,10 @@ def forward_chunk(
     explanation_size: int,
     batch_size: int,
     precision: str = "float32",
+    methods: Sequence[str] = STORED_METHODS,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """inputs: (B, C, S, S) model-ready; precision: a key of AUTOCAST_DTYPES. Returns
+    """inputs: (B, C, S, S) model-ready; precision: a key of AUTOCAST_DTYPES; methods: the
+    explanations to store (registry names; none without a Grad-CAM layer). Returns
     (per-sample arrays, pooled features per layer)."""
     autocast_dtype = AUTOCAST_DTYPES[precision]
 
@@ -65,7 +71,7 @@ def forward_chunk(
     adapter.module.to(memory_format=torch.channels_last)
     for batch in inputs.split(batch_size):
         batch = batch.contiguous(memory_format=torch.channels_last)
-        if target is None:
+        if target is None or not methods:
             logits, pooled = capture_layers(
                 adapter.module, batch, feature_layers, pool, autocast_dtype
             )
@@ -77,21 +83,23 @@ def forward_chunk(
                 target,
                 batch,
                 None,  # each sample's predicted class
-                STORED_METHODS,
+                methods,
                 explanation_size,
                 features=FeatureCapture(feature_layers, pool),
                 autocast_dtype=autocast_dtype,
+                decode=adapter.decode,
             )
             logits, pooled, explained = result.logits, result.features, result.maps
         for layer, values in pooled.items():
             features[layer].append(values.cpu())
-        probabilities = torch.softmax(logits.float(), dim=1)
+        # The model file's own decode where it has one, else the softmax.
+        probabilities = adapter.decode(logits)
         k = min(TOP_K, probabilities.shape[1])
         top_prob, top_index = probabilities.topk(k, dim=1)
         batch_out = {
             "top10_index": top_index.cpu().numpy(),
             "top10_prob": top_prob.cpu().numpy(),
-            "log_prob": torch.log_softmax(logits.float(), dim=1).cpu().numpy(),
+            "log_prob": adapter.log_probabilities(logits, probabilities).cpu().numpy(),
             **explained,
         }
         for name, value in batch_out.items():
@@ -113,8 +121,8 @@ def forward_precision(
     if "forward_precision" not in manifest:
         check = None
         if bf16_available(adapter.device):
-            views = load_views(adapter, dataset, indices[:batch_size])
-            check = compare_bf16(adapter, adapter.to_tensor(views), layers)
+            _, inputs = load_inputs(adapter, dataset, indices[:batch_size])
+            check = compare_bf16(adapter, inputs, layers)
         manifest["forward_precision"] = choose_precision(check)
         store.write_manifest(manifest)
         if check is not None:
@@ -129,12 +137,14 @@ def consolidate(
     labels: np.ndarray,
     model_labels: np.ndarray,
     held_out: np.ndarray,
+    methods: Sequence[str],
 ) -> None:
-    """Merge the chunks into the run's per-sample artifacts and metrics, then drop them."""
+    """Merge the chunks into the run's per-sample artifacts and metrics, then drop them;
+    ``methods``: the stored explanations' names."""
     parts = [store.load_arrays("forward_chunk", chunk=i) for i in range(num_chunks)]
     merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     store.save_array("thumbnails", merged["thumbnails"])
-    for method in ("gradcam", "guided_backprop", "guided_gradcam"):
+    for method in methods:
         if method in merged:
             store.save_array("explanation", merged[method], method=method)
     columns = prediction_columns(merged["log_prob"], model_labels)
@@ -171,6 +181,8 @@ def run(
     chunks = chunk_ranges(len(indices))
     feature_layers = [layer.id for layer in record.layers if not layer.same_as]
     gradcam_layer = record.require_model().gradcam_layer
+    methods = stored_methods(record.require_config())
+    check_stored_methods(methods)  # a plugin's method needs its --plugins again on resume
     pending = [i for i, rows in enumerate(chunks) if not store.has("forward_chunk", chunk=i)]
     bar = tqdm(
         total=len(indices),
@@ -186,15 +198,16 @@ def run(
     try:
         for chunk_index in pending:
             rows = chunks[chunk_index]
-            views = load_views(adapter, dataset, indices[rows.start : rows.stop])
+            views, inputs = load_inputs(adapter, dataset, indices[rows.start : rows.stop])
             per_sample, features = forward_chunk(
                 adapter,
-                adapter.to_tensor(views),
+                inputs,
                 feature_layers,
                 gradcam_layer,
                 manifest["explanation_size"],
                 batch_size,
                 precision,
+                methods,
             )
             for layer, values in features.items():
                 store.save_array("features", values, layer=layer, chunk=chunk_index)
@@ -209,6 +222,7 @@ def run(
         np.array(samples["label"]),
         np.array(samples["model_label"]),
         np.array(samples["model_split"]) == HELD_OUT,
+        methods,
     )
     store.update_stage(
         "forward",
@@ -217,3 +231,52 @@ def run(
         done=len(chunks),
         total=len(chunks),
     )
+
+
+def capture_features(
+    store: RunStore,
+    dataset: Dataset,
+    adapter: ModelAdapter,
+    layer_ids: list[str],
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """The pooled ``features`` of ``layer_ids`` again, for every chunk that lacks them.
+
+    The embeddings stage deletes the features when it finishes; a run computed before image
+    placement existed needs them once more to add its layers' PCA bases. Same inputs, chunks,
+    pooling and precision as ``run``, so the same features; nothing else is written.
+    """
+    manifest = store.read_manifest()
+    indices = np.array(store.load_json("samples")["dataset_index"])
+    chunks = chunk_ranges(len(indices))
+    precision = manifest.get("forward_precision", {}).get("dtype", "float32")
+    pending = [
+        i
+        for i in range(len(chunks))
+        if not all(store.has("features", layer=layer, chunk=i) for layer in layer_ids)
+    ]
+    bar = tqdm(
+        total=sum(len(chunks[i]) for i in pending),
+        desc="features for image placement",
+        unit="img",
+        disable=not progress,
+    )
+    try:
+        for chunk_index in pending:
+            rows = chunks[chunk_index]
+            _, inputs = load_inputs(adapter, dataset, indices[rows.start : rows.stop])
+            _, features = forward_chunk(
+                adapter,
+                inputs,
+                layer_ids,
+                None,
+                manifest["explanation_size"],
+                batch_size,
+                precision,
+            )
+            for layer, values in features.items():
+                store.save_array("features", values, layer=layer, chunk=chunk_index)
+            bar.update(len(rows))
+    finally:
+        bar.close()

@@ -24,7 +24,7 @@ from pipelines.labels import map_classes
 from pipelines.models import (
     ModelAdapter,
     build_adapter,
-    load_views,
+    load_inputs,
     model_kind,
     resolve_device,
     train_or_load_smallcnn,
@@ -76,15 +76,15 @@ def build_model(
     if model_kind(config.model) != "smallcnn":
         return adapter, {}
 
-    def load_inputs() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        images = load_views(
+    def training_inputs() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        _, inputs = load_inputs(
             adapter, dataset, range(len(dataset.samples)), progress, "load training images"
         )
         labels = torch.tensor([r.label for r in dataset.samples], device=device)
-        return adapter.to_tensor(images), labels, training_split(dataset, config.seed)
+        return inputs, labels, training_split(dataset, config.seed)
 
     checkpoint = smallcnn_checkpoint(data_dir, dataset, config.seed, content)
-    info = train_or_load_smallcnn(adapter, checkpoint, load_inputs, config.seed, progress)
+    info = train_or_load_smallcnn(adapter, checkpoint, training_inputs, config.seed, progress)
     return adapter, info
 
 
@@ -105,6 +105,7 @@ def describe_layers(adapter: ModelAdapter, example: torch.Tensor) -> list[LayerS
             f"model {adapter.spec} returned {type(logits).__name__} of shape "
             f"{tuple(getattr(logits, 'shape', ()))}; a classifier must return (batch, classes) logits"
         )
+    adapter.decode(logits)  # a model file's own decode fails here, before any other work
     num_outputs = logits.shape[1]
     if not adapter.class_names:
         adapter.class_names = [f"class {i}" for i in range(num_outputs)]

@@ -363,8 +363,8 @@ def check_canonized_logits(canonized: torch.Tensor, original: torch.Tensor) -> N
 
 class LayerwiseRelevance(Explainer):
     """LRP with one of zennit's composites (``composite``); display (B, S, S) float16 in
-    [-1, 1], the relevance summed over input channels and divided by each image's largest
-    absolute relevance. One forward and one backward pass per batch."""
+    [-1, 1], the relevance summed over input channels and divided by each map's largest
+    magnitude (``signed_display``). One forward and one backward pass per batch."""
 
     needs = frozenset()
     display = Display.SIGNED
