@@ -160,6 +160,8 @@ def test_registry_names() -> None:
         "guided_backprop",
         "guided_gradcam",
         "integrated_gradients",
+        "lrp",
+        "lrp_alpha_beta",
         "occlusion",
         "saliency",
         "smoothgrad",
