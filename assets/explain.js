@@ -271,5 +271,82 @@
     return svg;
   }
 
-  ls.explain = { images: images, names: NAMES, uploadFor: uploadFor };
+  // ---- the figures, drawn here rather than by Dash -------------------------------------------
+
+  function figureElements() {
+    var container = document.getElementById(IDS.EXPLAIN_FIGURES);
+    if (!container) {
+      return null;
+    }
+    if (!container.dataset.built) {
+      container.dataset.built = "1";
+      container.replaceChildren.apply(container, NAMES.map(function (method) {
+        var figure = document.createElement("figure");
+        figure.className = "ls-explanation m-0";
+        figure.id = "explain-figure-" + method;
+        figure.style.display = "none";
+        var image = document.createElement("img");
+        image.className = "ls-explanation-image";
+        image.id = "explain-image-" + method;
+        image.alt = METHODS[method].title;
+        image.setAttribute("src", "");
+        var note = document.createElement("div");
+        note.className = "ls-hint";
+        note.id = "explain-note-" + method;
+        var caption = document.createElement("figcaption");
+        caption.className = "ls-caption";
+        caption.textContent = METHODS[method].title;
+        figure.append(image, note, caption);
+        return figure;
+      }));
+    }
+    return container;
+  }
+
+  function setDisplay(element, style) {
+    var value = style && style.display === "none" ? "none" : "";
+    if (element && element.style.display !== value) {
+      element.style.display = value;
+    }
+  }
+
+  // Apply what `images` decided to the page, touching only what changed.
+  function draw(shown) {
+    if (!figureElements()) {
+      return;
+    }
+    NAMES.forEach(function (method) {
+      var image = document.getElementById("explain-image-" + method);
+      var note = document.getElementById("explain-note-" + method);
+      var src = (shown.images || {})[method] || "";
+      if (image.getAttribute("src") !== src) {
+        image.setAttribute("src", src);
+      }
+      var text = (shown.notes || {})[method] || "";
+      if (note.textContent !== text) {
+        note.textContent = text;
+      }
+      setDisplay(document.getElementById("explain-figure-" + method), (shown.figures || {})[method] || HIDDEN);
+    });
+    Object.keys(shown.legends || {}).forEach(function (display) {
+      setDisplay(document.getElementById(IDS.EXPLAIN_LEGEND + "-" + display), shown.legends[display]);
+    });
+    setDisplay(document.getElementById(IDS.EXPLAIN_PROGRESS_ROW), shown.progress || HIDDEN);
+  }
+
+  // Nothing to show (no run, no sample): every figure empty, legends and progress as chosen.
+  function drawEmpty(methods) {
+    var chosen = methods || [];
+    var figures = {}, legends = { heat: HIDDEN, signed: HIDDEN };
+    NAMES.forEach(function (method) {
+      var on = chosen.indexOf(method) >= 0;
+      figures[method] = on ? SHOWN : HIDDEN;
+      if (on) {
+        legends[METHODS[method].display] = SHOWN;
+      }
+    });
+    draw({ images: {}, notes: {}, figures: figures, legends: legends, progress: HIDDEN });
+  }
+
+  ls.explain = { images: images, draw: draw, drawEmpty: drawEmpty, names: NAMES, uploadFor: uploadFor };
 })();

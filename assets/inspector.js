@@ -136,14 +136,10 @@
     return truth + " · predicted: " + predicted + verdict;
   }
 
-  function emptyInspector(hint, pinned, top10Message) {
+  function emptyInspector(hint, pinned, top10Message, methods) {
     drawTop10Message(top10Message);
-    var blank = {};
-    ls.explain.names.forEach(function (method) { blank[method] = ""; });
-    return {
-      image: "", uid: "", labels: "", hint: hint, caption: "",
-      explanationImages: blank, explanationNotes: blank, unpinDisabled: pinned === null,
-    };
+    ls.explain.drawEmpty(methods);
+    return { image: "", uid: "", labels: "", hint: hint, caption: "", unpinDisabled: pinned === null };
   }
 
   // An uploaded image in the inspector: its picture as the model sees it, the model's top-10
@@ -151,6 +147,7 @@
   function uploadInspector(context, pinned) {
     var upload = context.upload, table = context.table;
     var shownMaps = ls.explain.images(context);
+    ls.explain.draw(shownMaps);
     drawTop10(table, null, shownMaps.explained, true, upload);
     var predicted = table.classes[upload.pred] !== undefined ? table.classes[upload.pred] : String(upload.pred);
     return {
@@ -159,18 +156,16 @@
       labels: "your image · predicted: " + predicted,
       hint: "your image",
       caption: shownMaps.caption,
-      explanationImages: shownMaps.images,
-      explanationNotes: shownMaps.notes,
-      explanationFigures: shownMaps.figures,
-      legends: shownMaps.legends,
-      progress: shownMaps.progress,
       unpinDisabled: false,
     };
   }
 
-  ls.define("renderInspector", function (selection, hoverData, table, info, answers, methods,
-                                          quickRequest, slowRequest, classValue, useSelected, uploads, cancels,
-                                          shown, session) {
+  ls.define("renderInspector", function () {
+    return render.apply(this, arguments);
+  });
+
+  function render(selection, hoverData, table, info, answers, methods, quickRequest, slowRequest,
+                  classValue, useSelected, uploads, cancels, shown, session) {
     var st = state;
     var quickAnswer = (answers || {}).quick || null, slowAnswer = (answers || {}).slow || null;
     st.table = table;
@@ -185,11 +180,12 @@
     var pinned = ls.isNumber(s.pinned) ? s.pinned : null;
     if (!info || info.error || !table) {
       var message = info && info.error ? info.error : (s.run ? "loading…" : "no run selected");
-      if (st.signature === "empty|" + message) {
+      var empty = "empty|" + message + "|" + JSON.stringify(methods);
+      if (st.signature === empty) {
         return {};
       }
-      st.signature = "empty|" + message;
-      return emptyInspector(message, pinned, "");
+      st.signature = empty;
+      return emptyInspector(message, pinned, "", methods);
     }
     // The chosen upload shows unless another point is hovered.
     var upload = hovered === null ? ls.explain.uploadFor(s, uploads, session) : null;
@@ -219,9 +215,10 @@
       return uploadInspector(context, pinned);
     }
     if (row === null) {
-      return emptyInspector("hover a point to inspect it, click to pin it", pinned, "hover a point to see its top-10 predictions");
+      return emptyInspector("hover a point to inspect it, click to pin it", pinned, "hover a point to see its top-10 predictions", methods);
     }
     var shownMaps = ls.explain.images(context);
+    ls.explain.draw(shownMaps);
     if (table.top_idx) {
       drawTop10(table, row, shownMaps.explained, info.canExplainClass);
     } else {
@@ -234,11 +231,6 @@
       labels: labelsText(table, row),
       hint: hint,
       caption: shownMaps.caption,
-      explanationImages: shownMaps.images,
-      explanationNotes: shownMaps.notes,
-      explanationFigures: shownMaps.figures,
-      legends: shownMaps.legends,
-      progress: shownMaps.progress,
       unpinDisabled: pinned === null,
     };
     var nextShown = { run: info.run, row: row };
@@ -246,7 +238,7 @@
       out.shown = nextShown;
     }
     return out;
-  });
+  }
 
   ls.define("unpin", function () {
     return new dc.Patch().assign(["pinned"], null).assign(["upload"], null).build();

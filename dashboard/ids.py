@@ -7,8 +7,6 @@ so renaming one is a one-line change. Pattern-matching ids are built by function
 
 from __future__ import annotations
 
-from dash.dependencies import Wildcard
-
 # ---- page-wide --------------------------------------------------------------------------------
 URL = "app-url"
 SELECTION = "app-selection"  # the one shared selection store (see dashboard/state.py)
@@ -82,23 +80,11 @@ EXPLAIN_ANSWERS_SINK = "explain-answers-sink"
 EXPLAIN_PROGRESS_ROW = "explain-progress-row"
 EXPLAIN_PROGRESS = "explain-progress"
 EXPLAIN_CANCEL = "explain-cancel"
-EXPLAIN_LEGEND = "explain-legend"
+EXPLAIN_LEGEND = "explain-legend"  # + "-heat" / "-signed": one legend per display kind
+# Filled by assets/explain.js: one figure per registered method, "explain-figure-<method>" with
+# "explain-image-<method>" and "explain-note-<method>" inside.
+EXPLAIN_FIGURES = "explain-figures"
 EXPLAIN_OCCLUSION = "explain-occlusion"  # occlusion's probability table
-
-
-def explanation_image(method: str | Wildcard) -> dict[str, str | Wildcard]:
-    """The <img> showing explanation ``method`` ("gradcam", ...; ALL for every one)."""
-    return {"type": "inspector-explanation", "method": method}
-
-
-def explanation_figure(method: str | Wildcard) -> dict[str, str | Wildcard]:
-    """The figure (image, note, title) of explanation ``method``; hidden when not chosen."""
-    return {"type": "inspector-explanation-figure", "method": method}
-
-
-def explanation_note(method: str | Wildcard) -> dict[str, str | Wildcard]:
-    """The text shown instead of explanation ``method`` when it does not exist."""
-    return {"type": "inspector-explanation-note", "method": method}
 
 
 # ---- the user's own images (dashboard/panels/uploads.py) -------------------------------------

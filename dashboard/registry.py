@@ -75,9 +75,13 @@ def clientside_callback(
     _CLIENT.append((function_name, args, kwargs))
 
 
-def publish(name: str, value: Any) -> None:
-    """Share a JSON-ready constant with the browser as ``window.layerscope.constants[name]``."""
-    if name in _CONSTANTS and _CONSTANTS[name] != value:
+def publish(name: str, value: Any, *, latest: bool = False) -> None:
+    """Share a JSON-ready constant with the browser as ``window.layerscope.constants[name]``.
+
+    ``latest``: the value describes the app being built now (the registered explanation
+    methods, which a plugin or a test may add to), so each app gets the value at its creation;
+    other constants must never change."""
+    if not latest and name in _CONSTANTS and _CONSTANTS[name] != value:
         raise ValueError(f"constant {name!r} is published twice with different values")
     _CONSTANTS[name] = value
 

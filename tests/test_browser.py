@@ -265,7 +265,7 @@ def test_hovering_a_point_fills_the_inspector(watch, server, data_dir):
     assert page.inner_text("#inspector-labels").startswith(f"true: {samples['label_name'][row]}")
     assert f"row {row} · hovering" in page.inner_text("#inspector-hint")
     for method in ("gradcam", "guided_backprop", "guided_gradcam"):
-        selector = f'img[id*="{method}"][id*="inspector-explanation"]'
+        selector = f'img[id="explain-image-{method}"]'
         page.wait_for_function(
             "(sel) => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; }",
             arg=selector,
@@ -405,7 +405,7 @@ def click_a_top10_bar_and_wait_for_its_explanations(page: Any) -> dict[str, Any]
     page.wait_for_function(
         "() => document.getElementById('inspector-hint').textContent.includes('pinned')"
     )
-    selector = 'img[id*="gradcam"][id*="inspector-explanation"]:not([id*="guided"])'
+    selector = 'img[id="explain-image-gradcam"]'
     before = page.get_attribute(selector, "src")
     assert "/explain/gradcam/20.png" in before
     button = page.locator("#inspector-top10 button.ls-bar").nth(2)
@@ -418,7 +418,7 @@ def click_a_top10_bar_and_wait_for_its_explanations(page: Any) -> dict[str, Any]
         timeout=30_000,
     )
     for method in ("gradcam", "guided_backprop", "guided_gradcam"):
-        image = f'img[id*="{method}"][id*="inspector-explanation"]'
+        image = f'img[id="explain-image-{method}"]'
         page.wait_for_function(
             "(sel) => { const i = document.querySelector(sel); return i.complete && i.naturalWidth > 0 && i.getAttribute('src').includes('explain-class'); }",
             arg=image,

@@ -97,7 +97,7 @@ def toggle_method(page: Any, title: str) -> None:
 
 def image_src(page: Any, method: str) -> str:
     return page.evaluate(
-        "(m) => document.querySelector(`img[id*='\"${m}\"'][id*='inspector-explanation']`)?.getAttribute('src') || ''",
+        "(m) => document.getElementById(`explain-image-${m}`)?.getAttribute('src') || ''",
         method,
     )
 
@@ -105,7 +105,7 @@ def image_src(page: Any, method: str) -> str:
 def wait_for_loaded_image(page: Any, method: str, contains: str) -> None:
     page.wait_for_function(
         """([m, part]) => {
-            const img = document.querySelector(`img[id*='"${m}"'][id*='inspector-explanation']`);
+            const img = document.getElementById(`explain-image-${m}`);
             return img && img.getAttribute('src').includes(part) && img.complete && img.naturalWidth > 0;
         }""",
         arg=[method, contains],
@@ -147,7 +147,7 @@ def test_picking_a_method_and_a_class_draws_them(page: bh.PageWatch, app_url):
     # Unticking a method hides its figure.
     toggle_method(browser_page, "Saliency")
     browser_page.wait_for_function(
-        "() => document.querySelector(`[id*='\"saliency\"'][id*='inspector-explanation-figure']`).style.display === 'none'"
+        "() => document.getElementById('explain-figure-saliency').style.display === 'none'"
     )
     page.screenshot("explain-method-and-class")
     assert page.errors == []
@@ -181,7 +181,7 @@ def test_a_slow_method_shows_progress_and_its_cancel_stops_it(page: bh.PageWatch
         "(id) => getComputedStyle(document.getElementById(id)).display === 'none'",
         arg=ids.EXPLAIN_PROGRESS_ROW,
     )
-    note = browser_page.inner_text("[id*='\"test_slow_steps\"'][id*='inspector-explanation-note']")
+    note = browser_page.inner_text("#explain-note-test_slow_steps")
     assert "cancelled" in note
     page.screenshot("explain-slow-cancelled")
     assert page.errors == []

@@ -60,22 +60,6 @@ def method_options() -> list[dict[str, Any]]:
     ]
 
 
-def _figure(name: str) -> html.Figure:
-    title = EXPLAINERS[name].title
-    return html.Figure(
-        [
-            html.Img(
-                id=ids.explanation_image(name), src="", className="ls-explanation-image", alt=title
-            ),
-            html.Div(id=ids.explanation_note(name), className="ls-hint"),
-            html.Figcaption(title, className="ls-caption"),
-        ],
-        id=ids.explanation_figure(name),
-        className="ls-explanation m-0",
-        style={"display": "none"},
-    )
-
-
 def _legend(display: Display, low: str, high: str, middle: str = "") -> html.Div:
     return html.Div(
         [
@@ -84,7 +68,7 @@ def _legend(display: Display, low: str, high: str, middle: str = "") -> html.Div
             html.Span(high, className="ls-legend-end"),
             html.Span(middle, className="ls-legend-middle") if middle else None,
         ],
-        id={"type": "explain-legend", "display": display.value},
+        id=f"{ids.EXPLAIN_LEGEND}-{display.value}",
         className="ls-legend",
         style={"display": "none"},
     )
@@ -92,7 +76,7 @@ def _legend(display: Display, low: str, high: str, middle: str = "") -> html.Div
 
 def controls() -> html.Div:
     """The class picker, the method checklist and the layer line, above the images."""
-    publish("explainers", method_catalogue())
+    publish("explainers", method_catalogue(), latest=True)
     class_row = html.Div(
         [
             html.Span("Class", className="ls-label me-2"),
@@ -181,7 +165,9 @@ def images() -> html.Div:
                 className="ls-progress-row mb-1",
                 style={"display": "none"},
             ),
-            html.Div([_figure(name) for name in EXPLAINERS], className="ls-explanations"),
+            # Drawn by assets/explain.js (one figure per registered method), never by Dash: set
+            # through Dash, its images, notes and styles cost ~15 ms of every hover.
+            html.Div(id=ids.EXPLAIN_FIGURES, className="ls-explanations"),
             html.Div(
                 [
                     _legend(Display.HEAT, "low", "high relevance"),

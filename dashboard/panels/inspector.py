@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import dash_bootstrap_components as dbc
-from dash import ALL, Input, Output, State, dcc, html, no_update
+from dash import Input, Output, State, dcc, html, no_update
 
 from components.inspector import inspector_table
 from dashboard import ids
@@ -144,7 +144,8 @@ def load_table(run_id: str | None, _version: Any, previous: dict[str, Any] | Non
     return table, info
 
 
-# The top-10 bars are not an output: renderInspector draws them into INSPECTOR_TOP10 itself.
+# The top-10 bars and the explanation figures are not outputs: renderInspector draws them into
+# INSPECTOR_TOP10 and EXPLAIN_FIGURES itself.
 clientside_callback(
     "renderInspector",
     Input(ids.SELECTION, "data"),
@@ -168,12 +169,6 @@ clientside_callback(
         "hint": Output(ids.INSPECTOR_HINT, "children"),
         "caption": Output(ids.INSPECTOR_EXPLAIN_CAPTION, "children"),
         # {method: value}, one per explanation image / note on the page
-        "explanationImages": Output(ids.explanation_image(ALL), "src"),
-        "explanationNotes": Output(ids.explanation_note(ALL), "children"),
-        "explanationFigures": Output(ids.explanation_figure(ALL), "style"),
-        "legends": Output({"type": "explain-legend", "display": ALL}, "style"),
-        # Shown while the slow job works on the current request (cancelled jobs never answer).
-        "progress": Output(ids.EXPLAIN_PROGRESS_ROW, "style"),
         "shown": Output(ids.INSPECTOR_SHOWN, "data"),
         "unpinDisabled": Output(ids.INSPECTOR_UNPIN, "disabled"),
     },
