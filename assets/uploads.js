@@ -19,6 +19,20 @@
     return Array.from(bytes, function (b) { return b.toString(16).padStart(2, "0"); }).join("");
   });
 
+  ls.define("uploadsView", function (view, uploads) {
+    if (!uploads || !uploads.length) {
+      // Stars left from a run switch or a cleared list go; no request is made.
+      if (state.points) {
+        state.points = null;
+        if (ls.redrawUploads) {
+          ls.redrawUploads();
+        }
+      }
+      return dc.no_update;
+    }
+    return Object.assign({ uploads: uploads.map(function (u) { return u.id; }) }, view);
+  });
+
   ls.define("pickUpload", function (clicks) {
     var triggered = (dc.callback_context.triggered || [])[0];
     if (!triggered || !triggered.value) {

@@ -95,6 +95,7 @@ UPLOAD_LIST = "upload-list"
 UPLOAD_MESSAGE = "upload-message"
 UPLOAD_SESSION = "upload-session"  # this tab's random upload session
 UPLOADS = "uploads"  # [{id, name, thumb, top_idx, top_prob, pred}] for the current run
+UPLOAD_VIEW = "upload-view"  # the view on screen, set only while there are uploads
 UPLOAD_POINTS = "upload-points"  # {view, points: [{id, name, x, y}]} in the map on screen
 UPLOAD_PICK_TYPE = "upload-pick"  # {"type": UPLOAD_PICK_TYPE, "id": upload id} buttons
 UPLOAD_PLACEMENT_NOTE = "upload-placement-note"  # why the uploads are not in this map

@@ -57,6 +57,7 @@ def layout() -> dbc.Card:
             dcc.Store(id=ids.UPLOAD_SESSION, storage_type="session"),
             dcc.Store(id=ids.UPLOADS),
             dcc.Store(id=ids.UPLOAD_POINTS),
+            dcc.Store(id=ids.UPLOAD_VIEW),
         ],
         className="ls-upload-area",
     )
@@ -143,11 +144,22 @@ def receive_uploads(
     return rows, buttons, " · ".join([*problems, note])
 
 
-@callback(
-    Output(ids.UPLOAD_POINTS, "data"),
+# The view reaches the server only while there are uploads: a layer switch otherwise makes no
+# request of its own here.
+clientside_callback(
+    "uploadsView",
+    Output(ids.UPLOAD_VIEW, "data"),
     Input(ids.VIEW_KEY, "data"),
     Input(ids.UPLOADS, "data"),
+)
+
+
+@callback(
+    Output(ids.UPLOAD_POINTS, "data"),
+    Input(ids.UPLOAD_VIEW, "data"),
+    State(ids.UPLOADS, "data"),
     State(ids.UPLOAD_SESSION, "data"),
+    prevent_initial_call=True,
 )
 def place_uploads(view: dict[str, Any] | None, uploads: Any, session: str | None) -> Any:
     """Where each upload falls in the map on screen, placed with that map's own embedding."""
