@@ -27,7 +27,6 @@ from components.activations import SORTS
 from components.images import encode_png, explanation_png
 from dashboard.context import AppContext
 from dashboard.data import RunData
-from dashboard.model_service import ImageSample
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS
 
@@ -132,13 +131,9 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
         run.layer(layer_id)
         return service.grid_png(run, row, layer_id, _sort())
 
-    def upload_sample(run: RunData, session: str, upload_id: str) -> ImageSample:
-        image = context.uploads.image(session, upload_id)  # checks both names' formats
-        return ImageSample(f"upload/{session}/{upload_id}", image)
-
     def upload_thumbnail(run_id: str, session: str, upload_id: str) -> bytes:
         run = catalog.open(run_id)
-        return encode_png(service.thumbnail(run, upload_sample(run, session, upload_id)))
+        return encode_png(service.thumbnail(run, context.uploads.sample(session, upload_id)))
 
     def upload_explanation(
         run_id: str, session: str, upload_id: str, class_index: int, method: str
@@ -147,13 +142,13 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
         layer = flask.request.args.get("layer") or None
         if layer is not None:
             run.layer(layer)
-        sample = upload_sample(run, session, upload_id)
+        sample = context.uploads.sample(session, upload_id)
         return service.class_explanation_png(run, sample, class_index, method, layer)
 
     def upload_grid(run_id: str, session: str, upload_id: str, layer_id: str) -> bytes:
         run = catalog.open(run_id)
         run.layer(layer_id)
-        return service.grid_png(run, upload_sample(run, session, upload_id), layer_id, _sort())
+        return service.grid_png(run, context.uploads.sample(session, upload_id), layer_id, _sort())
 
     upload_prefix = "/runs/<run_id>/upload/<session>/<upload_id>"
     server.add_url_rule(f"{upload_prefix}/thumb.png", view_func=_guarded(upload_thumbnail))

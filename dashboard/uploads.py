@@ -27,6 +27,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from dashboard.caches import cache_dir
+from dashboard.model_service import ImageSample
 from pipelines.errors import UserError
 from pipelines.io import atomic_write_bytes
 
@@ -146,6 +147,10 @@ class UploadStore:
                 return image.copy()
         except FileNotFoundError:
             raise UserError("no such uploaded image; drop it onto the page again") from None
+
+    def sample(self, session: str, upload_id: str) -> ImageSample:
+        """An upload as the model service takes it, named in caches by session and id."""
+        return ImageSample(f"upload/{session}/{upload_id}", self.image(session, upload_id))
 
     def remove(self, session: str, upload_id: str) -> None:
         directory = self._dir(session)

@@ -95,9 +95,7 @@ def shown_sample(key: dict[str, Any], session: str | None) -> tuple[Sample, str]
     """The sample a sample key names (an uploaded image first, else the pinned row) and how
     the page names it; None when neither is set."""
     if key.get("upload"):
-        upload_id = str(key["upload"])
-        image = current().uploads.image(check_session(session), upload_id)
-        return ImageSample(f"upload/{session}/{upload_id}", image), "your image"
+        return current().uploads.sample(check_session(session), str(key["upload"])), "your image"
     if key.get("pinned") is not None:
         return int(key["pinned"]), f"sample {int(key['pinned'])}"
     return None

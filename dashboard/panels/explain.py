@@ -27,13 +27,13 @@ from dashboard import ids
 from dashboard.context import by_token, current
 from dashboard.data import RunData
 from dashboard.jobs import on_timeout, slow_job
-from dashboard.model_service import ImageSample, Sample
+from dashboard.model_service import Sample
 from dashboard.registry import callback, clientside_callback, publish
 from dashboard.routes import class_explanation_url, upload_url
 from dashboard.uploads import check_session, check_upload_id
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS, STORED_METHODS, Display
-from pipelines.explain.base import Progress
+from pipelines.explain.base import Progress, no_progress
 
 # How many of occlusion's patches the table lists (those whose hiding lowers p the most).
 OCCLUSION_ROWS = 5
@@ -256,10 +256,9 @@ def answer_request(
             run.layer(answer["layer"])
         sample: Sample = answer["row"]
         if answer["upload"] is not None:
-            image = context.uploads.image(answer["session"], answer["upload"])
-            sample = ImageSample(f"upload/{answer['session']}/{answer['upload']}", image)
+            sample = context.uploads.sample(answer["session"], answer["upload"])
         results = context.service.class_explanations(
-            run, sample, answer["cls"], methods, answer["layer"], progress or _silent
+            run, sample, answer["cls"], methods, answer["layer"], progress or no_progress
         )
     except UserError as exc:
         return {**answer, "error": str(exc)}
@@ -267,10 +266,6 @@ def answer_request(
     if "occlusion" in results:
         answer["occlusion"] = occlusion_table(results["occlusion"])
     return answer
-
-
-def _silent(_done: int, _total: int) -> None:
-    pass
 
 
 def explanation_url(run: RunData, answer: dict[str, Any], method: str) -> str:

@@ -18,7 +18,6 @@ from dash import ALL, Input, Output, State, ctx, dcc, html
 from dashboard import ids
 from dashboard.context import current
 from dashboard.data import RunData
-from dashboard.model_service import ImageSample
 from dashboard.panels.embedding import view_key_text
 from dashboard.registry import callback, clientside_callback
 from dashboard.routes import upload_url
@@ -68,15 +67,10 @@ def layout() -> dbc.Card:
     )
 
 
-def upload_sample(session: str, upload: Upload | str) -> ImageSample:
-    upload_id = upload.id if isinstance(upload, Upload) else upload
-    image = current().uploads.image(session, upload_id)
-    return ImageSample(f"upload/{session}/{upload_id}", image)
-
-
 def predicted_row(run: RunData, session: str, upload: Upload) -> dict[str, Any]:
     """What the inspector shows of one upload: its name, image URL and top-10."""
-    probabilities = current().service.probabilities(run, upload_sample(session, upload))
+    context = current()
+    probabilities = context.service.probabilities(run, context.uploads.sample(session, upload.id))
     k = min(TOP_K, probabilities.shape[0])
     top = np.argsort(-probabilities, kind="stable")[:k]
     return {
@@ -169,7 +163,7 @@ def place_uploads(view: dict[str, Any] | None, uploads: Any, session: str | None
         session = check_session(session)
         context = current()
         run = context.catalog.open(view["run"])
-        samples = [upload_sample(session, str(row["id"])) for row in uploads]
+        samples = [context.uploads.sample(session, str(row["id"])) for row in uploads]
         coords = context.service.placements(run, samples, view)
     except UserError as exc:
         return {"view": view, "key": view_key_text(view), "error": str(exc), "points": []}
