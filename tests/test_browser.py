@@ -18,6 +18,7 @@ import torch
 import torchvision
 
 from components.inspector import short_name
+from dashboard import ids
 from dashboard.app import create_app
 from dashboard.data import RunCatalog
 from pipelines.features import discover_layers
@@ -397,6 +398,31 @@ def test_top10_bar_explanations_through_celery_and_redis(watch, celery_server):
     # The worker, not the server, ran it (the diskcache manager would give the same page).
     log = worker_log.read_text()
     assert "Task background_callback_" in log and "succeeded" in log, log[-2000:]
+
+
+def test_a_slow_method_through_celery_and_redis(watch, celery_server):
+    """The slow lane's job (occlusion, with its progress callback and extras) on the scale-out
+    path: a Celery worker computes it, and the page draws its map and probability table."""
+    url, worker_log = celery_server
+    page = open_small_run(watch, url, "&row=21")
+    page.locator(f"#{ids.EXPLAIN_METHODS} label", has_text="Occlusion").first.click()
+    page.wait_for_function(
+        "(id) => document.querySelector(`#${id} table`)", arg=ids.EXPLAIN_OCCLUSION, timeout=60_000
+    )
+    assert "intact" in page.inner_text(f"#{ids.EXPLAIN_OCCLUSION}")
+    page.wait_for_function(
+        """() => {
+            const img = document.getElementById('explain-image-occlusion');
+            return img && img.getAttribute('src').includes('/occlusion/') && img.complete
+                && img.naturalWidth > 0;
+        }"""
+    )
+    page.wait_for_function(
+        "(id) => getComputedStyle(document.getElementById(id)).display === 'none'",
+        arg=ids.EXPLAIN_PROGRESS_ROW,
+    )
+    assert watch.errors == []
+    assert worker_log.read_text().count("succeeded") >= 1
 
 
 def click_a_top10_bar_and_wait_for_its_explanations(page: Any) -> dict[str, Any]:
