@@ -168,7 +168,6 @@
     var cls = c.mode === "hover" || chosenClass === null ? predicted : chosenClass;
     var chosen = (c.methods || []).filter(function (m) { return METHODS[m]; });
     var answers = [answerFor(c.quick, info, row, upload, cls, layer), answerFor(c.slow, info, row, upload, cls, layer)];
-    state.shown = { slowRequest: c.slowRequest, slow: c.slow, cancels: c.cancels };  // for tests and the console
     var out = {
       images: {}, notes: {}, figures: {}, legends: { heat: HIDDEN, signed: HIDDEN }, explained: cls,
       progress: slowPending(c.slowRequest, c.slow, c.cancels) ? SHOWN : HIDDEN,

@@ -185,22 +185,20 @@ class ModelService:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def forward(self, run: RunData, sample: Sample) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """One forward pass of a sample row or an uploaded picture: the model's class
-        probabilities (K,) float32 and every layer's output, (C, H, W) / (F,) float32.
+    def activations(self, run: RunData, sample: Sample) -> dict[str, np.ndarray]:
+        """One forward pass of a sample row or an uploaded picture: every layer's output,
+        (C, H, W) / (F,) float32.
 
         Values of NHWC layers are strided views; callers make the layer they use contiguous.
         """
         with self._using(run) as model:
-            logits, captured = capture_layers(
+            _, captured = capture_layers(
                 model.adapter.module, self._input(run, model, sample), run.layer_ids
             )
-            probabilities = model.adapter.decode(logits.detach())
-        layers = {
+        return {
             layer_id: tensor[0].detach().to("cpu", torch.float32).numpy()
             for layer_id, tensor in captured.items()
         }
-        return probabilities[0].to("cpu", torch.float32).numpy(), layers
 
     def image_pass(self, run: RunData, sample: ImageSample) -> ImagePass:
         """A picture's forward pass with every layer's pooled features, as the precompute
@@ -214,10 +212,6 @@ class ModelService:
         """The model's square view of a picture (the size and mode it is fed at)."""
         model, _ = self.model(run)
         return model.adapter.view(image)
-
-    def activations(self, run: RunData, sample: Sample) -> dict[str, np.ndarray]:
-        """Every layer's output for a sample row or an uploaded picture (see ``forward``)."""
-        return self.forward(run, sample)[1]
 
     def explanations(
         self,

@@ -72,22 +72,19 @@ class OnDemand:
 
     def layer_activation(self, run: RunData, sample: Sample, layer_id: str) -> Activation:
         """One layer's activations for a sample row or an uploaded picture. One forward pass
-        captures every layer (the user usually steps through layers of the same sample next)
-        and the class probabilities; all are kept in memory, the layer looked at also on disk."""
+        captures every layer (the user usually steps through layers of the same sample next);
+        all are kept in memory, the layer looked at also on disk."""
         shape = run.layer(layer_id).output_shape
         prefix = f"act/{sample_key(run, sample)}"
 
         def forward() -> dict[str, np.ndarray]:
-            probabilities, captured = self.model_service.forward(run, sample)
+            captured = self.model_service.activations(run, sample)
             if layer_id not in captured:
                 raise UserError(
                     f"layer {layer_id} produced no tensor for {describe(sample)} (it did not run "
                     "in the forward pass); pick another layer"
                 )
-            return {
-                f"{prefix}/probabilities": probabilities,
-                **{f"{prefix}/{layer}": values for layer, values in captured.items()},
-            }
+            return {f"{prefix}/{layer}": values for layer, values in captured.items()}
 
         cached = self.results.get_or_compute(
             f"{prefix}/{layer_id}",
@@ -99,19 +96,10 @@ class OnDemand:
         # Captured NHWC maps are strided views; only the layer asked for is made contiguous.
         return Activation(np.ascontiguousarray(cached.value), cached.source, cached.notice)
 
-    def probabilities(self, run: RunData, sample: Sample) -> np.ndarray:
-        """(K,) float32 class probabilities of a sample row or an uploaded picture, from the
-        same forward pass as its activations."""
-        prefix = f"act/{sample_key(run, sample)}"
-        key = f"{prefix}/probabilities"
-        cached = self.results.memory.get(key)
-        if cached is not None:
-            return cached
-        probabilities, captured = self.model_service.forward(run, sample)
-        for layer, values in captured.items():
-            self.results.memory.put(f"{prefix}/{layer}", values)
-        self.results.memory.put(key, probabilities)
-        return probabilities
+    def probabilities(self, run: RunData, sample: ImageSample) -> np.ndarray:
+        """(K,) float32 class probabilities of an uploaded picture, from the forward pass that
+        also places it in the maps (``placements``), so listing and placing it is one pass."""
+        return self._image_pass(run, sample).probabilities[0]
 
     def scores(self, run: RunData, sample: Sample, layer_id: str, values: np.ndarray) -> np.ndarray:
         """(C,) float32 channel scores of a (C, H, W) activation, cached per sample and layer."""

@@ -68,7 +68,8 @@ def layout() -> dbc.Card:
 
 
 def predicted_row(run: RunData, session: str, upload: Upload) -> dict[str, Any]:
-    """What the inspector shows of one upload: its name, image URL and top-10."""
+    """What the inspector shows of one upload: its name, image URL and top-10 (from the pass
+    that also places it in the maps)."""
     context = current()
     probabilities = context.service.probabilities(run, context.uploads.sample(session, upload.id))
     k = min(TOP_K, probabilities.shape[0])
