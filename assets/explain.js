@@ -16,7 +16,7 @@
   var NAMES = Object.keys(METHODS);
   var SHOWN = { display: "" };
   var HIDDEN = { display: "none" };
-  var state = (ls.state.explain = { quick: null, slow: null });
+  var state = (ls.state.explain = { quick: null, slow: null, occlusion: null });
 
   // The uploaded image the selection names, with its prediction, or null.
   function uploadFor(selection, uploads, session) {
@@ -219,7 +219,13 @@
       return;
     }
     var table = answer && answer.occlusion;
-    if (!chosen || !table) {
+    // Redrawn only when it changes: images() runs on every hover.
+    var drawn = chosen && table ? answer : null;
+    if (state.occlusion === drawn) {
+      return;
+    }
+    state.occlusion = drawn;
+    if (!drawn) {
       element.replaceChildren();
       return;
     }
