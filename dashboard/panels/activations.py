@@ -102,13 +102,13 @@ def shown_sample(key: dict[str, Any], session: str | None) -> tuple[Sample, str]
 
 
 def sample_grid_url(
-    run: RunData, sample: Sample, session: str | None, layer_id: str, sort: str
+    run: RunData, key: dict[str, Any], session: str | None, layer_id: str, sort: str
 ) -> str:
-    if isinstance(sample, ImageSample):
-        upload_id = sample.key.rsplit("/", 1)[-1]
+    """The grid image of the sample key's upload (checked by ``shown_sample``) or pinned row."""
+    if key.get("upload"):
         rest = f"activations/{quote(layer_id)}.png?sort={sort}"
-        return upload_url(run, str(session), upload_id, rest)
-    return grid_url(run, layer_id, sample, sort)
+        return upload_url(run, str(session), str(key["upload"]), rest)
+    return grid_url(run, layer_id, int(key["pinned"]), sort)
 
 
 @callback(
@@ -144,7 +144,7 @@ def render_grid(key: dict[str, Any] | None, sort: str | None, session: str | Non
             scores = context.service.scores(run, sample, layer_id, values)
             order = channel_order(scores, sort)
             geometry = grid_geometry(len(scores))
-            url = sample_grid_url(run, sample, session, layer_id, sort)
+            url = sample_grid_url(run, key, session, layer_id, sort)
             figure = grid_figure(url, geometry, order, scores)
             what = f"{values.shape[0]} channels of {values.shape[1]}×{values.shape[2]}, sorted by {'score' if sort == 'score' else 'channel'}"
         else:
