@@ -237,13 +237,12 @@ class ModelService:
         if not 0 <= int(class_index) < num_classes:
             raise UserError(f"class {class_index} is not one of the model's {num_classes} classes")
         layer_id = self.target_layer(run, layer_id, chosen)
-        with self._using(run) as model:
-            images = self._input(run, model, sample)
         fast = [e.name for e in chosen if not e.slow]
         slow = [e.name for e in chosen if e.slow]
         results: dict[str, MethodMaps] = {}
-        if fast:
-            with self._using(run) as model:
+        with self._using(run) as model:
+            images = self._input(run, model, sample)
+            if fast:
                 results.update(
                     self._explain(run, model.adapter, images, class_index, fast, layer_id)
                 )
