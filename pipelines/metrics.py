@@ -55,3 +55,21 @@ def confusion_matrix(
     matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
     np.add.at(matrix, (labels, columns), 1)
     return matrix
+
+
+def per_class_metrics(matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """matrix: (C, C+1) counts from ``confusion_matrix`` (rows true, columns predicted, last
+    column "no dataset class") -> per-class arrays of length C: ``precision``, ``recall``,
+    ``f1`` (NaN where undefined: nothing predicted, or no samples) and ``support`` (samples)."""
+    matrix = np.asarray(matrix, dtype=np.int64)
+    num_classes = matrix.shape[0]
+    hits = np.diag(matrix[:, :num_classes]).astype(np.float64)
+    support = matrix.sum(axis=1)
+    predicted = matrix[:, :num_classes].sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, hits / np.maximum(predicted, 1), np.nan)
+        recall = np.where(support > 0, hits / np.maximum(support, 1), np.nan)
+        total = precision + recall
+        f1 = np.where(total > 0, 2 * precision * recall / np.where(total > 0, total, 1), np.nan)
+        f1 = np.where(np.isnan(precision) | np.isnan(recall), np.nan, f1)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}

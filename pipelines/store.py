@@ -53,6 +53,10 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "model_checkpoint": ("pt", ()),
     # source file -> [size, mtime_ns] of every file of a file dataset when the run was computed
     "dataset_files": ("json", ()),
+    # The quality stage (pipelines/quality.py): per-sample label issues, neighbours, outliers,
+    # and how they were made (written last: its presence marks the stage's output complete).
+    "quality": ("npz", ()),
+    "quality_info": ("json", ()),
 }
 
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.\-]+$")
