@@ -160,6 +160,7 @@ clientside_callback(
     Input(ids.EXPLAIN_USE_SELECTED_LAYER, "value"),
     Input(ids.UPLOADS, "data"),
     Input(ids.EXPLAIN_CANCEL, "n_clicks"),
+    Input(ids.GALLERY_HOVER, "data"),
     State(ids.INSPECTOR_SHOWN, "data"),
     State(ids.UPLOAD_SESSION, "data"),
     outputs={
