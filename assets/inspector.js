@@ -133,7 +133,8 @@
     }
     var predicted = table.classes[table.pred[row]];
     var verdict = { 1: " ✓ correct", 0: " ✗ wrong", "-1": " (label not among the model's classes)" }[table.correct[row]];
-    return truth + " · predicted: " + predicted + verdict;
+    var issue = table.issue && table.issue[row] ? " · likely label issue, suggested: " + table.issue[row] : "";
+    return truth + " · predicted: " + predicted + verdict + issue;
   }
 
   function emptyInspector(hint, pinned, top10Message, methods) {

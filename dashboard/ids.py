@@ -105,6 +105,7 @@ UPLOAD_PLACEMENT_NOTE = "upload-placement-note"  # why the uploads are not in th
 # dashboard/panels/gallery.py: the selection, its gallery, relabelling, downloads) -------------
 WORKBENCH_CARD = "workbench-card"
 WORKBENCH_TABS = "workbench-tabs"
+GALLERY_CARD = "gallery-card"
 SEL_KEY = "workbench-sel-key"  # {run, sel}: the selection spec, split out of SELECTION
 SELECTION_ROWS = "workbench-selection-rows"  # {run, sel, rows, count, description, ...}
 CONFUSION_GRAPH = "confusion-graph"

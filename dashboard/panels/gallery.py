@@ -13,6 +13,8 @@ the run's artifacts never change.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from typing import Any
 
@@ -239,7 +241,7 @@ def layout() -> dbc.Card:
                 className="p-2",
             ),
         ],
-        id="gallery-card",
+        id=ids.GALLERY_CARD,
         className="ls-card mb-3",
     )
 
@@ -394,13 +396,15 @@ def filters_from_selection(key: dict[str, Any] | None, *shown: Any) -> tuple:
 
 
 def filter_values(selection: Any) -> tuple:
+    from pipelines.sample_table import OTHER
+
     correct = ANY if selection.correct is None else ("correct" if selection.correct else "wrong")
     return (
         selection.true,
-        selection.pred,
+        "other" if selection.pred == OTHER else selection.pred,
         correct,
         selection.split or ANY,
-        selection.min_loss,
+        selection.loss_min,
     )
 
 
@@ -423,6 +427,7 @@ def filters_to_selection(
     selection: dict[str, Any] | None,
 ) -> Any:
     """A filter the user changed replaces that term of the selection; other terms stay."""
+    from pipelines.sample_table import OTHER
     from pipelines.selection import parse_selection
 
     current_text = (selection or {}).get("sel") or ""
@@ -431,15 +436,18 @@ def filters_to_selection(
     except UserError:
         chosen = parse_selection("")
     try:
-        min_loss = None if loss in (None, "") else max(0.0, float(loss))
+        loss_min = None if loss in (None, "") else float(loss)
     except (TypeError, ValueError):
-        min_loss = None
-    updated = chosen.with_filters(
-        true=true,
-        pred=pred,
+        loss_min = None
+    if loss_min is not None and not (math.isfinite(loss_min) and loss_min >= 0):
+        loss_min = None
+    updated = dataclasses.replace(
+        chosen,
+        true=None if true is None else int(true),
+        pred=None if pred is None else (OTHER if pred == "other" else int(pred)),
         correct=None if correct in (None, ANY) else correct == "correct",
         split=None if split in (None, ANY) else split,
-        min_loss=min_loss,
+        loss_min=loss_min,
     )
     text = updated.to_text()
     if text == current_text:
@@ -465,9 +473,9 @@ def threshold_to_selection(threshold: float | None, selection: dict[str, Any] | 
         chosen = parse_selection(current_text)
     except UserError:
         return no_update
-    if chosen.min_duplicate is None or threshold is None:
+    if chosen.dup_min is None or threshold is None:
         return no_update
-    text = chosen.with_filters(min_duplicate=float(threshold)).to_text()
+    text = dataclasses.replace(chosen, dup_min=float(threshold)).to_text()
     if text == current_text:
         return no_update
     patch = Patch()
