@@ -29,7 +29,9 @@ def test_per_class_metrics_match_scikit_learn():
     np.testing.assert_allclose(metrics["f1"][:5], f1[:5])
     assert np.isnan(metrics["precision"][5]) and np.isnan(metrics["f1"][5])
     np.testing.assert_array_equal(metrics["support"], support)
-    np.testing.assert_array_equal(matrix[:, :6], sk_confusion(labels, predicted, labels=list(range(6))))
+    np.testing.assert_array_equal(
+        matrix[:, :6], sk_confusion(labels, predicted, labels=list(range(6)))
+    )
 
 
 def test_predictions_outside_the_dataset_classes_have_their_own_column():

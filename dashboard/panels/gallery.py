@@ -508,7 +508,7 @@ def save_selection(_n: int | None, name: str | None, selection: dict[str, Any] |
     selection = selection or {}
     try:
         run = current().catalog.open(selection.get("run"))
-        name = run.saved_selections().save(name or "", selection.get("sel") or "")
+        run.saved_selections().save(name or "", selection.get("sel") or "")
     except UserError as exc:
         return no_update, html.Span(str(exc), className="text-warning")
     return saved_options(run), f"saved as '{name}' (main.py export --selection {name})"
