@@ -33,6 +33,7 @@ from typing import Any
 
 from pipelines.errors import UserError
 from pipelines.io import atomic_write_bytes, exclusive_lock
+from pipelines.selection import parse_selection
 from pipelines.store import annotations_dir
 
 CORRECTIONS_NAME = "corrections.jsonl"
@@ -280,8 +281,6 @@ class SavedSelections:
         """Keep ``spec`` under ``name`` (replacing one of that name); returns the canonical spec
         that was saved. A name must not itself read as a spec, so ``--selection X`` is never
         ambiguous."""
-        from pipelines.selection import parse_selection
-
         name = name.strip()
         if not 0 < len(name) <= MAX_SELECTION_NAME:
             raise UserError(f"a selection's name has 1..{MAX_SELECTION_NAME} characters")

@@ -39,8 +39,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from pipelines.errors import UserError
-from pipelines.metrics import HELD_OUT, TRAIN
-from pipelines.sample_table import OTHER
+from pipelines.metrics import HELD_OUT, OTHER, TRAIN
 
 SPLITS = (TRAIN, HELD_OUT)
 # A bitmap of rows may describe at most this many rows once decompressed (a link is data from

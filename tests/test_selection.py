@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pipelines.errors import UserError
-from pipelines.sample_table import OTHER, sample_frame
+from pipelines.metrics import OTHER
+from pipelines.sample_table import sample_frame
 from pipelines.selection import (
     MAX_BITMAP_ROWS,
     NeedsQuality,
