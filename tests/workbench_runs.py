@@ -75,7 +75,15 @@ def make_run(
         prob = np.full((n, k), (1 - confidence) / max(k - 1, 1), dtype=np.float32)
         prob[np.arange(n), list(predicted)] = confidence
         columns = prediction_columns(np.log(prob), np.asarray(model_labels, dtype=np.int64))
-        store.save_arrays("predictions", {"top10_index": np.argsort(-prob, axis=1), **columns})
+        order = np.argsort(-prob, axis=1)
+        store.save_arrays(
+            "predictions",
+            {
+                "top10_index": order,
+                "top10_prob": np.take_along_axis(prob, order, axis=1),
+                **columns,
+            },
+        )
     return store
 
 
