@@ -22,6 +22,7 @@ from pipelines.export import (
     confusion_csv,
     corrections_csv,
     export_bytes,
+    frame_confusion,
     metrics_csv,
     table_format,
 )
@@ -43,8 +44,16 @@ def export_command(args: argparse.Namespace) -> None:
     ]
     extras: list[tuple[str, str | None, Callable[[pd.DataFrame], bytes]]] = [
         ("--corrections", args.corrections, corrections_csv),
-        ("--metrics", args.metrics, lambda frame: metrics_csv(frame, class_names)),
-        ("--confusion", args.confusion, lambda frame: confusion_csv(frame, class_names)),
+        (
+            "--metrics",
+            args.metrics,
+            lambda frame: metrics_csv(frame_confusion(frame, len(class_names)), class_names),
+        ),
+        (
+            "--confusion",
+            args.confusion,
+            lambda frame: confusion_csv(frame_confusion(frame, len(class_names)), class_names),
+        ),
     ]
     for option, text, render_table in extras:
         if text is not None:

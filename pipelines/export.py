@@ -61,16 +61,23 @@ def corrections_csv(frame: pd.DataFrame) -> bytes:
     return export_bytes(corrections_table(frame), "csv")
 
 
-def confusion_table(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
-    """Counts over ``frame``'s rows with a prediction: rows true class, columns predicted class
-    (both by name, in class order), plus ``OTHER_COLUMN`` when some prediction is no dataset
-    class."""
+def frame_confusion(frame: pd.DataFrame, num_classes: int) -> np.ndarray:
+    """(C, C+1) counts over ``frame``'s rows that have a prediction (rows true class, columns
+    predicted dataset class, the last a prediction that is no dataset class), as
+    ``metrics.confusion_matrix`` counts a run's predictions."""
     known = frame["predicted_index"].notna().to_numpy()
-    matrix = class_confusion(
+    return class_confusion(
         frame["true_index"].to_numpy(dtype=np.int64)[known],
         frame["predicted_index"].to_numpy(dtype=np.int64, na_value=0)[known],
-        len(class_names),
+        num_classes,
     )
+
+
+def confusion_table(matrix: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """matrix: (C, C+1) counts (``frame_confusion``, ``metrics.confusion_matrix``) -> rows true
+    class, columns predicted class, both by name in class order, plus ``OTHER_COLUMN`` when
+    some prediction is no dataset class."""
+    matrix = np.asarray(matrix, dtype=np.int64)
     columns = [*class_names, OTHER_COLUMN]
     if not matrix[:, -1].any():
         matrix, columns = matrix[:, :-1], columns[:-1]
@@ -79,18 +86,15 @@ def confusion_table(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataF
     return table
 
 
-def confusion_csv(frame: pd.DataFrame, class_names: Sequence[str]) -> bytes:
+def confusion_csv(matrix: np.ndarray, class_names: Sequence[str]) -> bytes:
     """``confusion_table`` as CSV: class names as header and as first column."""
-    return confusion_table(frame, class_names).to_csv(lineterminator="\n").encode()
+    return confusion_table(matrix, class_names).to_csv(lineterminator="\n").encode()
 
 
-def metrics_table(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
-    """Per class over ``frame``'s rows with a prediction: precision, recall, F1 (empty where
-    undefined: nothing predicted as the class, or no sample of it) and support."""
-    counts = confusion_table(frame, class_names).to_numpy()
-    if counts.shape[1] == len(class_names):  # put back the (empty) "no dataset class" column
-        counts = np.hstack([counts, np.zeros((len(class_names), 1), dtype=np.int64)])
-    metrics = per_class_metrics(counts)
+def metrics_table(matrix: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """matrix: (C, C+1) counts -> per class: precision, recall, F1 (empty where undefined:
+    nothing predicted as the class, or no sample of it) and support."""
+    metrics = per_class_metrics(matrix)
     return pd.DataFrame(
         {
             "class_index": np.arange(len(class_names), dtype=np.int64),
@@ -103,6 +107,6 @@ def metrics_table(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFra
     )
 
 
-def metrics_csv(frame: pd.DataFrame, class_names: Sequence[str]) -> bytes:
+def metrics_csv(matrix: np.ndarray, class_names: Sequence[str]) -> bytes:
     """``metrics_table`` as CSV."""
-    return export_bytes(metrics_table(frame, class_names), "csv")
+    return export_bytes(metrics_table(matrix, class_names), "csv")

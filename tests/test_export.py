@@ -18,6 +18,7 @@ from pipelines.export import (
     confusion_table,
     corrections_csv,
     export_bytes,
+    frame_confusion,
     metrics_csv,
     metrics_table,
 )
@@ -100,34 +101,37 @@ def test_corrections_file_for_a_training_script(frame):
 
 
 def test_confusion_matrix_by_class_name(frame):
-    assert confusion_csv(frame, CLASSES).decode().splitlines() == [
+    matrix = frame_confusion(frame, len(CLASSES))
+    assert confusion_csv(matrix, CLASSES).decode().splitlines() == [
         "true \\ predicted,cat,dog,fox,(no dataset class)",
         "cat,1,1,0,0",
         "dog,0,1,0,1",
         "fox,1,0,1,0",
     ]
-    back = pd.read_csv(io.BytesIO(confusion_csv(frame, CLASSES)), index_col=0)
+    back = pd.read_csv(io.BytesIO(confusion_csv(matrix, CLASSES)), index_col=0)
     assert back.index.tolist() == CLASSES and back.to_numpy().sum() == len(frame)
     # no prediction outside the classes among these rows: no such column
     correct_rows = frame[frame["correct"].fillna(False).astype(bool)]
-    assert list(confusion_table(correct_rows, CLASSES).columns) == CLASSES
+    assert list(confusion_table(frame_confusion(correct_rows, 3), CLASSES).columns) == CLASSES
 
 
 def test_per_class_metrics(frame):
-    table = metrics_table(frame, CLASSES)
+    matrix = frame_confusion(frame, len(CLASSES))
+    table = metrics_table(matrix, CLASSES)
     # cat: 1 of 2 predicted cats right, 1 of 2 cats found; dog: 1/2, 1/2; fox: 1/1, 1/2
     np.testing.assert_allclose(table["precision"], [0.5, 0.5, 1.0])
     np.testing.assert_allclose(table["recall"], [0.5, 0.5, 0.5])
     np.testing.assert_allclose(table["f1"], [0.5, 0.5, 2 / 3])
     assert table["support"].tolist() == [2, 2, 2]
-    matrix = np.array([[1, 1, 0, 0], [0, 1, 0, 1], [1, 0, 1, 0]])
-    np.testing.assert_allclose(table["f1"], per_class_metrics(matrix)["f1"])
-    assert metrics_csv(frame, CLASSES).decode().splitlines()[0] == (
+    by_hand = np.array([[1, 1, 0, 0], [0, 1, 0, 1], [1, 0, 1, 0]])
+    assert matrix.tolist() == by_hand.tolist()
+    np.testing.assert_allclose(table["f1"], per_class_metrics(by_hand)["f1"])
+    assert metrics_csv(matrix, CLASSES).decode().splitlines()[0] == (
         "class_index,class,precision,recall,f1,support"
     )
     # a class nothing was predicted as has no precision (empty in the CSV), not 0
     only_dogs = frame[frame["true_index"] == 1]
-    lines = metrics_csv(only_dogs, CLASSES).decode().splitlines()
+    lines = metrics_csv(frame_confusion(only_dogs, 3), CLASSES).decode().splitlines()
     assert lines[1] == "0,cat,,,,0" and lines[3] == "2,fox,,,,0"
 
 
