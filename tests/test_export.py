@@ -201,10 +201,12 @@ def test_export_every_sample_as_csv_with_a_spec(store, data_dir, frame, tmp_path
         (["--selection", "true=３"], ["ASCII"]),
         (["--selection", "rows=0-99"], ["rows 0..5"]),
         (["--duplicate-threshold", "1.5"], ["--duplicate-threshold", "at most 1"]),
+        (["--data-dir", "{tmp}/notes.txt"], ["notes.txt is a file"]),
     ],
 )
 def test_mistakes_are_one_error_line(store, data_dir, tmp_path, capsys, args, phrases):
     (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "notes.txt").write_text("not a folder")
     command = export(data_dir, tmp_path / "table.csv")
     for option, value in zip(args[::2], args[1::2], strict=True):
         value = value.replace("{tmp}", str(tmp_path))
@@ -215,6 +217,12 @@ def test_mistakes_are_one_error_line(store, data_dir, tmp_path, capsys, args, ph
     status, err = run_cli(command, capsys)
     assert_user_error(status, err, *phrases)
     assert not (tmp_path / "table.csv").exists()
+
+
+def test_run_and_out_are_required(data_dir, capsys):
+    for args in (["--run", "r"], ["--out", "t.csv"]):
+        status, err = run_cli(["export", *args, "--data-dir", str(data_dir)], capsys)
+        assert_user_error(status, err, "required", "main.py export --help")
 
 
 def test_a_run_without_predictions_or_quality(data_dir, tmp_path, capsys):
