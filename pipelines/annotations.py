@@ -19,6 +19,7 @@ replaced atomically on each change.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -26,13 +27,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines.errors import UserError
 from pipelines.io import atomic_write_bytes, exclusive_lock
+from pipelines.selection import parse_selection
 from pipelines.store import annotations_dir
 
 CORRECTIONS_NAME = "corrections.jsonl"
@@ -65,7 +66,7 @@ def saved_selections(data_dir: Path, run_id: str) -> SavedSelections:
     return SavedSelections(annotations_dir(data_dir, run_id))
 
 
-@contextmanager
+@contextlib.contextmanager
 def _writable(directory: Path, what: str) -> Iterator[None]:
     """Hold the annotations lock of ``directory`` (made if missing); a folder that cannot be
     written becomes a UserError that says so."""
@@ -154,12 +155,14 @@ class CorrectionLog:
         finally:
             os.close(fd)
         if created:
-            # The new file's name is durable too, not only its contents.
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            # The new file's name is durable too, not only its contents (best effort: some
+            # filesystems refuse to fsync a folder, and the record itself is on disk already).
+            with contextlib.suppress(OSError):
+                dir_fd = os.open(self.directory, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -280,8 +283,6 @@ class SavedSelections:
         """Keep ``spec`` under ``name`` (replacing one of that name); returns the canonical spec
         that was saved. A name must not itself read as a spec, so ``--selection X`` is never
         ambiguous."""
-        from pipelines.selection import parse_selection
-
         name = name.strip()
         if not 0 < len(name) <= MAX_SELECTION_NAME:
             raise UserError(f"a selection's name has 1..{MAX_SELECTION_NAME} characters")

@@ -19,10 +19,9 @@ import numpy.typing as npt
 import pandas as pd
 
 from pipelines.errors import UserError
-from pipelines.labels import UNMAPPED
+from pipelines.metrics import OTHER, output_classes
 from pipelines.quality import (
     DEFAULT_DUPLICATE_THRESHOLD,
-    NO_GROUP,
     NO_LABEL,
     SampleQuality,
     duplicate_groups,
@@ -30,9 +29,6 @@ from pipelines.quality import (
 )
 from pipelines.records import Manifest
 from pipelines.store import RunStore, datasets_dir
-
-# predicted_index of a prediction that is no dataset class (a model output the mapping leaves out)
-OTHER = -1
 
 # Every column, in order. ``path_or_index``: the image file's absolute path for file datasets
 # (folders, Imagenette...), else the sample's index in the dataset; ``dataset_split``: the
@@ -164,12 +160,7 @@ def prediction_columns(
         loss = arrays["loss"].astype(np.float32)
         correct = arrays["correct"]
     outputs = max(len(model_names), int(predicted.max()) + 1 if n else 0)
-    # model output -> dataset class; where several classes share an output the last wins, as in
-    # metrics.confusion_matrix
-    to_dataset = np.full(outputs, OTHER, dtype=np.int64)
-    for klass, output in enumerate(mapping):
-        if output != UNMAPPED and 0 <= output < outputs:
-            to_dataset[output] = klass
+    to_dataset = output_classes(mapping, outputs)
     output_names = np.array(
         [
             class_names[to_dataset[m]]
@@ -259,6 +250,3 @@ def with_corrections(
     frame["corrected_index"] = pd.arrays.IntegerArray(corrected, corrected == NO_LABEL)
     frame["corrected_label"] = names_of(corrected, class_names)
     return frame
-
-
-__all__ = ["COLUMNS", "NO_GROUP", "OTHER", "sample_frame", "with_corrections"]

@@ -39,8 +39,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from pipelines.errors import UserError
-from pipelines.metrics import HELD_OUT, TRAIN
-from pipelines.sample_table import OTHER
+from pipelines.metrics import HELD_OUT, OTHER, TRAIN
 
 SPLITS = (TRAIN, HELD_OUT)
 # A bitmap of rows may describe at most this many rows once decompressed (a link is data from
@@ -205,7 +204,9 @@ def _parse_term(term: str) -> tuple[str, Any]:
         return "issues", True
     if word == "corrected":
         return "corrected", True
-    match = re.fullmatch(r"([a-z\-]+)\s*(>=|=)\s*(.*)", term, flags=re.IGNORECASE | re.ASCII)
+    match = re.fullmatch(
+        r"([a-z\-]+)\s*(>=|<=|==|=|>|<)\s*(.*)", term, flags=re.IGNORECASE | re.ASCII
+    )
     if match is None:
         raise UserError(f"'{term}' is not a selection term; use {_FORMS}, joined by ';'")
     key, op, value = match.group(1).lower(), match.group(2), match.group(3).strip()
@@ -340,7 +341,7 @@ def _rows_term(ranges: Ranges) -> str:
     listed = "rows=" + ",".join(
         str(first) if first == last else f"{first}-{last}" for first, last in ranges
     )
-    if len(listed) < 64 or not ranges:
+    if len(listed) < 64 or not ranges or ranges[-1][1] >= MAX_BITMAP_ROWS:
         return listed
     mask = np.zeros(ranges[-1][1] + 1, dtype=bool)
     for first, last in ranges:

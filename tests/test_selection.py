@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pipelines.errors import UserError
-from pipelines.sample_table import OTHER, sample_frame
+from pipelines.metrics import OTHER
+from pipelines.sample_table import sample_frame
 from pipelines.selection import (
     MAX_BITMAP_ROWS,
     NeedsQuality,
@@ -156,6 +157,9 @@ def test_rows_stay_short_for_thousands_of_scattered_rows():
     assert parse_selection(spec).rows == to_ranges(chosen)
     # contiguous blocks stay readable ranges
     assert rows_spec(range(100, 5000)) == "rows=100-4999"
+    # a huge row number (a doctored link) is never turned into a bitmap
+    far = Selection(rows=tuple((i, i) for i in range(0, 40, 2)) + ((10**12, 10**12),))
+    assert parse_selection(far.to_text()) == far
 
 
 @pytest.mark.parametrize(
@@ -166,6 +170,8 @@ def test_rows_stay_short_for_thousands_of_scattered_rows():
         ("true=-1", "index"),
         ("pred=", "index"),
         ("loss>1", "loss>="),
+        ("loss<1", "loss>="),
+        ("true==3", "true=3"),
         ("loss=1", "loss>="),
         ("loss>=-1", "never negative"),
         ("loss>=nan", "number"),

@@ -690,7 +690,7 @@ def export_file(
         fmt = "csv" if which == ids.EXPORT_SELECTION_CSV else "parquet"
         return f"{stem}-selection.{fmt}", export.export_bytes(frame.iloc[rows], fmt)
     if which == ids.EXPORT_CORRECTIONS:
-        return f"{stem}-corrected-labels.csv", export.corrections_csv(run.corrections().current())
+        return f"{stem}-corrected-labels.csv", export.corrections_csv(run.frame(threshold))
     matrix = run_confusion(run, split or HELD_OUT)
     if which == ids.EXPORT_METRICS:
         return f"{stem}-metrics-{split}.csv", export.metrics_csv(matrix, run.class_names)
