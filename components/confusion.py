@@ -86,7 +86,7 @@ def confusion_view(
     counts = columns_of(matrix[shown])
     if hidden:
         counts = np.concatenate([counts, columns_of(matrix[rest].sum(axis=0, keepdims=True))])
-    names = [str(class_names[c]) if c < len(class_names) else f"class {c}" for c in shown]
+    names = [str(class_names[c]) if c < len(class_names) else f"class {c}" for c in shown.tolist()]
     rest_name = f"{hidden} other classes"
     row_classes: list[int | None] = [int(c) for c in shown] + ([None] if hidden else [])
     column_classes: list[int | str | None] = [int(c) for c in shown]
@@ -107,13 +107,18 @@ def confusion_view(
     )
 
 
-def cell_selection(true_class: int | None, predicted: int | str | None) -> str:
-    """The selection spec of one cell ("" where it selects nothing: a collapsed row or column)."""
+def cell_selection(
+    true_class: int | None, predicted: int | str | None, split: str | None = None
+) -> str:
+    """The selection spec of one cell ("" where it selects nothing: a collapsed row or column);
+    ``split`` ("train" / "held-out") when the matrix counts only that split's samples."""
     terms = []
     if true_class is not None:
         terms.append(f"true={true_class}")
     if predicted is not None:
         terms.append(f"pred={predicted}")
+    if split is not None:
+        terms.append(f"split={split}")
     return ";".join(terms)
 
 
@@ -122,127 +127,110 @@ def short(name: str) -> str:
     return first if len(first) <= SHORT_NAME else first[: SHORT_NAME - 1] + "…"
 
 
+def tick_labels(names: Sequence[str]) -> list[str]:
+    """Short, unique axis labels (plotly merges equal category names into one)."""
+    labels = [short(n) for n in names]
+    seen: dict[str, int] = {}
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+    return [f"{label} ({i})" if seen[label] > 1 else label for i, label in enumerate(labels)]
+
+
+# Dark cells for nothing, the page's blue for a full row; the square root (below) lifts a
+# 2% confusion to a visible shade next to a 98% diagonal.
+# The Σ cells' z, below every share: the scale's first stop paints them grey.
+TOTAL_Z = -0.1
+TRUE_TOTAL, PREDICTED_TOTAL = "Σ true", "Σ predicted"
+CELL_SCALE = [
+    [0.0, "#3d3d3d"],
+    [0.08, "#3d3d3d"],
+    [0.1 / 1.1, "#2a2a2a"],  # a share of 0: (0 - TOTAL_Z) / (1 - TOTAL_Z)
+    [0.15, "#23405e"],
+    [1.0, "#4e9de6"],
+]
+
+
 def confusion_figure(
-    view: ConfusionView, normalise: str = "counts", title: str = ""
+    view: ConfusionView, normalise: str = "counts", title: str = "", split: str | None = None
 ) -> dict[str, Any]:
-    """The heatmap (+ Σ column and row), every cell's selection in ``customdata``."""
+    """One heatmap: the matrix plus a Σ column (true-class totals) and a Σ row (prediction
+    totals), every cell's selection in ``customdata`` (restricted to ``split`` when the matrix
+    counts one split only) and the counts in the trace's ``meta``.
+
+    The Σ cells are in the same trace (one trace, one grid) and sit below the colour scale's
+    range (``TOTAL_Z``), which the scale paints grey."""
     if normalise not in NORMALISE:
         raise ValueError(f"normalise must be one of {NORMALISE}, got {normalise!r}")
     counts = view.counts
     rows, cols = counts.shape
     row_totals = counts.sum(axis=1)
+    column_totals = counts.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         fractions = counts / np.maximum(row_totals, 1)[:, None]
-    z = fractions if normalise == "rows" else counts.astype(np.float64)
-    # Unique tick labels: plotly merges equal category names.
-    xs = [f"{short(n)} ·{i}" for i, n in enumerate(view.column_names)]
-    ys = [f"{short(n)} ·{i}" for i, n in enumerate(view.row_names)]
+    # Colour by row share whatever the numbers say (a class's errors read the same at any class
+    # size); the square root lifts a 2% confusion to a visible shade next to a 98% diagonal.
+    z = np.full((rows + 1, cols + 1), TOTAL_Z)
+    z[:rows, :cols] = np.sqrt(np.nan_to_num(fractions))
+    xs = [*tick_labels(view.column_names), TRUE_TOTAL]
+    ys = [*tick_labels(view.row_names), PREDICTED_TOTAL]
     selections = [
         [
-            cell_selection(rc, cc) if rc is not None and cc is not None else ""
+            cell_selection(rc, cc, split) if rc is not None and cc is not None else ""
             for cc in view.column_classes
         ]
+        + [cell_selection(rc, None, split) if rc is not None else ""]
         for rc in view.row_classes
     ]
-    hover = [
-        [
-            f"true: {view.row_names[i]}<br>predicted: {view.column_names[j]}<br>"
-            f"{counts[i, j]:,} samples ({100 * fractions[i, j]:.1f}% of the row)"
-            for j in range(cols)
-        ]
-        for i in range(rows)
-    ]
-    with_text = max(rows, cols) <= MAX_TEXT_CLASSES
+    selections.append(
+        [cell_selection(None, cc, split) if cc is not None else "" for cc in view.column_classes]
+        + [""]
+    )
     if normalise == "rows":
-        text = [
-            [f"{100 * v:.0f}" if c else "" for v, c in zip(fr, ct, strict=True)]
+        numbers = [
+            [f"{100 * v:.0f}%" if c else "" for v, c in zip(fr, ct, strict=True)]
             for fr, ct in zip(fractions, counts, strict=True)
         ]
     else:
-        text = [[f"{c}" if c else "" for c in row] for row in counts.tolist()]
-    # Cell numbers are annotations (hover text is already the cell's long description).
+        numbers = [[f"{c:,}" if c else "" for c in row] for row in counts.tolist()]
+    text = [[*numbers[i], f"{row_totals[i]:,}"] for i in range(rows)]
+    text.append([*(f"{t:,}" for t in column_totals.tolist()), f"{counts.sum():,}"])
+    hover = [
+        [
+            f"true: {view.row_names[i]}<br>predicted: {view.column_names[j]}<br>"
+            f"{counts[i, j]:,} samples, {100 * fractions[i, j]:.1f}% of the row"
+            for j in range(cols)
+        ]
+        + [f"true: {view.row_names[i]}<br>{row_totals[i]:,} samples — click to select the class"]
+        for i in range(rows)
+    ]
+    hover.append(
+        [
+            f"predicted: {view.column_names[j]}<br>{column_totals[j]:,} samples — click to "
+            "select the prediction"
+            for j in range(cols)
+        ]
+        + [f"{counts.sum():,} samples"]
+    )
+    with_text = max(rows, cols) <= MAX_TEXT_CLASSES
     main = {
         "type": "heatmap",
         "x": xs,
         "y": ys,
         "z": z.tolist(),
+        "zmin": TOTAL_Z,
+        "zmax": 1.0,
+        "meta": {"counts": counts.tolist()},
         "customdata": selections,
-        "text": hover,
-        "hovertemplate": "%{text}<extra></extra>",
-        "colorscale": "Blues",
-        "reversescale": False,
+        "text": text,
+        "hovertext": hover,
+        "hovertemplate": "%{hovertext}<extra></extra>",
+        "texttemplate": "%{text}" if with_text else "",
+        "textfont": {"size": 11, "color": TEXT},
+        "colorscale": CELL_SCALE,
         "showscale": False,
         "xgap": 1,
         "ygap": 1,
     }
-    totals_column = {
-        "type": "heatmap",
-        "x": ["Σ true"] * rows,
-        "y": ys,
-        "z": row_totals.astype(float).reshape(-1, 1).tolist(),
-        "customdata": [
-            [cell_selection(rc, None) if rc is not None else ""] for rc in view.row_classes
-        ],
-        "text": [
-            [f"true: {n}<br>{t:,} samples — click to select the class"]
-            for n, t in zip(view.row_names, row_totals, strict=True)
-        ],
-        "hovertemplate": "%{text}<extra></extra>",
-        "colorscale": [[0, "#3a3a3a"], [1, "#5a5a5a"]],
-        "showscale": False,
-        "xgap": 1,
-        "ygap": 1,
-    }
-    column_totals = counts.sum(axis=0)
-    totals_row = {
-        "type": "heatmap",
-        "x": xs,
-        "y": ["Σ predicted"],
-        "z": [column_totals.astype(float).tolist()],
-        "customdata": [
-            [cell_selection(None, cc) if cc is not None else "" for cc in view.column_classes]
-        ],
-        "text": [
-            [
-                f"predicted: {n}<br>{t:,} samples — click to select the prediction"
-                for n, t in zip(view.column_names, column_totals, strict=True)
-            ]
-        ],
-        "hovertemplate": "%{text}<extra></extra>",
-        "colorscale": [[0, "#3a3a3a"], [1, "#5a5a5a"]],
-        "showscale": False,
-        "xgap": 1,
-        "ygap": 1,
-    }
-    annotations: list[dict[str, Any]] = []
-    if with_text:
-        peak = float(np.nanmax(z)) if z.size else 0.0
-        for i in range(rows):
-            for j in range(cols):
-                if not text[i][j]:
-                    continue
-                annotations.append(
-                    {
-                        "x": xs[j],
-                        "y": ys[i],
-                        "text": text[i][j],
-                        "showarrow": False,
-                        "font": {
-                            "size": 11,
-                            "color": "#111" if peak and z[i, j] > 0.55 * peak else TEXT,
-                        },
-                    }
-                )
-        for i in range(rows):
-            annotations.append(
-                {
-                    "x": "Σ true",
-                    "y": ys[i],
-                    "text": f"{row_totals[i]}",
-                    "showarrow": False,
-                    "font": {"size": 10, "color": MUTED},
-                }
-            )
     size = max(rows, cols)
     tick_font = 11 if size <= 30 else (8 if size <= 60 else 6)
     layout = base_layout(
@@ -254,8 +242,10 @@ def confusion_figure(
             "tickangle": -45,
             "tickfont": {"size": tick_font},
             "automargin": True,
+            # Class names such as "0".."9" would make plotly guess a numeric axis.
+            "type": "category",
             "categoryorder": "array",
-            "categoryarray": [*xs, "Σ true"],
+            "categoryarray": xs,
             "showgrid": False,
         },
         yaxis={
@@ -263,13 +253,13 @@ def confusion_figure(
             "autorange": "reversed",
             "tickfont": {"size": tick_font},
             "automargin": True,
+            "type": "category",
             "categoryorder": "array",
-            "categoryarray": [*ys, "Σ predicted"],
+            "categoryarray": ys,
             "showgrid": False,
         },
-        annotations=annotations,
         hovermode="closest",
         meta={"accent": ACCENT, "hidden": view.hidden},
-        height=max(320, min(900, 140 + 22 * size)),
+        height=max(360, min(1000, 150 + 28 * size)),
     )
-    return {"data": [main, totals_column, totals_row], "layout": layout}
+    return {"data": [main], "layout": layout}

@@ -67,17 +67,17 @@ def click_confusion_cell(page: Any, true_class: int, predicted: int) -> dict[str
     """Click the confusion cell (true, predicted) where plotly draws it; returns its count."""
     bh.scroll_to(page, "confusion-graph")
     bh.wait_for_graph(
-        page, "confusion-graph", "gd => gd.data.length === 3 && gd.data[0].customdata"
+        page, "confusion-graph", "gd => gd.data.length === 1 && gd.data[0].customdata"
     )
     cell = bh.graph_eval(
         page,
         "confusion-graph",
         f"""gd => {{
-          const t = gd.data[0], spec = 'true={true_class};pred={predicted}';
+          const t = gd.data[0], spec = 'true={true_class};pred={predicted};split=held-out';
           for (let i = 0; i < t.customdata.length; i++) for (let j = 0; j < t.customdata[i].length; j++) {{
             if (t.customdata[i][j] !== spec) continue;
             const L = gd._fullLayout, b = gd.getBoundingClientRect();
-            return {{x: b.left + L.xaxis._offset + L.xaxis.d2p(t.x[j]), y: b.top + L.yaxis._offset + L.yaxis.d2p(t.y[i]), count: t.z[i][j]}};
+            return {{x: b.left + L.xaxis._offset + L.xaxis.d2p(t.x[j]), y: b.top + L.yaxis._offset + L.yaxis.d2p(t.y[i]), count: t.meta.counts[i][j]}};
           }}
           return null;
         }}""",
@@ -97,7 +97,7 @@ def test_a_confusion_cell_highlights_the_map_and_fills_the_gallery(watch, server
     rows = page.evaluate(GALLERY_ROWS)
     bh.wait_for_graph(page, "embedding-graph", f"gd => ({SELECTED_ROWS})(gd) !== null")
     assert bh.graph_eval(page, "embedding-graph", SELECTED_ROWS) == sorted(rows)
-    assert "sel=true%3D3%3Bpred%3D3" in page.url or "sel=true=3;pred=3" in page.url
+    assert "sel=true%3D3%3Bpred%3D3%3Bsplit%3Dheld-out" in page.url
     # Every thumbnail is a real image of its row, loaded by URL.
     page.wait_for_function(
         "() => Array.from(document.querySelectorAll('#gallery img')).every(i => i.complete && i.naturalWidth > 0)"

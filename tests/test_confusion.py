@@ -43,10 +43,14 @@ def test_predictions_outside_the_dataset_classes_have_their_own_column():
     figure = confusion_figure(view)
     go.Figure(figure)
     json.dumps(figure)
-    cells, row_totals, column_totals = (trace["customdata"] for trace in figure["data"])
-    assert cells[0] == ["true=0;pred=0", "true=0;pred=1", "true=0;pred=other"]
-    assert row_totals == [["true=0"], ["true=1"]]
-    assert column_totals == [["pred=0", "pred=1", "pred=other"]]
+    (trace,) = figure["data"]
+    cells = trace["customdata"]
+    # The matrix, a Σ column selecting the true class, a Σ row selecting the prediction.
+    assert cells[0] == ["true=0;pred=0", "true=0;pred=1", "true=0;pred=other", "true=0"]
+    assert cells[-1] == ["pred=0", "pred=1", "pred=other", ""]
+    assert trace["text"][-1] == ["2", "1", "1", "4"] and trace["text"][0][-1] == "2"
+    held_out = confusion_figure(view, split="held-out")["data"][0]["customdata"]
+    assert held_out[1][0] == "true=1;pred=0;split=held-out"
 
 
 def test_many_classes_collapse_to_the_most_confused_and_keep_every_count():
@@ -65,12 +69,13 @@ def test_many_classes_collapse_to_the_most_confused_and_keep_every_count():
     assert view.row_classes[-1] is None
     figure = confusion_figure(view, normalise="rows")
     go.Figure(figure)
-    cells = figure["data"][0]["customdata"]
+    cells = [row[:-1] for row in figure["data"][0]["customdata"][:-1]]  # without the Σ cells
     # The collapsed row and column select nothing; the rest name their classes.
     assert all(cell == "" for cell in cells[-1]) and all(row[-1] == "" for row in cells)
     assert cells[0][1] == cell_selection(view.row_classes[0], view.column_classes[1])
-    z = np.array(figure["data"][0]["z"])
-    np.testing.assert_allclose(z.sum(axis=1), 1.0)  # row-normalised
+    # Cells are shaded by the square root of their row share (small confusions stay visible).
+    z = np.array(figure["data"][0]["z"])[:-1, :-1]
+    np.testing.assert_allclose((z**2).sum(axis=1), 1.0)
 
 
 def test_order_and_normalise_are_checked():

@@ -16,8 +16,8 @@ from dash import no_update
 from dashboard import ids
 from dashboard.app import create_app
 from dashboard.context import current
-from dashboard.state import COLOR_OPTIONS
 from dashboard.panels import embedding, gallery, inspector, workbench
+from dashboard.state import COLOR_OPTIONS
 from tests.test_dashboard_callbacks import apply_patch, call, text_of
 from tests.workbench_runs import add_quality, make_run
 
@@ -64,9 +64,9 @@ def test_confusion_and_metrics_follow_the_split(app):
     figure, note = call(app, workbench.render_confusion, RUN, None, "held-out", "counts", "class")
     assert note is None
     # Held-out rows 4..7: fox→fox, fox→dog, cat→cat, dog→dog.
-    assert figure["data"][0]["z"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    assert figure["data"][0]["meta"]["counts"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
     figure, _ = call(app, workbench.render_confusion, RUN, None, "all", "counts", "class")
-    assert np.array(figure["data"][0]["z"]).sum() == len(LABELS)
+    assert np.array(figure["data"][0]["meta"]["counts"]).sum() == len(LABELS)
     summary, table = call(app, workbench.render_metrics, RUN, None, "held-out")
     text = text_of(table)
     # fox: precision 1/1, recall 1/2 -> F1 66.7%, the worst, listed first.

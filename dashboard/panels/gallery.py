@@ -678,10 +678,9 @@ def export_file(
     run: RunData, which: str, sel: str, split: str | None, threshold: float
 ) -> tuple[str, bytes]:
     """(file name, bytes) of one download, rendered by the same functions as ``main.py export``."""
-    from pipelines.selection import parse_selection, resolve
-
     from dashboard.panels.workbench import run_confusion
     from pipelines import export
+    from pipelines.selection import parse_selection, resolve
 
     stem = run.run_id
     if which in (ids.EXPORT_SELECTION_CSV, ids.EXPORT_SELECTION_PARQUET):

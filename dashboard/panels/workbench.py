@@ -235,7 +235,9 @@ def render_confusion(
     if not matrix.sum():
         return message_figure(f"No {split} samples in this run; pick another split.", 320), None
     view = confusion_view(matrix, run.class_names, order or "class", DEFAULT_MAX_CLASSES)
-    figure = confusion_figure(view, normalise or "counts", split_title(run, split))
+    figure = confusion_figure(
+        view, normalise or "counts", split_title(run, split), None if split == "all" else split
+    )
     note = None
     if view.hidden:
         note = html.Div(
