@@ -330,21 +330,22 @@ def render_metrics(run_id: str | None, _version: Any, split: str) -> tuple:
 
 
 def quality_lines(run: RunData) -> list[Any]:
+    corrected = html.Div(
+        [html.B(f"{run.corrections_count():,}"), " labels corrected by you (kept beside the run)"]
+    )
     quality = run.quality()
     if quality is None:
         state = run.stage("quality").state if "quality" in run.stages else None
         if state is None:
-            return [
-                html.Div(
-                    "This run was computed before the data-quality stage existed. Run its "
-                    "precompute command again to add label issues, near-duplicates and "
-                    "outliers (the rest of the run is kept).",
-                    className="ls-hint",
-                )
-            ]
-        return [html.Div(f"The data-quality stage is {state}.", className="ls-hint")]
+            missing = (
+                "This run was computed before the data-quality stage existed. Run its "
+                "precompute command again to add label issues, near-duplicates and outliers "
+                "(the rest of the run is kept)."
+            )
+        else:
+            missing = f"The data-quality stage is {state}."
+        return [html.Div(missing, className="ls-hint mb-1"), corrected]
     info = quality.info
-    corrections = run.corrections_count()
     return [
         html.Div(
             [
@@ -358,7 +359,7 @@ def quality_lines(run: RunData) -> list[Any]:
             f"(cosine, {info.neighbour_index}).",
             className="ls-hint",
         ),
-        html.Div([html.B(f"{corrections:,}"), " labels corrected by you (kept beside the run)"]),
+        corrected,
     ]
 
 
