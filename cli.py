@@ -1,4 +1,5 @@
-"""The command line: ``precompute``, ``runs``, ``explain`` and ``serve`` (the default).
+"""The command line: ``precompute``, ``runs``, ``explain``, ``figure`` and ``serve`` (the
+default).
 
 It sits above both sides: it drives the offline pipeline (``pipelines/``) and serves the
 dashboard (``dashboard/``), and neither of those imports it. User mistakes end as one
@@ -170,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_data_dir(explain)
     add_plugins(explain)
+
+    figure = commands.add_parser(
+        "figure", help="a run's architecture for a paper (light style), as SVG or PDF"
+    )
+    figure.add_argument(
+        "--run", required=True, metavar="RUN_ID", help="run id (`python main.py runs` lists them)"
+    )
+    figure.add_argument(
+        "--out", required=True, metavar="FILE.svg|FILE.pdf", help="the file to write"
+    )
+    figure.add_argument(
+        "--collapsed",
+        action="store_true",
+        help="draw each nested block (a ResNet bottleneck) as one box",
+    )
+    add_data_dir(figure)
     return parser
 
 
@@ -359,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
             from cli_explain import explain_command
 
             explain_command(args)
+        elif args.command == "figure":
+            from cli_figure import figure_command
+
+            figure_command(args)
         else:
             serve_command(args, build_default=build_default)
     except UserError as exc:

@@ -15,6 +15,7 @@ import numpy as np
 from dash import Input, Output, State, dcc, html
 
 from components.embedding import color_groups, embedding_figure, embedding_title
+from components.figure_download import figure_download
 from components.theme import message_figure
 from dashboard import ids
 from dashboard.context import current
@@ -36,6 +37,7 @@ def layout() -> dbc.Card:
                             "hover a point to inspect it · click to pin · legend toggles classes",
                             className="ls-hint",
                         ),
+                        figure_download(ids.EMBEDDING_GRAPH, "layerscope-embedding"),
                     ],
                     className="d-flex align-items-baseline flex-wrap",
                 )
