@@ -36,7 +36,6 @@ def figure_download(graph_id: str, filename: str) -> dbc.ButtonGroup:
             id=ids.figure_download_button(graph_id, fmt),
             size="sm",
             color="secondary",
-            outline=True,
             title=f"download this figure as {fmt.upper()}",
             className="ls-figure-download-button",
         )

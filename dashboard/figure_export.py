@@ -103,6 +103,7 @@ class Renderer:
         self.render_timeout_s = render_timeout_s
         self.idle_close_s = idle_close_s
         self._lock = threading.Lock()
+        self._warming = threading.Lock()  # held while a warm-up thread waits or starts
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._kaleido: Any = None  # kaleido.Kaleido once started
@@ -137,6 +138,30 @@ class Renderer:
                 self._last_used = time.monotonic()
                 self._schedule_idle_close()
         return bytes(data)
+
+    def warm(self) -> None:
+        """Start the browser in the background unless it runs already, so that the next
+        ``render`` (a click that is probably coming) skips the cold start. Returns at once;
+        ExportUnavailable if there is no browser."""
+        path = browser_path()
+        if self._kaleido is not None or not self._warming.acquire(blocking=False):
+            return
+
+        def start() -> None:
+            try:
+                with self._lock:
+                    self._cancel_idle_close()
+                    try:
+                        self._open(path)
+                    except ExportUnavailable as exc:
+                        LOG.warning("figure export: %s", exc)  # the click will say it again
+                    finally:
+                        self._last_used = time.monotonic()
+                        self._schedule_idle_close()
+            finally:
+                self._warming.release()
+
+        threading.Thread(target=start, name="layerscope-figure-export-warm", daemon=True).start()
 
     def close(self) -> None:
         """Close the browser (if open) and the event loop thread; a later render restarts
@@ -242,6 +267,11 @@ def renderer() -> Renderer:
             _RENDERER = Renderer()
             atexit.register(_RENDERER.close)
         return _RENDERER
+
+
+def warm() -> None:
+    """Start the process's renderer in the background (see ``Renderer.warm``)."""
+    renderer().warm()
 
 
 def render(figure: dict[str, Any], fmt: Format) -> bytes:

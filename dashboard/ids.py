@@ -44,6 +44,7 @@ MODEL_EXPAND_ALL = "model-expand-all"
 MODEL_COLLAPSE_ALL = "model-collapse-all"
 MODEL_EXPANDED = "model-expanded"
 # The architecture for papers (dashboard/routes.py serves it): links and the blocks choice
+MODEL_EXPORT = "model-export"  # the group of export controls (hovering it warms the renderer)
 MODEL_EXPORT_COLLAPSED = "model-export-collapsed"
 MODEL_EXPORT_SVG = "model-export-svg"
 MODEL_EXPORT_PDF = "model-export-pdf"

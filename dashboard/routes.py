@@ -9,6 +9,7 @@
     /runs/<run_id>/upload/<session>/<id>/activations/<layer>.png?sort=    sees it
     /runs/<run_id>/figures/architecture.<svg|pdf>?blocks=collapsed  the diagram for a paper,
                                                                     as a download
+    /figures/warm       starts the export browser ahead of a probable click (204, or 503)
 
 Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` a registered
 explanation method, ``layer`` a layer of that run, rows and classes are ints checked against the run; files are
@@ -78,6 +79,9 @@ def architecture_export_url(run: RunData, fmt: Format, collapsed: bool) -> str:
 def architecture_filename(run_id: str, fmt: Format, collapsed: bool) -> str:
     """ "digits-smallcnn-architecture.svg", "resnet50-architecture-collapsed.pdf"."""
     return f"{run_id}-architecture{'-collapsed' if collapsed else ''}.{fmt}"
+
+
+WARM_EXPORT_URL = "/figures/warm"
 
 
 def url_templates(run: RunData) -> dict[str, object]:
@@ -237,6 +241,17 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
         endpoint="layerscope_architecture_export",
         view_func=architecture_export,
     )
+
+    def warm_export() -> flask.Response:
+        """The page's pointer reached the export buttons: start the browser now, so the click
+        that follows skips its cold start (about 3 s)."""
+        try:
+            figure_export.warm()
+        except ExportUnavailable as exc:
+            return _plain(str(exc), 503)
+        return flask.Response(status=204)
+
+    server.add_url_rule(WARM_EXPORT_URL, endpoint="layerscope_warm_export", view_func=warm_export)
 
     def no_such_image(rest: str) -> flask.Response:
         # Without this, Dash's catch-all page route would answer any other /runs/... URL.

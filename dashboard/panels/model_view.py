@@ -27,21 +27,21 @@ from components.theme import message_figure
 from dashboard import ids
 from dashboard.context import current
 from dashboard.figure_export import export_problem
-from dashboard.registry import callback, clientside_callback
-from dashboard.routes import architecture_export_url, architecture_filename
+from dashboard.registry import callback, clientside_callback, publish
+from dashboard.routes import WARM_EXPORT_URL, architecture_export_url, architecture_filename
 from pipelines.errors import UserError
 
 
 def export_controls() -> html.Div:
     """The architecture's downloads: blocks collapsed or not, then SVG / PDF links (filled in
     by ``export_links`` once a run is open)."""
+    publish("warmExportUrl", WARM_EXPORT_URL)
     link = {"href": "", "external_link": True, "size": "sm", "color": "secondary"}
     return html.Div(
         [
-            dbc.Checkbox(
-                id=ids.MODEL_EXPORT_COLLAPSED,
-                label="collapse blocks",
-                value=True,
+            html.Span("export", className="ls-hint me-2"),
+            html.Div(
+                dbc.Checkbox(id=ids.MODEL_EXPORT_COLLAPSED, label="collapsed blocks", value=True),
                 title="in the downloaded figure, each nested block (a ResNet bottleneck) is "
                 "one box",
             ),
@@ -51,7 +51,6 @@ def export_controls() -> html.Div:
                         "SVG",
                         id=ids.MODEL_EXPORT_SVG,
                         title="download the architecture for a paper (light, SVG)",
-                        outline=True,
                         disabled=True,
                         **link,
                     ),
@@ -59,7 +58,6 @@ def export_controls() -> html.Div:
                         "PDF",
                         id=ids.MODEL_EXPORT_PDF,
                         title="download the architecture for a paper (light, PDF)",
-                        outline=True,
                         disabled=True,
                         **link,
                     ),
@@ -67,6 +65,7 @@ def export_controls() -> html.Div:
                 size="sm",
             ),
         ],
+        id=ids.MODEL_EXPORT,
         className="ls-export d-flex align-items-center",
     )
 
