@@ -40,7 +40,7 @@ DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_ENV = "BROWSER_PATH"
 START_TIMEOUT_S = 60.0  # a cold start takes about 3 s; a loaded 2-core machine can take longer
 RENDER_TIMEOUT_S = 30.0
-IDLE_CLOSE_S = 600.0  # an idle Chromium holds ~150 MB: let it go after ten minutes
+IDLE_CLOSE_S = 600.0  # an idle Chromium holds ~375 MB (PSS, 9 processes): let it go after 10 min
 
 T = TypeVar("T")
 
@@ -124,16 +124,22 @@ class Renderer:
         with self._lock:
             self._cancel_idle_close()
             try:
-                kaleido = self._open(path)
-                try:
-                    data = self._run(
-                        kaleido.calc_fig(figure, opts={"format": fmt}), self.render_timeout_s + 5
-                    )
-                except Exception as exc:  # noqa: BLE001 - any failure: start afresh next time
-                    self._close()
-                    raise ExportFailed(
-                        f"the {fmt.upper()} did not render ({first_line(exc)})"
-                    ) from exc
+                # A browser that died since the last export (killed, out of memory) fails at
+                # once: one more try on a fresh one. A fresh one that fails is not tried again.
+                for attempt in ("reused", "fresh") if self._kaleido is not None else ("fresh",):
+                    kaleido = self._open(path)
+                    try:
+                        data = self._run(
+                            kaleido.calc_fig(figure, opts={"format": fmt}),
+                            self.render_timeout_s + 5,
+                        )
+                        break
+                    except Exception as exc:  # noqa: BLE001 - any failure: a new browser
+                        self._close()
+                        if attempt == "fresh":
+                            raise ExportFailed(
+                                f"the {fmt.upper()} did not render ({first_line(exc)})"
+                            ) from exc
             finally:
                 self._last_used = time.monotonic()
                 self._schedule_idle_close()
@@ -228,6 +234,10 @@ class Renderer:
                 LOG.warning(
                     "figure export: the browser did not close cleanly (%s)", first_line(exc)
                 )
+        try:  # kaleido's own tasks (a browser watchdog) must not outlive the loop
+            asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), loop).result(timeout=5)
+        except Exception as exc:  # noqa: BLE001 - closing on the way out: log, never raise
+            LOG.warning("figure export: tasks left running (%s)", first_line(exc))
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(timeout=5)
@@ -253,6 +263,13 @@ class Renderer:
             if time.monotonic() - self._last_used >= self.idle_close_s - 0.5:
                 self._idle_timer = None
                 self._close()
+
+
+async def _cancel_other_tasks() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 _RENDERER: Renderer | None = None

@@ -7,8 +7,11 @@ LAYERSCOPE_REQUIRE_BROWSER=1 (as the browser tests do).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,6 +217,29 @@ def test_the_page_links_name_the_run_and_the_blocks_choice(client, small_run):
     assert not svg_off and not blocks_off and note == ""
     # smallcnn has no blocks: the choice is off and changes nothing.
     assert "blocks=" not in small[0] and small[6] is True
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_the_renderer_replaces_a_browser_that_died_and_closes_when_idle(chromium):
+    figure = {"data": [{"type": "bar", "y": [1, 3, 2]}], "layout": {"width": 300, "height": 200}}
+    renderer = figure_export.Renderer(idle_close_s=1.0)
+    try:
+        assert renderer.render(figure, "svg").startswith(b"<svg")
+        wrapper = renderer._kaleido.subprocess.pid  # choreographer's wrapper, Chromium below it
+        os.kill(children(wrapper)[0], signal.SIGKILL)
+        assert renderer.render(figure, "pdf").startswith(b"%PDF-")  # a fresh browser
+        assert renderer._kaleido.subprocess.pid != wrapper
+        deadline = time.monotonic() + 10
+        while renderer.running and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not renderer.running
+        assert renderer.render(figure, "svg").startswith(b"<svg")  # and starts again
+    finally:
+        renderer.close()
+    assert not renderer.running
 
 
 def test_main_py_figure_writes_the_file_and_refuses_mistakes(
