@@ -1,5 +1,5 @@
-"""The command line: ``precompute``, ``runs``, ``explain``, ``figure`` and ``serve`` (the
-default).
+"""The command line: ``precompute``, ``runs``, ``explain``, ``export``, ``figure`` and ``serve``
+(the default).
 
 It sits above both sides: it drives the offline pipeline (``pipelines/``) and serves the
 dashboard (``dashboard/``), and neither of those imports it. User mistakes end as one
@@ -172,6 +172,54 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(explain)
     add_plugins(explain)
 
+    export = commands.add_parser(
+        "export",
+        help="write a run's sample table (and corrected labels, metrics, confusion matrix) to files",
+    )
+    export.add_argument(
+        "--run", required=True, metavar="RUN_ID", help="run id (`python main.py runs` lists them)"
+    )
+    export.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="the sample table, one row per sample: FILE.csv or FILE.parquet",
+    )
+    export.add_argument(
+        "--selection",
+        default=None,
+        metavar="NAME_OR_SPEC",
+        help="only these samples, in every file written: a selection saved in the page, or a "
+        "spec such as 'true=3;wrong', 'split=held-out', 'issues', 'rows=1-5,9' (default: all)",
+    )
+    export.add_argument(
+        "--duplicate-threshold",
+        type=similarity,
+        default=None,
+        metavar="T",
+        help="cosine similarity at which samples form a near-duplicate group (default 0.98, "
+        "where the page's slider starts)",
+    )
+    export.add_argument(
+        "--corrections",
+        default=None,
+        metavar="FILE.csv",
+        help="also write the corrected labels: uid,label,label_index,path_or_index",
+    )
+    export.add_argument(
+        "--metrics",
+        default=None,
+        metavar="FILE.csv",
+        help="also write per-class precision, recall, F1 and support",
+    )
+    export.add_argument(
+        "--confusion",
+        default=None,
+        metavar="FILE.csv",
+        help="also write the confusion matrix (class names as header and first column)",
+    )
+    add_data_dir(export)
+
     figure = commands.add_parser(
         "figure", help="a run's architecture for a paper (light style), as SVG or PDF"
     )
@@ -188,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_data_dir(figure)
     return parser
+
+
+def similarity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"--duplicate-threshold is a cosine similarity above 0 and at most 1, not {text!r}"
+        )
+    return value
 
 
 def add_plugins(parser: argparse.ArgumentParser) -> None:
@@ -376,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
             from cli_explain import explain_command
 
             explain_command(args)
+        elif args.command == "export":
+            from cli_export import export_command
+
+            export_command(args)
         elif args.command == "figure":
             from cli_figure import figure_command
 
@@ -391,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if command == "explain":
             message = "interrupted; the PNGs written so far are complete, the rest were not begun"
+        elif command == "export":
+            message = "interrupted; each file is either complete or not written"
         else:
             message = "interrupted; run the same command again to resume where it stopped"
         print(f"\n{message}", file=sys.stderr)

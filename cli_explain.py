@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
-import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,8 +32,7 @@ from pipelines.explain.registry import explainers
 from pipelines.io import atomic_write_bytes
 from pipelines.models import rebuild_adapter, resolve_device, square_view, to_mode
 from pipelines.records import LayerSpec, Manifest
-from pipelines.run_config import RUN_ID_PATTERN
-from pipelines.store import RunStore, list_run_dirs, runs_dir
+from pipelines.store import RunStore, find_run, runs_hint
 
 TOP_K = 10
 # Maps are drawn at the model's input side, but at least this many pixels, so a 32-px digit
@@ -166,22 +164,9 @@ class ExplainerRun:
 # ---- checks of what the user typed ------------------------------------------------------
 
 
-def runs_hint(data_dir: Path) -> str:
-    """The command that lists the runs (and their layers) in ``data_dir``."""
-    option = "" if data_dir == Path("data") else f" --data-dir {data_dir}"
-    return f"`python main.py runs{option}`"
-
-
 def open_run(data_dir: Path, run_id: str) -> RunStore:
     """The run ``run_id`` in ``data_dir``, with its model stage done."""
-    store = RunStore(runs_dir(data_dir) / run_id) if re.fullmatch(RUN_ID_PATTERN, run_id) else None
-    if store is None or not store.exists():
-        known = [path.name for path in list_run_dirs(data_dir)]
-        close = difflib.get_close_matches(run_id, known, n=3)
-        maybe = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UserError(
-            f"unknown run '{run_id}' in {data_dir}{maybe}; list the runs with {runs_hint(data_dir)}"
-        )
+    store = find_run(data_dir, run_id)
     if store.read_record().stage("model").state != "done":
         raise UserError(
             f"the model of run '{run_id}' is not ready (its precompute stopped before the model "

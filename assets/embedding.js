@@ -47,8 +47,40 @@
     return i === meta.pinnedTrace || i === meta.uploadsTrace;
   }
 
+  // The workbench's selection (SELECTION_ROWS, resolved by the server): its points at full
+  // strength, the rest dimmed, through plotly's own selectedpoints (a lasso draws the same way).
+  // null: no selection (or everything), nothing dimmed.
+  function selectionIndices(trace, chosen) {
+    var custom = trace.customdata || [];
+    var indices = [];
+    for (var j = 0; j < custom.length; j++) {
+      if (chosen.has(custom[j])) {
+        indices.push(j);
+      }
+    }
+    return indices;
+  }
+
+  function chosenRows(figure, rowsPayload) {
+    if (!rowsPayload || rowsPayload.all || rowsPayload.error || !rowsPayload.rows) {
+      return null;
+    }
+    if (state.chosenFor !== rowsPayload) {
+      state.chosenFor = rowsPayload;
+      state.chosen = new Set(rowsPayload.rows);
+    }
+    return state.chosen;
+  }
+
+  function selectionKey(rowsPayload) {
+    if (!rowsPayload || rowsPayload.all || rowsPayload.error) {
+      return "none";
+    }
+    return rowsPayload.run + "|" + rowsPayload.sel + "|" + rowsPayload.count;
+  }
+
   // The figure with the pinned ring on `row` and the uploads' stars where the server placed
-  // them for this view (ls.state.uploads, see assets/uploads.js).
+  // them for this view (ls.state.uploads, see assets/uploads.js), and the selection highlighted.
   function withOverlays(figure, row, key) {
     if (!figure || !figure.layout || !figure.layout.meta || figure.layout.meta.pinnedTrace === undefined) {
       return figure;
@@ -56,6 +88,7 @@
     var meta = figure.layout.meta;
     var at = pinnedCoordinates(figure, row);
     var uploads = ls.uploadTrace ? ls.uploadTrace(key) : null;
+    var chosen = chosenRows(figure, state.rows);
     var data = figure.data.map(function (trace, i) {
       if (i === meta.pinnedTrace) {
         return Object.assign({}, trace, { x: at ? [at[0]] : [], y: at ? [at[1]] : [] });
@@ -63,7 +96,14 @@
       if (i === meta.uploadsTrace) {
         return Object.assign({}, trace, uploads || { x: [], y: [], text: [], customdata: [] });
       }
-      return trace;
+      if (!chosen) {
+        return Object.assign({}, trace, { selectedpoints: null });
+      }
+      return Object.assign({}, trace, {
+        selectedpoints: selectionIndices(trace, chosen),
+        selected: { marker: { opacity: 1 } },
+        unselected: { marker: { opacity: 0.08 } },
+      });
     });
     return { data: data, layout: figure.layout };
   }
@@ -182,20 +222,26 @@
     }, [meta.uploadsTrace]);
   };
 
-  ls.define("renderEmbedding", function (payload, selection, current) {
+  ls.define("renderEmbedding", function (payload, selection, rowsPayload, current) {
     var st = state;
     if (!payload || !payload.figure) {
       return ls.noUpdate();
     }
     var pinned = selection && selection.run === payload.run && ls.isNumber(selection.pinned) ? selection.pinned : null;
     st.latestPinned = pinned;
+    var rows = rowsPayload && rowsPayload.run === payload.run ? rowsPayload : null;
+    var rowsKey = selectionKey(rows);
+    st.rows = rows;
     if (payload.key === st.key) {
-      if (pinned === st.pinned || st.animating) {
+      if ((pinned === st.pinned && rowsKey === st.rowsKey) || st.animating) {
         return ls.noUpdate();
       }
       st.pinned = pinned;
+      st.rowsKey = rowsKey;
+      st.highlightedAt = performance.now();
       return withOverlays(current, pinned, st.key);
     }
+    st.rowsKey = rowsKey;
     st.key = payload.key;
     st.pinned = pinned;
     var target = withOverlays(payload.figure, pinned, payload.key);

@@ -133,7 +133,8 @@
     }
     var predicted = table.classes[table.pred[row]];
     var verdict = { 1: " ✓ correct", 0: " ✗ wrong", "-1": " (label not among the model's classes)" }[table.correct[row]];
-    return truth + " · predicted: " + predicted + verdict;
+    var issue = table.issue && table.issue[row] ? " · likely label issue, suggested: " + table.issue[row] : "";
+    return truth + " · predicted: " + predicted + verdict + issue;
   }
 
   function emptyInspector(hint, pinned, top10Message, methods) {
@@ -165,7 +166,7 @@
   });
 
   function render(selection, hoverData, table, info, answers, methods, quickRequest, slowRequest,
-                  classValue, useSelected, uploads, cancels, shown, session) {
+                  classValue, useSelected, uploads, cancels, galleryHover, shown, session) {
     var st = state;
     var quickAnswer = (answers || {}).quick || null, slowAnswer = (answers || {}).slow || null;
     st.table = table;
@@ -176,7 +177,11 @@
     // store: writing it there on every hover set off splitSelection, renderEmbedding and this
     // callback again, and that cascade held the main thread until the image's load event
     // (digits run, 2-core VM at load 16: fully updated 56 ms without it, 100 ms with it).
+    // A thumbnail under the mouse in the gallery previews like a hovered point.
     var hovered = ls.rowOf(hoverData);
+    if (hovered === null && ls.isNumber(galleryHover)) {
+      hovered = galleryHover;
+    }
     var pinned = ls.isNumber(s.pinned) ? s.pinned : null;
     if (!info || info.error || !table) {
       var message = info && info.error ? info.error : (s.run ? "loading…" : "no run selected");

@@ -8,7 +8,7 @@
 
   var ls = window.layerscope;
 
-  ls.define("splitSelection", function (selection, viewKey, layerKey, sampleKey, runKey) {
+  ls.define("splitSelection", function (selection, viewKey, layerKey, sampleKey, runKey, selKey) {
     var s = selection || {};
     var run = s.run || null;
     var view = {
@@ -21,7 +21,9 @@
       run: run, layer: s.layer || null, pinned: ls.isNumber(s.pinned) ? s.pinned : null,
       upload: typeof s.upload === "string" ? s.upload : null,
     };
+    var sel = { run: run, sel: typeof s.sel === "string" ? s.sel : "" };
     var out = {};
+    if (!ls.same(sel, selKey)) { out.selKey = sel; }
     if (!ls.same(view, viewKey)) { out.viewKey = view; }
     if (!ls.same(layer, layerKey)) { out.layerKey = layer; }
     if (!ls.same(sample, sampleKey)) { out.sampleKey = sample; }
@@ -29,7 +31,7 @@
     return out;
   });
 
-  ls.define("syncUrl", function (view, sample) {
+  ls.define("syncUrl", function (view, sample, sel) {
     if (!view || !view.run) {
       return ls.noUpdate();
     }
@@ -41,6 +43,7 @@
     if (view.method === "tsne" && view.perplexity) { query.set("perplexity", view.perplexity); }
     if (view.color) { query.set("color", view.color); }
     if (sample && sample.run === view.run && ls.isNumber(sample.pinned)) { query.set("row", sample.pinned); }
+    if (sel && sel.run === view.run && sel.sel) { query.set("sel", sel.sel); }
     var next = "?" + query.toString();
     if (window.location.search !== next) {
       window.history.replaceState(window.history.state, "", window.location.pathname + next);

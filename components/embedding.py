@@ -32,7 +32,12 @@ from components.theme import (
 )
 
 IntArray = npt.NDArray[np.int64]
-COLOR_BY = ("label", "prediction", "correct")
+COLOR_BY = ("label", "prediction", "correct", "split", "loss", "label_issue")
+# The continuous colourings: one trace coloured by value (a colour bar instead of a legend).
+CONTINUOUS = {"loss": "loss", "label_issue": "label-issue score"}
+CONTINUOUS_SCALE = "Viridis"
+# Loss has a long tail: the scale ends at this quantile so most points are not one colour.
+LOSS_SCALE_QUANTILE = 0.98
 METHOD_NAMES = {"tsne": "t-SNE", "pca": "PCA"}
 # Legend entries for "colour by prediction": ImageNet models can predict hundreds of classes; past
 # this many the rarest share one grey group (their points are all still drawn).
@@ -49,6 +54,9 @@ class PointGroup:
     name: str
     color: str
     rows: IntArray
+    # Continuous colourings: each row's value (the group's ``color`` is then unused).
+    values: npt.NDArray[np.float32] | None = None
+    scale_max: float | None = None
 
 
 def label_groups(labels: IntArray, class_names: Sequence[str]) -> list[PointGroup]:
@@ -115,24 +123,87 @@ def correct_groups(correct: npt.NDArray[np.int8]) -> list[PointGroup]:
     return groups
 
 
+def split_groups(split: Sequence[str]) -> list[PointGroup]:
+    """split: (n,) "train" / "held-out" per row (the sample table's ``model_split``)."""
+    values = np.asarray(split)
+    groups = []
+    for name, color in (("held-out", SUCCESS), ("train", ACCENT)):
+        rows = np.flatnonzero(values == name).astype(np.int64)
+        if len(rows):
+            groups.append(PointGroup(name, color, rows))
+    return groups
+
+
+def value_groups(
+    values: npt.NDArray[np.floating], name: str, quantile: float = 1.0
+) -> list[PointGroup]:
+    """A continuous colouring: one group of the rows with a value, coloured along the scale
+    (which ends at ``quantile`` of the values), and a grey group of those without one (NaN)."""
+    values = np.asarray(values, dtype=np.float32)
+    finite = np.isfinite(values)
+    groups = []
+    rows = np.flatnonzero(finite).astype(np.int64)
+    if len(rows):
+        top = (
+            float(np.quantile(values[rows], quantile))
+            if quantile < 1
+            else float(values[rows].max())
+        )
+        groups.append(PointGroup(name, UNKNOWN, rows, values=values[rows], scale_max=top or 1.0))
+    missing = np.flatnonzero(~finite).astype(np.int64)
+    if len(missing):
+        groups.append(PointGroup(f"no {name}", UNKNOWN, missing))
+    return groups
+
+
+@dataclass(frozen=True)
+class RowValues:
+    """The per-row arrays a colouring may need, over the subset rows; None where the run does
+    not have them (yet)."""
+
+    labels: IntArray
+    predicted: IntArray | None = None
+    correct: npt.NDArray[np.int8] | None = None
+    split: Sequence[str] | None = None
+    loss: npt.NDArray[np.float32] | None = None
+    label_issue: npt.NDArray[np.float32] | None = None
+
+
 def color_groups(
     color_by: str,
-    labels: IntArray,
-    predicted: IntArray | None,
-    correct: npt.NDArray[np.int8] | None,
+    values: RowValues,
     class_names: Sequence[str],
     model_class_names: Sequence[str],
     dataset_to_model: Sequence[int],
 ) -> list[PointGroup]:
-    """The legend groups for ``color_by`` in ``COLOR_BY``; arrays are (n,) over the subset rows.
-    Without predictions (precompute still running) every mode falls back to true labels."""
+    """The legend groups for ``color_by`` in ``COLOR_BY``. A colouring whose values the run
+    does not have (predictions still running, no quality stage) falls back to true labels;
+    ``has_values`` says whether it will."""
     if color_by not in COLOR_BY:
         raise ValueError(f"color_by must be one of {COLOR_BY}, got {color_by!r}")
-    if color_by == "prediction" and predicted is not None:
-        return prediction_groups(predicted, model_class_names, dataset_to_model)
-    if color_by == "correct" and correct is not None:
-        return correct_groups(correct)
-    return label_groups(labels, class_names)
+    if color_by == "prediction" and values.predicted is not None:
+        return prediction_groups(values.predicted, model_class_names, dataset_to_model)
+    if color_by == "correct" and values.correct is not None:
+        return correct_groups(values.correct)
+    if color_by == "split" and values.split is not None:
+        return split_groups(values.split)
+    if color_by == "loss" and values.loss is not None:
+        return value_groups(values.loss, CONTINUOUS["loss"], LOSS_SCALE_QUANTILE)
+    if color_by == "label_issue" and values.label_issue is not None:
+        return value_groups(values.label_issue, CONTINUOUS["label_issue"])
+    return label_groups(values.labels, class_names)
+
+
+def has_values(color_by: str, values: RowValues) -> bool:
+    """Whether ``color_groups`` can colour by ``color_by`` (rather than fall back to labels)."""
+    needed = {
+        "prediction": values.predicted,
+        "correct": values.correct,
+        "split": values.split,
+        "loss": values.loss,
+        "label_issue": values.label_issue,
+    }
+    return color_by == "label" or needed.get(color_by) is not None
 
 
 def coordinate_decimals(values: npt.NDArray[np.floating]) -> int:
@@ -181,6 +252,21 @@ def embedding_title(
     return f"{method_label(method, perplexity)} — layer {layer_id} ({kind}), {n:,} samples"
 
 
+def marker_of(group: PointGroup, size: float) -> dict[str, Any]:
+    if group.values is None:
+        return {"color": group.color, "size": size, "opacity": 0.85}
+    return {
+        "color": rounded(group.values, 3),
+        "colorscale": CONTINUOUS_SCALE,
+        "cmin": 0.0,
+        "cmax": group.scale_max,
+        "showscale": True,
+        "colorbar": {"title": {"text": group.name}, "thickness": 12, "len": 0.6},
+        "size": size,
+        "opacity": 0.9,
+    }
+
+
 def embedding_figure(
     coords: npt.NDArray[np.float32],
     groups: Sequence[PointGroup],
@@ -209,7 +295,7 @@ def embedding_figure(
                 "x": rounded(coords[rows, 0], decimals),
                 "y": rounded(coords[rows, 1], decimals),
                 "customdata": rows.tolist(),
-                "marker": {"color": group.color, "size": size, "opacity": 0.85},
+                "marker": marker_of(group, size),
                 "hovertemplate": "%{fullData.name} · row %{customdata}<extra></extra>",
             }
         )

@@ -27,12 +27,15 @@ def inspector_table(
     samples: Mapping[str, Sequence[Any]],
     predictions: Mapping[str, npt.NDArray[Any]] | None,
     model_class_names: Sequence[str],
+    label_issues: tuple[npt.NDArray[np.bool_], Sequence[str | None]] | None = None,
 ) -> dict[str, Any]:
     """Everything the browser needs to describe any row on hover, as JSON-ready lists.
 
     samples: the run's ``samples`` columns (uid, label_name, model_label per row).
     predictions: the ``predictions`` arrays (top10_index (N, k) int64, top10_prob (N, k)
     float32, predicted (N,) int64, correct (N,) int8), or None while not computed yet.
+    label_issues: the quality stage's (N,) flags and each sample's suggested class name, or None
+    when the run has no quality results.
     """
     table: dict[str, Any] = {
         "uid": list(samples["uid"]),
@@ -45,6 +48,12 @@ def inspector_table(
         "top_idx": None,
         "top_prob": None,
     }
+    if label_issues is not None:
+        flags, suggested = label_issues
+        table["issue"] = [
+            None if not flag else (name or "?")
+            for flag, name in zip(flags.tolist(), suggested, strict=True)
+        ]
     if predictions is not None:
         table["pred"] = np.asarray(predictions["predicted"]).astype(np.int64).tolist()
         table["correct"] = np.asarray(predictions["correct"]).astype(np.int64).tolist()

@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from pipelines.annotations import CorrectionLog, SavedSelections, corrections_log, saved_selections
+from pipelines.sample_table import sample_frame, with_corrections
 
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS
+from pipelines.quality import SampleQuality, load_quality
 from pipelines.records import LayerSpec, Manifest, StageState
 from pipelines.store import RunStore, datasets_dir, embedding_key, list_run_dirs
 
@@ -284,6 +288,43 @@ class RunData:
                 "delete the run and precompute it again"
             )
         return coords
+
+    # ---- the workbench: quality results, the sample frame, what the user added ---------------
+
+    @property
+    def data_dir(self) -> Path:
+        return self.store.run_dir.parent.parent
+
+    def quality(self) -> SampleQuality | None:
+        """The quality stage's results, None until it has run (the run is reopened when the
+        manifest changes, so a stage finishing while the page is open shows up)."""
+        return self._cached("quality", lambda: load_quality(self.store))
+
+    def corrections(self) -> CorrectionLog:
+        """The user's label corrections, kept beside the run (never in it)."""
+        return corrections_log(self.data_dir, self.run_id)
+
+    def corrections_count(self) -> int:
+        return self.corrections().count()
+
+    def saved_selections(self) -> SavedSelections:
+        return saved_selections(self.data_dir, self.run_id)
+
+    def frame(self, duplicate_threshold: float) -> pd.DataFrame:
+        """``pipelines.sample_table.sample_frame`` with the current corrections: the frame
+        without them is cached per threshold, the corrections (a small log) are joined anew."""
+        key = f"frame/{duplicate_threshold:.4f}"
+        base = self._cached(
+            key,
+            lambda: sample_frame(
+                self.store,
+                self.data_dir,
+                duplicate_threshold,
+                corrections={},
+                quality=self.quality(),
+            ),
+        )
+        return with_corrections(base, self.corrections().current(), self.class_names)
 
     def source_change(self) -> str | None:
         """None while the run's dataset is as it was when computed, else a sentence saying

@@ -109,6 +109,62 @@ UPLOAD_PICK_TYPE = "upload-pick"  # {"type": UPLOAD_PICK_TYPE, "id": upload id} 
 UPLOAD_PLACEMENT_NOTE = "upload-placement-note"  # why the uploads are not in this map
 
 
+# ---- the workbench (dashboard/panels/workbench.py: confusion, metrics, data quality;
+# dashboard/panels/gallery.py: the selection, its gallery, relabelling, downloads) -------------
+WORKBENCH_CARD = "workbench-card"
+WORKBENCH_TABS = "workbench-tabs"
+GALLERY_CARD = "gallery-card"
+SEL_KEY = "workbench-sel-key"  # {run, sel}: the selection spec, split out of SELECTION
+SELECTION_ROWS = "workbench-selection-rows"  # {run, sel, rows, count, description, ...}
+CONFUSION_GRAPH = "confusion-graph"
+CONFUSION_NORMALISE = "confusion-normalise"
+CONFUSION_ORDER = "confusion-order"
+CONFUSION_SPLIT = "confusion-split"
+CONFUSION_MESSAGE = "confusion-message"
+METRICS_SUMMARY = "metrics-summary"
+METRICS_TABLE = "metrics-table"
+METRICS_CLASS_TYPE = "metrics-class"  # {"type": METRICS_CLASS_TYPE, "cls": i} class buttons
+QUALITY_INFO = "quality-info"
+QUALITY_THRESHOLD = "quality-threshold"
+QUALITY_SHOW_ISSUES = "quality-show-issues"
+QUALITY_SHOW_DUPLICATES = "quality-show-duplicates"
+QUALITY_SHOW_OUTLIERS = "quality-show-outliers"
+QUALITY_SHOW_CORRECTED = "quality-show-corrected"
+FILTER_TRUE = "filter-true"
+FILTER_PRED = "filter-pred"
+FILTER_CORRECT = "filter-correct"
+FILTER_SPLIT = "filter-split"
+FILTER_LOSS = "filter-loss"
+SELECTION_TEXT = "selection-text"
+SELECTION_CLEAR = "selection-clear"
+SELECTION_NAME = "selection-name"
+SELECTION_SAVE = "selection-save"
+SELECTION_SAVED = "selection-saved"  # menu of the run's saved selections
+SELECTION_MESSAGE = "selection-message"
+GALLERY = "gallery"  # filled by assets/gallery.js
+GALLERY_SORT = "gallery-sort"
+GALLERY_PAGE = "gallery-page"  # store: page index
+GALLERY_PREV = "gallery-prev"
+GALLERY_NEXT = "gallery-next"
+GALLERY_PAGE_TEXT = "gallery-page-text"
+GALLERY_HOVER = "gallery-hover"  # store: the gallery thumbnail under the mouse, for the inspector
+GALLERY_PIN = "gallery-pin"  # store: {row, n} of the thumbnail clicked last
+RELABEL_CLASS = "relabel-class"
+RELABEL_PINNED = "relabel-pinned"
+RELABEL_SELECTION = "relabel-selection"
+RELABEL_ACCEPT = "relabel-accept"
+RELABEL_CLEAR = "relabel-clear"
+RELABEL_UNDO = "relabel-undo"
+RELABEL_STATUS = "relabel-status"
+CORRECTIONS = "corrections"  # store: {run, count, stamp}: bumps when corrections change
+EXPORT_SELECTION_CSV = "export-selection-csv"
+EXPORT_SELECTION_PARQUET = "export-selection-parquet"
+EXPORT_CORRECTIONS = "export-corrections"
+EXPORT_METRICS = "export-metrics"
+EXPORT_CONFUSION = "export-confusion"
+EXPORT_DOWNLOAD = "export-download"
+
+
 # ---- activations ----------------------------------------------------------------------------
 ACTIVATIONS_CARD = "activations-card"
 ACTIVATIONS_GRAPH = "activations-graph"

@@ -17,10 +17,12 @@ from dashboard.panels import (
     activations,
     controls,
     embedding,
+    gallery,
     inspector,
     model_view,
     tour,
     uploads,
+    workbench,
 )
 from dashboard.registry import clientside_callback
 from dashboard.state import EMPTY_SELECTION
@@ -66,6 +68,7 @@ def page(token: str) -> html.Div:
         dcc.Store(id=ids.LAYER_KEY),
         dcc.Store(id=ids.SAMPLE_KEY),
         dcc.Store(id=ids.RUN_KEY),
+        dcc.Store(id=ids.SEL_KEY),
         dcc.Store(id=ids.RUN_VERSION),
         dcc.Store(id=ids.APP_TOKEN, data=token),
         dcc.Store(id=ids.URL_SINK),
@@ -99,6 +102,13 @@ def page(token: str) -> html.Div:
                 className="g-3",
             ),
             activations.layout(),
+            dbc.Row(
+                [
+                    dbc.Col(workbench.layout(), xxl=5, xl=6, lg=6, md=12, className="ls-col"),
+                    dbc.Col(gallery.layout(), xxl=7, xl=6, lg=6, md=12, className="ls-col"),
+                ],
+                className="g-3",
+            ),
         ],
         fluid=True,
         className="ls-main",
@@ -113,11 +123,13 @@ clientside_callback(
     State(ids.LAYER_KEY, "data"),
     State(ids.SAMPLE_KEY, "data"),
     State(ids.RUN_KEY, "data"),
+    State(ids.SEL_KEY, "data"),
     outputs={
         "viewKey": Output(ids.VIEW_KEY, "data"),
         "layerKey": Output(ids.LAYER_KEY, "data"),
         "sampleKey": Output(ids.SAMPLE_KEY, "data"),
         "runKey": Output(ids.RUN_KEY, "data"),
+        "selKey": Output(ids.SEL_KEY, "data"),
     },
 )
 
@@ -126,6 +138,7 @@ clientside_callback(
     Output(ids.URL_SINK, "data"),
     Input(ids.VIEW_KEY, "data"),
     Input(ids.SAMPLE_KEY, "data"),
+    Input(ids.SEL_KEY, "data"),
     prevent_initial_call=True,
 )
 

@@ -32,12 +32,16 @@ EMPTY_SELECTION: dict[str, Any] = {
     "color": "label",
     "pinned": None,
     "upload": None,  # the id of the user's uploaded image shown instead of a sample
+    "sel": "",  # the workbench's selection spec (pipelines/selection.py); "" = every sample
 }
 METHOD_OPTIONS = [{"label": "t-SNE", "value": "tsne"}, {"label": "PCA", "value": "pca"}]
 COLOR_OPTIONS = [
     {"label": "true label", "value": "label"},
     {"label": "prediction", "value": "prediction"},
     {"label": "correct / wrong", "value": "correct"},
+    {"label": "train / held-out", "value": "split"},
+    {"label": "loss", "value": "loss"},
+    {"label": "label-issue score", "value": "label_issue"},
 ]
 
 
@@ -102,6 +106,19 @@ def choose_perplexity(run: RunData, subset: int | None, wanted: str | None) -> s
     if wanted in valid:
         return wanted
     return format_perplexity(run.default_perplexity(subset))
+
+
+def selection_from_link(text: str | None, messages: list[tuple[str, str]]) -> str:
+    """The ``?sel=`` of a link as the canonical spec; a malformed one is dropped with a message."""
+    from pipelines.selection import parse_selection
+
+    if not text:
+        return ""
+    try:
+        return parse_selection(text).to_text()
+    except UserError as exc:
+        messages.append(("warning", f"The selection in the link was ignored: {exc}"))
+        return ""
 
 
 def default_run_id(catalog: RunCatalog) -> str | None:
@@ -202,6 +219,7 @@ def setup_for(
             ("warning", f"Sample row {pinned} (from the link) is not in run '{run_id}'.")
         )
         pinned = None
+    sel = selection_from_link(use.get("sel"), messages)
     selection = {
         **EMPTY_SELECTION,
         "run": run_id,
@@ -211,6 +229,7 @@ def setup_for(
         "perplexity": choose_perplexity(run, subset, use.get("perplexity")),
         "color": color,
         "pinned": pinned,
+        "sel": sel,
     }
     return Setup(
         selection=selection,

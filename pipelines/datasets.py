@@ -231,19 +231,29 @@ def open_dataset(spec: str, cache_dir: Path, progress: bool = True) -> Dataset:
     raise UserError(unknown_spec_message(text))
 
 
+def source_root(spec: str, cache_dir: Path) -> Path | None:
+    """The folder a file dataset's ``SampleRecord.source`` paths are relative to (its
+    ``Dataset.root``), from the spec alone, touching nothing on disk; None for in-memory
+    datasets (whose sources are ``index:N``)."""
+    text = spec.strip()
+    if text[:7].lower() == "folder:":
+        return Path(text[7:]).expanduser().resolve()
+    key = text.lower()
+    if key in ARCHIVES:
+        return Path(cache_dir).expanduser() / key / _ARCHIVE_FOLDERS[key]
+    return None
+
+
 def source_files(spec: str, cache_dir: Path) -> tuple[Path, list[str]] | None:
     """The root and image files of a file dataset as they are on disk now, as its
     ``Dataset.list_files`` gives them, without opening (decoding) anything; None for in-memory
     datasets. A folder that is gone raises UserError."""
-    text = spec.strip()
-    if text[:7].lower() == "folder:":
-        root = Path(text[7:]).expanduser().resolve()
+    root = source_root(spec, cache_dir)
+    if root is None:
+        return None
+    if spec.strip()[:7].lower() == "folder:":
         return root, candidate_files(root, class_folders(root))
-    key = text.lower()
-    if key in ARCHIVES:
-        root = Path(cache_dir).expanduser() / key / _ARCHIVE_FOLDERS[key]
-        return root, fastai_files(root)
-    return None
+    return root, fastai_files(root)
 
 
 def fastai_files(size_root: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,8 @@ from pipelines.labels import UNMAPPED
 
 # The sample table's ``model_split``: whether the model was fitted on a sample.
 TRAIN, HELD_OUT = "train", "held-out"
+# The dataset class of a prediction that is no dataset class (an output the mapping leaves out).
+OTHER = -1
 
 
 def prediction_columns(log_prob: np.ndarray, model_labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -42,18 +45,37 @@ def accuracy_by_split(correct: np.ndarray, held_out: np.ndarray) -> dict[str, di
     return result
 
 
+def output_classes(dataset_to_model: Sequence[int], num_outputs: int) -> np.ndarray:
+    """(num_outputs,) int64: the dataset class each model output stands for, ``OTHER`` for an
+    output no dataset class maps to (where several classes share an output, the last one)."""
+    classes = np.full(num_outputs, OTHER, dtype=np.int64)
+    for klass, output in enumerate(dataset_to_model):
+        if output != UNMAPPED and 0 <= output < num_outputs:
+            classes[output] = klass
+    return classes
+
+
 def confusion_matrix(
     labels: np.ndarray, predicted: np.ndarray, dataset_to_model: list[int]
 ) -> np.ndarray:
     """(C, C+1) counts: rows true dataset class, columns predicted dataset class, last column
-    a model output that is no dataset class."""
-    num_classes = len(dataset_to_model)
-    model_to_dataset = {m: d for d, m in enumerate(dataset_to_model) if m != UNMAPPED}
-    columns = np.array(
-        [model_to_dataset.get(int(p), num_classes) for p in predicted], dtype=np.int64
+    a model output that is no dataset class. ``predicted``: model outputs."""
+    predicted = np.asarray(predicted, dtype=np.int64)
+    outputs = max(int(predicted.max()) + 1 if len(predicted) else 0, max(dataset_to_model) + 1)
+    return class_confusion(
+        labels, output_classes(dataset_to_model, outputs)[predicted], len(dataset_to_model)
     )
+
+
+def class_confusion(
+    labels: np.ndarray, predicted_class: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """(C, C+1) counts of (true class, predicted dataset class) pairs; a ``predicted_class`` of
+    ``OTHER`` counts in the last column."""
+    predicted_class = np.asarray(predicted_class, dtype=np.int64)
+    columns = np.where(predicted_class == OTHER, num_classes, predicted_class)
     matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
-    np.add.at(matrix, (labels, columns), 1)
+    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), columns), 1)
     return matrix
 
 

@@ -12,6 +12,7 @@ the new one, never half of one. The manifest's typed records (``LayerSpec``, ``M
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import re
 import shutil
@@ -60,6 +61,9 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# A run folder's name (``run_config.RUN_ID_PATTERN``, repeated here so reading a run never
+# imports the precompute's settings, and torch with them); never "." or "..".
+RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 
 def runs_dir(data_dir: Path) -> Path:
@@ -74,6 +78,36 @@ def datasets_dir(data_dir: Path) -> Path:
 def models_dir(data_dir: Path) -> Path:
     """Trained smallcnn checkpoints, shared by every run on the same dataset."""
     return Path(data_dir) / "models"
+
+
+def annotations_dir(data_dir: Path, run_id: str) -> Path:
+    """What users add to a run (label corrections, saved selections), kept beside it in
+    ``<data-dir>/annotations/<run-id>/``: never inside the run folder, so a run's artifacts (and
+    the dataset) stay exactly as the precompute wrote them."""
+    if not RUN_ID.fullmatch(run_id):
+        raise UserError(f"{run_id!r} is not a run id; run `python main.py runs` to list runs")
+    return Path(data_dir) / "annotations" / run_id
+
+
+def runs_hint(data_dir: Path) -> str:
+    """The command that lists the runs (and their layers) in ``data_dir``."""
+    option = "" if Path(data_dir) == Path("data") else f" --data-dir {data_dir}"
+    return f"`python main.py runs{option}`"
+
+
+def find_run(data_dir: Path, run_id: str) -> RunStore:
+    """The run named ``run_id`` in ``data_dir`` (one with a manifest), else a UserError naming
+    close matches and the command that lists the runs."""
+    if RUN_ID.fullmatch(run_id):
+        store = RunStore(runs_dir(data_dir) / run_id)
+        if store.exists():
+            return store
+    known = [path.name for path in list_run_dirs(data_dir)]
+    close = difflib.get_close_matches(run_id, known, n=3)
+    maybe = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise UserError(
+        f"unknown run '{run_id}' in {data_dir}{maybe}; list the runs with {runs_hint(data_dir)}"
+    )
 
 
 def list_run_dirs(data_dir: Path) -> list[Path]:

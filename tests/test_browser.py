@@ -530,7 +530,7 @@ def test_guided_tour_walks_through_every_panel(watch, server):
     page = open_small_run(watch, server)
     page.click("#tour-start")
     targets: list[str] = []
-    for step in range(6):
+    for step in range(8):
         page.wait_for_function(
             "(title) => document.getElementById('tour-title').textContent.startsWith(title)",
             arg=f"{step + 1} ·",
@@ -545,6 +545,8 @@ def test_guided_tour_walks_through_every_panel(watch, server):
         "embedding-card",
         "inspector-card",
         "activations-card",
+        "workbench-card",
+        "gallery-card",
         "about-card",
     ]
     page.wait_for_selector("#tour-card", state="hidden")

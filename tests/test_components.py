@@ -17,11 +17,13 @@ from components import activations as act
 from components import architecture as arch
 from components.embedding import (
     MAX_PREDICTION_GROUPS,
+    RowValues,
     color_groups,
     coordinate_decimals,
     correct_groups,
     embedding_figure,
     embedding_title,
+    has_values,
     label_groups,
     prediction_groups,
 )
@@ -214,10 +216,33 @@ def test_correct_groups_and_fallback_without_predictions():
         ("unknown label", [2]),
     ]
     labels = np.array([0, 1], dtype=np.int64)
-    fallback = color_groups("correct", labels, None, None, ["a", "b"], [], [])
+    fallback = color_groups("correct", RowValues(labels), ["a", "b"], [], [])
     assert [g.name for g in fallback] == ["a", "b"]
+    assert not has_values("label_issue", RowValues(labels))
     with pytest.raises(ValueError):
-        color_groups("size", labels, None, None, ["a", "b"], [], [])
+        color_groups("size", RowValues(labels), ["a", "b"], [], [])
+
+
+def test_split_and_continuous_colourings():
+    labels = np.array([0, 1, 0, 1], dtype=np.int64)
+    values = RowValues(
+        labels,
+        split=["train", "held-out", "train", "train"],
+        loss=np.array([0.1, np.nan, 3.0, 0.5], dtype=np.float32),
+    )
+    split = color_groups("split", values, ["a", "b"], [], [])
+    assert [(g.name, g.rows.tolist()) for g in split] == [("held-out", [1]), ("train", [0, 2, 3])]
+    loss = color_groups("loss", values, ["a", "b"], [], [])
+    # The rows with a loss on the colour scale, the one without it grey.
+    assert loss[0].rows.tolist() == [0, 2, 3] and loss[0].values.tolist() == pytest.approx(
+        [0.1, 3.0, 0.5]
+    )
+    assert loss[1].name == "no loss" and loss[1].rows.tolist() == [1]
+    figure = embedding_figure(np.zeros((4, 2), np.float32), loss, "t", "s", "r")
+    valid_plotly(figure)
+    marker = figure["data"][0]["marker"]
+    assert marker["color"] == pytest.approx([0.1, 3.0, 0.5]) and marker["showscale"]
+    assert 0.5 < marker["cmax"] <= 3.0  # the scale ends at a high quantile of the losses
 
 
 def test_embedding_figure_puts_every_row_once_with_list_customdata():

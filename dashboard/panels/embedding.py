@@ -14,7 +14,13 @@ import dash_bootstrap_components as dbc
 import numpy as np
 from dash import Input, Output, State, dcc, html
 
-from components.embedding import color_groups, embedding_figure, embedding_title
+from components.embedding import (
+    RowValues,
+    color_groups,
+    embedding_figure,
+    embedding_title,
+    has_values,
+)
 from components.figure_download import figure_download
 from components.theme import message_figure
 from dashboard import ids
@@ -66,6 +72,33 @@ def view_key_text(key: dict[str, Any]) -> str:
     return "|".join(str(key.get(field)) for field in VIEW_FIELDS)
 
 
+FALLBACK_REASON = {
+    "label_issue": "label issues are not computed for this run (run its precompute again)",
+}
+
+
+def row_values(run: RunData, subset: int) -> RowValues:
+    """What every colouring may need, for the subset's rows."""
+    samples = run.samples()
+    predictions = run.predictions()
+    quality = run.quality()
+    split = samples.get("model_split")
+    return RowValues(
+        labels=np.asarray(samples["label"][:subset], dtype=np.int64),
+        predicted=None
+        if predictions is None
+        else np.asarray(predictions["predicted"][:subset], dtype=np.int64),
+        correct=None
+        if predictions is None
+        else np.asarray(predictions["correct"][:subset], dtype=np.int8),
+        split=None if split is None else split[:subset],
+        loss=None
+        if predictions is None
+        else np.asarray(predictions["loss"][:subset], dtype=np.float32),
+        label_issue=None if quality is None else quality.label_issue_score[:subset],
+    )
+
+
 def build_embedding(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
     """The figure for a view key; raises NotReady / UserError with a message for the page."""
     layer_id = key["layer"]
@@ -73,28 +106,16 @@ def build_embedding(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
     method = key["method"]
     perplexity = float(key["perplexity"]) if method == "tsne" and key.get("perplexity") else None
     coords = run.embedding(layer_id, subset, method, perplexity)
-    samples = run.samples()
-    predictions = run.predictions()
-    labels = np.asarray(samples["label"][:subset], dtype=np.int64)
-    predicted = correct = None
-    if predictions is not None:
-        predicted = np.asarray(predictions["predicted"][:subset], dtype=np.int64)
-        correct = np.asarray(predictions["correct"][:subset], dtype=np.int8)
+    values = row_values(run, subset)
     color = key["color"]
     groups = color_groups(
-        color,
-        labels,
-        predicted,
-        correct,
-        run.class_names,
-        run.model_class_names,
-        run.dataset_to_model,
+        color, values, run.class_names, run.model_class_names, run.dataset_to_model
     )
     layer = run.layer(layer_id)
     title = embedding_title(method, perplexity, layer_id, layer.type, subset, layer.same_as)
-    if predictions is None and color != "label":
-        title += " (coloured by true label: predictions are not computed yet)"
-    structure = f"{run.run_id}|{run.version}|{subset}|{color}|{predictions is not None}"
+    if not has_values(color, values):
+        title += f" (coloured by true label: {FALLBACK_REASON.get(color, 'not computed yet')})"
+    structure = f"{run.run_id}|{run.version}|{subset}|{color}|{has_values(color, values)}"
     return embedding_figure(coords, groups, title, structure, uirevision=structure)
 
 
@@ -135,6 +156,7 @@ clientside_callback(
     Output(ids.EMBEDDING_GRAPH, "figure"),
     Input(ids.EMBEDDING_DATA, "data"),
     Input(ids.SELECTION, "data"),
+    Input(ids.SELECTION_ROWS, "data"),
     State(ids.EMBEDDING_GRAPH, "figure"),
 )
 

@@ -107,6 +107,7 @@ def run_info(run: RunData) -> dict[str, Any]:
         "explanations": methods,
         "explanationNote": note,
         "hasPredictions": run.predictions() is not None,
+        "hasQuality": run.quality() is not None,
         "canExplainClass": bool(run.layers),
         "gradcamLayer": gradcam_layer,
         # Layers with channel maps: those the Grad-CAM family can weigh.
@@ -116,6 +117,18 @@ def run_info(run: RunData) -> dict[str, Any]:
             if layer.output_shape is not None and len(layer.output_shape) == 3
         ],
     }
+
+
+def label_issues(run: RunData) -> tuple[Any, list[str | None]] | None:
+    """Each sample's label-issue flag and suggested class name, when the run has them."""
+    quality = run.quality()
+    if quality is None:
+        return None
+    names = run.class_names
+    suggested = [
+        names[c] if 0 <= c < len(names) else None for c in quality.suggested_label.tolist()
+    ]
+    return quality.is_label_issue, suggested
 
 
 @callback(
@@ -135,10 +148,19 @@ def load_table(run_id: str | None, _version: Any, previous: dict[str, Any] | Non
         info = run_info(run)
         if previous and all(
             previous.get(k) == info[k]
-            for k in ("run", "version", "hasPredictions", "explanations", "hasThumbnails")
+            for k in (
+                "run",
+                "version",
+                "hasPredictions",
+                "explanations",
+                "hasThumbnails",
+                "hasQuality",
+            )
         ):
             return no_update, no_update
-        table = inspector_table(run.samples(), run.predictions(), run.model_class_names)
+        table = inspector_table(
+            run.samples(), run.predictions(), run.model_class_names, label_issues(run)
+        )
     except UserError as exc:  # NotReady included: the panel says what is missing
         return None, {"run": run_id, "error": str(exc)}
     return table, info
@@ -160,6 +182,7 @@ clientside_callback(
     Input(ids.EXPLAIN_USE_SELECTED_LAYER, "value"),
     Input(ids.UPLOADS, "data"),
     Input(ids.EXPLAIN_CANCEL, "n_clicks"),
+    Input(ids.GALLERY_HOVER, "data"),
     State(ids.INSPECTOR_SHOWN, "data"),
     State(ids.UPLOAD_SESSION, "data"),
     outputs={

@@ -45,8 +45,21 @@ STEPS: list[dict[str, str]] = [
         "(entropy × mean magnitude). Click a tile to zoom into its raw values.",
     },
     {
+        "target": ids.WORKBENCH_CARD,
+        "title": "6 · Where the model fails",
+        "text": "The confusion matrix (click a cell to select those images), per-class precision, "
+        "recall and F1, and the data's likely label errors, near-duplicates and outliers.",
+    },
+    {
+        "target": ids.GALLERY_CARD,
+        "title": "7 · The selection",
+        "text": "Whatever you select (a confusion cell, a lasso in the map, the filters) is "
+        "highlighted in the map and listed here. Hover a thumbnail to inspect it, click to pin it; "
+        "relabel samples and download the table.",
+    },
+    {
         "target": ids.ABOUT_CARD,
-        "title": "6 · About",
+        "title": "8 · About",
         "text": "What this run is: dataset, model, accuracy, when it was computed, and the state "
         "of each precompute stage.",
     },
