@@ -1,7 +1,7 @@
 """The architecture for papers: the light figure (pure), the SVG/PDF route and ``main.py figure``
 through the real kaleido + Debian's Chromium, and the route's refusals.
 
-Renders skip when /usr/bin/chromium is missing, and fail instead with
+Renders (marked ``browser``) skip when /usr/bin/chromium is missing, and fail instead with
 LAYERSCOPE_REQUIRE_BROWSER=1 (as the browser tests do).
 """
 
@@ -134,6 +134,7 @@ def svg_texts(data: bytes) -> list[str]:
     return ["".join(node.itertext()) for node in root.iter(f"{SVG}text")]
 
 
+@pytest.mark.browser
 def test_the_route_serves_the_architecture_as_svg_and_pdf(client, small_run, chromium):
     run_id = small_run[1]
     response = client.get(f"/runs/{run_id}/figures/architecture.svg?v=1")
@@ -153,6 +154,7 @@ def test_the_route_serves_the_architecture_as_svg_and_pdf(client, small_run, chr
     assert "architecture.pdf" in response.headers["Content-Disposition"]
 
 
+@pytest.mark.browser
 def test_collapsed_blocks_draw_each_resnet_block_as_one_box(client, chromium):
     collapsed = client.get(f"/runs/{RESNET}/figures/architecture.svg?blocks=collapsed")
     expanded = client.get(f"/runs/{RESNET}/figures/architecture.svg?blocks=expanded")
@@ -223,6 +225,7 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+@pytest.mark.browser
 def test_the_renderer_replaces_a_browser_that_died_and_closes_when_idle(chromium):
     figure = {"data": [{"type": "bar", "y": [1, 3, 2]}], "layout": {"width": 300, "height": 200}}
     renderer = figure_export.Renderer(idle_close_s=1.0)
@@ -242,6 +245,7 @@ def test_the_renderer_replaces_a_browser_that_died_and_closes_when_idle(chromium
     assert not renderer.running
 
 
+@pytest.mark.browser
 def test_main_py_figure_writes_the_file_and_refuses_mistakes(
     data_dir, small_run, tmp_path, capsys, chromium
 ):
