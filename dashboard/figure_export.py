@@ -125,7 +125,8 @@ class Renderer:
             self._cancel_idle_close()
             try:
                 # A browser that died since the last export (killed, out of memory) fails at
-                # once: one more try on a fresh one. A fresh one that fails is not tried again.
+                # once: one more try on a fresh one. A fresh one that fails, or a render that
+                # ran out of time, is not tried again.
                 for attempt in ("reused", "fresh") if self._kaleido is not None else ("fresh",):
                     kaleido = self._open(path)
                     try:
@@ -136,7 +137,7 @@ class Renderer:
                         break
                     except Exception as exc:  # noqa: BLE001 - any failure: a new browser
                         self._close()
-                        if attempt == "fresh":
+                        if attempt == "fresh" or isinstance(exc, TimeoutError):
                             raise ExportFailed(
                                 f"the {fmt.upper()} did not render ({first_line(exc)})"
                             ) from exc
