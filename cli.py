@@ -1,5 +1,5 @@
-"""The command line: ``precompute``, ``runs``, ``explain``, ``export`` and ``serve`` (the
-default).
+"""The command line: ``precompute``, ``runs``, ``explain``, ``export``, ``figure`` and ``serve``
+(the default).
 
 It sits above both sides: it drives the offline pipeline (``pipelines/``) and serves the
 dashboard (``dashboard/``), and neither of those imports it. User mistakes end as one
@@ -219,6 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the confusion matrix (class names as header and first column)",
     )
     add_data_dir(export)
+
+    figure = commands.add_parser(
+        "figure", help="a run's architecture for a paper (light style), as SVG or PDF"
+    )
+    figure.add_argument(
+        "--run", required=True, metavar="RUN_ID", help="run id (`python main.py runs` lists them)"
+    )
+    figure.add_argument(
+        "--out", required=True, metavar="FILE.svg|FILE.pdf", help="the file to write"
+    )
+    figure.add_argument(
+        "--collapsed",
+        action="store_true",
+        help="draw each nested block (a ResNet bottleneck) as one box",
+    )
+    add_data_dir(figure)
     return parser
 
 
@@ -424,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
             from cli_export import export_command
 
             export_command(args)
+        elif args.command == "figure":
+            from cli_figure import figure_command
+
+            figure_command(args)
         else:
             serve_command(args, build_default=build_default)
     except UserError as exc:

@@ -99,6 +99,21 @@
     return ls.noUpdate();
   });
 
+  // ---- export: start the server's renderer when the pointer (or focus) reaches the SVG / PDF
+  // buttons, once per page, so the first download skips the browser's cold start -------------
+  function warmExport(event) {
+    var group = document.getElementById(IDS.MODEL_EXPORT);
+    var link = document.getElementById(IDS.MODEL_EXPORT_SVG);
+    // No href: no run yet, or no browser on the server (the header says so).
+    if (state.exportWarmed || !group || !group.contains(event.target) || !link || !link.getAttribute("href")) {
+      return;
+    }
+    state.exportWarmed = true;
+    fetch(ls.constants.warmExportUrl).catch(function () { /* the click will say what is wrong */ });
+  }
+  document.addEventListener("pointerover", warmExport);
+  document.addEventListener("focusin", warmExport);
+
   // ---- keyboard: <- / -> step layers (by pressing the prev/next buttons) ---------------------
   document.addEventListener("keydown", function (event) {
     if (!ls.isPlainKey(event)) {

@@ -9,6 +9,10 @@ order; data-flow edges that skip over boxes (ResNet shortcuts) are drawn as arcs
 Deep models stay readable by collapsing nested blocks (a ResNet bottleneck ``layer2.1`` becomes
 one box) until the user expands them. Hover and click go through one invisible marker trace whose
 ``customdata`` carries the node id, never through coordinates.
+
+The same builder draws the figure for papers (``style=PUBLICATION``, ``publication_figure``):
+light theme, each box labelled with its output shape, a legend of layer families in words, no
+interactive traces, and a fixed size in proportion to the diagram so boxes keep their shape.
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from components.theme import (
     ACCENT,
+    DARK,
     FAMILY_COLORS,
-    GRID,
+    FAMILY_TITLES,
     HOVER,
-    MUTED,
-    TEXT,
+    LIGHT,
+    Theme,
     base_layout,
     layer_family,
     message_figure,
@@ -38,6 +43,52 @@ BLOCK_TYPE = "Block"
 GAP = 0.55  # horizontal space between boxes, in diagram units
 LABEL_LIMIT = 60  # above this many boxes, per-box labels would overlap: hover instead
 FIGURE_HEIGHT = 250
+LABEL_SIZE = 10  # px, per-box labels
+CHAR_WIDTH = 0.62  # average glyph width of a sans-serif digit or "×", in font sizes
+MAX_LABEL_ROWS = 3
+# A fixed-size diagram's scale, in pixels per diagram unit: at most this big (a small model is
+# not blown up), at least this small (boxes of a huge model stay visible; its figure grows).
+MAX_PX_PER_UNIT = 48.0
+MIN_PX_PER_UNIT = 8.0
+
+
+@dataclass(frozen=True)
+class DiagramStyle:
+    """How the diagram is drawn: for the page (``SCREEN``) or for a paper (``PUBLICATION``)."""
+
+    theme: Theme
+    # Hover markers, the selection ring and caption, and the boxes' silhouettes in layout.meta
+    # (for the clientside hover ring); a static export needs none of them.
+    interactive: bool
+    # Under each box: its name ("3", "fc", "layer2.1") or its output shape ("64×16×16").
+    box_label: Literal["name", "shape"]
+    # Legend entries in words ("convolution") rather than family keys ("conv").
+    legend_titles: bool
+    # None: the figure fills its container. Else a fixed size of about this many pixels wide
+    # (the same scale on both axes, so boxes keep their proportions), within the scale limits
+    # below: text stays legible when the figure is shrunk to a page's width.
+    fit_width: int | None
+    # The dotted silhouettes behind a collapsed block: lighter than the block on dark paper,
+    # darker on white.
+    stack_shade: float
+
+
+SCREEN = DiagramStyle(
+    theme=DARK,
+    interactive=True,
+    box_label="name",
+    legend_titles=False,
+    fit_width=None,
+    stack_shade=1.3,
+)
+PUBLICATION = DiagramStyle(
+    theme=LIGHT,
+    interactive=False,
+    box_label="shape",
+    legend_titles=True,
+    fit_width=1400,
+    stack_shade=0.75,
+)
 
 
 @dataclass(frozen=True)
@@ -259,6 +310,11 @@ def format_shape(shape: Sequence[int]) -> str:
     return " × ".join(str(int(v)) for v in shape) if shape else "?"
 
 
+def shape_label(shape: Sequence[int]) -> str:
+    """The compact shape a paper prints under a box: "64×16×16", "4096"."""
+    return "×".join(str(int(v)) for v in shape) if shape else "?"
+
+
 def layer_summary(layer: LayerSpec) -> str:
     """ "features.3 · Conv2d · output 32 × 16 × 16 · 4,640 parameters"."""
     params = layer.params
@@ -309,8 +365,9 @@ def hover_text(node: DiagramNode) -> str:
 # ---- the figure -----------------------------------------------------------------------------
 
 
-def _family_traces(boxes: Sequence[Box]) -> list[dict[str, Any]]:
-    """Three filled traces per family (front, top, side), so 170 boxes cost ~30 traces."""
+def _family_traces(boxes: Sequence[Box], style: DiagramStyle) -> list[dict[str, Any]]:
+    """Three filled traces per family (front, top, side), so 170 boxes cost ~30 traces; the
+    front one carries the family's legend entry."""
     by_family: dict[str, list[Box]] = {}
     for box in boxes:
         by_family.setdefault(layer_family(box.node.type), []).append(box)
@@ -319,6 +376,7 @@ def _family_traces(boxes: Sequence[Box]) -> list[dict[str, Any]]:
         f for f in by_family if f not in FAMILY_COLORS
     ):
         color = FAMILY_COLORS.get(family, FAMILY_COLORS["other"])
+        name = FAMILY_TITLES.get(family, family) if style.legend_titles else family
         members = by_family[family]
         for face, builder, factor in (
             ("front", front_face, 1.0),
@@ -336,7 +394,7 @@ def _family_traces(boxes: Sequence[Box]) -> list[dict[str, Any]]:
                     "fillcolor": shade(color, factor),
                     "line": {"color": shade(color, 0.45), "width": 1},
                     "hoverinfo": "skip",
-                    "name": family,
+                    "name": name,
                     "legendgroup": family,
                     "showlegend": face == "front",
                 }
@@ -344,7 +402,7 @@ def _family_traces(boxes: Sequence[Box]) -> list[dict[str, Any]]:
     return traces
 
 
-def _stack_trace(boxes: Sequence[Box]) -> dict[str, Any]:
+def _stack_trace(boxes: Sequence[Box], style: DiagramStyle) -> dict[str, Any]:
     """Offset silhouettes behind collapsed blocks: they read as a stack of layers."""
     polygons = []
     for box in boxes:
@@ -357,7 +415,11 @@ def _stack_trace(boxes: Sequence[Box]) -> dict[str, Any]:
         "x": joined_xs,
         "y": joined_ys,
         "mode": "lines",
-        "line": {"color": shade(FAMILY_COLORS["block"], 1.3), "width": 1, "dash": "dot"},
+        "line": {
+            "color": shade(FAMILY_COLORS["block"], style.stack_shade),
+            "width": 1,
+            "dash": "dot",
+        },
         "hoverinfo": "skip",
         "showlegend": False,
         "name": "stacked",
@@ -365,7 +427,7 @@ def _stack_trace(boxes: Sequence[Box]) -> dict[str, Any]:
 
 
 def _edge_traces(
-    boxes: Sequence[Box], edges: Sequence[tuple[str, str]]
+    boxes: Sequence[Box], edges: Sequence[tuple[str, str]], theme: Theme
 ) -> tuple[dict[str, Any], dict[str, Any], float]:
     """Straight links between neighbours and arcs for skips; returns both traces and the highest
     arc point (for the y range)."""
@@ -392,7 +454,7 @@ def _edge_traces(
         **common,
         "x": sx,
         "y": sy,
-        "line": {"color": "#8a8a8a", "width": 1.5},
+        "line": {"color": theme.edge, "width": 1.5},
         "name": "data flow",
         "showlegend": False,
     }
@@ -400,9 +462,10 @@ def _edge_traces(
         **common,
         "x": ax,
         "y": ay,
-        "line": {"color": "#d9c36a", "width": 1.5},
+        "line": {"color": theme.skip, "width": 1.5},
         "name": "skip connection",
         "showlegend": bool(arcs),
+        "legendrank": 1001,  # after the layer families (default rank 1000)
     }
     return straight_trace, arc_trace, highest
 
@@ -449,18 +512,66 @@ def _ring(polygon: Polygon | None, color: str, width: float, name: str) -> dict[
     }
 
 
-def _label_traces(boxes: Sequence[Box], baseline: float) -> list[dict[str, Any]]:
-    """Short per-box labels (when they fit) and one bracket per top-level module."""
+def label_rows(boxes: Sequence[Box], texts: Sequence[str], px_per_unit: float) -> list[int]:
+    """The row of each box's label (0: right under the boxes). A label that would overlap the
+    previous label of its row moves down a row; past ``MAX_LABEL_ROWS`` it takes the row that
+    frees up first."""
+    ends = [-math.inf] * MAX_LABEL_ROWS
+    rows = []
+    pad = 0.1
+    for box, text in zip(boxes, texts, strict=True):
+        half = len(text) * CHAR_WIDTH * LABEL_SIZE / px_per_unit / 2 + pad
+        left = box.center_x - half
+        free = [row for row, end in enumerate(ends) if end <= left]
+        row = free[0] if free else min(range(MAX_LABEL_ROWS), key=ends.__getitem__)
+        ends[row] = box.center_x + half
+        rows.append(row)
+    return rows
+
+
+def diagram_scale(style: DiagramStyle, x_extent: float) -> float | None:
+    """Pixels per diagram unit of a fixed-size figure ``x_extent`` units wide (None: the
+    figure fills its container)."""
+    if style.fit_width is None:
+        return None
+    return min(MAX_PX_PER_UNIT, max(MIN_PX_PER_UNIT, style.fit_width / max(x_extent, 1e-6)))
+
+
+def gap(units: float, px: float, px_per_unit: float | None) -> float:
+    """A distance between text and boxes, in diagram units: ``units`` in a figure that fills
+    its container (about 25 px per unit on a page), ``px`` pixels at a fixed scale (text keeps
+    its pixel size there however small the boxes get)."""
+    return units if px_per_unit is None else px / px_per_unit
+
+
+def _label_traces(
+    boxes: Sequence[Box], baseline: float, style: DiagramStyle, px_per_unit: float | None
+) -> tuple[list[dict[str, Any]], float]:
+    """Per-box labels (when they fit, or always at a fixed scale: staggered into rows where
+    neighbours would overlap) and one bracket per top-level module; also returns the lowest y
+    they use."""
+    theme = style.theme
     traces: list[dict[str, Any]] = []
-    if len(boxes) <= LABEL_LIMIT:
+    label_bottom = baseline
+    if px_per_unit is not None or len(boxes) <= LABEL_LIMIT:
+        if style.box_label == "shape":
+            texts = [shape_label(box.node.output_shape) for box in boxes]
+        else:
+            texts = [short_label(box.node) for box in boxes]
+        if px_per_unit is None:
+            ys = [baseline] * len(boxes)
+        else:
+            step = 1.3 * LABEL_SIZE / px_per_unit
+            ys = [baseline - row * step for row in label_rows(boxes, texts, px_per_unit)]
+        label_bottom = min(ys, default=baseline)
         traces.append(
             {
                 "type": "scatter",
                 "x": [round(box.center_x, 4) for box in boxes],
-                "y": [baseline] * len(boxes),
+                "y": [round(y, 4) for y in ys],
                 "mode": "text",
-                "text": [short_label(box.node) for box in boxes],
-                "textfont": {"color": MUTED, "size": 10},
+                "text": texts,
+                "textfont": {"color": theme.muted, "size": LABEL_SIZE},
                 "hoverinfo": "skip",
                 "showlegend": False,
                 "name": "labels",
@@ -475,12 +586,13 @@ def _label_traces(boxes: Sequence[Box], baseline: float) -> list[dict[str, Any]]
             runs[-1] = (key, runs[-1][1], i)
         else:
             runs.append((key, i, i))
-    bracket_y = baseline - 0.55
+    bracket_y = label_bottom - gap(0.55, 12, px_per_unit)
+    tick = gap(0.2, 5, px_per_unit)
     lines: list[Polygon] = []
     names_x, names = [], []
     for key, first, last in runs:
         x0, x1 = boxes[first].x, boxes[last].right
-        lines.append(([x0, x0, x1, x1], [bracket_y + 0.2, bracket_y, bracket_y, bracket_y + 0.2]))
+        lines.append(([x0, x0, x1, x1], [bracket_y + tick, bracket_y, bracket_y, bracket_y + tick]))
         names_x.append(round((x0 + x1) / 2, 4))
         names.append(key)
     lx, ly = _join(lines)
@@ -490,58 +602,48 @@ def _label_traces(boxes: Sequence[Box], baseline: float) -> list[dict[str, Any]]
             "x": lx,
             "y": ly,
             "mode": "lines",
-            "line": {"color": GRID, "width": 1},
+            "line": {"color": theme.grid, "width": 1},
             "hoverinfo": "skip",
             "showlegend": False,
             "name": "blocks",
         }
     )
+    names_y = bracket_y - gap(0.45, 10, px_per_unit)
     traces.append(
         {
             "type": "scatter",
             "x": names_x,
-            "y": [bracket_y - 0.45] * len(names),
+            "y": [round(names_y, 4)] * len(names),
             "mode": "text",
             "text": names,
-            "textfont": {"color": TEXT, "size": 11},
+            "textfont": {"color": theme.text, "size": 11},
             "hoverinfo": "skip",
             "showlegend": False,
             "name": "block names",
         }
     )
-    return traces
+    return traces, names_y
 
 
-def architecture_figure(
-    layers: Sequence[LayerSpec],
-    selected: str | None,
-    expanded: Collection[str] = (),
-    height: int | None = None,
-) -> dict[str, Any]:
-    """The clickable diagram of ``layers`` (the manifest's list, execution order, "input" first).
+def text_extent(trace: dict[str, Any], font_size: float, px_per_unit: float) -> tuple[float, float]:
+    """Leftmost and rightmost x a centred text trace's labels reach (estimated widths)."""
+    lefts, rights = [], []
+    for x, text in zip(trace["x"], trace["text"], strict=True):
+        half = len(text) * CHAR_WIDTH * font_size / px_per_unit / 2
+        lefts.append(x - half)
+        rights.append(x + half)
+    return min(lefts, default=0.0), max(rights, default=0.0)
 
-    ``selected`` is a layer id (its box, or the collapsed block holding it, gets the accent
-    ring); ``expanded`` lists collapse groups drawn layer by layer. ``layout.meta`` carries the
-    silhouette of every box (for the clientside hover ring) and the selected node id. Without a
-    ``height`` the figure fills its container (the page sizes it to the screen).
-    """
-    if not layers:
-        return message_figure("The model's layers are not described yet.", height or FIGURE_HEIGHT)
-    nodes = diagram_nodes(layers, expanded)
-    boxes = place_nodes(nodes)
-    edges = diagram_edges(layers, nodes)
-    owner = node_of_layer(nodes)
-    selected_node = owner.get(selected) if selected else None
+
+def _interactive_parts(
+    boxes: Sequence[Box], selected: str | None, selected_node: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The page's selection ring and hover markers (traces), and the selection's caption."""
     selected_box = next((box for box in boxes if box.node.id == selected_node), None)
-
-    straight, arcs, highest = _edge_traces(boxes, edges)
-    lowest = -max(box.h for box in boxes) / 2
-    baseline = lowest - 0.45
-    data: list[dict[str, Any]] = [_stack_trace(boxes), straight, arcs]
-    data.extend(_family_traces(boxes))
-    data.extend(_label_traces(boxes, baseline))
-    data.append(_ring(outline(selected_box, 0.12) if selected_box else None, ACCENT, 3, "selected"))
-    data.append(_hover_trace(boxes))
+    traces = [
+        _ring(outline(selected_box, 0.12) if selected_box else None, ACCENT, 3, "selected"),
+        _hover_trace(boxes),
+    ]
     annotations = []
     if selected_box is not None:
         annotations.append(
@@ -557,33 +659,140 @@ def architecture_figure(
                 "bgcolor": "rgba(38,38,38,0.85)",
             }
         )
-    right = boxes[-1].right if boxes else 1.0
+    return traces, annotations
+
+
+def _legend_rows(names: Sequence[str], width_px: float) -> int:
+    """How many lines a horizontal legend of ``names`` takes in ``width_px`` (an estimate: a
+    symbol and gap of 46 px plus the text at 11 px)."""
+    rows, used = 1, 0.0
+    for name in names:
+        entry = 46 + len(name) * CHAR_WIDTH * 11
+        if used and used + entry > width_px:
+            rows, used = rows + 1, 0.0
+        used += entry
+    return rows
+
+
+def _fixed_size(
+    x_range: tuple[float, float],
+    y_range: tuple[float, float],
+    px_per_unit: float,
+    legend_names: Sequence[str],
+) -> dict[str, Any]:
+    """Width, height and margins that give both axes ``px_per_unit`` and leave the legend a
+    strip of its own above the diagram."""
+    side = 12
+    plot_w = (x_range[1] - x_range[0]) * px_per_unit
+    width = max(plot_w + 2 * side, 480.0)
+    legend_h = 24 * _legend_rows(legend_names, width - 2 * side) if legend_names else 0
+    top = 10 + legend_h
+    height = (y_range[1] - y_range[0]) * px_per_unit + top + side
+    return {
+        "width": round(width),
+        "height": round(height),
+        "margin": {"l": side, "r": round(width - plot_w - side), "t": top, "b": side},
+    }
+
+
+def architecture_figure(
+    layers: Sequence[LayerSpec],
+    selected: str | None,
+    expanded: Collection[str] = (),
+    height: int | None = None,
+    style: DiagramStyle = SCREEN,
+) -> dict[str, Any]:
+    """The diagram of ``layers`` (the manifest's list, execution order, "input" first).
+
+    ``selected`` is a layer id (its box, or the collapsed block holding it, gets the accent
+    ring); ``expanded`` lists collapse groups drawn layer by layer. With the interactive
+    ``SCREEN`` style, ``layout.meta`` carries the silhouette of every box (for the clientside
+    hover ring) and the selected node id, and without a ``height`` the figure fills its
+    container (the page sizes it to the screen). A style with a ``fit_width`` sizes the figure
+    to the diagram instead (``PUBLICATION``: see ``publication_figure``).
+    """
+    if not layers:
+        return message_figure("The model's layers are not described yet.", height or FIGURE_HEIGHT)
+    nodes = diagram_nodes(layers, expanded)
+    boxes = place_nodes(nodes)
+    edges = diagram_edges(layers, nodes)
+    selected_node = node_of_layer(nodes).get(selected) if selected else None
+
+    right = boxes[-1].right
+    x_range = (-0.6, right + 0.6)
+    scale = diagram_scale(style, x_range[1] - x_range[0])
+    straight, arcs, highest = _edge_traces(boxes, edges, style.theme)
+    lowest = -max(box.h for box in boxes) / 2
+    baseline = lowest - gap(0.45, 10, scale)
+    data: list[dict[str, Any]] = [_stack_trace(boxes, style), straight, arcs]
+    families = _family_traces(boxes, style)
+    data.extend(families)
+    labels, label_bottom = _label_traces(boxes, baseline, style, scale)
+    data.extend(labels)
+    if scale is not None:
+        # Nothing may be cut at the edges of a fixed-size figure: the first and last labels
+        # can be wider than their boxes.
+        for trace in labels:
+            if trace["mode"] == "text" and trace["x"]:
+                left, right_text = text_extent(trace, trace["textfont"]["size"], scale)
+                x_range = (min(x_range[0], left - 0.2), max(x_range[1], right_text + 0.2))
+    annotations: list[dict[str, Any]] = []
+    if style.interactive:
+        traces, annotations = _interactive_parts(boxes, selected, selected_node)
+        data.extend(traces)
+    y_range = (label_bottom - gap(0.3, 10, scale), highest + gap(0.9, 8, scale))
+    legend = {
+        "orientation": "h",
+        "x": 1,
+        "xanchor": "right",
+        "y": 1,
+        "yanchor": "top",
+        "bgcolor": style.theme.legend_bg,
+        "font": {"size": 11, "color": style.theme.text},
+    }
+    extra: dict[str, Any] = {}
+    if style.interactive:
+        extra = {
+            "hovermode": "closest",
+            "hoverdistance": 40,
+            "dragmode": "zoom",
+            "meta": {
+                "outlines": {box.node.id: outline(box, 0.08) for box in boxes},
+                "selectedNode": selected_node,
+            },
+            # Keeps a user's zoom while the selection moves, resets it when boxes are re-laid
+            # out.
+            "uirevision": "expanded:" + ",".join(sorted(expanded)),
+        }
+    else:
+        extra = {"hovermode": False, "dragmode": False}
+    if scale is not None:
+        # The legend gets a strip of its own above the diagram, left-aligned like a caption.
+        legend.update({"x": 0, "xanchor": "left", "y": 1, "yanchor": "bottom"})
+        names = [t["name"] for t in families if t["showlegend"]]
+        if arcs["showlegend"]:
+            names.append(arcs["name"])
+        extra.update(_fixed_size(x_range, y_range, scale, names))
+    else:
+        extra["margin"] = {"l": 8, "r": 8, "t": 8, "b": 4}
     layout = base_layout(
-        margin={"l": 8, "r": 8, "t": 8, "b": 4},
-        plot_bgcolor="rgba(0,0,0,0)",
-        xaxis={"visible": False, "range": [-0.6, right + 0.6], "fixedrange": False},
-        yaxis={"visible": False, "range": [baseline - 1.3, highest + 0.9], "fixedrange": True},
-        dragmode="zoom",
-        hovermode="closest",
-        hoverdistance=40,
+        style.theme,
+        plot_bgcolor=style.theme.plot if scale is not None else "rgba(0,0,0,0)",
+        xaxis={"visible": False, "range": list(x_range), "fixedrange": not style.interactive},
+        yaxis={"visible": False, "range": list(y_range), "fixedrange": True},
         showlegend=True,
-        legend={
-            "orientation": "h",
-            "x": 1,
-            "xanchor": "right",
-            "y": 1,
-            "yanchor": "top",
-            "bgcolor": "rgba(38,38,38,0.7)",
-            "font": {"size": 11, "color": TEXT},
-        },
+        legend=legend,
         annotations=annotations,
-        meta={
-            "outlines": {box.node.id: outline(box, 0.08) for box in boxes},
-            "selectedNode": selected_node,
-        },
-        # Keeps a user's zoom while the selection moves, resets it when boxes are re-laid out.
-        uirevision="expanded:" + ",".join(sorted(expanded)),
+        **extra,
     )
     if height is not None:
         layout["height"] = height
     return {"data": data, "layout": layout}
+
+
+def publication_figure(layers: Sequence[LayerSpec], collapsed: bool) -> dict[str, Any]:
+    """The diagram for a paper: white, each box labelled with its output shape, a legend of
+    layer families; ``collapsed`` draws each nested block (a ResNet bottleneck) as one box,
+    else every layer is a box of its own. About ``PUBLICATION.fit_width`` pixels wide."""
+    expanded = () if collapsed else collapsible_groups(layers)
+    return architecture_figure(layers, None, expanded, style=PUBLICATION)

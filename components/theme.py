@@ -1,13 +1,16 @@
-"""The one dark theme every LayerScope figure is drawn with.
+"""The one dark theme every LayerScope figure is drawn with, and its light twin for print.
 
 Colours match the vendored Bootswatch "darkly" stylesheet (``assets/00-bootstrap-darkly.min.css``)
-so plots sit on the cards without a visible seam. Figures are plain plotly dicts: building them
-without ``go.Figure`` validation keeps a 13k-point embedding update in the low milliseconds.
+so plots sit on the cards without a visible seam. ``LIGHT`` is the same palette on white with
+dark text, for figures exported into papers (the architecture's SVG/PDF). Figures are plain
+plotly dicts: building them without ``go.Figure`` validation keeps a 13k-point embedding update
+in the low milliseconds.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,53 @@ SUCCESS = "#00bc8c"
 DANGER = "#e74c3c"
 UNKNOWN = "#8c8c8c"
 FONT_FAMILY = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif'
+# Fonts every PDF viewer and journal template has: an exported figure reads the same everywhere.
+PRINT_FONT_FAMILY = 'Arial, "Helvetica Neue", Helvetica, "Liberation Sans", sans-serif'
+
+
+@dataclass(frozen=True)
+class Theme:
+    """The colours and font a figure is drawn with (``DARK`` on the page, ``LIGHT`` for print)."""
+
+    paper: str
+    plot: str
+    text: str
+    muted: str
+    grid: str
+    font_family: str
+    hover_bg: str
+    hover_border: str
+    legend_bg: str  # behind a legend drawn over the plot
+    edge: str  # architecture: data-flow links
+    skip: str  # architecture: skip-connection arcs
+
+
+DARK = Theme(
+    paper=PAPER,
+    plot=PLOT,
+    text=TEXT,
+    muted=MUTED,
+    grid=GRID,
+    font_family=FONT_FAMILY,
+    hover_bg="#1b1b1b",
+    hover_border="#666666",
+    legend_bg="rgba(38,38,38,0.7)",
+    edge="#8a8a8a",
+    skip="#d9c36a",
+)
+LIGHT = Theme(
+    paper="#ffffff",
+    plot="#ffffff",
+    text="#212529",
+    muted="#495057",
+    grid="#9aa0a6",
+    font_family=PRINT_FONT_FAMILY,
+    hover_bg="#ffffff",
+    hover_border="#9aa0a6",
+    legend_bg="rgba(255,255,255,0)",
+    edge="#6c757d",
+    skip="#b8860b",  # dark goldenrod: the page's skip colour, dark enough on white
+)
 
 # Twenty colours legible on a dark background, in the order classes get them (Tableau-derived,
 # lightened where the original is too dark on #262626).
@@ -62,6 +112,20 @@ FAMILY_COLORS: dict[str, str] = {
     "dropout": "#8c8c8c",
     "block": "#b07aa1",
     "other": "#9d9df0",
+}
+
+# The families in words, for legends that must stand on their own (an exported figure).
+FAMILY_TITLES: dict[str, str] = {
+    "input": "input",
+    "conv": "convolution",
+    "norm": "normalization",
+    "activation": "activation",
+    "pool": "pooling",
+    "linear": "fully connected",
+    "reshape": "reshape",
+    "dropout": "dropout",
+    "block": "block (collapsed)",
+    "other": "other",
 }
 
 _FAMILY_BY_TYPE: dict[str, str] = {
@@ -111,17 +175,28 @@ def shade(color: str, factor: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def base_layout(**overrides: Any) -> dict[str, Any]:
-    """The shared dark layout; ``overrides`` are merged one level deep (axes keep theme keys)."""
+def base_layout(theme: Theme = DARK, **overrides: Any) -> dict[str, Any]:
+    """The shared layout in ``theme``; ``overrides`` are merged one level deep (axes keep
+    theme keys)."""
+    axis = {
+        "gridcolor": theme.grid,
+        "zerolinecolor": theme.grid,
+        "linecolor": theme.grid,
+        "color": theme.muted,
+    }
     layout: dict[str, Any] = {
-        "paper_bgcolor": PAPER,
-        "plot_bgcolor": PLOT,
-        "font": {"family": FONT_FAMILY, "color": TEXT, "size": 13},
+        "paper_bgcolor": theme.paper,
+        "plot_bgcolor": theme.plot,
+        "font": {"family": theme.font_family, "color": theme.text, "size": 13},
         "margin": {"l": 40, "r": 16, "t": 40, "b": 36},
-        "hoverlabel": {"bgcolor": "#1b1b1b", "bordercolor": "#666666", "font": {"color": TEXT}},
-        "legend": {"bgcolor": "rgba(0,0,0,0)", "font": {"color": TEXT}},
-        "xaxis": {"gridcolor": GRID, "zerolinecolor": GRID, "linecolor": GRID, "color": MUTED},
-        "yaxis": {"gridcolor": GRID, "zerolinecolor": GRID, "linecolor": GRID, "color": MUTED},
+        "hoverlabel": {
+            "bgcolor": theme.hover_bg,
+            "bordercolor": theme.hover_border,
+            "font": {"color": theme.text},
+        },
+        "legend": {"bgcolor": "rgba(0,0,0,0)", "font": {"color": theme.text}},
+        "xaxis": dict(axis),
+        "yaxis": dict(axis),
         "colorway": list(CLASS_PALETTE),
     }
     for key, value in overrides.items():

@@ -7,6 +7,8 @@ so renaming one is a one-line change. Pattern-matching ids are built by function
 
 from __future__ import annotations
 
+from typing import Any
+
 # ---- page-wide --------------------------------------------------------------------------------
 URL = "app-url"
 SELECTION = "app-selection"  # the one shared selection store (see dashboard/state.py)
@@ -41,6 +43,12 @@ MODEL_NEXT = "model-next"
 MODEL_EXPAND_ALL = "model-expand-all"
 MODEL_COLLAPSE_ALL = "model-collapse-all"
 MODEL_EXPANDED = "model-expanded"
+# The architecture for papers (dashboard/routes.py serves it): links and the blocks choice
+MODEL_EXPORT = "model-export"  # the group of export controls (hovering it warms the renderer)
+MODEL_EXPORT_COLLAPSED = "model-export-collapsed"
+MODEL_EXPORT_SVG = "model-export-svg"
+MODEL_EXPORT_PDF = "model-export-pdf"
+MODEL_EXPORT_NOTE = "model-export-note"  # why export is unavailable, when it is
 
 # ---- embedding ------------------------------------------------------------------------------
 EMBEDDING_CARD = "embedding-card"
@@ -166,6 +174,22 @@ ACTIVATIONS_MESSAGE = "activations-message"
 ACTIVATIONS_MODAL = "activations-modal"
 ACTIVATIONS_MODAL_TITLE = "activations-modal-title"
 ACTIVATIONS_MODAL_GRAPH = "activations-modal-graph"
+
+# ---- figure downloads (components/figure_download.py, assets/figure_download.js) -----------
+# {"type": FIGURE_DOWNLOAD, "graph": <graph id>, "format": "png" | "svg"}: the buttons
+FIGURE_DOWNLOAD = "figure-download"
+# {"type": FIGURE_DOWNLOAD_TARGET, "graph": <graph id>}: what to save, {graph, filename, scale}
+FIGURE_DOWNLOAD_TARGET = "figure-download-target"
+
+
+def figure_download_button(graph: Any, fmt: str) -> dict[str, Any]:
+    """Id of a figure download button; ``graph`` is a graph id or a wildcard (MATCH)."""
+    return {"type": FIGURE_DOWNLOAD, "graph": graph, "format": fmt}
+
+
+def figure_download_target(graph: Any) -> dict[str, Any]:
+    return {"type": FIGURE_DOWNLOAD_TARGET, "graph": graph}
+
 
 # ---- about and tour -------------------------------------------------------------------------
 ABOUT_CARD = "about-card"

@@ -1,14 +1,15 @@
 """The page: stores, navbar, and the panels in a grid that fits 1366×768 and fills 2560×1440.
 
 Also the page-wide clientside callbacks: splitting the selection into the small keys the
-server callbacks listen to, and mirroring the view into the URL (``?run=&layer=...``) so any
-view can be shared as a link.
+server callbacks listen to, mirroring the view into the URL (``?run=&layer=...``) so any
+view can be shared as a link, and saving any graph's figure from its download buttons
+(``components/figure_download.py``).
 """
 
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
-from dash import Input, Output, State, dcc, html
+from dash import MATCH, Input, Output, State, dcc, html
 
 from dashboard import ids
 from dashboard.panels import (
@@ -138,5 +139,17 @@ clientside_callback(
     Input(ids.VIEW_KEY, "data"),
     Input(ids.SAMPLE_KEY, "data"),
     Input(ids.SEL_KEY, "data"),
+    prevent_initial_call=True,
+)
+
+# One callback for every figure_download control on the page, present or added later: MATCH
+# pairs each control's buttons with its target. The output is never changed (a callback needs
+# one); the file is saved by plotly.js in the browser.
+clientside_callback(
+    "downloadFigure",
+    Output(ids.figure_download_target(MATCH), "data"),
+    Input(ids.figure_download_button(MATCH, "png"), "n_clicks"),
+    Input(ids.figure_download_button(MATCH, "svg"), "n_clicks"),
+    State(ids.figure_download_target(MATCH), "data"),
     prevent_initial_call=True,
 )

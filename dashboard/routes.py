@@ -7,11 +7,15 @@
     /runs/<run_id>/upload/<session>/<id>/thumb.png                        an uploaded picture,
     /runs/<run_id>/upload/<session>/<id>/explain/<class>/<method>.png     as the run's model
     /runs/<run_id>/upload/<session>/<id>/activations/<layer>.png?sort=    sees it
+    /runs/<run_id>/figures/architecture.<svg|pdf>?blocks=collapsed  the diagram for a paper,
+                                                                    as a download
+    /figures/warm       starts the export browser ahead of a probable click (204, or 503)
 
 Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` a registered
 explanation method, ``layer`` a layer of that run, rows and classes are ints checked against the run; files are
 then addressed only through ``RunStore``, so no request can name a path outside the data dir.
-Errors answer 404 (user-fixable) or 500 with one plain line, never a traceback.
+Errors answer 404 (user-fixable) or 500 with one plain line, never a traceback; a figure
+export without a browser to render it answers 503.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ import flask
 import numpy as np
 
 from components.activations import SORTS
+from components.architecture import publication_figure
 from components.images import encode_png, explanation_png
+from dashboard import figure_export
 from dashboard.context import AppContext
 from dashboard.data import RunData
+from dashboard.figure_export import ExportFailed, ExportUnavailable, Format
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS
 
@@ -64,6 +71,19 @@ def grid_url(run: RunData, layer_id: str, row: int, sort: str) -> str:
     return f"/runs/{quote(run.run_id)}/activations/{quote(layer_id)}/{row}.png?sort={sort}&v={run.version}"
 
 
+def architecture_export_url(run: RunData, fmt: Format, collapsed: bool) -> str:
+    blocks = "blocks=collapsed&" if collapsed else ""
+    return f"/runs/{quote(run.run_id)}/figures/architecture.{fmt}?{blocks}v={run.version}"
+
+
+def architecture_filename(run_id: str, fmt: Format, collapsed: bool) -> str:
+    """ "digits-smallcnn-architecture.svg", "resnet50-architecture-collapsed.pdf"."""
+    return f"{run_id}-architecture{'-collapsed' if collapsed else ''}.{fmt}"
+
+
+WARM_EXPORT_URL = "/figures/warm"
+
+
 def url_templates(run: RunData) -> dict[str, object]:
     """URL patterns with a "{row}" placeholder, for the browser's hover code. (Class
     explanations are computed on a click; their answer carries its URLs.)"""
@@ -95,6 +115,17 @@ def _guarded(render: Callable[..., bytes]) -> Callable[..., flask.Response]:
 
     view.__name__ = f"layerscope_{render.__name__}"
     return view
+
+
+def _plain(text: str, status: int) -> flask.Response:
+    return flask.Response(text, status=status, mimetype="text/plain")
+
+
+def _collapsed() -> bool:
+    blocks = flask.request.args.get("blocks", "expanded")
+    if blocks not in ("collapsed", "expanded"):
+        raise UserError("blocks must be collapsed or expanded")
+    return blocks == "collapsed"
 
 
 def _sort() -> str:
@@ -170,6 +201,57 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
     server.add_url_rule(
         "/runs/<run_id>/activations/<layer_id>/<int:row>.png", view_func=_guarded(activation_grid)
     )
+
+    def architecture_export(run_id: str, fmt: Format) -> flask.Response:
+        """The run's architecture in the publication style, as a file to save."""
+        try:
+            run = catalog.open(run_id)
+            collapsed = _collapsed()
+            if not run.layers:
+                raise UserError(
+                    f"run '{run_id}' has no layers yet (its precompute is describing the model); "
+                    "try again in a moment"
+                )
+            data = figure_export.render(publication_figure(run.layers, collapsed), fmt)
+        except ExportUnavailable as exc:
+            if exc.__cause__ is None:  # no browser: the message says how to install one
+                return _plain(str(exc), 503)
+            # A browser that is there but would not start: the details are in the log.
+            LOG.warning("figure export: %s", exc, exc_info=exc.__cause__)
+            return _plain(f"{exc}; see the server log", 503)
+        except UserError as exc:
+            return _plain(str(exc), 404)
+        except ExportFailed as exc:
+            LOG.error("figure export: %s", exc, exc_info=exc.__cause__)
+            return _plain(f"{exc}; see the server log", 500)
+        except Exception:  # noqa: BLE001 - log it here; the browser gets one line
+            LOG.exception("figure export failed: %s", flask.request.path)
+            return _plain("internal error while exporting this figure; see the server log", 500)
+        response = flask.Response(data, mimetype=figure_export.MIMETYPES[fmt])
+        response.headers.set(
+            "Content-Disposition",
+            "attachment",
+            filename=architecture_filename(run.run_id, fmt, collapsed),
+        )
+        response.headers["Cache-Control"] = f"private, max-age={CACHE_SECONDS}"
+        return response
+
+    server.add_url_rule(
+        "/runs/<run_id>/figures/architecture.<any(svg, pdf):fmt>",
+        endpoint="layerscope_architecture_export",
+        view_func=architecture_export,
+    )
+
+    def warm_export() -> flask.Response:
+        """The page's pointer reached the export buttons: start the browser now, so the click
+        that follows skips its cold start (about 3 s)."""
+        try:
+            figure_export.warm()
+        except ExportUnavailable as exc:
+            return _plain(str(exc), 503)
+        return flask.Response(status=204)
+
+    server.add_url_rule(WARM_EXPORT_URL, endpoint="layerscope_warm_export", view_func=warm_export)
 
     def no_such_image(rest: str) -> flask.Response:
         # Without this, Dash's catch-all page route would answer any other /runs/... URL.

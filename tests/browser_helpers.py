@@ -38,13 +38,14 @@ LARGE = {"width": 2560, "height": 1440}
 SMALL = {"width": 1366, "height": 768}
 
 
-def require_browser() -> None:
-    """Skip (or fail, in CI) when the browser or Playwright is not available."""
+def require_browser(playwright: bool = True) -> None:
+    """Skip (or fail, in CI) when the browser or Playwright is not available. Without
+    ``playwright``, only Chromium itself is needed (kaleido's figure export drives it)."""
     required = os.environ.get("LAYERSCOPE_REQUIRE_BROWSER") == "1"
     problem = None
     if not CHROMIUM.exists():
         problem = f"{CHROMIUM} is missing (apt-get install chromium)"
-    else:
+    elif playwright:
         try:
             import playwright.sync_api  # noqa: F401
         except ImportError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -372,6 +373,22 @@ def test_clicking_a_channel_opens_its_heatmap(watch, server):
     watch.screenshot("channel-modal", full_page=False)
     page.keyboard.press("Escape")
     page.wait_for_selector(".modal.show", state="detached")
+    assert watch.errors == []
+
+
+def test_downloading_the_embedding_as_svg_and_the_architecture_as_pdf(watch, server):
+    page = open_small_run(watch, server)
+    with page.expect_download() as download:
+        page.locator(f"#{ids.EMBEDDING_CARD} .ls-figure-download button", has_text="SVG").click()
+    assert download.value.suggested_filename == "layerscope-embedding.svg"
+    root = ET.parse(download.value.path()).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    # The architecture for a paper, rendered on the server by kaleido.
+    page.wait_for_function(f"() => document.getElementById({ids.MODEL_EXPORT_PDF!r}).href")
+    with page.expect_download() as download:
+        page.click(f"#{ids.MODEL_EXPORT_PDF}")
+    assert download.value.suggested_filename == "digits-small-architecture.pdf"
+    assert Path(download.value.path()).read_bytes().startswith(b"%PDF-")
     assert watch.errors == []
 
 

@@ -24,6 +24,7 @@ from components.activations import (
     grid_geometry,
 )
 from components.architecture import format_shape
+from components.figure_download import figure_download
 from components.theme import message_figure
 from dashboard import ids
 from dashboard.context import current
@@ -57,7 +58,15 @@ def layout() -> dbc.Card:
     modal = dbc.Modal(
         [
             dbc.ModalHeader(dbc.ModalTitle(id=ids.ACTIVATIONS_MODAL_TITLE)),
-            dbc.ModalBody(dcc.Graph(id=ids.ACTIVATIONS_MODAL_GRAPH, config={"displaylogo": False})),
+            dbc.ModalBody(
+                [
+                    html.Div(
+                        figure_download(ids.ACTIVATIONS_MODAL_GRAPH, "layerscope-channel"),
+                        className="d-flex",
+                    ),
+                    dcc.Graph(id=ids.ACTIVATIONS_MODAL_GRAPH, config={"displaylogo": False}),
+                ]
+            ),
         ],
         id=ids.ACTIVATIONS_MODAL,
         size="xl",

@@ -21,6 +21,7 @@ from components.embedding import (
     embedding_title,
     has_values,
 )
+from components.figure_download import figure_download
 from components.theme import message_figure
 from dashboard import ids
 from dashboard.context import current
@@ -42,6 +43,7 @@ def layout() -> dbc.Card:
                             "hover a point to inspect it · click to pin · legend toggles classes",
                             className="ls-hint",
                         ),
+                        figure_download(ids.EMBEDDING_GRAPH, "layerscope-embedding"),
                     ],
                     className="d-flex align-items-baseline flex-wrap",
                 )

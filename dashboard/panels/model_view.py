@@ -4,6 +4,10 @@ Click a box to select its layer (a collapsed block expands and selects its outpu
 prev/next buttons and the arrow keys (assets/model_view.js presses the buttons) step through
 layers in execution order. Selection and hover highlighting are clientside (``selectLayer``,
 ``archHover``); the server draws the diagram.
+
+"SVG" and "PDF" in the header download the diagram in the publication style (light, shapes as
+labels, a legend), blocks collapsed or not, from ``dashboard/routes.py``; without a browser to
+render them the buttons are disabled and the header says why.
 """
 
 from __future__ import annotations
@@ -22,8 +26,48 @@ from components.architecture import (
 from components.theme import message_figure
 from dashboard import ids
 from dashboard.context import current
-from dashboard.registry import callback, clientside_callback
+from dashboard.figure_export import export_problem
+from dashboard.registry import callback, clientside_callback, publish
+from dashboard.routes import WARM_EXPORT_URL, architecture_export_url, architecture_filename
 from pipelines.errors import UserError
+
+
+def export_controls() -> html.Div:
+    """The architecture's downloads: blocks collapsed or not, then SVG / PDF links (filled in
+    by ``export_links`` once a run is open)."""
+    publish("warmExportUrl", WARM_EXPORT_URL)
+    link = {"href": "", "external_link": True, "size": "sm", "color": "secondary"}
+    return html.Div(
+        [
+            html.Span("export", className="ls-hint me-2"),
+            html.Div(
+                dbc.Checkbox(id=ids.MODEL_EXPORT_COLLAPSED, label="collapsed blocks", value=True),
+                title="in the downloaded figure, each nested block (a ResNet bottleneck) is "
+                "one box",
+            ),
+            dbc.ButtonGroup(
+                [
+                    dbc.Button(
+                        "SVG",
+                        id=ids.MODEL_EXPORT_SVG,
+                        title="download the architecture for a paper (light, SVG)",
+                        disabled=True,
+                        **link,
+                    ),
+                    dbc.Button(
+                        "PDF",
+                        id=ids.MODEL_EXPORT_PDF,
+                        title="download the architecture for a paper (light, PDF)",
+                        disabled=True,
+                        **link,
+                    ),
+                ],
+                size="sm",
+            ),
+        ],
+        id=ids.MODEL_EXPORT,
+        className="ls-export d-flex align-items-center",
+    )
 
 
 def layout() -> dbc.Card:
@@ -61,6 +105,8 @@ def layout() -> dbc.Card:
                 color="link",
                 className="ls-link",
             ),
+            export_controls(),
+            html.Span(id=ids.MODEL_EXPORT_NOTE, className="ls-export-note"),
         ],
         className="d-flex align-items-center flex-wrap gap-1",
     )
@@ -160,3 +206,45 @@ clientside_callback(
     Input(ids.MODEL_GRAPH, "hoverData"),
     prevent_initial_call=True,
 )
+
+
+@callback(
+    Output(ids.MODEL_EXPORT_SVG, "href"),
+    Output(ids.MODEL_EXPORT_PDF, "href"),
+    Output(ids.MODEL_EXPORT_SVG, "download"),
+    Output(ids.MODEL_EXPORT_PDF, "download"),
+    Output(ids.MODEL_EXPORT_SVG, "disabled"),
+    Output(ids.MODEL_EXPORT_PDF, "disabled"),
+    Output(ids.MODEL_EXPORT_COLLAPSED, "disabled"),
+    Output(ids.MODEL_EXPORT_NOTE, "children"),
+    Input(ids.RUN_KEY, "data"),
+    Input(ids.RUN_VERSION, "data"),
+    Input(ids.MODEL_EXPORT_COLLAPSED, "value"),
+)
+def export_links(run_id: str | None, _version: Any, collapsed: bool | None) -> tuple:
+    """The run's SVG and PDF links, disabled (with the reason beside them) when there is no
+    browser to render them or no layer list yet; the blocks choice only where blocks exist."""
+    off = ("", "", "", "", True, True, True)
+    problem = export_problem()
+    if problem:
+        return (*off, problem)
+    if not run_id:
+        return (*off, "")
+    try:
+        run = current().catalog.open(run_id)
+    except UserError:
+        return (*off, "")  # the diagram itself says what is wrong
+    if not run.layers:
+        return (*off, "")
+    groups = collapsible_groups(run.layers)
+    collapsed = bool(collapsed) and bool(groups)  # without blocks, "collapsed" changes nothing
+    return (
+        architecture_export_url(run, "svg", collapsed),
+        architecture_export_url(run, "pdf", collapsed),
+        architecture_filename(run.run_id, "svg", collapsed),
+        architecture_filename(run.run_id, "pdf", collapsed),
+        False,
+        False,
+        not groups,
+        "",
+    )
