@@ -112,10 +112,20 @@ def test_a_confusion_cell_highlights_the_map_and_fills_the_gallery(watch, server
     again = bh.PageWatch(watch.context.browser, bh.SMALL)
     try:
         other = open_small_run(again, link.split("/?")[0], "&" + link.split("?")[1])
-        other.wait_for_function(
-            "(n) => document.querySelectorAll('#gallery .ls-gallery-item').length === n",
-            arg=cell["count"],
-        )
+        try:
+            other.wait_for_function(
+                "(n) => document.querySelectorAll('#gallery .ls-gallery-item').length === n",
+                arg=cell["count"],
+            )
+        except Exception:
+            again.screenshot("workbench-link-failed", full_page=True)
+            print(
+                link,
+                other.url,
+                other.evaluate("() => document.getElementById('selection-text').textContent"),
+                again.errors,
+            )
+            raise
         again.screenshot("workbench-small", full_page=True)
         assert again.errors == []
     finally:

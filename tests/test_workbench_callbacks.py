@@ -98,11 +98,14 @@ def test_filters_show_the_selection_and_edit_it(app):
         {"run": RUN, "sel": "true=2;pred=other;wrong"},
         None,
         None,
+        None,
         "any",
         "any",
         None,
     )
-    assert values[:3] == (2, "other", "wrong")
+    # The class menus arrive with their values (a value before its options would be dropped).
+    assert [o["value"] for o in values[1]] == [0, 1, 2, "other"]
+    assert values[2:5] == (2, "other", "wrong")
     patch = call(
         app, gallery.filters_to_selection, 2, 1, "wrong", "held-out", 0.5, selection("issues")
     )

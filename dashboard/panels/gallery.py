@@ -336,24 +336,20 @@ def class_options(run: RunData) -> list[dict[str, Any]]:
 
 
 @callback(
-    Output(ids.FILTER_TRUE, "options"),
-    Output(ids.FILTER_PRED, "options"),
     Output(ids.RELABEL_CLASS, "options"),
     Output(ids.SELECTION_SAVED, "options"),
     Output(ids.CORRECTIONS, "data"),
     Input(ids.RUN_KEY, "data"),
 )
 def run_menus(run_id: str | None) -> tuple:
-    """Per-run menus: classes for the filters and relabelling, the run's saved selections."""
+    """Per-run menus: classes for relabelling, the run's saved selections."""
     if not run_id:
-        return [], [], [], [], None
+        return [], [], None
     try:
         run = current().catalog.open(run_id)
     except UserError:
-        return [], [], [], [], None
-    classes = class_options(run)
-    predicted = [*classes, {"label": "other (not a dataset class)", "value": "other"}]
-    return classes, predicted, classes, saved_options(run), corrections_state(run)
+        return [], [], None
+    return class_options(run), saved_options(run), corrections_state(run)
 
 
 def saved_options(run: RunData) -> list[dict[str, str]]:
@@ -370,29 +366,44 @@ def corrections_state(run: RunData) -> dict[str, Any]:
 
 
 @callback(
+    Output(ids.FILTER_TRUE, "options"),
+    Output(ids.FILTER_PRED, "options"),
     Output(ids.FILTER_TRUE, "value"),
     Output(ids.FILTER_PRED, "value"),
     Output(ids.FILTER_CORRECT, "value"),
     Output(ids.FILTER_SPLIT, "value"),
     Output(ids.FILTER_LOSS, "value"),
     Input(ids.SEL_KEY, "data"),
+    State(ids.FILTER_TRUE, "options"),
     State(ids.FILTER_TRUE, "value"),
     State(ids.FILTER_PRED, "value"),
     State(ids.FILTER_CORRECT, "value"),
     State(ids.FILTER_SPLIT, "value"),
     State(ids.FILTER_LOSS, "value"),
 )
-def filters_from_selection(key: dict[str, Any] | None, *shown: Any) -> tuple:
+def filters_from_selection(
+    key: dict[str, Any] | None, shown_options: list[dict[str, Any]] | None, *shown: Any
+) -> tuple:
     """The filter controls show the filter terms of the selection, however it was made (a
-    confusion cell sets "true class" and "predicted")."""
+    confusion cell sets "true class" and "predicted"). The class menus come in the same answer
+    as their values: a menu given a value before its options drops the value, and that change
+    would then drop the term from the selection."""
     from pipelines.selection import parse_selection
 
+    key = key or {}
     try:
-        selection = parse_selection((key or {}).get("sel") or "")
+        selection = parse_selection(key.get("sel") or "")
+        run = current().catalog.open(key.get("run"))
     except UserError:
-        return (no_update,) * 5
+        return (no_update,) * 7
+    classes = class_options(run)
+    predicted = [*classes, {"label": "other (not a dataset class)", "value": "other"}]
+    menus = (no_update, no_update) if classes == (shown_options or []) else (classes, predicted)
     values = filter_values(selection)
-    return tuple(no_update if new == old else new for new, old in zip(values, shown, strict=True))
+    return (
+        *menus,
+        *(no_update if new == old else new for new, old in zip(values, shown, strict=True)),
+    )
 
 
 def filter_values(selection: Any) -> tuple:

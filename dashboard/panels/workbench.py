@@ -20,6 +20,7 @@ from components.confusion import (
     confusion_figure,
     confusion_view,
 )
+from components.figure_download import figure_download
 from components.theme import message_figure
 from dashboard import ids
 from dashboard.context import current
@@ -66,8 +67,9 @@ def confusion_tab() -> html.Div:
                         [("class order", "class"), ("most confused first", "errors")],
                         "class",
                     ),
+                    figure_download(ids.CONFUSION_GRAPH, "layerscope-confusion"),
                 ],
-                className="d-flex flex-wrap gap-3 mb-1",
+                className="d-flex flex-wrap gap-3 mb-1 align-items-center",
             ),
             html.Div(
                 "click a cell to select those samples · click a Σ cell to select a class",
