@@ -158,8 +158,14 @@ def test_a_box_in_the_map_selects_its_points(watch, server):
     page.mouse.move(box["x1"], box["y1"], steps=5)
     page.mouse.up()
     page.wait_for_function("() => new URL(location).searchParams.get('sel')?.startsWith('rows=')")
+    # The gallery shows the box's rows once the server resolved them.
     page.wait_for_function(
-        "() => document.querySelectorAll('#gallery .ls-gallery-item').length > 0"
+        "() => window.boxed && document.getElementById('selection-text').textContent"
+        ".includes(window.boxed.length + ' of')"
+    )
+    page.wait_for_function(
+        "() => document.querySelectorAll('#gallery .ls-gallery-item').length"
+        " === Math.min(200, window.boxed.length)"
     )
     gallery = page.evaluate(GALLERY_ROWS)
     inside = page.evaluate("() => window.boxed")
