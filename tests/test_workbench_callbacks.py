@@ -181,7 +181,21 @@ def test_relabel_undo_and_the_corrected_count(app, tmp_path):
         triggered=f"{ids.RELABEL_ACCEPT}.n_clicks",
     )
     assert "accepted 1 suggestions" in text_of(status)
-    # Mistakes are a line in the page, never a write.
+    # Mistakes are a line in the page, never a write; no selection is not "relabel everything".
+    _, status = call(
+        app,
+        gallery.relabel_clicked,
+        None,
+        None,
+        None,
+        None,
+        None,
+        1,
+        selection(""),
+        0.98,
+        triggered=f"{ids.RELABEL_SELECTION}.n_clicks",
+    )
+    assert "select some samples first" in text_of(status)
     _, status = call(
         app,
         gallery.relabel_clicked,

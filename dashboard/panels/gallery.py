@@ -601,6 +601,11 @@ def relabel(
         return f"row {row} relabelled as {run.class_names[int(label)]}"
     if not rows:
         raise UserError("the selection is empty")
+    if action == ids.RELABEL_SELECTION and not selection.get("sel"):
+        # Nothing selected means every sample: one click must not relabel the whole dataset.
+        raise UserError(
+            "select some samples first (with no selection every sample would be relabelled)"
+        )
     if action == ids.RELABEL_SELECTION:
         if label is None:
             raise UserError("choose the new label first")
