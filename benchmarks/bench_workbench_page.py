@@ -44,7 +44,8 @@ from tests import browser_helpers as bh  # noqa: E402
 
 # A rAF loop in the page: the first frame at which the map shows a selection of `count` points.
 HIGHLIGHT_PROBE = """(count) => new Promise(resolve => {
-  const gd = document.querySelector('#embedding-graph .js-plotly-plot');
+  const outer = document.getElementById('embedding-graph');
+  const gd = outer.classList.contains('js-plotly-plot') ? outer : outer.querySelector('.js-plotly-plot');
   const start = window.clickedAt;
   function frame(now) {
     const meta = gd.layout.meta;
@@ -55,6 +56,7 @@ HIGHLIGHT_PROBE = """(count) => new Promise(resolve => {
       selected += t.selectedpoints.length;
     });
     if (marked && selected === count) { resolve(performance.now() - start); return; }
+    if (performance.now() - start > 20000) { resolve(null); return; }  // reported as a failure
     requestAnimationFrame(frame);
   }
   requestAnimationFrame(frame);
@@ -81,6 +83,7 @@ PAGE_PROBE = """(firstBefore) => new Promise(resolve => {
         return r.bottom > b.top && r.top < b.bottom; }).length});
       return;
     }
+    if (performance.now() - start > 20000) { resolve(null); return; }  // reported as a failure
     requestAnimationFrame(frame);
   }
   requestAnimationFrame(frame);
@@ -123,7 +126,13 @@ def bench_confusion_clicks(page: Any, repeats: int) -> list[float]:
             continue
         probe = page.evaluate_handle(HIGHLIGHT_PROBE, cell["count"])
         page.mouse.click(cell["x"], cell["y"])
-        times.append(float(page.evaluate("(p) => p", probe)))
+        took = page.evaluate("(p) => p", probe)
+        if took is None:
+            raise RuntimeError(
+                f"the map never showed the {cell['count']} samples of cell {true_class},{predicted}: "
+                + page.evaluate("() => document.getElementById('selection-text').textContent")
+            )
+        times.append(float(took))
         time.sleep(0.3)
     return times
 
@@ -141,7 +150,10 @@ def bench_gallery_pages(page: Any, repeats: int) -> list[dict[str, Any]]:
         )
         probe = page.evaluate_handle(PAGE_PROBE, first)
         page.click("#gallery-next")
-        results.append(page.evaluate("(p) => p", probe))
+        page_time = page.evaluate("(p) => p", probe)
+        if page_time is None:
+            raise RuntimeError("the gallery's next page never showed 200 loaded thumbnails")
+        results.append(page_time)
         time.sleep(0.3)
     return results
 

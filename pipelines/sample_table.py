@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from pipelines.errors import UserError
-from pipelines.metrics import OTHER, output_classes
+from pipelines.metrics import HELD_OUT, OTHER, output_classes
 from pipelines.quality import (
     DEFAULT_DUPLICATE_THRESHOLD,
     NO_LABEL,
@@ -90,7 +90,9 @@ def sample_frame(
         "uid": pd.array(samples["uid"], dtype="str"),
         "path_or_index": path_or_index(samples, dataset.spec, data_dir),
         "dataset_split": pd.array(samples["split"], dtype="str"),
-        "split": pd.array(samples["model_split"], dtype="str"),
+        # Sample tables written before the split was recorded count every row as held out,
+        # as the dashboard's accuracy does.
+        "split": pd.array(samples.get("model_split") or [HELD_OUT] * n, dtype="str"),
     }
     true_index = np.asarray(samples["label"], dtype=np.int64)
     columns["true_index"] = true_index
