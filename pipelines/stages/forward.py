@@ -89,6 +89,7 @@ def forward_chunk(
                 autocast_dtype=autocast_dtype,
                 decode=adapter.decode,
             )
+            assert result.logits is not None  # classes=None: the engine ran its forward pass
             logits, pooled, explained = result.logits, result.features, result.maps
         for layer, values in pooled.items():
             features[layer].append(values.cpu())
