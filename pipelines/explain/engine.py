@@ -5,13 +5,15 @@ any captured layers and each method's display-ready maps out.
 The model runs forward once, with guided ReLUs when a method needs a guided gradient (same
 forward values as ReLU, so features and logits are unchanged), and backward once per gradient
 the methods need (``base.Gradient``): a plain pass that stops at the Grad-CAM layer, so only the
-layers after it run, and a guided pass down to the pixels. When the classes are given and every
-method runs passes of its own (LRP, Captum's), nothing reads the engine's pass, so it runs only
-if a method reads the logits (``base.Logits``): a VGG16 forward pass, ~0.16 s of LRP
-alpha-beta's 1.09 s on 2 CPU cores (``benchmarks/README.md``). Measured on VGG16 (one image at
+layers after it run, and a guided pass down to the pixels. Measured on VGG16 (one image at
 224 px, one CPU thread, ``benchmarks/bench_explain.py``, see ``benchmarks/README.md``): 0.62-0.70 s
 against 0.83-0.87 s for the dashboard's former separate Grad-CAM and guided-backprop passes.
 The maps are cross-checked against pytorch-grad-cam in ``tests/test_explain.py``.
+
+When the classes are given and every method runs passes of its own (LRP, Captum's saliency,
+SmoothGrad, IG, occlusion), nothing reads the engine's pass, so it runs only if a method reads
+the logits (``base.Logits``: LRP's check of a canonized model). That saves one forward pass
+per call, ~0.16 s of VGG16 on 2 idle CPU cores (``bench_explain.py --engine-forward``).
 """
 
 from __future__ import annotations
