@@ -296,14 +296,14 @@ def precompute_command(args: argparse.Namespace) -> None:
         explain=None if args.explain is None else tuple(args.explain),
     )
     store = Precompute(config, args.data_dir, args.run_id).run()
-    print_summary(store.read_manifest(), store.run_dir)
+    print_summary(store.read_record(), store.run_dir)
 
 
-def accuracy_text(manifest: dict) -> str:
+def accuracy_text(manifest: Manifest) -> str:
     """'held-out 98.6% (360) · train 99.9% (1,437)'; old runs say their number is over all rows."""
-    by_split = manifest.get("accuracy_by_split")
+    by_split = manifest.accuracy_by_split
     if by_split is None:
-        accuracy = manifest.get("accuracy")
+        accuracy = manifest.accuracy
         return (
             "-"
             if accuracy is None
@@ -311,20 +311,19 @@ def accuracy_text(manifest: dict) -> str:
         )
     parts = []
     for name in ("held-out", "train"):
-        split = by_split.get(name) or {}
-        if split.get("samples"):
-            value = split.get("accuracy")
+        split = by_split.get(name)
+        if split and split.samples:
+            value = split.accuracy
             shown = "unknown (classes not mapped)" if value is None else f"{value:.1%}"
-            parts.append(f"{name} {shown} ({split['samples']:,} samples)")
+            parts.append(f"{name} {shown} ({split.samples:,} samples)")
     return " · ".join(parts) or "-"
 
 
-def print_summary(manifest: dict, run_dir: Path) -> None:
-    record = Manifest.from_json(manifest)
+def print_summary(record: Manifest, run_dir: Path) -> None:
     stages = ", ".join(f"{name} {stage.seconds or 0:.1f}s" for name, stage in record.stages.items())
     print(
         f"run '{record.run_id}' complete: {record.require_dataset().num_samples} samples, "
-        f"{len(record.layers)} layers, accuracy {accuracy_text(manifest)}\n"
+        f"{len(record.layers)} layers, accuracy {accuracy_text(record)}\n"
         f"  stages: {stages}\n  in {run_dir}\n"
         "  explore it with: python main.py serve"
         + (
@@ -360,24 +359,23 @@ def runs_command(args: argparse.Namespace) -> None:
     for run_dir in run_dirs:
         store = RunStore(run_dir)
         try:
-            manifest = store.read_manifest()
+            record = store.read_record()
         except UserError as exc:
             print(f"{run_dir.name}: unreadable ({exc})")
             continue
-        record = Manifest.from_json(manifest)
         config = record.require_config()
         samples = record.dataset.num_samples if record.dataset else "?"
         states = "  ".join(f"{name}: {state}" for name, state in iter_stage_states(record))
         explanations = ", ".join(stored_methods(config))
         if store.is_being_written():
             status = "  [being written now]"
-        elif manifest.get("failure"):
-            status = f"\n  FAILED: {manifest['failure']['error']}"
+        elif record.failure:
+            status = f"\n  FAILED: {record.failure.error}"
         else:
             status = ""
         print(
             f"{run_dir.name}\n  {config.dataset} x {config.model}, {samples} samples, "
-            f"accuracy {accuracy_text(manifest)}{status}\n  {states}\n"
+            f"accuracy {accuracy_text(record)}{status}\n  {states}\n"
             f"  explanations stored: {explanations}\n"
             f"  layers: {', '.join(layer.id for layer in record.layers)}"
         )

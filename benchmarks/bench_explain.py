@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_explain.py [--repeats 7] [--threads 2]
     .venv/bin/python benchmarks/bench_explain.py --methods [--repeats 5] [--threads 2]
+    .venv/bin/python benchmarks/bench_explain.py --engine-forward [--repeats 9] [--threads 2]
+        [--only lrp,lrp_alpha_beta]
 
 Default: VGG16 (random init, 224 x 224), the stored methods together, the dashboard's on-demand
 path (a chosen class) and the precompute's path (the predicted class, no features); prints the
@@ -14,6 +16,12 @@ engine's forward pass plus the method's own passes), on smallcnn at the digits s
 (``Explainer.slow``, many passes) once, without a warm-up. Prints seconds per method beside the
 issue's target, and the load average before and after (on a shared 2-core machine neighbours
 change wall times 2-5x).
+
+``--engine-forward``: before/after the engine skips its forward pass (issue 11), in one run:
+every fast method alone on VGG16, class 7 given (the page's call: no engine forward pass where
+the method runs its own passes) alternating with no class given (each image's top-1 from the
+engine's forward pass: the precompute's call, and what every call cost before), so both see
+the same neighbours; medians and bests of ``--repeats`` pairs after a warm-up of each.
 
 Models and inputs are channels_last, as the dashboard and the precompute use them.
 """
@@ -49,6 +57,30 @@ def timed(work: Callable[[], object], repeats: int) -> tuple[float, float, float
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     return statistics.median(wall), min(wall), statistics.median(cpu)
+
+
+def timed_pair(
+    first: Callable[[], object], second: Callable[[], object], repeats: int
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(median wall, best wall, median CPU) seconds of each of two works, run alternately
+    ``repeats`` times after one warm-up each: on a shared machine both meet the same neighbours,
+    and the best of many runs is the one they disturbed least."""
+    first(), second()
+    samples: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
+    for _ in range(repeats):
+        for work, kept in zip((first, second), samples, strict=True):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            work()
+            kept.append((time.perf_counter() - start, time.process_time() - start_cpu))
+    summaries = [
+        (
+            statistics.median(w for w, _ in kept),
+            min(w for w, _ in kept),
+            statistics.median(c for _, c in kept),
+        )
+        for kept in samples
+    ]
+    return summaries[0], summaries[1]
 
 
 def vgg16_case() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
@@ -116,6 +148,32 @@ def time_methods(repeats: int) -> None:
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
+def compare_engine_forward(repeats: int, only: list[str] | None) -> None:
+    """Each fast method on VGG16 (or those in ``only``), with and without the engine's forward
+    pass; one line each."""
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    model, target, image = vgg16_case()
+    for name, explainer in EXPLAINERS.items():
+        if explainer.slow or (only is not None and name not in only):
+            continue
+
+        def given(name: str = name) -> object:
+            return explain(model, target, image, torch.tensor([7]), [name], 64)
+
+        def top1(name: str = name) -> object:
+            return explain(model, target, image, None, [name], 64)
+
+        (wall, best, cpu), (wall_before, best_before, cpu_before) = timed_pair(given, top1, repeats)
+        print(
+            f"vgg16 {name:16s} class given: {wall:6.3f} s wall (best {best:6.3f}), {cpu:6.3f} s "
+            f"CPU | engine forward: {wall_before:6.3f} s wall (best {best_before:6.3f}), "
+            f"{cpu_before:6.3f} s CPU | saved {wall_before - wall:+.3f} s median, "
+            f"{best_before - best:+.3f} s best ({repeats} pairs)"
+        )
+        sys.stdout.flush()
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -123,10 +181,22 @@ def main() -> None:
     parser.add_argument(
         "--methods", action="store_true", help="time every registered method alone instead"
     )
+    parser.add_argument(
+        "--engine-forward",
+        action="store_true",
+        help="each fast method on VGG16 with and without the engine's forward pass",
+    )
+    parser.add_argument(
+        "--only", default=None, help="with --engine-forward: these methods (comma-separated)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.methods:
         time_methods(args.repeats)
+        return
+    if args.engine_forward:
+        only = None if args.only is None else [name.strip() for name in args.only.split(",")]
+        compare_engine_forward(args.repeats, only)
         return
     model, target, image = vgg16_case()
     chosen = torch.tensor([7])

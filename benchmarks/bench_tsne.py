@@ -4,10 +4,15 @@
     python benchmarks/bench_tsne.py --data blobs --n 2000          # separated Gaussian blobs
     python benchmarks/bench_tsne.py --n 13000 --backends torch --device cuda   # the GPU path
     python benchmarks/bench_tsne.py --data features.npy            # real (N, D) layer features
+    python benchmarks/bench_tsne.py --backends torch --compile on  # fused repulsion kernel
 
 Runs ``tsne.fit`` (the precompute's entry point: PCA scores in, one map per perplexity out) once
 per backend with the shared schedule (or openTSNE's default one, ``--schedule
-opentsne-defaults``), timed with CUDA synchronised, and judges every map by its neighbourhoods:
+opentsne-defaults``), timed with CUDA synchronised, and prints the time of each of its stages
+(``tsne.StageTimes``: neighbours and affinities, the fused kernel's compilation, early
+exaggeration, main phase; the openTSNE backend's maps run in parallel, so its stages add up
+thread seconds). ``--compile`` fuses the torch backend's repulsion with ``torch.compile``
+(default: on CUDA only). Then it judges every map by its neighbourhoods:
 KL divergence under one exact P and exact Q (``reduce.kl_divergence``, so the backends' own
 approximations do not enter the comparison), 10-nearest-neighbour preservation, leave-one-out
 10-NN accuracy on the class labels (digits and blobs) and trustworthiness at 10 neighbours (up
@@ -50,6 +55,7 @@ KNN_K = 10
 OPENTSNE_DEFAULT_MAX_N = 20_000
 TRUST_MAX_N = 5_000  # sklearn's trustworthiness holds an (N, N) distance matrix
 SCHEDULES = {"shared": tsne.SCHEDULE, "opentsne-defaults": tsne.OPENTSNE_DEFAULTS}
+COMPILE = {"auto": None, "on": True, "off": False}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--perplexities", default="10,30,90", help="comma-separated")
     parser.add_argument("--schedule", choices=tuple(SCHEDULES), default="shared")
+    parser.add_argument(
+        "--compile",
+        choices=tuple(COMPILE),
+        default="auto",
+        help="torch backend: fuse the repulsion with torch.compile (auto: on CUDA only)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="openTSNE threads")
     parser.add_argument(
@@ -150,24 +162,34 @@ def run_backend(
     perplexities: list[float],
     args: argparse.Namespace,
     device: torch.device,
-) -> tuple[dict[float, np.ndarray], float, float | None]:
-    """``tsne.fit`` with one backend. Returns ({perplexity: (n, 2) map}, seconds, peak GPU GiB)."""
+) -> tuple[dict[float, np.ndarray], float, float | None, dict[str, float]]:
+    """``tsne.fit`` with one backend. Returns ({perplexity: (n, 2) map}, seconds, peak GPU GiB,
+    {stage: seconds})."""
     n = scores.shape[0]
     on_cuda = backend == "torch" and device.type == "cuda"
     options: dict[str, Any] = (
-        {"device": str(device)} if backend == "torch" else {"cores": args.cores}
+        {"device": str(device), "compile": COMPILE[args.compile]}
+        if backend == "torch"
+        else {"cores": args.cores}
     )
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    times = tsne.StageTimes()
     synchronise(device)
     start = time.perf_counter()
     maps = tsne.fit(
-        scores, {n: perplexities}, args.seed, backend, schedule=SCHEDULES[args.schedule], **options
+        scores,
+        {n: perplexities},
+        args.seed,
+        backend,
+        schedule=SCHEDULES[args.schedule],
+        times=times,
+        **options,
     )
     synchronise(device)
     seconds = time.perf_counter() - start
     peak = peak_memory_gib(device) if on_cuda else None
-    return {p: maps[(n, p)] for p in perplexities}, seconds, peak
+    return {p: maps[(n, p)] for p in perplexities}, seconds, peak, times.seconds
 
 
 def run_opentsne_defaults(x: np.ndarray, perplexity: float, seed: int, cores: int) -> np.ndarray:
@@ -265,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(device)
     info["data"] = f"{args.data}: {data.shape[0]} x {data.shape[1]} -> PCA {scores.shape[1]}"
     info["schedule"] = args.schedule
+    info["torch compile"] = args.compile
     info["load average"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     print_table("machine", [("key", "value"), *[(k, str(v)) for k, v in info.items()]])
 
@@ -287,11 +310,16 @@ def main(argv: list[str] | None = None) -> int:
             )
     deterministic: dict[str, bool] = {}
     timing_rows = [("backend", "seconds (all perplexities)", "peak GPU GiB")]
+    stage_rows = [("backend", "stage", "seconds")]
+    stages: dict[str, dict[str, float]] = {}
     for backend in backends:
-        maps, seconds, peak = run_backend(backend, scores, perplexities, args, device)
+        maps, seconds, peak, stages[backend] = run_backend(
+            backend, scores, perplexities, args, device
+        )
         timing_rows.append((backend, f"{seconds:.2f}", fmt(peak, 2)))
+        stage_rows += [(backend, stage, f"{value:.3f}") for stage, value in stages[backend].items()]
         if args.check_determinism:
-            again, _, _ = run_backend(backend, scores, perplexities, args, device)
+            again, *_ = run_backend(backend, scores, perplexities, args, device)
             deterministic[backend] = all(np.array_equal(maps[p], again[p]) for p in perplexities)
         for p in perplexities:
             record = {
@@ -304,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 record["pass"] = passes(record, references[p])
             records.append(record)
     print_table(f"tsne.fit wall time, {len(perplexities)} perplexities", timing_rows)
+    print_table("stages (openTSNE backend: thread seconds, its maps run in parallel)", stage_rows)
     if deterministic:
         print(f"\nbit-identical on a second run: {deterministic}")
 
@@ -342,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                     "args": {k: str(v) for k, v in vars(args).items()},
                     "pca": pca_info,
                     "timings": timing_rows[1:],
+                    "stages": stages,
                     "deterministic": deterministic,
                     "quality": records,
                 },

@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pipelines.annotations import CorrectionLog, SavedSelections, corrections_log, saved_selections
-from pipelines.sample_table import sample_frame, with_corrections
 
+from pipelines.annotations import CorrectionLog, SavedSelections, corrections_log, saved_selections
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS
 from pipelines.quality import SampleQuality, load_quality
 from pipelines.records import LayerSpec, Manifest, StageState
+from pipelines.sample_table import sample_frame, with_corrections
 from pipelines.store import RunStore, datasets_dir, embedding_key, list_run_dirs
 
 METHODS = ("tsne", "pca")
@@ -70,7 +70,7 @@ class RunData:
     def version(self) -> int:
         """Changes when the run is recomputed under the same id: part of every image URL, so a
         browser never shows a cached picture of an older run."""
-        return int(self.manifest.get("created") or 0)
+        return int(self.record.created or 0)
 
     @cached_property
     def record(self) -> Manifest:
@@ -144,7 +144,7 @@ class RunData:
     @property
     def failure(self) -> str | None:
         """The error its last precompute ended with, until a resume clears it."""
-        return (self.manifest.get("failure") or {}).get("error")
+        return self.record.failure.error if self.record.failure else None
 
     def not_ready_note(self) -> str | None:
         """One sentence saying what is still missing, or None for a complete run."""
@@ -179,11 +179,10 @@ class RunData:
 
     @property
     def subsets(self) -> list[int]:
-        return [int(n) for n in self.manifest.get("subsets") or []]
+        return list(self.record.subsets)
 
     def perplexities(self, subset: int) -> list[float]:
-        table = self.manifest.get("perplexities") or {}
-        return [float(p) for p in table.get(str(subset), [])]
+        return list(self.record.perplexities_of(subset))
 
     def default_subset(self) -> int | None:
         """The largest subset: every sample, since nothing is capped silently."""
@@ -205,8 +204,7 @@ class RunData:
 
     @property
     def dataset_to_model(self) -> list[int]:
-        mapping = self.manifest.get("class_mapping") or {}
-        return [int(v) for v in mapping.get("dataset_to_model") or []]
+        return list(self.record.dataset_to_model)
 
     # ---- artifacts --------------------------------------------------------------------------
 
@@ -345,7 +343,7 @@ class RunData:
         change = change_on_disk(
             self.record.dataset.spec if self.record.dataset else "",
             datasets_dir(self.store.run_dir.parent.parent),
-            self.manifest.get("source_fingerprint"),
+            self.record.source_fingerprint,
             files,
         )
         with self._lock:
@@ -439,7 +437,7 @@ class RunCatalog:
 
 def run_label(run: RunData) -> str:
     config = run.record.config
-    accuracy = run.manifest.get("accuracy")
+    accuracy = run.record.accuracy
     parts = [
         f"{config.dataset} × {config.model}" if config else "? × ?",
         f"{run.num_samples:,} samples",
@@ -447,7 +445,7 @@ def run_label(run: RunData) -> str:
     if accuracy is not None:
         # Runs made before held-out accuracy have no split: theirs is over every row, the
         # model's training rows included, and says so.
-        held_out = "accuracy_by_split" in run.manifest
+        held_out = run.record.accuracy_by_split is not None
         text = f"acc {100 * float(accuracy):.1f}%"
         parts.append(
             f"held-out {text}" if held_out else f"{text} (all rows; recompute for held-out)"

@@ -97,7 +97,7 @@ def torch_threads(count: int) -> Iterator[None]:
 
 def explanation_size(run: RunData) -> int:
     """S of the run's (S, S) explanation maps."""
-    return int(run.manifest.get("explanation_size") or DEFAULT_EXPLANATION_SIZE)
+    return run.record.explanation_size or DEFAULT_EXPLANATION_SIZE
 
 
 class ModelService:

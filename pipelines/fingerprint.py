@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def files_fingerprint(root: Path, sources: list[str]) -> Fingerprint:
 def change_on_disk(
     spec: str,
     cache_dir: Path,
-    recorded: dict[str, object] | None,
+    recorded: Mapping[str, object] | None,
     recorded_files: FileTable | None,
 ) -> str | None:
     """For the dashboard: what changed in a file dataset since its run recorded it, or None.
@@ -108,7 +109,7 @@ def describe_change(recorded: FileTable, current: FileTable) -> str:
 
 
 def change_since(
-    recorded: dict[str, object] | None, recorded_files: FileTable | None, current: Fingerprint
+    recorded: Mapping[str, object] | None, recorded_files: FileTable | None, current: Fingerprint
 ) -> str | None:
     """None if ``current`` matches the recorded fingerprint (or the run predates fingerprints),
     else a sentence saying what changed."""

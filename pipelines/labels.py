@@ -9,9 +9,9 @@ error because predictions could never be judged.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
 
 from pipelines.errors import UserError
+from pipelines.records import ClassMapping
 
 # ImageNet-1k output index of every synset the built-in ImageNet subsets use.
 IMAGENET_INDEX_BY_WNID: dict[str, int] = {
@@ -39,17 +39,8 @@ IMAGENET_INDEX_BY_WNID: dict[str, int] = {
     "n02115641": 273,  # dingo
 }
 
+# The model output of a dataset class that has none (``ClassMapping.dataset_to_model``).
 UNMAPPED = -1
-
-
-@dataclass(frozen=True)
-class ClassMapping:
-    method: str  # "wnid" | "name" | "order" | "none"
-    dataset_to_model: list[int]  # model output index per dataset class, UNMAPPED if none
-    warning: str | None = None
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def normalise_name(name: str) -> str:
@@ -66,15 +57,15 @@ def map_classes(
     if dataset_wnids and model_is_imagenet:
         by_wnid = [IMAGENET_INDEX_BY_WNID.get(wnid, UNMAPPED) for wnid in dataset_wnids]
         if all(index != UNMAPPED for index in by_wnid):
-            return ClassMapping("wnid", by_wnid)
+            return ClassMapping("wnid", tuple(by_wnid))
 
     model_index = {normalise_name(name): i for i, name in enumerate(model_names)}
     by_name = [model_index.get(normalise_name(name), UNMAPPED) for name in dataset_names]
     if all(index != UNMAPPED for index in by_name):
-        return ClassMapping("name", by_name)
+        return ClassMapping("name", tuple(by_name))
 
     if len(dataset_names) == len(model_names):
-        return ClassMapping("order", list(range(len(dataset_names))))
+        return ClassMapping("order", tuple(range(len(dataset_names))))
 
     if len(model_names) > len(dataset_names):
         missing = [
@@ -84,7 +75,8 @@ def map_classes(
             f"{len(missing)} of {len(dataset_names)} dataset classes have no matching model "
             f"output (e.g. {missing[:3]}); predictions are shown but correctness is unknown for them"
         )
-        return ClassMapping("name" if len(missing) < len(by_name) else "none", by_name, warning)
+        method = "name" if len(missing) < len(by_name) else "none"
+        return ClassMapping(method, tuple(by_name), warning)
 
     raise UserError(
         f"the model has {len(model_names)} outputs but the dataset has {len(dataset_names)} classes "

@@ -150,7 +150,7 @@ def save_placement(store: RunStore, layer_id: str, fit: reduce.PCAFit) -> None:
 def same_pca_map(store: RunStore, layer_id: str, scores: np.ndarray) -> bool:
     """True if ``scores`` (N, k) give the layer's stored PCA map (its first two columns, the
     largest subset's rows) to within ``SAME_MAP_TOLERANCE`` of the map's extent."""
-    size = max(int(n) for n in store.read_manifest()["subsets"])
+    size = max(store.read_record().subsets)
     stored = store.load_array("embedding", mmap=False, **embedding_key(layer_id, size, "pca", None))
     if stored.shape != (size, 2) or scores.shape[0] < size:
         return False

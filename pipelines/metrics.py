@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from pipelines.labels import UNMAPPED
+from pipelines.records import SplitAccuracy
 
 # The sample table's ``model_split``: whether the model was fitted on a sample.
 TRAIN, HELD_OUT = "train", "held-out"
@@ -29,19 +29,18 @@ def prediction_columns(log_prob: np.ndarray, model_labels: np.ndarray) -> dict[s
     }
 
 
-def accuracy_by_split(correct: np.ndarray, held_out: np.ndarray) -> dict[str, dict[str, Any]]:
+def accuracy_by_split(correct: np.ndarray, held_out: np.ndarray) -> dict[str, SplitAccuracy]:
     """correct: (N,) int8, 1 / 0 / -1 (class not mapped); held_out: (N,) bool.
 
-    {"held-out": {"accuracy": float or None, "samples": int}, "train": {...}}: accuracy over the
-    split's rows whose class is known (None when there are none).
+    {"held-out": SplitAccuracy, "train": SplitAccuracy}: accuracy over the split's rows whose
+    class is known (None when there are none), and the split's number of rows.
     """
     result = {}
     for name, rows in ((HELD_OUT, held_out), (TRAIN, ~held_out)):
         known = correct[rows][correct[rows] >= 0]
-        result[name] = {
-            "accuracy": float(known.mean()) if len(known) else None,
-            "samples": int(rows.sum()),
-        }
+        result[name] = SplitAccuracy(
+            accuracy=float(known.mean()) if len(known) else None, samples=int(rows.sum())
+        )
     return result
 
 
@@ -56,7 +55,7 @@ def output_classes(dataset_to_model: Sequence[int], num_outputs: int) -> np.ndar
 
 
 def confusion_matrix(
-    labels: np.ndarray, predicted: np.ndarray, dataset_to_model: list[int]
+    labels: np.ndarray, predicted: np.ndarray, dataset_to_model: Sequence[int]
 ) -> np.ndarray:
     """(C, C+1) counts: rows true dataset class, columns predicted dataset class, last column
     a model output that is no dataset class. ``predicted``: model outputs."""

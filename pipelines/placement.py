@@ -105,7 +105,7 @@ def forward_images(
     record = store.read_record()
     same_as = {layer.id: layer.same_as for layer in record.layers if layer.same_as}
     wanted = [layer.id for layer in record.layers if keep_activations or not layer.same_as]
-    precision = store.read_manifest().get("forward_precision", {}).get("dtype", "float32")
+    precision = record.forward_precision.dtype if record.forward_precision else "float32"
     adapter = model.adapter
     inputs = adapter.preprocess(list(images))
 
@@ -197,14 +197,13 @@ def stored_map(
         raise ValueError("a t-SNE map needs its perplexity")
     key = embedding_key(layer_id, subset_size, method, perplexity)
     if not store.has("embedding", **key):
-        manifest = store.read_manifest()
-        perplexities = manifest.get("perplexities", {}).get(str(subset_size), [])
+        record = store.read_record()
         at = f" at perplexity {perplexity_key(perplexity)}" if perplexity is not None else ""
-        offered = ", ".join(perplexity_key(p) for p in perplexities) or "none"
+        offered = ", ".join(perplexity_key(p) for p in record.perplexities_of(subset_size))
         raise UserError(
             f"run '{store.run_id}' has no {method} map of layer '{layer_id}' for subset "
-            f"{subset_size}{at}; its subsets are {manifest.get('subsets')}, with perplexities "
-            f"{offered} for subset {subset_size}"
+            f"{subset_size}{at}; its subsets are {list(record.subsets)}, with perplexities "
+            f"{offered or 'none'} for subset {subset_size}"
         )
     return store.load_array("embedding", mmap=False, **key)
 

@@ -14,9 +14,9 @@ import importlib.metadata
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pipelines import report
 from pipelines.cores import available_cores
@@ -31,6 +31,7 @@ from pipelines.fingerprint import (
 )
 from pipelines.layer_jobs import LayerWorkers
 from pipelines.models import ModelAdapter, rebuild_adapter, resolve_device
+from pipelines.records import Manifest, RunFailure, RunSettings, StageState
 from pipelines.run_config import PrecomputeConfig, run_id_for, stored_methods
 from pipelines.stages import STAGES, embeddings, forward, index, model, use_threads_for
 from pipelines.stages.index import SamplePlan
@@ -171,11 +172,11 @@ class Precompute:
 
     def check_same_source(self, content: Fingerprint) -> None:
         """Refuse to resume (or call complete) a run whose dataset changed since it began."""
-        manifest = self.store.read_manifest()
+        recorded = self.store.read_record().source_fingerprint
         recorded_files = (
             self.store.load_json("dataset_files") if self.store.has("dataset_files") else None
         )
-        change = change_since(manifest.get("source_fingerprint"), recorded_files, content)
+        change = change_since(recorded, recorded_files, content)
         if change:
             raise changed_source_error(self.run_id, self.config.dataset, change)
 
@@ -187,31 +188,33 @@ class Precompute:
             # Again under the lock: another precompute may have changed the run meanwhile.
             self.check_same_settings()
             self.check_same_source(content)
-            manifest = self.store.read_manifest()
-            if "source_fingerprint" not in manifest:  # a run begun before fingerprints
+            manifest = self.store.read_record()
+            if manifest.source_fingerprint is None:  # a run begun before fingerprints
                 self.record_source(content, manifest)
             self.clear_failure()
             self.log(f"resuming run '{self.run_id}' in {self.store.run_dir}")
             return
-        manifest = {
-            "run_id": self.run_id,
-            "created": time.time(),
-            "config": {
-                **asdict(self.config),
-                "explain": list(self.config.explain or STORED_METHODS),
-                "identity": self.config.identity(),
-            },
-            "stages": {name: {"state": "pending"} for name in STAGES},
-            "versions": library_versions(),
+        settings = {
+            **asdict(self.config),
+            "explain": list(self.config.explain or STORED_METHODS),
+            "identity": self.config.identity(),
         }
-        self.record_source(content, manifest)
+        created = Manifest(
+            run_id=self.run_id,
+            created=time.time(),
+            # The settings as JSON: those no record types (samples, device, ...) are kept too.
+            config=RunSettings.from_json(settings),
+            stages={name: StageState() for name in STAGES},
+            versions=library_versions(),
+        )
+        self.record_source(content, created)
 
-    def record_source(self, content: Fingerprint, manifest: dict[str, Any]) -> None:
+    def record_source(self, content: Fingerprint, manifest: Manifest) -> None:
         """Store the dataset's file table (first: the manifest names it), then the manifest
         with the fingerprint."""
         if content.files is not None:
             self.store.save_json("dataset_files", content.files)
-        self.store.write_manifest({**manifest, "source_fingerprint": content.to_json()})
+        self.store.write_record(replace(manifest, source_fingerprint=content.to_json()))
 
     def record_failure(self, exc: Exception) -> None:
         """Mark the run failed with its one-line error, so `runs` and the dashboard show why
@@ -221,16 +224,15 @@ class Precompute:
         else:
             message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         try:
-            manifest = self.store.read_manifest()
-            manifest["failure"] = {"error": message, "time": time.time()}
-            self.store.write_manifest(manifest)
+            manifest = self.store.read_record()
+            self.store.write_record(replace(manifest, failure=RunFailure(message, time.time())))
         except (OSError, UserError):
             pass
 
     def clear_failure(self) -> None:
-        manifest = self.store.read_manifest()
-        if manifest.pop("failure", None) is not None:
-            self.store.write_manifest(manifest)
+        manifest = self.store.read_record()
+        if manifest.failure is not None:
+            self.store.write_record(replace(manifest, failure=None))
 
 
 def library_versions() -> dict[str, str]:

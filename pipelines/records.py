@@ -6,7 +6,7 @@ Each record is frozen and converts to and from the manifest's JSON with ``to_jso
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -82,15 +82,25 @@ def layers_to_json(layers: Iterable[LayerSpec]) -> list[dict[str, Any]]:
 # Each record types the fields that code reads, and keeps the JSON object it was read from in
 # ``raw``: to_json writes the typed fields over it, so fields no code reads (library versions,
 # training details) are written back as they were, and every key keeps its place. Equality
-# compares the typed fields only.
+# compares the typed fields only. A record made in code (empty ``raw``) writes its keys in the
+# order of its ``to_json``, which is the order the precompute has always written them in.
 
 
-def _to_json(raw: Mapping[str, Any], typed: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with ``typed`` written over it; a None that ``raw`` did not have stays out."""
+def _to_json(
+    raw: Mapping[str, Any], typed: dict[str, Any], nullable: Collection[str] = ()
+) -> dict[str, Any]:
+    """``raw`` with ``typed`` written over it. A value equal to the one in ``raw`` keeps raw's
+    spelling (``10`` stays ``10`` where the record reads ``10.0``; a null stays). A None is left
+    out (a field cleared, as a resume clears ``failure``, leaves the JSON), except for the
+    ``nullable`` keys, which earlier versions always wrote, null included."""
     data = dict(raw)
     for key, value in typed.items():
-        if value is not None or key in raw:
+        if key in raw and raw[key] == value:
+            continue
+        if value is not None or key in nullable:
             data[key] = value
+        else:
+            data.pop(key, None)
     return data
 
 
@@ -107,8 +117,17 @@ def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _names(value: Any) -> tuple[str, ...]:
     return tuple(str(name) for name in value or ())
+
+
+def _optional(value: Any, read: Callable[[Mapping[str, Any]], T]) -> T | None:
+    """``read(value)`` (a record's ``from_json``), or None for an absent (None) value."""
+    return None if value is None else read(value)
 
 
 @dataclass(frozen=True)
@@ -167,10 +186,13 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     description: str = ""
     dataset_size: int | None = None  # samples in the whole dataset, of which the run shows some
+    class_wnids: tuple[str, ...] | None = None  # WordNet ids of ImageNet subsets' classes
+    native_channels: int | None = None  # 1 (grey) or 3 (RGB), before the model's preprocessing
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DatasetInfo:
+        wnids = data.get("class_wnids")
         return cls(
             name=str(data.get("name", "")),
             spec=str(data.get("spec", "")),
@@ -178,6 +200,8 @@ class DatasetInfo:
             class_names=_names(data.get("class_names")),
             description=str(data.get("description", "")),
             dataset_size=_optional_int(data.get("dataset_size")),
+            class_wnids=None if wnids is None else _names(wnids),
+            native_channels=_optional_int(data.get("native_channels")),
             raw=data,
         )
 
@@ -191,7 +215,11 @@ class DatasetInfo:
                 "num_samples": self.num_samples,
                 "dataset_size": self.dataset_size,
                 "class_names": list(self.class_names),
+                "class_wnids": None if self.class_wnids is None else list(self.class_wnids),
+                "native_channels": self.native_channels,
             },
+            # The index stage has always written it, null for datasets without WordNet ids.
+            nullable=() if self.raw else ("class_wnids",),
         )
 
 
@@ -271,34 +299,29 @@ class StageState:
             {"state": self.state, "done": self.done, "total": self.total, "seconds": self.seconds},
         )
 
+    def updated(self, **fields: Any) -> StageState:
+        """This state with ``fields`` (JSON values) merged in, as ``RunStore.update_stage`` does:
+        known fields typed, others kept, each key in its place."""
+        return StageState.from_json({**self.to_json(), **fields})
+
 
 @dataclass(frozen=True)
-class Manifest:
-    """A run's ``manifest.json``, its fields typed where code reads them. ``config``,
-    ``dataset`` and ``model`` are None, and ``layers`` empty, until the stage that writes them
-    has run; ``stages`` is in the order the manifest lists them."""
+class ClassMapping:
+    """The manifest's ``class_mapping``: which model output each dataset class is
+    (``labels.map_classes`` decides it; ``labels.UNMAPPED`` where none is)."""
 
-    run_id: str
-    config: RunSettings | None = None
-    dataset: DatasetInfo | None = None
-    model: ModelInfo | None = None
-    layers: tuple[LayerSpec, ...] = ()
-    stages: Mapping[str, StageState] = field(default_factory=dict)
+    method: str  # "wnid" | "name" | "order" | "none"
+    dataset_to_model: tuple[int, ...]  # model output index per dataset class
+    warning: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
-        config, dataset, model = data.get("config"), data.get("dataset"), data.get("model")
+    def from_json(cls, data: Mapping[str, Any]) -> ClassMapping:
+        warning = data.get("warning")
         return cls(
-            run_id=str(data.get("run_id", "")),
-            config=None if config is None else RunSettings.from_json(config),
-            dataset=None if dataset is None else DatasetInfo.from_json(dataset),
-            model=None if model is None else ModelInfo.from_json(model),
-            layers=tuple(layers_from_json(data.get("layers"))),
-            stages={
-                name: StageState.from_json(stage)
-                for name, stage in (data.get("stages") or {}).items()
-            },
+            method=str(data.get("method", "none")),
+            dataset_to_model=tuple(int(v) for v in data.get("dataset_to_model") or ()),
+            warning=None if warning is None else str(warning),
             raw=data,
         )
 
@@ -306,17 +329,209 @@ class Manifest:
         return _to_json(
             self.raw,
             {
-                "run_id": self.run_id,
-                "config": None if self.config is None else self.config.to_json(),
-                "dataset": None if self.dataset is None else self.dataset.to_json(),
-                "model": None if self.model is None else self.model.to_json(),
-                "layers": layers_to_json(self.layers)
-                if self.layers or "layers" in self.raw
-                else None,
-                "stages": {name: stage.to_json() for name, stage in self.stages.items()}
-                if self.stages or "stages" in self.raw
-                else None,
+                "method": self.method,
+                "dataset_to_model": list(self.dataset_to_model),
+                "warning": self.warning,
             },
+            nullable=("warning",),
+        )
+
+
+@dataclass(frozen=True)
+class SplitAccuracy:
+    """Top-1 accuracy over one split of a run's samples (``metrics.accuracy_by_split``):
+    ``accuracy`` over its rows whose class the model has (None when none has), ``samples``
+    its rows."""
+
+    accuracy: float | None
+    samples: int
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SplitAccuracy:
+        return cls(
+            accuracy=_optional_float(data.get("accuracy")),
+            samples=int(data.get("samples") or 0),
+            raw=data,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(
+            self.raw,
+            {"accuracy": self.accuracy, "samples": self.samples},
+            nullable=("accuracy",),
+        )
+
+
+@dataclass(frozen=True)
+class ForwardPrecision:
+    """The manifest's ``forward_precision`` (``precision.choose_precision``): the forward
+    stage's dtype, decided once per run, and why; the bfloat16 check's numbers stay in ``raw``."""
+
+    dtype: str  # "float32" | "bfloat16"
+    reason: str = ""
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ForwardPrecision:
+        return cls(
+            dtype=str(data.get("dtype", "float32")),
+            reason=str(data.get("reason", "")),
+            raw=data,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self.raw, {"dtype": self.dtype, "reason": self.reason})
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """The manifest's ``failure``: the one-line error a precompute ended with, and when (epoch
+    seconds); a resume clears it."""
+
+    error: str
+    time: float
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunFailure:
+        return cls(
+            error=str(data.get("error", "")),
+            time=float(data.get("time") or 0.0),
+            raw=data,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self.raw, {"error": self.error, "time": self.time})
+
+
+def _perplexities_from_json(data: Mapping[str, Any] | None) -> dict[int, tuple[float, ...]]:
+    """The manifest's ``perplexities`` ({"100": [10.0, 30.0], ...}: JSON keys are strings)."""
+    return {int(n): tuple(float(p) for p in values) for n, values in (data or {}).items()}
+
+
+def _records_to_json(records: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if records is None else {name: r.to_json() for name, r in records.items()}
+
+
+def _json_when(value: Any, present: bool) -> Any:
+    """``value`` where the manifest has (or had) the field, else None (left out)."""
+    return value if present else None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A run's ``manifest.json``, its fields typed where code reads them. The fields are None
+    (or empty) until the stage that writes them has run; ``stages`` is in the order the
+    manifest lists them.
+
+    Written by (``RunStore.write_record``): the precompute (``run_id``, ``created``, ``config``,
+    ``stages``, ``versions``, ``source_fingerprint`` as ``fingerprint.Fingerprint.to_json``
+    gives it, ``failure``); the model stage (``model``, ``class_mapping``, ``layers``,
+    ``explanation_size``: the side of stored explanations); the index stage (``dataset``,
+    ``subsets``: nested subset sizes, ascending; ``perplexities``: the t-SNE perplexities of
+    each subset; ``thumbnail_size``); the forward stage (``forward_precision``,
+    ``accuracy_by_split`` {"held-out" | "train": SplitAccuracy}, ``accuracy``: held-out, None
+    when unknown). ``updated`` (epoch seconds) is the store's, stamped on every write.
+    """
+
+    run_id: str
+    created: float | None = None
+    config: RunSettings | None = None
+    stages: Mapping[str, StageState] = field(default_factory=dict)
+    versions: Mapping[str, str] = field(default_factory=dict)
+    source_fingerprint: Mapping[str, Any] | None = None
+    # The time of the last write, stamped by the store: not part of what the manifest says.
+    updated: float | None = field(default=None, compare=False)
+    model: ModelInfo | None = None
+    class_mapping: ClassMapping | None = None
+    layers: tuple[LayerSpec, ...] = ()
+    explanation_size: int | None = None
+    dataset: DatasetInfo | None = None
+    subsets: tuple[int, ...] = ()
+    perplexities: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
+    thumbnail_size: int | None = None
+    forward_precision: ForwardPrecision | None = None
+    accuracy_by_split: Mapping[str, SplitAccuracy] | None = None
+    accuracy: float | None = None
+    failure: RunFailure | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
+        by_split = data.get("accuracy_by_split")
+        fingerprint = data.get("source_fingerprint")
+        return cls(
+            run_id=str(data.get("run_id", "")),
+            created=_optional_float(data.get("created")),
+            config=_optional(data.get("config"), RunSettings.from_json),
+            stages={
+                name: StageState.from_json(stage)
+                for name, stage in (data.get("stages") or {}).items()
+            },
+            versions={str(k): str(v) for k, v in (data.get("versions") or {}).items()},
+            source_fingerprint=None if fingerprint is None else dict(fingerprint),
+            updated=_optional_float(data.get("updated")),
+            model=_optional(data.get("model"), ModelInfo.from_json),
+            class_mapping=_optional(data.get("class_mapping"), ClassMapping.from_json),
+            layers=tuple(layers_from_json(data.get("layers"))),
+            explanation_size=_optional_int(data.get("explanation_size")),
+            dataset=_optional(data.get("dataset"), DatasetInfo.from_json),
+            subsets=tuple(int(n) for n in data.get("subsets") or ()),
+            perplexities=_perplexities_from_json(data.get("perplexities")),
+            thumbnail_size=_optional_int(data.get("thumbnail_size")),
+            forward_precision=_optional(data.get("forward_precision"), ForwardPrecision.from_json),
+            accuracy_by_split=None
+            if by_split is None
+            else {str(name): SplitAccuracy.from_json(split) for name, split in by_split.items()},
+            accuracy=_optional_float(data.get("accuracy")),
+            failure=_optional(data.get("failure"), RunFailure.from_json),
+            raw=data,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        raw = self.raw
+        return _to_json(
+            raw,
+            {
+                "run_id": self.run_id,
+                "created": self.created,
+                "config": None if self.config is None else self.config.to_json(),
+                "stages": _json_when(
+                    {name: stage.to_json() for name, stage in self.stages.items()},
+                    bool(self.stages) or "stages" in raw,
+                ),
+                "versions": _json_when(
+                    dict(self.versions), bool(self.versions) or "versions" in raw
+                ),
+                "source_fingerprint": None
+                if self.source_fingerprint is None
+                else dict(self.source_fingerprint),
+                "updated": self.updated,
+                "model": None if self.model is None else self.model.to_json(),
+                "class_mapping": None
+                if self.class_mapping is None
+                else self.class_mapping.to_json(),
+                "layers": _json_when(
+                    layers_to_json(self.layers), bool(self.layers) or "layers" in raw
+                ),
+                "explanation_size": self.explanation_size,
+                "dataset": None if self.dataset is None else self.dataset.to_json(),
+                "subsets": _json_when(list(self.subsets), bool(self.subsets) or "subsets" in raw),
+                "perplexities": _json_when(
+                    {str(n): list(values) for n, values in self.perplexities.items()},
+                    bool(self.perplexities) or "perplexities" in raw,
+                ),
+                "thumbnail_size": self.thumbnail_size,
+                "forward_precision": None
+                if self.forward_precision is None
+                else self.forward_precision.to_json(),
+                "accuracy_by_split": _records_to_json(self.accuracy_by_split),
+                # Written whenever the forward stage wrote its splits: None means unknown.
+                "accuracy": self.accuracy,
+                "failure": None if self.failure is None else self.failure.to_json(),
+            },
+            nullable=("accuracy",) if self.accuracy_by_split is not None else (),
         )
 
     def require_config(self) -> RunSettings:
@@ -331,3 +546,18 @@ class Manifest:
     def stage(self, name: str) -> StageState:
         """The named stage's state; "pending" if the manifest does not list it yet."""
         return self.stages.get(name) or StageState()
+
+    def require_class_mapping(self) -> ClassMapping:
+        return _required(self.class_mapping, self.run_id, "class mapping")
+
+    def require_explanation_size(self) -> int:
+        return _required(self.explanation_size, self.run_id, "explanation size")
+
+    def perplexities_of(self, subset: int) -> tuple[float, ...]:
+        """The t-SNE perplexities of subset ``subset`` (none for a size that is not a subset)."""
+        return self.perplexities.get(int(subset), ())
+
+    @property
+    def dataset_to_model(self) -> tuple[int, ...]:
+        """Model output per dataset class; empty before the model stage ran."""
+        return self.class_mapping.dataset_to_model if self.class_mapping else ()

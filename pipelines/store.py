@@ -6,7 +6,8 @@ save/load helpers built on it), and artifact parameters are built by the key fun
 (``embedding_key``, ``perplexity_key``), so the precompute and the dashboard cannot disagree on a
 key. Every write is atomic (``pipelines.io``), so a killed process leaves either the old file or
 the new one, never half of one. The manifest's typed records (``LayerSpec``, ``Manifest``) live in
-``pipelines.records`` and convert to and from exactly the JSON written here.
+``pipelines.records`` and convert to and from exactly the JSON written here: read with
+``read_record``, change with ``dataclasses.replace``, write with ``write_record``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from pipelines.io import (
     is_locked,
     remove_temp_files,
 )
-from pipelines.records import Manifest
+from pipelines.records import Manifest, StageState
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -250,23 +252,34 @@ class RunStore:
         """The manifest as a typed record (``pipelines.records``), checked like ``read_manifest``."""
         return Manifest.from_json(self.read_manifest())
 
+    def write_record(self, manifest: Manifest) -> None:
+        """Write the typed manifest: ``manifest.to_json()``, so the fields no record types (read
+        from disk into ``raw``) are kept, each key in its place. Change a run's manifest with
+        ``dataclasses.replace`` on ``read_record()``; the writer lock makes that safe."""
+        self.write_manifest(manifest.to_json())
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write a manifest given as JSON (``write_record`` writes a typed one through this);
+        stamps the schema version and the time of the write (``updated``)."""
         manifest = dict(manifest, schema_version=SCHEMA_VERSION, updated=time.time())
         data = json.dumps(manifest, indent=1).encode()
         atomic_write_bytes(self.manifest_path, data, durable=True)
 
     def pending_stages(self, names: Sequence[str]) -> list[str]:
         """Those of the stages ``names`` that the manifest does not record as done, in order."""
-        stages = self.read_manifest().get("stages", {})
-        return [name for name in names if stages.get(name, {}).get("state") != "done"]
+        record = self.read_record()
+        return [name for name in names if record.stage(name).state != "done"]
 
     def update_stage(self, name: str, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into ``manifest['stages'][name]`` and write the manifest back."""
-        manifest = self.read_manifest()
-        stage = manifest.setdefault("stages", {}).setdefault(name, {})
-        stage.update(fields)
-        self.write_manifest(manifest)
-        return manifest
+        """Merge ``fields`` into ``manifest['stages'][name]`` (``StageState.updated``; a stage
+        the manifest does not list yet gets only ``fields``) and write the manifest back.
+        Returns the manifest written, as JSON."""
+        record = self.read_record()
+        stage = record.stages.get(name)
+        updated = stage.updated(**fields) if stage else StageState.from_json(fields)
+        written = replace(record, stages={**record.stages, name: updated})
+        self.write_record(written)
+        return written.to_json()
 
     # ---- single writer ----------------------------------------------------------------------
 

@@ -78,7 +78,10 @@ with opentsne and 121.2 s with torch (exact O(N^2) repulsion, one thread; blobs 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -93,10 +96,12 @@ __all__ = [
     "OPENTSNE_DEFAULTS",
     "SCHEDULE",
     "Backend",
+    "StageTimes",
     "SubsetMaps",
     "TSNESchedule",
     "fit",
     "initial_layout",
+    "timed",
 ]
 
 Backend = Literal["opentsne", "torch"]
@@ -199,6 +204,49 @@ def initial_layout(scores: np.ndarray, seed: int) -> np.ndarray:
     return init
 
 
+def _no_sync() -> None:
+    """The ``synchronise`` of a stage whose work is done when its code returns (the CPU's)."""
+
+
+class StageTimes:
+    """Wall seconds per stage of ``fit``, for benchmarks: pass ``fit(..., times=StageTimes())``
+    and read ``seconds`` afterwards ({stage: seconds}, in the order the stages first ran).
+
+    Stages: ``fit``'s own "initial layout", then the backend's. torch: "knn", "affinities" (one
+    neighbour graph per subset, re-weighted per perplexity), "compile" (the fused repulsion
+    kernel's first compilation and check, near zero when eager), "early exaggeration", "main
+    phase", "kl" (the exact KL of every map). openTSNE: "knn + affinities" (one
+    ``PerplexityBasedNN`` per subset, re-weighted per perplexity), "early exaggeration", "main
+    phase". A stage met once per subset or map adds up. The openTSNE backend runs its maps on
+    ``cores`` threads at once, so its stages add up thread seconds, which can exceed the wall
+    time of the call. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def stage(self, name: str, synchronise: Callable[[], None] = _no_sync) -> Iterator[None]:
+        """Time the block as ``name``; ``synchronise`` waits for a device's queued work on
+        both sides of it (``torch.cuda.synchronize``), so the stage holds its own GPU work."""
+        synchronise()
+        start = time.perf_counter()
+        yield
+        synchronise()
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+
+
+def timed(
+    times: StageTimes | None, name: str, synchronise: Callable[[], None] = _no_sync
+) -> contextlib.AbstractContextManager[None]:
+    """``times.stage(name, synchronise)``, or nothing at all when not timing: no clock and no
+    device sync in the precompute's path."""
+    return contextlib.nullcontext() if times is None else times.stage(name, synchronise)
+
+
 @dataclass(frozen=True, eq=False)
 class SubsetMaps:
     """The maps wanted of one nested subset: rows [:n], one map per perplexity, each starting
@@ -217,7 +265,9 @@ def fit(
     *,
     device: str | None = None,
     cores: int = 1,
+    compile: bool | None = None,
     schedule: TSNESchedule = SCHEDULE,
+    times: StageTimes | None = None,
 ) -> dict[tuple[int, float], FloatArray]:
     """Every t-SNE map of ``x`` and its nested subsets.
 
@@ -228,8 +278,10 @@ def fit(
     seed: seeds the starting layouts and openTSNE's neighbour search; same seed, same maps on the
         same backend and device.
     backend: ``"opentsne"`` (CPU only, maps in parallel on ``cores`` threads) or ``"torch"``
-        (on ``device``, default ``"cuda"``).
+        (on ``device``, default ``"cuda"``; ``compile``: fuse its repulsion with
+        ``torch.compile``, default on CUDA only, see ``tsne_torch.tsne_torch``).
     schedule: the optimisation schedule, ``SCHEDULE`` unless measuring another.
+    times: a ``StageTimes`` that receives the seconds of each stage (benchmarks), or None.
 
     Returns {(n, perplexity): (n, 2) float32}. Judge maps by neighbourhoods, not coordinates:
     another backend or device gives a different map of the same quality (module docstring).
@@ -244,6 +296,11 @@ def fit(
     if backend == "torch" and cores != 1:
         raise ValueError(
             "cores sets the openTSNE backend's threads; the torch backend takes device"
+        )
+    if backend == "opentsne" and compile is not None:
+        raise ValueError(
+            "compile concerns the torch backend's repulsion kernel; pass backend='torch' to "
+            "use it, or leave it out for openTSNE"
         )
     data = np.ascontiguousarray(x, dtype=np.float32)
     if data.ndim != 2 or data.shape[0] == 0:
@@ -260,18 +317,22 @@ def fit(
                 raise ValueError(
                     f"perplexity {p:g} needs more than {3 * p:g} points; subset has {n}"
                 )
-        subsets.append(SubsetMaps(int(n), wanted, initial_layout(data[:n], seed)))
+        with timed(times, "initial layout"):
+            init = initial_layout(data[:n], seed)
+        subsets.append(SubsetMaps(int(n), wanted, init))
     if not subsets:
         return {}
     # Imported when used: CPU workers never load torch, and a GPU host needs no openTSNE here.
     if backend == "torch":
         from pipelines import tsne_torch
 
-        maps = tsne_torch.fit_subsets(data, subsets, device or "cuda", schedule)
+        maps = tsne_torch.fit_subsets(
+            data, subsets, device or "cuda", schedule, compile=compile, times=times
+        )
     else:
         from pipelines import tsne_opentsne
 
-        maps = tsne_opentsne.fit_subsets(data, subsets, seed, cores, schedule)
+        maps = tsne_opentsne.fit_subsets(data, subsets, seed, cores, schedule, times=times)
     return {key: coords.astype(np.float32) for key, coords in maps.items()}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from openTSNE import TSNEEmbedding
 from openTSNE.affinity import PerplexityBasedNN
 
-from pipelines.tsne import SCHEDULE, SubsetMaps, TSNESchedule
+from pipelines.tsne import SCHEDULE, StageTimes, SubsetMaps, TSNESchedule, timed
 
 # kNN: exact search is deterministic and, on PCA scores, faster than building Annoy trees (13,000
 # x 28: 1.8 s exact vs 7-9 s Annoy on two cores); approximate search only beyond this size.
@@ -41,11 +41,13 @@ def fit_subsets(
     seed: int,
     cores: int,
     schedule: TSNESchedule = SCHEDULE,
+    *,
+    times: StageTimes | None = None,
 ) -> dict[tuple[int, float], np.ndarray]:
     """Every t-SNE map of a layer, optimised on a pool of ``cores`` threads.
 
-    x: (N, k) float32 in nested-subset order; subsets: as ``tsne.fit`` builds them. Returns
-    {(n, perplexity): (n, 2) float64}. Deterministic for a given seed; below ``FFT_MIN_POINTS``
+    x: (N, k) float32 in nested-subset order; subsets: as ``tsne.fit`` builds them; times: as
+    ``tsne.fit``'s (stages in thread seconds). Returns {(n, perplexity): (n, 2) float64}. Deterministic for a given seed; below ``FFT_MIN_POINTS``
     also whatever ``cores`` (Barnes-Hut sums each point's forces on one thread).
 
     Each subset's kNN graph is built on the pool too, so the big subset's maps start while the
@@ -61,37 +63,51 @@ def fit_subsets(
     threads = max(1, cores // workers)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tsne")
     try:
-        graphs = [pool.submit(map_jobs, x, subset, seed, threads) for subset in ordered]
+        graphs = [pool.submit(map_jobs, x, subset, seed, threads, times) for subset in ordered]
         maps = {}
         for graph in graphs:
             # Highest perplexity first: its attraction term makes it the slowest map of a subset.
             for job in reversed(graph.result()):
-                maps[(job.n, job.perplexity)] = pool.submit(optimise_map, job, threads, schedule)
+                maps[(job.n, job.perplexity)] = pool.submit(
+                    optimise_map, job, threads, schedule, times
+                )
         return {key: future.result() for key, future in maps.items()}
     finally:
         # On an error or Ctrl-C, maps not yet started are dropped instead of run to the end.
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def map_jobs(x: np.ndarray, subset: SubsetMaps, seed: int, threads: int) -> list[MapJob]:
+def map_jobs(
+    x: np.ndarray,
+    subset: SubsetMaps,
+    seed: int,
+    threads: int,
+    times: StageTimes | None = None,
+) -> list[MapJob]:
     """The t-SNE maps of one subset, sharing its kNN graph, ready to optimise.
 
     x: (N, k) float32 scores of the layer (the subset is rows [:subset.n]). Returns one
     ``MapJob`` per perplexity, in ascending order.
     """
     n, perplexities = subset.n, subset.perplexities
-    shared = shared_affinities(x[:n], perplexities[-1], seed, threads)
     jobs = []
-    # Largest first: the graph was built at that perplexity, so its P is reused as is.
-    for p in reversed(perplexities):
-        shared.set_perplexity(p)
-        # set_perplexity assigns a fresh P matrix, so a shallow copy keeps this perplexity's P
-        # (and shares the kNN graph); each map can then be optimised on its own thread.
-        jobs.append(MapJob(n, p, copy.copy(shared), subset.init))
+    with timed(times, "knn + affinities"):
+        shared = shared_affinities(x[:n], perplexities[-1], seed, threads)
+        # Largest first: the graph was built at that perplexity, so its P is reused as is.
+        for p in reversed(perplexities):
+            shared.set_perplexity(p)
+            # set_perplexity assigns a fresh P matrix, so a shallow copy keeps this perplexity's
+            # P (and shares the kNN graph); each map can then be optimised on its own thread.
+            jobs.append(MapJob(n, p, copy.copy(shared), subset.init))
     return jobs[::-1]
 
 
-def optimise_map(job: MapJob, threads: int, schedule: TSNESchedule = SCHEDULE) -> np.ndarray:
+def optimise_map(
+    job: MapJob,
+    threads: int,
+    schedule: TSNESchedule = SCHEDULE,
+    times: StageTimes | None = None,
+) -> np.ndarray:
     """Early exaggeration then the main phase (van der Maaten & Hinton 2008; openTSNE's two
     ``optimize`` calls, which carry the gains and momentum over), with ``schedule``.
     Returns (n, 2) float64."""
@@ -103,21 +119,23 @@ def optimise_map(job: MapJob, threads: int, schedule: TSNESchedule = SCHEDULE) -
         theta=schedule.theta,
         n_jobs=threads,
     )
-    embedding.optimize(
-        schedule.early_iter,
-        exaggeration=schedule.early_exaggeration,
-        momentum=schedule.early_momentum,
-        learning_rate=schedule.early_learning_rate * n,
-        theta=schedule.early_theta,
-        inplace=True,
-    )
-    embedding.optimize(
-        schedule.main_iterations(job.perplexity, n),
-        momentum=schedule.momentum(job.perplexity, n),
-        learning_rate=schedule.learning_rate * n,
-        theta=schedule.theta,
-        inplace=True,
-    )
+    with timed(times, "early exaggeration"):
+        embedding.optimize(
+            schedule.early_iter,
+            exaggeration=schedule.early_exaggeration,
+            momentum=schedule.early_momentum,
+            learning_rate=schedule.early_learning_rate * n,
+            theta=schedule.early_theta,
+            inplace=True,
+        )
+    with timed(times, "main phase"):
+        embedding.optimize(
+            schedule.main_iterations(job.perplexity, n),
+            momentum=schedule.momentum(job.perplexity, n),
+            learning_rate=schedule.learning_rate * n,
+            theta=schedule.theta,
+            inplace=True,
+        )
     return np.array(embedding, dtype=np.float64)
 
 

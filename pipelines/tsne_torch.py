@@ -42,7 +42,7 @@ import torch
 
 from pipelines import report
 from pipelines.errors import UserError
-from pipelines.tsne import SCHEDULE, SubsetMaps, TSNESchedule, initial_layout
+from pipelines.tsne import SCHEDULE, StageTimes, SubsetMaps, TSNESchedule, initial_layout, timed
 
 # Optimiser constants of openTSNE's gradient descent (its defaults; not part of the schedule).
 MIN_GAIN = 0.01
@@ -94,6 +94,7 @@ def tsne_torch(
     *,
     block_size: int | None = None,
     compile: bool | None = None,
+    times: StageTimes | None = None,
 ) -> dict[float, tuple[torch.Tensor, float]]:
     """Embed ``x`` in 2-D with t-SNE once per perplexity, on ``x``'s device (CPU or CUDA).
 
@@ -111,6 +112,8 @@ def tsne_torch(
         memory, not results beyond float rounding.
     compile: fuse the repulsion tile with ``torch.compile`` (default: on CUDA only). Falls back
         to eager PyTorch, with a warning, if compilation fails.
+    times: receives each stage's seconds (``tsne.StageTimes``; CUDA synchronised around each
+        stage), or None.
 
     Returns {perplexity: ((N, 2) float32 embedding on x.device, KL(P || Q) of that embedding)}.
     """
@@ -118,22 +121,28 @@ def tsne_torch(
     n = x.shape[0]
     wanted = list(dict.fromkeys(float(p) for p in perplexities))
     x = x.detach().float()
+    sync = synchroniser(x.device)
     if knn is None:
-        knn = knn_blocked(x, min(n - 1, int(3 * max(wanted))))
+        with timed(times, "knn", sync):
+            knn = knn_blocked(x, min(n - 1, int(3 * max(wanted))))
     indices, distances = _check_knn(knn, n, x.device)
 
-    graph = affinity_graph(indices, distances, wanted)
+    with timed(times, "affinities", sync):
+        graph = affinity_graph(indices, distances, wanted)
     if init is None:
-        start = pca_init(x, seed)
+        with timed(times, "initial layout", sync):
+            start = pca_init(x, seed)
     else:
         start = _check_init(init, n, x.device)
     y0 = start.unsqueeze(0).repeat(len(wanted), 1, 1)
 
-    tile = repulsion_tile_function(x.device, compile)
+    with timed(times, "compile", sync):
+        tile = repulsion_tile_function(x.device, compile)
     if block_size is None:
         block_size = repulsion_block_rows(tile, len(wanted), n, x.device)
-    y = optimise(y0, graph, wanted, schedule, block_size=block_size, tile=tile)
-    kl = kl_divergence(y, graph, block_size=block_size, tile=tile)
+    y = optimise(y0, graph, wanted, schedule, block_size=block_size, tile=tile, times=times)
+    with timed(times, "kl", sync):
+        kl = kl_divergence(y, graph, block_size=block_size, tile=tile)
     return {p: (y[b].contiguous(), float(kl[b])) for b, p in enumerate(wanted)}
 
 
@@ -535,9 +544,11 @@ def optimise(
     schedule: TSNESchedule,
     block_size: int,
     tile: TileFunction = repulsion_tile,
+    times: StageTimes | None = None,
 ) -> torch.Tensor:
     """Gradient descent with momentum, delta-bar-delta gains and step clipping, as openTSNE's,
-    with ``schedule``: exaggerated first, then each problem's main phase.
+    with ``schedule``: exaggerated first, then each problem's main phase (each a stage of
+    ``times``, when given).
 
     y: (B, N, 2) float32 initial layouts (not modified), problem b at ``perplexities[b]``.
     Returns (B, N, 2) float32. Gains and velocity carry over between the phases, as in
@@ -550,10 +561,29 @@ def optimise(
     update = torch.zeros_like(y)
     gains = torch.ones_like(y)
     rate = schedule.early_learning_rate * n
-    for _ in range(schedule.early_iter):
-        grad = gradient(y, graph, schedule.early_exaggeration, block_size, tile)
-        update, gains = _step(update, gains, grad, schedule.early_momentum, rate)
-        y = _recentred(y + update)
+    sync = synchroniser(y.device)
+    with timed(times, "early exaggeration", sync):
+        for _ in range(schedule.early_iter):
+            grad = gradient(y, graph, schedule.early_exaggeration, block_size, tile)
+            update, gains = _step(update, gains, grad, schedule.early_momentum, rate)
+            y = _recentred(y + update)
+    with timed(times, "main phase", sync):
+        return _main_phase(y, update, gains, graph, perplexities, schedule, block_size, tile)
+
+
+def _main_phase(
+    y: torch.Tensor,
+    update: torch.Tensor,
+    gains: torch.Tensor,
+    graph: AffinityGraph,
+    perplexities: list[float],
+    schedule: TSNESchedule,
+    block_size: int,
+    tile: TileFunction,
+) -> torch.Tensor:
+    """``optimise``'s second phase, from the early phase's layouts, updates and gains (all
+    (B, N, 2) float32)."""
+    n = y.shape[1]
     momenta = [schedule.momentum(p, n) for p in perplexities]
     momentum = torch.tensor(momenta, dtype=y.dtype, device=y.device).view(-1, 1, 1)
     lengths = [schedule.main_iterations(p, n) for p in perplexities]
@@ -571,6 +601,13 @@ def optimise(
         gains = torch.where(running, stepped_gains, gains)
         y = torch.where(running, moved, y)
     return y
+
+
+def synchroniser(device: torch.device) -> Callable[[], None]:
+    """What waits for ``device``'s queued work, for stage timings: CUDA runs asynchronously."""
+    if device.type == "cuda":
+        return functools.partial(torch.cuda.synchronize, device)
+    return lambda: None
 
 
 def _recentred(y: torch.Tensor) -> torch.Tensor:
@@ -623,12 +660,19 @@ def kl_divergence(
 
 
 def fit_subsets(
-    x: np.ndarray, subsets: list[SubsetMaps], device: str, schedule: TSNESchedule = SCHEDULE
+    x: np.ndarray,
+    subsets: list[SubsetMaps],
+    device: str,
+    schedule: TSNESchedule = SCHEDULE,
+    *,
+    compile: bool | None = None,
+    times: StageTimes | None = None,
 ) -> dict[tuple[int, float], np.ndarray]:
     """The torch backend of ``tsne.fit``: every map of a layer on ``device``.
 
     x: (N, k) float32 PCA scores in nested-subset order (subset n = rows [:n]); subsets: as
-    ``tsne.fit`` builds them (each with its starting layout). Returns {(n, perplexity): (n, 2)
+    ``tsne.fit`` builds them (each with its starting layout); compile, times: as
+    ``tsne_torch``'s. Returns {(n, perplexity): (n, 2)
     float32 numpy}. A subset's perplexities are optimised together as one batched problem.
     """
     data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
@@ -636,7 +680,15 @@ def fit_subsets(
     for subset in subsets:
         init = torch.from_numpy(subset.init)
         # The seed only seeds pca_init, which an explicit init replaces.
-        result = tsne_torch(data[: subset.n], list(subset.perplexities), 0, init, schedule)
+        result = tsne_torch(
+            data[: subset.n],
+            list(subset.perplexities),
+            0,
+            init,
+            schedule,
+            compile=compile,
+            times=times,
+        )
         for perplexity, (coords, _kl) in result.items():
             maps[(subset.n, perplexity)] = coords.float().cpu().numpy()
     return maps

@@ -7,7 +7,7 @@ import copy
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -568,6 +568,54 @@ def test_class_out_of_range_is_a_user_error_and_leaves_no_hooks() -> None:
         assert hooks_left(model) == []
     with pytest.raises(UserError, match=">= 0"):
         explain_batch(model, model[4], images, torch.tensor([-1, 0]), 8)
+
+
+def forwards_counted(model: nn.Module, run: Callable[[], object]) -> int:
+    """How many times ``run`` calls ``model`` (its root module) forward."""
+    calls = 0
+
+    def count(_module: nn.Module, _inputs: object, _output: object) -> None:
+        nonlocal calls
+        calls += 1
+
+    handle = model.register_forward_hook(count)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return calls
+
+
+@pytest.mark.parametrize("with_batch_norm", [False, True], ids=["plain", "batch-norm"])
+def test_the_engine_runs_its_forward_pass_only_when_something_reads_it(
+    with_batch_norm: bool,
+) -> None:
+    """Classes given and a method that runs its own passes (LRP, saliency): no forward pass of
+    the engine's, unless LRP must compare a canonized model's logits with the model's own
+    (BatchNorm merged), and then the logits it read are returned."""
+    model = small_cnn()
+    if not with_batch_norm:
+        model[1] = nn.Identity()
+    images, classes = random_batch(2, 3, 16)
+    expected = model(images).detach()
+    for name in ("lrp", "saliency", "gradcam"):
+        own = explain(model, model[4], images, classes, [name], 8)
+        reads_logits = name == "lrp" and with_batch_norm
+        engine_forward = name == "gradcam" or reads_logits
+        if engine_forward:
+            assert own.logits is not None
+            torch.testing.assert_close(own.logits, expected)
+        else:
+            assert own.logits is None
+        # The method's own pass (LRP, saliency), and the engine's when it runs.
+        calls = forwards_counted(
+            model, lambda name=name: explain(model, model[4], images, classes, [name], 8)
+        )
+        assert calls == (name != "gradcam") + engine_forward, name
+        # Without classes the engine's pass gives them, and its logits.
+        top1 = explain(model, model[4], images, None, [name], 8)
+        assert top1.logits is not None and torch.equal(top1.classes, expected.argmax(1))
+    assert hooks_left(model) == []
 
 
 def test_other_user_errors_name_the_fix() -> None:

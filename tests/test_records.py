@@ -11,11 +11,15 @@ import torch
 import torchvision
 
 from pipelines.records import (
+    ClassMapping,
     DatasetInfo,
+    ForwardPrecision,
     LayerSpec,
     Manifest,
     ModelInfo,
+    RunFailure,
     RunSettings,
+    SplitAccuracy,
     StageState,
     layers_from_json,
     layers_to_json,
@@ -190,7 +194,8 @@ def test_records_built_in_code_round_trip() -> None:
         manifest.to_json()
     )
     assert Manifest.from_json(manifest.to_json()) == manifest
-    assert list(manifest.to_json()) == ["run_id", "config", "dataset", "model", "layers", "stages"]
+    # The order the precompute has always written them in.
+    assert list(manifest.to_json()) == ["run_id", "config", "stages", "model", "layers", "dataset"]
 
 
 def test_the_store_reads_the_manifest_as_a_record(tmp_path: Path) -> None:
@@ -201,3 +206,166 @@ def test_the_store_reads_the_manifest_as_a_record(tmp_path: Path) -> None:
     record = store.read_record()
     assert record == Manifest.from_json(json.loads(MANIFEST_V1))
     assert record.to_json() == store.read_manifest()
+
+
+# ---- the fields the stages write (issue 10: no more dicts) ---------------------------------------
+
+
+def round_trips(record: object) -> dict:
+    """The record's JSON, through text and back; asserts the record reads back equal and writes
+    the same JSON again."""
+    data = json.loads(json.dumps(record.to_json()))  # type: ignore[attr-defined]
+    again = type(record).from_json(data)  # type: ignore[attr-defined]
+    assert again == record
+    assert again.to_json() == data
+    return data
+
+
+def test_class_mapping_round_trips_as_labels_wrote_it() -> None:
+    mapping = ClassMapping("wnid", (0, 217, -1))
+    # ``dataclasses.asdict`` of the old ClassMapping: the warning always there, null included.
+    assert round_trips(mapping) == {
+        "method": "wnid",
+        "dataset_to_model": [0, 217, -1],
+        "warning": None,
+    }
+    warned = ClassMapping("none", (-1, -1), "2 of 2 dataset classes have no matching output")
+    assert round_trips(warned)["warning"] == warned.warning
+
+
+def test_split_accuracy_round_trips_with_an_unknown_accuracy() -> None:
+    assert round_trips(SplitAccuracy(0.986, 360)) == {"accuracy": 0.986, "samples": 360}
+    assert round_trips(SplitAccuracy(None, 0)) == {"accuracy": None, "samples": 0}
+
+
+def test_forward_precision_keeps_the_bf16_check_it_was_chosen_by() -> None:
+    assert round_trips(ForwardPrecision("float32", "bfloat16 is used on CUDA GPUs only")) == {
+        "dtype": "float32",
+        "reason": "bfloat16 is used on CUDA GPUs only",
+    }
+    chosen = {"dtype": "bfloat16", "reason": "kept 100%", "accepted": True, "worst_layer": "fc"}
+    precision = ForwardPrecision.from_json(chosen)
+    assert precision.dtype == "bfloat16" and precision.to_json() == chosen
+
+
+def test_run_failure_round_trips() -> None:
+    assert round_trips(RunFailure("UserError: boom", 1796100191.5)) == {
+        "error": "UserError: boom",
+        "time": 1796100191.5,
+    }
+
+
+def test_dataset_info_writes_what_the_index_stage_wrote() -> None:
+    info = DatasetInfo("digits", "digits", 300, ("0", "1"), "digits", 1797, None, 1)
+    assert list(round_trips(info)) == [
+        "name",
+        "spec",
+        "description",
+        "num_samples",
+        "dataset_size",
+        "class_names",
+        "class_wnids",
+        "native_channels",
+    ]
+    assert info.to_json()["class_wnids"] is None
+    wnids = replace(info, class_wnids=("n01440764",), native_channels=3)
+    assert round_trips(wnids)["class_wnids"] == ["n01440764"]
+
+
+def test_every_stage_field_reads_typed_from_a_stored_manifest() -> None:
+    manifest = Manifest.from_json(json.loads(MANIFEST_V1))
+    assert manifest.subsets == (100, 300)
+    assert manifest.perplexities == {100: (10.0, 30.0), 300: (10.0, 30.0)}
+    assert manifest.perplexities_of(300) == (10.0, 30.0) and manifest.perplexities_of(7) == ()
+    assert manifest.class_mapping == ClassMapping("name", tuple(range(10)))
+    assert manifest.dataset_to_model == tuple(range(10))
+    assert manifest.explanation_size == 32 and manifest.thumbnail_size == 64
+    assert manifest.forward_precision == ForwardPrecision(
+        "float32", "bfloat16 is used on CUDA GPUs only"
+    )
+    assert manifest.accuracy_by_split == {
+        "held-out": SplitAccuracy(1.0, 68),
+        "train": SplitAccuracy(1.0, 232),
+    }
+    assert manifest.accuracy == 1.0 and manifest.failure is None
+    assert manifest.created == 1796100191.2220418 and manifest.updated == 1796100218.9460976
+    assert manifest.versions["torch"] == "2.14.1"
+    assert manifest.source_fingerprint == json.loads(MANIFEST_V1)["source_fingerprint"]
+    assert manifest.dataset is not None and manifest.dataset.native_channels == 1
+
+
+def test_a_manifest_built_stage_by_stage_has_the_keys_of_earlier_versions_in_order() -> None:
+    """What the precompute writes, stage after stage, through ``replace``: every key where the
+    dict-writing code put it (compared with the stored manifest of a run it made)."""
+    stored = json.loads(MANIFEST_V1)
+    full = Manifest.from_json(stored)
+    created = Manifest(
+        run_id=full.run_id,
+        created=full.created,
+        config=full.config,
+        stages={name: StageState() for name in full.stages},
+        versions=full.versions,
+        source_fingerprint=full.source_fingerprint,
+    )
+    written = dict(created.to_json(), schema_version=1, updated=full.updated)  # as the store
+    for fields in (
+        ("model", "class_mapping", "layers", "explanation_size"),
+        ("dataset", "subsets", "perplexities", "thumbnail_size"),
+        ("forward_precision",),
+        ("accuracy_by_split", "accuracy"),
+    ):
+        record = Manifest.from_json(written)
+        written = replace(record, **{name: getattr(full, name) for name in fields}).to_json()
+    assert list(written) == list(stored)
+    for name in ("model", "class_mapping", "dataset", "forward_precision", "accuracy_by_split"):
+        assert written[name] == stored[name], name
+
+
+def test_held_out_accuracy_is_written_even_when_unknown() -> None:
+    manifest = Manifest(run_id="r3")
+    unknown = replace(
+        manifest,
+        accuracy_by_split={"held-out": SplitAccuracy(None, 0), "train": SplitAccuracy(None, 9)},
+        accuracy=None,
+    )
+    assert round_trips(unknown)["accuracy"] is None
+    assert "accuracy" not in manifest.to_json()
+
+
+def test_a_cleared_failure_leaves_the_manifest() -> None:
+    stored = json.loads(MANIFEST_V1)
+    failed = replace(Manifest.from_json(stored), failure=RunFailure("boom", 1.0)).to_json()
+    assert failed["failure"] == {"error": "boom", "time": 1.0}
+    assert list(failed) == [*stored, "failure"]
+    cleared = replace(Manifest.from_json(failed), failure=None).to_json()
+    assert cleared == stored and list(cleared) == list(stored)
+
+
+def test_a_stage_update_merges_its_fields_in_place() -> None:
+    stage = StageState.from_json({"state": "pending"})
+    running = stage.updated(state="running", done=0, total=4)
+    assert running.to_json() == {"state": "running", "done": 0, "total": 4}
+    done = running.updated(state="done", seconds=1.5, done=4)
+    assert list(done.to_json()) == ["state", "done", "total", "seconds"]
+    assert done == StageState("done", 4, 4, 1.5)
+
+
+def test_the_store_writes_a_record_and_keeps_what_no_record_types(tmp_path: Path) -> None:
+    from pipelines.store import RunStore, runs_dir
+
+    store = RunStore(runs_dir(tmp_path) / "digits-small")
+    stored = json.loads(MANIFEST_V1)
+    store.write_manifest(stored)
+    record = store.read_record()
+    store.write_record(replace(record, explanation_size=64))
+    written = store.read_manifest()
+    assert written["explanation_size"] == 64 and written["versions"] == stored["versions"]
+    assert list(written) == list(stored)
+    assert written["updated"] >= stored["updated"]
+    assert store.update_stage("forward", state="running", done=1)["stages"]["forward"] == {
+        "state": "running",
+        "done": 1,
+        "total": 1,
+        "seconds": stored["stages"]["forward"]["seconds"],
+    }
+    assert store.pending_stages(["model", "forward", "quality"]) == ["forward", "quality"]

@@ -49,6 +49,35 @@ def test_fit_is_deterministic_for_a_seed(backend):
     assert not np.array_equal(first[(100, 10.0)], other[(100, 10.0)])
 
 
+STAGES = {
+    "opentsne": ["initial layout", "knn + affinities", "early exaggeration", "main phase"],
+    "torch": [
+        "initial layout",
+        "knn",
+        "affinities",
+        "compile",
+        "early exaggeration",
+        "main phase",
+        "kl",
+    ],
+}
+
+
+@pytest.mark.parametrize("backend", tsne.BACKENDS)
+def test_stage_times_name_every_stage_and_change_no_map(backend):
+    """The benchmark's per-stage breakdown: every stage of the backend is timed, once per
+    subset or map adds up, and timing does not change the maps."""
+    x, _ = blobs(per_class=20)
+    wanted = {60: [5.0], 100: [5.0, 10.0]}
+    untimed = tsne.fit(x, wanted, seed=3, backend=backend, **_options(backend))
+    times = tsne.StageTimes()
+    timed = tsne.fit(x, wanted, seed=3, backend=backend, times=times, **_options(backend))
+    assert list(times.seconds) == STAGES[backend]
+    assert all(seconds >= 0 for seconds in times.seconds.values())
+    for key, coords in untimed.items():
+        np.testing.assert_array_equal(timed[key], coords)
+
+
 def test_fit_fails_loudly_on_arguments_that_do_not_go_together():
     x, _ = blobs(per_class=10)
     with pytest.raises(ValueError, match="unknown t-SNE backend 'sklearn'; pass one of"):
@@ -57,6 +86,8 @@ def test_fit_fails_loudly_on_arguments_that_do_not_go_together():
         tsne.fit(x, {50: [5.0]}, seed=0, backend="opentsne", device="cuda")
     with pytest.raises(ValueError, match="torch backend takes device"):
         tsne.fit(x, {50: [5.0]}, seed=0, backend="torch", device="cpu", cores=2)
+    with pytest.raises(ValueError, match="torch backend's repulsion kernel; pass backend='torch'"):
+        tsne.fit(x, {50: [5.0]}, seed=0, backend="opentsne", compile=True)
     with pytest.raises(ValueError, match="needs more than 60 points; subset has 50"):
         tsne.fit(x, {50: [20.0]}, seed=0)
     with pytest.raises(ValueError, match="must lie in"):

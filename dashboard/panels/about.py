@@ -17,6 +17,8 @@ from dashboard.context import current
 from dashboard.data import RunData, format_time
 from dashboard.registry import callback
 from pipelines.errors import UserError
+from pipelines.metrics import HELD_OUT, TRAIN
+from pipelines.records import SplitAccuracy
 
 STATE_COLORS = {"done": "success", "running": "info", "pending": "secondary"}
 UNMAPPED = "unknown: the dataset's labels do not map to the model's classes"
@@ -40,9 +42,7 @@ def _row(label: str, value: Any) -> html.Tr:
 def accuracy_text(run: RunData) -> str:
     """Held-out top-1 accuracy beside the training rows' (when the model was trained on some of
     these samples), e.g. "held-out 98.6% (360 samples) · train 99.6% (1,437 samples)"."""
-    manifest = run.manifest
-    accuracy = manifest.get("accuracy")
-    splits = manifest.get("accuracy_by_split")
+    accuracy, splits = run.record.accuracy, run.record.accuracy_by_split
     if splits is None:
         if accuracy is None:
             return UNMAPPED
@@ -51,15 +51,15 @@ def accuracy_text(run: RunData) -> str:
             f"{100 * float(accuracy):.1f}% over all {run.num_samples:,} samples, including any "
             "the model was trained on; recompute the run for a held-out accuracy"
         )
-    held_out, train = splits.get("held-out") or {}, splits.get("train") or {}
-    if held_out.get("accuracy") is None and train.get("accuracy") is None:
+    none = SplitAccuracy(accuracy=None, samples=0)
+    held_out, train = splits.get(HELD_OUT) or none, splits.get(TRAIN) or none
+    if held_out.accuracy is None and train.accuracy is None:
         return UNMAPPED
 
-    def percent(split: dict[str, Any]) -> str:
-        value = split.get("accuracy")
-        return "–" if value is None else f"{100 * float(value):.1f}%"
+    def percent(split: SplitAccuracy) -> str:
+        return "–" if split.accuracy is None else f"{100 * split.accuracy:.1f}%"
 
-    held_out_n, train_n = int(held_out.get("samples") or 0), int(train.get("samples") or 0)
+    held_out_n, train_n = held_out.samples, train.samples
     if train_n == 0:
         model = (
             "randomly initialised model"
@@ -75,9 +75,9 @@ def accuracy_text(run: RunData) -> str:
 
 def about_rows(run: RunData) -> list[html.Tr]:
     """Key facts of a run (dataset, model, accuracy, size, dates), as table rows."""
-    manifest = run.manifest
-    dataset, model, config = run.record.dataset, run.record.model, run.record.config
-    mapping = manifest.get("class_mapping") or {}
+    record = run.record
+    dataset, model, config = record.dataset, record.model, record.config
+    warning = record.class_mapping.warning if record.class_mapping else None
     dataset_name = dataset.name if dataset else config.dataset if config else "?"
     size = dataset.dataset_size if dataset and dataset.dataset_size is not None else run.num_samples
     rows = [
@@ -99,11 +99,11 @@ def about_rows(run: RunData) -> list[html.Tr]:
         _row("Accuracy", accuracy_text(run)),
         _row(
             "Computed",
-            f"{format_time(manifest.get('created'))} (updated {format_time(manifest.get('updated'))}) on {model.device if model else '?'}",
+            f"{format_time(record.created)} (updated {format_time(record.updated)}) on {model.device if model else '?'}",
         ),
     ]
-    if mapping.get("warning"):
-        rows.append(_row("Labels", mapping["warning"]))
+    if warning:
+        rows.append(_row("Labels", warning))
     return rows
 
 
@@ -167,7 +167,7 @@ def poll(_n: int | None, run_id: str | None, version: dict[str, Any] | None) -> 
     except UserError as exc:
         # Deleted under our feet: every panel re-renders and shows this message.
         return {"run": run_id, "stamp": f"gone: {exc}", "complete": False}
-    stamp = run.manifest.get("updated")
+    stamp = run.record.updated
     if version and version.get("run") == run_id and version.get("stamp") == stamp:
         return no_update
     return {"run": run_id, "stamp": stamp, "complete": run.complete}

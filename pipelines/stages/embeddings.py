@@ -17,7 +17,6 @@ from tqdm import tqdm
 from pipelines.cores import available_cores
 from pipelines.layer_jobs import LayerJob, LayerWorkers
 from pipelines.models import resolve_device
-from pipelines.records import Manifest
 from pipelines.stages.forward import chunk_ranges
 from pipelines.store import RunStore
 
@@ -60,8 +59,7 @@ def layers_without_features(store: RunStore) -> list[str]:
 
 def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress: bool) -> None:
     """Every layer not ``layer_done`` yet."""
-    manifest = store.read_manifest()
-    record = Manifest.from_json(manifest)
+    record = store.read_record()
     layers = record.layers
     done = {layer.id for layer in layers if layer_done(store, layer.id)}
     pending = [layer.id for layer in layers if layer.id not in done and not layer.same_as]
@@ -71,8 +69,8 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
     job = LayerJob(
         run_dir=str(store.run_dir),
         num_chunks=len(chunk_ranges(record.require_dataset().num_samples)),
-        subsets=manifest["subsets"],
-        perplexities={int(n): values for n, values in manifest["perplexities"].items()},
+        subsets=list(record.subsets),
+        perplexities={n: list(values) for n, values in record.perplexities.items()},
         seed=seed,
         # Every worker may thread its maps over all cores: when the other workers run out of
         # layers, the last ones still use the whole machine (the OS shares the cores).

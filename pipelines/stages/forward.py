@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from pipelines.features import capture_layers, pooled_features
 from pipelines.metrics import HELD_OUT, accuracy_by_split, confusion_matrix, prediction_columns
 from pipelines.models import ModelAdapter, load_inputs
 from pipelines.precision import AUTOCAST_DTYPES, bf16_available, choose_precision, compare_bf16
-from pipelines.records import Manifest
+from pipelines.records import ForwardPrecision
 from pipelines.run_config import check_stored_methods, stored_methods
 from pipelines.store import RunStore
 
@@ -89,6 +90,7 @@ def forward_chunk(
                 autocast_dtype=autocast_dtype,
                 decode=adapter.decode,
             )
+            assert result.logits is not None  # classes=None: the engine ran its forward pass
             logits, pooled, explained = result.logits, result.features, result.maps
         for layer, values in pooled.items():
             features[layer].append(values.cpu())
@@ -117,18 +119,18 @@ def forward_precision(
     batch_size: int,
 ) -> str:
     """The run's forward precision: chosen on its first batch, then read from the manifest."""
-    manifest = store.read_manifest()
-    if "forward_precision" not in manifest:
+    record = store.read_record()
+    if record.forward_precision is None:
         check = None
         if bf16_available(adapter.device):
             _, inputs = load_inputs(adapter, dataset, indices[:batch_size])
             check = compare_bf16(adapter, inputs, layers)
-        manifest["forward_precision"] = choose_precision(check)
-        store.write_manifest(manifest)
+        choice = ForwardPrecision.from_json(choose_precision(check))
+        store.write_record(replace(record, forward_precision=choice))
         if check is not None:
-            choice = manifest["forward_precision"]
-            report.note(f"forward pass in {choice['dtype']}: {choice['reason']}")
-    return manifest["forward_precision"]["dtype"]
+            report.note(f"forward pass in {choice.dtype}: {choice.reason}")
+        return choice.dtype
+    return record.forward_precision.dtype
 
 
 def consolidate(
@@ -148,9 +150,9 @@ def consolidate(
         if method in merged:
             store.save_array("explanation", merged[method], method=method)
     columns = prediction_columns(merged["log_prob"], model_labels)
-    manifest = store.read_manifest()
+    record = store.read_record()
     confusion = confusion_matrix(
-        labels, columns["predicted"], manifest["class_mapping"]["dataset_to_model"]
+        labels, columns["predicted"], record.require_class_mapping().dataset_to_model
     )
     store.save_arrays(
         "predictions",
@@ -162,10 +164,14 @@ def consolidate(
         },
     )
     by_split = accuracy_by_split(columns["correct"], held_out)
-    manifest["accuracy_by_split"] = by_split
-    # The one accuracy shown wherever there is room for one: on data the model never saw.
-    manifest["accuracy"] = by_split[HELD_OUT]["accuracy"]
-    store.write_manifest(manifest)
+    store.write_record(
+        replace(
+            record,
+            accuracy_by_split=by_split,
+            # The one accuracy shown wherever there is room for one: on data the model never saw.
+            accuracy=by_split[HELD_OUT].accuracy,
+        )
+    )
     store.delete_kind("forward_chunk")
 
 
@@ -174,8 +180,7 @@ def run(
 ) -> None:
     """Every chunk not on disk yet, then the consolidation."""
     start = time.perf_counter()
-    manifest = store.read_manifest()
-    record = Manifest.from_json(manifest)
+    record = store.read_record()
     samples = store.load_json("samples")
     indices = np.array(samples["dataset_index"])
     chunks = chunk_ranges(len(indices))
@@ -204,7 +209,7 @@ def run(
                 inputs,
                 feature_layers,
                 gradcam_layer,
-                manifest["explanation_size"],
+                record.require_explanation_size(),
                 batch_size,
                 precision,
                 methods,
@@ -247,10 +252,10 @@ def capture_features(
     placement existed needs them once more to add its layers' PCA bases. Same inputs, chunks,
     pooling and precision as ``run``, so the same features; nothing else is written.
     """
-    manifest = store.read_manifest()
+    record = store.read_record()
     indices = np.array(store.load_json("samples")["dataset_index"])
     chunks = chunk_ranges(len(indices))
-    precision = manifest.get("forward_precision", {}).get("dtype", "float32")
+    precision = record.forward_precision.dtype if record.forward_precision else "float32"
     pending = [
         i
         for i in range(len(chunks))
@@ -271,7 +276,7 @@ def capture_features(
                 inputs,
                 layer_ids,
                 None,
-                manifest["explanation_size"],
+                record.require_explanation_size(),
                 batch_size,
                 precision,
             )

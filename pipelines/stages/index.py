@@ -8,7 +8,8 @@ records its class in the model's terms (``model_label``), from the model's class
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from pipelines.errors import UserError
 from pipelines.labels import UNMAPPED
 from pipelines.metrics import HELD_OUT, TRAIN
 from pipelines.models import model_kind
+from pipelines.records import DatasetInfo
 from pipelines.run_config import DEFAULT_PERPLEXITIES, PrecomputeConfig
 from pipelines.stages.forward import THUMBNAIL_SIZE
 from pipelines.stages.model import training_split
@@ -76,7 +78,7 @@ def resolve_perplexities(
 def build_sample_table(
     dataset: Dataset,
     order: np.ndarray,
-    dataset_to_model: list[int] | None,
+    dataset_to_model: Sequence[int] | None,
     trained_on: np.ndarray | None = None,
 ) -> dict[str, list]:
     """Columns of the sample index, rows in nested-subset order. ``dataset_to_model``: the model
@@ -107,25 +109,28 @@ def outdated(store: RunStore) -> bool:
 def run(store: RunStore, config: PrecomputeConfig, dataset: Dataset, plan: SamplePlan) -> None:
     labels = np.array([record.label for record in dataset.samples], dtype=np.int64)
     order = reduce.nested_subset_order(labels, config.seed)[: plan.num_samples]
-    manifest = store.read_manifest()
+    manifest = store.read_record()
     trained_on = None
     if model_kind(config.model) == "smallcnn":
         trained_on = ~training_split(dataset, config.seed)
-    dataset_to_model = manifest["class_mapping"]["dataset_to_model"]
+    dataset_to_model = manifest.require_class_mapping().dataset_to_model
     store.save_json("samples", build_sample_table(dataset, order, dataset_to_model, trained_on))
-    manifest.update(
-        dataset={
-            "name": dataset.name,
-            "spec": dataset.spec,
-            "description": dataset.description,
-            "num_samples": plan.num_samples,
-            "dataset_size": len(dataset.samples),
-            "class_names": dataset.class_names,
-            "class_wnids": dataset.class_wnids,
-            "native_channels": dataset.native_channels,
-        },
-        subsets=plan.subset_sizes,
-        perplexities={str(n): values for n, values in plan.perplexities.items()},
-        thumbnail_size=THUMBNAIL_SIZE,
+    info = DatasetInfo(
+        name=dataset.name,
+        spec=dataset.spec,
+        description=dataset.description,
+        num_samples=plan.num_samples,
+        dataset_size=len(dataset.samples),
+        class_names=tuple(dataset.class_names),
+        class_wnids=None if dataset.class_wnids is None else tuple(dataset.class_wnids),
+        native_channels=dataset.native_channels,
     )
-    store.write_manifest(manifest)
+    store.write_record(
+        replace(
+            manifest,
+            dataset=info,
+            subsets=tuple(plan.subset_sizes),
+            perplexities={n: tuple(values) for n, values in plan.perplexities.items()},
+            thumbnail_size=THUMBNAIL_SIZE,
+        )
+    )

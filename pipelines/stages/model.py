@@ -29,7 +29,7 @@ from pipelines.models import (
     resolve_device,
     train_or_load_smallcnn,
 )
-from pipelines.records import LayerSpec, Manifest, layers_to_json
+from pipelines.records import LayerSpec, ModelInfo
 from pipelines.run_config import PrecomputeConfig
 from pipelines.stages.forward import MAX_EXPLANATION_SIZE
 from pipelines.store import RunStore, models_dir
@@ -150,26 +150,23 @@ def run(
     )
     if mapping.warning:
         report.warn(mapping.warning)
-    manifest = store.read_manifest()
-    manifest.update(
-        model={
-            **adapter.describe(),
-            **model_info,
-            "gradcam_layer": gradcam_layer_or_none(layers),
-        },
-        class_mapping=mapping.to_json(),
-        layers=layers_to_json(layers),
-        explanation_size=min(adapter.input_size, MAX_EXPLANATION_SIZE),
+    described = {**adapter.describe(), **model_info, "gradcam_layer": gradcam_layer_or_none(layers)}
+    store.write_record(
+        replace(
+            store.read_record(),
+            model=ModelInfo.from_json(described),
+            class_mapping=mapping,
+            layers=tuple(layers),
+            explanation_size=min(adapter.input_size, MAX_EXPLANATION_SIZE),
+        )
     )
-    store.write_manifest(manifest)
 
 
 def outdated(store: RunStore) -> bool:
     """True if the manifest says this stage is done but lacks what it writes: an older
     precompute recorded the stage done before describing the model, and could be killed in
     between. The stage is then simply run again."""
-    manifest = store.read_manifest()
-    if not all(key in manifest for key in ("model", "layers", "class_mapping")):
+    record = store.read_record()
+    if record.model is None or not record.layers or record.class_mapping is None:
         return True
-    model = Manifest.from_json(manifest).require_model()
-    return model.checkpoint is not None and not store.has("model_checkpoint")
+    return record.model.checkpoint is not None and not store.has("model_checkpoint")

@@ -364,7 +364,9 @@ def check_canonized_logits(canonized: torch.Tensor, original: torch.Tensor) -> N
 class LayerwiseRelevance(Explainer):
     """LRP with one of zennit's composites (``composite``); display (B, S, S) float16 in
     [-1, 1], the relevance summed over input channels and divided by each map's largest
-    magnitude (``signed_display``). One forward and one backward pass per batch."""
+    magnitude (``signed_display``). One forward and one backward pass per batch, and on a model
+    that needs canonizing the engine's plain forward pass too, whose logits the canonized ones
+    must match (``check_canonized_logits``; the engine runs it only when read)."""
 
     needs = frozenset()
     display = Display.SIGNED
