@@ -121,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="fast explanation methods stored for every sample (default for a new run: "
         "gradcam,guided_backprop,guided_gradcam; a resumed run keeps its own list)",
     )
+    pre.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="label issues: smallcnn's out-of-sample probabilities from K fold models (default "
+        "5); 0 ranks with the model's own probabilities (the default for other models)",
+    )
+    pre.add_argument(
+        "--quality-layer",
+        default=None,
+        metavar="LAYER_ID",
+        help="layer whose features near-duplicates and outliers are found in (default: the last "
+        "hidden layer)",
+    )
     add_data_dir(pre)
     add_plugins(pre)
 
@@ -217,6 +232,8 @@ def precompute_command(args: argparse.Namespace) -> None:
         seed=args.seed,
         input_size=args.input_size,
         explain=None if args.explain is None else tuple(args.explain),
+        folds=args.folds,
+        quality_layer=args.quality_layer,
     )
     store = Precompute(config, args.data_dir, args.run_id).run()
     print_summary(store.read_manifest(), store.run_dir)

@@ -36,9 +36,11 @@ class QualityInfo:
     probabilities_kind: str  # "out-of-fold" (k-fold training) | "model" (a pretrained model's own)
     folds: int | None  # k of the k-fold training; None for "model"
     layer: str  # the layer whose features the neighbours were found in
-    neighbour_index: str  # "exact" | the faiss index used, e.g. "faiss IndexHNSWFlat"
+    neighbour_index: str  # "exact" | the faiss index used: "faiss IndexIVFFlat"
     neighbours: int  # K neighbours stored per sample
     label_issues: int  # how many samples cleanlab flags
+    # Epochs each fold model was trained ("out-of-fold"; the run's smallcnn has 8); None for "model".
+    fold_epochs: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +55,7 @@ class QualityInfo:
             neighbour_index=str(data["neighbour_index"]),
             neighbours=int(data["neighbours"]),
             label_issues=int(data["label_issues"]),
+            fold_epochs=None if data.get("fold_epochs") is None else int(data["fold_epochs"]),
         )
 
 
@@ -90,6 +93,12 @@ class SampleQuality:
         if self.similarities.shape[1] == 0:
             return np.zeros(len(self.similarities), dtype=np.float32)
         return self.similarities[:, 0]
+
+
+def recorded_info(manifest: dict[str, Any]) -> QualityInfo | None:
+    """The manifest's ``quality`` entry (written when the stage is done), or None."""
+    data = manifest.get("quality")
+    return None if data is None else QualityInfo.from_json(data)
 
 
 def save_quality(store: RunStore, quality: SampleQuality) -> None:
