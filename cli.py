@@ -287,6 +287,19 @@ def iter_stage_states(manifest: Manifest) -> Iterator[tuple[str, str]]:
         yield name, state
 
 
+def quality_text(manifest: dict) -> str:
+    """The quality stage's line of `runs`, empty until the stage is done."""
+    from pipelines.quality import recorded_info
+
+    info = recorded_info(manifest)
+    if info is None:
+        return ""
+    return (
+        f"\n  label issues: {info.label_issues:,} flagged, ranked on {info.probabilities}"
+        f"\n  neighbours: {info.neighbours} per sample in {info.layer} ({info.neighbour_index})"
+    )
+
+
 def runs_command(args: argparse.Namespace) -> None:
     from pipelines.run_config import stored_methods
     from pipelines.store import RunStore, list_run_dirs
@@ -320,6 +333,7 @@ def runs_command(args: argparse.Namespace) -> None:
             f"accuracy {accuracy_text(manifest)}{status}\n  {states}\n"
             f"  explanations stored: {explanations}\n"
             f"  layers: {', '.join(layer.id for layer in record.layers)}"
+            + quality_text(manifest)
         )
 
 

@@ -129,11 +129,12 @@ def fold_probabilities(
     folds: int,
     progress: bool,
     on_fold: Callable[[int], None],
-) -> list[dict[str, np.ndarray]]:
+) -> tuple[list[dict[str, np.ndarray]], int]:
     """Each fold's ``{"rows": (m,) int64 sample rows, "probabilities": (m, C) float32}``: the
     run's training rows of that fold, predicted by a smallcnn trained on the dataset's other
-    training samples. Folds already on disk are read; the rest are trained (in parallel) and
-    saved one by one; ``on_fold`` is called with the count of folds done after each."""
+    training samples; and how many folds were read from disk. Folds already on disk (a resumed
+    run's) are read; the rest are trained (in parallel) and saved one by one; ``on_fold`` is
+    called with the count of folds done after each."""
     record = store.read_record()
     dataset_to_model = store.read_manifest()["class_mapping"]["dataset_to_model"]
     trained = ~training_split(dataset, config.seed)  # what the run's model was fitted on
@@ -144,7 +145,7 @@ def fold_probabilities(
     row_fold = fold_of[dataset_index]
     key = {"folds": folds, "epochs": FOLD_EPOCHS}
     pending = [f for f in range(folds) if not store.has("quality_fold", fold=f, **key)]
-    done = folds - len(pending)
+    done = from_disk = folds - len(pending)
     if pending:
         model_info = record.require_model()
         device = resolve_device(config.device)
@@ -201,7 +202,7 @@ def fold_probabilities(
             min(workers, len(jobs)),
             save,
         )
-    return [store.load_arrays("quality_fold", fold=f, **key) for f in range(folds)]
+    return [store.load_arrays("quality_fold", fold=f, **key) for f in range(folds)], from_disk
 
 
 def describe_out_of_fold(folds: int, train_rows: int, held_out_rows: int) -> str:
@@ -296,14 +297,16 @@ def run(
             store.update_stage("quality", state="running", done=done, total=total)
 
         try:
-            fold_done(0)
-            for part in fold_probabilities(store, dataset, config, folds, progress, fold_done):
+            parts, from_disk = fold_probabilities(
+                store, dataset, config, folds, progress, fold_done
+            )
+            for part in parts:
                 probabilities[part["rows"]] = part["probabilities"]
         finally:
             bar.close()  # also on Ctrl-C: no bar redrawn after the "interrupted" line
         description = describe_out_of_fold(folds, train_rows, held_out_rows)
     else:
-        description = describe_own(smallcnn, train_rows)
+        description, from_disk = describe_own(smallcnn, train_rows), 0
     fold_seconds = time.perf_counter() - fold_started
 
     neighbour_started = time.perf_counter()
@@ -351,8 +354,9 @@ def run(
         "done": total,
         "total": total,
         "seconds": round(time.perf_counter() - started, 3),
-        # This process's share (a resumed run's earlier folds are not in it).
+        # This process's share: a resumed run read ``folds_from_disk`` folds an earlier one made.
         "fold_seconds": round(fold_seconds, 3),
+        "folds_from_disk": from_disk,
         "neighbour_seconds": round(neighbour_seconds, 3),
         "rank_seconds": round(rank_seconds, 3),
     }
