@@ -332,8 +332,7 @@ def runs_command(args: argparse.Namespace) -> None:
             f"{run_dir.name}\n  {config.dataset} x {config.model}, {samples} samples, "
             f"accuracy {accuracy_text(manifest)}{status}\n  {states}\n"
             f"  explanations stored: {explanations}\n"
-            f"  layers: {', '.join(layer.id for layer in record.layers)}"
-            + quality_text(manifest)
+            f"  layers: {', '.join(layer.id for layer in record.layers)}" + quality_text(manifest)
         )
 
 
