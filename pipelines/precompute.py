@@ -105,7 +105,10 @@ class Precompute:
             adapter = self.timed("model", lambda: self.model_stage(dataset, content))
         if "quality" in missing:
             # A wrong --quality-layer fails now, not after the forward pass and the maps.
-            quality.quality_layer(self.store.read_record().layers, self.config.quality_layer)
+            record = self.store.read_record()
+            quality.quality_layer(
+                record.layers, quality.layer_request(self.config, record.require_config())
+            )
         use_threads_for(self.config, "forward")
         if reduce_layers:
             # Started now so their imports overlap the forward pass, not training (which

@@ -35,7 +35,7 @@ from pipelines.quality import (
     duplicate_groups,
     load_quality,
 )
-from pipelines.records import LayerSpec
+from pipelines.records import LayerSpec, RunSettings
 from pipelines.run_config import PrecomputeConfig
 from pipelines.stages import quality as stage
 from tests.conftest import small_run_arguments
@@ -162,10 +162,22 @@ def test_the_default_layer_is_the_last_before_the_output():
         stage.quality_layer(layers, "nope")
 
 
-def test_fold_count_defaults():
-    assert stage.folds_for(PrecomputeConfig(dataset="digits", model="smallcnn")) == 5
+def test_quality_settings_left_out_are_the_runs_own():
+    smallcnn = PrecomputeConfig(dataset="digits", model="smallcnn")
+    assert stage.folds_for(smallcnn) == 5
     assert stage.folds_for(PrecomputeConfig(dataset="digits", model="resnet18")) == 0
     assert stage.folds_for(PrecomputeConfig(dataset="digits", model="smallcnn", folds=3)) == 3
+    # Resumed without the options: what the run was made with (its manifest's config).
+    made = RunSettings.from_json(
+        {"dataset": "digits", "model": "smallcnn", "folds": 0, "quality_layer": "features.8"}
+    )
+    assert stage.folds_for(smallcnn, made) == 0
+    assert stage.layer_request(smallcnn, made) == "features.8"
+    given = PrecomputeConfig(dataset="digits", model="smallcnn", folds=2, quality_layer="input")
+    assert stage.folds_for(given, made) == 2 and stage.layer_request(given, made) == "input"
+    old = RunSettings.from_json({"dataset": "digits", "model": "smallcnn"})  # before the stage
+    assert stage.folds_for(smallcnn, old) == 5 and stage.layer_request(smallcnn, old) is None
+    assert RunSettings.from_json(made.to_json()) == made
 
 
 # ---- flipped labels through a real k-fold training ---------------------------------------------

@@ -44,7 +44,7 @@ from pipelines.metrics import HELD_OUT, TRAIN
 from pipelines.models import ModelAdapter, build_adapter, load_inputs, model_kind, resolve_device
 from pipelines.neighbours import nearest_neighbours
 from pipelines.quality import QualityInfo, SampleQuality, recorded_info, save_quality
-from pipelines.records import LayerSpec, Manifest
+from pipelines.records import LayerSpec, Manifest, RunSettings
 from pipelines.run_config import PrecomputeConfig
 from pipelines.smallcnn import TRAINING_EPOCHS, SmallCNN
 from pipelines.stages.forward import capture_features, chunk_ranges, recompute_class_probabilities
@@ -57,12 +57,21 @@ NEIGHBOURS = 10  # K, per sample
 FREE_CORES_SAMPLE_SECONDS = 0.2
 
 
-def folds_for(config: PrecomputeConfig) -> int:
-    """K of the k-fold training: ``--folds``, else 5 for the smallcnn and 0 (the model's own
-    probabilities) for a model trained elsewhere."""
+def folds_for(config: PrecomputeConfig, settings: RunSettings | None = None) -> int:
+    """K of the k-fold training: ``--folds``, else what the run was made with (``settings``),
+    else 5 for the smallcnn and 0 (the model's own probabilities) for a model trained elsewhere."""
     if config.folds is not None:
         return config.folds
+    if settings is not None and settings.folds is not None:
+        return settings.folds
     return DEFAULT_FOLDS if model_kind(config.model) == "smallcnn" else 0
+
+
+def layer_request(config: PrecomputeConfig, settings: RunSettings | None = None) -> str | None:
+    """``--quality-layer``, else what the run was made with; None: the default layer."""
+    if config.quality_layer is not None:
+        return config.quality_layer
+    return settings.quality_layer if settings is not None else None
 
 
 def default_layer(layers: Sequence[LayerSpec]) -> LayerSpec:
@@ -275,8 +284,9 @@ def run(
     samples = store.load_json("samples")
     labels = np.array(samples["label"], dtype=np.int64)
     split = np.array(samples["model_split"])
-    folds = folds_for(config)
-    layer = quality_layer(record.layers, config.quality_layer)
+    settings = record.require_config()
+    folds = folds_for(config, settings)
+    layer = quality_layer(record.layers, layer_request(config, settings))
     total = folds + 1  # the folds, then the neighbours and the ranking
     store.update_stage("quality", state="running", done=0, total=total)
 
