@@ -5,8 +5,9 @@
 
 (a) Cost: ``python main.py precompute --dataset digits --model smallcnn`` on a fresh data dir
     (the smallcnn trained too), as a user runs it; the quality stage's seconds (k-fold training,
-    neighbours, ranking) against the rest of the same command's wall time. In one run, so both
-    parts see the same load on a shared machine.
+    neighbours, ranking) against the rest of the same command's wall time (in one run, so both
+    parts see the same load on a shared machine). ``--pairs N`` also times the same command with
+    the stage left out (the orchestrator's stage list without it), alternating with and without.
 (b) Ranking: digits written as a folder dataset with 5% of the images filed under a wrong class
     (seeded), precomputed end to end (smallcnn trained on the wrong labels, as a user's would
     be); precision@k of the stored label-issue scores, k = the number of wrong labels.
@@ -41,16 +42,28 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, load {os.getloadavg()[0]:.1f}"
 
 
-def precompute(data_dir: Path, run_id: str, *args: str, fold_epochs: int | None) -> float:
-    """The CLI in its own process, as a user runs it; wall seconds."""
+def precompute(
+    data_dir: Path, run_id: str, *args: str, fold_epochs: int | None, quality: bool = True
+) -> float:
+    """The CLI in its own process, as a user runs it; wall seconds. ``fold_epochs``: another
+    fold recipe; ``quality=False``: without the quality stage (both for comparison only, patched
+    in before the CLI runs)."""
     command = [sys.executable]
+    patches = []
     if fold_epochs is not None:
-        # Another fold recipe, for comparison only: patched in before the CLI runs.
+        patches.append(
+            "import pipelines.folds as f, pipelines.stages.quality as q; "
+            f"f.FOLD_EPOCHS = q.FOLD_EPOCHS = {fold_epochs}"
+        )
+    if not quality:
+        patches.append("import pipelines.precompute as p; p.STAGES = p.STAGES[:-1]")
+    if patches:
         command += [
             "-c",
-            "import sys, pipelines.folds as f, pipelines.stages.quality as q; "
-            f"f.FOLD_EPOCHS = q.FOLD_EPOCHS = {fold_epochs}; "
-            "sys.argv = ['main.py'] + sys.argv[1:]; import cli; sys.exit(cli.main())",
+            "; ".join(
+                ["import sys", *patches, "sys.argv = ['main.py'] + sys.argv[1:]", "import cli"]
+            )
+            + "; sys.exit(cli.main())",
         ]
     else:
         command += ["main.py"]
@@ -60,8 +73,26 @@ def precompute(data_dir: Path, run_id: str, *args: str, fold_epochs: int | None)
     return time.perf_counter() - started
 
 
-def cost(work: Path, fold_epochs: int | None) -> None:
-    data_dir = work / "cost"
+def cost(work: Path, fold_epochs: int | None, pairs: int) -> None:
+    for pair in range(pairs):
+        without = work / f"without-{pair}"
+        load = os.getloadavg()[0]
+        wall = precompute(
+            without, "cost", "--dataset", "digits", "--model", "smallcnn",
+            fold_epochs=fold_epochs, quality=False,
+        )  # fmt: skip
+        stages = RunStore(runs_dir(without) / "cost").read_manifest()["stages"]
+        print(
+            f"without the quality stage (load {load:.1f}): whole command {wall:.1f} s; "
+            + ", ".join(f"{name} {stage['seconds']:.1f} s" for name, stage in stages.items())
+        )
+        with_stage(work / f"with-{pair}", fold_epochs)
+    if not pairs:
+        with_stage(work / "with", fold_epochs)
+
+
+def with_stage(data_dir: Path, fold_epochs: int | None) -> None:
+    load = os.getloadavg()[0]
     wall = precompute(
         data_dir, "cost", "--dataset", "digits", "--model", "smallcnn", fold_epochs=fold_epochs
     )
@@ -70,7 +101,7 @@ def cost(work: Path, fold_epochs: int | None) -> None:
     quality = stages["quality"]
     rest = wall - quality["seconds"]
     print(
-        f"digits precompute, fresh data dir: whole command {wall:.1f} s; "
+        f"with the quality stage (load {load:.1f}): whole command {wall:.1f} s; "
         + ", ".join(f"{name} {stage['seconds']:.1f} s" for name, stage in stages.items())
     )
     print(
@@ -137,11 +168,14 @@ def main() -> None:
     parser.add_argument(
         "--fold-epochs", type=int, default=None, help="fold models' epochs (default: the stage's)"
     )
+    parser.add_argument(
+        "--pairs", type=int, default=0, help="also time the command without the stage, N times"
+    )
     args = parser.parse_args()
     print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {machine()}")
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as work:
         if args.part in ("cost", "both"):
-            cost(Path(work), args.fold_epochs)
+            cost(Path(work), args.fold_epochs, args.pairs)
         if args.part in ("ranking", "both"):
             ranking(Path(work), args.fold_epochs)
 

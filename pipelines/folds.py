@@ -6,11 +6,13 @@ has learnt their labels, wrong ones included, and would call them right. Instead
 each built and trained like it (``pipelines.smallcnn``: same architecture, initial weights,
 optimiser, schedule and seed) on the training samples outside one fold, predict that fold.
 
-They are trained ``FOLD_EPOCHS`` epochs against the run's model's 8, to keep the stage within
-10% of a digits precompute (issue 12): k = 5 full trainings cost four of the run's model's,
-about 14 s of a 79 s digits precompute on two idle cores; 3 epochs cost 1.5, and found the
-flipped labels of tests/test_quality.py with precision@k 0.88 against 0.97 with 8 (measured on
-digits, 5% of labels flipped). The quality record says so wherever the probabilities are named.
+They are trained ``FOLD_EPOCHS`` = 3 epochs against the run's model's 8, to keep the stage
+within 10% of a digits precompute (issue 12). Measured with ``benchmarks/bench_quality.py`` on the
+2-core VM (shared, load 2-6; ``benchmarks/README.md``), the stage's share of the rest of the
+command and the precision@90 of 90 misfiled digits, end to end, by fold epochs: 8: 12.5%, 0.97;
+5: 7.3-10.7%, 0.93; 4: 5.5-6.2%, 0.89; 3: 2.9-4.5%, 0.86. On an idle machine the share is
+larger (5 folds on 2 cores leave one idle for the last fold), so 3 keeps a margin. The quality
+record says how the fold models were trained wherever the probabilities are named.
 
 Fold models train in parallel threads, each on one core: models trained at once equal the same
 models trained one after another, bit for bit (each uses one intra-op thread and its own
@@ -86,6 +88,7 @@ def fit_fold(
     stop: threading.Event,
 ) -> FoldResult:
     started = time.perf_counter()
+    job.module.to(memory_format=torch.channels_last)
     training = train_small_cnn(
         job.module, inputs, labels, job.is_test, seed, epochs=epochs, progress=False, stop=stop
     )
@@ -116,6 +119,9 @@ def train_folds(
     folds still training stop at their next batch, and this returns only once they have.
     """
     stop = threading.Event()
+    # channels_last: one 3-epoch digits fold on one thread took 2.6 s against 3.8 s contiguous
+    # (4 alternated runs each, 2-core VM), same accuracy: oneDNN's convolutions are written for it.
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="fold")
