@@ -27,6 +27,7 @@ from pipelines.label_issues import find_label_issues, precision_at_k
 from pipelines.labels import UNMAPPED, class_probabilities
 from pipelines.models import load_inputs, open_run_model, smallcnn_adapter
 from pipelines.neighbours import nearest_neighbours
+from pipelines.precompute import Precompute
 from pipelines.quality import (
     DEFAULT_DUPLICATE_THRESHOLD,
     NO_GROUP,
@@ -373,6 +374,45 @@ def test_a_run_stopped_during_the_quality_stage_resumes_to_the_same_results(
     np.testing.assert_array_equal(
         store.load_array("quality_probabilities"), reference.load_array("quality_probabilities")
     )
+
+
+@pytest.mark.slow
+def test_a_run_computed_before_the_stage_gets_it_on_resume(small_run, tmp_path):
+    """A finished run without the stage (no quality results, no class probabilities, features
+    deleted): re-running its command adds the stage, the samples going through the model once
+    more, and gives what the run computed with the stage gives."""
+    data_dir, run_id = small_run
+    reference = open_store(data_dir, run_id)
+    old = tmp_path / "data"
+    shutil.copytree(data_dir / "runs" / run_id, old / "runs" / run_id)
+    store = open_store(old, run_id)
+    for kind in ("quality", "quality_info", "quality_probabilities", "class_probabilities"):
+        store.delete_kind(kind)
+    manifest = store.read_manifest()
+    del manifest["quality"], manifest["stages"]["quality"]
+    for key in ("folds", "quality_layer"):
+        del manifest["config"][key]
+    store.write_manifest(manifest)
+    config = PrecomputeConfig(
+        dataset="digits",
+        model="smallcnn",
+        samples=300,
+        subsets=("100", "all"),
+        perplexities=(10.0, 30.0),
+    )
+    before = {path: path.stat().st_mtime_ns for path in (store.run_dir / "embedding").rglob("*")}
+    Precompute(config, old, run_id, progress=False).run()
+    assert store.read_manifest()["stages"]["quality"]["state"] == "done"
+    mine, theirs = load_quality(store), load_quality(reference)
+    assert mine is not None and theirs is not None and mine.info == theirs.info
+    for name in type(mine).ARRAYS:
+        np.testing.assert_array_equal(getattr(mine, name), getattr(theirs, name), err_msg=name)
+    np.testing.assert_array_equal(
+        store.load_array("class_probabilities"), reference.load_array("class_probabilities")
+    )
+    assert not (store.run_dir / "features").exists()
+    # The maps were not recomputed.
+    assert before == {p: p.stat().st_mtime_ns for p in (store.run_dir / "embedding").rglob("*")}
 
 
 # ---- the options -------------------------------------------------------------------------------

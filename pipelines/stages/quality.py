@@ -155,6 +155,21 @@ def fold_probabilities(
     key = {"folds": folds, "epochs": FOLD_EPOCHS}
     pending = [f for f in range(folds) if not store.has("quality_fold", fold=f, **key)]
     done = from_disk = folds - len(pending)
+    num_classes = len(dataset_to_model)
+
+    def save(fold: int, probabilities: np.ndarray) -> None:
+        nonlocal done
+        rows = np.flatnonzero(row_fold == fold)
+        store.save_arrays(
+            "quality_fold", {"rows": rows, "probabilities": probabilities}, fold=fold, **key
+        )
+        done += 1
+        on_fold(done)
+
+    for fold in [f for f in pending if not (row_fold == f).any()]:
+        # None of the run's rows is in this fold (a small run): no model to train for it.
+        save(fold, np.zeros((0, num_classes), dtype=np.float32))
+        pending.remove(fold)
     if pending:
         model_info = record.require_model()
         device = resolve_device(config.device)
@@ -186,19 +201,8 @@ def fold_probabilities(
             for f in pending
         ]
 
-        def save(result: FoldResult) -> None:
-            nonlocal done
-            store.save_arrays(
-                "quality_fold",
-                {
-                    "rows": np.flatnonzero(row_fold == result.fold),
-                    "probabilities": class_probabilities(result.log_prob, dataset_to_model),
-                },
-                fold=result.fold,
-                **key,
-            )
-            done += 1
-            on_fold(done)
+        def finished(result: FoldResult) -> None:
+            save(result.fold, class_probabilities(result.log_prob, dataset_to_model))
 
         # One core each; in parallel on the idle ones (one at a time on a GPU).
         workers = idle_cores(FREE_CORES_SAMPLE_SECONDS) if device.type == "cpu" else 1
@@ -209,7 +213,7 @@ def fold_probabilities(
             config.seed,
             FOLD_EPOCHS,
             min(workers, len(jobs)),
-            save,
+            finished,
         )
     return [store.load_arrays("quality_fold", fold=f, **key) for f in range(folds)], from_disk
 
