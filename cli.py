@@ -122,6 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="fast explanation methods stored for every sample (default for a new run: "
         "gradcam,guided_backprop,guided_gradcam; a resumed run keeps its own list)",
     )
+    pre.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="label issues: smallcnn's out-of-sample probabilities from K fold models (default "
+        "5); 0 ranks with the model's own probabilities (the default for other models)",
+    )
+    pre.add_argument(
+        "--quality-layer",
+        default=None,
+        metavar="LAYER_ID",
+        help="layer whose features near-duplicates and outliers are found in (default: the last "
+        "hidden layer)",
+    )
     add_data_dir(pre)
     add_plugins(pre)
 
@@ -294,6 +309,8 @@ def precompute_command(args: argparse.Namespace) -> None:
         seed=args.seed,
         input_size=args.input_size,
         explain=None if args.explain is None else tuple(args.explain),
+        folds=args.folds,
+        quality_layer=args.quality_layer,
     )
     store = Precompute(config, args.data_dir, args.run_id).run()
     print_summary(store.read_record(), store.run_dir)
@@ -346,6 +363,19 @@ def iter_stage_states(manifest: Manifest) -> Iterator[tuple[str, str]]:
         yield name, state
 
 
+def quality_text(manifest: dict) -> str:
+    """The quality stage's line of `runs`, empty until the stage is done."""
+    from pipelines.quality import recorded_info
+
+    info = recorded_info(manifest)
+    if info is None:
+        return ""
+    return (
+        f"\n  label issues: {info.label_issues:,} flagged, ranked on {info.probabilities}"
+        f"\n  neighbours: {info.neighbours} per sample in {info.layer} ({info.neighbour_index})"
+    )
+
+
 def runs_command(args: argparse.Namespace) -> None:
     from pipelines.run_config import stored_methods
     from pipelines.store import RunStore, list_run_dirs
@@ -378,6 +408,7 @@ def runs_command(args: argparse.Namespace) -> None:
             f"accuracy {accuracy_text(record)}{status}\n  {states}\n"
             f"  explanations stored: {explanations}\n"
             f"  layers: {', '.join(layer.id for layer in record.layers)}"
+            + quality_text(dict(record.raw))
         )
 
 

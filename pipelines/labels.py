@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from pipelines.errors import UserError
 from pipelines.records import ClassMapping
 
@@ -83,3 +85,15 @@ def map_classes(
         "and their names do not match; use a model trained on this dataset (e.g. --model smallcnn) "
         "or give the model class_names that match the dataset's folder names"
     )
+
+
+def class_probabilities(log_prob: np.ndarray, dataset_to_model: list[int]) -> np.ndarray:
+    """log_prob: (N, K) float32 log probabilities over the model's outputs -> (N, C) float32,
+    the model's probability of each of the C dataset classes (its mapped output's), NaN in the
+    columns of classes no output maps to. Not renormalised: a model that favours an output which
+    is no dataset class keeps a small sum here."""
+    columns = np.array(dataset_to_model, dtype=np.int64)
+    mapped = columns != UNMAPPED
+    result = np.full((len(log_prob), len(columns)), np.nan, dtype=np.float32)
+    result[:, mapped] = np.exp(np.asarray(log_prob, dtype=np.float32)[:, columns[mapped]])
+    return result

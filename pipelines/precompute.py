@@ -2,7 +2,7 @@
 
 This module only orchestrates: it checks the settings, takes the run's writer lock, asks the
 store which stages are missing and runs those, in order (``pipelines.stages.STAGES``: model,
-index, forward, embeddings; each stage is its own module under ``pipelines/stages/``). A failure
+index, forward, embeddings, quality; each stage is its own module under ``pipelines/stages/``). A failure
 is recorded in the manifest; a finished run is only read.
 
 Killing the process at any point loses at most the chunk or layer in flight.
@@ -33,7 +33,7 @@ from pipelines.layer_jobs import LayerWorkers
 from pipelines.models import ModelAdapter, rebuild_adapter, resolve_device
 from pipelines.records import Manifest, RunFailure, RunSettings, StageState
 from pipelines.run_config import PrecomputeConfig, run_id_for, stored_methods
-from pipelines.stages import STAGES, embeddings, forward, index, model, use_threads_for
+from pipelines.stages import STAGES, embeddings, forward, index, model, quality, use_threads_for
 from pipelines.stages.index import SamplePlan
 from pipelines.store import RunStore, datasets_dir, runs_dir
 
@@ -93,9 +93,23 @@ class Precompute:
         missing = self.store.pending_stages(STAGES)
         reduce_layers = "embeddings" in missing or embeddings.outdated(self.store)
         adapter: ModelAdapter | None = None
+
+        def run_model() -> ModelAdapter:
+            """The model this process built, else the one an earlier run of the stage made."""
+            nonlocal adapter
+            if adapter is None:
+                adapter = self.reopen_model()
+            return adapter
+
         if "model" in missing or model.outdated(self.store):
             use_threads_for(self.config, "model")
             adapter = self.timed("model", lambda: self.model_stage(dataset, content))
+        if "quality" in missing:
+            # A wrong --quality-layer fails now, not after the forward pass and the maps.
+            record = self.store.read_record()
+            quality.quality_layer(
+                record.layers, quality.layer_request(self.config, record.require_config())
+            )
         use_threads_for(self.config, "forward")
         if reduce_layers:
             # Started now so their imports overlap the forward pass, not training (which
@@ -104,13 +118,7 @@ class Precompute:
         if "index" in missing or index.outdated(self.store):
             self.timed("index", lambda: index.run(self.store, self.config, dataset, plan))
         if "forward" in missing:
-            forward.run(
-                self.store,
-                dataset,
-                adapter or self.reopen_model(),
-                self.config.batch_size,
-                self.progress,
-            )
+            forward.run(self.store, dataset, run_model(), self.config.batch_size, self.progress)
         if reduce_layers:
             # Layers of a run computed before image placement need their features again.
             recapture = embeddings.layers_without_features(self.store)
@@ -118,12 +126,14 @@ class Precompute:
                 forward.capture_features(
                     self.store,
                     dataset,
-                    adapter or self.reopen_model(),
+                    run_model(),
                     recapture,
                     self.config.batch_size,
                     self.progress,
                 )
             embeddings.run(self.store, workers, self.config.seed, self.config.device, self.progress)
+        if "quality" in missing:
+            quality.run(self.store, dataset, self.config, run_model, self.progress)
         self.clear_failure()
 
     def model_stage(self, dataset: Dataset, content: Fingerprint) -> ModelAdapter:
@@ -162,6 +172,7 @@ class Precompute:
                 f"run '{self.run_id}' already exists with different settings; pass a new "
                 "--run-id, or delete the run folder to start over"
             )
+        quality.check_settings(self.store.read_manifest(), self.config)
         stored = stored_methods(settings)
         if self.config.explain is not None and set(self.config.explain) != set(stored):
             raise UserError(

@@ -23,7 +23,14 @@ from pipelines.store import RunStore
 
 NO_LABEL = -1  # suggested_label where the sample's class is not among the model's outputs
 NO_GROUP = -1  # duplicate_groups for a sample with no near-duplicate
-DEFAULT_DUPLICATE_THRESHOLD = 0.98  # cosine similarity; the page's slider starts here
+# Cosine similarity; the page's slider starts here. Measured on digits + smallcnn in the default
+# layer (the last hidden one, classifier.2: 128 values a trained classifier packs by class), with
+# 25 exact copies and 25 copies with pixel noise (sigma 1 of 255) planted among the 1,797 digits:
+# the copies are at >= 0.9997 and distinct digits' nearest neighbours reach 0.9985, so 0.999
+# groups exactly the 50 planted pairs; 0.98 grouped 799 samples (one group of 141 distinct
+# digits), 0.995 146. Noisier copies (sigma 6) fall to 0.993 there; the last conv block
+# (--quality-layer features.8) keeps them >= 0.9927 with distinct digits <= 0.989.
+DEFAULT_DUPLICATE_THRESHOLD = 0.999
 
 
 @dataclass(frozen=True)
@@ -36,9 +43,11 @@ class QualityInfo:
     probabilities_kind: str  # "out-of-fold" (k-fold training) | "model" (a pretrained model's own)
     folds: int | None  # k of the k-fold training; None for "model"
     layer: str  # the layer whose features the neighbours were found in
-    neighbour_index: str  # "exact" | the faiss index used, e.g. "faiss IndexHNSWFlat"
+    neighbour_index: str  # "exact" | the faiss index used: "faiss IndexIVFFlat"
     neighbours: int  # K neighbours stored per sample
     label_issues: int  # how many samples cleanlab flags
+    # Epochs each fold model was trained ("out-of-fold"; the run's smallcnn has 8); None for "model".
+    fold_epochs: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +62,7 @@ class QualityInfo:
             neighbour_index=str(data["neighbour_index"]),
             neighbours=int(data["neighbours"]),
             label_issues=int(data["label_issues"]),
+            fold_epochs=None if data.get("fold_epochs") is None else int(data["fold_epochs"]),
         )
 
 
@@ -90,6 +100,12 @@ class SampleQuality:
         if self.similarities.shape[1] == 0:
             return np.zeros(len(self.similarities), dtype=np.float32)
         return self.similarities[:, 0]
+
+
+def recorded_info(manifest: dict[str, Any]) -> QualityInfo | None:
+    """The manifest's ``quality`` entry (written when the stage is done), or None."""
+    data = manifest.get("quality")
+    return None if data is None else QualityInfo.from_json(data)
 
 
 def save_quality(store: RunStore, quality: SampleQuality) -> None:

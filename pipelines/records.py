@@ -144,12 +144,17 @@ class RunSettings:
     # before the list was recorded, which store the three built-in ones
     # (``run_config.stored_methods`` reads it).
     explain: tuple[str, ...] | None = None
+    # The quality stage's ``--folds`` and ``--quality-layer`` as given when the run was made;
+    # None: left out (the stage's defaults), or a run made before the stage existed.
+    folds: int | None = None
+    quality_layer: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSettings:
         weights = data.get("weights")
         explain = data.get("explain")
+        quality_layer = data.get("quality_layer")
         return cls(
             dataset=str(data.get("dataset", "?")),
             model=str(data.get("model", "?")),
@@ -157,6 +162,8 @@ class RunSettings:
             seed=int(data.get("seed") or 0),
             identity=dict(data.get("identity") or {}),
             explain=None if explain is None else _names(explain),
+            folds=_optional_int(data.get("folds")),
+            quality_layer=None if quality_layer is None else str(quality_layer),
             raw=data,
         )
 
@@ -172,6 +179,8 @@ class RunSettings:
                 if self.identity or "identity" in self.raw
                 else None,
                 "explain": None if self.explain is None else list(self.explain),
+                "folds": self.folds,
+                "quality_layer": self.quality_layer,
             },
         )
 

@@ -47,10 +47,15 @@ class PrecomputeConfig:
     seed: int = 0
     input_size: int | None = None
     explain: tuple[str, ...] | None = None
+    # The quality stage's settings (None: its defaults). Like ``explain`` they are left out of
+    # ``identity``, so runs made before the stage existed still resume (and get it), and are
+    # checked on their own against what a finished quality stage used.
+    folds: int | None = None
+    quality_layer: str | None = None
 
     def identity(self) -> dict[str, Any]:
         fields = asdict(self)
-        for other in ("device", "batch_size", "explain"):
+        for other in ("device", "batch_size", "explain", "folds", "quality_layer"):
             fields.pop(other)
         fields["subsets"] = list(self.subsets)
         fields["perplexities"] = list(self.perplexities or DEFAULT_PERPLEXITIES)
@@ -76,6 +81,24 @@ class PrecomputeConfig:
             )
         if self.explain is not None:
             check_stored_methods(self.explain)
+        check_folds(self.model, self.folds)
+
+
+def check_folds(model: str, folds: int | None) -> None:
+    """``--folds``: 0 (the model's own probabilities) or k >= 2 fold models, and fold models
+    only for the model LayerScope trains."""
+    if folds is None:
+        return
+    if folds < 0 or folds == 1:
+        raise UserError(
+            f"--folds {folds} is not a number of folds; pass 2 or more to train that many fold "
+            "models, or 0 to rank labels with the model's own probabilities"
+        )
+    if folds >= 2 and model_kind(model) != "smallcnn":
+        raise UserError(
+            f"--folds {folds} trains fold models, which only smallcnn can have (LayerScope trains "
+            f"it); {model} is ranked with its own probabilities: leave out --folds or pass --folds 0"
+        )
 
 
 def fast_methods() -> list[str]:

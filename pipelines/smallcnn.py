@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -9,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+TRAINING_EPOCHS = 8  # the run's model's; the quality stage's fold models train fewer
 
 
 class SmallCNN(nn.Module):
@@ -39,6 +42,10 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class TrainingStopped(Exception):
+    """Training was asked to stop (``train_small_cnn``'s ``stop``) before it finished."""
+
+
 @dataclass(frozen=True)
 class TrainingResult:
     epochs: int
@@ -54,13 +61,17 @@ def train_small_cnn(
     labels: torch.Tensor,
     is_test: np.ndarray,
     seed: int,
-    epochs: int = 8,
+    epochs: int = TRAINING_EPOCHS,
     batch_size: int = 128,
     progress: bool = True,
+    stop: threading.Event | None = None,
 ) -> TrainingResult:
     """Train in place with Adam; report accuracy on the held-out rows.
 
-    inputs: (N, C, H, W) float32 model-ready; labels: (N,) int64; is_test: (N,) bool.
+    inputs: (N, C, H, W) float32 model-ready; labels: (N,) int64; is_test: (N,) bool. ``stop``:
+    when set (from another thread), training ends at the next batch with ``TrainingStopped``.
+    Random only through its own generator (``seed``), so models trained in parallel threads come
+    out as they would one after another.
     """
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
@@ -75,6 +86,8 @@ def train_small_cnn(
     for _ in bar:
         order = torch.randperm(len(train_x), generator=generator)
         for start_row in range(0, len(order), batch_size):
+            if stop is not None and stop.is_set():
+                raise TrainingStopped
             rows = order[start_row : start_row + batch_size]
             loss = nn.functional.cross_entropy(model(train_x[rows]), train_y[rows])
             optimizer.zero_grad()

@@ -45,6 +45,9 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "samples": ("json", ()),  # sample index, column-oriented
     "thumbnails": ("npy", ()),  # (N, T, T, 3) uint8
     "predictions": ("npz", ()),  # top10_index, top10_prob, predicted, loss, correct
+    # (N, C) float32: the model's probability of each dataset class, NaN for a class no output
+    # maps to (pipelines.labels.class_probabilities)
+    "class_probabilities": ("npy", ()),
     "explanation": ("npy", ("method",)),  # gradcam (N,S,S) f16; guided_* (N,S,S,3) u8
     "forward_chunk": ("npz", ("chunk",)),  # one chunk's per-sample outputs, until consolidated
     "features": ("npy", ("layer", "chunk")),  # (n_chunk, D) float32, pooled activations
@@ -56,8 +59,14 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "model_checkpoint": ("pt", ()),
     # source file -> [size, mtime_ns] of every file of a file dataset when the run was computed
     "dataset_files": ("json", ()),
-    # The quality stage (pipelines/quality.py): per-sample label issues, neighbours, outliers,
-    # and how they were made (written last: its presence marks the stage's output complete).
+    # The quality stage (pipelines/quality.py, pipelines/stages/quality.py). While it runs: one
+    # fold's out-of-fold probabilities (rows (m,) int64, probabilities (m, C) float32) per fold
+    # model trained ``epochs`` epochs, ``folds`` in all; dropped once the stage is done.
+    "quality_fold": ("npz", ("folds", "epochs", "fold")),
+    # (N, C) float32: the out-of-sample probabilities cleanlab ranked, in dataset classes.
+    "quality_probabilities": ("npy", ()),
+    # Per-sample label issues, neighbours, outliers, and how they were made (written last: its
+    # presence marks the stage's output complete).
     "quality": ("npz", ()),
     "quality_info": ("json", ()),
 }

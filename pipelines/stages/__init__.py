@@ -8,6 +8,9 @@
    guided Grad-CAM. A chunk's file is written last, so its presence means the chunk is on disk.
 4. **embeddings** (``embeddings.py``): per layer — PCA to 90% variance, then 2D PCA and t-SNE
    per subset/perplexity.
+5. **quality** (``quality.py``): label issues (cleanlab on out-of-sample probabilities: k-fold
+   training for the smallcnn, a pretrained model's own), each sample's nearest neighbours in one
+   layer's features (near-duplicates) and its outlier score.
 
 Each stage reads what the stages before it stored and writes its own artifacts and manifest
 fields; ``pipelines/precompute.py`` asks the store which stages are missing and runs those.
@@ -21,7 +24,7 @@ from pipelines.cores import idle_cores
 from pipelines.models import resolve_device
 from pipelines.run_config import PrecomputeConfig
 
-STAGES = ("model", "index", "forward", "embeddings")
+STAGES = ("model", "index", "forward", "embeddings", "quality")
 # Long enough to average over a few scheduler ticks; paid once per run, before training.
 FREE_CORES_SAMPLE_SECONDS = 0.2
 

@@ -5,7 +5,8 @@ on a CPU (openTSNE on small data uses a core far better alone than split over th
 A layer is complete with its ``reduction`` (written last) and its placement data (``projection``,
 the PCA basis that places a new image in its maps). Runs computed before image placement existed
 lack the latter: their layers are pending again (``outdated``), and need their features captured
-once more (``layers_without_features``), since the stage deletes them when it finishes.
+once more (``layers_without_features``), since they are deleted once this stage and the quality
+stage (which reads one layer's) are done.
 """
 
 from __future__ import annotations
@@ -114,4 +115,7 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
         total=len(layers),
         seconds=round(time.perf_counter() - start, 3),
     )
-    store.delete_kind("features")
+    if not store.pending_stages(["quality"]):
+        # The quality stage, which reads them too, deletes them when it is done; a run whose
+        # quality stage is done already has no other reader left.
+        store.delete_kind("features")

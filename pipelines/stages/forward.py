@@ -3,9 +3,11 @@
 by default Grad-CAM / guided backprop / guided Grad-CAM).
 
 A chunk's file (``forward_chunk``) is written last, so its presence means the whole chunk is on
-disk; once every chunk is, they are consolidated into ``thumbnails``, ``explanation`` and
-``predictions`` (with the metrics of ``pipelines/metrics.py``). ``capture_features`` redoes only
-the pooled features, for a finished run whose layers need them again (``embeddings``).
+disk; once every chunk is, they are consolidated into ``thumbnails``, ``explanation``,
+``predictions`` (with the metrics of ``pipelines/metrics.py``) and ``class_probabilities``.
+``capture_features`` redoes only the pooled features, for a finished run whose layers need them
+again (``embeddings``, ``quality``); ``recompute_class_probabilities`` only the probabilities,
+for a run whose forward stage finished before they were stored (``quality``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pipelines import report
 from pipelines.datasets import Dataset
 from pipelines.explain import STORED_METHODS, FeatureCapture, explain
 from pipelines.features import capture_layers, pooled_features
+from pipelines.labels import class_probabilities
 from pipelines.metrics import HELD_OUT, accuracy_by_split, confusion_matrix, prediction_columns
 from pipelines.models import ModelAdapter, load_inputs
 from pipelines.precision import AUTOCAST_DTYPES, bf16_available, choose_precision, compare_bf16
@@ -151,9 +154,13 @@ def consolidate(
             store.save_array("explanation", merged[method], method=method)
     columns = prediction_columns(merged["log_prob"], model_labels)
     record = store.read_record()
-    confusion = confusion_matrix(
-        labels, columns["predicted"], record.require_class_mapping().dataset_to_model
+    dataset_to_model = list(record.require_class_mapping().dataset_to_model)
+    # Every dataset class's probability, for the quality stage's label issues (the top-10 above
+    # can miss the given class).
+    store.save_array(
+        "class_probabilities", class_probabilities(merged["log_prob"], dataset_to_model)
     )
+    confusion = confusion_matrix(labels, columns["predicted"], dataset_to_model)
     store.save_arrays(
         "predictions",
         {
@@ -285,3 +292,30 @@ def capture_features(
             bar.update(len(rows))
     finally:
         bar.close()
+
+
+def recompute_class_probabilities(
+    store: RunStore, dataset: Dataset, adapter: ModelAdapter, batch_size: int, progress: bool
+) -> None:
+    """The ``class_probabilities`` of a run whose forward stage finished before they were stored:
+    the samples through the model once more (same inputs, chunks and precision as ``run``, no
+    features or explanations)."""
+    manifest = store.read_manifest()
+    indices = np.array(store.load_json("samples")["dataset_index"])
+    precision = manifest.get("forward_precision", {}).get("dtype", "float32")
+    parts = []
+    for rows in tqdm(
+        chunk_ranges(len(indices)),
+        desc="class probabilities",
+        unit="chunk",
+        disable=not progress,
+    ):
+        _, inputs = load_inputs(adapter, dataset, indices[rows.start : rows.stop])
+        per_sample, _ = forward_chunk(
+            adapter, inputs, [], None, manifest["explanation_size"], batch_size, precision
+        )
+        parts.append(per_sample["log_prob"])
+    dataset_to_model = manifest["class_mapping"]["dataset_to_model"]
+    store.save_array(
+        "class_probabilities", class_probabilities(np.concatenate(parts), dataset_to_model)
+    )
