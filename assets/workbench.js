@@ -65,7 +65,7 @@
     var IDS = ls.ids;
     var specs = {};
     specs[IDS.QUALITY_SHOW_ISSUES] = "issues";
-    specs[IDS.QUALITY_SHOW_DUPLICATES] = "dup>=" + Number(threshold || 0.98);
+    specs[IDS.QUALITY_SHOW_DUPLICATES] = "dup>=" + Number(threshold || ls.constants.workbench.duplicateThreshold);
     specs[IDS.QUALITY_SHOW_OUTLIERS] = "outliers=" + ls.constants.workbench.outliers;
     specs[IDS.QUALITY_SHOW_CORRECTED] = "corrected";
     var id = triggeredId();

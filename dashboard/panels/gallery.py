@@ -28,6 +28,7 @@ from dashboard.data import RunData
 from dashboard.registry import callback, clientside_callback, publish
 from pipelines.errors import UserError
 from pipelines.metrics import HELD_OUT, TRAIN
+from pipelines.quality import DEFAULT_DUPLICATE_THRESHOLD
 
 PAGE_SIZE = 200
 SORT_OPTIONS = [
@@ -315,7 +316,12 @@ def resolve_selection(
         return None, ""
     try:
         run = current().catalog.open(key["run"])
-        payload = rows_payload(run, key.get("sel") or "", sort or "row", float(threshold or 0.98))
+        payload = rows_payload(
+            run,
+            key.get("sel") or "",
+            sort or "row",
+            float(threshold or DEFAULT_DUPLICATE_THRESHOLD),
+        )
     except UserError as exc:
         return {
             "run": key["run"],
@@ -652,7 +658,8 @@ def relabel_clicked(*args: Any) -> tuple:
             from pipelines.selection import parse_selection, resolve
 
             rows = resolve(
-                parse_selection(selection.get("sel") or ""), run.frame(float(threshold or 0.98))
+                parse_selection(selection.get("sel") or ""),
+                run.frame(float(threshold or DEFAULT_DUPLICATE_THRESHOLD)),
             ).tolist()
         status = relabel(run, str(action), label, selection, rows)
     except UserError as exc:
@@ -683,7 +690,11 @@ def download(*args: Any) -> tuple:
     try:
         run = current().catalog.open(selection.get("run"))
         name, data = export_file(
-            run, str(ctx.triggered_id), selection.get("sel") or "", split, float(threshold or 0.98)
+            run,
+            str(ctx.triggered_id),
+            selection.get("sel") or "",
+            split,
+            float(threshold or DEFAULT_DUPLICATE_THRESHOLD),
         )
     except UserError as exc:
         return no_update, html.Span(str(exc), className="text-warning")

@@ -36,7 +36,9 @@ SPLIT_OPTIONS = [
     {"label": "all", "value": "all"},
 ]
 OUTLIERS_SHOWN = 50  # "least typical" selects this many
-publish("workbench", {"outliers": OUTLIERS_SHOWN})
+publish(
+    "workbench", {"outliers": OUTLIERS_SHOWN, "duplicateThreshold": DEFAULT_DUPLICATE_THRESHOLD}
+)
 
 
 def _radio(component_id: str, options: list[tuple[str, str]], value: str) -> dbc.RadioItems:
@@ -135,11 +137,13 @@ def quality_tab() -> html.Div:
             dbc.Label("near-duplicate similarity (cosine) ≥", className="ls-label"),
             dcc.Slider(
                 id=ids.QUALITY_THRESHOLD,
-                min=0.80,
+                # Distinct digits reach 0.9985 in smallcnn's last hidden layer, noisy copies stay
+                # above 0.9997 (pipelines/quality.py): the interesting range is the top one.
+                min=0.95,
                 max=1.0,
-                step=0.005,
+                step=0.0005,
                 value=DEFAULT_DUPLICATE_THRESHOLD,
-                marks={v: f"{v:g}" for v in (0.8, 0.85, 0.9, 0.95, 1.0)},
+                marks={v: f"{v:g}" for v in (0.95, 0.97, 0.99, 1.0)},
                 tooltip={"placement": "bottom", "always_visible": False},
                 updatemode="mouseup",
             ),
