@@ -10,7 +10,7 @@ They are trained ``FOLD_EPOCHS`` = 3 epochs against the run's model's 8, to keep
 within 10% of a digits precompute (issue 12). Measured with ``benchmarks/bench_quality.py`` on the
 2-core VM (shared, load 2-6; ``benchmarks/README.md``), the stage's share of the rest of the
 command and the precision@90 of 90 misfiled digits, end to end, by fold epochs: 8: 12.5%, 0.97;
-5: 7.3-10.7%, 0.93; 4: 5.5-6.2%, 0.89; 3: 2.9-4.5%, 0.86. On an idle machine the share is
+5: 7.3-10.7%, 0.93; 4: 5.5-6.2%, 0.89; 3: 2.9-5.7%, 0.86. On an idle machine the share is
 larger (5 folds on 2 cores leave one idle for the last fold), so 3 keeps a margin. The quality
 record says how the fold models were trained wherever the probabilities are named.
 
