@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,7 @@ from pipelines.metrics import HELD_OUT, TRAIN
 from pipelines.models import ModelAdapter, build_adapter, load_inputs, model_kind, resolve_device
 from pipelines.neighbours import nearest_neighbours
 from pipelines.quality import QualityInfo, SampleQuality, recorded_info, save_quality
-from pipelines.records import LayerSpec, Manifest, RunSettings
+from pipelines.records import LayerSpec, Manifest, RunSettings, StageState
 from pipelines.run_config import PrecomputeConfig
 from pipelines.smallcnn import TRAINING_EPOCHS, SmallCNN
 from pipelines.stages.forward import capture_features, chunk_ranges, recompute_class_probabilities
@@ -145,7 +146,7 @@ def fold_probabilities(
     run's) are read; the rest are trained (in parallel) and saved one by one; ``on_fold`` is
     called with the count of folds done after each."""
     record = store.read_record()
-    dataset_to_model = store.read_manifest()["class_mapping"]["dataset_to_model"]
+    dataset_to_model = list(store.read_record().require_class_mapping().dataset_to_model)
     trained = ~training_split(dataset, config.seed)  # what the run's model was fitted on
     labels = np.array([sample.label for sample in dataset.samples], dtype=np.int64)
     fold_of = np.full(len(labels), -1, dtype=np.int64)
@@ -359,22 +360,31 @@ def run(
             info=info,
         ),
     )
-    manifest = store.read_manifest()
-    manifest["quality"] = info.to_json()
-    previous = manifest.setdefault("stages", {}).get("quality", {})
-    manifest["stages"]["quality"] = {
-        **previous,
-        "state": "done",
-        "done": total,
-        "total": total,
-        "seconds": round(time.perf_counter() - started, 3),
-        # This process's share: a resumed run read ``folds_from_disk`` folds an earlier one made.
-        "fold_seconds": round(fold_seconds, 3),
-        "folds_from_disk": from_disk,
-        "neighbour_seconds": round(neighbour_seconds, 3),
-        "rank_seconds": round(rank_seconds, 3),
-    }
-    store.write_manifest(manifest)
+    # Typed, like every other stage's write: the stage's own timings ride in its record's raw
+    # JSON, the QualityInfo in the manifest's (the page and `runs` read it with recorded_info).
+    record = store.read_record()
+    previous = record.stage("quality")
+    stage = StageState(
+        state="done",
+        done=total,
+        total=total,
+        seconds=round(time.perf_counter() - started, 3),
+        raw={
+            **previous.raw,
+            # This process's share: a resumed run read ``folds_from_disk`` folds an earlier one made.
+            "fold_seconds": round(fold_seconds, 3),
+            "folds_from_disk": from_disk,
+            "neighbour_seconds": round(neighbour_seconds, 3),
+            "rank_seconds": round(rank_seconds, 3),
+        },
+    )
+    store.write_record(
+        replace(
+            record,
+            stages={**record.stages, "quality": stage},
+            raw={**record.raw, "quality": info.to_json()},
+        )
+    )
     # Intermediate files: the folds are in quality_probabilities, and this was the last stage to
     # read the pooled features.
     store.delete_kind("quality_fold")
