@@ -121,94 +121,35 @@ def test_filters_show_the_selection_and_edit_it(app):
     assert apply_patch(selection("true=1"), cleared)["sel"] == ""
 
 
+def relabel(app: Any, action: str, label: int | None, chosen: dict[str, Any]) -> tuple:
+    """Click a relabel button (``action``) with ``label`` in the class menu."""
+    return call(
+        app,
+        gallery.relabel_clicked,
+        *[None] * 5,
+        label,
+        chosen,
+        0.98,
+        triggered=f"{action}.n_clicks",
+    )
+
+
 def test_relabel_undo_and_the_corrected_count(app, tmp_path):
-    state, status = call(
-        app,
-        gallery.relabel_clicked,
-        None,
-        None,
-        None,
-        None,
-        None,
-        2,
-        selection(pinned=6),
-        0.98,
-        triggered=f"{ids.RELABEL_PINNED}.n_clicks",
-    )
+    state, status = relabel(app, ids.RELABEL_PINNED, 2, selection(pinned=6))
     assert state["count"] == 1 and "row 6 relabelled as fox" in text_of(status)
-    state, status = call(
-        app,
-        gallery.relabel_clicked,
-        None,
-        None,
-        None,
-        None,
-        None,
-        1,
-        selection("true=0"),
-        0.98,
-        triggered=f"{ids.RELABEL_SELECTION}.n_clicks",
-    )
+    state, status = relabel(app, ids.RELABEL_SELECTION, 1, selection("true=0"))
     assert state["count"] == 3 and "3 samples relabelled as dog" in text_of(status)
     assert rows_of(app, "corrected")["rows"] == [0, 1, 6]
     assert rows_of(app, "")["corrected"][:2] == [1, 1]
-    state, status = call(
-        app,
-        gallery.relabel_clicked,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        selection(),
-        0.98,
-        triggered=f"{ids.RELABEL_UNDO}.n_clicks",
-    )
+    state, status = relabel(app, ids.RELABEL_UNDO, None, selection())
     assert state["count"] == 1 and "undone" in text_of(status)
     # Accepting suggestions touches only the flagged rows of the selection.
-    state, status = call(
-        app,
-        gallery.relabel_clicked,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        selection(""),
-        0.98,
-        triggered=f"{ids.RELABEL_ACCEPT}.n_clicks",
-    )
+    state, status = relabel(app, ids.RELABEL_ACCEPT, None, selection(""))
     assert "accepted 1 suggestions" in text_of(status)
     # Mistakes are a line in the page, never a write; no selection is not "relabel everything".
-    _, status = call(
-        app,
-        gallery.relabel_clicked,
-        None,
-        None,
-        None,
-        None,
-        None,
-        1,
-        selection(""),
-        0.98,
-        triggered=f"{ids.RELABEL_SELECTION}.n_clicks",
-    )
+    _, status = relabel(app, ids.RELABEL_SELECTION, 1, selection(""))
     assert "select some samples first" in text_of(status)
-    _, status = call(
-        app,
-        gallery.relabel_clicked,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        selection(pinned=6),
-        0.98,
-        triggered=f"{ids.RELABEL_PINNED}.n_clicks",
-    )
+    _, status = relabel(app, ids.RELABEL_PINNED, None, selection(pinned=6))
     assert "choose the new label" in text_of(status)
     # Kept beside the run, never inside it.
     assert (tmp_path / "annotations" / RUN / "corrections.jsonl").is_file()
