@@ -30,7 +30,7 @@ def quality_of(store):
         is_label_issue=[False, True, False, False],
         suggested_label=[0, 2, 2, -1],
         neighbours=[[1, 2], [0, 3], [3, 0], [2, 1]],
-        similarities=[[0.99, 0.4], [0.99, 0.3], [0.6, 0.4], [0.6, 0.3]],
+        similarities=[[0.9995, 0.4], [0.9995, 0.3], [0.6, 0.4], [0.6, 0.3]],
         outlier_score=[0.1, 0.2, 0.3, 0.4],
     )
 
@@ -59,9 +59,9 @@ def test_every_column_exactly(data_dir):
     assert frame["suggested_label"].iloc[:3].tolist() == ["cat", "fox", "fox"]
     assert frame["corrected_index"].tolist() == [pd.NA, 2, pd.NA, 2]
     assert frame["corrected_label"].fillna("-").tolist() == ["-", "fox", "-", "fox"]
-    # rows 0 and 1 are linked at 0.99, rows 2 and 3 at 0.6: one group at the default 0.98
+    # rows 0 and 1 are linked at 0.9995, rows 2 and 3 at 0.6: one group at the default 0.999
     assert frame["duplicate_group"].tolist() == [0, 0, -1, -1]
-    np.testing.assert_allclose(frame["duplicate_score"], [0.99, 0.99, 0.6, 0.6], rtol=1e-6)
+    np.testing.assert_allclose(frame["duplicate_score"], [0.9995, 0.9995, 0.6, 0.6], rtol=1e-6)
     np.testing.assert_allclose(frame["outlier_score"], [0.1, 0.2, 0.3, 0.4], rtol=1e-6)
 
     assert sample_frame(store, data_dir, duplicate_threshold=0.5)["duplicate_group"].tolist() == [

@@ -74,6 +74,7 @@ def view_key_text(key: dict[str, Any]) -> str:
 
 FALLBACK_REASON = {
     "label_issue": "label issues are not computed for this run (run its precompute again)",
+    "split": "this run's sample table does not record the split",
 }
 
 
@@ -114,7 +115,7 @@ def build_embedding(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
     layer = run.layer(layer_id)
     title = embedding_title(method, perplexity, layer_id, layer.type, subset, layer.same_as)
     if not has_values(color, values):
-        title += f" (coloured by true label: {FALLBACK_REASON.get(color, 'not computed yet')})"
+        title += f" (coloured by true label: {FALLBACK_REASON.get(color, 'predictions are not computed yet')})"
     structure = f"{run.run_id}|{run.version}|{subset}|{color}|{has_values(color, values)}"
     return embedding_figure(coords, groups, title, structure, uirevision=structure)
 
