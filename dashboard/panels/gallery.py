@@ -260,14 +260,26 @@ def sorted_rows(frame: Any, rows: np.ndarray, sort: str) -> np.ndarray:
     return rows[order]
 
 
-def rows_payload(run: RunData, sel: str, sort: str, threshold: float) -> dict[str, Any]:
-    """The selection resolved for the page: rows in gallery order, and per row the marks the
-    gallery draws (label issue, suggested and corrected label, the sort value)."""
+def threshold_of(value: Any) -> float:
+    """The similarity slider's value (None before it renders: the stage's default)."""
+    return float(value or DEFAULT_DUPLICATE_THRESHOLD)
+
+
+def selected(run: RunData, sel: str, threshold: float) -> tuple[Any, Any, np.ndarray]:
+    """(selection, the run's sample frame, its rows): the one way every callback here, like
+    ``main.py export``, turns a spec into rows."""
     from pipelines.selection import parse_selection, resolve
 
     selection = parse_selection(sel)
     frame = run.frame(threshold)
-    rows = sorted_rows(frame, resolve(selection, frame), sort)
+    return selection, frame, resolve(selection, frame)
+
+
+def rows_payload(run: RunData, sel: str, sort: str, threshold: float) -> dict[str, Any]:
+    """The selection resolved for the page: rows in gallery order, and per row the marks the
+    gallery draws (label issue, suggested and corrected label, the sort value)."""
+    selection, frame, rows = selected(run, sel, threshold)
+    rows = sorted_rows(frame, rows, sort)
     issue = frame["is_label_issue"].to_numpy(dtype=np.float64, na_value=0.0)[rows] > 0
     names = run.class_names
 
@@ -320,7 +332,7 @@ def resolve_selection(
             run,
             key.get("sel") or "",
             sort or "row",
-            float(threshold or DEFAULT_DUPLICATE_THRESHOLD),
+            threshold_of(threshold),
         )
     except UserError as exc:
         return {
@@ -655,12 +667,7 @@ def relabel_clicked(*args: Any) -> tuple:
         run = current().catalog.open(selection.get("run"))
         rows: list[int] = []
         if action in (ids.RELABEL_SELECTION, ids.RELABEL_ACCEPT):
-            from pipelines.selection import parse_selection, resolve
-
-            rows = resolve(
-                parse_selection(selection.get("sel") or ""),
-                run.frame(float(threshold or DEFAULT_DUPLICATE_THRESHOLD)),
-            ).tolist()
+            rows = selected(run, selection.get("sel") or "", threshold_of(threshold))[2].tolist()
         status = relabel(run, str(action), label, selection, rows)
     except UserError as exc:
         return no_update, html.Span(str(exc), className="text-warning")
@@ -694,7 +701,7 @@ def download(*args: Any) -> tuple:
             str(ctx.triggered_id),
             selection.get("sel") or "",
             split,
-            float(threshold or DEFAULT_DUPLICATE_THRESHOLD),
+            threshold_of(threshold),
         )
     except UserError as exc:
         return no_update, html.Span(str(exc), className="text-warning")
@@ -707,12 +714,10 @@ def export_file(
     """(file name, bytes) of one download, rendered by the same functions as ``main.py export``."""
     from dashboard.panels.workbench import run_confusion
     from pipelines import export
-    from pipelines.selection import parse_selection, resolve
 
     stem = run.run_id
     if which in (ids.EXPORT_SELECTION_CSV, ids.EXPORT_SELECTION_PARQUET):
-        frame = run.frame(threshold)
-        rows = resolve(parse_selection(sel), frame)
+        _, frame, rows = selected(run, sel, threshold)
         fmt = "csv" if which == ids.EXPORT_SELECTION_CSV else "parquet"
         return f"{stem}-selection.{fmt}", export.export_bytes(frame.iloc[rows], fmt)
     if which == ids.EXPORT_CORRECTIONS:
