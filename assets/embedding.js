@@ -7,6 +7,10 @@
  * cannot use plotly's own transitions, so the interpolation runs here with
  * requestAnimationFrame + Plotly.restyle, and the final figure is handed back to Dash with
  * set_props so its state matches what is drawn.
+ *
+ * The 3-D view (layout.meta.dims === 3, a Scatter3d figure in the same graph) shares all of this
+ * but the animation and the selection's dimming: Scatter3d has no selectedpoints, and a 3-D
+ * figure simply replaces the previous one (its camera kept by uirevision).
  */
 (function () {
   "use strict";
@@ -35,7 +39,7 @@
       var trace = figure.data[i];
       var at = trace.customdata ? trace.customdata.indexOf(row) : -1;
       if (at >= 0) {
-        return [trace.x[at], trace.y[at]];
+        return trace.z ? [trace.x[at], trace.y[at], trace.z[at]] : [trace.x[at], trace.y[at]];
       }
     }
     return null;
@@ -91,10 +95,17 @@
     var chosen = chosenRows(figure, state.rows);
     var data = figure.data.map(function (trace, i) {
       if (i === meta.pinnedTrace) {
-        return Object.assign({}, trace, { x: at ? [at[0]] : [], y: at ? [at[1]] : [] });
+        var ring = { x: at ? [at[0]] : [], y: at ? [at[1]] : [] };
+        if (meta.dims === 3) {
+          ring.z = at ? [at[2]] : [];
+        }
+        return Object.assign({}, trace, ring);
       }
       if (i === meta.uploadsTrace) {
         return Object.assign({}, trace, uploads || { x: [], y: [], text: [], customdata: [] });
+      }
+      if (meta.dims === 3) {
+        return trace;
       }
       if (!chosen) {
         return Object.assign({}, trace, { selectedpoints: null });
@@ -116,7 +127,7 @@
       return false;
     }
     var before = current.layout.meta, after = target.layout.meta;
-    if (!before || !after || before.structure !== after.structure) {
+    if (!before || !after || before.structure !== after.structure || after.dims === 3) {
       return false;
     }
     if (gd.data.length !== target.data.length) {
@@ -229,6 +240,9 @@
     if (!gd || !meta || !current || !current.layout || !current.layout.meta ||
         current.layout.meta.structure !== meta.structure || !window.Plotly) {
       return false;
+    }
+    if (meta.dims === 3) {
+      return true; // nothing to dim: Scatter3d has no selectedpoints
     }
     var chosen = chosenRows(current, state.rows);
     var indices = [], points = [], selected = [], unselected = [];

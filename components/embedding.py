@@ -9,6 +9,9 @@ cap on the number of points.
 The trace structure (which rows go in which trace, in which order) depends only on the run, the
 subset and the colouring, never on the layer: the clientside animation interpolates trace by
 trace, index by index, which therefore matches points by sample, not by position.
+
+The optional 3-D view (``embedding_figure_3d``) draws the same groups as Scatter3d traces through
+the same ``group_traces``, so its colours, legend, hover and ``customdata`` rows are the 2-D map's.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ import numpy.typing as npt
 from components.theme import (
     ACCENT,
     DANGER,
+    GRID,
     HOVER,
+    MUTED,
+    PLOT,
     SUCCESS,
     UNKNOWN,
     base_layout,
@@ -267,6 +273,52 @@ def marker_of(group: PointGroup, size: float) -> dict[str, Any]:
     }
 
 
+HOVER_TEMPLATE = "%{fullData.name} · row %{customdata}<extra></extra>"
+AXES = "xyz"
+
+
+def group_traces(
+    coords: npt.NDArray[np.float32], groups: Sequence[PointGroup], trace_type: str
+) -> list[dict[str, Any]]:
+    """coords: (n, 2) or (n, 3) float32, row i = sample row i; ``groups`` partition rows 0..n-1.
+
+    One ``trace_type`` trace ("scattergl" or "scatter3d") per group, in group order: its name,
+    colour, marker size, hover and ``customdata`` rows are the same in 2-D and 3-D.
+    """
+    decimals = coordinate_decimals(coords)
+    size = marker_size(len(coords))
+    traces = []
+    for group in groups:
+        rows = group.rows
+        trace: dict[str, Any] = {"type": trace_type, "mode": "markers", "name": group.name}
+        for axis in range(coords.shape[1]):
+            trace[AXES[axis]] = rounded(coords[rows, axis], decimals)
+        trace["customdata"] = rows.tolist()
+        trace["marker"] = marker_of(group, size)
+        trace["hovertemplate"] = HOVER_TEMPLATE
+        traces.append(trace)
+    return traces
+
+
+def pinned_trace(trace_type: str, dims: int) -> dict[str, Any]:
+    """The ring on the pinned sample, empty: the browser puts it on the pinned row's point."""
+    trace: dict[str, Any] = {
+        "type": trace_type,
+        "mode": "markers",
+        "name": PINNED_TRACE_NAME,
+        **{AXES[axis]: [] for axis in range(dims)},
+        "marker": {
+            "symbol": "circle-open",
+            "size": 20,
+            "color": ACCENT,
+            "line": {"width": 3, "color": ACCENT},
+        },
+        "hoverinfo": "skip",
+        "showlegend": False,
+    }
+    return trace
+
+
 def embedding_figure(
     coords: npt.NDArray[np.float32],
     groups: Sequence[PointGroup],
@@ -282,23 +334,7 @@ def embedding_figure(
     """
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(f"coords must be (n, 2), got {coords.shape}")
-    decimals = coordinate_decimals(coords)
-    size = marker_size(len(coords))
-    data: list[dict[str, Any]] = []
-    for group in groups:
-        rows = group.rows
-        data.append(
-            {
-                "type": "scattergl",
-                "mode": "markers",
-                "name": group.name,
-                "x": rounded(coords[rows, 0], decimals),
-                "y": rounded(coords[rows, 1], decimals),
-                "customdata": rows.tolist(),
-                "marker": marker_of(group, size),
-                "hovertemplate": "%{fullData.name} · row %{customdata}<extra></extra>",
-            }
-        )
+    data = group_traces(coords, groups, "scattergl")
     # The user's own images, filled in the browser from their placements (assets/uploads.js).
     # SVG, not WebGL, so their names can be drawn beside them.
     data.append(
@@ -322,23 +358,7 @@ def embedding_figure(
             "showlegend": False,
         }
     )
-    data.append(
-        {
-            "type": "scattergl",
-            "mode": "markers",
-            "name": PINNED_TRACE_NAME,
-            "x": [],
-            "y": [],
-            "marker": {
-                "symbol": "circle-open",
-                "size": 20,
-                "color": ACCENT,
-                "line": {"width": 3, "color": ACCENT},
-            },
-            "hoverinfo": "skip",
-            "showlegend": False,
-        }
-    )
+    data.append(pinned_trace("scattergl", 2))
     layout = base_layout(
         title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}},
         margin={"l": 20, "r": 10, "t": 44, "b": 20},
@@ -351,6 +371,62 @@ def embedding_figure(
             "structure": structure,
             "n": int(len(coords)),
             "uploadsTrace": len(data) - 2,
+            "pinnedTrace": len(data) - 1,
+        },
+        annotations=[],
+    )
+    return {"data": data, "layout": layout}
+
+
+def scene_axis(title: str) -> dict[str, Any]:
+    return {
+        "title": {"text": title, "font": {"color": MUTED, "size": 11}},
+        "showticklabels": False,
+        "backgroundcolor": PLOT,
+        "showbackground": True,
+        "gridcolor": GRID,
+        "zerolinecolor": GRID,
+        "color": MUTED,
+    }
+
+
+def embedding_figure_3d(
+    coords: npt.NDArray[np.float32],
+    groups: Sequence[PointGroup],
+    title: str,
+    structure: str,
+    uirevision: str,
+) -> dict[str, Any]:
+    """coords: (n, 3) float32, row i = sample row i; ``groups`` partition rows 0..n-1.
+
+    The 2-D map's traces as rotatable Scatter3d (WebGL), then the pinned ring. ``uirevision``
+    keeps the camera while it is unchanged: pass one that colourings do not change, so
+    recolouring does not reset the rotation. No uploads trace: uploaded images are placed in
+    the 2-D maps only. ``meta.dims`` = 3 tells the browser not to animate or dim a selection
+    (Scatter3d has no ``selectedpoints``).
+    """
+    if coords.ndim != 2 or coords.shape[1] != 3:
+        raise ValueError(f"coords must be (n, 3), got {coords.shape}")
+    data = group_traces(coords, groups, "scatter3d")
+    data.append(pinned_trace("scatter3d", 3))
+    layout = base_layout(
+        title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}},
+        margin={"l": 0, "r": 0, "t": 44, "b": 0},
+        scene={
+            "xaxis": scene_axis("1"),
+            "yaxis": scene_axis("2"),
+            "zaxis": scene_axis("3"),
+            "bgcolor": PLOT,
+            "aspectmode": "cube",
+            "uirevision": uirevision,
+        },
+        legend={"itemsizing": "constant", "font": {"size": 12}, "title": {"text": ""}},
+        hovermode="closest",
+        uirevision=uirevision,
+        meta={
+            "structure": structure,
+            "n": int(len(coords)),
+            "dims": 3,
             "pinnedTrace": len(data) - 1,
         },
         annotations=[],

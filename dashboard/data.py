@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dashboard.caches import ByteLRU
 from pipelines.annotations import CorrectionLog, SavedSelections, corrections_log, saved_selections
+from pipelines.embed3d import Map3D, pca_3d, tsne_3d
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS
 from pipelines.quality import SampleQuality, load_quality
@@ -35,6 +37,12 @@ SOURCE_CHECK_SECONDS = 5.0
 
 class NotReady(UserError):
     """An artifact the precompute has not written (yet): shown in place as information."""
+
+
+# 3-D t-SNE maps this process computed, by (run dir, manifest version, layer, subset,
+# perplexity): the store's ``embedding3d`` artifact is the cache, this one stands in where the
+# run cannot be written (a read-only data dir). 10k points x 3 float32 = 120 kB a map.
+MAPS_3D = ByteLRU(64 * 1024 * 1024)
 
 
 def precompute_command(data_dir: Path) -> str:
@@ -256,20 +264,7 @@ class RunData:
     ) -> np.ndarray:
         """(subset, 2) float32, row i = sample row i; NotReady with the stage's progress if the
         precompute has not reached it."""
-        if method not in METHODS:
-            raise UserError(f"unknown method '{method}'; use tsne or pca")
-        if subset not in self.subsets:
-            raise UserError(
-                f"subset {subset} is not in run '{self.run_id}'; choose one of {self.subsets}"
-            )
-        if method == "tsne" and (
-            perplexity is None or float(perplexity) not in self.perplexities(subset)
-        ):
-            raise UserError(
-                f"perplexity {perplexity} was not computed for {subset} samples; choose one of "
-                f"{', '.join(f'{p:g}' for p in self.perplexities(subset))}"
-            )
-        self.layer(layer_id)
+        self._check_view(layer_id, subset, method, perplexity)
         key = embedding_key(layer_id, subset, method, None if method == "pca" else perplexity)
         if not self.store.has("embedding", **key):
             stage = self.stage("embeddings")
@@ -286,6 +281,74 @@ class RunData:
                 "delete the run and precompute it again"
             )
         return coords
+
+    def _check_view(
+        self, layer_id: str, subset: int, method: str, perplexity: float | None
+    ) -> None:
+        """A UserError that says what to pick unless the run has this (layer, subset, method,
+        perplexity) view."""
+        if method not in METHODS:
+            raise UserError(f"unknown method '{method}'; use tsne or pca")
+        if subset not in self.subsets:
+            raise UserError(
+                f"subset {subset} is not in run '{self.run_id}'; choose one of {self.subsets}"
+            )
+        if method == "tsne" and (
+            perplexity is None or float(perplexity) not in self.perplexities(subset)
+        ):
+            raise UserError(
+                f"perplexity {perplexity} was not computed for {subset} samples; choose one of "
+                f"{', '.join(f'{p:g}' for p in self.perplexities(subset))}"
+            )
+        self.layer(layer_id)
+
+    def pca_scores(self, layer_id: str, subset: int) -> np.ndarray:
+        """(subset, k) float32: the layer's PCA scores (90% of the variance) of the subset's
+        rows, memory-mapped; NotReady until the embeddings stage wrote them."""
+        self.layer(layer_id)
+        if not self.store.has("pca_scores", layer=layer_id):
+            raise NotReady(f"the PCA scores of layer {layer_id} are not computed yet")
+        return self.store.load_array("pca_scores", layer=layer_id)[:subset]
+
+    def _map_3d_key(self, layer_id: str, subset: int, perplexity: float) -> tuple[Any, ...]:
+        return (str(self.store.run_dir), self.version, layer_id, subset, float(perplexity))
+
+    def embedding_3d(
+        self, layer_id: str, subset: int, method: str, perplexity: float | None
+    ) -> Map3D | None:
+        """The 3-D map of a view: PCA at once (the first three PCA scores), t-SNE if it was
+        computed before (stored, or in this process's memory), else None: ask
+        ``compute_tsne_3d``, which takes seconds."""
+        self._check_view(layer_id, subset, method, perplexity)
+        scores = self.pca_scores(layer_id, subset)
+        if method == "pca" or perplexity is None:
+            return pca_3d(scores)
+        cached = MAPS_3D.get(self._map_3d_key(layer_id, subset, perplexity))
+        if cached is not None:
+            return Map3D(cached, scores.shape[1])
+        key = embedding_key(layer_id, subset, "tsne", perplexity)
+        if not self.store.has("embedding3d", **key):
+            return None
+        coords = self.store.load_array("embedding3d", mmap=False, **key)
+        if coords.shape != (subset, 3):
+            return None  # another run's leftover: computed again, and replaced
+        return Map3D(coords, scores.shape[1])
+
+    def compute_tsne_3d(self, layer_id: str, subset: int, perplexity: float) -> Map3D:
+        """Compute the view's 3-D t-SNE map (seconds) and keep it: in the store when the run is
+        writable, always in this process's memory, so a read-only data dir still shows it."""
+        self._check_view(layer_id, subset, "tsne", perplexity)
+        scores = np.asarray(self.pca_scores(layer_id, subset), dtype=np.float32)
+        config = self.record.config
+        coords = tsne_3d(scores, float(perplexity), seed=config.seed if config else 0)
+        MAPS_3D.put(self._map_3d_key(layer_id, subset, perplexity), coords)
+        try:
+            self.store.save_array(
+                "embedding3d", coords, **embedding_key(layer_id, subset, "tsne", perplexity)
+            )
+        except OSError:
+            pass  # read-only run: the memory copy above serves this process
+        return Map3D(coords, scores.shape[1])
 
     # ---- the workbench: quality results, the sample frame, what the user added ---------------
 

@@ -55,6 +55,11 @@ EMBEDDING_CARD = "embedding-card"
 EMBEDDING_GRAPH = "embedding-graph"
 EMBEDDING_DATA = "embedding-data"
 EMBEDDING_MESSAGE = "embedding-message"
+# The optional 3-D view: the switch, the 3-D t-SNE job's request and answer, its status line
+EMBEDDING_3D = "embedding-3d"
+EMBEDDING_3D_REQUEST = "embedding-3d-request"  # {run, version, layer, subset, perplexity}
+EMBEDDING_3D_READY = "embedding-3d-ready"  # {request, error}: the job's answer
+EMBEDDING_3D_STATUS = "embedding-3d-status"  # "computing 3-D t-SNE…" while the job runs
 
 # ---- inspector ------------------------------------------------------------------------------
 INSPECTOR_CARD = "inspector-card"

@@ -56,6 +56,8 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "projection": ("npz", ("layer",)),
     "pca_scores": ("npy", ("layer",)),  # (N, k) float32, the samples' PCA scores, by row
     "embedding": ("npy", ("layer", "subset", "method", "perplexity")),  # (n, 2) float32
+    # (n, 3) float32: a 3-D t-SNE map the dashboard computed on demand (pipelines/embed3d.py)
+    "embedding3d": ("npy", ("layer", "subset", "method", "perplexity")),
     "model_checkpoint": ("pt", ()),
     # source file -> [size, mtime_ns] of every file of a file dataset when the run was computed
     "dataset_files": ("json", ()),

@@ -185,16 +185,17 @@ INIT_STD = 1e-4
 INIT_JITTER = 0.01
 
 
-def initial_layout(scores: np.ndarray, seed: int) -> np.ndarray:
-    """openTSNE's PCA initialisation, from PCA scores: the first two columns, centred, scaled so
-    the first has std ``INIT_STD``, plus jitter of ``INIT_JITTER`` times that. A layer with no
-    spread (all points equal) gets a seeded random start instead of a division by zero.
+def initial_layout(scores: np.ndarray, seed: int, dims: int = 2) -> np.ndarray:
+    """openTSNE's PCA initialisation, from PCA scores: the first ``dims`` columns, centred,
+    scaled so the first has std ``INIT_STD``, plus jitter of ``INIT_JITTER`` times that. A layer
+    with no spread (all points equal) gets a seeded random start instead of a division by zero.
 
-    scores: (n, k) float, columns by descending variance (k = 1 is padded with zeros).
-    Returns (n, 2) float64; the same for a seed on every machine (numpy's generator, on the host).
+    scores: (n, k) float, columns by descending variance (k < dims is padded with zeros).
+    Returns (n, dims) float64; the same for a seed on every machine (numpy's generator, on the
+    host). ``dims=3`` starts the dashboard's 3-D maps (``pipelines/embed3d.py``).
     """
     rng = np.random.default_rng(seed)
-    init = _pad_columns(np.asarray(scores)[:, :2], 2).astype(np.float64)
+    init = _pad_columns(np.asarray(scores)[:, :dims], dims).astype(np.float64)
     init -= init.mean(axis=0)
     spread = init[:, 0].std()
     if not spread > 0:

@@ -32,7 +32,7 @@ class MapJob:
     n: int
     perplexity: float
     affinities: PerplexityBasedNN
-    init: np.ndarray  # (n, 2) float64
+    init: np.ndarray  # (n, 2) float64; (n, 3) for a 3-D map
 
 
 def fit_subsets(
@@ -110,12 +110,13 @@ def optimise_map(
 ) -> np.ndarray:
     """Early exaggeration then the main phase (van der Maaten & Hinton 2008; openTSNE's two
     ``optimize`` calls, which carry the gains and momentum over), with ``schedule``.
-    Returns (n, 2) float64."""
+    Returns (n, d) float64, d the columns of ``job.init`` (2, or 3 for the dashboard's 3-D maps:
+    openTSNE's FFT interpolation is for 1-2 dimensions only, so those use Barnes-Hut at any n)."""
     n = job.n
     embedding = TSNEEmbedding(
         job.init,
         job.affinities,
-        negative_gradient_method="fft" if n >= FFT_MIN_POINTS else "bh",
+        negative_gradient_method="fft" if n >= FFT_MIN_POINTS and job.init.shape[1] <= 2 else "bh",
         theta=schedule.theta,
         n_jobs=threads,
     )

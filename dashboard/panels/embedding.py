@@ -4,6 +4,12 @@ The server builds the figure (``load``) into a store; the browser draws it (``re
 animating points from the previous layer's positions when only the layer changed. A click writes
 the pinned row into the selection clientside, so it never waits on the server; hover reaches the
 inspector straight from the graph's ``hoverData``.
+
+The "3-D" switch draws the same view as a rotatable Scatter3d in the same graph, so hover, click
+and pin reach the inspector by exactly the 2-D map's path. 3-D PCA is the layer's first three
+PCA scores; 3-D t-SNE is computed once per (layer, subset, perplexity) by a background job
+(``compute_3d``) and kept as the run's ``embedding3d`` artifact (in memory if the run is
+read-only). The workbench's selection is not dimmed in 3-D: Scatter3d has no ``selectedpoints``.
 """
 
 from __future__ import annotations
@@ -12,20 +18,23 @@ from typing import Any
 
 import dash_bootstrap_components as dbc
 import numpy as np
-from dash import Input, Output, State, dcc, html
+from dash import Input, Output, State, dcc, html, no_update
 
 from components.embedding import (
+    PointGroup,
     RowValues,
     color_groups,
     embedding_figure,
+    embedding_figure_3d,
     embedding_title,
     has_values,
 )
 from components.figure_download import figure_download
 from components.theme import message_figure
 from dashboard import ids
-from dashboard.context import current
+from dashboard.context import by_token, current
 from dashboard.data import NotReady, RunData
+from dashboard.jobs import on_timeout, slow_job
 from dashboard.registry import callback, clientside_callback
 from pipelines.errors import UserError
 
@@ -43,6 +52,13 @@ def layout() -> dbc.Card:
                             "hover a point to inspect it · click to pin · legend toggles classes",
                             className="ls-hint",
                         ),
+                        dbc.Switch(
+                            id=ids.EMBEDDING_3D,
+                            label="3-D",
+                            value=False,
+                            className="ls-hint ms-auto me-2 mb-0",
+                        ),
+                        html.Span(id=ids.EMBEDDING_3D_STATUS, className="ls-hint me-2"),
                         figure_download(ids.EMBEDDING_GRAPH, "layerscope-embedding"),
                     ],
                     className="d-flex align-items-baseline flex-wrap",
@@ -59,6 +75,8 @@ def layout() -> dbc.Card:
                         className="ls-embedding-graph",
                     ),
                     dcc.Store(id=ids.EMBEDDING_DATA),
+                    dcc.Store(id=ids.EMBEDDING_3D_REQUEST),
+                    dcc.Store(id=ids.EMBEDDING_3D_READY),
                 ],
                 className="p-1",
             ),
@@ -100,56 +118,180 @@ def row_values(run: RunData, subset: int) -> RowValues:
     )
 
 
-def build_embedding(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
-    """The figure for a view key; raises NotReady / UserError with a message for the page."""
-    layer_id = key["layer"]
+def view_groups(run: RunData, key: dict[str, Any], title: str) -> tuple[list[PointGroup], str, str]:
+    """The colouring's legend groups, the title with why a colouring fell back to labels, and
+    the trace structure (run, subset, colouring) of a view key."""
     subset = int(key["subset"])
-    method = key["method"]
-    perplexity = float(key["perplexity"]) if method == "tsne" and key.get("perplexity") else None
-    coords = run.embedding(layer_id, subset, method, perplexity)
     values = row_values(run, subset)
     color = key["color"]
     groups = color_groups(
         color, values, run.class_names, run.model_class_names, run.dataset_to_model
     )
-    layer = run.layer(layer_id)
-    title = embedding_title(method, perplexity, layer_id, layer.type, subset, layer.same_as)
     if not has_values(color, values):
         title += f" (coloured by true label: {FALLBACK_REASON.get(color, 'predictions are not computed yet')})"
     structure = f"{run.run_id}|{run.version}|{subset}|{color}|{has_values(color, values)}"
+    return groups, title, structure
+
+
+def view_perplexity(key: dict[str, Any]) -> float | None:
+    return float(key["perplexity"]) if key["method"] == "tsne" and key.get("perplexity") else None
+
+
+def build_embedding(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
+    """The figure for a view key; raises NotReady / UserError with a message for the page."""
+    layer_id = key["layer"]
+    subset = int(key["subset"])
+    method = key["method"]
+    perplexity = view_perplexity(key)
+    coords = run.embedding(layer_id, subset, method, perplexity)
+    layer = run.layer(layer_id)
+    title = embedding_title(method, perplexity, layer_id, layer.type, subset, layer.same_as)
+    groups, title, structure = view_groups(run, key, title)
     return embedding_figure(coords, groups, title, structure, uirevision=structure)
+
+
+def map_3d_request(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
+    """What the 3-D t-SNE job computes for a view key (the version: a recomputed run's map is
+    another map)."""
+    return {
+        "run": run.run_id,
+        "version": run.version,
+        "layer": key["layer"],
+        "subset": int(key["subset"]),
+        "perplexity": view_perplexity(key),
+    }
+
+
+def build_embedding_3d(
+    run: RunData, key: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the 3-D figure for a view key, or None while its t-SNE map is not computed; the request
+    that computes it). Raises NotReady / UserError with a message for the page."""
+    layer_id = key["layer"]
+    subset = int(key["subset"])
+    method = key["method"]
+    perplexity = view_perplexity(key)
+    request = map_3d_request(run, key)
+    found = run.embedding_3d(layer_id, subset, method, perplexity)
+    if found is None:
+        return None, request
+    layer = run.layer(layer_id)
+    title = "3-D " + embedding_title(
+        method, perplexity, layer_id, layer.type, subset, layer.same_as
+    )
+    if found.padded:
+        title += f" (the layer has {found.pca_dims} PCA dimension(s): the other axes are zero)"
+    groups, title, structure = view_groups(run, key, title)
+    # The camera stays where the user turned it across colourings, layers and subsets.
+    return embedding_figure_3d(
+        found.coords, groups, title, f"{structure}|3d", uirevision=f"{run.run_id}|3d"
+    ), request
+
+
+def load(key: dict[str, Any] | None, version: dict[str, Any] | None) -> tuple:
+    """View key (or a newer manifest) -> ({"key", "run", "figure"} for the browser to draw,
+    the message above the map): the 2-D map."""
+    return load_view(key, version, False, None)[:2]
 
 
 @callback(
     Output(ids.EMBEDDING_DATA, "data"),
     Output(ids.EMBEDDING_MESSAGE, "children"),
+    Output(ids.EMBEDDING_3D_REQUEST, "data"),
     Input(ids.VIEW_KEY, "data"),
     Input(ids.RUN_VERSION, "data"),
+    Input(ids.EMBEDDING_3D, "value"),
+    Input(ids.EMBEDDING_3D_READY, "data"),
 )
-def load(key: dict[str, Any] | None, version: dict[str, Any] | None) -> tuple:
-    """View key (or a newer manifest) -> {"key", "run", "figure"} for the browser to draw."""
+def load_view(
+    key: dict[str, Any] | None,
+    version: dict[str, Any] | None,
+    three_d: bool | None,
+    ready: dict[str, Any] | None,
+) -> tuple:
+    """``load``, in 3-D when the switch is on, plus the 3-D t-SNE request for ``compute_3d``
+    when the view's map is not computed yet (``ready``: the job's last answer, so a failed
+    computation shows its error instead of starting again)."""
     if not key or not key.get("run"):
-        return {"key": "none", "run": None, "figure": message_figure("No run selected.", 400)}, None
+        return (
+            {"key": "none", "run": None, "figure": message_figure("No run selected.", 400)},
+            None,
+            no_update,
+        )
     stamp = (version or {}).get("stamp") if (version or {}).get("run") == key.get("run") else None
-    payload_key = f"{view_key_text(key)}|{stamp}"
+    payload_key = f"{view_key_text(key)}|{stamp}" + ("|3d" if three_d else "")
+    request: Any = no_update
     try:
         run = current().catalog.open(key["run"])
         if not key.get("layer") or key.get("subset") is None:
             raise NotReady(
                 f"run '{run.run_id}' has no layers or subsets yet; its precompute is still indexing"
             )
-        figure = build_embedding(run, key)
+        if not three_d:
+            figure = build_embedding(run, key)
+        else:
+            built, wanted = build_embedding_3d(run, key)
+            if built is None:
+                if (ready or {}).get("request") == wanted:
+                    # The job answered for this very map and it is still missing: its error.
+                    raise UserError(
+                        (ready or {}).get("error") or "the 3-D t-SNE map could not be kept"
+                    )
+                request = wanted
+                figure = message_figure("computing 3-D t-SNE…", 400)
+            else:
+                figure = built
     except NotReady as exc:
         return (
             {"key": payload_key, "run": key["run"], "figure": message_figure(str(exc), 400)},
             dbc.Alert(str(exc), color="info", className="ls-alert mb-1"),
+            no_update,
         )
     except UserError as exc:
         return (
             {"key": payload_key, "run": key["run"], "figure": message_figure(str(exc), 400)},
             dbc.Alert(str(exc), color="warning", className="ls-alert mb-1"),
+            no_update,
         )
-    return {"key": payload_key, "run": key["run"], "figure": figure}, None
+    return {"key": payload_key, "run": key["run"], "figure": figure}, None, request
+
+
+def compute_3d_timed_out(seconds: float, request: Any, _token: Any) -> dict[str, Any]:
+    return {
+        "request": request,
+        "error": f"the 3-D t-SNE map took longer than {seconds:g} s; pick a smaller subset",
+    }
+
+
+@callback(
+    Output(ids.EMBEDDING_3D_READY, "data"),
+    Input(ids.EMBEDDING_3D_REQUEST, "data"),
+    State(ids.APP_TOKEN, "data"),
+    background=True,
+    interval=500,
+    running=[
+        (Output(ids.EMBEDDING_3D_STATUS, "children"), "computing 3-D t-SNE…", ""),
+        # The spinner is CSS (ls-computing::before): running values are set as plain props.
+        (Output(ids.EMBEDDING_3D_STATUS, "className"), "ls-hint me-2 ls-computing", "ls-hint me-2"),
+    ],
+    prevent_initial_call=True,
+)
+@slow_job
+@on_timeout(compute_3d_timed_out)
+def compute_3d(request: Any, token: str | None) -> dict[str, Any]:
+    """Compute and keep a view's 3-D t-SNE map ({run, version, layer, subset, perplexity});
+    answers {request, error}, and ``load_view`` then draws the map (or shows the error)."""
+    if not isinstance(request, dict) or not isinstance(request.get("run"), str):
+        return {"request": request, "error": "no view to compute a 3-D map of"}
+    try:
+        run = by_token(token).catalog.open(request["run"])
+        perplexity = request.get("perplexity")
+        if perplexity is None:
+            raise UserError("3-D t-SNE needs a perplexity; pick one in the controls")
+        run.compute_tsne_3d(str(request["layer"]), int(request["subset"]), float(perplexity))
+    except (UserError, ValueError) as exc:
+        return {"request": request, "error": str(exc)}
+    return {"request": request, "error": None}
 
 
 clientside_callback(

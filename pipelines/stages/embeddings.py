@@ -67,6 +67,9 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
     aliases = [
         (layer.id, source) for layer in layers if layer.id not in done and (source := layer.same_as)
     ]
+    if pending or aliases:
+        # The dashboard's 3-D maps are made from the PCA scores about to be (re)written.
+        store.delete_kind("embedding3d")
     job = LayerJob(
         run_dir=str(store.run_dir),
         num_chunks=len(chunk_ranges(record.require_dataset().num_samples)),
