@@ -259,8 +259,14 @@
     return true;
   }
 
-  ls.define("renderEmbedding", function (payload, selection, rowsPayload, current) {
+  ls.define("renderEmbedding", function (payload, ready3d, selection, rowsPayload, current) {
     var st = state;
+    // A 3-D t-SNE view waits for its background job: the job's answer for this very view (the
+    // same key; an answer for a view left meanwhile is ignored) is drawn in its place.
+    if (payload && payload.pending && ready3d && ready3d.key === payload.key && ready3d.payload) {
+      // Its own key, so it is drawn over the "computing…" message that had the view's key.
+      payload = Object.assign({}, ready3d.payload, { key: ready3d.key + "|computed" });
+    }
     if (!payload || !payload.figure) {
       return ls.noUpdate();
     }

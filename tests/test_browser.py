@@ -570,3 +570,68 @@ def test_empty_data_dir_says_how_to_make_a_run(browser, tmp_path):
         assert watch.errors == []
     finally:
         watch.close()
+
+
+def hover_a_3d_point(page: Any, graph_id: str) -> int:
+    """Move the mouse over the 3-D scene, spiralling out from its centre, until plotly reports
+    hovering a sample point (Scatter3d picks points on the GPU; there are no axes to aim by).
+    Returns that point's row."""
+    box = page.locator(f"#{graph_id}").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2 + 20
+    for step in range(400):
+        angle, radius = step * 0.7, 3.0 * np.sqrt(step) * 3
+        page.mouse.move(cx + radius * np.cos(angle), cy + radius * np.sin(angle))
+        row = page.evaluate(
+            f"""() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => {{
+              const gd = ({bh.GRAPH_JS})({graph_id!r});
+              const hit = (gd._hoverdata || []).find(p => Number.isInteger(p.customdata));
+              done(hit ? hit.customdata : null);
+            }})))"""
+        )
+        if row is not None:
+            return int(row)
+    raise AssertionError("no point of the 3-D scatter answered the mouse")
+
+
+def test_the_3d_switch_draws_a_rotatable_scatter_that_drives_the_inspector(watch, server, data_dir):
+    page = open_small_run(watch, server)
+    samples = RunCatalog(data_dir).open("digits-small").samples()
+    page.click(f"#{ids.EMBEDDING_3D}")
+    # 3-D t-SNE of the view (300 samples) is computed by its job, then drawn in WebGL.
+    bh.wait_for_graph(
+        page,
+        ids.EMBEDDING_GRAPH,
+        "gd => gd.layout.meta && gd.layout.meta.dims === 3 && gd._fullLayout.scene",
+        timeout=60_000,
+    )
+    drawn = bh.graph_eval(
+        page,
+        ids.EMBEDDING_GRAPH,
+        """gd => ({
+          types: [...new Set(gd.data.map(t => t.type))],
+          points: gd.data.filter(t => t.name !== 'pinned sample').reduce((n, t) => n + t.customdata.length, 0),
+          webgl: !!gd._fullLayout.scene._scene.glplot && !!gd.querySelector('canvas'),
+          title: gd.layout.title.text,
+        })""",
+    )
+    assert drawn["types"] == ["scatter3d"] and drawn["webgl"]
+    assert drawn["points"] == 300
+    assert drawn["title"].startswith("3-D t-SNE, perplexity 30 — layer features.7 (ReLU)")
+    row = hover_a_3d_point(page, ids.EMBEDDING_GRAPH)
+    page.wait_for_function(
+        "(row) => document.getElementById('inspector-hint').textContent.includes('row ' + row + ' · hovering')",
+        arg=row,
+    )
+    assert page.inner_text(f"#{ids.INSPECTOR_UID}") == samples["uid"][row]
+    watch.screenshot("embedding-3d")
+    page.mouse.move(5, 5)
+    page.click(f"#{ids.EMBEDDING_3D}")
+    bh.wait_for_graph(
+        page,
+        ids.EMBEDDING_GRAPH,
+        "gd => gd.layout.meta && gd.layout.meta.structure && !gd.layout.meta.dims && gd.data[0].type === 'scattergl'",
+    )
+    assert bh.graph_eval(page, ids.EMBEDDING_GRAPH, "gd => gd.layout.title.text").startswith(
+        "t-SNE, perplexity 30 — layer features.7"
+    )
+    assert watch.errors == []

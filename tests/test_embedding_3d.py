@@ -122,7 +122,7 @@ def rows_of(figure: dict[str, Any]) -> list[int]:
 def test_3d_pca_view_has_the_2d_colours_legend_and_rows(app, selection, run_dir):
     key = view_key(selection, method="pca", perplexity="none", color="prediction")
     flat, _ = call(app, embedding.load, key, None)
-    payload, message, request = call(app, embedding.load_view, key, None, True, None)
+    payload, message, request = call(app, embedding.load_view, key, None, True)
     figure = payload["figure"]
     assert message is None and payload["key"] == flat["key"] + "|3d"
     assert request is embedding.no_update  # PCA needs no job
@@ -142,9 +142,9 @@ def test_3d_pca_view_has_the_2d_colours_legend_and_rows(app, selection, run_dir)
         abs=0.01,  # four significant digits of the largest
     )
     # Another colouring keeps the camera (same uirevision), and the 2-D map is back when off.
-    recoloured, _, _ = call(app, embedding.load_view, {**key, "color": "label"}, None, True, None)
+    recoloured, _, _ = call(app, embedding.load_view, {**key, "color": "label"}, None, True)
     assert recoloured["figure"]["layout"]["uirevision"] == figure["layout"]["uirevision"]
-    back, _, _ = call(app, embedding.load_view, key, None, False, None)
+    back, _, _ = call(app, embedding.load_view, key, None, False)
     assert back == flat
 
 
@@ -156,7 +156,7 @@ def test_3d_pca_of_a_layer_with_fewer_than_3_dims_says_so(app, selection, run_di
         return real(self, layer_id, subset)[:, :2]
 
     monkeypatch.setattr(dashboard_data.RunData, "pca_scores", two_columns)
-    payload, _, _ = call(app, embedding.load_view, key, None, True, None)
+    payload, _, _ = call(app, embedding.load_view, key, None, True)
     figure = payload["figure"]
     assert "2 PCA dimension(s): the other axes are zero" in figure["layout"]["title"]["text"]
     assert {z for t in figure["data"][:-1] for z in t["z"]} == {0.0}
@@ -164,28 +164,28 @@ def test_3d_pca_of_a_layer_with_fewer_than_3_dims_says_so(app, selection, run_di
 
 def test_3d_tsne_is_computed_by_its_job_once_and_stored(app, selection, run_dir, token):
     key = view_key(selection, subset=100, perplexity="10")
-    payload, message, request = call(app, embedding.load_view, key, None, True, None)
-    assert "computing 3-D t-SNE" in payload["figure"]["layout"]["annotations"][0]["text"]
-    assert message is None
+    pending, message, request = call(app, embedding.load_view, key, None, True)
+    assert "computing 3-D t-SNE" in pending["figure"]["layout"]["annotations"][0]["text"]
+    assert message is None and pending["pending"] is True
     assert request["layer"] == "features.7" and request["subset"] == 100
-    assert request["perplexity"] == 10.0
+    assert request["perplexity"] == 10.0 and request["key"] == pending["key"]
     ready = call(app, embedding.compute_3d, request, token)
-    assert ready == {"request": request, "error": None}
     store = RunStore(run_dir[0] / "runs" / run_dir[1])
     stored_key = embedding_key("features.7", 100, "tsne", 10.0)
     coords = store.load_array("embedding3d", **stored_key)
     assert coords.shape == (100, 3) and coords.dtype == np.float32
-    payload, message, request = call(app, embedding.load_view, key, None, True, ready)
-    figure = payload["figure"]
-    assert message is None and request is embedding.no_update
+    # The answer is the view drawn with the map, for the very payload that waited for it.
+    assert ready["key"] == pending["key"]
+    figure = ready["payload"]["figure"]
     assert figure["layout"]["title"]["text"].startswith(
         "3-D t-SNE, perplexity 10 — layer features.7"
     )
     assert rows_of(figure) == list(range(100))
-    # Read back from the store (not recomputed): a fresh process finds it too.
+    # Found from now on, without a job; read back from the store by a fresh process too.
     dashboard_data.MAPS_3D.clear()
-    again, _, request = call(app, embedding.load_view, key, None, True, None)
-    assert request is embedding.no_update and again["figure"] == figure
+    again, message, request = call(app, embedding.load_view, key, None, True)
+    assert message is None and request is embedding.no_update
+    assert again["figure"] == figure and "pending" not in again
 
 
 def test_3d_tsne_of_a_read_only_run_is_kept_in_memory(app, selection, run_dir, token, monkeypatch):
@@ -194,23 +194,22 @@ def test_3d_tsne_of_a_read_only_run_is_kept_in_memory(app, selection, run_dir, t
 
     monkeypatch.setattr(RunStore, "save_array", refuse)
     key = view_key(selection, subset=100, perplexity="30")
-    _, _, request = call(app, embedding.load_view, key, None, True, None)
+    _, _, request = call(app, embedding.load_view, key, None, True)
     ready = call(app, embedding.compute_3d, request, token)
-    assert ready["error"] is None
+    assert rows_of(ready["payload"]["figure"]) == list(range(100))
     store = RunStore(run_dir[0] / "runs" / run_dir[1])
     assert not store.has("embedding3d", **embedding_key("features.7", 100, "tsne", 30.0))
-    payload, message, request = call(app, embedding.load_view, key, None, True, ready)
+    payload, message, request = call(app, embedding.load_view, key, None, True)
     assert message is None and request is embedding.no_update
-    assert rows_of(payload["figure"]) == list(range(100))
+    assert payload["figure"] == ready["payload"]["figure"]
 
 
-def test_a_failed_3d_job_shows_its_error_instead_of_starting_again(app, selection, token):
+def test_a_3d_job_that_cannot_make_the_map_says_why_in_its_place(app, selection, token):
     key = view_key(selection, layer="features.3", subset=100, perplexity="10")
-    _, _, request = call(app, embedding.load_view, key, None, True, None)
-    failed = {"request": request, "error": "the 3-D t-SNE map took longer than 600 s"}
-    payload, message, again = call(app, embedding.load_view, key, None, True, failed)
-    assert "took longer than 600 s" in text_of(message)
-    assert again is embedding.no_update
+    _, _, request = call(app, embedding.load_view, key, None, True)
     bad = call(app, embedding.compute_3d, {**request, "layer": "features.99"}, token)
-    assert "features.99" in bad["error"]
-    assert call(app, embedding.compute_3d, None, token)["error"]
+    assert bad["key"] == request["key"]
+    assert "features.99" in bad["payload"]["figure"]["layout"]["annotations"][0]["text"]
+    late = embedding.compute_3d_timed_out(600, request, token)
+    assert "longer than 600 s" in late["payload"]["figure"]["layout"]["annotations"][0]["text"]
+    assert call(app, embedding.compute_3d, None, token)["payload"]["figure"]["data"] == []

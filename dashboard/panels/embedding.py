@@ -33,7 +33,7 @@ from components.figure_download import figure_download
 from components.theme import message_figure
 from dashboard import ids
 from dashboard.context import by_token, current
-from dashboard.data import NotReady, RunData
+from dashboard.data import NotReady, RunCatalog, RunData
 from dashboard.jobs import on_timeout, slow_job
 from dashboard.registry import callback, clientside_callback
 from pipelines.errors import UserError
@@ -191,7 +191,7 @@ def build_embedding_3d(
 def load(key: dict[str, Any] | None, version: dict[str, Any] | None) -> tuple:
     """View key (or a newer manifest) -> ({"key", "run", "figure"} for the browser to draw,
     the message above the map): the 2-D map."""
-    return load_view(key, version, False, None)[:2]
+    return view_payload(current().catalog, key, version, False)[:2]
 
 
 @callback(
@@ -201,17 +201,21 @@ def load(key: dict[str, Any] | None, version: dict[str, Any] | None) -> tuple:
     Input(ids.VIEW_KEY, "data"),
     Input(ids.RUN_VERSION, "data"),
     Input(ids.EMBEDDING_3D, "value"),
-    Input(ids.EMBEDDING_3D_READY, "data"),
 )
 def load_view(
-    key: dict[str, Any] | None,
-    version: dict[str, Any] | None,
-    three_d: bool | None,
-    ready: dict[str, Any] | None,
+    key: dict[str, Any] | None, version: dict[str, Any] | None, three_d: bool | None
 ) -> tuple:
-    """``load``, in 3-D when the switch is on, plus the 3-D t-SNE request for ``compute_3d``
-    when the view's map is not computed yet (``ready``: the job's last answer, so a failed
-    computation shows its error instead of starting again)."""
+    """``load``, in 3-D while the switch is on, and the request for ``compute_3d`` when the
+    view's 3-D t-SNE map is not computed yet."""
+    return view_payload(current().catalog, key, version, bool(three_d))
+
+
+def view_payload(
+    catalog: RunCatalog, key: dict[str, Any] | None, version: dict[str, Any] | None, three_d: bool
+) -> tuple[dict[str, Any], Any, Any]:
+    """(the payload for ``renderEmbedding``, the message above the map, the 3-D t-SNE request
+    or no_update). A payload still waiting for its map says ``pending``: the browser draws the
+    job's answer in its place when that answer carries the same ``key``."""
     if not key or not key.get("run"):
         return (
             {"key": "none", "run": None, "figure": message_figure("No run selected.", 400)},
@@ -220,9 +224,8 @@ def load_view(
         )
     stamp = (version or {}).get("stamp") if (version or {}).get("run") == key.get("run") else None
     payload_key = f"{view_key_text(key)}|{stamp}" + ("|3d" if three_d else "")
-    request: Any = no_update
     try:
-        run = current().catalog.open(key["run"])
+        run = catalog.open(key["run"])
         if not key.get("layer") or key.get("subset") is None:
             raise NotReady(
                 f"run '{run.run_id}' has no layers or subsets yet; its precompute is still indexing"
@@ -232,15 +235,15 @@ def load_view(
         else:
             built, wanted = build_embedding_3d(run, key)
             if built is None:
-                if (ready or {}).get("request") == wanted:
-                    # The job answered for this very map and it is still missing: its error.
-                    raise UserError(
-                        (ready or {}).get("error") or "the 3-D t-SNE map could not be kept"
-                    )
-                request = wanted
-                figure = message_figure("computing 3-D t-SNE…", 400)
-            else:
-                figure = built
+                pending = {
+                    "key": payload_key,
+                    "run": key["run"],
+                    "figure": message_figure("computing 3-D t-SNE…", 400),
+                    "pending": True,
+                }
+                request = {**wanted, "key": payload_key, "view": key, "runVersion": version}
+                return pending, None, request
+            figure = built
     except NotReady as exc:
         return (
             {"key": payload_key, "run": key["run"], "figure": message_figure(str(exc), 400)},
@@ -253,16 +256,24 @@ def load_view(
             dbc.Alert(str(exc), color="warning", className="ls-alert mb-1"),
             no_update,
         )
-    return {"key": payload_key, "run": key["run"], "figure": figure}, None, request
+    return {"key": payload_key, "run": key["run"], "figure": figure}, None, no_update
+
+
+def failed_3d(request: Any, message: str) -> dict[str, Any]:
+    """The job's answer when it could not make the map: the message where the map would be."""
+    key = request.get("key") if isinstance(request, dict) else None
+    run = request.get("run") if isinstance(request, dict) else None
+    return {"key": key, "payload": {"key": key, "run": run, "figure": message_figure(message, 400)}}
 
 
 def compute_3d_timed_out(seconds: float, request: Any, _token: Any) -> dict[str, Any]:
-    return {
-        "request": request,
-        "error": f"the 3-D t-SNE map took longer than {seconds:g} s; pick a smaller subset",
-    }
+    return failed_3d(
+        request, f"The 3-D t-SNE map took longer than {seconds:g} s; pick a smaller subset."
+    )
 
 
+# The job's answer goes to its own store, which renderEmbedding reads, not back into load_view:
+# load_view -> request -> job -> load_view would be a callback cycle, which dash does not run.
 @callback(
     Output(ids.EMBEDDING_3D_READY, "data"),
     Input(ids.EMBEDDING_3D_REQUEST, "data"),
@@ -279,25 +290,34 @@ def compute_3d_timed_out(seconds: float, request: Any, _token: Any) -> dict[str,
 @slow_job
 @on_timeout(compute_3d_timed_out)
 def compute_3d(request: Any, token: str | None) -> dict[str, Any]:
-    """Compute and keep a view's 3-D t-SNE map ({run, version, layer, subset, perplexity});
-    answers {request, error}, and ``load_view`` then draws the map (or shows the error)."""
+    """Compute and keep a view's 3-D t-SNE map (the request ``view_payload`` made), then
+    answer {"key", "payload"}: the view drawn with it, or the error in its place."""
     if not isinstance(request, dict) or not isinstance(request.get("run"), str):
-        return {"request": request, "error": "no view to compute a 3-D map of"}
+        return failed_3d(request, "There is no view to compute a 3-D map of.")
     try:
-        run = by_token(token).catalog.open(request["run"])
+        catalog = by_token(token).catalog
+        run = catalog.open(request["run"])
+        layer, subset = str(request["layer"]), int(request["subset"])
         perplexity = request.get("perplexity")
         if perplexity is None:
             raise UserError("3-D t-SNE needs a perplexity; pick one in the controls")
-        run.compute_tsne_3d(str(request["layer"]), int(request["subset"]), float(perplexity))
-    except (UserError, ValueError) as exc:
-        return {"request": request, "error": str(exc)}
-    return {"request": request, "error": None}
+        if run.embedding_3d(layer, subset, "tsne", float(perplexity)) is None:
+            run.compute_tsne_3d(layer, subset, float(perplexity))
+        payload, _, _ = view_payload(catalog, request.get("view"), request.get("runVersion"), True)
+    except (UserError, ValueError, TypeError, KeyError) as exc:
+        return failed_3d(request, str(exc))
+    if payload.get("pending"):
+        # Computed, yet not found again: kept by another process (a Celery worker) of a
+        # read-only run.
+        return failed_3d(request, "The 3-D t-SNE map was computed but could not be kept.")
+    return {"key": request.get("key"), "payload": payload}
 
 
 clientside_callback(
     "renderEmbedding",
     Output(ids.EMBEDDING_GRAPH, "figure"),
     Input(ids.EMBEDDING_DATA, "data"),
+    Input(ids.EMBEDDING_3D_READY, "data"),
     Input(ids.SELECTION, "data"),
     Input(ids.SELECTION_ROWS, "data"),
     State(ids.EMBEDDING_GRAPH, "figure"),
