@@ -574,19 +574,23 @@ def test_empty_data_dir_says_how_to_make_a_run(browser, tmp_path):
 
 def hover_a_3d_point(page: Any, graph_id: str) -> int:
     """Move the mouse over the 3-D scene, spiralling out from its centre, until plotly reports
-    hovering a sample point (Scatter3d picks points on the GPU; there are no axes to aim by).
-    Returns that point's row."""
+    hovering a sample point (Scatter3d picks points on the GPU, and reports them by event only:
+    no ``_hoverdata``, no axes to aim by). Returns that point's row."""
+    bh.scroll_to(page, graph_id)
+    bh.graph_eval(
+        page,
+        graph_id,
+        """gd => { window.hovered3d = null;
+          gd.on('plotly_hover', e => { const c = e.points[0].customdata; if (Number.isInteger(c)) window.hovered3d = c; }); }""",
+    )
     box = page.locator(f"#{graph_id}").bounding_box()
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2 + 20
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     for step in range(400):
-        angle, radius = step * 0.7, 3.0 * np.sqrt(step) * 3
+        angle, radius = step * 0.7, 9.0 * np.sqrt(step)
         page.mouse.move(cx + radius * np.cos(angle), cy + radius * np.sin(angle))
+        # gl3d picks in its render loop: two frames after the move, the hover has been seen.
         row = page.evaluate(
-            f"""() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => {{
-              const gd = ({bh.GRAPH_JS})({graph_id!r});
-              const hit = (gd._hoverdata || []).find(p => Number.isInteger(p.customdata));
-              done(hit ? hit.customdata : null);
-            }})))"""
+            "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => done(window.hovered3d))))"
         )
         if row is not None:
             return int(row)
@@ -623,6 +627,16 @@ def test_the_3d_switch_draws_a_rotatable_scatter_that_drives_the_inspector(watch
         arg=row,
     )
     assert page.inner_text(f"#{ids.INSPECTOR_UID}") == samples["uid"][row]
+    # A click pins it, as on the 2-D map: the inspector keeps it and the ring sits on it.
+    page.mouse.down()
+    page.mouse.up()
+    page.wait_for_function(
+        "(row) => document.getElementById('inspector-hint').textContent.includes('row ' + row + ' · pinned')",
+        arg=row,
+    )
+    bh.wait_for_graph(
+        page, ids.EMBEDDING_GRAPH, "gd => gd.data[gd.layout.meta.pinnedTrace].z.length === 1"
+    )
     watch.screenshot("embedding-3d")
     page.mouse.move(5, 5)
     page.click(f"#{ids.EMBEDDING_3D}")
