@@ -19,7 +19,7 @@ from dashboard.panels import controls, embedding
 from pipelines.embed3d import pca_3d, tsne_3d
 from pipelines.store import RunStore, embedding_key
 from tests.embedding_checks import blobs, knn_accuracy
-from tests.test_dashboard_callbacks import call, text_of, view_key
+from tests.test_dashboard_callbacks import call, view_key
 
 # ---- the pure maps ------------------------------------------------------------------------------
 
