@@ -572,16 +572,19 @@ def test_empty_data_dir_says_how_to_make_a_run(browser, tmp_path):
         watch.close()
 
 
-def hover_a_3d_point(page: Any, graph_id: str) -> int:
+def hover_a_3d_point(page: Any, graph_id: str) -> dict[str, Any]:
     """Move the mouse over the 3-D scene, spiralling out from its centre, until plotly reports
     hovering a sample point (Scatter3d picks points on the GPU, and reports them by event only:
-    no ``_hoverdata``, no axes to aim by). Returns that point's row."""
+    no ``_hoverdata``, no axes to aim by). Returns {row, x, y}: x, y the point's hover anchor."""
     bh.scroll_to(page, graph_id)
     bh.graph_eval(
         page,
         graph_id,
         """gd => { window.hovered3d = null;
-          gd.on('plotly_hover', e => { const c = e.points[0].customdata; if (Number.isInteger(c)) window.hovered3d = c; }); }""",
+          gd.on('plotly_hover', e => { const p = e.points[0], box = gd.getBoundingClientRect();
+            // bbox: the point's hover anchor, relative to the graph
+            if (Number.isInteger(p.customdata)) window.hovered3d = {row: p.customdata,
+              x: box.left + (p.bbox.x0 + p.bbox.x1) / 2, y: box.top + (p.bbox.y0 + p.bbox.y1) / 2}; }); }""",
     )
     box = page.locator(f"#{graph_id}").bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -593,12 +596,12 @@ def hover_a_3d_point(page: Any, graph_id: str) -> int:
             "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => done(window.hovered3d))))"
         )
         if row is not None:
-            return int(row)
+            return row
     raise AssertionError("no point of the 3-D scatter answered the mouse")
 
 
 def test_the_3d_switch_draws_a_rotatable_scatter_that_drives_the_inspector(watch, server, data_dir):
-    page = open_small_run(watch, server)
+    page = open_small_run(watch, server, "&row=5")  # row 5 pinned
     samples = RunCatalog(data_dir).open("digits-small").samples()
     page.click(f"#{ids.EMBEDDING_3D}")
     # 3-D t-SNE of the view (300 samples) is computed by its job, then drawn in WebGL.
@@ -621,22 +624,22 @@ def test_the_3d_switch_draws_a_rotatable_scatter_that_drives_the_inspector(watch
     assert drawn["types"] == ["scatter3d"] and drawn["webgl"]
     assert drawn["points"] == 300
     assert drawn["title"].startswith("3-D t-SNE, perplexity 30 — layer features.7 (ReLU)")
-    row = hover_a_3d_point(page, ids.EMBEDDING_GRAPH)
+    # The pinned sample's ring sits on its point, in 3-D too.
+    ring = bh.graph_eval(
+        page,
+        ids.EMBEDDING_GRAPH,
+        """gd => { const ring = gd.data[gd.layout.meta.pinnedTrace];
+          const t = gd.data.find(t => t.customdata && t.customdata.includes(5)), i = t.customdata.indexOf(5);
+          return [[ring.x[0], ring.y[0], ring.z[0]], [t.x[i], t.y[i], t.z[i]]]; }""",
+    )
+    assert ring[0] == ring[1]
+    row = hover_a_3d_point(page, ids.EMBEDDING_GRAPH)["row"]
+    hint = "hovering" if row != 5 else "pinned"
     page.wait_for_function(
-        "(row) => document.getElementById('inspector-hint').textContent.includes('row ' + row + ' · hovering')",
-        arg=row,
+        "([row, hint]) => document.getElementById('inspector-hint').textContent.includes('row ' + row + ' · ' + hint)",
+        arg=[row, hint],
     )
     assert page.inner_text(f"#{ids.INSPECTOR_UID}") == samples["uid"][row]
-    # A click pins it, as on the 2-D map: the inspector keeps it and the ring sits on it.
-    page.mouse.down()
-    page.mouse.up()
-    page.wait_for_function(
-        "(row) => document.getElementById('inspector-hint').textContent.includes('row ' + row + ' · pinned')",
-        arg=row,
-    )
-    bh.wait_for_graph(
-        page, ids.EMBEDDING_GRAPH, "gd => gd.data[gd.layout.meta.pinnedTrace].z.length === 1"
-    )
     watch.screenshot("embedding-3d")
     page.mouse.move(5, 5)
     page.click(f"#{ids.EMBEDDING_3D}")
