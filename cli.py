@@ -13,14 +13,13 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from pipelines import report
 from pipelines.errors import UserError
 from pipelines.records import Manifest
 
 DEFAULT_DATA_DIR = Path("data")
-DEFAULT_RUN: dict[str, Any] = {"dataset": "digits", "model": "smallcnn"}
 EXIT_USER_ERROR = 2
 
 
@@ -412,33 +411,6 @@ def runs_command(args: argparse.Namespace) -> None:
         )
 
 
-def serve_command(args: argparse.Namespace, build_default: bool) -> None:
-    from pipelines.store import list_run_dirs
-
-    if build_default and not list_run_dirs(args.data_dir):
-        from pipelines.precompute import Precompute
-        from pipelines.run_config import PrecomputeConfig
-
-        print(
-            "no runs yet: building the embedded default (digits + smallcnn), fully offline",
-            file=sys.stderr,
-        )
-        Precompute(PrecomputeConfig(**DEFAULT_RUN), args.data_dir, None).run()
-    from dashboard.app import create_app, stop_background_jobs
-
-    app = create_app(args.data_dir)
-    print(
-        f"LayerScope is serving {args.data_dir.resolve()} at http://{args.host}:{args.port}/",
-        flush=True,
-    )
-    try:
-        app.run(host=args.host, port=args.port, debug=False)  # returns on Ctrl-C
-    finally:
-        # Background jobs are threads of this process (nothing to kill): none starts now, and a
-        # running one gets a moment to end before the interpreter tears torch down under it.
-        stop_background_jobs(app)
-
-
 def load_plugins(directory: Path | None) -> None:
     """Import the user's explanation methods before anything reads the registry (the
     dashboard's method list, ``--explain``'s check, ``explain``'s default methods)."""
@@ -474,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
 
             figure_command(args)
         else:
+            from cli_serve import serve_command
+
             serve_command(args, build_default=build_default)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -37,7 +37,7 @@ from pipelines.stages import STAGES, embeddings, forward, index, model, quality,
 from pipelines.stages.index import SamplePlan
 from pipelines.store import RunStore, datasets_dir, runs_dir
 
-__all__ = ["Precompute", "PrecomputeConfig"]
+__all__ = ["Precompute", "PrecomputeConfig", "usable"]
 
 T = TypeVar("T")
 
@@ -244,6 +244,16 @@ class Precompute:
         manifest = self.store.read_record()
         if manifest.failure is not None:
             self.store.write_record(replace(manifest, failure=None))
+
+
+def usable(store: RunStore) -> bool:
+    """The run can be explored: its model, sample index and forward pass are done and every
+    layer has its PCA map (``embeddings.pca_maps_done``), although t-SNE maps and the quality
+    stage may still be computing (the page shows what is missing and fills it in)."""
+    record = store.read_record()
+    if any(record.stage(name).state != "done" for name in ("model", "index", "forward")):
+        return False
+    return record.stage("embeddings").state == "done" or embeddings.pca_maps_done(store)
 
 
 def library_versions() -> dict[str, str]:

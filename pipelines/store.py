@@ -52,6 +52,8 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "forward_chunk": ("npz", ("chunk",)),  # one chunk's per-sample outputs, until consolidated
     "features": ("npy", ("layer", "chunk")),  # (n_chunk, D) float32, pooled activations
     "reduction": ("json", ("layer",)),  # pooled shape, PCA kept dims and variance
+    # The same, written with the layer's PCA maps, before its t-SNE maps (``reduction`` last)
+    "pca_info": ("json", ("layer",)),
     # A layer's PCA basis, to place new images in its maps: mean (D,), components (k, D) float32
     "projection": ("npz", ("layer",)),
     "pca_scores": ("npy", ("layer",)),  # (N, k) float32, the samples' PCA scores, by row
