@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(serve)
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=8050)
+    serve.add_argument(
+        "--allow-folder",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="ROOT",
+        help="a server folder under which the page may pick dataset folders (repeatable; "
+        "default: none)",
+    )
     add_plugins(serve)
 
     pre = commands.add_parser("precompute", help="compute a run: dataset x model")
@@ -415,6 +424,8 @@ def runs_command(args: argparse.Namespace) -> None:
 def serve_command(args: argparse.Namespace, build_default: bool) -> None:
     from pipelines.store import list_run_dirs
 
+    roots = allowed_roots(args.allow_folder)  # before a default run is built: a typo fails fast
+
     if build_default and not list_run_dirs(args.data_dir):
         from pipelines.precompute import Precompute
         from pipelines.run_config import PrecomputeConfig
@@ -426,7 +437,7 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
         Precompute(PrecomputeConfig(**DEFAULT_RUN), args.data_dir, None).run()
     from dashboard.app import create_app, stop_background_jobs
 
-    app = create_app(args.data_dir)
+    app = create_app(args.data_dir, allowed_folders=roots)
     print(
         f"LayerScope is serving {args.data_dir.resolve()} at http://{args.host}:{args.port}/",
         flush=True,
@@ -437,6 +448,18 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
         # Background jobs are threads of this process (nothing to kill): none starts now, and a
         # running one gets a moment to end before the interpreter tears torch down under it.
         stop_background_jobs(app)
+
+
+def allowed_roots(roots: list[Path]) -> tuple[Path, ...]:
+    """``--allow-folder`` roots, resolved; a root that is not a folder is a typo to fix now,
+    not a dropdown that is silently empty later."""
+    for root in roots:
+        if not root.expanduser().is_dir():
+            raise UserError(
+                f"--allow-folder {root} is not a folder; pass an existing folder under which "
+                "datasets may be picked"
+            )
+    return tuple(root.expanduser().resolve() for root in roots)
 
 
 def load_plugins(directory: Path | None) -> None:

@@ -354,3 +354,41 @@ def test_the_model_route_stores_torchscript_and_refuses_the_rest(client, tmp_pat
     assert answer.status_code == 200 and answer.get_json()["spec"].startswith("torchscript:")
     answer = post(client, "/upload/model", b"random bytes", name="m.pt")
     assert answer.status_code == 400 and "not a TorchScript file" in answer.get_json()["error"]
+
+
+# --------------------------------------------------------------------------------------------
+# serve --allow-folder
+
+
+def test_serve_hands_its_allowed_folders_to_the_app(tmp_path, monkeypatch, capsys):
+    import dashboard.app
+    from cli import main
+
+    seen: list[object] = []
+
+    def fake_create_app(data_dir, *, allowed_folders=()):
+        seen.append(allowed_folders)
+        raise UserError("stopped before serving")
+
+    monkeypatch.setattr(dashboard.app, "create_app", fake_create_app)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    serve = ["serve", "--data-dir", str(tmp_path / "d")]
+    monkeypatch.chdir(tmp_path)
+    assert main([*serve, "--allow-folder", str(tmp_path / "a"), "--allow-folder", "b"]) == 2
+    assert "stopped before serving" in capsys.readouterr().err
+    assert seen == [(tmp_path.resolve() / "a", tmp_path.resolve() / "b")]
+    assert main([*serve, "--allow-folder", str(tmp_path / "nope")]) == 2
+    assert "error: --allow-folder" in capsys.readouterr().err and len(seen) == 1
+    assert main(serve) == 2 and seen[-1] == ()
+
+
+def test_the_dashboard_app_serves_the_upload_routes(tmp_path):
+    from dashboard.app import create_app
+    from dashboard.context import CONFIG_KEY
+
+    app = create_app(tmp_path, allowed_folders=[tmp_path])
+    assert app.server.config[CONFIG_KEY].allowed_folders == (tmp_path.resolve(),)
+    zipped = make_zip(tmp_path / "a.zip", classes_of("", 3))
+    answer = post(app.server.test_client(), "/upload/dataset", zipped.read_bytes())
+    assert answer.status_code == 200 and answer.get_json()["spec"].startswith("folder:")
