@@ -25,6 +25,7 @@ what the import found (hidden, so ``open_folder`` ignores it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import json
@@ -72,6 +73,8 @@ TEMP_PREFIXES = (".import-", ".upload-")
 STALE_SECONDS = 24 * 3600  # a temp older than this belongs to an import that died
 CHUNK = 1 << 20
 _STAGING = ".staging"
+# Errors that mean "this file system cannot have that name" (too long, bytes it refuses).
+_BAD_NAME_ERRORS = (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ)
 _LAYOUT = (
     "one folder per class (<class>/<image>), optionally inside one folder, or train/<class>/ "
     "and test/<class>/ (or val/) with the same classes"
@@ -401,10 +404,17 @@ def extract_entries(
         # entry_parts already refused "..": this is the last line, should that ever change.
         if not path.resolve().is_relative_to(root):
             raise UserError(unsafe(entry.info.filename, "a path outside the archive's folder"))
-        path.parent.mkdir(parents=True, exist_ok=True)
         limit = min(entry.info.file_size, budget)
         try:
-            with archive.open(entry.info) as source, open(path, "wb") as out:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(path, "wb")
+        except OSError as error:
+            if error.errno not in _BAD_NAME_ERRORS:
+                raise  # a full disk is the server's problem, not the archive's
+            skipped.add("names this server cannot store", entry.info.filename)
+            continue
+        try:
+            with archive.open(entry.info) as source, out:
                 budget -= write_capped(source, out, limit, entry.info.filename)
         except (zipfile.BadZipFile, zlib.error, EOFError) as error:
             raise UserError(

@@ -204,6 +204,14 @@ def test_archives_without_a_usable_dataset_say_what_they_must_contain(tmp_path, 
     assert imported_folders(tmp_path / "d") == []
 
 
+def test_names_the_file_system_refuses_are_skipped(tmp_path):
+    files = {**classes_of("", 3), f"cat/{'x' * 300}.png": png(1)}
+    imported = import_dataset_zip(make_zip(tmp_path / "a.zip", files), tmp_path / "d", "a")
+    assert [(s.reason, s.count) for s in imported.skipped] == [
+        ("names this server cannot store", 1)
+    ]
+
+
 def test_a_file_that_is_not_a_zip_is_refused(tmp_path):
     (tmp_path / "a.zip").write_bytes(b"PK but not really a zip")
     with pytest.raises(UserError, match="not a zip archive"):
@@ -341,7 +349,7 @@ def test_the_dataset_route_answers_400_for_a_bad_zip(client, tmp_path):
 
 def test_the_routes_answer_413_over_the_limit(client, monkeypatch):
     monkeypatch.setattr(archives, "MAX_ZIP_BYTES", 10_000)
-    answer = post(client, "/upload/dataset", bytes(50_000))  # past the request's own limit
+    answer = post(client, "/upload/dataset", bytes(100_000))  # past the request's own limit
     assert answer.status_code == 413 and "larger than" in answer.get_json()["error"]
     monkeypatch.setattr(model_uploads, "MAX_MODEL_BYTES", 10_000)
     answer = post(client, "/upload/model", bytes(10_500))  # within it, past the file's
