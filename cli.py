@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(serve)
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=8050)
+    serve.add_argument(
+        "--allow-folder",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="ROOT",
+        help="a server folder under which the page may pick dataset folders (repeatable; "
+        "default: none)",
+    )
     add_plugins(serve)
 
     pre = commands.add_parser("precompute", help="compute a run: dataset x model")

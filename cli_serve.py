@@ -35,10 +35,12 @@ STOP_WAIT_S = 15.0  # for the child to save what it has after the server's Ctrl-
 
 
 def serve_command(args: argparse.Namespace, build_default: bool) -> None:
+    roots = allowed_roots(args.allow_folder)  # before a default run is built: a typo fails fast
     with default_run_in_background(args.data_dir) if build_default else no_child() as child:
         from dashboard.app import create_app, stop_background_jobs
 
-        app = create_app(args.data_dir)  # built while the child computes
+        # Built while the child computes.
+        app = create_app(args.data_dir, allowed_folders=roots)
         if child is not None:
             wait_until_usable(child, args.data_dir)
         print(
@@ -51,6 +53,18 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
             # Background jobs are threads of this process (nothing to kill): none starts now,
             # and a running one gets a moment to end before the interpreter tears torch down.
             stop_background_jobs(app)
+
+
+def allowed_roots(roots: list[Path]) -> tuple[Path, ...]:
+    """``--allow-folder`` roots, resolved; a root that is not a folder is a typo to fix now,
+    not a dropdown that is silently empty later."""
+    for root in roots:
+        if not root.expanduser().is_dir():
+            raise UserError(
+                f"--allow-folder {root} is not a folder; pass an existing folder under which "
+                "datasets may be picked"
+            )
+    return tuple(root.expanduser().resolve() for root in roots)
 
 
 @contextlib.contextmanager

@@ -93,6 +93,17 @@ def models_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "models"
 
 
+def uploaded_datasets_dir(data_dir: Path) -> Path:
+    """Datasets made from uploaded zips (``pipelines.archives``): one folder each, named by
+    content, opened as ``folder:PATH``."""
+    return datasets_dir(data_dir) / "uploads"
+
+
+def uploaded_models_dir(data_dir: Path) -> Path:
+    """TorchScript files users uploaded (``pipelines.model_uploads``), named by content."""
+    return models_dir(data_dir) / "uploads"
+
+
 def annotations_dir(data_dir: Path, run_id: str) -> Path:
     """What users add to a run (label corrections, saved selections), kept beside it in
     ``<data-dir>/annotations/<run-id>/``: never inside the run folder, so a run's artifacts (and

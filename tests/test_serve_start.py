@@ -20,7 +20,7 @@ SMALL_DEFAULT = {"dataset": "digits", "model": "smallcnn", "samples": 240}
 
 
 def serve_args(data_dir: Path) -> argparse.Namespace:
-    return argparse.Namespace(data_dir=data_dir, host="127.0.0.1", port=8050)
+    return argparse.Namespace(data_dir=data_dir, host="127.0.0.1", port=8050, allow_folder=[])
 
 
 def stage_states(store: RunStore) -> dict[str, str]:
