@@ -36,6 +36,7 @@ from pipelines.run_config import PrecomputeConfig, run_id_for, stored_methods
 from pipelines.stages import STAGES, embeddings, forward, index, model, quality, use_threads_for
 from pipelines.stages.index import SamplePlan
 from pipelines.store import RunStore, datasets_dir, runs_dir
+from pipelines.training import TrainingCurves
 
 __all__ = ["Precompute", "PrecomputeConfig"]
 
@@ -46,13 +47,25 @@ class Precompute:
     """Runs the stages of one run; construct, then call ``run()``."""
 
     def __init__(
-        self, config: PrecomputeConfig, data_dir: Path, run_id: str | None, progress: bool = True
+        self,
+        config: PrecomputeConfig,
+        data_dir: Path,
+        run_id: str | None,
+        progress: bool = True,
+        *,
+        on_training_point: Callable[[TrainingCurves], None] | None = None,
+        until: str | None = None,
     ):
+        """``on_training_point``: called with the curves at every point of a training in the
+        run (after they are saved). ``until``: the last stage to run (``main.py train`` stops
+        after "model"); None: every stage."""
         self.config = config
         self.data_dir = Path(data_dir)
         self.run_id = run_id_for(config, run_id)
         self.store = RunStore(runs_dir(self.data_dir) / self.run_id)
         self.progress = progress
+        self.on_training_point = on_training_point
+        self.until = until
 
     def log(self, message: str) -> None:
         if self.progress:
@@ -69,6 +82,9 @@ class Precompute:
         content = dataset_fingerprint(dataset)
         if self.store.exists():
             self.check_same_source(content)
+            if self.until == "model" and "model" not in self.store.pending_stages(STAGES):
+                self.log(f"run '{self.run_id}' has its model already, in {self.store.run_dir}")
+                return self.store
             if self.finished():
                 self.log(f"run '{self.run_id}' is already complete in {self.store.run_dir}")
                 return self.store
@@ -104,6 +120,9 @@ class Precompute:
         if "model" in missing or model.outdated(self.store):
             use_threads_for(self.config, "model")
             adapter = self.timed("model", lambda: self.model_stage(dataset, content))
+        if self.until == "model":
+            self.clear_failure()
+            return
         if "quality" in missing:
             # A wrong --quality-layer fails now, not after the forward pass and the maps.
             record = self.store.read_record()
@@ -137,11 +156,33 @@ class Precompute:
         self.clear_failure()
 
     def model_stage(self, dataset: Dataset, content: Fingerprint) -> ModelAdapter:
-        adapter, model_info = model.build_model(
-            self.config, dataset, self.data_dir, self.progress, content
-        )
+        try:
+            adapter, model_info = model.build_model(
+                self.config, dataset, self.data_dir, self.progress, content, self.training_point
+            )
+        except BaseException:
+            # Ctrl-C, a kill signal or an error mid-training: the curves no longer grow, and a
+            # page polling them must not wait for ever (a re-run trains from the start).
+            self.mark_training_ended()
+            raise
         model.run(self.store, dataset, adapter, model_info)
         return adapter
+
+    def training_point(self, curves: TrainingCurves) -> None:
+        self.store.save_json("training_curves", curves.to_json())
+        if self.on_training_point is not None:
+            self.on_training_point(curves)
+
+    def mark_training_ended(self) -> None:
+        try:
+            if self.store.has("training_curves"):
+                curves = TrainingCurves.from_json(self.store.load_json("training_curves"))
+                if curves.state == "training":
+                    self.store.save_json(
+                        "training_curves", replace(curves, state="cancelled").to_json()
+                    )
+        except (OSError, ValueError, TypeError):
+            pass  # best effort: the original error is what the user must see
 
     def reopen_model(self) -> ModelAdapter:
         """The model a resumed run's earlier model stage described, rebuilt the way the
