@@ -108,7 +108,7 @@ def default_settings(dataset: str, model_kind: str, seed: int = 0) -> TrainingSe
         return TrainingSettings(epochs=3, batch_size=32, lr=1e-3, seed=seed, fine_tune="classifier")
     if model_kind == "preset":
         return TrainingSettings(
-            epochs=10 if small else 8,
+            epochs=8,
             batch_size=64 if small else 128,
             lr=2e-3,
             weight_decay=0.0 if small else 5e-4,
