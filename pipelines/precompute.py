@@ -58,7 +58,8 @@ class Precompute:
     ):
         """``on_training_point``: called with the curves at every point of a training in the
         run (after they are saved). ``until``: the last stage to run (``main.py train`` stops
-        after "model"); None: every stage."""
+        after "model"); None: every stage. A run left with stages pending is completed by a
+        later precompute of the same settings."""
         self.config = config
         self.data_dir = Path(data_dir)
         self.run_id = run_id_for(config, run_id)
@@ -82,8 +83,8 @@ class Precompute:
         content = dataset_fingerprint(dataset)
         if self.store.exists():
             self.check_same_source(content)
-            if self.until == "model" and "model" not in self.store.pending_stages(STAGES):
-                self.log(f"run '{self.run_id}' has its model already, in {self.store.run_dir}")
+            if self.until is not None and not self.store.pending_stages(self.wanted_stages()):
+                self.log(f"run '{self.run_id}' has its {self.until} stage done already")
                 return self.store
             if self.finished():
                 self.log(f"run '{self.run_id}' is already complete in {self.store.run_dir}")
@@ -105,9 +106,13 @@ class Precompute:
     def compute(
         self, dataset: Dataset, content: Fingerprint, plan: SamplePlan, workers: LayerWorkers
     ) -> None:
-        """The missing stages, in order; each skips what of its own work is already on disk."""
-        missing = self.store.pending_stages(STAGES)
-        reduce_layers = "embeddings" in missing or embeddings.outdated(self.store)
+        """The missing stages (up to ``until``), in order; each skips what of its own work is
+        already on disk."""
+        wanted = self.wanted_stages()
+        missing = self.store.pending_stages(wanted)
+        reduce_layers = "embeddings" in wanted and (
+            "embeddings" in missing or embeddings.outdated(self.store)
+        )
         adapter: ModelAdapter | None = None
 
         def run_model() -> ModelAdapter:
@@ -120,7 +125,7 @@ class Precompute:
         if "model" in missing or model.outdated(self.store):
             use_threads_for(self.config, "model")
             adapter = self.timed("model", lambda: self.model_stage(dataset, content))
-        if self.until == "model":
+        if wanted == ["model"]:
             self.clear_failure()
             return
         if "quality" in missing:
@@ -154,6 +159,14 @@ class Precompute:
         if "quality" in missing:
             quality.run(self.store, dataset, self.config, run_model, self.progress)
         self.clear_failure()
+
+    def wanted_stages(self) -> list[str]:
+        """The stages this precompute runs: all, or those up to ``until``."""
+        if self.until is None:
+            return list(STAGES)
+        if self.until not in STAGES:
+            raise ValueError(f"until must be one of {STAGES}, not {self.until!r}")
+        return list(STAGES[: STAGES.index(self.until) + 1])
 
     def model_stage(self, dataset: Dataset, content: Fingerprint) -> ModelAdapter:
         try:
