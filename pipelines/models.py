@@ -743,9 +743,8 @@ def fine_tune_adapter(
         parameter.requires_grad_(trains_all or name.startswith(head + "."))
     adapter.class_names = list(class_names)
     adapter.is_imagenet = False
-    adapter.description += f", fine-tuned on this dataset ({fine_tune} layers)".replace(
-        "(classifier layers)", "(new classifier only)"
-    )
+    what = "all layers" if trains_all else "its new classifier only"
+    adapter.description += f", fine-tuned on this dataset ({what})"
     adapter.extra["replaced_head"] = head
     return head
 

@@ -145,9 +145,7 @@ def test_stop_cancels_and_reports_it():
         stop.set()
 
     with pytest.raises(TrainingStopped):
-        train_model(
-            tiny_mlp(), inputs, labels, is_test, TrainingSettings(epochs=5), on_point, stop
-        )
+        train_model(tiny_mlp(), inputs, labels, is_test, TrainingSettings(epochs=5), on_point, stop)
     assert [c.state for c in seen] == ["training", "cancelled"]
 
 
@@ -338,7 +336,9 @@ def test_torchvision_fine_tune_of_the_classifier(tmp_path, capsys):
 
     # Rebuilt from the run's checkpoint (no ImageNet weights needed), it scores the held-out
     # rows exactly as the training's last point did.
-    adapter = rebuild_adapter(record, store.artifact_path("model_checkpoint"), resolve_device("cpu"))
+    adapter = rebuild_adapter(
+        record, store.artifact_path("model_checkpoint"), resolve_device("cpu")
+    )
     assert adapter.module.fc.out_features == 10 and not adapter.is_imagenet
     dataset = open_dataset("digits", datasets_dir(data_dir), progress=False)
     rows = run_rows(dataset, 0, 24)
@@ -363,3 +363,24 @@ def test_curves_figure_has_loss_and_accuracy_on_two_axes():
     assert list(figure.data[0].x) == [1.0, 2.0]
     assert figure.layout.font.size >= 18 and figure.data[0].line.width >= 3
     assert figure.layout.yaxis2.overlaying == "y"
+
+
+def test_the_embedded_default_still_uses_the_shared_cached_smallcnn(tmp_path, monkeypatch):
+    import pipelines.stages.model as model_stage
+
+    calls = []
+
+    def cached(adapter, checkpoint, load_inputs, seed, progress):
+        calls.append(checkpoint)  # trained (or loaded) as before; skipped here to stay fast
+        return {"checkpoint": str(checkpoint), "trained_now": False}
+
+    monkeypatch.setattr(model_stage, "train_or_load_smallcnn", cached)
+    data_dir = tmp_path / "data"
+    config = PrecomputeConfig(dataset="digits", model="smallcnn", samples=40)
+    store = Precompute(config, data_dir, None, progress=False, until="model").run()
+    (checkpoint,) = calls
+    assert checkpoint.parent == data_dir / "models"
+    assert not store.has("training_curves")
+    record = store.read_record()
+    assert record.model is not None and not record.model.trained
+    assert "trained" not in record.model.to_json() and "replaced_head" not in record.model.to_json()
