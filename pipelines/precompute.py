@@ -183,6 +183,13 @@ class Precompute:
 
     def training_point(self, curves: TrainingCurves) -> None:
         self.store.save_json("training_curves", curves.to_json())
+        if curves.state == "training":
+            # The manifest's change is what the page's poll notices: the About panel redraws
+            # the curves, and `runs` says how far training got.
+            done = len(curves.epoch_points())
+            self.store.update_stage(
+                "model", state="running", done=done, total=curves.settings.epochs
+            )
         if self.on_training_point is not None:
             self.on_training_point(curves)
 

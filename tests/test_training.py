@@ -12,6 +12,8 @@ import torch
 
 from cli import main
 from components.training_curves import curves_figure
+from dashboard.data import RunData
+from dashboard.panels.about import training_graph
 from pipelines.datasets import open_dataset
 from pipelines.models import load_inputs, open_run_model, rebuild_adapter, resolve_device
 from pipelines.precompute import Precompute
@@ -259,6 +261,8 @@ def test_mlp_train_then_precompute_resumes_the_same_run(tmp_path, capsys):
     record = store.read_record()
     assert record.model is not None and record.model.trained and record.model.gradcam_layer is None
     assert_rebuilt_model_predicts_as_stored(store, data_dir)
+    graph = training_graph(RunData(store, store.read_manifest()))
+    assert graph is not None and graph.figure.data[0].name == "train loss"
     capsys.readouterr()
     assert main(["runs", "--data-dir", str(data_dir)]) == 0
     assert "training: 2 of 2 epochs (done), best held-out accuracy" in capsys.readouterr().out
@@ -310,6 +314,9 @@ def test_curves_are_on_disk_while_training(tmp_path):
     def on_point(curves: TrainingCurves) -> None:
         on_disk = TrainingCurves.from_json(precompute.store.load_json("training_curves"))
         assert on_disk == curves  # written before the caller hears of it
+        stage = precompute.store.read_record().stage("model")
+        if curves.state == "training":  # the manifest says how far (the page polls it)
+            assert (stage.state, stage.done, stage.total) == ("running", len(curves.points), 2)
         seen.append(len(curves.points))
 
     precompute = Precompute(
@@ -317,6 +324,7 @@ def test_curves_are_on_disk_while_training(tmp_path):
     )
     precompute.run()
     assert seen == [1, 2, 2]
+    assert precompute.store.read_record().stage("model").state == "done"
 
 
 def test_torchvision_fine_tune_of_the_classifier(tmp_path, capsys):
