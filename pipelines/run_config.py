@@ -170,8 +170,9 @@ def check_folds(model: str, folds: int | None) -> None:
         )
     if folds >= 2 and model_kind(model) != "smallcnn":
         raise UserError(
-            f"--folds {folds} trains fold models, which only smallcnn can have (LayerScope trains "
-            f"it); {model} is ranked with its own probabilities: leave out --folds or pass --folds 0"
+            f"--folds {folds} trains fold models, which only smallcnn can have (they are trained "
+            f"with its recipe); {model} is ranked with its own probabilities: leave out --folds "
+            "or pass --folds 0"
         )
 
 

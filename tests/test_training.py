@@ -392,3 +392,30 @@ def test_the_embedded_default_still_uses_the_shared_cached_smallcnn(tmp_path, mo
     record = store.read_record()
     assert record.model is not None and not record.model.trained
     assert "trained" not in record.model.to_json() and "replaced_head" not in record.model.to_json()
+
+
+def test_interrupted_training_is_marked_and_trains_again_on_rerun(tmp_path):
+    data_dir = tmp_path / "data"
+    config = PrecomputeConfig(
+        dataset="digits",
+        model="mlp",
+        samples=60,
+        subsets=("all",),
+        training=TrainingSettings(epochs=3, batch_size=16),
+    )
+
+    def ctrl_c(curves: TrainingCurves) -> None:
+        raise KeyboardInterrupt
+
+    interrupted = Precompute(
+        config, data_dir, "run", progress=False, on_training_point=ctrl_c, until="model"
+    )
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    store = interrupted.store
+    assert TrainingCurves.from_json(store.load_json("training_curves")).state == "cancelled"
+    assert store.pending_stages(["model"]) == ["model"]  # not done: the rerun trains again
+    Precompute(config, data_dir, "run", progress=False, until="model").run()
+    curves = TrainingCurves.from_json(store.load_json("training_curves"))
+    assert curves.state == "done" and len(curves.points) == 3
+    assert store.pending_stages(["model"]) == []
