@@ -365,7 +365,9 @@ def train_model(
                 correct.zero_()
                 seen = 0
                 best_epoch = curves.best_epoch
-                stale += 1 if last else 0
+                # Patience counts epochs that had a held-out loss to compare (none without
+                # held-out rows: then every epoch trains).
+                stale += 1 if last and held_loss is not None else 0
                 if last and held_loss is not None and held_loss < best_loss:
                     best_loss, best_epoch, stale = held_loss, epoch + 1, 0
                     if settings.early_stopping is not None:

@@ -419,3 +419,12 @@ def test_interrupted_training_is_marked_and_trains_again_on_rerun(tmp_path):
     curves = TrainingCurves.from_json(store.load_json("training_curves"))
     assert curves.state == "done" and len(curves.points) == 3
     assert store.pending_stages(["model"]) == []
+
+
+def test_early_stopping_without_held_out_rows_trains_every_epoch():
+    inputs, labels, _ = blobs(60)
+    settings = TrainingSettings(epochs=3, batch_size=32, early_stopping=1)
+    curves = train_model(tiny_mlp(), inputs, labels, np.zeros(60, dtype=bool), settings)
+    assert curves.state == "done" and len(curves.epoch_points()) == 3
+    assert curves.points[-1].held_out_loss is None and curves.best_epoch is None
+    assert [trace.name for trace in curves_figure(curves).data] == ["train loss", "train accuracy"]
