@@ -59,6 +59,9 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "pca_scores": ("npy", ("layer",)),  # (N, k) float32, the samples' PCA scores, by row
     "embedding": ("npy", ("layer", "subset", "method", "perplexity")),  # (n, 2) float32
     "model_checkpoint": ("pt", ()),
+    # A run's training (pipelines.training.TrainingCurves as JSON): rewritten at every point
+    # while the model stage trains, so a page polling it sees the curves grow.
+    "training_curves": ("json", ()),
     # source file -> [size, mtime_ns] of every file of a file dataset when the run was computed
     "dataset_files": ("json", ()),
     # The quality stage (pipelines/quality.py, pipelines/stages/quality.py). While it runs: one
