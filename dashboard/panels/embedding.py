@@ -38,6 +38,7 @@ from dashboard.jobs import on_timeout, slow_job
 from dashboard.registry import callback, clientside_callback
 from pipelines.errors import UserError
 
+TSNE_PENDING = "t-SNE computing…"
 VIEW_FIELDS = ("run", "layer", "subset", "method", "perplexity", "color")
 
 
@@ -137,17 +138,39 @@ def view_perplexity(key: dict[str, Any]) -> float | None:
     return float(key["perplexity"]) if key["method"] == "tsne" and key.get("perplexity") else None
 
 
-def build_embedding(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
-    """The figure for a view key; raises NotReady / UserError with a message for the page."""
+def build_embedding(run: RunData, key: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The figure for a view key, and a note when it shows the PCA map in place of a t-SNE map
+    still computing; raises NotReady / UserError with a message for the page."""
     layer_id = key["layer"]
     subset = int(key["subset"])
     method = key["method"]
     perplexity = view_perplexity(key)
-    coords = run.embedding(layer_id, subset, method, perplexity)
+    coords, pending_note = maps_of(run, layer_id, subset, method, perplexity)
+    if pending_note:
+        method, perplexity = "pca", None
     layer = run.layer(layer_id)
     title = embedding_title(method, perplexity, layer_id, layer.type, subset, layer.same_as)
     groups, title, structure = view_groups(run, key, title)
-    return embedding_figure(coords, groups, title, structure, uirevision=structure)
+    if pending_note:
+        title += f" · {pending_note}"
+    return embedding_figure(coords, groups, title, structure, uirevision=structure), pending_note
+
+
+def maps_of(
+    run: RunData, layer_id: str, subset: int, method: str, perplexity: float | None
+) -> tuple[np.ndarray, str | None]:
+    """The layer's map, or, while its t-SNE is still computing, its PCA map and a note saying
+    so ("t-SNE computing… 3 of 14 layers"): the precompute stores every PCA map first, so the
+    page is useful long before the last t-SNE map."""
+    try:
+        return run.embedding(layer_id, subset, method, perplexity), None
+    except NotReady:
+        if method != "tsne":
+            raise
+        coords = run.embedding(layer_id, subset, "pca", None)  # NotReady too: the first message
+        stage = run.stage("embeddings")
+        total = stage.total or len(run.layers)
+        return coords, f"{TSNE_PENDING} {stage.done or 0} of {total} layers, PCA shown meanwhile"
 
 
 def map_3d_request(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
@@ -230,8 +253,9 @@ def view_payload(
             raise NotReady(
                 f"run '{run.run_id}' has no layers or subsets yet; its precompute is still indexing"
             )
+        pending_note = None
         if not three_d:
-            figure = build_embedding(run, key)
+            figure, pending_note = build_embedding(run, key)
         else:
             built, wanted = build_embedding_3d(run, key)
             if built is None:
@@ -256,7 +280,12 @@ def view_payload(
             dbc.Alert(str(exc), color="warning", className="ls-alert mb-1"),
             no_update,
         )
-    return {"key": payload_key, "run": key["run"], "figure": figure}, None, no_update
+    badge = (
+        None
+        if pending_note is None
+        else dbc.Badge(pending_note, color="info", className="ls-pending-badge mb-1")
+    )
+    return {"key": payload_key, "run": key["run"], "figure": figure}, badge, no_update
 
 
 def failed_3d(request: Any, message: str) -> dict[str, Any]:
