@@ -385,7 +385,6 @@ def runs_command(args: argparse.Namespace) -> None:
         print(
             f"no runs in {args.data_dir}; make one with: python main.py precompute --dataset digits --model smallcnn"
         )
-        return
     for run_dir in run_dirs:
         store = RunStore(run_dir)
         try:
@@ -410,6 +409,28 @@ def runs_command(args: argparse.Namespace) -> None:
             f"  layers: {', '.join(layer.id for layer in record.layers)}"
             + quality_text(dict(record.raw))
         )
+    jobs_text = jobs_section(args.data_dir)
+    if jobs_text:
+        print(jobs_text)
+
+
+def jobs_section(data_dir: Path) -> str:
+    """The jobs started from the page, newest first: id, state, title, run, and the line that
+    says why a job failed or what happened to it; empty when there are none."""
+    from pipelines.job_queue import list_jobs
+
+    jobs = list_jobs(data_dir)
+    if not jobs:
+        return ""
+    lines = ["jobs (newest first):"]
+    for job in jobs:
+        run = f" -> run {job.run_id}" if job.run_id else ""
+        lines.append(f"  {job.id}  {job.state:<9}  {job.title}{run}")
+        if job.error:
+            lines.append(f"    {job.error}")
+        if job.note:
+            lines.append(f"    note: {job.note}")
+    return "\n".join(lines)
 
 
 def serve_command(args: argparse.Namespace, build_default: bool) -> None:
@@ -425,8 +446,12 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
         )
         Precompute(PrecomputeConfig(**DEFAULT_RUN), args.data_dir, None).run()
     from dashboard.app import create_app, stop_background_jobs
+    from pipelines.job_queue import JobRunner
 
     app = create_app(args.data_dir)
+    # Jobs started from the page (training, precompute) run one at a time in child processes;
+    # with REDIS_URL set, Celery workers run them and this starts nothing.
+    runner = JobRunner(args.data_dir).start()
     print(
         f"LayerScope is serving {args.data_dir.resolve()} at http://{args.host}:{args.port}/",
         flush=True,
@@ -434,6 +459,8 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
     try:
         app.run(host=args.host, port=args.port, debug=False)  # returns on Ctrl-C
     finally:
+        # The running job gets SIGINT and is queued again: it resumes on the next start.
+        runner.stop()
         # Background jobs are threads of this process (nothing to kill): none starts now, and a
         # running one gets a moment to end before the interpreter tears torch down under it.
         stop_background_jobs(app)
