@@ -184,7 +184,7 @@ def job_dir(data_dir: Path, job_id: str) -> Path:
 def new_job_id(now: float | None = None) -> str:
     now = time.time() if now is None else now
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-    micros = int(round((now % 1) * 1_000_000)) % 1_000_000
+    micros = int(now * 1_000_000) % 1_000_000  # floored: never rounds up into the next second
     return f"{stamp}{micros:06d}Z-{secrets.token_hex(4)}"
 
 
