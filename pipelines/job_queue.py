@@ -73,6 +73,7 @@ MAX_ATTEMPTS = 3
 # (tests/test_interrupt.py); the margin is for a loaded machine.
 CANCEL_GRACE_S = 10.0
 POLL_S = 0.25  # how often a supervisor looks for a cancel marker, and an idle runner for work
+ATTEMPT_HEADER = "--- layerscope job, attempt"
 EXIT_INTERRUPTED = 130  # main.py's status after Ctrl-C
 REDIS_ENV = "REDIS_URL"
 CELERY_TASK = "layerscope.run_job"
@@ -394,6 +395,13 @@ def start_process(data_dir: Path, record: JobRecord) -> subprocess.Popen[bytes]:
     command = [sys.executable, str(MAIN), *record.argv, "--data-dir", str(data_dir)]
     log_path = job_dir(data_dir, record.id) / LOG_FILE
     with open(log_path, "ab") as log:
+        # Attempts append to one log; the header keeps a resumed attempt's lines (and error)
+        # apart from those of the attempt before.
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        command_line = " ".join(record.argv)
+        header = f"{ATTEMPT_HEADER} {record.attempts + 1}, {stamp}: main.py {command_line}"
+        log.write(f"\n{header}\n".encode())
+        log.flush()
         return subprocess.Popen(
             command,
             cwd=MAIN.parent,
@@ -410,6 +418,12 @@ def start_process(data_dir: Path, record: JobRecord) -> subprocess.Popen[bytes]:
 
 
 # ---- running one job -------------------------------------------------------------------------
+
+
+def this_attempt(output: Sequence[str]) -> list[str]:
+    """The lines of ``output`` (a log tail) written by the latest attempt."""
+    starts = [i for i, line in enumerate(output) if line.startswith(ATTEMPT_HEADER)]
+    return list(output[starts[-1] + 1 :] if starts else output)
 
 
 def error_line(output: Sequence[str]) -> str | None:
@@ -446,7 +460,7 @@ def outcome(data_dir: Path, record: JobRecord, code: int, stopping: bool) -> Job
         )
     if code in (EXIT_INTERRUPTED, -signal.SIGINT):
         return finished(record, "cancelled", code, "interrupted (SIGINT)")
-    error = error_line(log_tail(data_dir, record.id, 200))
+    error = error_line(this_attempt(log_tail(data_dir, record.id, 200)))
     if error is None:
         error = (
             f"killed by {signal.Signals(-code).name}"

@@ -74,7 +74,8 @@ def wait_state(data_dir: Path, job_id: str, states: set[str], seconds: float) ->
 
 def in_embeddings(data_dir: Path, job_id: str) -> bool:
     """The job's precompute has begun reducing layers: a Ctrl-C now leaves real partial work."""
-    return any("embeddings" in line for line in jq.log_tail(data_dir, job_id, 5))
+    lines = jq.this_attempt(jq.log_tail(data_dir, job_id, 200))
+    return any("embeddings" in line for line in lines[-5:])
 
 
 def run_is_complete(data_dir: Path, run_id: str) -> bool:
@@ -166,6 +167,8 @@ def test_log_tail_shows_a_progress_bar_as_a_terminal_does(data_dir):
     assert jq.log_tail(data_dir, job.id, 10)[:2] == ["start", "bar 3/3"]
     assert jq.error_line(jq.log_tail(data_dir, job.id)) == "RuntimeError: boom"
     assert jq.error_line(["x", "error: unknown dataset 'nope'; choose", "y"]).startswith("error:")
+    header = jq.ATTEMPT_HEADER
+    assert jq.this_attempt(["error: old", f"{header} 1", "a", f"{header} 2", "b"]) == ["b"]
 
 
 # ---- real jobs -------------------------------------------------------------------------------
@@ -246,10 +249,18 @@ def test_a_killed_server_takes_its_job_along_and_the_next_one_resumes_it(data_di
         wait_for(lambda: jq.read_job(data_dir, job.id).attempts == 2, 120, "the job started again")
         resumed = jq.read_job(data_dir, job.id)
         assert resumed.note == "resumed after the server stopped"
+        wait_for(lambda: in_embeddings(data_dir, job.id), JOB_SECONDS, "the resumed embeddings")
+    finally:
+        restarted.stop()  # a clean stop: the job is interrupted and queued again
+    stopped = jq.read_job(data_dir, job.id)
+    assert stopped.state == "queued" and "server stopped" in (stopped.note or ""), stopped
+    assert not jq.process_alive(resumed)
+    last = jq.JobRunner(data_dir).start()
+    try:
         done = wait_state(data_dir, job.id, {"done", "failed"}, JOB_SECONDS)
     finally:
-        restarted.stop()
-    assert done.state == "done", jq.log_tail(data_dir, job.id)
+        last.stop()
+    assert done.state == "done" and done.attempts == 3, jq.log_tail(data_dir, job.id)
     assert run_is_complete(data_dir, RUN_ID)
 
 
