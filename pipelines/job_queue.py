@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -300,7 +301,13 @@ def submit(data_dir: Path, argv: Sequence[str], title: str, run_id: str | None) 
         state="queued",
         created=time.time(),
     )
-    write_job(data_dir, record)
+    try:
+        write_job(data_dir, record)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write the job under {jobs_dir(data_dir)} ({exc.strerror}); serve a "
+            "writable --data-dir to start jobs from the page"
+        ) from None
     redis_url = os.environ.get(REDIS_ENV)
     if redis_url:
         send_to_celery(redis_url, data_dir, record.id)
@@ -647,13 +654,22 @@ class JobRunner:
             self._thread = None
 
     def _loop(self) -> None:
-        jobs_dir(self.data_dir).mkdir(parents=True, exist_ok=True)
+        folder = jobs_dir(self.data_dir)
         while not self._stop.is_set():
+            # Nothing is written before the first job is submitted: serving a read-only data
+            # dir writes nothing, and a data dir without jobs gets no jobs/ folder.
+            if not folder.is_dir():
+                self._stop.wait(1.0)
+                continue
             try:
-                with exclusive_lock(jobs_dir(self.data_dir) / RUNNER_LOCK, wait=False):
+                with exclusive_lock(folder / RUNNER_LOCK, wait=False):
                     self._run_while_holding_lock()
             except LockBusy:
                 pass  # another process runs this data dir's jobs
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    LOG.exception("the job runner for %s failed; retrying", self.data_dir)
+                # else a read-only data dir: no job can be run (or submitted) here
             except Exception:
                 # A disk error must not end the thread for the server's lifetime: log, retry.
                 LOG.exception("the job runner for %s failed; retrying", self.data_dir)

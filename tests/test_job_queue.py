@@ -146,6 +146,14 @@ def test_a_corrupt_job_record_is_listed_as_failed(data_dir, capsys):
     assert "no runs in" in out and f"{bad.id}  failed" in out and f"{good.id}  queued" in out
 
 
+def test_a_runner_writes_nothing_until_a_job_is_submitted(data_dir):
+    """Serving a read-only data dir (or one nobody submits to) must not make a jobs/ folder."""
+    runner = jq.JobRunner(data_dir).start()
+    time.sleep(1.5)
+    runner.stop()
+    assert not data_dir.exists()
+
+
 def test_cancelling_a_queued_job_is_immediate(data_dir):
     job = jq.submit(data_dir, precompute_argv(), "t", RUN_ID)
     assert jq.cancel(data_dir, job.id).state == "cancelled"
