@@ -189,7 +189,12 @@ def test_jobs_run_one_at_a_time_oldest_first_and_fail_with_their_error_line(data
     error; `runs` shows both."""
     runners = [jq.JobRunner(data_dir).start(), jq.JobRunner(data_dir).start()]
     try:
-        first = jq.submit(data_dir, precompute_argv(dataset="nope"), "no such dataset", None)
+        first = jq.submit(
+            data_dir,
+            precompute_argv(run_id="no-such-dataset", dataset="nope"),
+            "no such dataset",
+            None,
+        )
         second = jq.submit(data_dir, ["precompute", "--dataset", "digits"], "no model", None)
         a = wait_state(data_dir, first.id, {"failed"}, JOB_SECONDS)
         b = wait_state(data_dir, second.id, {"failed"}, JOB_SECONDS)
@@ -310,7 +315,12 @@ def test_jobs_through_celery_and_redis(data_dir, tmp_path, monkeypatch):
         with bh.stopped_at_exit(worker):
             bh.wait_until(lambda: control.ping(timeout=1.0), 120, "the Celery worker", worker)
             long = jq.submit(data_dir, precompute_argv(), "to cancel", RUN_ID)
-            bad = jq.submit(data_dir, precompute_argv(dataset="nope"), "no such dataset", None)
+            bad = jq.submit(
+                data_dir,
+                precompute_argv(run_id="no-such-dataset", dataset="nope"),
+                "no such dataset",
+                None,
+            )
             running = wait_state(data_dir, long.id, {"running"}, 120)
             assert jq.read_job(data_dir, bad.id).state == "queued"  # one at a time
             time.sleep(2.0)
