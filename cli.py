@@ -1,5 +1,5 @@
-"""The command line: ``precompute``, ``runs``, ``explain``, ``export``, ``figure`` and ``serve``
-(the default).
+"""The command line: ``precompute``, ``train``, ``runs``, ``explain``, ``export``, ``figure`` and
+``serve`` (the default).
 
 It sits above both sides: it drives the offline pipeline (``pipelines/``) and serves the
 dashboard (``dashboard/``), and neither of those imports it. User mistakes end as one
@@ -20,7 +20,8 @@ from pipelines.errors import UserError
 from pipelines.records import Manifest
 
 DEFAULT_DATA_DIR = Path("data")
-DEFAULT_RUN: dict[str, Any] = {"dataset": "digits", "model": "smallcnn"}
+# pipelines.presets.PRESETS, repeated so `--help` does not import torch.
+PRESET_NAMES = ("mlp", "vgg-small", "resnet-small")
 EXIT_USER_ERROR = 2
 
 
@@ -66,79 +67,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(serve)
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=8050)
+    serve.add_argument(
+        "--allow-folder",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="ROOT",
+        help="a server folder under which the page may pick dataset folders (repeatable; "
+        "default: none)",
+    )
     add_plugins(serve)
 
     pre = commands.add_parser("precompute", help="compute a run: dataset x model")
-    pre.add_argument(
-        "--dataset",
-        required=True,
-        help="digits, imagenette, imagewoof, mnist, fashion-mnist, cifar10 or folder:PATH",
-    )
-    pre.add_argument(
-        "--model",
-        required=True,
-        help="smallcnn, a torchvision name (vgg16, resnet18, ...), torchscript:PATH or python:FILE.py",
-    )
-    pre.add_argument(
-        "--weights",
-        default=None,
-        help="torchvision models only: imagenet (default), none, or a state-dict PATH",
-    )
-    pre.add_argument(
-        "--samples",
-        type=int,
-        default=None,
-        help="use the first N samples of the class-balanced order",
-    )
-    pre.add_argument(
-        "--subsets",
-        type=comma_list,
-        default=["100", "1000", "all"],
-        help="nested subset sizes (default 100,1000,all)",
-    )
-    pre.add_argument(
-        "--perplexities",
-        type=perplexity_list,
-        default=None,
-        help="t-SNE perplexities (default 10,30,90, minus those the data is too small for)",
-    )
-    pre.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    pre.add_argument("--batch-size", type=int, default=64)
-    pre.add_argument("--seed", type=int, default=0)
-    pre.add_argument(
-        "--input-size",
-        type=int,
-        default=None,
-        help="input side for torchscript/python models that do not declare one",
-    )
-    pre.add_argument(
-        "--run-id", default=None, help="name of the run folder (default: derived from the settings)"
-    )
-    pre.add_argument(
-        "--explain",
-        type=method_list,
-        default=None,
-        metavar="M[,M...]",
-        help="fast explanation methods stored for every sample (default for a new run: "
-        "gradcam,guided_backprop,guided_gradcam; a resumed run keeps its own list)",
-    )
-    pre.add_argument(
-        "--folds",
-        type=int,
-        default=None,
-        metavar="K",
-        help="label issues: smallcnn's out-of-sample probabilities from K fold models (default "
-        "5); 0 ranks with the model's own probabilities (the default for other models)",
-    )
-    pre.add_argument(
-        "--quality-layer",
-        default=None,
-        metavar="LAYER_ID",
-        help="layer whose features near-duplicates and outliers are found in (default: the last "
-        "hidden layer)",
-    )
-    add_data_dir(pre)
+    add_run_options(pre, train_command=False)
+    add_training_options(pre, train_command=False)
     add_plugins(pre)
+
+    train = commands.add_parser(
+        "train",
+        help="train a model (a preset, smallcnn, or a torchvision model fine-tuned) in a run",
+    )
+    add_run_options(train, train_command=True)
+    add_training_options(train, train_command=True)
+    train.add_argument(
+        "--then-precompute",
+        action="store_true",
+        help="go on with the run's other stages, as `main.py precompute` would",
+    )
+    add_plugins(train)
 
     runs = commands.add_parser("runs", help="list runs and the state of each stage")
     add_data_dir(runs)
@@ -253,6 +209,156 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_run_options(parser: argparse.ArgumentParser, train_command: bool) -> None:
+    """What defines a run, shared by ``precompute`` and ``train`` so both name the same run.
+    On ``train``, ``--batch-size`` is the training batch (the forward pass's is
+    ``--forward-batch-size``); on ``precompute`` the training batch is ``--train-batch-size``."""
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="digits, imagenette, imagewoof, mnist, fashion-mnist, cifar10 or folder:PATH",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"smallcnn, a preset ({', '.join(PRESET_NAMES)}), a torchvision name (vgg16, "
+        "resnet18, ...), torchscript:PATH or python:FILE.py",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="torchvision models only: imagenet (default), none, or a state-dict PATH",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="use the first N samples of the class-balanced order",
+    )
+    parser.add_argument(
+        "--subsets",
+        type=comma_list,
+        default=["100", "1000", "all"],
+        help="nested subset sizes (default 100,1000,all)",
+    )
+    parser.add_argument(
+        "--perplexities",
+        type=perplexity_list,
+        default=None,
+        help="t-SNE perplexities (default 10,30,90, minus those the data is too small for)",
+    )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--forward-batch-size" if train_command else "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=64,
+        help="images per forward pass of the precompute",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="input side for torchscript/python models that do not declare one",
+    )
+    parser.add_argument(
+        "--run-id", default=None, help="name of the run folder (default: derived from the settings)"
+    )
+    parser.add_argument(
+        "--explain",
+        type=method_list,
+        default=None,
+        metavar="M[,M...]",
+        help="fast explanation methods stored for every sample (default for a new run: "
+        "gradcam,guided_backprop,guided_gradcam; a resumed run keeps its own list)",
+    )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="label issues: smallcnn's out-of-sample probabilities from K fold models (default "
+        "5); 0 ranks with the model's own probabilities (the default for other models)",
+    )
+    parser.add_argument(
+        "--quality-layer",
+        default=None,
+        metavar="LAYER_ID",
+        help="layer whose features near-duplicates and outliers are found in (default: the last "
+        "hidden layer)",
+    )
+    add_data_dir(parser)
+
+
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 0.001, not {text!r}") from None
+
+
+def add_training_options(parser: argparse.ArgumentParser, train_command: bool) -> None:
+    """The training options, shared by ``train`` and ``precompute`` (where any of them asks the
+    run to train its model, so ``precompute`` can resume a run ``train`` began). Left out, each
+    is the model's default (``pipelines.training.default_settings``)."""
+    group = parser.add_argument_group(
+        "training" + ("" if train_command else " (any of these makes the run train its model)")
+    )
+    group.add_argument("--epochs", type=int, default=None, help="epochs to train")
+    group.add_argument(
+        *(("--batch-size", "--train-batch-size") if train_command else ("--train-batch-size",)),
+        dest="train_batch_size",
+        type=int,
+        default=None,
+        help="training batch size",
+    )
+    group.add_argument(
+        "--optimizer",
+        default=None,
+        help="adam (default) or sgd (momentum 0.9); both under a one-cycle schedule",
+    )
+    group.add_argument(
+        "--lr", type=number, default=None, help="learning rate (the schedule peaks at 2x)"
+    )
+    group.add_argument("--weight-decay", type=number, default=None)
+    group.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random shifts (and left-right flips for photos, never digits)",
+    )
+    group.add_argument(
+        "--early-stopping",
+        type=int,
+        default=None,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without a lower held-out loss; keep the best weights",
+    )
+    group.add_argument(
+        "--fine-tune",
+        default=None,
+        help="torchvision models: train the new classifier only (classifier, default) or all",
+    )
+
+
+def training_from_args(args: argparse.Namespace, trains: bool) -> Any:
+    """``PrecomputeConfig.training`` from the parsed options (None: no training asked for)."""
+    from pipelines.run_config import training_settings
+
+    given = {
+        "epochs": args.epochs,
+        "batch_size": args.train_batch_size,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "augment": args.augment,
+        "early_stopping": args.early_stopping,
+        "fine_tune": args.fine_tune,
+    }
+    return training_settings(args.dataset, args.model, args.seed, given, trains)
+
+
 def similarity(text: str) -> float:
     try:
         value = float(text)
@@ -293,11 +399,11 @@ def data_dir_path(text: str) -> Path:
     return path
 
 
-def precompute_command(args: argparse.Namespace) -> None:
-    from pipelines.precompute import Precompute
+def config_from_args(args: argparse.Namespace, trains: bool) -> Any:
+    """The run's ``PrecomputeConfig``, as ``precompute`` and ``train`` both build it."""
     from pipelines.run_config import PrecomputeConfig
 
-    config = PrecomputeConfig(
+    return PrecomputeConfig(
         dataset=args.dataset,
         model=args.model,
         weights=args.weights,
@@ -311,9 +417,66 @@ def precompute_command(args: argparse.Namespace) -> None:
         explain=None if args.explain is None else tuple(args.explain),
         folds=args.folds,
         quality_layer=args.quality_layer,
+        training=training_from_args(args, trains),
     )
+
+
+def precompute_command(args: argparse.Namespace) -> None:
+    from pipelines.precompute import Precompute
+
+    config = config_from_args(args, trains=False)
     store = Precompute(config, args.data_dir, args.run_id).run()
     print_summary(store.read_record(), store.run_dir)
+
+
+class EpochTable:
+    """Prints the per-epoch table on stdout as the curves grow (``on_training_point``)."""
+
+    def __init__(self) -> None:
+        self.printed = 0
+
+    def __call__(self, curves: Any) -> None:
+        from pipelines.training import epoch_table_header, epoch_table_row
+
+        points = curves.epoch_points()
+        if self.printed == 0 and points:
+            print(epoch_table_header(), flush=True)
+        for point in points[self.printed :]:
+            print(epoch_table_row(point), flush=True)
+        self.printed = len(points)
+        if curves.state == "stopped early":
+            print(f"stopped early; kept the weights of epoch {curves.best_epoch}", flush=True)
+
+
+def train_command(args: argparse.Namespace) -> None:
+    """Train the run's model (its model stage), printing a row per epoch; with
+    ``--then-precompute`` go on with the rest of the run."""
+    from pipelines.precompute import Precompute
+    from pipelines.training import TrainingCurves, summary_text
+
+    config = config_from_args(args, trains=True)
+    precompute = Precompute(
+        config,
+        args.data_dir,
+        args.run_id,
+        on_training_point=EpochTable(),
+        until=None if args.then_precompute else "model",
+    )
+    store = precompute.run()
+    record = store.read_record()
+    if args.then_precompute:
+        print_summary(record, store.run_dir)
+        return
+    trained = ""
+    if store.has("training_curves"):
+        trained = summary_text(TrainingCurves.from_json(store.load_json("training_curves")))
+    from pipelines.run_config import precompute_command as resume_command
+
+    print(
+        f"run '{record.run_id}': model trained{': ' + trained if trained else ''}\n"
+        f"  in {store.run_dir}\n  the other stages are pending; complete the run with:\n  "
+        + resume_command(record.require_config().identity, record.run_id, args.data_dir)
+    )
 
 
 def accuracy_text(manifest: Manifest) -> str:
@@ -376,6 +539,19 @@ def quality_text(manifest: dict) -> str:
     )
 
 
+def training_text(store: Any) -> str:
+    """`runs`' training line, for a run that trained its model (while it trains too)."""
+    if not store.has("training_curves"):
+        return ""
+    from pipelines.training import TrainingCurves, summary_text
+
+    try:
+        curves = TrainingCurves.from_json(store.load_json("training_curves"))
+    except (OSError, ValueError, TypeError) as exc:
+        return f"\n  training: unreadable curves ({exc})"
+    return f"\n  training: {summary_text(curves)}"
+
+
 def runs_command(args: argparse.Namespace) -> None:
     from pipelines.run_config import stored_methods
     from pipelines.store import RunStore, list_run_dirs
@@ -407,6 +583,7 @@ def runs_command(args: argparse.Namespace) -> None:
             f"accuracy {accuracy_text(record)}{status}\n  {states}\n"
             f"  explanations stored: {explanations}\n"
             f"  layers: {', '.join(layer.id for layer in record.layers)}"
+            + training_text(store)
             + quality_text(dict(record.raw))
         )
     jobs_text = jobs_section(args.data_dir)
@@ -433,39 +610,6 @@ def jobs_section(data_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def serve_command(args: argparse.Namespace, build_default: bool) -> None:
-    from pipelines.store import list_run_dirs
-
-    if build_default and not list_run_dirs(args.data_dir):
-        from pipelines.precompute import Precompute
-        from pipelines.run_config import PrecomputeConfig
-
-        print(
-            "no runs yet: building the embedded default (digits + smallcnn), fully offline",
-            file=sys.stderr,
-        )
-        Precompute(PrecomputeConfig(**DEFAULT_RUN), args.data_dir, None).run()
-    from dashboard.app import create_app, stop_background_jobs
-    from pipelines.job_queue import JobRunner
-
-    app = create_app(args.data_dir)
-    # Jobs started from the page (training, precompute) run one at a time in child processes;
-    # with REDIS_URL set, Celery workers run them and this starts nothing.
-    runner = JobRunner(args.data_dir).start()
-    print(
-        f"LayerScope is serving {args.data_dir.resolve()} at http://{args.host}:{args.port}/",
-        flush=True,
-    )
-    try:
-        app.run(host=args.host, port=args.port, debug=False)  # returns on Ctrl-C
-    finally:
-        # The running job gets SIGINT and is queued again: it resumes on the next start.
-        runner.stop()
-        # Background jobs are threads of this process (nothing to kill): none starts now, and a
-        # running one gets a moment to end before the interpreter tears torch down under it.
-        stop_background_jobs(app)
-
-
 def load_plugins(directory: Path | None) -> None:
     """Import the user's explanation methods before anything reads the registry (the
     dashboard's method list, ``--explain``'s check, ``explain``'s default methods)."""
@@ -486,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
         load_plugins(getattr(args, "plugins", None))
         if args.command == "precompute":
             precompute_command(args)
+        elif args.command == "train":
+            train_command(args)
         elif args.command == "runs":
             runs_command(args)
         elif args.command == "explain":
@@ -501,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
 
             figure_command(args)
         else:
+            from cli_serve import serve_command
+
             serve_command(args, build_default=build_default)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

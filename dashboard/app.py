@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,14 @@ def stop_background_jobs(app: dash.Dash, wait_s: float = 2.0) -> None:
         manager.shutdown(wait_s)
 
 
-def create_app(data_dir: Path) -> dash.Dash:
-    """The LayerScope dashboard over the runs in ``data_dir`` (which may be empty)."""
+def create_app(data_dir: Path, *, allowed_folders: Sequence[Path] = ()) -> dash.Dash:
+    """The LayerScope dashboard over the runs in ``data_dir`` (which may be empty).
+
+    ``allowed_folders``: server folders under which a new run may read a dataset
+    (``serve --allow-folder``); none by default.
+    """
     data_dir = Path(data_dir)
-    context = configure(data_dir)
+    context = configure(data_dir, allowed_folders)
     # Built first: the panels publish what the browser needs (the registered explanation
     # methods, plugins included) as they lay themselves out.
     layout = page(context.token)

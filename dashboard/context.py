@@ -1,5 +1,6 @@
 """What a callback needs from its app: the data dir, its run catalog, its on-demand results
-(``service``: per-sample torch work, cached) and the pictures users dropped onto the page.
+(``service``: per-sample torch work, cached), the pictures users dropped onto the page, and the
+server folders a new run may read datasets from (``serve --allow-folder``; none by default).
 
 Request-time callbacks find it on the Flask app serving the request, so several apps (several
 data dirs) can live in one process. Background callbacks run without a request (on a job thread,
@@ -12,6 +13,7 @@ the path.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +34,14 @@ class AppContext:
     service: OnDemand
     token: str
     uploads: UploadStore
+    # Resolved roots for pipelines.allowed_folders; empty: no server folder may be picked.
+    allowed_folders: tuple[Path, ...] = ()
 
 
 _by_token: dict[str, AppContext] = {}
 
 
-def configure(data_dir: Path) -> AppContext:
+def configure(data_dir: Path, allowed_folders: Sequence[Path] = ()) -> AppContext:
     """Create (and register) the context of one app serving ``data_dir``."""
     data_dir = Path(data_dir)
     context = AppContext(
@@ -46,6 +50,7 @@ def configure(data_dir: Path) -> AppContext:
         service=for_data_dir(data_dir),
         token=hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16],
         uploads=UploadStore(data_dir),
+        allowed_folders=tuple(Path(root).expanduser().resolve() for root in allowed_folders),
     )
     _by_token[context.token] = context
     return context

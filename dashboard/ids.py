@@ -194,6 +194,7 @@ def figure_download_target(graph: Any) -> dict[str, Any]:
 # ---- about and tour -------------------------------------------------------------------------
 ABOUT_CARD = "about-card"
 ABOUT_BODY = "about-body"
+ABOUT_TRAINING = "about-training"
 TOUR_START = "tour-start"
 TOUR_CARD = "tour-card"
 TOUR_TITLE = "tour-title"

@@ -10,6 +10,7 @@
     /runs/<run_id>/figures/architecture.<svg|pdf>?blocks=collapsed  the diagram for a paper,
                                                                     as a download
     /figures/warm       starts the export browser ahead of a probable click (204, or 503)
+    POST /upload/dataset, POST /upload/model   the new-run page's uploads (upload_routes.py)
 
 Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` a registered
 explanation method, ``layer`` a layer of that run, rows and classes are ints checked against the run; files are
@@ -34,6 +35,7 @@ from dashboard import figure_export
 from dashboard.context import AppContext
 from dashboard.data import RunData
 from dashboard.figure_export import ExportFailed, ExportUnavailable, Format
+from dashboard.upload_routes import register_upload_routes
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS
 
@@ -136,8 +138,9 @@ def _sort() -> str:
 
 
 def register_routes(server: flask.Flask, context: AppContext) -> None:
-    """Attach the image routes for ``context``'s data dir to ``server``."""
+    """Attach the image routes (and the upload routes) for ``context``'s data dir to ``server``."""
     catalog, service = context.catalog, context.service
+    register_upload_routes(server, context.data_dir)
 
     def thumbnail(run_id: str, row: int) -> bytes:
         run = catalog.open(run_id)

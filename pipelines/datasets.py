@@ -90,6 +90,10 @@ _TORCHVISION_ARRAYS: dict[str, tuple[type, str, list[str] | None, int, str]] = {
     "cifar10": (CIFAR10, CIFAR10.base_folder, None, 3, "CIFAR-10 small photos, 32×32 colour"),
 }
 
+# The sub-folders that make a folder dataset split (``PATH/train/<class>/...``, ``PATH/test/...``);
+# samples under "test" or "val" are the run's held-out rows.
+SPLIT_FOLDERS: tuple[str, ...] = ("train", "test", "val")
+
 DATASET_CHOICES: tuple[str, ...] = (
     "digits",
     "imagenette",
@@ -328,10 +332,13 @@ def array_reader(pixels: UInt8Array) -> Callable[[int], Image.Image]:
 
 
 def open_folder(path_text: str, progress: bool = True) -> Dataset:
-    """A folder laid out as ``PATH/<class>/<image>`` (images may sit deeper inside a class).
+    """A folder laid out as ``PATH/<class>/<image>`` (images may sit deeper inside a class), or
+    split as ``PATH/train/<class>/<image>`` plus ``PATH/test/...`` and/or ``PATH/val/...``.
 
-    Classes are the sorted sub-folder names. Unreadable files are skipped with one warning, and
-    classes left without images are dropped with another.
+    Classes are the sorted sub-folder names (in a split folder: of every split together). A split
+    folder's samples carry its split ("train", "test", "val"), which the precompute keeps as the
+    held-out rows; otherwise every sample's split is "all". Unreadable files are skipped with one
+    warning, and classes left without images are dropped with another.
 
     Folder symlinks are followed so that each real folder is read once: a class folder, or a
     folder inside one, may be a symlink to a folder elsewhere (a common way to assemble a
@@ -356,10 +363,9 @@ def open_folder(path_text: str, progress: bool = True) -> Dataset:
             f"lead{'s' if count == 1 else ''} back into it, to a folder containing it, or to a "
             f"folder already read ({shown}); their images would be counted twice"
         )
-    candidates: dict[str, list[str]] = {name: [] for name in classes}
-    for rel in rel_paths:
-        name, inside = rel.split("/", 1)
-        candidates[name].append(inside)
+    splits = split_folders(root, classes)
+    candidates = files_by_class(classes, rel_paths, splits)
+    classes = list(candidates)
     unreadable = set(find_unreadable(root, rel_paths, progress=progress))
     if unreadable:
         example = min(unreadable)
@@ -369,8 +375,7 @@ def open_folder(path_text: str, progress: bool = True) -> Dataset:
         )
 
     usable = {
-        name: [f"{name}/{rel}" for rel in files if f"{name}/{rel}" not in unreadable]
-        for name, files in candidates.items()
+        name: [rel for rel in files if rel not in unreadable] for name, files in candidates.items()
     }
     kept = [name for name in classes if usable[name]]
     dropped = [name for name in classes if not usable[name]]
@@ -387,7 +392,12 @@ def open_folder(path_text: str, progress: bool = True) -> Dataset:
         )
 
     samples = [
-        SampleRecord(uid=folder_uid(rel), source=rel, label=label, split="all")
+        SampleRecord(
+            uid=folder_uid(rel),
+            source=rel,
+            label=label,
+            split=rel.split("/", 1)[0] if splits else "all",
+        )
         for label, name in enumerate(kept)
         for rel in usable[name]
     ]
@@ -404,6 +414,38 @@ def open_folder(path_text: str, progress: bool = True) -> Dataset:
         list_files=lambda: candidate_files(root, class_folders(root)),
         root=root,
     )
+
+
+def split_folders(root: Path, top: list[str]) -> bool:
+    """True if the folder ``root`` is split: its sub-folders ``top`` are ``train`` and ``test``
+    and/or ``val`` (nothing else), and each holds sub-folders (the classes). A lone ``train``
+    folder, or one of images, is a class that happens to be called so."""
+    names = set(top)
+    if "train" not in names or len(names) < 2 or not names <= set(SPLIT_FOLDERS):
+        return False
+    return all(
+        any(entry.is_dir() and not entry.name.startswith(".") for entry in (root / name).iterdir())
+        for name in top
+    )
+
+
+def files_by_class(classes: list[str], rel_paths: list[str], split: bool) -> dict[str, list[str]]:
+    """Class name -> its candidate files (relative to the dataset root), classes sorted.
+
+    Not split: ``rel_paths`` are ``<class>/...`` and every class of ``classes`` is kept, even
+    without files (so it can be reported as dropped). Split: they are ``<split>/<class>/...``,
+    the classes are those found in any split, and an image loose in a split folder is in none.
+    """
+    if not split:
+        grouped: dict[str, list[str]] = {name: [] for name in classes}
+        for rel in rel_paths:
+            grouped[rel.split("/", 1)[0]].append(rel)
+        return grouped
+    in_class = [rel for rel in rel_paths if rel.count("/") >= 2]
+    grouped = {name: [] for name in sorted({rel.split("/", 2)[1] for rel in in_class})}
+    for rel in in_class:
+        grouped[rel.split("/", 2)[1]].append(rel)
+    return grouped
 
 
 def folder_uid(rel_path: str) -> str:

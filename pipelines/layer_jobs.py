@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,29 +58,63 @@ class LayerJob:
         return np.concatenate(parts).astype(np.float32)
 
     def __call__(self, layer_id: str) -> str:
+        """Both phases of one layer, one after the other."""
+        self.pca_phase(layer_id)
+        return self.tsne_phase(layer_id)
+
+    def pca_phase(self, layer_id: str) -> str:
+        """The layer's PCA, its 2-D PCA maps and its placement data (``projection`` written
+        last). The stage runs this for every layer before any t-SNE: a page can show every
+        layer's PCA map seconds after the forward pass, while the t-SNE maps fill in."""
         store = RunStore(Path(self.run_dir))
+        if store.has("projection", layer=layer_id) and store.has("pca_info", layer=layer_id):
+            return layer_id
         started = time.perf_counter()
         fit = self.pca(self.features(store, layer_id))
         if store.has("reduction", layer=layer_id) and same_pca_map(store, layer_id, fit.scores):
             # A layer of a run computed before image placement: its maps stand (the same PCA,
             # as its PCA map shows), only its placement data is added.
+            store.save_json("pca_info", fit.info, layer=layer_id)
             save_placement(store, layer_id, fit)
             return layer_id
-        for (size, method, perplexity), coords in self.maps(fit.scores).items():
+        # Another PCA than the one its maps were made from: every map is made again.
+        store.delete("reduction", layer=layer_id)
+        for (size, method, perplexity), coords in reduce.pca_maps(fit.scores, self.subsets).items():
             store.save_array(
                 "embedding",
                 coords.astype(np.float32),
                 **embedding_key(layer_id, size, method, perplexity),
             )
+        info = {**fit.info, "pca_seconds": round(time.perf_counter() - started, 3)}
+        store.save_json("pca_info", info, layer=layer_id)
         save_placement(store, layer_id, fit)
+        return layer_id
+
+    def tsne_phase(self, layer_id: str) -> str:
+        """The layer's t-SNE maps from its stored PCA scores, then its ``reduction`` record."""
+        store = RunStore(Path(self.run_dir))
+        if store.has("reduction", layer=layer_id) and store.has("projection", layer=layer_id):
+            return layer_id
+        if not (store.has("projection", layer=layer_id) and store.has("pca_info", layer=layer_id)):
+            self.pca_phase(layer_id)
+        started = time.perf_counter()
+        scores = store.load_array("pca_scores", mmap=False, layer=layer_id)
+        for (size, method, perplexity), coords in self.tsne_maps(scores).items():
+            store.save_array(
+                "embedding",
+                coords.astype(np.float32),
+                **embedding_key(layer_id, size, method, perplexity),
+            )
+        pca_info = dict(store.load_json("pca_info", layer=layer_id))
+        pca_seconds = float(pca_info.pop("pca_seconds", 0.0))
         # Written last: its presence marks the layer complete. The backend is recorded because
         # it changes the maps' coordinates (not their quality), and a run resumed on another
         # device mixes backends across layers.
         info = {
-            **fit.info,
+            **pca_info,
             "tsne_backend": self.tsne_backend,
             "tsne_device": self.torch_device or "cpu",
-            "seconds": round(time.perf_counter() - started, 3),
+            "seconds": round(pca_seconds + time.perf_counter() - started, 3),
         }
         store.save_json("reduction", info, layer=layer_id)
         return layer_id
@@ -101,7 +135,11 @@ class LayerJob:
 
     def maps(self, scores: np.ndarray) -> dict[tuple[int, str, float | None], np.ndarray]:
         """scores: (N, k) float32 -> every 2D map of the layer, keyed (n, method, perplexity)."""
-        return reduce.embed_layer(
+        return {**reduce.pca_maps(scores, self.subsets), **self.tsne_maps(scores)}
+
+    def tsne_maps(self, scores: np.ndarray) -> dict[tuple[int, str, float | None], np.ndarray]:
+        """scores: (N, k) float32 -> the layer's t-SNE maps, keyed (n, "tsne", perplexity)."""
+        return reduce.tsne_maps(
             scores,
             self.subsets,
             self.perplexities,
@@ -111,31 +149,52 @@ class LayerJob:
             device=self.torch_device,
         )
 
-    def copy(self, source: str, layer_id: str) -> None:
-        """A reshape-only layer gets its parent's maps and placement data under its own id."""
-        store = RunStore(Path(self.run_dir))
+    def map_keys(self, methods: tuple[str, ...]) -> list[tuple[int, str, float | None]]:
+        """(subset, method, perplexity) of every map of ``methods`` a layer has."""
+        keys: list[tuple[int, str, float | None]] = []
         for size in self.subsets:
-            for method, perplexity in [
-                ("pca", None),
-                *[("tsne", p) for p in self.perplexities[size]],
-            ]:
-                coords = store.load_array(
-                    "embedding", mmap=False, **embedding_key(source, size, method, perplexity)
-                )
-                store.save_array(
-                    "embedding", coords, **embedding_key(layer_id, size, method, perplexity)
-                )
+            if "pca" in methods:
+                keys.append((size, "pca", None))
+            if "tsne" in methods:
+                keys.extend((size, "tsne", p) for p in self.perplexities[size])
+        return keys
+
+    def copy_pca(self, source: str, layer_id: str) -> None:
+        """A reshape-only layer gets its parent's PCA maps and placement data under its own id."""
+        store = RunStore(Path(self.run_dir))
+        self.copy_maps(store, source, layer_id, ("pca",))
+        # A parent reduced before the two phases existed has only its reduction record.
+        info_kind = "pca_info" if store.has("pca_info", layer=source) else "reduction"
+        store.save_json("pca_info", store.load_json(info_kind, layer=source), layer=layer_id)
         store.save_array(
             "pca_scores", store.load_array("pca_scores", mmap=False, layer=source), layer=layer_id
         )
         store.save_arrays(
             "projection", store.load_arrays("projection", layer=source), layer=layer_id
         )
+
+    def copy_tsne(self, source: str, layer_id: str) -> None:
+        """... then its parent's t-SNE maps and reduction record (written last)."""
+        store = RunStore(Path(self.run_dir))
+        if not store.has("projection", layer=layer_id):
+            self.copy_pca(source, layer_id)
+        self.copy_maps(store, source, layer_id, ("tsne",))
         store.save_json(
             "reduction",
             {**store.load_json("reduction", layer=source), "same_as": source},
             layer=layer_id,
         )
+
+    def copy_maps(
+        self, store: RunStore, source: str, layer_id: str, methods: tuple[str, ...]
+    ) -> None:
+        for size, method, perplexity in self.map_keys(methods):
+            coords = store.load_array(
+                "embedding", mmap=False, **embedding_key(source, size, method, perplexity)
+            )
+            store.save_array(
+                "embedding", coords, **embedding_key(layer_id, size, method, perplexity)
+            )
 
 
 def save_placement(store: RunStore, layer_id: str, fit: reduce.PCAFit) -> None:
@@ -294,8 +353,9 @@ class LayerWorkers:
             for _ in range(self.workers):
                 self.pool.submit(_ready)
 
-    def run(self, job: LayerJob, layer_ids: Iterable[str]) -> Iterator[str]:
-        """Yield each layer id as its reduction completes."""
+    def run(self, job: Callable[[str], str], layer_ids: Iterable[str]) -> Iterator[str]:
+        """Yield each layer id as ``job`` (a picklable function of a layer id, such as a
+        ``LayerJob``'s phase) completes for it."""
         if self.workers <= 1:
             for layer_id in layer_ids:
                 yield job(layer_id)

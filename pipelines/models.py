@@ -31,6 +31,7 @@ from pipelines.datasets import open_dataset, to_l_or_rgb
 from pipelines.errors import UserError
 from pipelines.io import atomic_path
 from pipelines.model_hooks import ModelHooks
+from pipelines.presets import DESCRIPTIONS, PRESETS, build_preset
 from pipelines.records import Manifest
 from pipelines.smallcnn import SmallCNN, train_small_cnn
 from pipelines.store import datasets_dir
@@ -167,9 +168,12 @@ def torchvision_names() -> list[str]:
 
 
 def model_kind(spec: str) -> str:
-    """'smallcnn' | 'torchvision' | 'torchscript' | 'python', or a UserError naming the choices."""
+    """'smallcnn' | 'preset' | 'torchvision' | 'torchscript' | 'python', or a UserError naming
+    the choices."""
     if spec == "smallcnn":
         return "smallcnn"
+    if spec in PRESETS:
+        return "preset"
     if spec.startswith("torchscript:"):
         return "torchscript"
     if spec.startswith("python:"):
@@ -177,8 +181,8 @@ def model_kind(spec: str) -> str:
     if spec in torchvision_names():
         return "torchvision"
     raise UserError(
-        f"unknown model {spec!r}; use smallcnn, a torchvision name (e.g. vgg16, resnet18, resnet50), "
-        "torchscript:PATH or python:FILE.py"
+        f"unknown model {spec!r}; use smallcnn, a preset ({', '.join(PRESETS)}), a torchvision "
+        "name (e.g. vgg16, resnet18, resnet50), torchscript:PATH or python:FILE.py"
     )
 
 
@@ -256,6 +260,7 @@ def check_weights_option(model_spec: str, weights: str | None) -> None:
         return
     fixes = {
         "smallcnn": "smallcnn is trained on the dataset (and cached in data/models/)",
+        "preset": f"{model_spec} is trained on the dataset",
         "torchscript": "a TorchScript file carries its own weights",
         "python": "a python: model file loads its own weights in get_model(), e.g. "
         "model.load_state_dict(torch.load(PATH, weights_only=True))",
@@ -678,6 +683,72 @@ def smallcnn_adapter(
     )
 
 
+def preset_adapter(
+    name: str,
+    in_channels: int,
+    class_names: list[str],
+    input_size: int | None,
+    device: torch.device,
+    seed: int = 0,
+) -> ModelAdapter:
+    """A preset (``pipelines.presets``) with seeded initial weights, normalised like smallcnn."""
+    size = input_size or SMALLCNN_INPUT_SIZE
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = build_preset(name, in_channels, len(class_names), size)
+    return ModelAdapter(
+        module=module.eval().to(device),
+        spec=name,
+        name=name,
+        description=DESCRIPTIONS[name],
+        class_names=list(class_names),
+        input_size=size,
+        in_channels=in_channels,
+        mean=(0.5,) * in_channels,
+        std=(0.5,) * in_channels,
+        device=device,
+    )
+
+
+def replace_classifier(module: nn.Module, num_classes: int) -> str:
+    """Swap the last ``nn.Linear`` of a torchvision model (resnet's ``fc``, vgg's
+    ``classifier.6``, ...) for a fresh one with ``num_classes`` outputs (caller's torch seed);
+    returns its layer id. A UserError for a model whose last layer is not dense (squeezenet)."""
+    last = [name for name, sub in module.named_modules() if isinstance(sub, nn.Linear)]
+    if not last:
+        raise UserError(
+            f"{type(module).__name__} has no dense (Linear) last layer to replace, so it cannot "
+            "be fine-tuned here; pick another torchvision model (resnet18, vgg16, ...)"
+        )
+    layer_id = last[-1]
+    old = module.get_submodule(layer_id)
+    assert isinstance(old, nn.Linear)
+    new = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+    parent_id, _, attribute = layer_id.rpartition(".")
+    setattr(module.get_submodule(parent_id) if parent_id else module, attribute, new)
+    return layer_id
+
+
+def fine_tune_adapter(
+    adapter: ModelAdapter, class_names: list[str], fine_tune: str, seed: int
+) -> str:
+    """Turn a torchvision adapter into one for the dataset's classes: its last dense layer
+    replaced (seeded), the dataset's class names (identity label mapping), and, for
+    ``fine_tune == "classifier"``, every other parameter frozen. Returns the new layer's id."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = replace_classifier(adapter.module, len(class_names))
+    trains_all = fine_tune == "all"
+    for name, parameter in adapter.module.named_parameters():
+        parameter.requires_grad_(trains_all or name.startswith(head + "."))
+    adapter.class_names = list(class_names)
+    adapter.is_imagenet = False
+    what = "all layers" if trains_all else "its new classifier only"
+    adapter.description += f", fine-tuned on this dataset ({what})"
+    adapter.extra["replaced_head"] = head
+    return head
+
+
 def train_or_load_smallcnn(
     adapter: ModelAdapter,
     checkpoint: Path,
@@ -721,15 +792,18 @@ def build_adapter(
 ) -> ModelAdapter:
     """The one place a model spec becomes a ModelAdapter, for the precompute and the dashboard.
 
-    ``smallcnn``: (input channels, class names) of the built-in CNN, which comes back with seeded
+    ``smallcnn``: (input channels, class names) of a model LayerScope trains on the dataset
+    (the built-in CNN or a preset, at side ``input_size``), which comes back with seeded
     initial weights: the caller trains it or loads its checkpoint. Every other kind is built with
     the torch seed ``seed``, so random-weight models come out identical every time they are built.
     """
     kind = model_kind(spec)
-    if kind == "smallcnn":
+    if kind in ("smallcnn", "preset"):
         if smallcnn is None:
-            raise ValueError("smallcnn needs its (input channels, class names)")
+            raise ValueError(f"{spec} needs its (input channels, class names)")
         in_channels, class_names = smallcnn
+        if kind == "preset":
+            return preset_adapter(spec, in_channels, class_names, input_size, device, seed)
         return smallcnn_adapter(in_channels, class_names, device, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -762,19 +836,25 @@ def load_inputs(
 
 
 def rebuild_adapter(manifest: Manifest, checkpoint: Path, device: torch.device) -> ModelAdapter:
-    """The run's model exactly as the precompute used it (smallcnn from the run's checkpoint,
-    seeded random weights rebuilt with the same seed)."""
+    """The run's model exactly as the precompute used it (a model the run trained, smallcnn,
+    a preset or a fine-tuned torchvision model, from the run's checkpoint; seeded random weights
+    rebuilt with the same seed)."""
     model = manifest.require_model()
     config = manifest.require_config()
+    head = model.replaced_head
     adapter = build_adapter(
         config.model,
         device,
-        weights=config.weights,
+        # A fine-tuned model's weights are all in the run's checkpoint: no ImageNet download.
+        weights="none" if head else config.weights,
         seed=config.seed,
         input_size=model.input_size,
         smallcnn=(model.in_channels, list(model.class_names)),
     )
-    if model_kind(config.model) == "smallcnn":
+    if head:
+        replace_classifier(adapter.module, len(model.class_names))
+        adapter.is_imagenet = False
+    if model.trained_here:
         adapter.module.load_state_dict(load_state_dict(checkpoint))
         adapter.module.eval()
     # Names the precompute gave a model that declares none ("class 0", ...).

@@ -36,8 +36,9 @@ from pipelines.run_config import PrecomputeConfig, run_id_for, stored_methods
 from pipelines.stages import STAGES, embeddings, forward, index, model, quality, use_threads_for
 from pipelines.stages.index import SamplePlan
 from pipelines.store import RunStore, datasets_dir, runs_dir
+from pipelines.training import TrainingCurves
 
-__all__ = ["Precompute", "PrecomputeConfig"]
+__all__ = ["Precompute", "PrecomputeConfig", "usable"]
 
 T = TypeVar("T")
 
@@ -46,13 +47,26 @@ class Precompute:
     """Runs the stages of one run; construct, then call ``run()``."""
 
     def __init__(
-        self, config: PrecomputeConfig, data_dir: Path, run_id: str | None, progress: bool = True
+        self,
+        config: PrecomputeConfig,
+        data_dir: Path,
+        run_id: str | None,
+        progress: bool = True,
+        *,
+        on_training_point: Callable[[TrainingCurves], None] | None = None,
+        until: str | None = None,
     ):
+        """``on_training_point``: called with the curves at every point of a training in the
+        run (after they are saved). ``until``: the last stage to run (``main.py train`` stops
+        after "model"); None: every stage. A run left with stages pending is completed by a
+        later precompute of the same settings."""
         self.config = config
         self.data_dir = Path(data_dir)
         self.run_id = run_id_for(config, run_id)
         self.store = RunStore(runs_dir(self.data_dir) / self.run_id)
         self.progress = progress
+        self.on_training_point = on_training_point
+        self.until = until
 
     def log(self, message: str) -> None:
         if self.progress:
@@ -69,6 +83,9 @@ class Precompute:
         content = dataset_fingerprint(dataset)
         if self.store.exists():
             self.check_same_source(content)
+            if self.until is not None and not self.store.pending_stages(self.wanted_stages()):
+                self.log(f"run '{self.run_id}' has its {self.until} stage done already")
+                return self.store
             if self.finished():
                 self.log(f"run '{self.run_id}' is already complete in {self.store.run_dir}")
                 return self.store
@@ -89,9 +106,13 @@ class Precompute:
     def compute(
         self, dataset: Dataset, content: Fingerprint, plan: SamplePlan, workers: LayerWorkers
     ) -> None:
-        """The missing stages, in order; each skips what of its own work is already on disk."""
-        missing = self.store.pending_stages(STAGES)
-        reduce_layers = "embeddings" in missing or embeddings.outdated(self.store)
+        """The missing stages (up to ``until``), in order; each skips what of its own work is
+        already on disk."""
+        wanted = self.wanted_stages()
+        missing = self.store.pending_stages(wanted)
+        reduce_layers = "embeddings" in wanted and (
+            "embeddings" in missing or embeddings.outdated(self.store)
+        )
         adapter: ModelAdapter | None = None
 
         def run_model() -> ModelAdapter:
@@ -104,6 +125,9 @@ class Precompute:
         if "model" in missing or model.outdated(self.store):
             use_threads_for(self.config, "model")
             adapter = self.timed("model", lambda: self.model_stage(dataset, content))
+        if wanted == ["model"]:
+            self.clear_failure()
+            return
         if "quality" in missing:
             # A wrong --quality-layer fails now, not after the forward pass and the maps.
             record = self.store.read_record()
@@ -136,12 +160,49 @@ class Precompute:
             quality.run(self.store, dataset, self.config, run_model, self.progress)
         self.clear_failure()
 
+    def wanted_stages(self) -> list[str]:
+        """The stages this precompute runs: all, or those up to ``until``."""
+        if self.until is None:
+            return list(STAGES)
+        if self.until not in STAGES:
+            raise ValueError(f"until must be one of {STAGES}, not {self.until!r}")
+        return list(STAGES[: STAGES.index(self.until) + 1])
+
     def model_stage(self, dataset: Dataset, content: Fingerprint) -> ModelAdapter:
-        adapter, model_info = model.build_model(
-            self.config, dataset, self.data_dir, self.progress, content
-        )
+        try:
+            adapter, model_info = model.build_model(
+                self.config, dataset, self.data_dir, self.progress, content, self.training_point
+            )
+        except BaseException:
+            # Ctrl-C, a kill signal or an error mid-training: the curves no longer grow, and a
+            # page polling them must not wait for ever (a re-run trains from the start).
+            self.mark_training_ended()
+            raise
         model.run(self.store, dataset, adapter, model_info)
         return adapter
+
+    def training_point(self, curves: TrainingCurves) -> None:
+        self.store.save_json("training_curves", curves.to_json())
+        if curves.state == "training":
+            # The manifest's change is what the page's poll notices: the About panel redraws
+            # the curves, and `runs` says how far training got.
+            done = len(curves.epoch_points())
+            self.store.update_stage(
+                "model", state="running", done=done, total=curves.settings.epochs
+            )
+        if self.on_training_point is not None:
+            self.on_training_point(curves)
+
+    def mark_training_ended(self) -> None:
+        try:
+            if self.store.has("training_curves"):
+                curves = TrainingCurves.from_json(self.store.load_json("training_curves"))
+                if curves.state == "training":
+                    self.store.save_json(
+                        "training_curves", replace(curves, state="cancelled").to_json()
+                    )
+        except (OSError, ValueError, TypeError):
+            pass  # best effort: the original error is what the user must see
 
     def reopen_model(self) -> ModelAdapter:
         """The model a resumed run's earlier model stage described, rebuilt the way the
@@ -244,6 +305,16 @@ class Precompute:
         manifest = self.store.read_record()
         if manifest.failure is not None:
             self.store.write_record(replace(manifest, failure=None))
+
+
+def usable(store: RunStore) -> bool:
+    """The run can be explored: its model, sample index and forward pass are done and every
+    layer has its PCA map (``embeddings.pca_maps_done``), although t-SNE maps and the quality
+    stage may still be computing (the page shows what is missing and fills it in)."""
+    record = store.read_record()
+    if any(record.stage(name).state != "done" for name in ("model", "index", "forward")):
+        return False
+    return record.stage("embeddings").state == "done" or embeddings.pca_maps_done(store)
 
 
 def library_versions() -> dict[str, str]:

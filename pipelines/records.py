@@ -245,12 +245,24 @@ class ModelInfo:
     device: str = "?"
     gradcam_layer: LayerId | None = None  # None: the model has no layer Grad-CAM can use
     checkpoint: str | None = None  # the trained smallcnn's shared checkpoint, if any
+    # True: the run trained the model (``--epochs`` ..., a preset, a fine-tuned torchvision
+    # model); its weights are the run's ``model_checkpoint`` and its ``training_curves``.
+    trained: bool = False
+    # A fine-tuned torchvision model's replaced last layer (its id), sized to the dataset.
+    replaced_head: LayerId | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def trained_here(self) -> bool:
+        """Whether LayerScope trained the model, on this run's training rows (smallcnn's shared
+        checkpoint included): its weights are in the run's ``model_checkpoint``."""
+        return self.trained or self.checkpoint is not None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelInfo:
         gradcam = data.get("gradcam_layer")
         checkpoint = data.get("checkpoint")
+        head = data.get("replaced_head")
         return cls(
             spec=str(data.get("spec", "")),
             description=str(data.get("description", "")),
@@ -261,6 +273,8 @@ class ModelInfo:
             device=str(data.get("device", "?")),
             gradcam_layer=None if gradcam is None else str(gradcam),
             checkpoint=None if checkpoint is None else str(checkpoint),
+            trained=bool(data.get("trained", False)),
+            replaced_head=None if head is None else str(head),
             raw=data,
         )
 
@@ -277,6 +291,9 @@ class ModelInfo:
                 "device": self.device,
                 "gradcam_layer": self.gradcam_layer,
                 "checkpoint": self.checkpoint,
+                # Written only when set: older runs' manifests stay as they were.
+                "trained": True if self.trained else None,
+                "replaced_head": self.replaced_head,
             },
         )
 

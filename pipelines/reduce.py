@@ -10,8 +10,8 @@ each a small pure function with an explicit seed:
    Gram eigenproblem, or a randomized SVD (Halko, Martinsson & Tropp 2011) when both are large.
    Its basis (mean and components) is kept with the scores, so a new image's pooled features
    ``project`` onto the very scores the maps were made from (``pipelines/placement.py``).
-2. ``embed_layer``: the first two principal components as the 2-D PCA view, and t-SNE maps at
-   several perplexities and nested subsets through ``tsne.fit`` (its module docstring says why
+2. ``pca_maps``: the first two principal components as the 2-D PCA view; ``tsne_maps``: t-SNE
+   maps at several perplexities and nested subsets through ``tsne.fit`` (its module docstring says why
    the schedule is fast and what the backend changes), openTSNE on the CPU by default.
 
 The quality metrics the tests and benchmarks judge maps by (``knn_preservation``,
@@ -45,6 +45,8 @@ from pipelines.types import FloatArray
 __all__ = [
     "EmbeddingKey",
     "embed_layer",
+    "pca_maps",
+    "tsne_maps",
     "kl_divergence",
     "knn_preservation",
     "largest_perplexity",
@@ -343,36 +345,62 @@ def embed_layer(
     backend: tsne.Backend = "opentsne",
     device: str | None = None,
 ) -> dict[EmbeddingKey, FloatArray]:
-    """All 2-D maps of one layer.
+    """All 2-D maps of one layer: ``pca_maps`` and ``tsne_maps`` together.
 
     scores: (N, k) float32 PCA scores whose rows are ALREADY in nested-subset order (subset n =
     rows [:n]). subset_sizes: sizes <= N. perplexities: {n: perplexities for subset n} as from
     ``resolve_perplexities`` (a missing size means no t-SNE for it).
     Returns {(n, "pca", None): (n, 2) float32, (n, "tsne", p): (n, 2) float32 for each subset n
     and each of its perplexities}.
-
-    The PCA map is the first two principal components of the whole layer, so a sample sits at
-    the same place in every subset. The t-SNE maps are ``tsne.fit``'s, with ``backend`` (and
-    ``device``, for the torch backend); the openTSNE backend optimises them in parallel on
-    ``n_jobs`` cores (scikit-learn's convention: -1 is all). Deterministic for a given seed and
-    backend; with openTSNE below ``tsne_opentsne.FFT_MIN_POINTS`` also whatever ``n_jobs``.
     """
+    return {
+        **pca_maps(scores, subset_sizes),
+        **tsne_maps(scores, subset_sizes, perplexities, seed, n_jobs, backend, device),
+    }
+
+
+def pca_maps(scores: np.ndarray, subset_sizes: list[int]) -> dict[EmbeddingKey, FloatArray]:
+    """{(n, "pca", None): (n, 2) float32} per subset n: the first two principal components of
+    the whole layer, so a sample sits at the same place in every subset. Instant: the
+    precompute stores these for every layer before any t-SNE, so the page can open early."""
+    x, sizes = _checked(scores, subset_sizes)
+    pca_2d = _pad_columns(x[:, :2], 2)
+    return {(n, "pca", None): np.ascontiguousarray(pca_2d[:n]) for n in sizes}
+
+
+def tsne_maps(
+    scores: np.ndarray,
+    subset_sizes: list[int],
+    perplexities: dict[int, list[float]],
+    seed: int,
+    n_jobs: int = -1,
+    backend: tsne.Backend = "opentsne",
+    device: str | None = None,
+) -> dict[EmbeddingKey, FloatArray]:
+    """{(n, "tsne", p): (n, 2) float32} per subset n and each of its perplexities: ``tsne.fit``'s
+    maps, with ``backend`` (and ``device``, for the torch backend); the openTSNE backend optimises
+    them in parallel on ``n_jobs`` cores (scikit-learn's convention: -1 is all). Deterministic for
+    a given seed and backend; with openTSNE below ``tsne_opentsne.FFT_MIN_POINTS`` also whatever
+    ``n_jobs``."""
+    x, sizes = _checked(scores, subset_sizes)
+    wanted = {n: perplexities.get(n, []) for n in sizes}
+    # The openTSNE backend threads over cores; the torch one runs on its device.
+    cores: dict[str, Any] = {"cores": _cores(n_jobs)} if backend == "opentsne" else {}
+    return {
+        (n, "tsne", p): coords
+        for (n, p), coords in tsne.fit(x, wanted, seed, backend, device=device, **cores).items()
+    }
+
+
+def _checked(scores: np.ndarray, subset_sizes: list[int]) -> tuple[np.ndarray, list[int]]:
+    """scores as contiguous float32 (N, k) and the sorted distinct subset sizes, checked."""
     x = np.ascontiguousarray(scores, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"scores must be (N, k) with N > 0, got shape {x.shape}")
     sizes = sorted({int(n) for n in subset_sizes})
     if not sizes or sizes[0] < 1 or sizes[-1] > x.shape[0]:
         raise ValueError(f"subset sizes {subset_sizes} must lie in 1..{x.shape[0]}")
-    pca_2d = _pad_columns(x[:, :2], 2)
-    result: dict[EmbeddingKey, FloatArray] = {
-        (n, "pca", None): np.ascontiguousarray(pca_2d[:n]) for n in sizes
-    }
-    wanted = {n: perplexities.get(n, []) for n in sizes}
-    # The openTSNE backend threads over cores; the torch one runs on its device.
-    cores: dict[str, Any] = {"cores": _cores(n_jobs)} if backend == "opentsne" else {}
-    for (n, p), coords in tsne.fit(x, wanted, seed, backend, device=device, **cores).items():
-        result[(n, "tsne", p)] = coords
-    return result
+    return x, sizes
 
 
 def _cores(n_jobs: int) -> int:

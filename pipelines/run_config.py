@@ -3,10 +3,12 @@ validation (the CLI, the embedded default and the benchmarks all build a ``Preco
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS, STORED_METHODS
 from pipelines.models import check_weights_option, model_kind
 from pipelines.records import RunSettings
+from pipelines.training import TrainingSettings, default_settings, training_flags
 
 DEFAULT_PERPLEXITIES = (10.0, 30.0, 90.0)
 RUN_ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
@@ -52,11 +55,17 @@ class PrecomputeConfig:
     # checked on their own against what a finished quality stage used.
     folds: int | None = None
     quality_layer: str | None = None
+    # How the run trains its model (None: today's behaviour: smallcnn from the shared cache,
+    # a preset with its defaults, anything else as built). Part of ``identity`` only when set,
+    # so runs made before training settings existed keep their identity and still resume.
+    training: TrainingSettings | None = None
 
     def identity(self) -> dict[str, Any]:
         fields = asdict(self)
-        for other in ("device", "batch_size", "explain", "folds", "quality_layer"):
+        for other in ("device", "batch_size", "explain", "folds", "quality_layer", "training"):
             fields.pop(other)
+        if self.training is not None:
+            fields["training"] = self.training.to_json()
         fields["subsets"] = list(self.subsets)
         fields["perplexities"] = list(self.perplexities or DEFAULT_PERPLEXITIES)
         return fields
@@ -82,6 +91,71 @@ class PrecomputeConfig:
         if self.explain is not None:
             check_stored_methods(self.explain)
         check_folds(self.model, self.folds)
+        check_training(self.model, self.training)
+
+
+def dataset_name(spec: str) -> str:
+    """A dataset spec's name for per-dataset defaults: "digits", "cifar10", "folder"."""
+    return spec.split(":", 1)[0]
+
+
+def check_training(model: str, training: TrainingSettings | None) -> None:
+    """Training settings fit the model: only models LayerScope can train take them, and
+    ``--fine-tune`` only torchvision ones (the others are trained whole, from scratch)."""
+    if training is None:
+        return
+    training.check()
+    kind = model_kind(model)
+    if kind in ("torchscript", "python"):
+        raise UserError(
+            f"{model} cannot be trained here (its weights are the file's); train smallcnn, a "
+            "preset (mlp, vgg-small, resnet-small) or a torchvision model, or drop the training "
+            "options"
+        )
+    if training.fine_tune is not None and kind != "torchvision":
+        raise UserError(
+            f"--fine-tune is for torchvision models; {model} is trained whole, from scratch: "
+            "drop --fine-tune"
+        )
+
+
+def training_settings(
+    dataset: str, model: str, seed: int, given: Mapping[str, Any], trains: bool
+) -> TrainingSettings | None:
+    """The run's ``PrecomputeConfig.training`` from the training options the user ``given``
+    (flag name -> value, None for those left out). ``trains``: the command asks for training
+    (``main.py train``) even with no option given.
+
+    None (today's behaviour) when nothing asks for training, and when the settings are a
+    preset's defaults (a preset always trains with them), so `train --model mlp` and
+    `precompute --model mlp` are the same run. A torchvision model's ``fine_tune`` defaults to
+    "classifier"; ``given`` may name it to ask for fine-tuning from `precompute`.
+    """
+    chosen = {key: value for key, value in given.items() if value is not None}
+    if not chosen and not trains:
+        return None
+    kind = model_kind(model)
+    defaults = default_settings(dataset_name(dataset), kind, seed)
+    try:
+        settings = TrainingSettings(**{**defaults.to_json(), **chosen})
+    except TypeError as exc:  # a caller's misspelt key, not the user's
+        raise ValueError(f"unknown training setting: {exc}") from None
+    if kind == "preset" and settings == defaults:
+        return None
+    return settings
+
+
+def run_training(config: PrecomputeConfig) -> TrainingSettings | None:
+    """How the run's model is trained: its settings, a preset's defaults, or None (built, or
+    smallcnn's shared cached model)."""
+    kind = model_kind(config.model)
+    if config.training is not None:
+        if kind == "torchvision" and config.training.fine_tune is None:
+            return replace(config.training, fine_tune="classifier")
+        return config.training
+    if kind == "preset":
+        return default_settings(dataset_name(config.dataset), kind, config.seed)
+    return None
 
 
 def check_folds(model: str, folds: int | None) -> None:
@@ -96,8 +170,9 @@ def check_folds(model: str, folds: int | None) -> None:
         )
     if folds >= 2 and model_kind(model) != "smallcnn":
         raise UserError(
-            f"--folds {folds} trains fold models, which only smallcnn can have (LayerScope trains "
-            f"it); {model} is ranked with its own probabilities: leave out --folds or pass --folds 0"
+            f"--folds {folds} trains fold models, which only smallcnn can have (they are trained "
+            f"with its recipe); {model} is ranked with its own probabilities: leave out --folds "
+            "or pass --folds 0"
         )
 
 
@@ -147,6 +222,16 @@ def default_run_id(config: PrecomputeConfig) -> str:
         parts.append(str(config.samples))
     if config.seed:
         parts.append(f"seed{config.seed}")
+    if config.training is not None:
+        # Apart from the plain run of the same data and model; a digest of the settings when
+        # they are not the model's defaults, so each set of settings gets a run of its own.
+        parts.append("trained")
+        defaults = default_settings(
+            dataset_name(config.dataset), model_kind(config.model), config.seed
+        )
+        if replace(config.training, fine_tune=None) != replace(defaults, fine_tune=None):
+            text = json.dumps(config.training.to_json(), sort_keys=True)
+            parts.append(hashlib.sha1(text.encode()).hexdigest()[:6])
     return re.sub(r"[^A-Za-z0-9_.\-]+", "-", "-".join(parts)).strip("-.")
 
 
@@ -184,5 +269,14 @@ def precompute_command(identity: Mapping[str, Any], run_id: str, data_dir: Path)
     perplexities = [float(p) for p in identity.get("perplexities") or defaults["perplexities"]]
     if perplexities != defaults["perplexities"]:
         parts.append(f"--perplexities {','.join(f'{p:g}' for p in perplexities)}")
+    training = identity.get("training")
+    if training:
+        settings = TrainingSettings.from_json(training)
+        model = str(identity.get("model", ""))
+        kind = model_kind(model) if model else "smallcnn"
+        usual = default_settings(
+            dataset_name(str(identity.get("dataset", ""))), kind, settings.seed
+        )
+        parts.extend(training_flags(settings, usual))
     parts.append(f"--data-dir {shlex.quote(str(data_dir))} --run-id {shlex.quote(run_id)}")
     return " ".join(parts)

@@ -52,11 +52,16 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "forward_chunk": ("npz", ("chunk",)),  # one chunk's per-sample outputs, until consolidated
     "features": ("npy", ("layer", "chunk")),  # (n_chunk, D) float32, pooled activations
     "reduction": ("json", ("layer",)),  # pooled shape, PCA kept dims and variance
+    # The same, written with the layer's PCA maps, before its t-SNE maps (``reduction`` last)
+    "pca_info": ("json", ("layer",)),
     # A layer's PCA basis, to place new images in its maps: mean (D,), components (k, D) float32
     "projection": ("npz", ("layer",)),
     "pca_scores": ("npy", ("layer",)),  # (N, k) float32, the samples' PCA scores, by row
     "embedding": ("npy", ("layer", "subset", "method", "perplexity")),  # (n, 2) float32
     "model_checkpoint": ("pt", ()),
+    # A run's training (pipelines.training.TrainingCurves as JSON): rewritten at every point
+    # while the model stage trains, so a page polling it sees the curves grow.
+    "training_curves": ("json", ()),
     # source file -> [size, mtime_ns] of every file of a file dataset when the run was computed
     "dataset_files": ("json", ()),
     # The quality stage (pipelines/quality.py, pipelines/stages/quality.py). While it runs: one
@@ -89,6 +94,17 @@ def datasets_dir(data_dir: Path) -> Path:
 def models_dir(data_dir: Path) -> Path:
     """Trained smallcnn checkpoints, shared by every run on the same dataset."""
     return Path(data_dir) / "models"
+
+
+def uploaded_datasets_dir(data_dir: Path) -> Path:
+    """Datasets made from uploaded zips (``pipelines.archives``): one folder each, named by
+    content, opened as ``folder:PATH``."""
+    return datasets_dir(data_dir) / "uploads"
+
+
+def uploaded_models_dir(data_dir: Path) -> Path:
+    """TorchScript files users uploaded (``pipelines.model_uploads``), named by content."""
+    return models_dir(data_dir) / "uploads"
 
 
 def annotations_dir(data_dir: Path, run_id: str) -> Path:

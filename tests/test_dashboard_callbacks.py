@@ -712,6 +712,18 @@ def test_a_run_still_being_computed_says_what_is_ready(partial_run):
     )
     with pytest.raises(NotReady, match="7 of 14 layers"):
         RunCatalog(data_dir).open(run_id).embedding("classifier.1", 300, "tsne", 30.0)
+    # A layer whose PCA maps are stored but whose t-SNE is still computing: its PCA map, with
+    # a badge saying so (the precompute stores every layer's PCA maps before any t-SNE).
+    for tsne_map in (store.run_dir / "embedding" / "layer=features.3").glob("*/method=tsne"):
+        shutil.rmtree(tsne_map)
+    fallback, badge = call(partial_app, embedding.load, {**key, "layer": "features.3"}, None)
+    title = fallback["figure"]["layout"]["title"]["text"]
+    assert title.startswith("PCA") and "t-SNE computing… 7 of 14 layers" in title
+    assert "t-SNE computing… 7 of 14 layers, PCA shown meanwhile" == text_of(badge)
+    pca = RunCatalog(data_dir).open(run_id).embedding("features.3", 300, "pca", None)
+    assert fallback["figure"]["data"][0]["x"][:3] == pytest.approx(
+        pca[fallback["figure"]["data"][0]["customdata"][:3], 0], abs=1e-2
+    )
     table, info = call(partial_app, inspector.load_table, run_id, None, None)
     assert table["top_idx"] is None and info["explanations"] == []
     assert "not computed yet" in info["explanationNote"]

@@ -222,7 +222,7 @@ def test_serve_and_bare_main_load_plugins_before_the_app_is_built(
 
     seen: list[str] = []
 
-    def fake_create_app(data_dir):
+    def fake_create_app(data_dir, **options):
         seen.extend(restore_explainers)
         raise UserError("stopped before serving")
 

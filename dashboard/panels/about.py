@@ -1,4 +1,5 @@
-"""About: what the selected run is, and the state of its precompute.
+"""About: what the selected run is, the state of its precompute, and its training curves
+(for a run that trained its model).
 
 While a run is incomplete the page polls its manifest; each change bumps the run version, which
 re-renders the panels that depend on artifacts, so embeddings appear as the precompute writes
@@ -10,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import dash_bootstrap_components as dbc
-from dash import Input, Output, State, html, no_update
+from dash import Input, Output, State, dcc, html, no_update
 
+from components.training_curves import curves_figure
 from dashboard import ids
 from dashboard.context import current
 from dashboard.data import RunData, format_time
@@ -19,6 +21,7 @@ from dashboard.registry import callback
 from pipelines.errors import UserError
 from pipelines.metrics import HELD_OUT, TRAIN
 from pipelines.records import SplitAccuracy
+from pipelines.training import TrainingCurves
 
 STATE_COLORS = {"done": "success", "running": "info", "pending": "secondary"}
 UNMAPPED = "unknown: the dataset's labels do not map to the model's classes"
@@ -119,6 +122,25 @@ def stage_badges(run: RunData) -> html.Div:
     return html.Div(badges)
 
 
+def training_graph(run: RunData) -> dcc.Graph | None:
+    """The run's training curves (read as the precompute last wrote them: a run training now
+    shows its curves so far, and the page's poll redraws them), or None for a run that did not
+    train its model."""
+    store = run.store
+    if not store.has("training_curves"):
+        return None
+    try:
+        curves = TrainingCurves.from_json(store.load_json("training_curves"))
+    except (OSError, ValueError, TypeError):
+        return None  # mid-replace on a filesystem without atomic rename: the next poll draws it
+    return dcc.Graph(
+        id=ids.ABOUT_TRAINING,
+        figure=curves_figure(curves),
+        config={"displaylogo": False},
+        className="ls-training-curves mt-2",
+    )
+
+
 @callback(
     Output(ids.ABOUT_BODY, "children"),
     Output(ids.RUN_NOTE, "children"),
@@ -140,7 +162,13 @@ def render(run_id: str | None, _version: Any) -> tuple:
             "",
             True,
         )
-    body = [html.Table(about_rows(run), className="ls-about-table mb-2"), stage_badges(run)]
+    body: list[Any] = [
+        html.Table(about_rows(run), className="ls-about-table mb-2"),
+        stage_badges(run),
+    ]
+    graph = training_graph(run)
+    if graph is not None:
+        body.append(graph)
     note_text = run.not_ready_note()
     note = dbc.Alert(note_text, color="info", className="ls-alert mb-2") if note_text else None
     writing = run.being_written()

@@ -29,6 +29,7 @@ from dashboard.data import NotReady, RunData
 from dashboard.registry import callback, clientside_callback
 from pipelines.errors import UserError
 
+TSNE_PENDING = "t-SNE computing…"
 VIEW_FIELDS = ("run", "layer", "subset", "method", "perplexity", "color")
 
 
@@ -100,13 +101,16 @@ def row_values(run: RunData, subset: int) -> RowValues:
     )
 
 
-def build_embedding(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
-    """The figure for a view key; raises NotReady / UserError with a message for the page."""
+def build_embedding(run: RunData, key: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The figure for a view key, and a note when it shows the PCA map in place of a t-SNE map
+    still computing; raises NotReady / UserError with a message for the page."""
     layer_id = key["layer"]
     subset = int(key["subset"])
     method = key["method"]
     perplexity = float(key["perplexity"]) if method == "tsne" and key.get("perplexity") else None
-    coords = run.embedding(layer_id, subset, method, perplexity)
+    coords, pending_note = maps_of(run, layer_id, subset, method, perplexity)
+    if pending_note:
+        method, perplexity = "pca", None
     values = row_values(run, subset)
     color = key["color"]
     groups = color_groups(
@@ -116,8 +120,27 @@ def build_embedding(run: RunData, key: dict[str, Any]) -> dict[str, Any]:
     title = embedding_title(method, perplexity, layer_id, layer.type, subset, layer.same_as)
     if not has_values(color, values):
         title += f" (coloured by true label: {FALLBACK_REASON.get(color, 'predictions are not computed yet')})"
+    if pending_note:
+        title += f" · {pending_note}"
     structure = f"{run.run_id}|{run.version}|{subset}|{color}|{has_values(color, values)}"
-    return embedding_figure(coords, groups, title, structure, uirevision=structure)
+    return embedding_figure(coords, groups, title, structure, uirevision=structure), pending_note
+
+
+def maps_of(
+    run: RunData, layer_id: str, subset: int, method: str, perplexity: float | None
+) -> tuple[np.ndarray, str | None]:
+    """The layer's map, or, while its t-SNE is still computing, its PCA map and a note saying
+    so ("t-SNE computing… 3 of 14 layers"): the precompute stores every PCA map first, so the
+    page is useful long before the last t-SNE map."""
+    try:
+        return run.embedding(layer_id, subset, method, perplexity), None
+    except NotReady:
+        if method != "tsne":
+            raise
+        coords = run.embedding(layer_id, subset, "pca", None)  # NotReady too: the first message
+        stage = run.stage("embeddings")
+        total = stage.total or len(run.layers)
+        return coords, f"{TSNE_PENDING} {stage.done or 0} of {total} layers, PCA shown meanwhile"
 
 
 @callback(
@@ -138,7 +161,7 @@ def load(key: dict[str, Any] | None, version: dict[str, Any] | None) -> tuple:
             raise NotReady(
                 f"run '{run.run_id}' has no layers or subsets yet; its precompute is still indexing"
             )
-        figure = build_embedding(run, key)
+        figure, pending_note = build_embedding(run, key)
     except NotReady as exc:
         return (
             {"key": payload_key, "run": key["run"], "figure": message_figure(str(exc), 400)},
@@ -149,7 +172,12 @@ def load(key: dict[str, Any] | None, version: dict[str, Any] | None) -> tuple:
             {"key": payload_key, "run": key["run"], "figure": message_figure(str(exc), 400)},
             dbc.Alert(str(exc), color="warning", className="ls-alert mb-1"),
         )
-    return {"key": payload_key, "run": key["run"], "figure": figure}, None
+    badge = (
+        None
+        if pending_note is None
+        else dbc.Badge(pending_note, color="info", className="ls-pending-badge mb-1")
+    )
+    return {"key": payload_key, "run": key["run"], "figure": figure}, badge
 
 
 clientside_callback(

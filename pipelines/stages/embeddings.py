@@ -1,5 +1,6 @@
 """Stage "embeddings": reduce every layer (``pipelines/layer_jobs.py`` does one layer), then give
-each reshape-only layer its parent's maps. Independent layers run in parallel worker processes
+each reshape-only layer its parent's maps. Two phases: every layer's PCA maps first, then the
+t-SNE maps, so the page is useful seconds after the forward pass (``pca_maps_done``). Independent layers run in parallel worker processes
 on a CPU (openTSNE on small data uses a core far better alone than split over threads).
 
 A layer is complete with its ``reduction`` (written last) and its placement data (``projection``,
@@ -42,6 +43,12 @@ def outdated(store: RunStore) -> bool:
         store.has("reduction", layer=layer.id) and not store.has("projection", layer=layer.id)
         for layer in store.read_record().layers
     )
+
+
+def pca_maps_done(store: RunStore) -> bool:
+    """Every layer has its PCA maps and placement data (the first phase of this stage)."""
+    layers = store.read_record().layers
+    return bool(layers) and all(store.has("projection", layer=layer.id) for layer in layers)
 
 
 def layers_without_features(store: RunStore) -> list[str]:
@@ -87,10 +94,13 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
         disable=not progress,
     )
 
-    def finished(layer_id: str) -> None:
-        done.add(layer_id)
-        bar.update(1)
-        bar.set_postfix_str(layer_id)
+    def finished(layer_id: str | None) -> None:
+        """Record a layer's maps complete (None: only the PCA maps of every layer)."""
+        if layer_id is not None:
+            done.add(layer_id)
+            bar.update(1)
+            bar.set_postfix_str(layer_id)
+        # Each write changes the manifest, which a page watching the run reloads its maps on.
         store.update_stage(
             "embeddings",
             state="running",
@@ -100,10 +110,17 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
         )
 
     try:
-        for layer_id in workers.run(job, pending):
+        # Every layer's PCA maps first (a second or two in all), then the t-SNE maps layer by
+        # layer: a page opened meanwhile shows each layer's PCA map until its t-SNE is done.
+        for _ in workers.run(job.pca_phase, pending):
+            pass
+        for layer_id, source in aliases:
+            job.copy_pca(source, layer_id)
+        finished(None)
+        for layer_id in workers.run(job.tsne_phase, pending):
             finished(layer_id)
         for layer_id, source in aliases:
-            job.copy(source, layer_id)
+            job.copy_tsne(source, layer_id)
             finished(layer_id)
     finally:
         # Also on Ctrl-C: left open, the bar is drawn once more, after the "interrupted" line.

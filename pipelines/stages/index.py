@@ -18,7 +18,6 @@ from pipelines.datasets import Dataset
 from pipelines.errors import UserError
 from pipelines.labels import UNMAPPED
 from pipelines.metrics import HELD_OUT, TRAIN
-from pipelines.models import model_kind
 from pipelines.records import DatasetInfo
 from pipelines.run_config import DEFAULT_PERPLEXITIES, PrecomputeConfig
 from pipelines.stages.forward import THUMBNAIL_SIZE
@@ -111,7 +110,7 @@ def run(store: RunStore, config: PrecomputeConfig, dataset: Dataset, plan: Sampl
     order = reduce.nested_subset_order(labels, config.seed)[: plan.num_samples]
     manifest = store.read_record()
     trained_on = None
-    if model_kind(config.model) == "smallcnn":
+    if manifest.require_model().trained_here:
         trained_on = ~training_split(dataset, config.seed)
     dataset_to_model = manifest.require_class_mapping().dataset_to_model
     store.save_json("samples", build_sample_table(dataset, order, dataset_to_model, trained_on))

@@ -231,14 +231,15 @@ def describe_out_of_fold(folds: int, train_rows: int, held_out_rows: int) -> str
     return text
 
 
-def describe_own(smallcnn: bool, train_rows: int) -> str:
-    """QualityInfo.probabilities for a model's own probabilities."""
-    if smallcnn and train_rows:
+def describe_own(trained_here: bool, train_rows: int) -> str:
+    """QualityInfo.probabilities for a model's own probabilities (``trained_here``: a model
+    LayerScope trained, on the run's training rows)."""
+    if trained_here and train_rows:
         return (
             "the run's model's own probabilities (--folds 0): in-sample for the "
             f"{train_rows:,} samples it trained on, so their label errors rank too low"
         )
-    if smallcnn:
+    if trained_here:
         return "the run's model's own probabilities, on samples it never trained on"
     return (
         "the model's own probabilities (it was trained elsewhere: out-of-sample unless these "
@@ -296,7 +297,8 @@ def run(
     store.update_stage("quality", state="running", done=0, total=total)
 
     probabilities = model_probabilities(store, dataset, model, config.batch_size, progress)
-    smallcnn = model_kind(config.model) == "smallcnn"
+    # Trained by LayerScope (smallcnn, a preset, a fine-tuned model): its training rows are known.
+    trained_here = record.require_model().trained_here
     train_rows, held_out_rows = int((split == TRAIN).sum()), int((split == HELD_OUT).sum())
     fold_started = time.perf_counter()
     if folds:
@@ -321,7 +323,7 @@ def run(
             bar.close()  # also on Ctrl-C: no bar redrawn after the "interrupted" line
         description = describe_out_of_fold(folds, train_rows, held_out_rows)
     else:
-        description, from_disk = describe_own(smallcnn, train_rows), 0
+        description, from_disk = describe_own(trained_here, train_rows), 0
     fold_seconds = time.perf_counter() - fold_started
 
     neighbour_started = time.perf_counter()

@@ -1,0 +1,174 @@
+"""``python main.py [serve] ...``: serve the dashboard, and for ``python main.py`` first make
+the embedded default run usable.
+
+The default run is computed by a ``main.py precompute`` child process, and the page is served as
+soon as that run is *usable* (``pipelines.precompute.usable``: the model, the forward pass and
+every layer's PCA map, about ten seconds on two cores) instead of when it is complete (a minute,
+most of it t-SNE). The child goes on filling in the t-SNE maps layer by layer and the quality
+stage; the page, which polls an unfinished run, shows each layer's t-SNE map as it lands. The
+child is the same command a person would type, so a stop at any point leaves a run that the next
+``python main.py`` resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.errors import UserError
+
+if TYPE_CHECKING:
+    from pipelines.store import RunStore
+
+MAIN = Path(__file__).resolve().parent / "main.py"
+# ``PrecomputeConfig`` fields of the embedded default; each is also a `precompute` option.
+DEFAULT_RUN: dict[str, Any] = {"dataset": "digits", "model": "smallcnn"}
+POLL_S = 0.1
+STOP_WAIT_S = 15.0  # for the child to save what it has after the server's Ctrl-C
+
+
+def serve_command(args: argparse.Namespace, build_default: bool) -> None:
+    roots = allowed_roots(args.allow_folder)  # before a default run is built: a typo fails fast
+    with default_run_in_background(args.data_dir) if build_default else no_child() as child:
+        from dashboard.app import create_app, stop_background_jobs
+        from pipelines.job_queue import JobRunner
+
+        # Built while the child computes.
+        app = create_app(args.data_dir, allowed_folders=roots)
+        if child is not None:
+            wait_until_usable(child, args.data_dir)
+        # Jobs started from the page (training, precompute) run one at a time in child
+        # processes; with REDIS_URL set, Celery workers run them and this starts nothing.
+        runner = JobRunner(args.data_dir).start()
+        print(
+            f"LayerScope is serving {args.data_dir.resolve()} at http://{args.host}:{args.port}/",
+            flush=True,
+        )
+        try:
+            app.run(host=args.host, port=args.port, debug=False)  # returns on Ctrl-C
+        finally:
+            # The running job gets SIGINT and is queued again: it resumes on the next start.
+            runner.stop()
+            # Background jobs are threads of this process (nothing to kill): none starts now,
+            # and a running one gets a moment to end before the interpreter tears torch down.
+            stop_background_jobs(app)
+
+
+def allowed_roots(roots: list[Path]) -> tuple[Path, ...]:
+    """``--allow-folder`` roots, resolved; a root that is not a folder is a typo to fix now,
+    not a dropdown that is silently empty later."""
+    for root in roots:
+        if not root.expanduser().is_dir():
+            raise UserError(
+                f"--allow-folder {root} is not a folder; pass an existing folder under which "
+                "datasets may be picked"
+            )
+    return tuple(root.expanduser().resolve() for root in roots)
+
+
+@contextlib.contextmanager
+def no_child() -> Iterator[None]:
+    yield None
+
+
+def default_run_pending(data_dir: Path) -> bool:
+    """True when ``python main.py`` must (re)start the default run: the data dir has no run at
+    all, or its default run is incomplete and no precompute is writing it (a stopped start)."""
+    from pipelines.precompute import Precompute, PrecomputeConfig
+    from pipelines.store import list_run_dirs
+
+    if not list_run_dirs(data_dir):
+        return True
+    precompute = Precompute(PrecomputeConfig(**DEFAULT_RUN), data_dir, None, progress=False)
+    store = precompute.store
+    if not store.exists() or store.is_being_written():
+        return False
+    try:
+        return not precompute.finished()
+    except UserError:
+        return False  # unreadable: the page says why
+
+
+@contextlib.contextmanager
+def default_run_in_background(data_dir: Path) -> Iterator[subprocess.Popen[bytes] | None]:
+    """The default run's precompute as a child process (None when nothing is pending), stopped
+    like a Ctrl-C'd precompute when the server stops: it keeps what it computed."""
+    if not default_run_pending(data_dir):
+        yield None
+        return
+    print(
+        f"{'resuming' if default_store(data_dir).exists() else 'building'} the embedded default "
+        "run (digits + smallcnn), fully offline; the page opens as soon as every layer's PCA "
+        "map is ready, and the t-SNE maps fill in while you look",
+        file=sys.stderr,
+        flush=True,
+    )
+    command = [sys.executable, str(MAIN), "precompute", "--data-dir", str(data_dir)]
+    for field, value in DEFAULT_RUN.items():
+        command += [f"--{field.replace('_', '-')}", str(value)]
+    # Its own session: the terminal's Ctrl-C reaches the server only, which stops the child
+    # once (a second Ctrl-C does not cut that short). It dies with the server even on kill -9.
+    child = subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)
+    try:
+        yield child
+    finally:
+        stop_child(child)
+
+
+def die_with_parent() -> None:
+    from pipelines.layer_jobs import die_with_parent as die
+
+    die()
+
+
+def stop_child(child: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C the child if it still runs, and wait for it to save its work; a stubborn child
+    is killed, which the precompute survives too (it resumes from its last whole file)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing
+    try:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def default_store(data_dir: Path) -> RunStore:
+    from pipelines.precompute import Precompute, PrecomputeConfig
+
+    return Precompute(PrecomputeConfig(**DEFAULT_RUN), data_dir, None, progress=False).store
+
+
+def wait_until_usable(child: subprocess.Popen[bytes], data_dir: Path) -> None:
+    """Return once the default run is usable; if the child fails first, its `error:` line is
+    already on the terminal, and the server exits with its status."""
+    from pipelines.precompute import usable
+
+    store = default_store(data_dir)
+    started = time.perf_counter()
+    while True:
+        status = child.poll()
+        if status is not None and status != 0:
+            raise SystemExit(status if status > 0 else 128 - status)
+        if store.exists() and usable(store):
+            break
+        if status == 0:
+            break
+        time.sleep(POLL_S)
+    print(
+        f"the default run is usable after {time.perf_counter() - started:.1f} s"
+        + ("" if status == 0 else "; its t-SNE maps keep filling in while the page is open"),
+        file=sys.stderr,
+        flush=True,
+    )

@@ -1,0 +1,74 @@
+"""`python main.py` serves the page as soon as the default run is usable (every layer's PCA
+map), while a child precompute fills in the t-SNE maps; stopping the server leaves the run
+resumable, and the next start resumes it in the background again."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import dash
+import pytest
+
+import cli_serve
+from pipelines.precompute import usable
+from pipelines.stages import STAGES
+from pipelines.store import RunStore
+
+SMALL_DEFAULT = {"dataset": "digits", "model": "smallcnn", "samples": 240}
+
+
+def serve_args(data_dir: Path) -> argparse.Namespace:
+    return argparse.Namespace(data_dir=data_dir, host="127.0.0.1", port=8050, allow_folder=[])
+
+
+def stage_states(store: RunStore) -> dict[str, str]:
+    record = store.read_record()
+    return {name: record.stage(name).state for name in STAGES}
+
+
+def test_the_page_is_served_once_the_default_run_is_usable_and_fills_in(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli_serve, "DEFAULT_RUN", SMALL_DEFAULT)
+    store = cli_serve.default_store(tmp_path)
+    seen: list[dict[str, str]] = []
+
+    def stop_at_once(app: dash.Dash, **_: object) -> None:
+        # What a first visitor finds: every layer's PCA map, some t-SNE maps still missing.
+        assert usable(store)
+        seen.append(stage_states(store))
+
+    monkeypatch.setattr(dash.Dash, "run", stop_at_once)
+    cli_serve.serve_command(serve_args(tmp_path), build_default=True)
+    (states,) = seen
+    assert states["forward"] == "done" and states["embeddings"] != "done"
+    layers = store.read_record().layers
+    assert all(
+        store.has("embedding", layer=layer.id, subset=240, method="pca", perplexity="none")
+        for layer in layers
+    )
+    # Stopping the server stopped the child the way Ctrl-C stops a precompute: the run is
+    # incomplete, nobody writes it, and `python main.py` resumes it.
+    assert not store.is_being_written() and stage_states(store)["quality"] != "done"
+    assert cli_serve.default_run_pending(tmp_path)
+
+    def serve_until_complete(app: dash.Dash, **_: object) -> None:
+        deadline = time.monotonic() + 300
+        while set(stage_states(store).values()) != {"done"}:
+            assert time.monotonic() < deadline, stage_states(store)
+            time.sleep(0.5)
+
+    monkeypatch.setattr(dash.Dash, "run", serve_until_complete)
+    cli_serve.serve_command(serve_args(tmp_path), build_default=True)
+    assert not cli_serve.default_run_pending(tmp_path)
+    record = store.read_record()
+    assert all(store.has("reduction", layer=layer.id) for layer in record.layers)
+
+
+def test_a_failing_default_build_exits_with_its_status(tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr(cli_serve, "DEFAULT_RUN", {**SMALL_DEFAULT, "seed": -1})
+    monkeypatch.setattr(dash.Dash, "run", lambda *_, **__: pytest.fail("served a failed run"))
+    with pytest.raises(SystemExit) as stopped:
+        cli_serve.serve_command(serve_args(tmp_path), build_default=True)
+    assert stopped.value.code == 2
+    assert "error: --seed -1 is out of range" in capfd.readouterr().err
