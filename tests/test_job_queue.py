@@ -9,6 +9,7 @@ need to start and stop fail on an unknown dataset, which costs just the imports.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -18,10 +19,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dash
 import psutil
 import pytest
 
 import cli
+import cli_serve
 from pipelines import job_queue as jq
 from pipelines.errors import UserError
 from pipelines.store import RunStore, runs_dir
@@ -230,6 +233,23 @@ def test_a_cancelled_precompute_stays_resumable_and_a_resubmitted_one_completes(
     assert done.state == "done", jq.log_tail(data_dir, again.id)
     assert run_is_complete(data_dir, RUN_ID)
     assert any("resum" in line or "complete" in line for line in jq.log_tail(data_dir, again.id))
+
+
+@pytest.mark.slow
+def test_serve_runs_the_jobs_the_page_submits(data_dir, monkeypatch):
+    """`main.py serve` starts the runner with the app and stops it with the server."""
+    seen: list[jq.JobRecord] = []
+
+    def submit_and_wait(app: dash.Dash, **_: object) -> None:
+        argv = precompute_argv(run_id="no-such-dataset", dataset="nope")
+        job = jq.submit(data_dir, argv, "no such dataset", None)
+        seen.append(wait_state(data_dir, job.id, {"failed"}, JOB_SECONDS))
+
+    monkeypatch.setattr(dash.Dash, "run", submit_and_wait)
+    args = argparse.Namespace(data_dir=data_dir, host="127.0.0.1", port=8050, allow_folder=[])
+    cli_serve.serve_command(args, build_default=False)
+    (failed,) = seen
+    assert failed.error and failed.error.startswith("error: unknown dataset 'nope'")
 
 
 RUNNER_SCRIPT = """
