@@ -561,7 +561,6 @@ def runs_command(args: argparse.Namespace) -> None:
         print(
             f"no runs in {args.data_dir}; make one with: python main.py precompute --dataset digits --model smallcnn"
         )
-        return
     for run_dir in run_dirs:
         store = RunStore(run_dir)
         try:
@@ -587,6 +586,28 @@ def runs_command(args: argparse.Namespace) -> None:
             + training_text(store)
             + quality_text(dict(record.raw))
         )
+    jobs_text = jobs_section(args.data_dir)
+    if jobs_text:
+        print(jobs_text)
+
+
+def jobs_section(data_dir: Path) -> str:
+    """The jobs started from the page, newest first: id, state, title, run, and the line that
+    says why a job failed or what happened to it; empty when there are none."""
+    from pipelines.job_queue import list_jobs
+
+    jobs = list_jobs(data_dir)
+    if not jobs:
+        return ""
+    lines = ["jobs (newest first):"]
+    for job in jobs:
+        run = f" -> run {job.run_id}" if job.run_id else ""
+        lines.append(f"  {job.id}  {job.state:<9}  {job.title}{run}")
+        if job.error:
+            lines.append(f"    {job.error}")
+        if job.note:
+            lines.append(f"    note: {job.note}")
+    return "\n".join(lines)
 
 
 def load_plugins(directory: Path | None) -> None:

@@ -38,11 +38,15 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
     roots = allowed_roots(args.allow_folder)  # before a default run is built: a typo fails fast
     with default_run_in_background(args.data_dir) if build_default else no_child() as child:
         from dashboard.app import create_app, stop_background_jobs
+        from pipelines.job_queue import JobRunner
 
         # Built while the child computes.
         app = create_app(args.data_dir, allowed_folders=roots)
         if child is not None:
             wait_until_usable(child, args.data_dir)
+        # Jobs started from the page (training, precompute) run one at a time in child
+        # processes; with REDIS_URL set, Celery workers run them and this starts nothing.
+        runner = JobRunner(args.data_dir).start()
         print(
             f"LayerScope is serving {args.data_dir.resolve()} at http://{args.host}:{args.port}/",
             flush=True,
@@ -50,6 +54,8 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
         try:
             app.run(host=args.host, port=args.port, debug=False)  # returns on Ctrl-C
         finally:
+            # The running job gets SIGINT and is queued again: it resumes on the next start.
+            runner.stop()
             # Background jobs are threads of this process (nothing to kill): none starts now,
             # and a running one gets a moment to end before the interpreter tears torch down.
             stop_background_jobs(app)
