@@ -210,6 +210,56 @@ TOUR_NEXT = "tour-next"
 TOUR_BACK = "tour-back"
 TOUR_CLOSE = "tour-close"
 
+# ---- the new-run page (/new) ----------------------------------------------------------------
+EXPLORE_PAGE = "explore-page"  # the main grid, hidden on /new
+NEW_PAGE = "new-page"
+NEW_LINK = "new-link"  # navbar: to /new and back
+NEW_POLL = "new-poll"  # jobs list and the chosen job, while /new is shown
+NEW_DATASET_SOURCE = "new-dataset-source"  # builtin | folder | upload
+NEW_DATASET_BUILTIN = "new-dataset-builtin"
+NEW_DATASET_FOLDER = "new-dataset-folder"
+NEW_DATASET_FILE = "new-dataset-file"  # <input type=file>, sent by assets/new_run.js
+NEW_DATASET_UPLOAD = "new-dataset-upload"  # store: {spec, summary} of the uploaded zip
+NEW_DATASET_STATUS = "new-dataset-status"
+NEW_MODEL_SOURCE = "new-model-source"  # preset | torchvision | upload
+NEW_MODEL_PRESET = "new-model-preset"
+NEW_MODEL_TORCHVISION = "new-model-torchvision"
+NEW_MODEL_WEIGHTS = "new-model-weights"
+NEW_MODEL_FINE_TUNE = "new-model-fine-tune"
+NEW_MODEL_FILE = "new-model-file"
+NEW_MODEL_UPLOAD = "new-model-upload"  # store: {spec, summary} of the uploaded TorchScript
+NEW_MODEL_STATUS = "new-model-status"
+NEW_TRAINING = "new-training"  # the training fields' box, hidden for untrained models
+NEW_EPOCHS = "new-epochs"
+NEW_BATCH_SIZE = "new-batch-size"
+NEW_OPTIMIZER = "new-optimizer"
+NEW_LR = "new-lr"
+NEW_WEIGHT_DECAY = "new-weight-decay"
+NEW_AUGMENT = "new-augment"
+NEW_SEED = "new-seed"
+NEW_EARLY_STOPPING = "new-early-stopping"
+NEW_SAMPLES = "new-samples"
+NEW_SUBSETS = "new-subsets"
+NEW_PERPLEXITIES = "new-perplexities"
+NEW_DEVICE = "new-device"
+NEW_RUN_NAME = "new-run-name"
+NEW_START = "new-start"
+NEW_MESSAGE = "new-message"
+NEW_JOBS = "new-jobs"  # the jobs list
+NEW_JOB = "new-job"  # store: the id of the job shown in detail
+NEW_JOB_TITLE = "new-job-title"
+NEW_JOB_STAGES = "new-job-stages"
+NEW_JOB_CURVES = "new-job-curves"
+NEW_JOB_LOG = "new-job-log"
+NEW_JOB_CANCEL = "new-job-cancel"
+NEW_JOB_OPEN = "new-job-open"
+NEW_JOB_ITEM = "new-job-item"  # pattern: {"type": NEW_JOB_ITEM, "job": <job id>}
+
+
+def new_job_item(job: Any) -> dict[str, Any]:
+    """Id of a row of the jobs list; ``job`` is a job id or a wildcard (ALL)."""
+    return {"type": NEW_JOB_ITEM, "job": job}
+
 
 def all_ids() -> dict[str, str]:
     """Every plain string id by constant name, for the browser (``window.layerscope.ids``)."""

@@ -20,6 +20,7 @@ from dashboard.panels import (
     gallery,
     inspector,
     model_view,
+    new_run,
     tour,
     uploads,
     workbench,
@@ -44,6 +45,10 @@ def navbar() -> dbc.Navbar:
                 html.Div(
                     [
                         html.Span(id=ids.STATUS, className="me-3"),
+                        # A link, not a button: the page switches without a reload (showNewPage).
+                        dcc.Link(
+                            "New run", id=ids.NEW_LINK, href="/new", className="ls-nav-link me-3"
+                        ),
                         dbc.Button(
                             "Guided tour", id=ids.TOUR_START, size="sm", color="info", outline=True
                         ),
@@ -112,8 +117,9 @@ def page(token: str) -> html.Div:
         ],
         fluid=True,
         className="ls-main",
+        id=ids.EXPLORE_PAGE,
     )
-    return html.Div([*stores, navbar(), grid, tour.layout()], className="ls-page")
+    return html.Div([*stores, navbar(), grid, new_run.layout(), tour.layout()], className="ls-page")
 
 
 clientside_callback(
