@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 MAIN = Path(__file__).resolve().parent / "main.py"
 # ``PrecomputeConfig`` fields of the embedded default; each is also a `precompute` option.
 DEFAULT_RUN: dict[str, Any] = {"dataset": "digits", "model": "smallcnn"}
+# ``run_config.run_id_for`` of it (tests/test_serve_start.py checks), spelled out so finding the
+# run imports no torch.
+DEFAULT_RUN_ID = "digits-smallcnn"
 POLL_S = 0.1
 STOP_WAIT_S = 15.0  # for the child to save what it has after the server's Ctrl-C
 
@@ -80,20 +83,23 @@ def no_child() -> Iterator[None]:
 
 def default_run_pending(data_dir: Path) -> bool:
     """True when ``python main.py`` must (re)start the default run: the data dir has no run at
-    all, or its default run is incomplete and no precompute is writing it (a stopped start)."""
-    from pipelines.precompute import Precompute, PrecomputeConfig
+    all, or its default run is incomplete and no precompute is writing it (a stopped start).
+
+    Reads only the manifest: nothing here imports torch, so the child precompute starts at
+    once instead of after the seconds those imports take (its own imports are the long pole).
+    """
     from pipelines.store import list_run_dirs
 
     if not list_run_dirs(data_dir):
         return True
-    precompute = Precompute(PrecomputeConfig(**DEFAULT_RUN), data_dir, None, progress=False)
-    store = precompute.store
+    store = default_store(data_dir)
     if not store.exists() or store.is_being_written():
         return False
     try:
-        return not precompute.finished()
+        stages = store.read_record().stages
     except UserError:
         return False  # unreadable: the page says why
+    return not stages or any(stage.state != "done" for stage in stages.values())
 
 
 @contextlib.contextmanager
@@ -145,9 +151,9 @@ def stop_child(child: subprocess.Popen[bytes]) -> None:
 
 
 def default_store(data_dir: Path) -> RunStore:
-    from pipelines.precompute import Precompute, PrecomputeConfig
+    from pipelines.store import RunStore, runs_dir
 
-    return Precompute(PrecomputeConfig(**DEFAULT_RUN), data_dir, None, progress=False).store
+    return RunStore(runs_dir(data_dir) / DEFAULT_RUN_ID)
 
 
 def wait_until_usable(child: subprocess.Popen[bytes], data_dir: Path) -> None:

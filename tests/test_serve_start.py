@@ -13,10 +13,29 @@ import pytest
 
 import cli_serve
 from pipelines.precompute import usable
+from pipelines.run_config import PrecomputeConfig, run_id_for
 from pipelines.stages import STAGES
 from pipelines.store import RunStore
 
 SMALL_DEFAULT = {"dataset": "digits", "model": "smallcnn", "samples": 240}
+
+
+@pytest.fixture
+def small_default(monkeypatch):
+    """A smaller default run, so the test takes seconds, not a minute."""
+
+    def use(settings: dict) -> None:
+        monkeypatch.setattr(cli_serve, "DEFAULT_RUN", settings)
+        monkeypatch.setattr(
+            cli_serve, "DEFAULT_RUN_ID", run_id_for(PrecomputeConfig(**settings), None)
+        )
+
+    return use
+
+
+def test_the_default_run_id_is_the_one_its_settings_give():
+    config = PrecomputeConfig(**cli_serve.DEFAULT_RUN)
+    assert cli_serve.DEFAULT_RUN_ID == run_id_for(config, None)
 
 
 def serve_args(data_dir: Path) -> argparse.Namespace:
@@ -28,8 +47,10 @@ def stage_states(store: RunStore) -> dict[str, str]:
     return {name: record.stage(name).state for name in STAGES}
 
 
-def test_the_page_is_served_once_the_default_run_is_usable_and_fills_in(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli_serve, "DEFAULT_RUN", SMALL_DEFAULT)
+def test_the_page_is_served_once_the_default_run_is_usable_and_fills_in(
+    tmp_path, monkeypatch, small_default
+):
+    small_default(SMALL_DEFAULT)
     store = cli_serve.default_store(tmp_path)
     seen: list[dict[str, str]] = []
 
@@ -65,8 +86,9 @@ def test_the_page_is_served_once_the_default_run_is_usable_and_fills_in(tmp_path
     assert all(store.has("reduction", layer=layer.id) for layer in record.layers)
 
 
-def test_a_failing_default_build_exits_with_its_status(tmp_path, monkeypatch, capfd):
-    monkeypatch.setattr(cli_serve, "DEFAULT_RUN", {**SMALL_DEFAULT, "seed": -1})
+def test_a_failing_default_build_exits_with_its_status(tmp_path, monkeypatch, capfd, small_default):
+    small_default({**SMALL_DEFAULT, "seed": 5})
+    monkeypatch.setitem(cli_serve.DEFAULT_RUN, "seed", -1)  # refused by the child, not here
     monkeypatch.setattr(dash.Dash, "run", lambda *_, **__: pytest.fail("served a failed run"))
     with pytest.raises(SystemExit) as stopped:
         cli_serve.serve_command(serve_args(tmp_path), build_default=True)

@@ -76,17 +76,20 @@ def file_picker(component_id: str, accept: str, route: str, status_id: str) -> h
     file as base64 through a callback)."""
     return html.Div(
         [
-            dbc.Button(
+            html.Button(
                 f"Choose a {accept.split(',')[0]} file…",
                 id=component_id,
-                color="secondary",
-                outline=True,
-                size="sm",
-                **{"data-upload": route, "data-accept": accept},
+                className="btn btn-outline-secondary btn-sm",
+                **upload_attributes(route, accept),
             ),
             html.Div(id=status_id, className="ls-hint mt-1"),
         ]
     )
+
+
+def upload_attributes(route: str, accept: str) -> dict[str, Any]:
+    """The ``data-`` attributes ``assets/new_run.js`` reads off an upload button."""
+    return {"data-upload": route, "data-accept": accept}
 
 
 def source_box(children: Any, source: str) -> html.Div:
@@ -266,7 +269,11 @@ def training_section() -> html.Div:
                     ),
                     field(
                         "augmentation",
-                        dbc.Switch(id=ids.NEW_AUGMENT, value=defaults.augment, label="on"),
+                        dbc.Switch(
+                            id=ids.NEW_AUGMENT,
+                            value=defaults.augment,
+                            label="random shifts (+ flips for photos)",
+                        ),
                     ),
                 ]
             ),
