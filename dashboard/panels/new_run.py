@@ -98,42 +98,26 @@ def source_box(children: Any, source: str) -> html.Div:
 
 
 def data_section() -> html.Div:
-    context = current()
-    folders = list_allowed_folders(context.allowed_folders)
     return html.Div(
         [
             html.H6("1 · Data", className="ls-section"),
             dbc.RadioItems(
                 id=ids.NEW_DATASET_SOURCE,
-                options=[
-                    {"label": "built-in", "value": "builtin"},
-                    {
-                        "label": "server folder",
-                        "value": "folder",
-                        "disabled": not context.allowed_folders,
-                    },
-                    {"label": "upload a zip", "value": "upload"},
-                ],
+                options=dataset_sources(folders_allowed=False),
                 value="builtin",
                 inline=True,
             ),
             source_box(
-                dcc.Dropdown(
+                dbc.Select(
                     id=ids.NEW_DATASET_BUILTIN,
                     options=list(BUILTIN_DATASETS),
                     value="digits",
-                    clearable=False,
+                    size="sm",
                 ),
                 "dataset-builtin",
             ),
             source_box(
-                dcc.Dropdown(
-                    id=ids.NEW_DATASET_FOLDER,
-                    options=[{"label": f.label, "value": str(f.path)} for f in folders],
-                    placeholder="a folder of class folders under the allowed roots"
-                    if folders
-                    else "no dataset folders under the server's --allow-folder roots",
-                ),
+                dbc.Select(id=ids.NEW_DATASET_FOLDER, options=[], size="sm"),
                 "dataset-folder",
             ),
             source_box(
@@ -155,6 +139,14 @@ def data_section() -> html.Div:
     )
 
 
+def dataset_sources(folders_allowed: bool) -> list[dict[str, Any]]:
+    return [
+        {"label": "built-in", "value": "builtin"},
+        {"label": "server folder", "value": "folder", "disabled": not folders_allowed},
+        {"label": "upload a zip", "value": "upload"},
+    ]
+
+
 def model_section() -> html.Div:
     return html.Div(
         [
@@ -170,11 +162,8 @@ def model_section() -> html.Div:
                 inline=True,
             ),
             source_box(
-                dcc.Dropdown(
-                    id=ids.NEW_MODEL_PRESET,
-                    options=list(PRESETS),
-                    value="smallcnn",
-                    clearable=False,
+                dbc.Select(
+                    id=ids.NEW_MODEL_PRESET, options=list(PRESETS), value="smallcnn", size="sm"
                 ),
                 "model-preset",
             ),
@@ -183,11 +172,11 @@ def model_section() -> html.Div:
                     [
                         field(
                             "architecture",
-                            dcc.Dropdown(
+                            dbc.Select(
                                 id=ids.NEW_MODEL_TORCHVISION,
                                 options=list(TORCHVISION_CHOICES),
                                 value="resnet18",
-                                clearable=False,
+                                size="sm",
                             ),
                         ),
                         field(
@@ -410,6 +399,28 @@ clientside_callback(
         "href": Output(ids.NEW_LINK, "href"),
     },
 )
+
+
+@callback(
+    Output(ids.NEW_DATASET_FOLDER, "options"),
+    Output(ids.NEW_DATASET_FOLDER, "placeholder"),
+    Output(ids.NEW_DATASET_SOURCE, "options"),
+    Input(ids.URL, "pathname"),
+)
+def folder_choices(_path: str | None) -> tuple:
+    """The dataset folders under the server's ``--allow-folder`` roots, listed when the page
+    loads (the server folder choice is off when it was started without any)."""
+    roots = current().allowed_folders
+    folders = list_allowed_folders(roots)
+    if folders:
+        placeholder = "a folder of class folders under the allowed roots"
+    elif roots:
+        placeholder = "no dataset folders under the server's --allow-folder roots"
+    else:
+        placeholder = "start the server with --allow-folder ROOT to pick its folders"
+    options = [{"label": folder.label, "value": str(folder.path)} for folder in folders]
+    return options, placeholder, dataset_sources(folders_allowed=bool(roots))
+
 
 # The page's classes say which source boxes show (assets/layerscope.css): pure UI, no server.
 clientside_callback(
