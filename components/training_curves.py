@@ -68,12 +68,13 @@ def curves_figure(curves: TrainingCurves) -> go.Figure:
     title += STATE_TEXT.get(curves.state, curves.state)
     accuracy = curves.best_held_out_accuracy()
     if accuracy is not None:
-        title += f" · best held-out {accuracy:.1%}"
+        # On a line of its own: one line overflowed a half-width card at 1366 px.
+        title += f"<br><span style='font-size:{FONT_SIZE}px'>best held-out {accuracy:.1%}</span>"
     font = {"size": FONT_SIZE}
     layout = base_layout(
         title={"text": title, "font": {"size": FONT_SIZE + 4}},
         font=font,
-        margin={"l": 80, "r": 90, "t": 70, "b": 70},
+        margin={"l": 80, "r": 90, "t": 90, "b": 130},
         height=460,
         xaxis={"title": {"text": "epoch", "font": font}, "tickfont": font, "rangemode": "tozero"},
         yaxis={
@@ -90,7 +91,8 @@ def curves_figure(curves: TrainingCurves) -> go.Figure:
             "tickformat": ".0%",
             "showgrid": False,
         },
-        legend={"orientation": "h", "y": -0.22, "x": 0, "font": font},
+        # Below the axis title: at -0.22 the two rows of entries covered "epoch".
+        legend={"orientation": "h", "y": -0.3, "yanchor": "top", "x": 0, "font": font},
         shapes=[]
         if best is None
         else [

@@ -49,7 +49,7 @@ STATE_COLORS = {
     "failed": "danger",
     "cancelled": "warning",
 }
-CURVES_HEIGHT = 380
+CURVES_HEIGHT = 460
 NEW_PAGE_CLASS = "ls-new-page dataset-builtin model-preset"
 
 
