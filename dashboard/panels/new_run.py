@@ -597,7 +597,10 @@ def stage_badges(record: Manifest) -> list[Any]:
 def curves_of(store: RunStore) -> TrainingCurves | None:
     if not store.has("training_curves"):
         return None
-    return TrainingCurves.from_json(store.load_json("training_curves"))
+    try:
+        return TrainingCurves.from_json(store.load_json("training_curves"))
+    except (UserError, ValueError, KeyError, TypeError):
+        return None  # a record this version cannot read: the page goes on without curves
 
 
 @callback(
@@ -620,13 +623,13 @@ def show_job(_tick: int | None, job_id: str | None, shown: dict[str, Any] | None
     if job is None:
         return "No job chosen", None, no_update, "", True, True, "/"
     store = RunStore(runs_dir(data_dir) / job.run_id) if job.run_id else None
-    record = store.read_record() if store is not None and store.exists() else None
+    record = run_record(store)
     title = [
         dbc.Badge(job.state, color=STATE_COLORS.get(job.state, "secondary"), className="me-2"),
         job.title,
         html.Small(f" · {elapsed(job)}", className="ls-hint"),
     ]
-    curves = curves_of(store) if store is not None and store.exists() else None
+    curves = curves_of(store) if store is not None and record is not None else None
     figure = curves_view(curves, record, job.id, (shown or {}).get("layout", {}).get("meta"))
     log = "\n".join(job_queue.log_tail(data_dir, job.id, LOG_LINES))
     usable = record is not None and run_usable(store)
@@ -639,6 +642,17 @@ def show_job(_tick: int | None, job_id: str | None, shown: dict[str, Any] | None
         not usable,
         f"/?run={job.run_id}" if job.run_id else "/",
     )
+
+
+def run_record(store: RunStore | None) -> Manifest | None:
+    """The job's run's manifest: None before the job made it, or when it cannot be read (the
+    job's error line says why)."""
+    if store is None or not store.exists():
+        return None
+    try:
+        return store.read_record()
+    except UserError:
+        return None
 
 
 def curves_view(
