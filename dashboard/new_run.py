@@ -181,8 +181,14 @@ def trains(model_source: str, fine_tune: Any) -> bool:
     return model_source == "torchvision" and fine_tune != "none"
 
 
-def plan_new_run(form: Mapping[str, Any], data_dir: Path, roots: Sequence[Path]) -> NewRunPlan:
-    """The form's values -> the checked job. Raises UserError with what to fix."""
+def plan_new_run(
+    form: Mapping[str, Any],
+    data_dir: Path,
+    roots: Sequence[Path],
+    taken: frozenset[str] = frozenset(),
+) -> NewRunPlan:
+    """The form's values -> the checked job. ``taken``: run ids that unfinished jobs will write
+    (two tabs starting the same settings get two runs). Raises UserError with what to fix."""
     dataset = dataset_spec(form.get("dataset_source", ""), form.get("dataset"), data_dir, roots)
     model_source = str(form.get("model_source", ""))
     model = model_spec(model_source, form.get("model"), data_dir)
@@ -212,7 +218,7 @@ def plan_new_run(form: Mapping[str, Any], data_dir: Path, roots: Sequence[Path])
         training=training_settings(dataset, model, seed, given, trains=True) if training else None,
     )
     config.check()
-    run_id = chosen_run_id(form.get("run_name"), config, data_dir)
+    run_id = chosen_run_id(form.get("run_name"), config, data_dir, taken)
     argv = ["train" if training else "precompute", "--dataset", dataset, "--model", model]
     argv += ["--run-id", run_id, "--device", device, "--seed", str(seed)]
     argv += ["--subsets", ",".join(subsets), "--perplexities", ",".join(perplexities)]
@@ -236,18 +242,25 @@ def short(spec: str) -> str:
     return Path(spec.split(":", 1)[1]).name if ":" in spec else spec
 
 
-def chosen_run_id(name: Any, config: PrecomputeConfig, data_dir: Path) -> str:
+def chosen_run_id(
+    name: Any, config: PrecomputeConfig, data_dir: Path, taken: frozenset[str] = frozenset()
+) -> str:
     """The user's name for the run (which must be new), else one derived from the settings,
-    numbered when a run of that name exists already: a page never resumes someone else's run."""
+    numbered when a run of that name exists already or a queued job will make it: a page never
+    resumes someone else's run."""
+
+    def in_use(run_id: str) -> bool:
+        return run_id in taken or RunStore(runs_dir(data_dir) / run_id).exists()
+
     text = str(name or "").strip()
     if text:
         run_id = run_id_for(config, text)
-        if RunStore(runs_dir(data_dir) / run_id).exists():
+        if in_use(run_id):
             raise UserError(f"a run named {run_id!r} exists already; choose another name")
         return run_id
     base = run_id_for(config, None)
     run_id, number = base, 1
-    while RunStore(runs_dir(data_dir) / run_id).exists():
+    while in_use(run_id):
         number += 1
         run_id = f"{base}-{number}"
     return run_id

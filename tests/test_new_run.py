@@ -79,6 +79,11 @@ def test_an_existing_run_name_is_never_reused(tmp_path):
         plan_new_run({**FORM, "run_name": first.run_id}, tmp_path, ())
     named = plan_new_run({**FORM, "run_name": "lesson-3"}, tmp_path, ())
     assert named.run_id == "lesson-3"
+    # A run a queued job will make is taken too: two tabs starting the same form get two runs.
+    queued = frozenset({again.run_id, "lesson-3"})
+    assert plan_new_run(FORM, tmp_path, (), queued).run_id == f"{first.run_id}-3"
+    with pytest.raises(UserError, match="exists already"):
+        plan_new_run({**FORM, "run_name": "lesson-3"}, tmp_path, (), queued)
 
 
 @pytest.mark.parametrize(

@@ -524,12 +524,14 @@ def start(n_clicks: int | None, *values: Any) -> tuple:
     context = current()
     form = form_values(dict(zip(FORM_FIELDS, values, strict=True)))
     try:
-        plan = plan_new_run(form, context.data_dir, context.allowed_folders)
+        unfinished = [job for job in job_queue.list_jobs(context.data_dir) if not job.finished]
+        taken = frozenset(job.run_id for job in unfinished if job.run_id)
+        plan = plan_new_run(form, context.data_dir, context.allowed_folders, taken)
         record = job_queue.submit(context.data_dir, plan.argv, plan.title, plan.run_id)
     except UserError as exc:
         return dbc.Alert(str(exc), color="warning", className="ls-alert mb-0"), no_update
-    queued = sum(job.state == "queued" for job in job_queue.list_jobs(context.data_dir))
-    waiting = f"; {queued - 1} job(s) ahead of it" if queued > 1 else ""
+    ahead = len(unfinished)  # queued or running before this one
+    waiting = f"; {ahead} job(s) ahead of it" if ahead else ""
     return (
         dbc.Alert(
             f"queued as run '{plan.run_id}'{waiting}",
