@@ -718,7 +718,7 @@ def test_a_run_still_being_computed_says_what_is_ready(partial_run):
         shutil.rmtree(tsne_map)
     fallback, badge = call(partial_app, embedding.load, {**key, "layer": "features.3"}, None)
     title = fallback["figure"]["layout"]["title"]["text"]
-    assert title.startswith("PCA") and "t-SNE computing… 7 of 14 layers" in title
+    assert title.startswith("PCA") and title.endswith("t-SNE computing…")
     assert "t-SNE computing… 7 of 14 layers, PCA shown meanwhile" == text_of(badge)
     pca = RunCatalog(data_dir).open(run_id).embedding("features.3", 300, "pca", None)
     assert fallback["figure"]["data"][0]["x"][:3] == pytest.approx(

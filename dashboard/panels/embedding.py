@@ -152,7 +152,7 @@ def build_embedding(run: RunData, key: dict[str, Any]) -> tuple[dict[str, Any], 
     title = embedding_title(method, perplexity, layer_id, layer.type, subset, layer.same_as)
     groups, title, structure = view_groups(run, key, title)
     if pending_note:
-        title += f" · {pending_note}"
+        title += f" · {TSNE_PENDING}"  # the badge above says how far
     return embedding_figure(coords, groups, title, structure, uirevision=structure), pending_note
 
 
