@@ -40,15 +40,23 @@ STOP_WAIT_S = 15.0  # for the child to save what it has after the server's Ctrl-
 def serve_command(args: argparse.Namespace, build_default: bool) -> None:
     roots = allowed_roots(args.allow_folder)  # before a default run is built: a typo fails fast
     with default_run_in_background(args.data_dir) if build_default else no_child() as child:
-        from dashboard.app import create_app, stop_background_jobs
-        from pipelines.job_queue import JobRunner
-
         # Built while the child computes. Waiting for its training first was slower (27 s to
         # the page instead of 25 s on 2 idle cores): the import then met the forward pass and
         # the layer workers' start instead.
-        app = create_app(args.data_dir, allowed_folders=roots)
-        if child is not None:
-            wait_until_usable(child, args.data_dir)
+        try:
+            from dashboard.app import create_app, stop_background_jobs
+            from pipelines.job_queue import JobRunner
+
+            app = create_app(args.data_dir, allowed_folders=roots)
+            if child is not None:
+                wait_until_usable(child, args.data_dir)
+        except KeyboardInterrupt:
+            if child is None:
+                raise
+            # The child says "interrupted; run the same command again…" as it stops: said
+            # once, not by both processes.
+            stop_child(child)
+            raise SystemExit(130) from None
         # Jobs started from the page (training, precompute) run one at a time in child
         # processes; with REDIS_URL set, Celery workers run them and this starts nothing.
         runner = JobRunner(args.data_dir).start()
