@@ -70,11 +70,14 @@ def number_input(component_id: str, value: Any, step: Any = "any", minimum: Any 
     return dbc.Input(id=component_id, type="number", value=value, step=step, min=minimum, size="sm")
 
 
-def file_picker(component_id: str, accept: str, route: str, status_id: str) -> html.Div:
-    """A button that opens the browser's file chooser; ``assets/new_run.js`` posts the chosen
-    file to ``route`` at once (Dash has no file input, and ``dcc.Upload`` would carry the whole
-    file as base64 through a callback)."""
-    return html.Div(
+def upload_box(
+    component_id: str, accept: str, route: str, status_id: str, hint: str, source: str
+) -> html.Div:
+    """The form's part for one upload: a button that opens the browser's file chooser (
+    ``assets/new_run.js`` posts the chosen file to ``route`` at once: Dash has no file input, and
+    ``dcc.Upload`` would carry the whole file as base64 through a callback), the upload's status
+    line, and what the file must be."""
+    return source_box(
         [
             html.Button(
                 f"Choose a {accept.split(',')[0]} file…",
@@ -83,7 +86,9 @@ def file_picker(component_id: str, accept: str, route: str, status_id: str) -> h
                 **upload_attributes(route, accept),
             ),
             html.Div(id=status_id, className="ls-hint mt-1"),
-        ]
+            html.Small(hint, className="ls-hint"),
+        ],
+        source,
     )
 
 
@@ -120,17 +125,13 @@ def data_section() -> html.Div:
                 dbc.Select(id=ids.NEW_DATASET_FOLDER, options=[], size="sm"),
                 "dataset-folder",
             ),
-            source_box(
-                [
-                    file_picker(
-                        ids.NEW_DATASET_FILE, ".zip", "/upload/dataset", ids.NEW_DATASET_STATUS
-                    ),
-                    html.Small(
-                        "a .zip of class folders (or train/ and test/ with class folders); "
-                        "split 80/20 unless it has its own",
-                        className="ls-hint",
-                    ),
-                ],
+            upload_box(
+                ids.NEW_DATASET_FILE,
+                ".zip",
+                "/upload/dataset",
+                ids.NEW_DATASET_STATUS,
+                "a .zip of class folders (or train/ and test/ with class folders); split 80/20 "
+                "unless it has its own",
                 "dataset-upload",
             ),
             dcc.Store(id=ids.NEW_DATASET_UPLOAD),
@@ -205,16 +206,12 @@ def model_section() -> html.Div:
                 ),
                 "model-torchvision",
             ),
-            source_box(
-                [
-                    file_picker(
-                        ids.NEW_MODEL_FILE, ".pt,.pth,.ts", "/upload/model", ids.NEW_MODEL_STATUS
-                    ),
-                    html.Small(
-                        "a TorchScript file (torch.jit.script or trace, then save); used as it is",
-                        className="ls-hint",
-                    ),
-                ],
+            upload_box(
+                ids.NEW_MODEL_FILE,
+                ".pt,.pth,.ts",
+                "/upload/model",
+                ids.NEW_MODEL_STATUS,
+                "a TorchScript file (torch.jit.script or trace, then save); used as it is",
                 "model-upload",
             ),
             dcc.Store(id=ids.NEW_MODEL_UPLOAD),
