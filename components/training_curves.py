@@ -89,6 +89,7 @@ def curves_figure(curves: TrainingCurves) -> go.Figure:
             "side": "right",
             "range": [0, 1.02],
             "tickformat": ".0%",
+            "dtick": 0.2,  # 0%, 20%, … rather than 21%, 42%, … of the padded range
             "showgrid": False,
         },
         # Below the axis title: at -0.22 the two rows of entries covered "epoch".
