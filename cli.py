@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -54,6 +54,18 @@ def port_number(text: str) -> int:
     return port
 
 
+def count_between(option: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number ``low..high`` for ``option``."""
+
+    def parse(text: str) -> int:
+        value = int(text) if text.strip().isascii() and text.strip().isdigit() else -1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{option} must be a number {low}..{high}, not {text!r}")
+        return value
+
+    return parse
+
+
 def method_list(text: str) -> list[str]:
     """Comma-separated method names, each once, in the order given."""
     return list(dict.fromkeys(comma_list(text)))
@@ -75,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROOT",
         help="a server folder under which the page may pick dataset folders (repeatable; "
         "default: none)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=count_between("--workers", 1, 64),
+        default=None,
+        help="server processes (default: one per core, at most 4)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=count_between("--threads", 1, 256),
+        default=None,
+        help="request threads per server process (default 8)",
     )
     add_plugins(serve)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dashboard.server import ServerOptions, check_port_free
 from pipelines.errors import UserError
 
 if TYPE_CHECKING:
@@ -39,13 +41,15 @@ STOP_WAIT_S = 15.0  # for the child to save what it has after the server's Ctrl-
 
 def serve_command(args: argparse.Namespace, build_default: bool) -> None:
     roots = allowed_roots(args.allow_folder)  # before a default run is built: a typo fails fast
-    with default_run_in_background(args.data_dir) if build_default else no_child() as child:
+    options = server_options(args)
+    check_port_free(options.host, options.port)
+    master = os.getpid()
+    with default_run_in_background(args.data_dir, master) if build_default else no_child() as child:
         # Built while the child computes. Waiting for its training first was slower (27 s to
         # the page instead of 25 s on 2 idle cores): the import then met the forward pass and
         # the layer workers' start instead.
         try:
-            from dashboard.app import create_app, stop_background_jobs
-            from pipelines.job_queue import JobRunner
+            from dashboard.app import create_app
 
             app = create_app(args.data_dir, allowed_folders=roots)
             if child is not None:
@@ -57,21 +61,54 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
             # once, not by both processes.
             stop_child(child)
             raise SystemExit(130) from None
-        # Jobs started from the page (training, precompute) run one at a time in child
-        # processes; with REDIS_URL set, Celery workers run them and this starts nothing.
-        runner = JobRunner(args.data_dir).start()
-        print(
-            f"LayerScope is serving {args.data_dir.resolve()} at http://{args.host}:{args.port}/",
-            flush=True,
-        )
-        try:
-            app.run(host=args.host, port=args.port, debug=False)  # returns on Ctrl-C
-        finally:
+        serve_app(app, args.data_dir, options)
+
+
+def server_options(args: argparse.Namespace) -> ServerOptions:
+    from dashboard.server import DEFAULT_THREADS, default_workers
+
+    return ServerOptions(
+        host=args.host,
+        port=args.port,
+        workers=args.workers or default_workers(),
+        threads=args.threads or DEFAULT_THREADS,
+    )
+
+
+def serve_app(app: Any, data_dir: Path, options: ServerOptions) -> None:
+    """Serve ``app`` under gunicorn until Ctrl-C (dashboard/server.py says why gunicorn).
+
+    Each worker process runs a ``JobRunner`` (jobs started from the page: training,
+    precompute): only the one holding the data dir's runner lock runs jobs, one at a time in
+    child processes, and another takes over if it dies; with REDIS_URL set, Celery workers run
+    them and the runner starts nothing.
+    """
+    from dashboard.app import stop_background_jobs
+    from dashboard.server import DashboardServer, prepare_for_workers
+    from pipelines.job_queue import JobRunner
+
+    def in_worker() -> Callable[[], None]:
+        runner = JobRunner(data_dir).start()
+
+        def stop() -> None:
             # The running job gets SIGINT and is queued again: it resumes on the next start.
             runner.stop()
-            # Background jobs are threads of this process (nothing to kill): none starts now,
+            # Background jobs are threads of the worker (nothing to kill): none starts now,
             # and a running one gets a moment to end before the interpreter tears torch down.
             stop_background_jobs(app)
+
+        return stop
+
+    def ready() -> None:
+        print(
+            f"LayerScope is serving {data_dir.resolve()} at http://{options.bind()}/ "
+            f"({options.workers} worker{'s' if options.workers > 1 else ''} × "
+            f"{options.threads} threads)",
+            flush=True,
+        )
+
+    prepare_for_workers(app.server)
+    DashboardServer(app.server, options, in_worker, ready).run()  # exits on Ctrl-C
 
 
 def allowed_roots(roots: list[Path]) -> tuple[Path, ...]:
@@ -113,9 +150,12 @@ def default_run_pending(data_dir: Path) -> bool:
 
 
 @contextlib.contextmanager
-def default_run_in_background(data_dir: Path) -> Iterator[subprocess.Popen[bytes] | None]:
+def default_run_in_background(
+    data_dir: Path, owner: int
+) -> Iterator[subprocess.Popen[bytes] | None]:
     """The default run's precompute as a child process (None when nothing is pending), stopped
-    like a Ctrl-C'd precompute when the server stops: it keeps what it computed."""
+    like a Ctrl-C'd precompute when the server stops: it keeps what it computed. Only process
+    ``owner`` stops it: a server worker forked inside this block unwinds it as it exits too."""
     if not default_run_pending(data_dir):
         yield None
         return
@@ -135,7 +175,8 @@ def default_run_in_background(data_dir: Path) -> Iterator[subprocess.Popen[bytes
     try:
         yield child
     finally:
-        stop_child(child)
+        if os.getpid() == owner:
+            stop_child(child)
 
 
 def die_with_parent() -> None:

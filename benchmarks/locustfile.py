@@ -1,0 +1,174 @@
+"""Simulated LayerScope users for locust, replaying what the page really sends
+(benchmarks/load_capture.py recorded it in Chromium; bench_load.py runs this).
+
+Each user opens the page once (scripts, layout, the first callbacks and pictures), then, with a
+pause of 0.5-2.5 s between actions, mostly hovers points and sometimes pins one, clicks a top-10
+bar, picks a class, switches layers, turns a gallery page or reloads; the page's timers poll as
+in a real tab. An action sends its callbacks at once and then its pictures at once, as the
+browser does; each request is reported under its kind ("callback embedding-data", "image
+thumbnail", ...). Every action aims at a random sample, class and layer, so users do not share
+one cached answer.
+
+Environment: LAYERSCOPE_LOAD_RECORDING (the recording's JSON), LAYERSCOPE_LOAD_ROWS,
+LAYERSCOPE_LOAD_CLASSES (counts), LAYERSCOPE_LOAD_LAYERS (comma-separated layer ids),
+LAYERSCOPE_LOAD_AUTH ("user:password", optional).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.pool
+from locust import HttpUser, between, events, task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.load_capture import (  # noqa: E402
+    POLL,
+    SCRIPTS,
+    needs_channel_maps,
+    request_kind,
+    retarget,
+)
+
+RECORDING = json.loads(Path(os.environ["LAYERSCOPE_LOAD_RECORDING"]).read_text())
+ROWS = int(os.environ["LAYERSCOPE_LOAD_ROWS"])
+CLASSES = int(os.environ["LAYERSCOPE_LOAD_CLASSES"])
+LAYERS = os.environ["LAYERSCOPE_LOAD_LAYERS"].split(",")
+# Layers with channel maps: only for these does the page ask for a grid picture or weigh
+# Grad-CAM (a dense layer's activations are drawn in the callback's figure).
+MAP_LAYERS = os.environ["LAYERSCOPE_LOAD_MAP_LAYERS"].split(",")
+CONNECTIONS = 6  # Chromium's connections per host over HTTP/1.1
+AUTH = tuple(os.environ["LAYERSCOPE_LOAD_AUTH"].split(":", 1)) if os.environ.get(
+    "LAYERSCOPE_LOAD_AUTH"
+) else None
+
+
+def requests_of(action: str) -> list[dict[str, Any]]:
+    return [r for r in RECORDING["requests"] if r["action"] == action]
+
+
+@events.test_start.add_listener
+def check_recording(environment: Any, **_: Any) -> None:
+    missing = [a for a in ("load", "hover", "pin", "top10", "layer") if not requests_of(a)]
+    if missing:
+        raise RuntimeError(f"the recording has no requests for {missing}; capture it again")
+
+
+class PageUser(HttpUser):
+    wait_time = between(0.5, 2.5)
+
+    def on_start(self) -> None:
+        # What this user's browser has cached: versioned pictures (?v=, cached for a day) and
+        # the script bundles are fetched once, as Chromium does.
+        self.cached: set[str] = set()
+        if AUTH:
+            self.client.auth = AUTH
+        self.row = random.randrange(ROWS)
+        self.replay(SCRIPTS)
+        self.replay("load")
+        self.poller = gevent.spawn(self.poll_like_a_tab)
+
+    def on_stop(self) -> None:
+        self.poller.kill()
+
+    def poll_like_a_tab(self) -> None:
+        """The page's timers (the run list every few seconds)."""
+        polls = requests_of(POLL)
+        while polls:
+            gevent.sleep(5.0)
+            self.send(random.choice(polls), self.row, 0, LAYERS[0])
+
+    # ---- the mix ----------------------------------------------------------------------------
+
+    @task(10)
+    def hover(self) -> None:
+        self.replay("hover", row=random.randrange(ROWS))
+
+    @task(3)
+    def pin(self) -> None:
+        self.row = random.randrange(ROWS)
+        self.replay("pin")
+
+    @task(2)
+    def top10_bar(self) -> None:
+        self.replay("top10", cls=random.randrange(CLASSES), layer=random.choice(MAP_LAYERS))
+
+    @task(1)
+    def class_picker(self) -> None:
+        self.replay("class_picker", cls=random.randrange(CLASSES), layer=random.choice(MAP_LAYERS))
+
+    @task(2)
+    def layer_switch(self) -> None:
+        self.replay("layer", layer=random.choice(LAYERS))
+
+    @task(1)
+    def gallery_page(self) -> None:
+        self.replay("gallery")
+
+    @task(1)
+    def reload(self) -> None:
+        self.replay("load")
+
+    # ---- replaying ---------------------------------------------------------------------------
+
+    def replay(
+        self, action: str, row: int | None = None, cls: int = 0, layer: str | None = None
+    ) -> None:
+        """The action's callbacks together, then its pictures and other GETs together, at most
+        ``CONNECTIONS`` at a time like the browser."""
+        row = self.row if row is None else row
+        layer = layer or random.choice(LAYERS)
+        recorded = requests_of(action)
+        # A page load and a gallery page ask for many pictures by row: those stay as recorded.
+        aimed = action not in ("load", "gallery", SCRIPTS, POLL)
+        for batch in (
+            [r for r in recorded if r["method"] == "POST"],
+            [r for r in recorded if r["method"] != "POST"],
+        ):
+            pool = gevent.pool.Pool(CONNECTIONS)
+            for recorded_request in batch:
+                pool.spawn(self.send, recorded_request, row, cls, layer, aimed)
+            pool.join()
+
+    def send(
+        self, recorded: dict[str, Any], row: int, cls: int, layer: str, aimed: bool = True
+    ) -> None:
+        path, body = recorded["path"], recorded["body"]
+        if aimed:
+            if needs_channel_maps(path) and layer not in MAP_LAYERS:
+                return  # the page draws this layer in the figure: no picture to ask for
+            path, body = retarget(path, body, row, cls, layer)
+        name = request_kind(recorded["path"], recorded["body"])
+        if body is None and ("v=" in path or name == "page scripts"):
+            if path in self.cached:
+                return
+            self.cached.add(path)
+        if body is None:
+            with self.client.get(path, name=name, catch_response=True) as response:
+                self.check(response)
+        else:
+            with self.client.post(path, json=body, name=name, catch_response=True) as response:
+                self.check(response, callback=True)
+
+    @staticmethod
+    def check(response: Any, callback: bool = False) -> None:
+        """Dash answers 204 for a callback that updates nothing; anything else but 200 is an
+        error, and so is a callback answer that is not JSON."""
+        if response.status_code not in (200, 204, 304):
+            response.failure(f"HTTP {response.status_code}: {response.text[:120]!r}")
+        elif callback and response.status_code == 200:
+            try:
+                response.json()
+            except ValueError:
+                response.failure("a callback answered something that is not JSON")
+            else:
+                response.success()
+        else:
+            response.success()
