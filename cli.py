@@ -60,7 +60,9 @@ def count_between(option: str, low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text) if text.strip().isascii() and text.strip().isdigit() else -1
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{option} must be a number {low}..{high}, not {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"{option} must be a number {low}..{high}, not {text!r}"
+            )
         return value
 
     return parse

@@ -84,6 +84,9 @@ def serve_app(app: Any, data_dir: Path, options: ServerOptions) -> None:
     them and the runner starts nothing.
     """
     from dashboard.app import stop_background_jobs
+    from dashboard.context import CONFIG_KEY
+    from dashboard.job_board import JobBoard
+    from dashboard.jobs import ThreadJobManager
     from dashboard.server import DashboardServer, prepare_for_workers
     from pipelines.job_queue import JobRunner
 
@@ -107,6 +110,12 @@ def serve_app(app: Any, data_dir: Path, options: ServerOptions) -> None:
             flush=True,
         )
 
+    if options.workers > 1:
+        # Each worker keeps its share of the memory caches; background jobs are answered to
+        # polls that reach any worker (dashboard/job_board.py).
+        app.server.config[CONFIG_KEY].service.share_memory(options.workers)
+        if isinstance(app._background_manager, ThreadJobManager):
+            app._background_manager.share_across_processes(JobBoard(data_dir))
     prepare_for_workers(app.server)
     DashboardServer(app.server, options, in_worker, ready).run()  # exits on Ctrl-C
 

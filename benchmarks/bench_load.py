@@ -55,15 +55,32 @@ def ensure_run(data_dir: Path) -> None:
     if (data_dir / "runs" / RUN_ID / "manifest.json").exists():
         return
     subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "precompute", "--dataset", "digits",
-         "--model", "smallcnn", "--data-dir", str(data_dir)],
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "precompute",
+            "--dataset",
+            "digits",
+            "--model",
+            "smallcnn",
+            "--data-dir",
+            str(data_dir),
+        ],
         check=True,
     )
 
 
 def start_server(data_dir: Path, port: int, extra: list[str], log: Path) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "main.py"), "serve", "--data-dir", str(data_dir),
-               "--port", str(port), *extra]
+    command = [
+        sys.executable,
+        str(ROOT / "main.py"),
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        *extra,
+    ]
     with open(log, "w") as output:
         server = subprocess.Popen(
             command,
@@ -113,13 +130,34 @@ def run_locust(
     url: str, users: int, duration: int, environment: dict[str, str], prefix: Path
 ) -> list[dict[str, Any]]:
     command = [
-        sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"),
-        "--headless", "--users", str(users), "--spawn-rate", str(max(1, users // 5)),
-        "--run-time", f"{duration}s", "--host", url, "--csv", str(prefix), "--reset-stats",
-        "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "10",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(ROOT / "benchmarks" / "locustfile.py"),
+        "--headless",
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(max(1, users // 5)),
+        "--run-time",
+        f"{duration}s",
+        "--host",
+        url,
+        "--csv",
+        str(prefix),
+        "--reset-stats",
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        "--stop-timeout",
+        "10",
     ]
     subprocess.run(
-        command, env={**os.environ, **environment}, check=False, stdout=subprocess.DEVNULL,
+        command,
+        env={**os.environ, **environment},
+        check=False,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
     with open(f"{prefix}_stats.csv") as table:

@@ -45,9 +45,11 @@ LAYERS = os.environ["LAYERSCOPE_LOAD_LAYERS"].split(",")
 # Grad-CAM (a dense layer's activations are drawn in the callback's figure).
 MAP_LAYERS = os.environ["LAYERSCOPE_LOAD_MAP_LAYERS"].split(",")
 CONNECTIONS = 6  # Chromium's connections per host over HTTP/1.1
-AUTH = tuple(os.environ["LAYERSCOPE_LOAD_AUTH"].split(":", 1)) if os.environ.get(
-    "LAYERSCOPE_LOAD_AUTH"
-) else None
+AUTH = (
+    tuple(os.environ["LAYERSCOPE_LOAD_AUTH"].split(":", 1))
+    if os.environ.get("LAYERSCOPE_LOAD_AUTH")
+    else None
+)
 
 
 def requests_of(action: str) -> list[dict[str, Any]]:

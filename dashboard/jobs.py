@@ -44,6 +44,7 @@ from dash.background_callback._proxy_set_props import ProxySetProps
 from dash.background_callback.managers import BaseBackgroundCallbackManager
 from dash.exceptions import PreventUpdate
 
+from dashboard.job_board import CANCELLED, DONE, QUEUED, RUNNING, JobBoard
 from pipelines import report
 from pipelines.errors import Cancelled, UserError
 
@@ -63,8 +64,6 @@ UNCOLLECTED_S = 600.0  # a result no page came back for (the tab was closed) is 
 _TIMEOUT_RESULT = "_layerscope_timeout_result"
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-QUEUED, RUNNING, DONE, CANCELLED = "queued", "running", "done", "cancelled"
 
 
 def on_timeout(result: Callable[..., Any]) -> Callable[[F], F]:
@@ -185,7 +184,16 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
         self._updated_props: dict[str, dict[str, Any]] = {}
         self._secret: bytes | None = None
         self._closed = False
+        self._board: JobBoard | None = None
         super().__init__(cache_by=None)
+
+    def share_across_processes(self, board: JobBoard) -> None:
+        """Serve polls from several worker processes (dashboard/job_board.py): call before
+        they fork. The signing secret is fixed now, so every worker trusts every handle."""
+        self._board = board
+        with self._lock:
+            if self._secret is None:
+                self._secret = os.urandom(32)
 
     # ---- what dash calls ------------------------------------------------------------------
 
@@ -212,6 +220,8 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
             self._jobs[job.id] = job
             lane.used = True
             self._sweep()  # which also starts the threads, on the first job
+        if self._board is not None:
+            self._board.opened(job.id, key, lane.timeout_s, timeout_output)
         lane.queue.put(job)
         return job.id
 
@@ -219,7 +229,10 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
         with self._lock:
             self._sweep()
             entry = self._jobs.get(job) if job else None
-            return entry is not None and entry.state in (QUEUED, RUNNING)
+            if entry is not None:
+                return entry.state in (QUEUED, RUNNING)
+        # Started by another worker process.
+        return job is not None and self._board is not None and self._board.still_running(job)
 
     def get_result(self, key: str, job: str | None) -> Any:
         """The job's answer once it has one (the callback's output, its error, or its timeout
@@ -227,11 +240,17 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
         with self._lock:
             self._sweep()
             entry = self._jobs.get(job) if job else None
-            if entry is None or entry.key != key or entry.state != DONE:
-                return self.UNDEFINED
-            self._jobs.pop(entry.id)
-            self._progress.pop(key, None)  # set_props are collected by this same poll
-            return entry.result
+            if entry is not None:
+                if entry.key != key or entry.state != DONE:
+                    return self.UNDEFINED
+                self._jobs.pop(entry.id)
+                self._progress.pop(key, None)  # set_props are collected by this same poll
+                if self._board is not None:
+                    self._board.take_result(entry.id, key, self.UNDEFINED)
+                return entry.result
+        if not job or self._board is None:
+            return self.UNDEFINED
+        return self._board.take_result(job, key, self.UNDEFINED)  # another worker's job
 
     def terminate_job(self, job: str | None) -> None:
         """Forget a job the page no longer waits for (a newer click replaced it); one still
@@ -242,17 +261,27 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
                 if entry.state in (QUEUED, RUNNING):
                     entry.state = CANCELLED
                 self._forget(entry)
+        if job and self._board is not None:
+            self._board.cancel(job)  # its owner, maybe another worker, stops at its next report
 
     def get_progress(self, key: str) -> list[Any] | None:
         with self._lock:
-            return self._progress.pop(key, None)
+            progress = self._progress.pop(key, None)
+        if self._board is not None:
+            shared = self._board.take_progress(key)
+            progress = progress if progress is not None else shared
+        return progress
 
     def get_updated_props(self, key: str) -> dict[str, Any]:
         with self._lock:
-            return self._updated_props.pop(key, {})
+            props = self._updated_props.pop(key, {})
+        if self._board is not None:
+            props = {**self._board.take_props(key), **props}
+        return props
 
     def get_or_create_signing_secret(self, generate: Callable[[], bytes]) -> bytes:
-        # Every handle comes back to this process, so its own secret is the shared one.
+        # Every handle comes back to this process, or to a sibling worker forked after
+        # ``share_across_processes`` fixed the secret: either way this one is shared.
         with self._lock:
             if self._secret is None:
                 self._secret = generate()
@@ -315,6 +344,8 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
                     worker.lane.abandoned += 1
                 job.state, job.result, job.finished = DONE, job.timeout_output, now
                 job.timed_out = True
+                if self._board is not None:
+                    self._board.finished(job.id, job.timeout_output)
             elif job.state == DONE and now - job.finished > UNCOLLECTED_S:
                 self._forget(job)
         self._add_workers()
@@ -337,11 +368,15 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
                 if job.state != QUEUED:  # cancelled, or timed out while it waited
                     continue
                 job.state, job.worker = RUNNING, worker
+            if self._board is not None:
+                self._board.running(job.id)
             output = self._run(job)
             with self._lock:
                 job.worker = None
                 if job.state == RUNNING:
                     job.state, job.result, job.finished = DONE, output, time.monotonic()
+                    if self._board is not None:
+                        self._board.finished(job.id, output)
                 elif job.timed_out:
                     report.warn(
                         f"background job {job.id} finished "
@@ -360,15 +395,23 @@ class ThreadJobManager(BaseBackgroundCallbackManager):
         callback = job.callback
 
         def set_progress(value: Any) -> None:
+            progress = list(value) if isinstance(value, list | tuple) else [value]
+            cancelled_elsewhere = self._board is not None and self._board.cancelled(job.id)
             with self._lock:
+                if cancelled_elsewhere and job.state == RUNNING:
+                    job.state = CANCELLED  # by a poll that reached another worker
                 if callback.lane == SLOW and job.state != RUNNING:
                     # Cancelled by the page, or answered with its timeout result: stop here.
                     raise Cancelled(f"background job {job.id} was {job.state}")
-                self._progress[job.key] = (
-                    list(value) if isinstance(value, list | tuple) else [value]
-                )
+                if self._board is None:
+                    self._progress[job.key] = progress
+            if self._board is not None:
+                self._board.put_progress(job.key, progress)
 
         def set_props(component_id: str, props: dict[str, Any]) -> None:
+            if self._board is not None:
+                self._board.merge_props(job.key, component_id, props)
+                return
             with self._lock:
                 pending = self._updated_props.setdefault(job.key, {})
                 pending[component_id] = {**pending.get(component_id, {}), **props}

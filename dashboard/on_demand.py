@@ -70,6 +70,12 @@ class OnDemand:
         self.derived = TieredCache(DERIVED_BYTES)
         self._placer: Any = None  # a pipelines.placement.Placer, made on first use
 
+    def share_memory(self, processes: int) -> None:
+        """Serving from ``processes`` worker processes: each keeps its share of the memory
+        budget, so the server as a whole stays within it (the disk cache is shared by all)."""
+        for cache, budget in ((self.results, MEMORY_BYTES), (self.derived, DERIVED_BYTES)):
+            cache.memory.max_bytes = max(budget // max(1, processes), 1 << 20)
+
     def layer_activation(self, run: RunData, sample: Sample, layer_id: str) -> Activation:
         """One layer's activations for a sample row or an uploaded picture. One forward pass
         captures every layer (the user usually steps through layers of the same sample next);

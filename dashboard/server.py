@@ -83,7 +83,7 @@ def prepare_for_workers(flask_app: Any, headers: dict[str, str] | None = None) -
         raise RuntimeError(f"the page did not render before serving: HTTP {response.status_code}")
 
 
-class DashboardServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
+class DashboardServer(BaseApplication):
     """gunicorn running ``wsgi_app`` with ``options``; ``in_worker()`` is called in each worker
     after the fork and returns what to call as the worker exits (start and stop its threads)."""
 

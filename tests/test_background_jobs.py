@@ -1,16 +1,19 @@
-"""Background callbacks (a click on a top-10 bar): jobs that always finish, time out visibly,
-and never outlive the server.
+"""Class explanations under concurrent use, and background callbacks (the slow methods): jobs
+that always finish, time out visibly, never outlive the server, and are answered whichever
+server worker a poll reaches.
 
 The regression this guards: dash's DiskcacheManager forked the multi-threaded server for every
 job, and a child forked while another thread held SQLite's allocator mutex blocked for ever; the
 page said "computing…" for ever, and the child kept the port after the server stopped. The
-served tests drive a real ``python main.py serve`` the way dash's renderer does (a POST that
-returns a job handle, then polls with it).
+served tests drive a real ``python main.py serve`` (gunicorn, two workers) the way dash's
+renderer does: a POST, answered at once by a plain callback, or with a job handle that the
+page then polls with (each poll on a new connection, so it may reach either worker).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -33,9 +36,17 @@ import pytest
 from dashboard import ids
 from dashboard.app import create_app, stop_background_jobs
 from dashboard.context import CONFIG_KEY
-from dashboard.jobs import TIMEOUT_ENV, ThreadJobManager, job_timeout_s, on_timeout, slow_job
+from dashboard.job_board import JobBoard
+from dashboard.jobs import (
+    SLOW_TIMEOUT_ENV,
+    TIMEOUT_ENV,
+    ThreadJobManager,
+    job_timeout_s,
+    on_timeout,
+    slow_job,
+)
 from pipelines.errors import UserError
-from pipelines.explain import STORED_METHODS
+from pipelines.explain import EXPLAINERS, STORED_METHODS
 from tests import browser_helpers as bh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +64,9 @@ SHORT_TIMEOUT_S = 1.0  # the deadline where a test makes a job run past it
 
 class ExplainClient:
     """Clicks on top-10 bars as the page does: POST /_dash-update-component with the callback's
-    inputs and state, which answers a signed job handle; then POST again with the handle (and
-    the inputs blanked, as the renderer sends them) every ``interval`` until the answer."""
+    inputs and state. The quick methods' callback answers at once; the slow methods' answers a
+    signed job handle, and the client POSTs again with the handle (and the inputs blanked, as
+    the renderer sends them) every ``interval`` until the answer."""
 
     def __init__(self, base_url: str, interval: float = 0.2):
         self.base_url = base_url
@@ -82,8 +94,17 @@ class ExplainClient:
         except urllib.error.HTTPError as error:
             return error.code, error.read()
 
-    def body(self, run_id: str | None, row: int | None, cls: int | None) -> dict[str, Any]:
-        # What assets/explain.js's explainRequest writes for a click on class ``cls``'s bar.
+    def body(
+        self, run_id: str | None, row: int | None, cls: int | None, methods: list[str]
+    ) -> dict[str, Any]:
+        # What assets/explain.js's explainRequest writes for a click on class ``cls``'s bar:
+        # the quick methods to one callback, the slow ones to the other.
+        slow = any(EXPLAINERS[m].slow for m in methods)
+        output, source = (
+            (ids.EXPLAIN_SLOW, ids.EXPLAIN_REQUEST_SLOW)
+            if slow
+            else (ids.INSPECTOR_CLASS, ids.EXPLAIN_REQUEST_QUICK)
+        )
         request = None
         if cls is not None:
             request = {
@@ -92,25 +113,36 @@ class ExplainClient:
                 "cls": cls,
                 "name": f"class {cls}",
                 "layer": None,
-                "methods": list(STORED_METHODS),
+                "methods": methods,
                 "click": 1,
             }
         return {
-            "output": f"{ids.INSPECTOR_CLASS}.data",
-            "outputs": {"id": ids.INSPECTOR_CLASS, "property": "data"},
-            "inputs": [{"id": ids.EXPLAIN_REQUEST_QUICK, "property": "data", "value": request}],
-            "changedPropIds": [f"{ids.EXPLAIN_REQUEST_QUICK}.data"],
+            "output": f"{output}.data",
+            "outputs": {"id": output, "property": "data"},
+            "inputs": [{"id": source, "property": "data", "value": request}],
+            "changedPropIds": [f"{source}.data"],
             "state": [{"id": ids.APP_TOKEN, "property": "data", "value": self.token}],
         }
 
-    def explain(self, run_id: str, row: int, cls: int, seconds: float) -> dict[str, Any]:
+    def explain(
+        self,
+        run_id: str,
+        row: int,
+        cls: int,
+        seconds: float,
+        methods: list[str] = list(STORED_METHODS),  # noqa: B006 - read only
+    ) -> dict[str, Any]:
         """The callback's answer to a click on class ``cls`` of sample ``row``; AssertionError
         naming what happened instead (an HTTP error, no answer within ``seconds``)."""
         query = "/_dash-update-component?" + urllib.parse.urlencode({"endId": self.end_id})
-        status, data = self._open("POST", query, self.body(run_id, row, cls))
-        assert status == 200, f"starting the job answered HTTP {status}: {data[:300]!r}"
+        body = self.body(run_id, row, cls, methods)
+        output = body["outputs"]["id"]
+        status, data = self._open("POST", query, body)
+        assert status == 200, f"the click answered HTTP {status}: {data[:300]!r}"
         handles = json.loads(data)
-        poll = self.body(None, None, None)
+        if "response" in handles:  # a plain callback: the answer itself
+            return handles["response"][output]["data"]
+        poll = self.body(None, None, None, methods)
         handle_query = {
             "endId": self.end_id,
             "cacheKey": handles["cacheKey"],
@@ -124,7 +156,7 @@ class ExplainClient:
             assert status == 200, f"row {row} class {cls}: a poll answered HTTP {status}"
             answer = json.loads(data)
             if "response" in answer:
-                return answer["response"][ids.INSPECTOR_CLASS]["data"]
+                return answer["response"][output]["data"]
         raise AssertionError(f"row {row} class {cls}: no answer after {seconds:.0f} s")
 
 
@@ -156,13 +188,27 @@ def data_dir(small_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFacto
     return target
 
 
+SERVER_WORKERS = 2
+
+
 @contextmanager
-def served(data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen]:
-    """``python main.py serve`` on ``port``, its output in ``log``, until the block ends (a test
-    stops it itself to check how it stops; this only cleans up after a failure)."""
+def served(
+    data_dir: Path, port: int, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """``python main.py serve`` with two worker processes on ``port``, its output in ``log``,
+    until the block ends (a test stops it itself to check how it stops; this only cleans up
+    after a failure)."""
     command = [sys.executable, "main.py", "serve", "--data-dir", str(data_dir), "--port", str(port)]
+    command += ["--workers", str(SERVER_WORKERS)]
     with open(log, "w") as output:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     try:
         bh.wait_until(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200,
@@ -201,24 +247,32 @@ def port_is_free(port: int) -> bool:
 
 class ForkWatch:
     """Samples the server's child processes until stopped, keeping any that is a fork of the
-    server itself (same command line; a spawned worker's would differ)."""
+    server itself (same command line; a spawned process's would differ) other than its worker
+    processes, which exist from the start."""
 
     def __init__(self, server: subprocess.Popen):
         self.server = psutil.Process(server.pid)
         self.command = self.server.cmdline()
+        self.workers = self._forks_now()
+        assert len(self.workers) == SERVER_WORKERS, f"worker processes: {self.workers}"
         self.forks: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
+    def _forks_now(self) -> set[int]:
+        forks = set()
+        for child in self.server.children(recursive=True):
+            try:
+                if child.cmdline() == self.command:
+                    forks.add(child.pid)
+            except psutil.Error:  # gone, or a zombie
+                pass
+        return forks
+
     def _watch(self) -> None:
         while not self._stop.wait(0.02):
-            for child in self.server.children(recursive=True):
-                try:
-                    if child.cmdline() == self.command:
-                        self.forks.add(child.pid)
-                except psutil.Error:  # gone, or a zombie
-                    pass
+            self.forks |= self._forks_now() - self.workers
 
     def stop(self) -> set[int]:
         self._stop.set()
@@ -266,8 +320,8 @@ def test_concurrent_clicks_all_get_explanations_and_the_server_stops_cleanly(
     with served(data_dir, port, log) as server:
         forks = ForkWatch(server)
         answers = users_clicking(ExplainClient(f"http://127.0.0.1:{port}"), run_id, clicks)
-        # Jobs run inside the server: it never forks a copy of itself, whose locks could be
-        # held by threads that do not exist in the copy.
+        # Work runs inside the server's workers: nothing forks a copy of one per click, whose
+        # locks could be held by threads that do not exist in the copy.
         forked = forks.stop()
         failed = {pair: a for pair, a in answers.items() if not isinstance(a, dict)}
         assert not failed and not forked, (
@@ -293,16 +347,19 @@ def test_concurrent_clicks_all_get_explanations_and_the_server_stops_cleanly(
 # ---- a job that runs past its deadline ---------------------------------------------------------
 
 
+SLOW = ["occlusion"]
+
+
 @pytest.fixture
 def stuck_explanations(
     small_run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
-    """An app (served in this process, on its own copy of the run) whose background jobs time
-    out after 1 s, where explaining class 6 never finishes until the test ends; yields (url,
-    run id)."""
+    """An app (served in this process, on its own copy of the run) whose slow-method jobs time
+    out after 1 s, where the slow methods of class 6 never finish until the test ends; yields
+    (url, run id)."""
     source, run_id = small_run
     shutil.copytree(source / "runs" / run_id, tmp_path / "runs" / run_id)
-    monkeypatch.setenv(TIMEOUT_ENV, str(SHORT_TIMEOUT_S))
+    monkeypatch.setenv(SLOW_TIMEOUT_ENV, str(SHORT_TIMEOUT_S))
     app = create_app(tmp_path)
     context = app.server.config[CONFIG_KEY]
     service = context.service
@@ -312,10 +369,12 @@ def stuck_explanations(
     # that are not stuck then take milliseconds, far within the deadline.
     compute(context.catalog.open(run_id), 0, 0, STORED_METHODS)
 
-    def class_explanations(run: Any, row: int, class_index: int, *args: Any) -> Any:
-        if class_index == 6:
+    def class_explanations(
+        run: Any, row: int, class_index: int, methods: list[str], *args: Any
+    ) -> Any:
+        if class_index == 6 and any(EXPLAINERS[m].slow for m in methods):
             release.wait(60)
-        return compute(run, row, class_index, *args)
+        return compute(run, row, class_index, methods, *args)
 
     monkeypatch.setattr(service, "class_explanations", class_explanations)
     try:
@@ -330,12 +389,14 @@ def test_a_job_past_its_deadline_answers_an_error_the_page_shows(stuck_explanati
     url, run_id = stuck_explanations
     client = ExplainClient(url, interval=0.1)
     start = time.monotonic()
-    answer = client.explain(run_id, 12, 6, 10)
+    answer = client.explain(run_id, 12, 6, 10, SLOW)
     assert time.monotonic() - start < 5
     assert (answer["run"], answer["row"], answer["cls"]) == (run_id, 12, 6)
     assert f"took longer than {SHORT_TIMEOUT_S:g} s" in answer["error"] and "urls" not in answer
-    # Other clicks are still answered while that job's thread is stuck.
-    assert client.explain(run_id, 12, 2, 10)["urls"]
+    # Other clicks are still answered while that job's thread is stuck: the quick methods of
+    # the same class, and the slow ones of another.
+    assert client.explain(run_id, 12, 6, 10)["urls"]
+    assert client.explain(run_id, 12, 2, 10, SLOW)["urls"]
 
 
 @pytest.mark.browser
@@ -351,24 +412,25 @@ def test_the_page_says_when_explaining_a_class_timed_out(stuck_explanations):
 
 
 def check_the_page_says_it_timed_out(watch: bh.PageWatch, url: str, run_id: str) -> None:
-    """Click class 6's bar of row 20: the note under the images says the job took too long,
-    and "computing…" is gone."""
+    """Show occlusion and click class 6's bar of row 20: the note under occlusion's image says
+    the job took too long, the progress row is gone, and the quick methods' images came."""
     page = watch.page
     page.goto(f"{url}/?run={run_id}&row=20")
     page.wait_for_function(
         "() => document.getElementById('inspector-hint')?.textContent?.includes('pinned')"
     )
+    page.locator(f"#{ids.EXPLAIN_METHODS} label", has_text="Occlusion").first.click()
     page.locator(f"#{ids.INSPECTOR_TOP10} button.ls-bar[data-cls='6']").click()
     page.wait_for_function(
-        "(id) => document.getElementById(id)?.textContent?.startsWith('computing')",
-        arg=ids.INSPECTOR_EXPLAIN_STATUS,
-    )
-    page.wait_for_function(
-        "(text) => document.querySelector('.ls-explanation .ls-hint')?.textContent?.includes(text)",
+        "(text) => Array.from(document.querySelectorAll('.ls-explanation .ls-hint'))"
+        ".some(hint => hint.textContent.includes(text))",
         arg=f"took longer than {SHORT_TIMEOUT_S:g} s",
         timeout=10_000,
     )
-    assert page.inner_text(f"#{ids.INSPECTOR_EXPLAIN_STATUS}") == ""
+    page.wait_for_function(
+        "() => document.getElementById('explain-image-gradcam')?.getAttribute('src')"
+        "?.includes('/explain-class/6/')"
+    )
     watch.screenshot("class-explanation-timed-out")
     assert watch.errors == []
 
@@ -500,3 +562,84 @@ def test_slow_jobs_run_on_their_own_threads_and_stop_when_cancelled():
     finally:
         release.set()
         manager.shutdown(1.0)
+
+
+# ---- several server workers ------------------------------------------------------------------
+
+
+def test_a_job_is_answered_to_polls_that_reach_another_worker(tmp_path: Path):
+    """Two managers on one board stand for two gunicorn workers: the job runs on the one that
+    got the click, and the other answers its polls: progress, set_props, the result once, a
+    cancel that stops the job, and the timeout result of a job whose owner went silent."""
+    owner = ThreadJobManager(workers=1, timeout_s=0.5, slow_workers=1, slow_timeout_s=30)
+    other = ThreadJobManager(workers=1, timeout_s=0.5, slow_workers=1, slow_timeout_s=30)
+    owner.share_across_processes(JobBoard(tmp_path))
+    other.share_across_processes(JobBoard(tmp_path))
+    release = threading.Event()
+    steps: list[int] = []
+
+    @slow_job
+    def slow(set_progress: Any, name: str) -> dict[str, str]:
+        for step in range(1000):
+            set_progress((step, 1000))
+            steps.append(step)
+            if release.wait(0.01):
+                break
+        return {"name": name}
+
+    @on_timeout(lambda seconds, name: {"name": name, "error": f"over {seconds:g} s"})
+    def quick(name: str) -> dict[str, str]:
+        if name == "stuck":
+            release.wait(30)
+        return {"name": name}
+
+    try:
+        job = owner.call_job_fn("s", owner.make_job_fn(slow, True), ["a"], {})
+        deadline = time.monotonic() + 5
+        progress = None
+        while progress is None and time.monotonic() < deadline:
+            progress = other.get_progress("s")
+            time.sleep(0.02)
+        assert progress is not None and progress[1] == 1000
+        assert other.job_running(job) and other.get_result("s", job) is other.UNDEFINED
+        release.set()
+        assert answer(other, job, key="s") == {"name": "a"}
+        assert other.get_result("s", job) is other.UNDEFINED  # handed out once
+        release.clear()
+
+        # A cancel that reaches the other worker stops the owner's job at its next report.
+        job = owner.call_job_fn("c", owner.make_job_fn(slow, True), ["b"], {})
+        time.sleep(0.1)
+        other.terminate_job(job)
+        time.sleep(0.1)
+        stopped_at = len(steps)
+        time.sleep(0.2)
+        assert len(steps) <= stopped_at + 1
+        assert not other.job_running(job)
+
+        # Nobody polls the owner, whose job never ends: the other answers at the deadline.
+        job = owner.call_job_fn("t", owner.make_job_fn(quick, False), ["stuck"], {})
+        assert answer(other, job, key="t") == {"name": "stuck", "error": "over 0.5 s"}
+    finally:
+        release.set()
+        owner.shutdown(1.0)
+        other.shutdown(1.0)
+
+
+@pytest.mark.slow
+def test_slow_explanations_come_back_from_two_server_workers(
+    data_dir: Path, small_run: tuple[Path, str], tmp_path: Path
+):
+    """Occlusion for a few samples through ``main.py serve --workers 2``: every job's polls
+    (new connections, so either worker) get its progress and its answer."""
+    run_id = small_run[1]
+    port = bh.free_port()
+    with served(data_dir, port, tmp_path / "serve.log") as server:
+        client = ExplainClient(f"http://127.0.0.1:{port}", interval=0.05)
+        for row, cls in [(3, 1), (40, 7), (77, 2), (120, 9)]:
+            answer = client.explain(run_id, row, cls, JOB_SECONDS, SLOW)
+            assert "error" not in answer, answer
+            assert (answer["row"], answer["cls"]) == (row, cls)
+            assert set(answer["urls"]) == {"occlusion"} and answer["occlusion"]["patches"]
+        stop(server, signal.SIGINT)
+        assert server.returncode == 0
