@@ -9,22 +9,20 @@ need to start and stop fail on an unknown dataset, which costs just the imports.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import dash
 import psutil
 import pytest
 
 import cli
-import cli_serve
 from pipelines import job_queue as jq
 from pipelines.errors import UserError
 from pipelines.store import RunStore, runs_dir
@@ -236,20 +234,35 @@ def test_a_cancelled_precompute_stays_resumable_and_a_resubmitted_one_completes(
 
 
 @pytest.mark.slow
-def test_serve_runs_the_jobs_the_page_submits(data_dir, monkeypatch):
-    """`main.py serve` starts the runner with the app and stops it with the server."""
-    seen: list[jq.JobRecord] = []
-
-    def submit_and_wait(app: dash.Dash, **_: object) -> None:
+def test_serve_runs_the_jobs_the_page_submits(data_dir, tmp_path):
+    """`main.py serve` runs jobs in its worker processes (the one holding the runner lock),
+    and stops them with the server."""
+    port = bh.free_port()
+    env = {k: v for k, v in os.environ.items() if k != jq.REDIS_ENV}
+    command = [sys.executable, "main.py", "serve", "--data-dir", str(data_dir)]
+    command += ["--port", str(port), "--workers", "2"]
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    with bh.stopped_at_exit(server):
+        bh.wait_until(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200,
+            120,
+            "the dashboard server",
+            server,
+        )
         argv = precompute_argv(run_id="no-such-dataset", dataset="nope")
         job = jq.submit(data_dir, argv, "no such dataset", None)
-        seen.append(wait_state(data_dir, job.id, {"failed"}, JOB_SECONDS))
-
-    monkeypatch.setattr(dash.Dash, "run", submit_and_wait)
-    args = argparse.Namespace(data_dir=data_dir, host="127.0.0.1", port=8050, allow_folder=[])
-    cli_serve.serve_command(args, build_default=False)
-    (failed,) = seen
-    assert failed.error and failed.error.startswith("error: unknown dataset 'nope'")
+        failed = wait_state(data_dir, job.id, {"failed"}, JOB_SECONDS)
+        assert failed.error and failed.error.startswith("error: unknown dataset 'nope'")
+        server.send_signal(signal.SIGINT)
+        assert server.wait(30) == 0, (tmp_path / "serve.log").read_text()[-2000:]
 
 
 RUNNER_SCRIPT = """

@@ -16,6 +16,7 @@ from pipelines.precompute import usable
 from pipelines.run_config import PrecomputeConfig, run_id_for
 from pipelines.stages import STAGES
 from pipelines.store import RunStore
+from tests import browser_helpers as bh
 
 SMALL_DEFAULT = {"dataset": "digits", "model": "smallcnn", "samples": 240}
 
@@ -39,7 +40,14 @@ def test_the_default_run_id_is_the_one_its_settings_give():
 
 
 def serve_args(data_dir: Path) -> argparse.Namespace:
-    return argparse.Namespace(data_dir=data_dir, host="127.0.0.1", port=8050, allow_folder=[])
+    return argparse.Namespace(
+        data_dir=data_dir,
+        host="127.0.0.1",
+        port=bh.free_port(),
+        allow_folder=[],
+        workers=None,
+        threads=None,
+    )
 
 
 def stage_states(store: RunStore) -> dict[str, str]:
@@ -54,12 +62,12 @@ def test_the_page_is_served_once_the_default_run_is_usable_and_fills_in(
     store = cli_serve.default_store(tmp_path)
     seen: list[dict[str, str]] = []
 
-    def stop_at_once(app: dash.Dash, **_: object) -> None:
+    def stop_at_once(app: dash.Dash, *_: object) -> None:
         # What a first visitor finds: every layer's PCA map, some t-SNE maps still missing.
         assert usable(store)
         seen.append(stage_states(store))
 
-    monkeypatch.setattr(dash.Dash, "run", stop_at_once)
+    monkeypatch.setattr(cli_serve, "serve_app", stop_at_once)
     cli_serve.serve_command(serve_args(tmp_path), build_default=True)
     (states,) = seen
     assert states["forward"] == "done" and states["embeddings"] != "done"
@@ -73,13 +81,13 @@ def test_the_page_is_served_once_the_default_run_is_usable_and_fills_in(
     assert not store.is_being_written() and stage_states(store)["quality"] != "done"
     assert cli_serve.default_run_pending(tmp_path)
 
-    def serve_until_complete(app: dash.Dash, **_: object) -> None:
+    def serve_until_complete(app: dash.Dash, *_: object) -> None:
         deadline = time.monotonic() + 300
         while set(stage_states(store).values()) != {"done"}:
             assert time.monotonic() < deadline, stage_states(store)
             time.sleep(0.5)
 
-    monkeypatch.setattr(dash.Dash, "run", serve_until_complete)
+    monkeypatch.setattr(cli_serve, "serve_app", serve_until_complete)
     cli_serve.serve_command(serve_args(tmp_path), build_default=True)
     assert not cli_serve.default_run_pending(tmp_path)
     record = store.read_record()
@@ -89,7 +97,7 @@ def test_the_page_is_served_once_the_default_run_is_usable_and_fills_in(
 def test_a_failing_default_build_exits_with_its_status(tmp_path, monkeypatch, capfd, small_default):
     small_default({**SMALL_DEFAULT, "seed": 5})
     monkeypatch.setitem(cli_serve.DEFAULT_RUN, "seed", -1)  # refused by the child, not here
-    monkeypatch.setattr(dash.Dash, "run", lambda *_, **__: pytest.fail("served a failed run"))
+    monkeypatch.setattr(cli_serve, "serve_app", lambda *_: pytest.fail("served a failed run"))
     with pytest.raises(SystemExit) as stopped:
         cli_serve.serve_command(serve_args(tmp_path), build_default=True)
     assert stopped.value.code == 2
