@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +125,7 @@ class DashboardServer(BaseApplication):
             # while that thread runs; nothing here uses it.
             "control_socket_disable": True,
             "post_worker_init": self._post_worker_init,
+            "post_fork": self._post_fork,
             "worker_exit": self._worker_exit,
             "when_ready": lambda _arbiter: self.on_ready(),
         }
@@ -135,6 +138,20 @@ class DashboardServer(BaseApplication):
     def _post_worker_init(self, _worker: Any) -> None:
         self.stop_worker = self.in_worker()
 
-    def _worker_exit(self, _arbiter: Any, _worker: Any) -> None:
+    @staticmethod
+    def _post_fork(_arbiter: Any, _worker: Any) -> None:
+        # Out of the terminal's process group: Ctrl-C reaches the master only, which stops
+        # each worker once (SIGQUIT). Otherwise every Ctrl-C also hit every worker directly,
+        # and a second one during its clean-up ended it by signal, with a traceback.
+        os.setpgid(0, 0)
+
+    def _worker_exit(self, _arbiter: Any, worker: Any) -> None:
         if self.stop_worker is not None:
             self.stop_worker()
+        if worker.booted:
+            # Done: what is left is the interpreter's own teardown of torch and the tables,
+            # seconds of it on 2 cores, which the master (and the person at Ctrl-C) would wait
+            # for. A worker that failed to boot exits normally, so the master sees its status.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
