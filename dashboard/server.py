@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import signal
 import socket
 import sys
 from collections.abc import Callable
