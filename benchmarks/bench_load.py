@@ -70,10 +70,12 @@ def ensure_run(data_dir: Path) -> None:
     )
 
 
-def start_server(data_dir: Path, port: int, extra: list[str], log: Path) -> subprocess.Popen:
+def start_server(
+    root: Path, data_dir: Path, port: int, extra: list[str], log: Path
+) -> subprocess.Popen:
     command = [
         sys.executable,
-        str(ROOT / "main.py"),
+        str(root / "main.py"),
         "serve",
         "--data-dir",
         str(data_dir),
@@ -96,6 +98,41 @@ def start_server(data_dir: Path, port: int, extra: list[str], log: Path) -> subp
         server,
     )
     return server
+
+
+def locust_environment(data_dir: Path, run_id: str, url: str, recording: Path) -> dict[str, str]:
+    """What locustfile.py needs to know of the run and the page."""
+    from dashboard.data import RunCatalog
+
+    run = RunCatalog(data_dir).open(run_id)
+    return {
+        "LAYERSCOPE_LOAD_RECORDING": str(recording),
+        "LAYERSCOPE_LOAD_ROWS": str(run.num_samples),
+        "LAYERSCOPE_LOAD_CLASSES": str(len(run.model_class_names)),
+        "LAYERSCOPE_LOAD_LAYERS": ",".join(run.layer_ids),
+        "LAYERSCOPE_LOAD_MAP_LAYERS": ",".join(
+            spec.id for spec in run.layers if len(spec.output_shape) == 3 and spec.parents
+        ),
+        "LAYERSCOPE_LOAD_INTERVALS": json.dumps(background_intervals(url)),
+    }
+
+
+def background_intervals(url: str) -> dict[str, int]:
+    """The poll interval (ms) of every background callback, by output, as the page has it."""
+    with urllib.request.urlopen(f"{url}/_dash-dependencies", timeout=30) as response:
+        dependencies = json.loads(response.read())
+    return {
+        item["output"]: int(item["background"]["interval"])
+        for item in dependencies
+        if item.get("background")
+    }
+
+
+def commit_of(root: Path) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return result.stdout.strip() or "unknown"
 
 
 class MemorySampler:
@@ -226,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--server-root",
+        type=Path,
+        default=ROOT,
+        help="the checkout whose main.py serves (e.g. an older commit, for before/after)",
+    )
     args = parser.parse_args(argv)
     bh.require_browser()
 
@@ -239,30 +282,23 @@ def main(argv: list[str] | None = None) -> int:
         extra += ["--threads", str(args.threads)]
     port = bh.free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start_server(data_dir, port, extra, work / "server.log")
+    server = start_server(args.server_root, data_dir, port, extra, work / "server.log")
     results: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "server": " ".join(["main.py serve", *extra]) or "main.py serve",
+        "server": " ".join(["main.py serve", *extra]),
+        "server_commit": commit_of(args.server_root),
         "levels": {},
     }
     met = True
     try:
         recording = capture(url, RUN_ID, work / "recording.json")
-        from dashboard.data import RunCatalog
-
-        run = RunCatalog(data_dir).open(RUN_ID)
-        environment = {
-            "LAYERSCOPE_LOAD_RECORDING": str(work / "recording.json"),
-            "LAYERSCOPE_LOAD_ROWS": str(run.num_samples),
-            "LAYERSCOPE_LOAD_CLASSES": str(len(run.model_class_names)),
-            "LAYERSCOPE_LOAD_LAYERS": ",".join(run.layer_ids),
-            "LAYERSCOPE_LOAD_MAP_LAYERS": ",".join(
-                spec.id for spec in run.layers if len(spec.output_shape) == 3 and spec.parents
-            ),
-        }
-        print(f"recorded {len(recording['requests'])} requests; server: {results['server']}")
+        environment = locust_environment(data_dir, RUN_ID, url, work / "recording.json")
+        print(
+            f"recorded {len(recording['requests'])} requests; server: {results['server']} "
+            f"at {results['server_commit']}"
+        )
         for users in [int(u) for u in args.users.split(",")]:
             sampler = MemorySampler(server.pid)
             rows = run_locust(url, users, args.duration, environment, work / f"locust-{users}")

@@ -20,8 +20,10 @@ import json
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import gevent
 import gevent.pool
@@ -44,6 +46,9 @@ LAYERS = os.environ["LAYERSCOPE_LOAD_LAYERS"].split(",")
 # Layers with channel maps: only for these does the page ask for a grid picture or weigh
 # Grad-CAM (a dense layer's activations are drawn in the callback's figure).
 MAP_LAYERS = os.environ["LAYERSCOPE_LOAD_MAP_LAYERS"].split(",")
+# Background callbacks' poll intervals by output (from /_dash-dependencies), in ms.
+POLL_INTERVALS: dict[str, int] = json.loads(os.environ.get("LAYERSCOPE_LOAD_INTERVALS") or "{}")
+JOB_SECONDS = 120.0  # a background job not answered by then counts as failed
 CONNECTIONS = 6  # Chromium's connections per host over HTTP/1.1
 AUTH = (
     tuple(os.environ["LAYERSCOPE_LOAD_AUTH"].split(":", 1))
@@ -155,9 +160,47 @@ class PageUser(HttpUser):
         if body is None:
             with self.client.get(path, name=name, catch_response=True) as response:
                 self.check(response)
-        else:
-            with self.client.post(path, json=body, name=name, catch_response=True) as response:
+            return
+        started = time.perf_counter()
+        with self.client.post(path, json=body, name=name, catch_response=True) as response:
+            self.check(response, callback=True)
+            handles = answer_json(response)
+        if "cacheKey" in handles and "job" in handles:
+            self.wait_for_job(path, body, handles, name, started)
+
+    def wait_for_job(
+        self, path: str, body: dict[str, Any], handles: dict[str, Any], name: str, started: float
+    ) -> None:
+        """A background callback answered a job handle: poll as the renderer does, every
+        interval, until the answer; reported as "<kind> (click to answer)", the time the user
+        waits."""
+        interval = POLL_INTERVALS.get(str(body.get("output")), 1000) / 1000
+        query = urlencode({"cacheKey": handles["cacheKey"], "job": handles["job"]})
+        poll_path = f"{path}{'&' if '?' in path else '?'}{query}"
+        error: Exception | None = None
+        while True:
+            gevent.sleep(interval)
+            with self.client.post(
+                poll_path, json=body, name=f"{name} (poll)", catch_response=True
+            ) as response:
                 self.check(response, callback=True)
+                answer = answer_json(response)
+            if response.status_code not in (200, 204):
+                error = RuntimeError(f"a poll answered HTTP {response.status_code}")
+            elif "response" in answer or response.status_code == 204:
+                break
+            elif time.perf_counter() - started > JOB_SECONDS:
+                error = TimeoutError(f"no answer after {JOB_SECONDS:.0f} s")
+            if error is not None:
+                break
+        events.request.fire(
+            request_type="JOB",
+            name=f"{name} (click to answer)",
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=0,
+            exception=error,
+            context={},
+        )
 
     @staticmethod
     def check(response: Any, callback: bool = False) -> None:
@@ -174,3 +217,11 @@ class PageUser(HttpUser):
                 response.success()
         else:
             response.success()
+
+
+def answer_json(response: Any) -> dict[str, Any]:
+    try:
+        answer = response.json()
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
