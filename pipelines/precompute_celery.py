@@ -116,19 +116,27 @@ class CeleryUnits:
     """Runs a precompute's units on Celery workers: ``Precompute(remote=CeleryUnits(url))``.
 
     Yields each unit as its task finishes, after checking its files are there. Leaving the
-    context on an error or Ctrl-C revokes the units not finished."""
+    context on an error or Ctrl-C revokes the units not finished; leaving it when they are all
+    done removes the temp files of workers killed mid-write."""
 
     def __init__(self, redis_url: str):
         self.app = celery_app(redis_url)
         self.unfinished: set[str] = set()  # task ids sent and not yet finished
+        self.stores: dict[Path, RunStore] = {}  # the runs units were sent for
         self.workers_checked = False
 
     def __enter__(self) -> CeleryUnits:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.revoke_unfinished()
         if exc_type is not None:
-            self.revoke_unfinished()
+            return
+        for store in self.stores.values():
+            # No unit of ours is in flight. A worker that still writes would be doing a unit a
+            # second time (its first worker seemed lost): losing its temp file fails that
+            # duplicate, harmlessly. (A failed run is cleaned when it resumes.)
+            store.remove_stale_temp_files()
 
     def start(self) -> None:
         """Nothing to start: the workers run on their machines."""
@@ -149,6 +157,7 @@ class CeleryUnits:
         if not keys:
             return
         self.warn_without_workers()
+        self.stores[store.run_dir] = store
         run_dir = str(store.run_dir.resolve())
         sent = {}
         for key in keys:
@@ -161,7 +170,8 @@ class CeleryUnits:
             yield sent[task_id]
 
     def revoke_unfinished(self) -> None:
-        """Best effort: a worker that gets a revoked unit anyway finds no precompute holding
+        """Revoke the units sent and not finished (none, after a run that completed). Best
+        effort: a worker that gets a revoked unit anyway finds no precompute holding
         the run's lock and drops it (``units.run_unit``)."""
         with sigint_held():  # a second Ctrl-C cannot cut the revoke short
             unfinished, self.unfinished = list(self.unfinished), set()

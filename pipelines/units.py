@@ -120,7 +120,11 @@ def do_unit(store: RunStore, phase: Phase, key: str) -> None:
     use_threads_for(settings.model, device, "forward")
     work = forward.chunk_work(store)
     batch_size = settings.batch_size or DEFAULT_BATCH_SIZE
-    forward.compute_chunk(store, dataset, adapter, work, int(key), batch_size)
+    output = forward.compute_chunk(dataset, adapter, work, int(key), batch_size)
+    # Looked at again: a unit given to a second worker (its first worker seemed lost) may find
+    # the chunks consolidated meanwhile, and its files would then outlive the stage.
+    if not unit_done(store, phase, key):
+        forward.save_chunk(store, int(key), output)
 
 
 # One run's dataset and model, kept for its next chunk: a worker usually gets several in a row.

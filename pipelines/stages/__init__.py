@@ -13,7 +13,9 @@
    layer's features (near-duplicates) and its outlier score.
 
 Each stage reads what the stages before it stored and writes its own artifacts and manifest
-fields; ``pipelines/precompute.py`` asks the store which stages are missing and runs those.
+fields; ``pipelines/precompute.py`` asks the store which stages are missing and runs those. The
+forward stage's chunks and the embeddings stage's layer phases are units that other machines can
+do (``pipelines/units.py``, ``pipelines/precompute_celery.py``).
 """
 
 from __future__ import annotations

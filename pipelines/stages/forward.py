@@ -5,6 +5,8 @@ by default Grad-CAM / guided backprop / guided Grad-CAM).
 A chunk's file (``forward_chunk``) is written last, so its presence means the whole chunk is on
 disk; once every chunk is, they are consolidated into ``thumbnails``, ``explanation``,
 ``predictions`` (with the metrics of ``pipelines/metrics.py``) and ``class_probabilities``.
+A chunk is a unit (``pipelines/units.py``): ``compute_chunk`` and ``save_chunk`` need only what
+the store holds (``chunk_work``), so Celery workers can do chunks too (``run``'s ``remote``).
 ``capture_features`` redoes only the pooled features, for a finished run whose layers need them
 again (``embeddings``, ``quality``); ``recompute_class_probabilities`` only the probabilities,
 for a run whose forward stage finished before they were stored (``quality``).
@@ -221,16 +223,18 @@ def chunk_done(store: RunStore, chunk_index: int) -> bool:
     return store.has("forward_chunk", chunk=chunk_index)
 
 
+@dataclass(frozen=True)
+class ChunkOutput:
+    """One chunk's results, as ``compute_chunk`` returns them and ``save_chunk`` stores them."""
+
+    per_sample: dict[str, np.ndarray]  # top-10, log-probabilities, explanations, thumbnails
+    features: dict[str, np.ndarray]  # layer id -> (n_chunk, D) float16 pooled activations
+
+
 def compute_chunk(
-    store: RunStore,
-    dataset: Dataset,
-    adapter: ModelAdapter,
-    work: ChunkWork,
-    chunk_index: int,
-    batch_size: int,
-) -> None:
-    """One chunk: its layers' pooled features, then its per-sample outputs and thumbnails
-    (the commit marker, ``chunk_done``)."""
+    dataset: Dataset, adapter: ModelAdapter, work: ChunkWork, chunk_index: int, batch_size: int
+) -> ChunkOutput:
+    """One chunk through the model: its layers' pooled features and per-sample outputs."""
     rows = work.chunks[chunk_index]
     views, inputs = load_inputs(adapter, dataset, work.indices[rows.start : rows.stop])
     per_sample, features = forward_chunk(
@@ -243,10 +247,15 @@ def compute_chunk(
         work.precision,
         work.methods,
     )
-    for layer, values in features.items():
-        store.save_array("features", values, layer=layer, chunk=chunk_index)
     per_sample["thumbnails"] = thumbnails_of(views)
-    store.save_arrays("forward_chunk", per_sample, chunk=chunk_index)  # commit marker
+    return ChunkOutput(per_sample, features)
+
+
+def save_chunk(store: RunStore, chunk_index: int, output: ChunkOutput) -> None:
+    """The chunk's features, then its per-sample outputs: the commit marker (``chunk_done``)."""
+    for layer, values in output.features.items():
+        store.save_array("features", values, layer=layer, chunk=chunk_index)
+    store.save_arrays("forward_chunk", output.per_sample, chunk=chunk_index)
 
 
 class ChunkRunner(Protocol):
@@ -288,7 +297,8 @@ def run(
 
     def here() -> Iterator[int]:
         for chunk_index in pending:
-            compute_chunk(store, dataset, adapter, work, chunk_index, batch_size)
+            output = compute_chunk(dataset, adapter, work, chunk_index, batch_size)
+            save_chunk(store, chunk_index, output)
             yield chunk_index
 
     try:
