@@ -27,13 +27,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import report
 from pipelines.errors import UserError
 from pipelines.job_queue import REDIS_ENV, acked_late_app
 from pipelines.layer_jobs import LayerJob, LayerPhase, sigint_held
 from pipelines.store import RunStore
+
+if TYPE_CHECKING:  # the units module imports torch, which only the worker's pool processes need
+    from pipelines.units import Phase
 
 PRECOMPUTE_QUEUE = "layerscope-precompute"  # apart from the page's jobs and callbacks
 UNIT_TASK = "layerscope.precompute_unit"
@@ -152,13 +155,14 @@ class CeleryUnits:
         for key in self.run(store, "forward", [str(i) for i in chunk_indices]):
             yield int(key)
 
-    def run(self, store: RunStore, phase: Any, keys: Sequence[str]) -> Iterator[str]:
+    def run(self, store: RunStore, phase: Phase, keys: Sequence[str]) -> Iterator[str]:
         """Send the units ``(phase, key)`` of ``store``'s run; yield each key as it is done."""
         if not keys:
             return
         self.warn_without_workers()
         self.stores[store.run_dir] = store
-        run_dir = str(store.run_dir.resolve())
+        # Absolute, symlinks kept: the path every machine mounts the data dir at.
+        run_dir = str(store.run_dir.absolute())
         sent = {}
         for key in keys:
             result = self.app.send_task(UNIT_TASK, args=[run_dir, phase, key])
@@ -199,7 +203,7 @@ class CeleryUnits:
             )
 
 
-def check_finished(store: RunStore, phase: Any, key: str, meta: dict[str, Any]) -> None:
+def check_finished(store: RunStore, phase: Phase, key: str, meta: dict[str, Any]) -> None:
     """Raise unless the unit's task succeeded and its files are there, with an error that says
     which worker failed and what to do."""
     from pipelines import units
@@ -208,7 +212,7 @@ def check_finished(store: RunStore, phase: Any, key: str, meta: dict[str, Any]) 
     if meta.get("status") != "SUCCESS":
         error = meta.get("result")
         if isinstance(error, UserError):
-            raise UserError(f"{worker}: {error}")
+            raise UserError(f"on worker {worker}: {error}")
         raise RuntimeError(
             f"the {phase} unit {key} failed on {worker}: {type(error).__name__}: {error}\n"
             f"{meta.get('traceback') or ''}"
@@ -216,12 +220,12 @@ def check_finished(store: RunStore, phase: Any, key: str, meta: dict[str, Any]) 
     done = units.UnitReport.from_json(meta["result"])
     if done.outcome == "orphaned":
         raise UserError(
-            f"{done.worker} found no precompute holding run '{store.run_id}' ({store.run_dir}): "
-            "the data dir must be one shared filesystem, with file locks, mounted at the same "
-            "path on every machine"
+            f"worker {worker} sees no precompute holding run '{store.run_id}' "
+            f"({store.run_dir}): the data dir must be one shared filesystem, with file locks, "
+            "mounted at the same path on every machine"
         )
-    if not units.unit_done(store, units.check_phase(phase), key):
+    if not units.unit_done(store, phase, key):
         raise UserError(
-            f"{done.worker} did the {phase} unit {key}, but its files are not in "
+            f"worker {worker} did the {phase} unit {key}, but its files are not in "
             f"{store.run_dir} here: mount the data dir at the same path on every machine"
         )

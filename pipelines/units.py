@@ -143,9 +143,9 @@ def forward_inputs(
     change = change_since(record.source_fingerprint, recorded_files, dataset_fingerprint(dataset))
     if change:
         raise UserError(
-            f"{socket.gethostname()} sees another dataset than the one run '{record.run_id}' "
-            f"is computed from ({spec}: {change}); every machine must see the same data dir "
-            "and datasets, at the same paths"
+            f"the dataset on {socket.gethostname()} is not the one run '{record.run_id}' is "
+            f"computed from ({spec}: {change}); every machine must see the same data dir and "
+            "datasets, at the same paths"
         )
     checkpoint = store.artifact_path("model_checkpoint")
     adapter = rebuild_adapter(record, checkpoint, resolve_device(device))

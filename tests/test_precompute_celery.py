@@ -229,6 +229,7 @@ def test_two_workers_share_a_run_through_ctrl_c_and_a_killed_worker(small_run, t
         assert second.wait(timeout=240) == 0, (tmp_path / "second.log").read_text()[-3000:]
         second_output = (tmp_path / "second.log").read_text()
         assert f"resuming run '{RUN_ID}'" in second_output and "complete" in second_output
+        assert "no Celery worker listens" not in first_output + second_output
 
     assert done_units([one]) and done_units([two]), "both workers should have done units"
     assert victim not in one.units().reports
