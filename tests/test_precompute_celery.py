@@ -35,6 +35,7 @@ from pipelines.precompute_celery import (
     REDELIVER_AFTER_ENV,
     UNIT_TASK,
     WORKER_APP,
+    CeleryUnits,
     celery_app,
 )
 from pipelines.store import RunStore, runs_dir
@@ -250,6 +251,14 @@ def test_celery_workers_need_a_reachable_redis(tmp_path, monkeypatch, capsys):
     assert cli.main(command) == 2
     assert one_error_line(capsys.readouterr().err).startswith("error: cannot reach Redis at")
     assert not (tmp_path / "data").exists()
+
+
+def test_without_workers_the_precompute_says_how_to_start_one(tmp_path, capsys):
+    with bh.redis_server(tmp_path) as redis_url:
+        CeleryUnits(redis_url).warn_without_workers()
+    warning = capsys.readouterr().err
+    assert f"no Celery worker listens to the {PRECOMPUTE_QUEUE} queue" in warning
+    assert f"celery -A {WORKER_APP} worker --concurrency 1" in warning
 
 
 def one_error_line(stderr: str) -> str:

@@ -31,7 +31,7 @@ from pipelines.labels import class_probabilities
 from pipelines.metrics import HELD_OUT, accuracy_by_split, confusion_matrix, prediction_columns
 from pipelines.models import ModelAdapter, load_inputs
 from pipelines.precision import AUTOCAST_DTYPES, bf16_available, choose_precision, compare_bf16
-from pipelines.records import ForwardPrecision
+from pipelines.records import ForwardPrecision, Manifest
 from pipelines.run_config import check_stored_methods, stored_methods
 from pipelines.store import RunStore
 
@@ -199,6 +199,12 @@ class ChunkWork:
     precision: str  # a key of AUTOCAST_DTYPES, decided once per run (``forward_precision``)
 
 
+def feature_layers_of(record: Manifest) -> list[str]:
+    """The layers whose pooled features the forward pass stores: all but reshape-only ones
+    (whose maps are their source layer's)."""
+    return [layer.id for layer in record.layers if not layer.same_as]
+
+
 def chunk_work(store: RunStore) -> ChunkWork:
     """The run's ``ChunkWork``; its forward precision must be recorded already."""
     record = store.read_record()
@@ -210,7 +216,7 @@ def chunk_work(store: RunStore) -> ChunkWork:
     return ChunkWork(
         indices=indices,
         chunks=chunk_ranges(len(indices)),
-        feature_layers=[layer.id for layer in record.layers if not layer.same_as],
+        feature_layers=feature_layers_of(record),
         gradcam_layer=record.require_model().gradcam_layer,
         methods=methods,
         explanation_size=record.require_explanation_size(),
@@ -279,9 +285,8 @@ def run(
     start = time.perf_counter()
     samples = store.load_json("samples")
     indices = np.array(samples["dataset_index"])
-    record = store.read_record()
-    feature_layers = [layer.id for layer in record.layers if not layer.same_as]
-    forward_precision(store, adapter, dataset, indices, feature_layers, batch_size)
+    layers = feature_layers_of(store.read_record())
+    forward_precision(store, adapter, dataset, indices, layers, batch_size)
     work = chunk_work(store)
     pending = [i for i in range(len(work.chunks)) if not chunk_done(store, i)]
     bar = tqdm(
