@@ -12,9 +12,9 @@ What stays true when something is killed:
 
 - A worker process killed mid-unit (kill -9, out of memory): its task was not acknowledged yet
   (``task_acks_late``) and goes back to the queue at once (``task_reject_on_worker_lost``); a
-  worker machine that vanishes gives its task back after ``REDELIVER_AFTER_ENV`` seconds (Redis's
-  visibility timeout). Another worker does the unit again: the dead one left only temp files,
-  never its commit marker.
+  worker machine that vanishes gives its task back after ``LAYERSCOPE_REDELIVER_AFTER_S`` seconds
+  (Redis's visibility timeout). Another worker does the unit again: the dead one left only temp
+  files (removed when the run's units are all done), never its commit marker.
 - The coordinator stopped (Ctrl-C, kill): its units not begun are revoked, and a worker does a
   unit only while a precompute holds the run's writer lock (``units.run_unit``), so units it had
   received already are dropped. Running the command again resumes: it sends the missing units.
