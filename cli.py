@@ -106,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = commands.add_parser("precompute", help="compute a run: dataset x model")
     add_run_options(pre, train_command=False)
+    pre.add_argument(
+        "--workers",
+        choices=["local", "celery"],
+        default="local",
+        help="where the forward chunks and the layers' maps are computed: local (this machine, "
+        "the default) or celery (Celery workers on machines sharing the data dir; needs "
+        "REDIS_URL, see the README's 'Precompute across machines')",
+    )
     add_training_options(pre, train_command=False)
     add_plugins(pre)
 
@@ -448,10 +456,16 @@ def config_from_args(args: argparse.Namespace, trains: bool) -> Any:
 
 
 def precompute_command(args: argparse.Namespace) -> None:
+    remote = None
+    if args.workers == "celery":
+        # Checked first: a missing or unreachable Redis is reported before any work starts.
+        from pipelines.precompute_celery import CeleryUnits, redis_url_from_env
+
+        remote = CeleryUnits(redis_url_from_env())
     from pipelines.precompute import Precompute
 
     config = config_from_args(args, trains=False)
-    store = Precompute(config, args.data_dir, args.run_id).run()
+    store = Precompute(config, args.data_dir, args.run_id, remote=remote).run()
     print_summary(store.read_record(), store.run_dir)
 
 

@@ -689,9 +689,23 @@ class JobRunner:
 
 
 def celery_app(redis_url: str) -> Any:
-    """The Celery application for jobs, with ``layerscope.run_job`` registered. One task at a
-    time per worker process, acknowledged at its end, so a worker that dies mid-job leaves the
-    task for another (``claim`` then requeues the job if its process is gone)."""
+    """The Celery application for jobs, with ``layerscope.run_job`` registered (a worker that dies
+    mid-job leaves the task for another: ``claim`` then requeues the job if its process is
+    gone)."""
+    app = acked_late_app("layerscope-jobs", redis_url, CELERY_QUEUE)
+
+    @app.task(name=CELERY_TASK)
+    def run_job_task(job_id: str, data_dir: str) -> str:
+        return run_job(Path(data_dir), job_id).state
+
+    return app
+
+
+def acked_late_app(name: str, redis_url: str, queue: str) -> Any:
+    """A Celery application on ``redis_url`` whose tasks go to ``queue`` (the queue its workers
+    listen to by default), for long tasks: one at a time per worker process, acknowledged at
+    their end, so a worker process that dies mid-task gives its task back for another
+    (``pipelines/precompute_celery.py`` uses it too)."""
     try:
         from celery import Celery
     except ImportError:
@@ -699,16 +713,11 @@ def celery_app(redis_url: str) -> Any:
             f"{REDIS_ENV} is set but celery is not installed; `pip install -r requirements.txt` "
             f"or unset {REDIS_ENV} to run jobs in the server itself"
         ) from None
-    app = Celery("layerscope-jobs", broker=redis_url, backend=redis_url)
+    app = Celery(name, broker=redis_url, backend=redis_url)
     app.conf.update(
-        task_default_queue=CELERY_QUEUE,
+        task_default_queue=queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
     )
-
-    @app.task(name=CELERY_TASK)
-    def run_job_task(job_id: str, data_dir: str) -> str:
-        return run_job(Path(data_dir), job_id).state
-
     return app

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import threadpoolctl
@@ -34,6 +34,21 @@ from pipelines.store import RunStore, embedding_key
 # the margin is for passes whose float16-rounded features differ in the odd last bit (another
 # batch size or device). Beyond it, the layer's maps are recomputed.
 SAME_MAP_TOLERANCE = 1e-3
+
+# A layer's two phases (``LayerJob.phase``): its PCA maps and placement data, then its t-SNE maps.
+LayerPhase = Literal["pca", "tsne"]
+LAYER_PHASES: tuple[LayerPhase, ...] = ("pca", "tsne")
+
+
+def pca_phase_done(store: RunStore, layer_id: str) -> bool:
+    """The layer's PCA maps and placement data are on disk (``projection`` is written last)."""
+    return store.has("projection", layer=layer_id) and store.has("pca_info", layer=layer_id)
+
+
+def tsne_phase_done(store: RunStore, layer_id: str) -> bool:
+    """The layer is complete: its ``reduction`` (written last) and its placement data, which
+    runs computed before image placement lack."""
+    return store.has("reduction", layer=layer_id) and store.has("projection", layer=layer_id)
 
 
 @dataclass(frozen=True)
@@ -62,12 +77,16 @@ class LayerJob:
         self.pca_phase(layer_id)
         return self.tsne_phase(layer_id)
 
+    def phase(self, name: LayerPhase) -> Callable[[str], str]:
+        """The phase called ``name``, a picklable function of a layer id."""
+        return {"pca": self.pca_phase, "tsne": self.tsne_phase}[name]
+
     def pca_phase(self, layer_id: str) -> str:
         """The layer's PCA, its 2-D PCA maps and its placement data (``projection`` written
         last). The stage runs this for every layer before any t-SNE: a page can show every
         layer's PCA map seconds after the forward pass, while the t-SNE maps fill in."""
         store = RunStore(Path(self.run_dir))
-        if store.has("projection", layer=layer_id) and store.has("pca_info", layer=layer_id):
+        if pca_phase_done(store, layer_id):
             return layer_id
         started = time.perf_counter()
         fit = self.pca(self.features(store, layer_id))
@@ -93,9 +112,9 @@ class LayerJob:
     def tsne_phase(self, layer_id: str) -> str:
         """The layer's t-SNE maps from its stored PCA scores, then its ``reduction`` record."""
         store = RunStore(Path(self.run_dir))
-        if store.has("reduction", layer=layer_id) and store.has("projection", layer=layer_id):
+        if tsne_phase_done(store, layer_id):
             return layer_id
-        if not (store.has("projection", layer=layer_id) and store.has("pca_info", layer=layer_id)):
+        if not pca_phase_done(store, layer_id):
             self.pca_phase(layer_id)
         started = time.perf_counter()
         scores = store.load_array("pca_scores", mmap=False, layer=layer_id)
@@ -282,10 +301,30 @@ def interrupt_once(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class LayerRunner(Protocol):
+    """Runs a phase of the embeddings stage for many layers: ``LayerWorkers`` on this machine,
+    ``pipelines.precompute_celery.CeleryUnits`` on Celery workers. A context manager: leaving
+    it on an error or Ctrl-C stops the layers still in progress."""
+
+    def __enter__(self) -> LayerRunner: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None: ...
+
+    def start(self) -> None:
+        """Get ready early (start worker processes), before the layers' features exist."""
+        ...
+
+    def run_phase(
+        self, job: LayerJob, phase: LayerPhase, layer_ids: Iterable[str]
+    ) -> Iterator[str]:
+        """Yield each layer id as ``job``'s ``phase`` is done for it, in the order they finish."""
+        ...
+
+
 class LayerWorkers:
     """A pool of worker processes for layer jobs, or none (``workers <= 1``: run in-process).
 
-    Use as a context manager; ``start()`` early, ``run()`` once the features are on disk.
+    Use as a context manager; ``start()`` early, ``run_phase()`` once the features are on disk.
     Leaving it on an error or Ctrl-C kills the workers at once (``stop()``); inside it, only
     the first Ctrl-C counts (``interrupt_once``).
     """
@@ -353,15 +392,17 @@ class LayerWorkers:
             for _ in range(self.workers):
                 self.pool.submit(_ready)
 
-    def run(self, job: Callable[[str], str], layer_ids: Iterable[str]) -> Iterator[str]:
-        """Yield each layer id as ``job`` (a picklable function of a layer id, such as a
-        ``LayerJob``'s phase) completes for it."""
+    def run_phase(
+        self, job: LayerJob, phase: LayerPhase, layer_ids: Iterable[str]
+    ) -> Iterator[str]:
+        """Yield each layer id as ``job``'s ``phase`` completes for it."""
+        work = job.phase(phase)
         if self.workers <= 1:
             for layer_id in layer_ids:
-                yield job(layer_id)
+                yield work(layer_id)
             return
         self.start()
         assert self.pool is not None
-        futures = [self.pool.submit(job, layer_id) for layer_id in layer_ids]
+        futures = [self.pool.submit(work, layer_id) for layer_id in layer_ids]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()

@@ -6,6 +6,10 @@ index, forward, embeddings, quality; each stage is its own module under ``pipeli
 is recorded in the manifest; a finished run is only read.
 
 Killing the process at any point loses at most the chunk or layer in flight.
+
+The forward chunks and the layers' maps are independent units (``pipelines/units.py``): they run
+in this process and its worker processes, or, given a ``remote`` runner, on other machines
+(``pipelines/precompute_celery.py``); the rest of the run is this process's either way.
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from pipelines import report
-from pipelines.cores import available_cores
 from pipelines.datasets import Dataset, open_dataset
 from pipelines.errors import UserError
 from pipelines.explain import STORED_METHODS
@@ -29,7 +32,7 @@ from pipelines.fingerprint import (
     changed_source_error,
     dataset_fingerprint,
 )
-from pipelines.layer_jobs import LayerWorkers
+from pipelines.layer_jobs import LayerRunner, LayerWorkers
 from pipelines.models import ModelAdapter, rebuild_adapter, resolve_device
 from pipelines.records import Manifest, RunFailure, RunSettings, StageState
 from pipelines.run_config import PrecomputeConfig, run_id_for, stored_methods
@@ -41,6 +44,11 @@ from pipelines.training import TrainingCurves
 __all__ = ["Precompute", "PrecomputeConfig", "usable"]
 
 T = TypeVar("T")
+
+
+class RemoteUnits(LayerRunner, forward.ChunkRunner, Protocol):
+    """Runs a run's forward chunks and layer phases on other machines that share its data dir
+    (``pipelines.precompute_celery.CeleryUnits``)."""
 
 
 class Precompute:
@@ -55,11 +63,13 @@ class Precompute:
         *,
         on_training_point: Callable[[TrainingCurves], None] | None = None,
         until: str | None = None,
+        remote: RemoteUnits | None = None,
     ):
         """``on_training_point``: called with the curves at every point of a training in the
         run (after they are saved). ``until``: the last stage to run (``main.py train`` stops
         after "model"); None: every stage. A run left with stages pending is completed by a
-        later precompute of the same settings."""
+        later precompute of the same settings. ``remote``: where the forward chunks and the
+        layers' maps are computed; None: here."""
         self.config = config
         self.data_dir = Path(data_dir)
         self.run_id = run_id_for(config, run_id)
@@ -67,6 +77,7 @@ class Precompute:
         self.progress = progress
         self.on_training_point = on_training_point
         self.until = until
+        self.remote = remote
 
     def log(self, message: str) -> None:
         if self.progress:
@@ -92,9 +103,7 @@ class Precompute:
         plan, warning = index.plan_samples(self.config, dataset)
         if warning:
             report.warn(warning)
-        processes = embeddings.worker_processes(self.config.device)
-        blas_threads = max(1, available_cores() // processes)
-        with self.store.writer_lock(), LayerWorkers(processes, blas_threads) as workers:
+        with self.store.writer_lock(), self.layer_runner() as workers:
             self.check_or_create_manifest(content)
             try:
                 self.compute(dataset, content, plan, workers)
@@ -103,8 +112,15 @@ class Precompute:
                 raise
             return self.store
 
+    def layer_runner(self) -> LayerRunner:
+        """What reduces the layers: the remote runner, else worker processes on this machine."""
+        if self.remote is not None:
+            return self.remote
+        device = self.config.device
+        return LayerWorkers(embeddings.worker_processes(device), embeddings.blas_threads(device))
+
     def compute(
-        self, dataset: Dataset, content: Fingerprint, plan: SamplePlan, workers: LayerWorkers
+        self, dataset: Dataset, content: Fingerprint, plan: SamplePlan, workers: LayerRunner
     ) -> None:
         """The missing stages (up to ``until``), in order; each skips what of its own work is
         already on disk."""
@@ -123,7 +139,7 @@ class Precompute:
             return adapter
 
         if "model" in missing or model.outdated(self.store):
-            use_threads_for(self.config, "model")
+            use_threads_for(self.config.model, self.config.device, "model")
             adapter = self.timed("model", lambda: self.model_stage(dataset, content))
         if wanted == ["model"]:
             self.clear_failure()
@@ -134,7 +150,7 @@ class Precompute:
             quality.quality_layer(
                 record.layers, quality.layer_request(self.config, record.require_config())
             )
-        use_threads_for(self.config, "forward")
+        use_threads_for(self.config.model, self.config.device, "forward")
         if reduce_layers:
             # Started now so their imports overlap the forward pass, not training (which
             # may use every core) or the first layer.
@@ -142,7 +158,14 @@ class Precompute:
         if "index" in missing or index.outdated(self.store):
             self.timed("index", lambda: index.run(self.store, self.config, dataset, plan))
         if "forward" in missing:
-            forward.run(self.store, dataset, run_model(), self.config.batch_size, self.progress)
+            forward.run(
+                self.store,
+                dataset,
+                run_model(),
+                self.config.batch_size,
+                self.progress,
+                self.remote,
+            )
         if reduce_layers:
             # Layers of a run computed before image placement need their features again.
             recapture = embeddings.layers_without_features(self.store)
@@ -155,7 +178,7 @@ class Precompute:
                     self.config.batch_size,
                     self.progress,
                 )
-            embeddings.run(self.store, workers, self.config.seed, self.config.device, self.progress)
+            embeddings.run(self.store, workers, self.config.device, self.progress)
         if "quality" in missing:
             quality.run(self.store, dataset, self.config, run_model, self.progress)
         self.clear_failure()

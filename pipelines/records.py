@@ -148,6 +148,10 @@ class RunSettings:
     # None: left out (the stage's defaults), or a run made before the stage existed.
     folds: int | None = None
     quality_layer: str | None = None
+    # The ``--device`` and ``--batch-size`` the run was begun with (not part of its identity: a
+    # resume may pass others). Celery workers compute its units with them (``pipelines/units.py``).
+    device: str | None = None
+    batch_size: int | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -155,6 +159,7 @@ class RunSettings:
         weights = data.get("weights")
         explain = data.get("explain")
         quality_layer = data.get("quality_layer")
+        device = data.get("device")
         return cls(
             dataset=str(data.get("dataset", "?")),
             model=str(data.get("model", "?")),
@@ -164,6 +169,8 @@ class RunSettings:
             explain=None if explain is None else _names(explain),
             folds=_optional_int(data.get("folds")),
             quality_layer=None if quality_layer is None else str(quality_layer),
+            device=None if device is None else str(device),
+            batch_size=_optional_int(data.get("batch_size")),
             raw=data,
         )
 
@@ -181,6 +188,8 @@ class RunSettings:
                 "explain": None if self.explain is None else list(self.explain),
                 "folds": self.folds,
                 "quality_layer": self.quality_layer,
+                "device": self.device,
+                "batch_size": self.batch_size,
             },
         )
 

@@ -24,6 +24,7 @@ from pipelines.precompute import Precompute, PrecomputeConfig
 from pipelines.stages import forward
 from pipelines.store import RunStore, embedding_key, runs_dir
 from tests.conftest import small_run_arguments
+from tests.run_checks import assert_same_artifacts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,24 +98,6 @@ def test_reopened_model_reproduces_the_stored_predictions(small_run):
         assert int(logits.argmax()) == int(predicted[row])
 
 
-def artifact_files(store: RunStore) -> list[Path]:
-    return sorted(
-        p.relative_to(store.run_dir)
-        for p in store.run_dir.rglob("*")
-        if p.is_file() and p.suffix in (".npy", ".npz", ".json") and p.name != "manifest.json"
-    )
-
-
-def same_values(mine: np.ndarray, theirs: np.ndarray, **tolerance) -> bool:
-    """Floats within ``tolerance``; booleans, labels, indices and pixels exactly, as must the
-    dtype and shape (allclose's relative tolerance lets large integers differ: 1000000 ≈ 1000005)."""
-    if mine.dtype != theirs.dtype or mine.shape != theirs.shape:
-        return False
-    if np.issubdtype(theirs.dtype, np.floating):
-        return bool(np.allclose(mine, theirs, **tolerance))
-    return bool(np.array_equal(mine, theirs))
-
-
 def precompute_command(data_dir: Path, run_id: str) -> list[str]:
     """The very command that made the session's reference run, into another folder."""
     return [sys.executable, "main.py", *small_run_arguments(data_dir, run_id)]
@@ -159,21 +142,7 @@ def test_kill_9_during_embeddings_then_resume_equals_an_uninterrupted_run(small_
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming run 'resumed'" in resumed.stderr
 
-    assert artifact_files(store) == artifact_files(reference)
-    for relative in artifact_files(reference):
-        if relative.suffix == ".npy":
-            mine, theirs = np.load(store.run_dir / relative), np.load(reference.run_dir / relative)
-            assert same_values(mine, theirs, atol=1e-4), relative
-        elif relative.suffix == ".npz":
-            mine, theirs = np.load(store.run_dir / relative), np.load(reference.run_dir / relative)
-            for name in theirs.files:
-                assert same_values(mine[name], theirs[name], equal_nan=True), (relative, name)
-        elif relative.suffix == ".json":
-            mine, theirs = (
-                p.read_text() for p in (store.run_dir / relative, reference.run_dir / relative)
-            )
-            if relative.parts[0] not in ("reduction", "pca_info"):  # they carry their timings
-                assert mine == theirs, relative
+    assert_same_artifacts(store, reference)
 
 
 def make_image_folder(root: Path) -> Path:

@@ -13,7 +13,9 @@
    layer's features (near-duplicates) and its outlier score.
 
 Each stage reads what the stages before it stored and writes its own artifacts and manifest
-fields; ``pipelines/precompute.py`` asks the store which stages are missing and runs those.
+fields; ``pipelines/precompute.py`` asks the store which stages are missing and runs those. The
+forward stage's chunks and the embeddings stage's layer phases are units that other machines can
+do (``pipelines/units.py``, ``pipelines/precompute_celery.py``).
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ import torch
 
 from pipelines.cores import idle_cores
 from pipelines.models import resolve_device
-from pipelines.run_config import PrecomputeConfig
 
 STAGES = ("model", "index", "forward", "embeddings", "quality")
 # Long enough to average over a few scheduler ticks; paid once per run, before training.
 FREE_CORES_SAMPLE_SECONDS = 0.2
 
 
-def use_threads_for(config: PrecomputeConfig, stage: str) -> None:
-    """Torch threads for the small built-in CNN on a CPU (other models keep torch's default).
+def use_threads_for(model: str, device: str, stage: str) -> None:
+    """Torch threads for the small built-in CNN (``model``, a ``--model`` spec) on a CPU (other
+    models keep torch's default); ``device``: the ``--device`` choice.
 
     Training ("model") uses the cores that are free now: 5.0 s on two idle cores against 7.8 s
     on one, but on a busy machine a second OpenMP thread spin-waits for a core and made it 3x
@@ -38,6 +40,6 @@ def use_threads_for(config: PrecomputeConfig, stage: str) -> None:
     split, and a fixed thread count keeps the features identical from run to run, so a resumed
     run equals an uninterrupted one.
     """
-    if config.model != "smallcnn" or resolve_device(config.device).type != "cpu":
+    if model != "smallcnn" or resolve_device(device).type != "cpu":
         return
     torch.set_num_threads(idle_cores(FREE_CORES_SAMPLE_SECONDS) if stage == "model" else 1)

@@ -17,7 +17,7 @@ import time
 from tqdm import tqdm
 
 from pipelines.cores import available_cores
-from pipelines.layer_jobs import LayerJob, LayerWorkers
+from pipelines.layer_jobs import LayerJob, LayerRunner, tsne_phase_done
 from pipelines.models import resolve_device
 from pipelines.stages.forward import chunk_ranges
 from pipelines.store import RunStore
@@ -30,10 +30,35 @@ def worker_processes(device: str) -> int:
     return available_cores()
 
 
+def blas_threads(device: str) -> int:
+    """BLAS threads for each layer worker: the cores shared between them (``prepare_worker``
+    says why). Fixed by the machine, so a layer's PCA, and the t-SNE maps made from it, are
+    the same whichever process of the machine reduces it, a Celery worker included."""
+    return max(1, available_cores() // worker_processes(device))
+
+
 def layer_done(store: RunStore, layer_id: str) -> bool:
     """The layer's maps are complete (``reduction``, written last) and so is its placement
     data (``projection``, which runs computed before image placement lack)."""
-    return store.has("reduction", layer=layer_id) and store.has("projection", layer=layer_id)
+    return tsne_phase_done(store, layer_id)
+
+
+def layer_job(store: RunStore, device: str) -> LayerJob:
+    """The run's layer job as this machine runs it for the ``--device`` choice ``device``: on
+    a CUDA GPU in PyTorch, else with numpy and openTSNE. Everything else comes from the run's
+    manifest, so every machine that shares the run makes the same maps of a layer."""
+    record = store.read_record()
+    return LayerJob(
+        run_dir=str(store.run_dir),
+        num_chunks=len(chunk_ranges(record.require_dataset().num_samples)),
+        subsets=list(record.subsets),
+        perplexities={n: list(values) for n, values in record.perplexities.items()},
+        seed=record.require_config().seed,
+        # Every worker may thread its maps over all cores: when the other workers run out of
+        # layers, the last ones still use the whole machine (the OS shares the cores).
+        n_jobs=available_cores(),
+        torch_device="cuda" if resolve_device(device).type == "cuda" else None,
+    )
 
 
 def outdated(store: RunStore) -> bool:
@@ -65,8 +90,8 @@ def layers_without_features(store: RunStore) -> list[str]:
     ]
 
 
-def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress: bool) -> None:
-    """Every layer not ``layer_done`` yet."""
+def run(store: RunStore, workers: LayerRunner, device: str, progress: bool) -> None:
+    """Every layer not ``layer_done`` yet, each phase by ``workers``."""
     record = store.read_record()
     layers = record.layers
     done = {layer.id for layer in layers if layer_done(store, layer.id)}
@@ -77,17 +102,7 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
     if pending or aliases:
         # The dashboard's 3-D maps are made from the PCA scores about to be (re)written.
         store.delete_kind("embedding3d")
-    job = LayerJob(
-        run_dir=str(store.run_dir),
-        num_chunks=len(chunk_ranges(record.require_dataset().num_samples)),
-        subsets=list(record.subsets),
-        perplexities={n: list(values) for n, values in record.perplexities.items()},
-        seed=seed,
-        # Every worker may thread its maps over all cores: when the other workers run out of
-        # layers, the last ones still use the whole machine (the OS shares the cores).
-        n_jobs=available_cores(),
-        torch_device="cuda" if resolve_device(device).type == "cuda" else None,
-    )
+    job = layer_job(store, device)
     start = time.perf_counter() - (record.stage("embeddings").seconds or 0.0)
     bar = tqdm(
         total=len(layers),
@@ -115,12 +130,12 @@ def run(store: RunStore, workers: LayerWorkers, seed: int, device: str, progress
     try:
         # Every layer's PCA maps first (a second or two in all), then the t-SNE maps layer by
         # layer: a page opened meanwhile shows each layer's PCA map until its t-SNE is done.
-        for _ in workers.run(job.pca_phase, pending):
+        for _ in workers.run_phase(job, "pca", pending):
             pass
         for layer_id, source in aliases:
             job.copy_pca(source, layer_id)
         finished(None)
-        for layer_id in workers.run(job.tsne_phase, pending):
+        for layer_id in workers.run_phase(job, "tsne", pending):
             finished(layer_id)
         for layer_id, source in aliases:
             job.copy_tsne(source, layer_id)

@@ -5,6 +5,8 @@ by default Grad-CAM / guided backprop / guided Grad-CAM).
 A chunk's file (``forward_chunk``) is written last, so its presence means the whole chunk is on
 disk; once every chunk is, they are consolidated into ``thumbnails``, ``explanation``,
 ``predictions`` (with the metrics of ``pipelines/metrics.py``) and ``class_probabilities``.
+A chunk is a unit (``pipelines/units.py``): ``compute_chunk`` and ``save_chunk`` need only what
+the store holds (``chunk_work``), so Celery workers can do chunks too (``run``'s ``remote``).
 ``capture_features`` redoes only the pooled features, for a finished run whose layers need them
 again (``embeddings``, ``quality``); ``recompute_class_probabilities`` only the probabilities,
 for a run whose forward stage finished before they were stored (``quality``).
@@ -13,8 +15,9 @@ for a run whose forward stage finished before they were stored (``quality``).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,7 +31,7 @@ from pipelines.labels import class_probabilities
 from pipelines.metrics import HELD_OUT, accuracy_by_split, confusion_matrix, prediction_columns
 from pipelines.models import ModelAdapter, load_inputs
 from pipelines.precision import AUTOCAST_DTYPES, bf16_available, choose_precision, compare_bf16
-from pipelines.records import ForwardPrecision
+from pipelines.records import ForwardPrecision, Manifest
 from pipelines.run_config import check_stored_methods, stored_methods
 from pipelines.store import RunStore
 
@@ -182,66 +185,146 @@ def consolidate(
     store.delete_kind("forward_chunk")
 
 
-def run(
-    store: RunStore, dataset: Dataset, adapter: ModelAdapter, batch_size: int, progress: bool
-) -> None:
-    """Every chunk not on disk yet, then the consolidation."""
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class ChunkWork:
+    """What computing any chunk of a run takes besides the dataset and the model, all read from
+    the run's store (``chunk_work``), so a chunk can be computed on any machine that shares it."""
+
+    indices: np.ndarray  # (N,) int: the dataset index of each sample row
+    chunks: list[range]  # sample rows of each chunk
+    feature_layers: list[str]  # layers whose pooled features are stored (not reshape-only ones)
+    gradcam_layer: str | None
+    methods: tuple[str, ...]  # the stored explanations
+    explanation_size: int
+    precision: str  # a key of AUTOCAST_DTYPES, decided once per run (``forward_precision``)
+
+
+def feature_layers_of(record: Manifest) -> list[str]:
+    """The layers whose pooled features the forward pass stores: all but reshape-only ones
+    (whose maps are their source layer's)."""
+    return [layer.id for layer in record.layers if not layer.same_as]
+
+
+def chunk_work(store: RunStore) -> ChunkWork:
+    """The run's ``ChunkWork``; its forward precision must be recorded already."""
     record = store.read_record()
-    samples = store.load_json("samples")
-    indices = np.array(samples["dataset_index"])
-    chunks = chunk_ranges(len(indices))
-    feature_layers = [layer.id for layer in record.layers if not layer.same_as]
-    gradcam_layer = record.require_model().gradcam_layer
+    if record.forward_precision is None:
+        raise ValueError("the forward precision is chosen (forward_precision) before any chunk")
+    indices = np.array(store.load_json("samples")["dataset_index"])
     methods = stored_methods(record.require_config())
     check_stored_methods(methods)  # a plugin's method needs its --plugins again on resume
-    pending = [i for i, rows in enumerate(chunks) if not store.has("forward_chunk", chunk=i)]
+    return ChunkWork(
+        indices=indices,
+        chunks=chunk_ranges(len(indices)),
+        feature_layers=feature_layers_of(record),
+        gradcam_layer=record.require_model().gradcam_layer,
+        methods=methods,
+        explanation_size=record.require_explanation_size(),
+        precision=record.forward_precision.dtype,
+    )
+
+
+def chunk_done(store: RunStore, chunk_index: int) -> bool:
+    """The chunk is on disk: its ``forward_chunk`` file is written last."""
+    return store.has("forward_chunk", chunk=chunk_index)
+
+
+@dataclass(frozen=True)
+class ChunkOutput:
+    """One chunk's results, as ``compute_chunk`` returns them and ``save_chunk`` stores them."""
+
+    per_sample: dict[str, np.ndarray]  # top-10, log-probabilities, explanations, thumbnails
+    features: dict[str, np.ndarray]  # layer id -> (n_chunk, D) float16 pooled activations
+
+
+def compute_chunk(
+    dataset: Dataset, adapter: ModelAdapter, work: ChunkWork, chunk_index: int, batch_size: int
+) -> ChunkOutput:
+    """One chunk through the model: its layers' pooled features and per-sample outputs."""
+    rows = work.chunks[chunk_index]
+    views, inputs = load_inputs(adapter, dataset, work.indices[rows.start : rows.stop])
+    per_sample, features = forward_chunk(
+        adapter,
+        inputs,
+        work.feature_layers,
+        work.gradcam_layer,
+        work.explanation_size,
+        batch_size,
+        work.precision,
+        work.methods,
+    )
+    per_sample["thumbnails"] = thumbnails_of(views)
+    return ChunkOutput(per_sample, features)
+
+
+def save_chunk(store: RunStore, chunk_index: int, output: ChunkOutput) -> None:
+    """The chunk's features, then its per-sample outputs: the commit marker (``chunk_done``)."""
+    for layer, values in output.features.items():
+        store.save_array("features", values, layer=layer, chunk=chunk_index)
+    store.save_arrays("forward_chunk", output.per_sample, chunk=chunk_index)
+
+
+class ChunkRunner(Protocol):
+    """Computes chunks elsewhere than in this process (``pipelines.precompute_celery``)."""
+
+    def run_chunks(self, store: RunStore, chunk_indices: Sequence[int]) -> Iterator[int]:
+        """Yield each chunk index as its chunk is on disk, in the order they finish."""
+        ...
+
+
+def run(
+    store: RunStore,
+    dataset: Dataset,
+    adapter: ModelAdapter,
+    batch_size: int,
+    progress: bool,
+    remote: ChunkRunner | None = None,
+) -> None:
+    """Every chunk not on disk yet (in this process, or by ``remote``), then the consolidation.
+    The precision is chosen here either way, with this process's model, on its device."""
+    start = time.perf_counter()
+    samples = store.load_json("samples")
+    indices = np.array(samples["dataset_index"])
+    layers = feature_layers_of(store.read_record())
+    forward_precision(store, adapter, dataset, indices, layers, batch_size)
+    work = chunk_work(store)
+    pending = [i for i in range(len(work.chunks)) if not chunk_done(store, i)]
     bar = tqdm(
         total=len(indices),
-        initial=len(indices) - sum(len(chunks[i]) for i in pending),
+        initial=len(indices) - sum(len(work.chunks[i]) for i in pending),
         desc="forward + explanations",
         unit="img",
         disable=not progress,
     )
     store.update_stage(
-        "forward", state="running", done=len(chunks) - len(pending), total=len(chunks)
+        "forward", state="running", done=len(work.chunks) - len(pending), total=len(work.chunks)
     )
-    precision = forward_precision(store, adapter, dataset, indices, feature_layers, batch_size)
-    try:
+
+    def here() -> Iterator[int]:
         for chunk_index in pending:
-            rows = chunks[chunk_index]
-            views, inputs = load_inputs(adapter, dataset, indices[rows.start : rows.stop])
-            per_sample, features = forward_chunk(
-                adapter,
-                inputs,
-                feature_layers,
-                gradcam_layer,
-                record.require_explanation_size(),
-                batch_size,
-                precision,
-                methods,
-            )
-            for layer, values in features.items():
-                store.save_array("features", values, layer=layer, chunk=chunk_index)
-            per_sample["thumbnails"] = thumbnails_of(views)
-            store.save_arrays("forward_chunk", per_sample, chunk=chunk_index)  # commit marker
-            bar.update(len(rows))
+            output = compute_chunk(dataset, adapter, work, chunk_index, batch_size)
+            save_chunk(store, chunk_index, output)
+            yield chunk_index
+
+    try:
+        for chunk_index in remote.run_chunks(store, pending) if remote else here():
+            bar.update(len(work.chunks[chunk_index]))
     finally:
         bar.close()  # also on Ctrl-C: no bar redrawn after the "interrupted" line
     consolidate(
         store,
-        len(chunks),
+        len(work.chunks),
         np.array(samples["label"]),
         np.array(samples["model_label"]),
         np.array(samples["model_split"]) == HELD_OUT,
-        methods,
+        work.methods,
     )
     store.update_stage(
         "forward",
         state="done",
         seconds=round(time.perf_counter() - start, 3),
-        done=len(chunks),
-        total=len(chunks),
+        done=len(work.chunks),
+        total=len(work.chunks),
     )
 
 
