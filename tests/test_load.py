@@ -6,7 +6,6 @@ workers, briefly. Every request must succeed; how fast is the benchmark's busine
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
