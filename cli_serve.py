@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dashboard.auth import PASSWORD_VARIABLE, BasicAuth, is_loopback
 from pipelines.errors import UserError
 
 if TYPE_CHECKING:
@@ -39,6 +42,7 @@ STOP_WAIT_S = 15.0  # for the child to save what it has after the server's Ctrl-
 
 def serve_command(args: argparse.Namespace, build_default: bool) -> None:
     roots = allowed_roots(args.allow_folder)  # before a default run is built: a typo fails fast
+    auth = resolve_auth(args.host, args.auth)  # once, before any app (or worker) is built
     with default_run_in_background(args.data_dir) if build_default else no_child() as child:
         # Built while the child computes. Waiting for its training first was slower (27 s to
         # the page instead of 25 s on 2 idle cores): the import then met the forward pass and
@@ -47,7 +51,7 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
             from dashboard.app import create_app, stop_background_jobs
             from pipelines.job_queue import JobRunner
 
-            app = create_app(args.data_dir, allowed_folders=roots)
+            app = create_app(args.data_dir, allowed_folders=roots, auth=auth)
             if child is not None:
                 wait_until_usable(child, args.data_dir)
         except KeyboardInterrupt:
@@ -60,10 +64,10 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
         # Jobs started from the page (training, precompute) run one at a time in child
         # processes; with REDIS_URL set, Celery workers run them and this starts nothing.
         runner = JobRunner(args.data_dir).start()
-        print(
-            f"LayerScope is serving {args.data_dir.resolve()} at http://{args.host}:{args.port}/",
-            flush=True,
-        )
+        url = f"http://{args.host}:{args.port}/"
+        print(f"LayerScope is serving {args.data_dir.resolve()} at {url}", flush=True)
+        if auth is not None:
+            print(login_note(auth, url), file=sys.stderr, flush=True)
         try:
             app.run(host=args.host, port=args.port, debug=False)  # returns on Ctrl-C
         finally:
@@ -72,6 +76,35 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
             # Background jobs are threads of this process (nothing to kill): none starts now,
             # and a running one gets a moment to end before the interpreter tears torch down.
             stop_background_jobs(app)
+
+
+def resolve_auth(
+    host: str, wanted: bool | None, environ: Mapping[str, str] = os.environ
+) -> BasicAuth | None:
+    """The login the server asks for: with ``--auth`` (``wanted``), the password from
+    ``LAYERSCOPE_PASSWORD`` or a new random one; None with ``--no-auth`` or, on a loopback
+    host, by default. A host others can reach must say which it is."""
+    if wanted is None and not is_loopback(host):
+        raise UserError(
+            f"--host {host} lets other machines reach the dashboard; pass --auth to ask them "
+            "for a password (or --no-auth to serve without a login)"
+        )
+    if not wanted:
+        return None
+    password = environ.get(PASSWORD_VARIABLE)
+    if password:
+        return BasicAuth(password=password)
+    return BasicAuth(password=secrets.token_urlsafe(16), generated=True)
+
+
+def login_note(auth: BasicAuth, url: str) -> str:
+    """The line that tells whoever started the server how to log in."""
+    if auth.generated:
+        return (
+            f"log in at {url} as user {auth.user} with password {auth.password} (generated for "
+            f"this start; set {PASSWORD_VARIABLE} to choose one)"
+        )
+    return f"log in at {url} as user {auth.user} with the password in ${PASSWORD_VARIABLE}"
 
 
 def allowed_roots(roots: list[Path]) -> tuple[Path, ...]:
