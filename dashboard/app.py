@@ -12,13 +12,13 @@ from typing import Any
 import dash
 import dash_bootstrap_components as dbc  # noqa: F401 - registers the component suite
 
-from dashboard import security
+from dashboard import callback_inputs, security
+from dashboard.auth import BasicAuth
 from dashboard.context import CONFIG_KEY, configure
 from dashboard.jobs import ThreadJobManager
 from dashboard.layout import page
 from dashboard.registry import register_all, shared_with_browser
 from dashboard.routes import register_routes
-from dashboard.security import BasicAuth
 from pipelines.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +108,9 @@ def create_app(
         meta_tags=[{"name": "viewport", "content": "width=device-width, initial-scale=1"}],
     )
     # First: it also changes how the routes added below read numbers.
-    security.install(app, auth=auth, page_scripts=[script])
+    security.install(
+        app, auth=auth, page_scripts=[script], value_problem=callback_inputs.value_problem
+    )
     app.server.config[CONFIG_KEY] = context
     app.layout = layout
     register_all(app)

@@ -13,8 +13,10 @@ would otherwise be a row).
 * **Callback requests**: Dash reads ``/_dash-update-component``'s JSON body trusting its shape,
   and anything malformed ends in a ``KeyError`` deep inside it (an HTML 500). The body is
   checked first against ``app.callback_map`` for what Dash's dispatch reads (``output``,
-  ``outputs``, ``inputs``, ``state``, ``changedPropIds``); what is wrong answers 400 with one
-  line. Values inside a well-formed body are each callback's own to check.
+  ``outputs``, ``inputs``, ``state``, ``changedPropIds``), then each value against what its
+  callback can take (``dashboard/callback_inputs.py``); what is wrong answers 400 with one line.
+* **Paths**: Dash answers any path no route claims with the page; in an area of the server's
+  own routes (``/runs/...``, ``/assets/...``, ``/_dash-...``) such a path answers 404 instead.
 * **Errors**: every HTTP error (404, 405, 413, ...) answers its one-line description as plain
   text instead of Werkzeug's HTML page; an exception escaping a view or a callback is logged
   with its traceback and answers a plain 500 line.
@@ -27,26 +29,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
-import ipaddress
 import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import dash
 import flask
-from dash.exceptions import InvalidResourceError
+from dash.exceptions import DependencyException, InvalidResourceError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter
+from werkzeug.wrappers import Response as BaseResponse
+
+from dashboard.auth import LOGIN_REALM, BasicAuth
 
 LOG = logging.getLogger(__name__)
-
-LOGIN_USER = "layerscope"
-LOGIN_REALM = "LayerScope"
-PASSWORD_VARIABLE = "LAYERSCOPE_PASSWORD"
 
 # The largest legitimate callback body is an image dropped onto the page: 10 MB as base64
 # (dashboard/uploads.MAX_BYTES) is 13.4 MB. Four times that leaves room without letting one
@@ -54,41 +52,14 @@ PASSWORD_VARIABLE = "LAYERSCOPE_PASSWORD"
 MAX_CALLBACK_BYTES = 64 << 20
 # Enough for any row, class or channel; more digits are not a number any run has.
 MAX_INDEX_DIGITS = 12
-ASCII_DIGITS = re.compile(r"[0-9]{1,%d}" % MAX_INDEX_DIGITS)
+ASCII_INDEX = rf"[0-9]{{1,{MAX_INDEX_DIGITS}}}"
+ASCII_DIGITS = re.compile(ASCII_INDEX)
 
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
-
-
-@dataclass(frozen=True)
-class BasicAuth:
-    """The one login the server asks for. ``generated``: the password was made at start (and
-    must be shown to whoever started the server), not taken from ``LAYERSCOPE_PASSWORD``."""
-
-    password: str = field(repr=False)
-    generated: bool = False
-    user: str = LOGIN_USER
-
-    def accepts(self, user: str, password: str) -> bool:
-        # Both compared in constant time, and both always compared: how long a refusal takes
-        # says nothing about which half was wrong. Bytes, since compare_digest refuses non-ASCII
-        # str and a password from the environment may be any text.
-        user_ok = hmac.compare_digest(user.encode(), self.user.encode())
-        password_ok = hmac.compare_digest(password.encode(), self.password.encode())
-        return user_ok & password_ok
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach: 127.0.0.0/8, ::1 and ``localhost``."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to any interface
 
 
 def ascii_int(text: str | None) -> int | None:
@@ -103,7 +74,7 @@ class AsciiIntegerConverter(IntegerConverter):
     """Werkzeug's ``<int:...>``, but ASCII digits only: its default ``\\d+`` matches every
     Unicode digit and ``int`` then reads them."""
 
-    regex = r"[0-9]{1,%d}" % MAX_INDEX_DIGITS
+    regex = ASCII_INDEX
 
 
 def plain(text: str, status: int) -> flask.Response:
@@ -150,9 +121,20 @@ def _id_matches(sent: Any, declared: str | dict[str, Any]) -> bool:
     return True
 
 
-def _dependency_problem(sent: Any, declared: Mapping[str, str], where: str) -> str | None:
+# What is wrong with an input's value (component id, property, value), or None.
+ValueCheck = Callable[[Any, str, Any], str | None]
+
+
+def no_value_check(_component_id: Any, _prop: str, _value: Any) -> None:
+    return None
+
+
+def _dependency_problem(
+    sent: Any, declared: Mapping[str, str], where: str, value_problem: ValueCheck
+) -> str | None:
     """What is wrong with one entry of ``inputs``/``state``/``outputs`` for ``declared``
-    ({"id", "property"} as in ``callback_map``), or None."""
+    ({"id", "property"} as in ``callback_map``), or None. ``value_problem`` checks the
+    entry's value (outputs have none)."""
     pattern = _declared_id(declared["id"])
     multi = isinstance(pattern, dict) and any(v in _MULTI_WILDCARDS for v in pattern.values())
     if multi:
@@ -171,16 +153,24 @@ def _dependency_problem(sent: Any, declared: Mapping[str, str], where: str) -> s
                 f"{where} is {_shown(entry.get('id'))}.{_shown(entry['property'])}, not "
                 f"{declared['id']}.{declared['property']}"
             )
+        problem = value_problem(entry.get("id"), prop, entry.get("value"))
+        if problem:
+            return f"{_shown(entry.get('id'))}.{prop} {problem}"
     return None
 
 
-def _list_problem(sent: Any, declared: Sequence[Mapping[str, str]], name: str) -> str | None:
+def _list_problem(
+    sent: Any,
+    declared: Sequence[Mapping[str, str]],
+    name: str,
+    value_problem: ValueCheck = no_value_check,
+) -> str | None:
     if not isinstance(sent, list):
         return f"'{name}' must be a list"
     if len(sent) != len(declared):
         return f"'{name}' has {len(sent)} entries; this callback takes {len(declared)}"
     for index, (entry, spec) in enumerate(zip(sent, declared, strict=True)):
-        problem = _dependency_problem(entry, spec, f"{name}[{index}]")
+        problem = _dependency_problem(entry, spec, f"{name}[{index}]", value_problem)
         if problem:
             return problem
     return None
@@ -192,17 +182,22 @@ def _outputs_problem(sent: Any, callback: Mapping[str, Any]) -> str | None:
     declared = callback["output"]
     if isinstance(declared, list | tuple):
         return _list_problem(sent, [o.to_dict() for o in declared], "outputs")
-    return _dependency_problem(sent, declared.to_dict(), "outputs")
+    return _dependency_problem(sent, declared.to_dict(), "outputs", no_value_check)
 
 
-def callback_request_problem(body: Any, callbacks: Mapping[str, Mapping[str, Any]]) -> str | None:
+def callback_request_problem(
+    body: Any,
+    callbacks: Mapping[str, Mapping[str, Any]],
+    value_problem: ValueCheck = no_value_check,
+) -> str | None:
     """What is wrong with a ``/_dash-update-component`` body for the app whose
     ``callback_map`` is ``callbacks``, or None when Dash can dispatch it.
 
     Mirrors what Dash's dispatch reads: ``output`` names a server callback (clientside ones have
     no ``callback``), ``outputs`` match its outputs (Dash checks them too, with an HTML 500),
     ``inputs`` and ``state`` hold one entry per declared dependency (Dash checks the count, the
-    same way) and ``changedPropIds`` are strings (it looks each up in a dict)."""
+    same way) and ``changedPropIds`` are strings (it looks each up in a dict). Then each input's
+    and state's value must pass ``value_problem`` (``dashboard/callback_inputs.py``)."""
     if not isinstance(body, dict):
         return "the body must be a JSON object"
     output = body.get("output")
@@ -216,8 +211,8 @@ def callback_request_problem(body: Any, callbacks: Mapping[str, Mapping[str, Any
         return "'changedPropIds' must be a list of strings"
     return (
         _outputs_problem(body.get("outputs"), callback)
-        or _list_problem(body.get("inputs"), callback["inputs"], "inputs")
-        or _list_problem(body.get("state", []), callback["state"], "state")
+        or _list_problem(body.get("inputs"), callback["inputs"], "inputs", value_problem)
+        or _list_problem(body.get("state", []), callback["state"], "state", value_problem)
     )
 
 
@@ -262,11 +257,16 @@ def content_security_policy(script_hashes: Sequence[str]) -> str:
 
 
 def install(
-    app: dash.Dash, *, auth: BasicAuth | None = None, page_scripts: Sequence[str] = ()
+    app: dash.Dash,
+    *,
+    auth: BasicAuth | None = None,
+    page_scripts: Sequence[str] = (),
+    value_problem: ValueCheck = no_value_check,
 ) -> None:
-    """Make ``app`` ask for ``auth`` (when given), check callback requests, answer errors as
-    one plain line and send the security headers. ``page_scripts``: the inline scripts the page
-    template adds besides Dash's own, allowed by their hashes.
+    """Make ``app`` ask for ``auth`` (when given), check callback requests (their values with
+    ``value_problem``), answer errors as one plain line and send the security headers.
+    ``page_scripts``: the inline scripts the page template adds besides Dash's own, allowed by
+    their hashes.
 
     Call it right after creating the app, before any route of the app's own is added."""
     server = app.server
@@ -274,7 +274,8 @@ def install(
     prefix = app.config.routes_pathname_prefix
     if auth is not None:
         server.before_request(login_required(auth))
-    server.before_request(callback_check(app, f"{prefix}_dash-update-component"))
+    server.before_request(callback_check(app, f"{prefix}_dash-update-component", value_problem))
+    server.before_request(no_page_in_server_areas(server, f"{prefix}<path:path>"))
     register_error_handlers(server)
     server.after_request(security_headers(app, page_scripts))
 
@@ -299,7 +300,9 @@ def login_required(auth: BasicAuth) -> Callable[[], flask.Response | None]:
     return check_login
 
 
-def callback_check(app: dash.Dash, path: str) -> Callable[[], flask.Response | None]:
+def callback_check(
+    app: dash.Dash, path: str, value_problem: ValueCheck
+) -> Callable[[], flask.Response | None]:
     def check_callback_request() -> flask.Response | None:
         request = flask.request
         if request.path != path or request.method != "POST":
@@ -308,7 +311,7 @@ def callback_check(app: dash.Dash, path: str) -> Callable[[], flask.Response | N
         body = request.get_json(silent=True)
         if body is None:
             return plain("bad callback request: the body must be JSON (application/json)", 400)
-        problem = callback_request_problem(body, app.callback_map)
+        problem = callback_request_problem(body, app.callback_map, value_problem)
         if problem:
             return plain(f"bad callback request: {problem}", 400)
         return None
@@ -316,30 +319,61 @@ def callback_check(app: dash.Dash, path: str) -> Callable[[], flask.Response | N
     return check_callback_request
 
 
+def first_segment(rule: str) -> str | None:
+    """ "/runs/<run_id>/thumb/<int:row>.png" -> "runs"; None when the path starts variable."""
+    segment = rule.lstrip("/").split("/", 1)[0]
+    return segment if segment and "<" not in segment else None
+
+
+def no_page_in_server_areas(
+    server: flask.Flask, catch_all: str
+) -> Callable[[], flask.Response | None]:
+    """Dash answers every path no route claims with the page (so the page can route itself:
+    ``/new``). Under a first segment that the server's own routes use (``/runs/``,
+    ``/assets/``, ``/_dash-...``, ``/upload/``...) an unknown path is a mistake or a probe:
+    it answers 404, not the page."""
+    areas: set[str] = set()  # from the URL map on the first request: every route is added then
+
+    def check_area() -> flask.Response | None:
+        rule = flask.request.url_rule
+        if rule is None or rule.rule != catch_all:
+            return None
+        if not areas:
+            areas.update(
+                segment
+                for other in server.url_map.iter_rules()
+                if other.rule != catch_all and (segment := first_segment(other.rule))
+            )
+        if first_segment(flask.request.path) in areas:
+            return plain(f"no such path: {flask.request.path}", 404)
+        return None
+
+    return check_area
+
+
 def register_error_handlers(server: flask.Flask) -> None:
     @server.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> flask.Response:
-        # The error's own response keeps its headers (Allow on a 405, Location on a redirect).
+    def http_error(error: HTTPException) -> BaseResponse:
+        # The error's own response keeps its headers (Allow on a 405). Flask hands redirects
+        # and code-less errors back before looking for a handler: this sees 4xx and 5xx only.
         response = error.get_response()
-        if error.code is not None and error.code < 400:
-            return response
         text = f"{error.code} {error.name}: {error.description or ''}".rstrip(": ")
         response.set_data(one_line(text) + "\n")
         response.mimetype = "text/plain"
         return response
 
     @server.errorhandler(InvalidResourceError)
-    def no_such_resource(error: InvalidResourceError) -> flask.Response:
-        # Dash's own handler answers this (a bad /_dash-component-suites/ path) as HTML.
-        return plain(str(error.args[0]) if error.args else "no such resource", 404)
+    @server.errorhandler(DependencyException)
+    def no_such_resource(_error: Exception) -> flask.Response:
+        # A /_dash-component-suites/ path that names no registered script: Dash answers it with
+        # HTML (or a 500), and a message listing every registered path.
+        return plain(f"no such file: {flask.request.path}", 404)
 
     @server.errorhandler(Exception)
     def internal_error(error: Exception) -> flask.Response:
         # Dash answers PreventUpdate (204) with a handler of its own, which Flask prefers: it is
         # registered for the more specific class.
-        LOG.error(
-            "%s %s failed", flask.request.method, flask.request.path, exc_info=error
-        )
+        LOG.error("%s %s failed", flask.request.method, flask.request.path, exc_info=error)
         return plain("internal error while answering this request; see the server log", 500)
 
 

@@ -80,9 +80,10 @@ def watch(browser: Any) -> Iterator[PolicyWatch]:
 def test_the_page_sends_its_policy(watch, server):
     response = watch.page.goto(f"{server}/?run=digits-small")
     policy = response.headers["content-security-policy"]
-    assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy.split(
-        "script-src"
-    )[1].split(";")[0]
+    assert (
+        "frame-ancestors 'none'" in policy
+        and "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
+    )
     assert response.headers["x-frame-options"] == "DENY"
 
 
@@ -118,7 +119,9 @@ def test_workbench_and_downloads_under_the_policy(watch, server):
     # plotly.js draws PNG and SVG downloads in the page (data: and blob: URLs).
     for button, suffix in (("PNG", ".png"), ("SVG", ".svg")):
         with page.expect_download() as download:
-            page.locator(f"#{ids.EMBEDDING_CARD} .ls-figure-download button", has_text=button).click()
+            page.locator(
+                f"#{ids.EMBEDDING_CARD} .ls-figure-download button", has_text=button
+            ).click()
         assert download.value.suggested_filename == f"layerscope-embedding{suffix}"
         assert Path(download.value.path()).stat().st_size > 1000
     assert watch.violations() == []
@@ -129,9 +132,7 @@ def test_the_new_run_page_under_the_policy(watch, server):
     page = watch.page
     page.goto(f"{server}/new")
     page.wait_for_selector(f"#{ids.NEW_MODEL_PRESET}")
-    page.wait_for_function(
-        f"() => document.getElementById({ids.NEW_DATASET_SOURCE!r}) !== null"
-    )
+    page.wait_for_function(f"() => document.getElementById({ids.NEW_DATASET_SOURCE!r}) !== null")
     page.select_option(f"#{ids.NEW_MODEL_PRESET}", "smallcnn")
     watch.screenshot("security-new-run")
     assert watch.violations() == []
