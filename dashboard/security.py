@@ -330,8 +330,8 @@ def no_page_in_server_areas(
 ) -> Callable[[], flask.Response | None]:
     """Dash answers every path no route claims with the page (so the page can route itself:
     ``/new``). Under a first segment that the server's own routes use (``/runs/``,
-    ``/assets/``, ``/_dash-...``, ``/upload/``...) an unknown path is a mistake or a probe:
-    it answers 404, not the page."""
+    ``/assets/``, ``/upload/``...) or that starts with an underscore (``/_dash-...``) an unknown
+    path is a mistake or a probe: it answers 404, not the page."""
     areas: set[str] = set()  # from the URL map on the first request: every route is added then
 
     def check_area() -> flask.Response | None:
@@ -344,7 +344,10 @@ def no_page_in_server_areas(
                 for other in server.url_map.iter_rules()
                 if other.rule != catch_all and (segment := first_segment(other.rule))
             )
-        if first_segment(flask.request.path) in areas:
+        first = first_segment(flask.request.path) or ""
+        # Dash keeps every path of its own under an underscore (/_dash-layout, /_reload-hash):
+        # none is a page.
+        if first in areas or first.startswith("_"):
             return plain(f"no such path: {flask.request.path}", 404)
         return None
 

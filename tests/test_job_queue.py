@@ -246,7 +246,9 @@ def test_serve_runs_the_jobs_the_page_submits(data_dir, monkeypatch):
         seen.append(wait_state(data_dir, job.id, {"failed"}, JOB_SECONDS))
 
     monkeypatch.setattr(dash.Dash, "run", submit_and_wait)
-    args = argparse.Namespace(data_dir=data_dir, host="127.0.0.1", port=8050, allow_folder=[])
+    args = argparse.Namespace(
+        data_dir=data_dir, host="127.0.0.1", port=8050, allow_folder=[], auth=None
+    )
     cli_serve.serve_command(args, build_default=False)
     (failed,) = seen
     assert failed.error and failed.error.startswith("error: unknown dataset 'nope'")

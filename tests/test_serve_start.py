@@ -39,7 +39,9 @@ def test_the_default_run_id_is_the_one_its_settings_give():
 
 
 def serve_args(data_dir: Path) -> argparse.Namespace:
-    return argparse.Namespace(data_dir=data_dir, host="127.0.0.1", port=8050, allow_folder=[])
+    return argparse.Namespace(
+        data_dir=data_dir, host="127.0.0.1", port=8050, allow_folder=[], auth=None
+    )
 
 
 def stage_states(store: RunStore) -> dict[str, str]:
