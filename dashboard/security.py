@@ -47,8 +47,8 @@ from dashboard.auth import LOGIN_REALM, BasicAuth
 LOG = logging.getLogger(__name__)
 
 # The largest legitimate callback body is an image dropped onto the page: 10 MB as base64
-# (dashboard/uploads.MAX_BYTES) is 13.4 MB. Four times that leaves room without letting one
-# request make the server hold gigabytes of JSON.
+# (dashboard/uploads.MAX_BYTES) is 13.4 MB. 64 MB leaves room for the rest of the request
+# without letting one request make the server hold gigabytes of JSON.
 MAX_CALLBACK_BYTES = 64 << 20
 # Enough for any row, class or channel; more digits are not a number any run has.
 MAX_INDEX_DIGITS = 12
@@ -226,15 +226,17 @@ def script_hash(script: str) -> str:
 
 
 def content_security_policy(script_hashes: Sequence[str]) -> str:
-    """The policy the page works under (checked in Chromium by tests/test_browser_security.py).
+    """The policy the page works under (checked in Chromium by tests/test_browser_security.py,
+    which each relaxation below was found by).
 
-    - scripts: this server's files, plus the inline scripts whose hashes are given (Dash's
-      renderer line, the page's ``window.layerscopeShared``), and 'unsafe-eval': plotly.js's
-      WebGL traces (the map's scattergl) compile their draw calls with ``new Function`` (regl).
-    - styles: 'unsafe-inline', because plotly.js writes <style> rules and style attributes
-      while it draws; styles cannot run code.
-    - images: data: and blob: for plotly's icons, bootstrap's inline SVGs and the figures
-      plotly.js renders for a download.
+    - scripts: this server's files, the inline scripts whose hashes are given (Dash's renderer
+      line, the page's ``window.layerscopeShared``), and 'unsafe-eval': plotly.js's WebGL traces
+      (the map's scattergl) compile their draw calls with ``Function`` (regl); without it the
+      map draws but hovering it finds no point.
+    - styles: 'unsafe-inline', because Dash's components, React and plotly.js insert <style>
+      elements as they render; styles cannot run code.
+    - images: data: for bootstrap's inline SVG icons, blob: for the picture plotly.js draws of
+      a figure for its PNG download.
     - no plugins, no <base> elsewhere, forms and requests only to this server, and no page may
       frame this one (frame-ancestors, with X-Frame-Options for older browsers).
     """
@@ -243,7 +245,6 @@ def content_security_policy(script_hashes: Sequence[str]) -> str:
         "script-src": ["'self'", *script_hashes, "'unsafe-eval'"],
         "style-src": ["'self'", "'unsafe-inline'"],
         "img-src": ["'self'", "data:", "blob:"],
-        "font-src": ["'self'", "data:"],
         "connect-src": ["'self'"],
         "object-src": ["'none'"],
         "base-uri": ["'self'"],
