@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=8050)
     serve.add_argument(
+        "--auth",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ask every visitor for a login (HTTP Basic; user layerscope, password from "
+        "$LAYERSCOPE_PASSWORD or generated and printed at start). Off by default; required when "
+        "--host is not a loopback address, unless --no-auth is given",
+    )
+    serve.add_argument(
         "--allow-folder",
         action="append",
         type=Path,

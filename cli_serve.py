@@ -15,14 +15,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dashboard.auth import PASSWORD_VARIABLE, BasicAuth, is_loopback
 from dashboard.server import ServerOptions, check_port_free
 from pipelines.errors import UserError
 
@@ -41,6 +43,7 @@ STOP_WAIT_S = 15.0  # for the child to save what it has after the server's Ctrl-
 
 def serve_command(args: argparse.Namespace, build_default: bool) -> None:
     roots = allowed_roots(args.allow_folder)  # before a default run is built: a typo fails fast
+    auth = resolve_auth(args.host, args.auth)  # once, before any app (or worker) is built
     options = server_options(args)
     check_port_free(options.host, options.port)
     master = os.getpid()
@@ -51,7 +54,7 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
         try:
             from dashboard.app import create_app
 
-            app = create_app(args.data_dir, allowed_folders=roots)
+            app = create_app(args.data_dir, allowed_folders=roots, auth=auth)
             if child is not None:
                 wait_until_usable(child, args.data_dir)
         except KeyboardInterrupt:
@@ -61,7 +64,7 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
             # once, not by both processes.
             stop_child(child)
             raise SystemExit(130) from None
-        serve_app(app, args.data_dir, options)
+        serve_app(app, args.data_dir, options, auth)
 
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
@@ -75,7 +78,9 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
     )
 
 
-def serve_app(app: Any, data_dir: Path, options: ServerOptions) -> None:
+def serve_app(
+    app: Any, data_dir: Path, options: ServerOptions, auth: BasicAuth | None = None
+) -> None:
     """Serve ``app`` under gunicorn until Ctrl-C (dashboard/server.py says why gunicorn).
 
     Each worker process runs a ``JobRunner`` (jobs started from the page: training,
@@ -102,13 +107,17 @@ def serve_app(app: Any, data_dir: Path, options: ServerOptions) -> None:
 
         return stop
 
+    url = f"http://{options.bind()}/"
+
     def ready() -> None:
         print(
-            f"LayerScope is serving {data_dir.resolve()} at http://{options.bind()}/ "
+            f"LayerScope is serving {data_dir.resolve()} at {url} "
             f"({options.workers} worker{'s' if options.workers > 1 else ''} × "
             f"{options.threads} threads)",
             flush=True,
         )
+        if auth is not None:
+            print(login_note(auth, url), file=sys.stderr, flush=True)
 
     if options.workers > 1:
         # Each worker keeps its share of the memory caches; background jobs are answered to
@@ -116,8 +125,37 @@ def serve_app(app: Any, data_dir: Path, options: ServerOptions) -> None:
         app.server.config[CONFIG_KEY].service.share_memory(options.workers)
         if isinstance(app._background_manager, ThreadJobManager):
             app._background_manager.share_across_processes(JobBoard(data_dir))
-    prepare_for_workers(app.server)
+    prepare_for_workers(app.server, auth.header() if auth is not None else None)
     DashboardServer(app.server, options, in_worker, ready).run()  # exits on Ctrl-C
+
+
+def resolve_auth(
+    host: str, wanted: bool | None, environ: Mapping[str, str] = os.environ
+) -> BasicAuth | None:
+    """The login the server asks for: with ``--auth`` (``wanted``), the password from
+    ``LAYERSCOPE_PASSWORD`` or a new random one; None with ``--no-auth`` or, on a loopback
+    host, by default. A host others can reach must say which it is."""
+    if wanted is None and not is_loopback(host):
+        raise UserError(
+            f"--host {host} lets other machines reach the dashboard; pass --auth to ask them "
+            "for a password (or --no-auth to serve without a login)"
+        )
+    if not wanted:
+        return None
+    password = environ.get(PASSWORD_VARIABLE)
+    if password:
+        return BasicAuth(password=password)
+    return BasicAuth(password=secrets.token_urlsafe(16), generated=True)
+
+
+def login_note(auth: BasicAuth, url: str) -> str:
+    """The line that tells whoever started the server how to log in."""
+    if auth.generated:
+        return (
+            f"log in at {url} as user {auth.user} with password {auth.password} (generated for "
+            f"this start; set {PASSWORD_VARIABLE} to choose one)"
+        )
+    return f"log in at {url} as user {auth.user} with the password in ${PASSWORD_VARIABLE}"
 
 
 def allowed_roots(roots: list[Path]) -> tuple[Path, ...]:

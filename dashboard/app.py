@@ -12,6 +12,8 @@ from typing import Any
 import dash
 import dash_bootstrap_components as dbc  # noqa: F401 - registers the component suite
 
+from dashboard import callback_inputs, security
+from dashboard.auth import BasicAuth
 from dashboard.context import CONFIG_KEY, configure
 from dashboard.jobs import ThreadJobManager
 from dashboard.layout import page
@@ -31,7 +33,7 @@ INDEX_TEMPLATE = """<!DOCTYPE html>
         <title>{%title%}</title>
         {%favicon%}
         {%css%}
-        <script>window.layerscopeShared = __SHARED__;</script>
+        <script>__SHARED_SCRIPT__</script>
     </head>
     <body>
         {%app_entry%}
@@ -47,6 +49,11 @@ INDEX_TEMPLATE = """<!DOCTYPE html>
 def browser_json(value: Any) -> str:
     """``value`` as JSON that is safe inside a <script> element (no "</" to close it early)."""
     return json.dumps(value).replace("</", "<\\/")
+
+
+def shared_script() -> str:
+    """The page's one inline script of its own (allowed by its hash in the page's CSP)."""
+    return f"window.layerscopeShared = {browser_json(shared_with_browser())};"
 
 
 def background_manager() -> Any:
@@ -75,17 +82,21 @@ def stop_background_jobs(app: dash.Dash, wait_s: float = 2.0) -> None:
         manager.shutdown(wait_s)
 
 
-def create_app(data_dir: Path, *, allowed_folders: Sequence[Path] = ()) -> dash.Dash:
+def create_app(
+    data_dir: Path, *, allowed_folders: Sequence[Path] = (), auth: BasicAuth | None = None
+) -> dash.Dash:
     """The LayerScope dashboard over the runs in ``data_dir`` (which may be empty).
 
     ``allowed_folders``: server folders under which a new run may read a dataset
-    (``serve --allow-folder``); none by default.
+    (``serve --allow-folder``); none by default. ``auth``: the login every request needs
+    (``serve --auth``); None: none.
     """
     data_dir = Path(data_dir)
     context = configure(data_dir, allowed_folders)
     # Built first: the panels publish what the browser needs (the registered explanation
     # methods, plugins included) as they lay themselves out.
     layout = page(context.token)
+    script = shared_script()
     app = dash.Dash(
         __name__,
         title="LayerScope",
@@ -93,8 +104,12 @@ def create_app(data_dir: Path, *, allowed_folders: Sequence[Path] = ()) -> dash.
         assets_folder=str(ASSETS),
         serve_locally=True,
         background_callback_manager=background_manager(),
-        index_string=INDEX_TEMPLATE.replace("__SHARED__", browser_json(shared_with_browser())),
+        index_string=INDEX_TEMPLATE.replace("__SHARED_SCRIPT__", script),
         meta_tags=[{"name": "viewport", "content": "width=device-width, initial-scale=1"}],
+    )
+    # First: it also changes how the routes added below read numbers.
+    security.install(
+        app, auth=auth, page_scripts=[script], value_problem=callback_inputs.value_problem
     )
     app.server.config[CONFIG_KEY] = context
     app.layout = layout

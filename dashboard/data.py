@@ -430,6 +430,16 @@ class RunData:
             )
         return int(row)
 
+    def check_class(self, label: int) -> int:
+        """``label`` if it is one of the dataset's class indexes, else a UserError."""
+        count = len(self.class_names)
+        if not 0 <= int(label) < count:
+            raise UserError(
+                f"class {label} is not a class of run '{self.run_id}' (0..{count - 1}); "
+                "pick one in the menu"
+            )
+        return int(label)
+
 
 class RunCatalog:
     """The runs of one data dir. ``open`` is the only way from a run id to its files."""

@@ -93,12 +93,20 @@ def inside(text: str, folder: Path) -> Path:
     return path
 
 
+def number_of(value: Any) -> float:
+    """A form field as a float; NaN when it holds no number: true/false are not numbers, and
+    text must be ASCII (``float`` also reads "١٢" or full-width digits)."""
+    if isinstance(value, bool) or (isinstance(value, str) and not value.isascii()):
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond any float
+        return float("nan")
+
+
 def whole(value: Any, name: str, low: int, high: int | None = None) -> int:
     """A form field as a whole number in [low, high], or a UserError naming the field."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
+    number = number_of(value)
     if not number.is_integer() or number < low or (high is not None and number > high):
         bound = f"{low}..{high}" if high is not None else f"{low} or more"
         raise UserError(f"{name} must be a whole number {bound}, not {value!r}")
@@ -106,10 +114,7 @@ def whole(value: Any, name: str, low: int, high: int | None = None) -> int:
 
 
 def real(value: Any, name: str, allow_zero: bool) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
+    number = number_of(value)
     if (
         not (number == number and abs(number) != float("inf"))
         or number < 0

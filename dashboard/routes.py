@@ -13,10 +13,14 @@
     POST /upload/dataset, POST /upload/model   the new-run page's uploads (upload_routes.py)
 
 Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` a registered
-explanation method, ``layer`` a layer of that run, rows and classes are ints checked against the run; files are
-then addressed only through ``RunStore``, so no request can name a path outside the data dir.
-Errors answer 404 (user-fixable) or 500 with one plain line, never a traceback; a figure
-export without a browser to render it answers 503.
+explanation method, ``layer`` a layer of that run; rows and classes are ASCII digits only (the
+server's ``<int:>`` is ``security.AsciiIntegerConverter``: "١٢" is no row) checked against the
+run. Files are then addressed only through ``RunStore``, so no request can name a path outside
+the data dir. Errors answer 404 (user-fixable) or 500 with one plain line, never a traceback; a
+figure export without a browser to render it answers 503; any other path under ``/runs/``
+answers 404, not the page (``security.no_page_in_server_areas``). With ``serve --auth`` every
+route asks for the login first, and every answer carries the security headers
+(``dashboard/security.py``).
 """
 
 from __future__ import annotations
@@ -255,11 +259,3 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
         return flask.Response(status=204)
 
     server.add_url_rule(WARM_EXPORT_URL, endpoint="layerscope_warm_export", view_func=warm_export)
-
-    def no_such_image(rest: str) -> flask.Response:
-        # Without this, Dash's catch-all page route would answer any other /runs/... URL.
-        return flask.Response(f"no such image: /runs/{rest}", status=404, mimetype="text/plain")
-
-    server.add_url_rule(
-        "/runs/<path:rest>", endpoint="layerscope_no_such_image", view_func=no_such_image
-    )

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 from components.architecture import layer_option_label
 from components.embedding import COLOR_BY
 from dashboard.data import METHODS, RunCatalog, RunData, RunSummary
+from dashboard.security import ascii_int
 from pipelines.errors import UserError
 from pipelines.store import perplexity_key
 
@@ -89,13 +90,6 @@ def subset_options(run: RunData) -> list[dict[str, Any]]:
 
 def layer_options(run: RunData) -> list[dict[str, Any]]:
     return [{"label": layer_option_label(layer), "value": layer.id} for layer in run.layers]
-
-
-def _int_or_none(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
 
 
 def choose_perplexity(run: RunData, subset: int | None, wanted: str | None) -> str | None:
@@ -204,7 +198,7 @@ def setup_for(
         layer = None
     layer = layer or run.default_layer()
 
-    subset = _int_or_none(use.get("subset"))
+    subset = ascii_int(use.get("subset"))
     if subset not in run.subsets:
         subset = run.default_subset()
     method = use.get("method") or keep.get("method") or "tsne"
@@ -213,7 +207,7 @@ def setup_for(
     color = use.get("color") or keep.get("color") or "label"
     if color not in COLOR_BY:
         color = "label"
-    pinned = _int_or_none(use.get("row"))
+    pinned = ascii_int(use.get("row"))
     if pinned is not None and not 0 <= pinned < run.num_samples:
         messages.append(
             ("warning", f"Sample row {pinned} (from the link) is not in run '{run_id}'.")

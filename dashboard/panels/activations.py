@@ -190,7 +190,7 @@ def open_channel(
     points = (click or {}).get("points") or []
     custom = points[0].get("customdata") if points else None
     key = key or {}
-    if not isinstance(custom, list) or not key.get("run"):
+    if not isinstance(custom, list) or not custom or not key.get("run") or not key.get("layer"):
         # Dense-layer heatmap cells carry a plain neuron index: nothing to open.
         return no_update, no_update, no_update
     channel, layer_id = int(custom[0]), str(key["layer"])

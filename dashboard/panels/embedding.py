@@ -124,7 +124,7 @@ def view_groups(run: RunData, key: dict[str, Any], title: str) -> tuple[list[Poi
     the trace structure (run, subset, colouring) of a view key."""
     subset = int(key["subset"])
     values = row_values(run, subset)
-    color = key["color"]
+    color = key.get("color") or "label"  # the page always sends one; a bare request may not
     groups = color_groups(
         color, values, run.class_names, run.model_class_names, run.dataset_to_model
     )

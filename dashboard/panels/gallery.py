@@ -615,8 +615,9 @@ def relabel(
             return f"row {row}: correction cleared"
         if label is None:
             raise UserError("choose the new label first")
-        log.set_label([uids[row]], int(label), source="page")
-        return f"row {row} relabelled as {run.class_names[int(label)]}"
+        label = run.check_class(label)  # before it is written: a hand-made request may send any
+        log.set_label([uids[row]], label, source="page")
+        return f"row {row} relabelled as {run.class_names[label]}"
     if not rows:
         raise UserError("the selection is empty")
     if action == ids.RELABEL_SELECTION and not selection.get("sel"):
@@ -627,8 +628,9 @@ def relabel(
     if action == ids.RELABEL_SELECTION:
         if label is None:
             raise UserError("choose the new label first")
-        log.set_label([uids[r] for r in rows], int(label), source="page")
-        return f"{len(rows):,} samples relabelled as {run.class_names[int(label)]}"
+        label = run.check_class(label)
+        log.set_label([uids[r] for r in rows], label, source="page")
+        return f"{len(rows):,} samples relabelled as {run.class_names[label]}"
     # Accept cleanlab's suggestion for every flagged sample of the selection.
     quality = run.quality()
     if quality is None:
