@@ -223,16 +223,18 @@ def summarise(rows: list[dict[str, Any]], duration: int) -> list[dict[str, Any]]
     return summary
 
 
-def memory_summary(samples: list[tuple[float, float]], warmup_s: float) -> dict[str, float]:
+def memory_summary(samples: list[tuple[float, float]], warmup_s: float) -> dict[str, Any]:
     after = [mib for t, mib in samples if t >= warmup_s] or [mib for _, mib in samples]
     return {
         "after_warmup_mib": round(after[0], 1),
         "end_mib": round(after[-1], 1),
         "peak_mib": round(max(after), 1),
+        # Every 30 s: whether it levels off (bounded caches filling) or keeps growing (a leak).
+        "every_30s_mib": [round(mib) for t, mib in samples if int(t) % 30 < MEMORY_EVERY_S],
     }
 
 
-def print_level(users: int, summary: list[dict[str, Any]], memory: dict[str, float]) -> bool:
+def print_level(users: int, summary: list[dict[str, Any]], memory: dict[str, Any]) -> bool:
     print(f"\n{users} users")
     print(f"  {'kind':<48} {'req/s':>6} {'p50':>6} {'p95':>6} {'p99':>6} {'fail':>5}")
     met = True
@@ -250,6 +252,7 @@ def print_level(users: int, summary: list[dict[str, Any]], memory: dict[str, flo
         f"  server memory (PSS): {memory['after_warmup_mib']} MiB after warm-up, "
         f"{memory['end_mib']} MiB at the end, peak {memory['peak_mib']} MiB"
     )
+    print(f"  every 30 s: {memory['every_30s_mib']} MiB")
     return met
 
 
