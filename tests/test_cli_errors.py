@@ -1,5 +1,6 @@
 """Every user mistake ends as one `error:` line and exit status 2, with no traceback."""
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -225,6 +226,24 @@ def test_a_data_dir_that_is_a_file(tmp_path, capsys, command):
 def test_serve_port_out_of_range(tmp_path, capsys):
     status, err = run_cli(["serve", "--data-dir", str(tmp_path), "--port", "70000"], capsys)
     assert_user_error(status, err, "--port")
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--workers", "0"), ("--workers", "two"), ("--workers", "٢"), ("--threads", "-1")],
+)
+def test_serve_workers_and_threads_are_whole_numbers(tmp_path, capsys, option, value):
+    status, err = run_cli(["serve", "--data-dir", str(tmp_path), option, value], capsys)
+    assert_user_error(status, err, option)
+
+
+def test_serve_on_a_port_in_use_names_the_fix(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, err = run_cli(["serve", "--data-dir", str(tmp_path), "--port", str(port)], capsys)
+    assert_user_error(status, err, f"cannot listen on 127.0.0.1:{port}", "--port")
 
 
 def test_default_perplexities_adapt_to_small_data_with_a_warning():
