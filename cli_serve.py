@@ -1,13 +1,13 @@
-"""``python main.py [serve] ...``: serve the dashboard, and for ``python main.py`` first make
-the embedded default run usable.
+"""``python main.py [serve] ...``: serve the dashboard under gunicorn (dashboard/server.py),
+and for ``python main.py`` first make the embedded default run usable.
 
 The default run is computed by a ``main.py precompute`` child process, and the page is served as
 soon as that run is *usable* (``pipelines.precompute.usable``: the model, the forward pass and
 every layer's PCA map; the server answers after 19 s on 2 idle cores, benchmarks/README.md)
-instead of when it is complete (80 s, most of it t-SNE). The child goes on filling in the t-SNE maps layer by layer and the quality
-stage; the page, which polls an unfinished run, shows each layer's t-SNE map as it lands. The
-child is the same command a person would type, so a stop at any point leaves a run that the next
-``python main.py`` resumes.
+instead of when it is complete (80 s, most of it t-SNE). The child goes on filling in the t-SNE
+maps layer by layer and the quality stage; the page, which polls an unfinished run, shows each
+layer's t-SNE map as it lands. The child is the same command a person would type, so a stop at
+any point leaves a run that the next ``python main.py`` resumes.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ callback: JSON, figure building), restarts a worker that dies, and needs no reve
 room of users. Threaded workers (``gthread``) rather than one request per process: a hover
 fetches four images at once, and a slow request (a VGG16 grid) must not block a worker.
 
-The app is built once, in the master, before the workers fork (``preload_app``): the models,
-tables and the background-job manager's signing secret are then the same in every worker, and
-the torch libraries' pages are shared between them instead of loaded once per worker. Nothing in
+The app is built once, in the master, before the workers fork (``preload_app``): its setup,
+the scripts it serves and the signing secret of its callback handles are then the same in
+every worker, and the pages of the libraries it imported (torch above all) are shared between
+them instead of loaded once per worker. Models and tables load in each worker on first use. Nothing in
 the master may run a thread at that point (a fork copies only the calling thread; a lock another
 thread held would stay locked in the worker for ever, dashboard/jobs.py tells that story), so
 whatever needs threads (the job runner, background jobs) starts in each worker after the fork.
