@@ -112,6 +112,13 @@ class ByteLRU:
 # ---- disk ------------------------------------------------------------------------------------
 
 
+# diskcache keeps one SQLite connection per thread, each with its own page cache (32 MiB by
+# default) and a memory map of the database (64 MiB): with a server worker's request threads that
+# is hundreds of MiB per process for an index whose entries are mostly files. The OS caches the
+# files anyway; a small page cache and no map keep each worker's memory bounded.
+SQLITE_SETTINGS = {"sqlite_cache_size": 1024, "sqlite_mmap_size": 0}  # 1,024 pages: 4 MiB
+
+
 class DiskStore:
     """A size-bounded ``diskcache`` of bytes, opened on first use. A cache that cannot be opened,
     written or cleaned only costs speed: those failures are logged and the page carries on. A
@@ -134,7 +141,7 @@ class DiskStore:
 
                 try:
                     self._cache = diskcache.Cache(
-                        str(self._directory()), size_limit=self._size_limit
+                        str(self._directory()), size_limit=self._size_limit, **SQLITE_SETTINGS
                     )
                 except Exception as exc:  # noqa: BLE001 - a broken cache must not break the page
                     self._failed = f"{type(exc).__name__}: {exc}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import diskcache
 
-from dashboard.caches import cache_dir
+from dashboard.caches import SQLITE_SETTINGS, cache_dir
 
 QUEUED, RUNNING, DONE, CANCELLED = "queued", "running", "done", "cancelled"
 KEEP_S = 600.0  # a record no poll came back for (a closed tab) expires this long after its end
@@ -29,7 +29,7 @@ class JobBoard:
 
     def __init__(self, data_dir: Path):
         self.directory = cache_dir(data_dir, "jobs")
-        self.cache = diskcache.Cache(str(self.directory))
+        self.cache = diskcache.Cache(str(self.directory), **SQLITE_SETTINGS)
 
     def opened(self, job: str, key: str, timeout_s: float, timeout_output: Any) -> None:
         record = {
