@@ -179,11 +179,14 @@ class PageWatch:
         self.errors: list[str] = []
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
-        self.page.on(
-            "requestfailed",
-            lambda req: self.errors.append(f"request failed: {req.url} {req.failure}"),
-        )
+        self.page.on("requestfailed", self._request_failed)
         self.page.on("response", self._response)
+
+    def _request_failed(self, request: Any) -> None:
+        # ERR_ABORTED is the browser dropping a request itself: a reload or navigation by the
+        # test while a callback was in flight, not a failure of the page.
+        if "ERR_ABORTED" not in str(request.failure):
+            self.errors.append(f"request failed: {request.url} {request.failure}")
 
     def _console(self, message: Any) -> None:
         if message.type == "error":

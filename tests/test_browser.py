@@ -405,16 +405,17 @@ def test_clicking_a_top10_bar_changes_the_explanation_images(watch, server):
     assert watch.errors == []
 
 
-def test_top10_bar_explanations_through_celery_and_redis(watch, celery_server):
-    """The scale-out path: with REDIS_URL set, the background callback behind a bar click runs
-    in a Celery worker process (a real ``celery worker`` against a real redis-server)."""
+def test_top10_bar_explanations_with_celery_and_redis_are_answered_by_the_server(
+    watch, celery_server
+):
+    """With REDIS_URL set, a bar click's quick methods are still answered in the request itself
+    (a plain callback: milliseconds of work, no poll round trip); only slow methods go to the
+    Celery worker (next test)."""
     url, worker_log = celery_server
     page = open_small_run(watch, url, "&row=20")
     click_a_top10_bar_and_wait_for_its_explanations(page)
     assert watch.errors == []
-    # The worker, not the server, ran it (the diskcache manager would give the same page).
-    log = worker_log.read_text()
-    assert "Task background_callback_" in log and "succeeded" in log, log[-2000:]
+    assert "Task background_callback_" not in worker_log.read_text()
 
 
 def test_a_slow_method_through_celery_and_redis(watch, celery_server):
