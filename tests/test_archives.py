@@ -374,7 +374,7 @@ def test_serve_hands_its_allowed_folders_to_the_app(tmp_path, monkeypatch, capsy
 
     seen: list[object] = []
 
-    def fake_create_app(data_dir, *, allowed_folders=()):
+    def fake_create_app(data_dir, *, allowed_folders=(), auth=None):
         seen.append(allowed_folders)
         raise UserError("stopped before serving")
 
