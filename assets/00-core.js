@@ -113,6 +113,39 @@
     });
   }
 
+  // A packed array from the server (components/packing.py): {dtype, bdata (base64 of
+  // little-endian bytes), shape, and lo + step when the values are lo + step * raw} -> a typed
+  // array (Float32Array when scaled), flat in row-major order whatever its shape. Anything that
+  // is not packed comes back as it is.
+  var TYPED = {
+    u1: Uint8Array, i1: Int8Array, u2: Uint16Array, i2: Int16Array,
+    u4: Uint32Array, i4: Int32Array, f4: Float32Array,
+  };
+
+  function isPacked(value) {
+    return !!value && typeof value === "object" && typeof value.bdata === "string" && value.dtype in TYPED;
+  }
+
+  function unpack(value) {
+    if (!isPacked(value)) {
+      return value;
+    }
+    var text = atob(value.bdata);
+    var bytes = new Uint8Array(text.length);
+    for (var i = 0; i < text.length; i++) {
+      bytes[i] = text.charCodeAt(i);
+    }
+    var raw = new TYPED[value.dtype](bytes.buffer);
+    if (typeof value.step !== "number") {
+      return raw;
+    }
+    var out = new Float32Array(raw.length);
+    for (var j = 0; j < raw.length; j++) {
+      out[j] = value.lo + value.step * raw[j];
+    }
+    return out;
+  }
+
   // Exposed for the panel files, the browser tests and debugging from the console; each panel
   // keeps its state under state.<panel>.
   window.layerscope = {
@@ -127,5 +160,7 @@
     rowOf: rowOf,
     fill: fill,
     isPlainKey: isPlainKey,
+    isPacked: isPacked,
+    unpack: unpack,
   };
 })();

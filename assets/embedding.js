@@ -2,11 +2,17 @@
  * Embedding panel (dashboard/panels/embedding.py): a click writes the pinned row into the
  * selection store, so it never waits on the server (hover goes straight from the graph's
  * hoverData to the inspector, see assets/inspector.js); renderEmbedding draws the
- * server-built figure. When only the layer changed (same trace structure, i.e. same samples in
- * the same traces), points glide from their old positions to the new ones: Scattergl traces
- * cannot use plotly's own transitions, so the interpolation runs here with
- * requestAnimationFrame + Plotly.restyle, and the final figure is handed back to Dash with
- * set_props so its state matches what is drawn.
+ * server-built figure, whose coordinates arrive packed (components/packing.py) and are unpacked
+ * here once per payload into typed arrays, which plotly draws as they are. When only the layer
+ * changed (same trace structure, i.e. same samples in the same traces), points glide from their
+ * old positions to the new ones: Scattergl traces cannot use plotly's own transitions, so the
+ * interpolation runs here with requestAnimationFrame + Plotly.restyle, and the final figure is
+ * handed back to Dash with set_props so its state matches what is drawn.
+ *
+ * Where the renderer cannot keep up (a frame of the map takes longer than SLOW_FRAME_MS: 60,000
+ * points in a software-rendered browser take ~0.5 s a frame), the points jump to the end
+ * instead, and maps as large are drawn without animation from then on: four slow frames made a
+ * 60k-point layer switch take 3.9 s instead of one frame's time.
  *
  * The 3-D view (layout.meta.dims === 3, a Scatter3d figure in the same graph) shares all of this
  * but the animation and the selection's dimming: Scatter3d has no selectedpoints, and a 3-D
@@ -22,10 +28,71 @@
   // At most this much of the way per frame: where frames are slow (software WebGL, a busy
   // laptop), points still visibly travel in >= 4 steps instead of jumping.
   var MAX_STEP = 0.25;
+  // Fewer than ~7 frames a second is not a glide: the points jump to their place instead.
+  var SLOW_FRAME_MS = 150;
 
   var state = (ls.state.embedding = {
     key: null, pinned: null, latestPinned: null, token: 0, animating: false, last: null,
+    // The fewest points whose animation had a slow frame (Infinity: none yet).
+    slowPoints: Infinity,
+    // The last payload's figure with its packed arrays unpacked.
+    unpackedFrom: null, unpacked: null,
   });
+
+  // The figure with every packed array (coordinates, continuous marker colours) unpacked.
+  function unpackFigure(figure) {
+    if (!figure || !figure.data) {
+      return figure;
+    }
+    var data = figure.data.map(function (trace) {
+      var out = Object.assign({}, trace);
+      ["x", "y", "z"].forEach(function (axis) {
+        if (ls.isPacked(trace[axis])) {
+          out[axis] = ls.unpack(trace[axis]);
+        }
+      });
+      if (trace.marker && ls.isPacked(trace.marker.color)) {
+        out.marker = Object.assign({}, trace.marker, { color: ls.unpack(trace.marker.color) });
+      }
+      return out;
+    });
+    return { data: data, layout: figure.layout };
+  }
+
+  function unpackedFigure(figure) {
+    if (state.unpackedFrom !== figure) {
+      state.unpackedFrom = figure;
+      state.unpacked = unpackFigure(figure);
+    }
+    return state.unpacked;
+  }
+
+  function pointCount(figure) {
+    var meta = figure && figure.layout && figure.layout.meta;
+    return meta && ls.isNumber(meta.n) ? meta.n : 0;
+  }
+
+  // For the benchmark and the browser tests: `painted` is when the frame that shows the new
+  // positions is done. A task queued from a frame callback runs after that frame's rendering,
+  // WebGL draw included (in a software-rendered browser that draw is most of a 60k-point switch).
+  function timePainting(last) {
+    window.requestAnimationFrame(function () {
+      setTimeout(function () {
+        last.painted = performance.now();
+      }, 0);
+    });
+  }
+
+  // ... and `end` when plotly has drawn the figure Dash was handed (its afterplot event).
+  function timeDrawing(gd, last) {
+    if (!gd || !gd.once) {
+      return;
+    }
+    gd.once("plotly_afterplot", function () {
+      last.end = performance.now();
+      timePainting(last);
+    });
+  }
 
   function pinnedCoordinates(figure, row) {
     if (!ls.isNumber(row)) {
@@ -159,32 +226,49 @@
         return;
       }
       indices.push(i);
-      from.push([Array.from(shown.x), Array.from(shown.y)]);
+      // Read only, never written: the arrays plotly holds are replaced, not changed, by restyle.
+      from.push([shown.x, shown.y]);
       to.push([trace.x, trace.y]);
     });
     st.animating = true;
-    st.last = { start: performance.now(), frames: 0, end: null, samples: [] };
+    st.last = { start: performance.now(), frames: 0, end: null, painted: null, samples: [], slowFrames: 0 };
     if (target.layout.title) {
       window.Plotly.relayout(gd, { "title.text": target.layout.title.text });
     }
     var started = performance.now();
+    var previousFrame = null;
     var s = 0;
     function frame() {
       if (token !== st.token) {
         return;
       }
-      s = Math.min(1, Math.max(0, (performance.now() - started) / ANIMATION_MS), s + MAX_STEP);
-      var e = ease(s);
+      var now = performance.now();
+      if (previousFrame !== null && now - previousFrame > SLOW_FRAME_MS) {
+        st.last.slowFrames += 1;
+        st.slowPoints = Math.min(st.slowPoints, pointCount(target));
+      }
+      previousFrame = now;
+      s = st.last.slowFrames ? 1 : Math.min(1, Math.max(0, (now - started) / ANIMATION_MS), s + MAX_STEP);
       var xs = [], ys = [];
-      for (var k = 0; k < indices.length; k++) {
-        var fx = from[k][0], fy = from[k][1], tx = to[k][0], ty = to[k][1];
-        var n = tx.length, ox = new Array(n), oy = new Array(n);
-        for (var j = 0; j < n; j++) {
-          ox[j] = fx[j] + (tx[j] - fx[j]) * e;
-          oy[j] = fy[j] + (ty[j] - fy[j]) * e;
+      if (s >= 1) {
+        // The target's own arrays: the figure handed to Dash below holds the very same ones, so
+        // plotly's react finds nothing changed and does not draw every point once more.
+        to.forEach(function (pair) {
+          xs.push(pair[0]);
+          ys.push(pair[1]);
+        });
+      } else {
+        var e = ease(s);
+        for (var k = 0; k < indices.length; k++) {
+          var fx = from[k][0], fy = from[k][1], tx = to[k][0], ty = to[k][1];
+          var n = tx.length, ox = new Float32Array(n), oy = new Float32Array(n);
+          for (var j = 0; j < n; j++) {
+            ox[j] = fx[j] + (tx[j] - fx[j]) * e;
+            oy[j] = fy[j] + (ty[j] - fy[j]) * e;
+          }
+          xs.push(ox);
+          ys.push(oy);
         }
-        xs.push(ox);
-        ys.push(oy);
       }
       st.last.frames += 1;
       if (xs.length && xs[0].length) {
@@ -200,6 +284,7 @@
         }
         st.animating = false;
         st.last.end = performance.now();
+        timePainting(st.last);
         st.pinned = st.latestPinned;
         dc.set_props(IDS.EMBEDDING_GRAPH, { figure: withOverlays(target, st.latestPinned, st.key) });
       });
@@ -295,11 +380,13 @@
     st.rowsKey = rowsKey;
     st.key = payload.key;
     st.pinned = pinned;
-    var target = withOverlays(payload.figure, pinned, payload.key);
+    var target = withOverlays(unpackedFigure(payload.figure), pinned, payload.key);
     var gd = ls.graphDiv(IDS.EMBEDDING_GRAPH);
-    if (!canAnimate(gd, current, target)) {
+    if (!canAnimate(gd, current, target) || pointCount(target) >= st.slowPoints) {
       st.token += 1;
       st.animating = false;
+      st.last = { start: performance.now(), frames: 0, end: null, painted: null, samples: [], slowFrames: 0 };
+      timeDrawing(gd, st.last);
       return target;
     }
     animateTo(gd, target);

@@ -63,6 +63,7 @@
 
   ls.define("explainRequest", function (classValue, barClick, methods, useSelected, selection, info, uploads,
                                          table, shown, session, cancels) {
+    table = ls.inspectorTable(table);
     if (!info || info.error || !table) {
       return { layerNote: "" };
     }
@@ -115,6 +116,7 @@
   });
 
   ls.define("pickClass", function (predictedClicks, trueClicks, table, shown) {
+    table = ls.inspectorTable(table);
     var triggered = (dc.callback_context.triggered || [])[0] || {};
     if (String(triggered.prop_id).indexOf(IDS.EXPLAIN_TRUE) === 0) {
       var row = shown && ls.isNumber(shown.row) ? shown.row : null;

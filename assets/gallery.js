@@ -102,6 +102,7 @@
   });
 
   ls.define("renderGallery", function (payload, page, table, info, selection) {
+    table = ls.inspectorTable(table);
     var gallery = element();
     if (!gallery) {
       return {};

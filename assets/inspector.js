@@ -1,6 +1,7 @@
 /*
  * Inspector panel (dashboard/panels/inspector.py): fills the panel on hover from the per-run
- * table the server sent once (images by URL), and owns the top-10 chart. The chart is plain HTML
+ * table the server sent once (images by URL; the table's numbers packed, read by
+ * ls.inspectorTable), and owns the top-10 chart. The chart is plain HTML
  * bars drawn here: a plotly chart redrawn on every hover cost ~34 ms of the main thread, more
  * than half the hover budget. A click on a bar writes {cls, name} into the class-request store,
  * which starts the server's explanations for that class.
@@ -14,6 +15,58 @@
 
   var state = (ls.state.inspector = { signature: null, requests: 0, table: null, info: null, warming: [] });
   var WARM_KEEP = 16; // image objects kept alive so their requests are not dropped mid-flight
+
+  // ---- the per-run table ------------------------------------------------------------------
+  // components/inspector.py packs it; every panel reads it through ls.inspectorTable, which
+  // unpacks it once per table the server sent: uid and label per row as strings, the integer
+  // columns as typed arrays, and each row's top-10 through top10(row).
+
+  var unpackedTables = new WeakMap();
+
+  function namesOf(packed, names) {
+    var indices = ls.unpack(packed);
+    var out = new Array(indices.length);
+    for (var i = 0; i < indices.length; i++) {
+      out[i] = indices[i] >= 0 ? names[indices[i]] : null;
+    }
+    return out;
+  }
+
+  function unpackTable(raw) {
+    var topIdx = raw.top_idx ? ls.unpack(raw.top_idx) : null;
+    var topProb = raw.top_prob ? ls.unpack(raw.top_prob) : null;
+    var k = raw.top_idx ? raw.top_idx.shape[1] : 0;
+    return {
+      uid: raw.n ? raw.uids.split("\n") : [],
+      label: namesOf(raw.label, raw.labelNames),
+      model_label: ls.unpack(raw.model_label),
+      classes: raw.classes,
+      short: raw.short,
+      pred: raw.pred ? ls.unpack(raw.pred) : null,
+      correct: raw.correct ? ls.unpack(raw.correct) : null,
+      issue: raw.issue ? namesOf(raw.issue, raw.issueNames) : null,
+      hasTop10: topIdx !== null,
+      // {classes, probs}: plain arrays, best first.
+      top10: function (row) {
+        return {
+          classes: Array.from(topIdx.subarray(row * k, row * k + k)),
+          probs: Array.from(topProb.subarray(row * k, row * k + k)),
+        };
+      },
+    };
+  }
+
+  ls.inspectorTable = function (raw) {
+    if (!raw) {
+      return null;
+    }
+    var table = unpackedTables.get(raw);
+    if (!table) {
+      table = unpackTable(raw);
+      unpackedTables.set(raw, table);
+    }
+    return table;
+  };
 
   // ---- images fetched from the hover event itself ----------------------------------------
   // Dash delivers the new src ~15-25 ms after plotly's hover event (store updates, callback
@@ -98,8 +151,8 @@
     if (!element) {
       return;
     }
-    var classes = entry ? entry.top_idx : table.top_idx[row];
-    var probs = entry ? entry.top_prob : table.top_prob[row];
+    var top = entry ? { classes: entry.top_idx, probs: entry.top_prob } : table.top10(row);
+    var classes = top.classes, probs = top.probs;
     var trueClass = entry ? null : table.model_label[row];
     var bars = classes.map(function (c, i) {
       var name = table.classes[c] !== undefined ? table.classes[c] : String(c);
@@ -168,6 +221,7 @@
   function render(selection, hoverData, table, info, answers, methods, quickRequest, slowRequest,
                   classValue, useSelected, uploads, cancels, galleryHover, shown, session) {
     var st = state;
+    table = ls.inspectorTable(table);
     var quickAnswer = (answers || {}).quick || null, slowAnswer = (answers || {}).slow || null;
     st.table = table;
     st.info = info;
@@ -224,7 +278,7 @@
     }
     var shownMaps = ls.explain.images(context);
     ls.explain.draw(shownMaps);
-    if (table.top_idx) {
+    if (table.hasTop10) {
       drawTop10(table, row, shownMaps.explained, info.canExplainClass);
     } else {
       drawTop10Message("predictions are not computed yet");

@@ -54,7 +54,6 @@ from tests import browser_helpers as bh  # noqa: E402
 
 SMALLCNN_RUN = "bench-digits-smallcnn"
 VGG_RUN = "bench-vgg16-random"
-LARGE_RUN = "bench-13k-synthetic"
 
 
 def median_ms(values: list[float]) -> float:
@@ -133,13 +132,21 @@ def make_vgg_run(data_dir: Path) -> str:
     return VGG_RUN
 
 
+def large_run_id(points: int) -> str:
+    """The synthetic run's name says its size, so runs of several sizes share a work dir."""
+    return (
+        f"bench-{points // 1000}k-synthetic" if points % 1000 == 0 else f"bench-{points}-synthetic"
+    )
+
+
 def make_large_run(data_dir: Path, template: Path, points: int) -> str:
     """``points`` samples of ten classes with every artifact the page reads: thumbnails,
     predictions, explanations, and per-layer 2-D maps whose class blobs drift from layer to
     layer (so a layer switch really moves every point). Layers copied from ``template``."""
-    store = RunStore(data_dir / "runs" / LARGE_RUN)
+    run_id = large_run_id(points)
+    store = RunStore(data_dir / "runs" / run_id)
     if store.exists():
-        return LARGE_RUN
+        return run_id
     source = RunStore(template).read_manifest()
     rng = np.random.default_rng(0)
     labels = np.arange(points) % 10
@@ -209,7 +216,7 @@ def make_large_run(data_dir: Path, template: Path, points: int) -> str:
     store.write_manifest(
         {
             **{k: source[k] for k in ("config", "model", "class_mapping", "layers")},
-            "run_id": LARGE_RUN,
+            "run_id": run_id,
             "created": time.time(),
             "dataset": {**source["dataset"], "num_samples": points, "dataset_size": points},
             "subsets": [points],
@@ -222,7 +229,7 @@ def make_large_run(data_dir: Path, template: Path, points: int) -> str:
             },
         }
     )
-    return LARGE_RUN
+    return run_id
 
 
 # ---- 1. activation grids ----------------------------------------------------------------------
@@ -232,7 +239,7 @@ def grid_once(app: Any, client: Any, run_id: str, layer: str, row: int) -> tuple
     """(callback seconds, PNG request seconds, where the activations came from)."""
     key = {"run": run_id, "layer": layer, "pinned": row}
     start = time.perf_counter()
-    figure, _, header, message = call(app, activations.render_grid, key, "score")
+    figure, _, header, message = call(app, activations.render_grid, key, "score", None)
     middle = time.perf_counter()
     if message is not None:
         raise RuntimeError(f"activation grid failed: {message}")
@@ -333,9 +340,20 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the dashboard server did not start within 60 s")
 
 
-def open_run(page: Any, url: str, run_id: str) -> None:
+def open_run(page: Any, url: str, run_id: str) -> dict[str, Any]:
     """Load the page on ``run_id`` and wait until the embedding is drawn and the per-run
-    inspector table has arrived (the hint stops saying "loading")."""
+    inspector table has arrived (the hint stops saying "loading"). Returns the seconds from
+    the navigation to each, and the inspector table's size on the wire."""
+    sizes: dict[str, int] = {}
+
+    def table_size(response: Any) -> None:
+        if "_dash-update-component" in response.url and "inspector-table" in (
+            response.request.post_data or ""
+        ):
+            sizes["inspector_table_kb"] = round(len(response.body()) / 1024, 1)
+
+    page.on("response", table_size)
+    start = time.perf_counter()
     page.goto(f"{url}/?run={run_id}")
     bh.wait_for_graph(
         page,
@@ -343,11 +361,15 @@ def open_run(page: Any, url: str, run_id: str) -> None:
         "gd => gd.data.length > 2 && gd.layout.meta && gd.layout.meta.n > 0",
         timeout=120_000,
     )
+    drawn = time.perf_counter() - start
     page.wait_for_function(
         "() => document.getElementById('inspector-hint').textContent.startsWith('hover a point')",
         timeout=120_000,
     )
+    ready = time.perf_counter() - start
+    page.remove_listener("response", table_size)
     time.sleep(1.0)
+    return {"map_drawn_s": round(drawn, 2), "inspector_ready_s": round(ready, 2), **sizes}
 
 
 def bench_hover(page: Any, hovers: int) -> dict[str, Any]:
@@ -396,70 +418,99 @@ def bench_hover(page: Any, hovers: int) -> dict[str, Any]:
     }
 
 
+def bench_layer_switches(page: Any, switches: int) -> dict[str, Any]:
+    """Click ``switches`` layers in the model view; medians of the times from the click to the
+    new map's data in the browser (animation start), to the new positions applied (the last
+    restyle, or Dash's redraw, done) and to the frame after it (painted)."""
+    first_frame, finished, painted, frames = [], [], [], []
+    layer_ids = bh.graph_eval(
+        page,
+        "model-graph",
+        "gd => gd.data.find(t => t.name === 'layers').customdata.map(c => c[0])",
+    )
+    shown = page.evaluate("() => new URLSearchParams(location.search).get('layer')")
+    targets = [layer for layer in dict.fromkeys(layer_ids) if layer not in ("input", shown)]
+    for layer in targets[:switches]:
+        box = bh.graph_eval(
+            page,
+            "model-graph",
+            f"""gd => {{ const t = gd.data.find(t => t.name === 'layers'); const i = t.customdata.findIndex(c => c[0] === {layer!r});
+                  const L = gd._fullLayout, b = gd.getBoundingClientRect();
+                  return {{x: b.left + L.xaxis._offset + L.xaxis.l2p(t.x[i]), y: b.top + L.yaxis._offset + L.yaxis.l2p(t.y[i])}}; }}""",
+        )
+        page.evaluate(
+            "() => { window.clickAt = null; document.addEventListener('mousedown', () => { window.clickAt = performance.now(); }, {once: true, capture: true}); }"
+        )
+        before = page.evaluate("() => window.layerscope.state.embedding.token")
+        page.mouse.click(box["x"], box["y"])
+        # Painted where the page records it (older trees do not: then the end).
+        page.wait_for_function(
+            """(token) => { const s = window.layerscope.state.embedding;
+                 return s.token > token && s.last && s.last.end !== null && !s.animating
+                   && (!('painted' in s.last) || s.last.painted !== null); }""",
+            arg=before,
+            timeout=60_000,
+        )
+        click_at, last = page.evaluate(
+            "() => [window.clickAt, window.layerscope.state.embedding.last]"
+        )
+        first_frame.append((last["start"] - click_at) / 1000)
+        finished.append((last["end"] - click_at) / 1000)
+        if last.get("painted") is not None:
+            painted.append((last["painted"] - click_at) / 1000)
+        frames.append(last["frames"])
+        time.sleep(0.5)
+    return {
+        "layer_click_to_animation_start_ms": median_ms(first_frame) if first_frame else None,
+        "layer_click_to_positions_applied_ms": median_ms(finished) if finished else None,
+        "layer_click_to_painted_ms": median_ms(painted) if painted else None,
+        "frames": frames,
+        "switches_measured": len(first_frame),
+    }
+
+
 def bench_browser(
-    data_dir: Path, digits_run: str, large_run: str, hovers: int, switches: int
+    data_dir: Path, digits_run: str | None, large_run: str, hovers: int, switches: int
 ) -> dict[str, Any]:
-    """Hover on the digits run (the target's run) and on the large run; layer switches on the
-    large run."""
+    """Hover on the digits run (the target's run, unless None) and on the large run; layer
+    switches on the large run."""
     process, url = start_server(data_dir)
+    results: dict[str, Any] = {}
     try:
         with bh.chromium() as browser:
             watch = bh.PageWatch(browser, bh.LARGE)
             page = watch.page
-            open_run(page, url, digits_run)
-            hover_digits = bench_hover(page, hovers)
-            print("hover on the digits run:", hover_digits, flush=True)
-            open_run(page, url, large_run)
-            hover_large = bench_hover(page, hovers)
-            print(f"hover on {large_run}:", hover_large, flush=True)
-            first_frame, finished = [], []
-            layer_ids = bh.graph_eval(
-                page,
-                "model-graph",
-                "gd => gd.data.find(t => t.name === 'layers').customdata.map(c => c[0])",
-            )
-            shown = page.evaluate("() => new URLSearchParams(location.search).get('layer')")
-            targets = [
-                layer for layer in dict.fromkeys(layer_ids) if layer not in ("input", shown)
-            ][:switches]
-            for layer in targets:
-                box = bh.graph_eval(
-                    page,
-                    "model-graph",
-                    f"""gd => {{ const t = gd.data.find(t => t.name === 'layers'); const i = t.customdata.findIndex(c => c[0] === {layer!r});
-                          const L = gd._fullLayout, b = gd.getBoundingClientRect();
-                          return {{x: b.left + L.xaxis._offset + L.xaxis.l2p(t.x[i]), y: b.top + L.yaxis._offset + L.yaxis.l2p(t.y[i])}}; }}""",
-                )
-                page.evaluate(
-                    "() => { window.clickAt = null; document.addEventListener('mousedown', () => { window.clickAt = performance.now(); }, {once: true, capture: true}); }"
-                )
-                before = page.evaluate("() => window.layerscope.state.embedding.token")
-                page.mouse.click(box["x"], box["y"])
-                page.wait_for_function(
-                    "(token) => { const s = window.layerscope.state.embedding; return s.token > token && s.last && s.last.end !== null && !s.animating; }",
-                    arg=before,
-                    timeout=30_000,
-                )
-                timing = page.evaluate(
-                    "() => [window.clickAt, window.layerscope.state.embedding.last]"
-                )
-                click_at, last = timing
-                first_frame.append((last["start"] - click_at) / 1000)
-                finished.append((last["end"] - click_at) / 1000)
-            watch.screenshot("bench-13k")
-            errors = list(watch.errors)
+            if digits_run is not None:
+                open_run(page, url, digits_run)
+                results["hover_digits"] = bench_hover(page, hovers)
+                print("hover on the digits run:", results["hover_digits"], flush=True)
+            results[f"open_{large_run}"] = open_run(page, url, large_run)
+            print(f"open {large_run}:", results[f"open_{large_run}"], flush=True)
+            results[f"hover_{large_run}"] = bench_hover(page, hovers)
+            print(f"hover on {large_run}:", results[f"hover_{large_run}"], flush=True)
+            results.update(bench_layer_switches(page, switches))
+            watch.screenshot(large_run)
+            results["console_errors"] = list(watch.errors)
             watch.close()
     finally:
         process.terminate()
         process.wait(timeout=10)
-    return {
-        "hover_digits": hover_digits,
-        f"hover_{large_run}": hover_large,
-        "layer_click_to_animation_start_ms": median_ms(first_frame) if first_frame else None,
-        "layer_click_to_animation_end_ms": median_ms(finished) if finished else None,
-        "switches_measured": len(first_frame),
-        "console_errors": errors,
-    }
+    return results
+
+
+def measure_existing_run(data_dir: Path, run_id: str, json_path: Path | None) -> int:
+    """The layer switch (server side and in Chromium) and hover on a run made elsewhere
+    (``bench_large_run.py``'s real 60k run)."""
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "load_average_before": os.getloadavg()}
+    app = create_app(data_dir)
+    results["layer_switch_server"] = bench_layer_switch_server(app, run_id, repeats=14)
+    print("layer switch, server side:", results["layer_switch_server"], flush=True)
+    results["browser"] = bench_browser(data_dir, None, run_id, hovers=15, switches=5)
+    print("in Chromium:", results["browser"], flush=True)
+    results["load_average_after"] = os.getloadavg()
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=1))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,7 +530,18 @@ def main(argv: list[str] | None = None) -> int:
         "--only-browser", action="store_true", help="just the Chromium measurements"
     )
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="measure the page on a run already in this data dir (with --run) instead",
+    )
+    parser.add_argument("--run", default=None, help="the run of --data-dir to measure")
     args = parser.parse_args(argv)
+    if (args.data_dir is None) != (args.run is None):
+        parser.error("--data-dir and --run go together")
+    if args.data_dir is not None:
+        return measure_existing_run(args.data_dir, args.run, args.json)
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="layerscope-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -491,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"work dir {work}; building runs (first time only)…", flush=True)
     make_smallcnn_run(work)
-    make_large_run(work, work / "runs" / SMALLCNN_RUN, args.points)
+    large_run = make_large_run(work, work / "runs" / SMALLCNN_RUN, args.points)
     if not args.skip_vgg:
         make_vgg_run(work)
     # Cold means cold: no activations cached on disk by an earlier benchmark run.
@@ -499,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(work)
 
     if args.only_browser:
-        results["browser"] = bench_browser(work, SMALLCNN_RUN, LARGE_RUN, hovers=15, switches=5)
+        results["browser"] = bench_browser(work, SMALLCNN_RUN, large_run, hovers=15, switches=5)
         print("in Chromium:", results["browser"], flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
@@ -519,10 +581,10 @@ def main(argv: list[str] | None = None) -> int:
             rows=[1, 2, 3],
         )
         print("activation grid, VGG16 224px:", results["grid_vgg16"], flush=True)
-    results["layer_switch_server"] = bench_layer_switch_server(app, LARGE_RUN, repeats=14)
+    results["layer_switch_server"] = bench_layer_switch_server(app, large_run, repeats=14)
     print("layer switch, server side:", results["layer_switch_server"], flush=True)
     if not args.skip_browser:
-        results["browser"] = bench_browser(work, SMALLCNN_RUN, LARGE_RUN, hovers=15, switches=5)
+        results["browser"] = bench_browser(work, SMALLCNN_RUN, large_run, hovers=15, switches=5)
         print("in Chromium:", results["browser"], flush=True)
     results["load_average_after"] = os.getloadavg()
     if args.json:

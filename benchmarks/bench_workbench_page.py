@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_dashboard import (  # noqa: E402
-    LARGE_RUN,
     SMALLCNN_RUN,
     make_large_run,
     make_smallcnn_run,
@@ -183,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"work dir {work}; building runs (first time only)…", flush=True)
     make_smallcnn_run(work)
-    make_large_run(work, work / "runs" / SMALLCNN_RUN, args.points)
+    large_run = make_large_run(work, work / "runs" / SMALLCNN_RUN, args.points)
     results: dict[str, Any] = {"cpus": os.cpu_count(), "load_average_before": os.getloadavg()}
     process, url = start_server(work)
     try:
         with bh.chromium() as browser:
             watch = bh.PageWatch(browser, bh.LARGE)
             page = watch.page
-            open_run(page, url, LARGE_RUN)
+            open_run(page, url, large_run)
             stamp_clicks(page)
             clicks, arrived = bench_confusion_clicks(page, args.repeats)
             results["confusion_click_to_map_ms"] = {

@@ -27,6 +27,7 @@ import threadpoolctl
 
 from pipelines import reduce, tsne
 from pipelines.store import RunStore, embedding_key
+from pipelines.tsne_opentsne import SIZE_METHODS
 
 # How far a recomputed PCA may stray from a stored PCA map, relative to the map's extent, for
 # the map to count as the same one (and its t-SNE maps, made from the same scores, to stand).
@@ -133,6 +134,7 @@ class LayerJob:
             **pca_info,
             "tsne_backend": self.tsne_backend,
             "tsne_device": self.torch_device or "cpu",
+            **self.tsne_methods(),
             "seconds": round(pca_seconds + time.perf_counter() - started, 3),
         }
         store.save_json("reduction", info, layer=layer_id)
@@ -142,6 +144,21 @@ class LayerJob:
     def tsne_backend(self) -> tsne.Backend:
         """The t-SNE backend of this job: PyTorch on ``torch_device``, else openTSNE."""
         return "opentsne" if self.torch_device is None else "torch"
+
+    def tsne_methods(self) -> dict[str, str]:
+        """How the layer's largest t-SNE maps are made, recorded with them ({} without t-SNE):
+        the neighbour search and the repulsion, which the openTSNE backend chooses by size
+        (``tsne_opentsne.SizeMethods``) and the torch backend does exactly."""
+        sizes = [n for n in self.subsets if self.perplexities.get(n)]
+        if not sizes:
+            return {}
+        if self.tsne_backend == "torch":
+            return {"tsne_knn": "exact", "tsne_gradient": "exact"}
+        largest = max(sizes)
+        return {
+            "tsne_knn": SIZE_METHODS.knn(largest),
+            "tsne_gradient": SIZE_METHODS.gradient(largest),
+        }
 
     def pca(self, features: np.ndarray) -> reduce.PCAFit:
         """features: (N, D) float32 -> PCA keeping 90% of the variance: scores and basis."""

@@ -231,14 +231,14 @@ def place_tsne(
     from openTSNE import TSNEEmbedding
 
     from pipelines.tsne import SCHEDULE
-    from pipelines.tsne_opentsne import FFT_MIN_POINTS
+    from pipelines.tsne_opentsne import SIZE_METHODS
 
     reference = np.array(coords, dtype=np.float64)  # a copy: transform moves it in place
     centre = (reference.max(axis=0) + reference.min(axis=0)) / 2
     embedding = TSNEEmbedding(
         reference,
         affinities,
-        negative_gradient_method="fft" if reference.shape[0] >= FFT_MIN_POINTS else "bh",
+        negative_gradient_method=SIZE_METHODS.gradient(reference.shape[0]),
         theta=SCHEDULE.theta,
         n_jobs=threads,
         random_state=seed,

@@ -218,6 +218,22 @@ class RunStore:
             with open(tmp, "wb") as handle:
                 np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
+    @contextlib.contextmanager
+    def array_writer(
+        self, kind: str, shape: tuple[int, ...], dtype: np.dtype | str, **params: Any
+    ) -> Iterator[np.ndarray]:
+        """A new ``npy`` artifact filled in place: yields a writable memory-mapped array of
+        ``shape`` and ``dtype``, which becomes the artifact (atomically) when the block ends
+        without an error. For arrays built part by part that need not all be in memory at once
+        (a 60,000-sample run's thumbnails are 737 MB)."""
+        with atomic_path(self.artifact_path(kind, **params)) as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
+            try:
+                yield array
+                array.flush()
+            finally:
+                del array  # unmapped before the rename (or the temp file's removal)
+
     def load_array(self, kind: str, mmap: bool = True, **params: Any) -> np.ndarray:
         path = self.artifact_path(kind, **params)
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -227,9 +243,18 @@ class RunStore:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **dict[str, Any](arrays))
 
-    def load_arrays(self, kind: str, **params: Any) -> dict[str, np.ndarray]:
+    def load_arrays(
+        self, kind: str, names: Sequence[str] | None = None, **params: Any
+    ) -> dict[str, np.ndarray]:
+        """The arrays of an ``npz`` artifact, or only those in ``names`` (each one is read from
+        the file only if asked for)."""
         with np.load(self.artifact_path(kind, **params), allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+            return {name: data[name] for name in (data.files if names is None else names)}
+
+    def array_names(self, kind: str, **params: Any) -> list[str]:
+        """The names of the arrays in an ``npz`` artifact, without reading them."""
+        with np.load(self.artifact_path(kind, **params), allow_pickle=False) as data:
+            return list(data.files)
 
     def save_state_dict(self, kind: str, state: dict, **params: Any) -> None:
         import torch

@@ -1,9 +1,11 @@
 """The openTSNE backend of ``tsne.fit``: the CPU path of the embeddings stage.
 
 openTSNE (Poličar, Stražar & Zupan, J. Stat. Softw. 2024) computes the affinities (exact kNN up
-to ``EXACT_KNN_MAX`` points) and the gradient (Barnes-Hut, or FFT interpolation from
-``FFT_MIN_POINTS``); the schedule and the starting layouts are ``tsne``'s, shared with the torch
-backend. No torch here: the CPU worker processes that import this start in about two seconds.
+to ``EXACT_KNN_MAX`` points, approximate (Annoy) beyond) and the gradient (Barnes-Hut, or FFT
+interpolation from ``FFT_MIN_POINTS``); ``SizeMethods`` makes both choices from a map's size,
+and the embeddings stage records them with each layer. The schedule and the starting layouts
+are ``tsne``'s, shared with the torch backend. No torch here: the CPU worker processes that
+import this start in about two seconds.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from openTSNE import TSNEEmbedding
@@ -18,11 +21,42 @@ from openTSNE.affinity import PerplexityBasedNN
 
 from pipelines.tsne import SCHEDULE, StageTimes, SubsetMaps, TSNESchedule, timed
 
-# kNN: exact search is deterministic and, on PCA scores, faster than building Annoy trees (13,000
-# x 28: 1.8 s exact vs 7-9 s Annoy on two cores); approximate search only beyond this size.
-EXACT_KNN_MAX = 20_000
+# kNN: exact search is deterministic and, on PCA scores, faster than openTSNE's Annoy up to far
+# beyond the dashboard's sizes. Measured on one core (benchmarks/README.md, "Large runs"), 30-D
+# clustered scores, k = 270 (perplexity 90, the graph every perplexity of a subset shares):
+# 20,000 points 5.1 s exact / 32.6 s Annoy, 40,000 15.5 / 74.5 s, 60,000 37.9 / 133 s. Exact
+# grows as n^2, Annoy as n, so they meet near 200,000 points: approximate search beyond that.
+EXACT_KNN_MAX = 200_000
 # openTSNE's own switch point: FFT-interpolated repulsion beats Barnes-Hut above ~10k points.
 FFT_MIN_POINTS = 10_000
+
+KnnMethod = Literal["exact", "annoy"]
+GradientMethod = Literal["bh", "fft"]
+
+
+@dataclass(frozen=True)
+class SizeMethods:
+    """How a map of n points is made: its neighbour search and its repulsion.
+
+    Parameters so that tests can take the large-n paths on a few thousand points; the
+    precompute always uses ``SIZE_METHODS``.
+    """
+
+    exact_knn_max: int = EXACT_KNN_MAX
+    fft_min_points: int = FFT_MIN_POINTS
+
+    def knn(self, n: int) -> KnnMethod:
+        """openTSNE's neighbour search for n points: exact, or approximate (Annoy) beyond
+        ``exact_knn_max``."""
+        return "exact" if n <= self.exact_knn_max else "annoy"
+
+    def gradient(self, n: int, dims: int = 2) -> GradientMethod:
+        """openTSNE's repulsion for a map of n points in ``dims`` dimensions: FFT interpolation
+        from ``fft_min_points`` (it is for 1-2 dimensions only), else Barnes-Hut."""
+        return "fft" if n >= self.fft_min_points and dims <= 2 else "bh"
+
+
+SIZE_METHODS = SizeMethods()
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,8 +77,10 @@ def fit_subsets(
     schedule: TSNESchedule = SCHEDULE,
     *,
     times: StageTimes | None = None,
+    methods: SizeMethods = SIZE_METHODS,
 ) -> dict[tuple[int, float], np.ndarray]:
-    """Every t-SNE map of a layer, optimised on a pool of ``cores`` threads.
+    """Every t-SNE map of a layer, optimised on a pool of ``cores`` threads, each map's neighbour
+    search and repulsion chosen by ``methods`` from its size.
 
     x: (N, k) float32 in nested-subset order; subsets: as ``tsne.fit`` builds them; times: as
     ``tsne.fit``'s (stages in thread seconds). Returns {(n, perplexity): (n, 2) float64}. Deterministic for a given seed; below ``FFT_MIN_POINTS``
@@ -63,13 +99,15 @@ def fit_subsets(
     threads = max(1, cores // workers)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tsne")
     try:
-        graphs = [pool.submit(map_jobs, x, subset, seed, threads, times) for subset in ordered]
+        graphs = [
+            pool.submit(map_jobs, x, subset, seed, threads, times, methods) for subset in ordered
+        ]
         maps = {}
         for graph in graphs:
             # Highest perplexity first: its attraction term makes it the slowest map of a subset.
             for job in reversed(graph.result()):
                 maps[(job.n, job.perplexity)] = pool.submit(
-                    optimise_map, job, threads, schedule, times
+                    optimise_map, job, threads, schedule, times, methods
                 )
         return {key: future.result() for key, future in maps.items()}
     finally:
@@ -83,6 +121,7 @@ def map_jobs(
     seed: int,
     threads: int,
     times: StageTimes | None = None,
+    methods: SizeMethods = SIZE_METHODS,
 ) -> list[MapJob]:
     """The t-SNE maps of one subset, sharing its kNN graph, ready to optimise.
 
@@ -92,7 +131,7 @@ def map_jobs(
     n, perplexities = subset.n, subset.perplexities
     jobs = []
     with timed(times, "knn + affinities"):
-        shared = shared_affinities(x[:n], perplexities[-1], seed, threads)
+        shared = shared_affinities(x[:n], perplexities[-1], seed, threads, methods)
         # Largest first: the graph was built at that perplexity, so its P is reused as is.
         for p in reversed(perplexities):
             shared.set_perplexity(p)
@@ -107,6 +146,7 @@ def optimise_map(
     threads: int,
     schedule: TSNESchedule = SCHEDULE,
     times: StageTimes | None = None,
+    methods: SizeMethods = SIZE_METHODS,
 ) -> np.ndarray:
     """Early exaggeration then the main phase (van der Maaten & Hinton 2008; openTSNE's two
     ``optimize`` calls, which carry the gains and momentum over), with ``schedule``.
@@ -116,7 +156,7 @@ def optimise_map(
     embedding = TSNEEmbedding(
         job.init,
         job.affinities,
-        negative_gradient_method="fft" if n >= FFT_MIN_POINTS and job.init.shape[1] <= 2 else "bh",
+        negative_gradient_method=methods.gradient(n, job.init.shape[1]),
         theta=schedule.theta,
         n_jobs=threads,
     )
@@ -141,7 +181,11 @@ def optimise_map(
 
 
 def shared_affinities(
-    x: np.ndarray, perplexity: float, seed: int, n_jobs: int
+    x: np.ndarray,
+    perplexity: float,
+    seed: int,
+    n_jobs: int,
+    methods: SizeMethods = SIZE_METHODS,
 ) -> PerplexityBasedNN:
     """One kNN graph (k = 3 * the largest perplexity) whose weights ``set_perplexity`` redoes for
     any smaller perplexity without a new neighbour search. x: (n, k) float32."""
@@ -149,7 +193,7 @@ def shared_affinities(
     return PerplexityBasedNN(
         x,
         perplexity=perplexity,
-        method="exact" if n <= EXACT_KNN_MAX else "annoy",
+        method=methods.knn(n),
         n_jobs=n_jobs,
         random_state=seed,
         k_neighbors=min(n - 1, int(3 * perplexity)),

@@ -19,6 +19,7 @@ import torch
 import torchvision
 
 from components.inspector import short_name
+from components.packing import LEVELS, pack_quantized, unpack
 from dashboard import ids
 from dashboard.app import create_app
 from dashboard.data import RunCatalog
@@ -278,7 +279,9 @@ def test_hovering_a_point_fills_the_inspector(watch, server, data_dir):
     run = RunCatalog(data_dir).open("digits-small")
     predictions = run.predictions()
     classes = predictions["top10_index"][row].tolist()
-    probs = np.round(predictions["top10_prob"][row].astype(np.float64), 4).tolist()
+    # As the browser reads them: packed to 1/65535 (components/inspector.py), in a Float32Array.
+    packed = pack_quantized(predictions["top10_prob"][row], 0.0, 1.0 / LEVELS)
+    probs = unpack(packed).astype(np.float32).astype(np.float64).tolist()
     drawn = page.evaluate(TOP10_BARS)
     assert [bar["cls"] for bar in drawn] == classes
     names = [run.model_class_names[c] for c in classes]

@@ -19,7 +19,6 @@ from components.embedding import (
     MAX_PREDICTION_GROUPS,
     RowValues,
     color_groups,
-    coordinate_decimals,
     correct_groups,
     embedding_figure,
     embedding_title,
@@ -29,6 +28,7 @@ from components.embedding import (
 )
 from components.images import apply_lut, encode_png, explanation_png, gradcam_overlay
 from components.inspector import inspector_table, short_name
+from components.packing import LEVELS, unpack
 from components.theme import ACCENT, DIVERGING_LUT, INFERNO_LUT, class_color, layer_family, shade
 from pipelines.features import discover_layers
 from pipelines.records import LayerSpec
@@ -241,7 +241,8 @@ def test_split_and_continuous_colourings():
     figure = embedding_figure(np.zeros((4, 2), np.float32), loss, "t", "s", "r")
     valid_plotly(figure)
     marker = figure["data"][0]["marker"]
-    assert marker["color"] == pytest.approx([0.1, 3.0, 0.5]) and marker["showscale"]
+    assert unpack(marker["color"]) == pytest.approx([0.1, 3.0, 0.5], abs=3e-5)
+    assert marker["showscale"]
     assert 0.5 < marker["cmax"] <= 3.0  # the scale ends at a high quantile of the losses
 
 
@@ -257,12 +258,16 @@ def test_embedding_figure_puts_every_row_once_with_list_customdata():
         assert t["type"] == "scattergl" and isinstance(t["customdata"], list)
         assert all(type(v) is int for v in t["customdata"])
         rows += t["customdata"]
-        xs += t["x"]
-        ys += t["y"]
+        xs += unpack(t["x"]).tolist()
+        ys += unpack(t["y"]).tolist()
     assert sorted(rows) == list(range(500))
     order = np.argsort(rows)
-    np.testing.assert_allclose(np.array(xs)[order], coords[:, 0], atol=0.051)
-    np.testing.assert_allclose(np.array(ys)[order], coords[:, 1], atol=0.051)
+    # Packed as 16-bit levels over each axis's range: within half a level of every value.
+    for axis, unpacked in enumerate((xs, ys)):
+        half_level = np.ptp(coords[:, axis]) / LEVELS / 2
+        np.testing.assert_allclose(
+            np.array(unpacked)[order], coords[:, axis], rtol=0, atol=half_level * 1.001
+        )
     pinned, uploads = figure["data"][-1], figure["data"][-2]
     assert pinned["x"] == [] and figure["layout"]["meta"]["pinnedTrace"] == len(figure["data"]) - 1
     assert (
@@ -271,18 +276,14 @@ def test_embedding_figure_puts_every_row_once_with_list_customdata():
     assert figure["layout"]["meta"]["structure"] == "run|500|label"
 
 
-def test_13k_point_payload_stays_small():
+def test_60k_point_payload_is_about_ten_bytes_a_point():
     rng = np.random.default_rng(2)
-    coords = (rng.standard_normal((13000, 2)) * 50).astype(np.float32)
-    groups = label_groups(rng.integers(0, 10, size=13000), [str(i) for i in range(10)])
+    coords = (rng.standard_normal((60000, 2)) * 50).astype(np.float32)
+    groups = label_groups(rng.integers(0, 10, size=60000), [str(i) for i in range(10)])
     payload = json.dumps(embedding_figure(coords, groups, "t", "s", "u"))
-    assert len(payload) < 450_000
-
-
-def test_coordinate_decimals_keep_four_significant_digits():
-    assert coordinate_decimals(np.array([55.0, -3.0], dtype=np.float32)) == 2
-    assert coordinate_decimals(np.array([0.012], dtype=np.float32)) == 5
-    assert coordinate_decimals(np.zeros(3, dtype=np.float32)) == 4
+    # 4 bytes of coordinates as base64 (5.3) and the row in customdata (~6.9): as JSON numbers
+    # the same map was ~18 bytes a point.
+    assert len(payload) < 60000 * 13
 
 
 def test_embedding_title_names_method_parameters_and_size():
@@ -299,20 +300,42 @@ def test_embedding_title_names_method_parameters_and_size():
 
 
 def test_inspector_table_round_trips_predictions():
-    samples = {"uid": ["a", "b"], "label_name": ["cat", "dog"], "model_label": [3, -1]}
-    predictions = {
-        "predicted": np.array([3, 1]),
-        "correct": np.array([1, -1], dtype=np.int8),
-        "top10_index": np.array([[3, 1], [1, 3]]),
-        "top10_prob": np.array([[0.912345, 0.05], [0.6, 0.4]], dtype=np.float32),
+    samples = {
+        "uid": ["a", "b", "c"],
+        "label_name": ["dog", "cat", "dog"],
+        "model_label": [3, -1, 0],
     }
-    table = inspector_table(samples, predictions, ["c0", "c1", "c2", "c3"])
-    assert table["uid"] == ["a", "b"] and table["pred"] == [3, 1] and table["correct"] == [1, -1]
-    assert table["top_idx"] == [[3, 1], [1, 3]]
-    assert table["top_prob"][0][0] == pytest.approx(0.9123)
-    json.dumps(table)
+    predictions = {
+        "predicted": np.array([3, 1, 0]),
+        "correct": np.array([1, -1, 1], dtype=np.int8),
+        "top10_index": np.array([[3, 1], [1, 3], [0, 2]]),
+        "top10_prob": np.array([[0.912345, 0.05], [0.6, 0.4], [1.0, 0.0]], dtype=np.float32),
+    }
+    flags = np.array([False, True, False])
+    table = json.loads(
+        json.dumps(
+            inspector_table(
+                samples, predictions, ["c0", "c1", "c2", "c3"], (flags, ["x", "c2", "y"])
+            )
+        )
+    )
+    assert table["n"] == 3 and table["uids"].split("\n") == ["a", "b", "c"]
+    names = table["labelNames"]
+    assert [names[i] for i in unpack(table["label"])] == ["dog", "cat", "dog"]
+    assert unpack(table["model_label"]).tolist() == [3, -1, 0]
+    assert unpack(table["pred"]).tolist() == [3, 1, 0]
+    assert unpack(table["correct"]).tolist() == [1, -1, 1]
+    assert unpack(table["top_idx"]).tolist() == [[3, 1], [1, 3], [0, 2]]
+    assert unpack(table["top_idx"]).dtype == np.uint8  # the narrowest type that holds them
+    np.testing.assert_allclose(
+        unpack(table["top_prob"]), predictions["top10_prob"], rtol=0, atol=0.5 / LEVELS + 1e-9
+    )
+    issues = [table["issueNames"][i] if i >= 0 else None for i in unpack(table["issue"])]
+    assert issues == [None, "c2", None]
     empty = inspector_table(samples, None, ["c0"])
-    assert empty["pred"] is None and empty["top_idx"] is None
+    assert empty["pred"] is None and empty["top_idx"] is None and "issue" not in empty
+    with pytest.raises(ValueError, match="line break"):
+        inspector_table({**samples, "uid": ["a", "b\nc", "d"]}, None, ["c0"])
 
 
 def test_short_name_cuts_long_names():

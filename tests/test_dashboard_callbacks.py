@@ -22,6 +22,7 @@ from dash.exceptions import PreventUpdate
 from PIL import Image
 
 from components.activations import grid_geometry
+from components.packing import unpack
 from dashboard import ids
 from dashboard.app import create_app
 from dashboard.caches import ByteLRU
@@ -298,7 +299,7 @@ def test_page_shares_ids_output_names_and_method_names_with_the_javascript(app):
 
 def test_inspector_table_and_url_templates(app, selection):
     table, info = call(app, inspector.load_table, selection["run"], None, None)
-    assert len(table["uid"]) == 300 and len(table["top_idx"][0]) == 10
+    assert len(table["uids"].split("\n")) == 300 and table["top_idx"]["shape"] == [300, 10]
     assert info["explanations"] == ["gradcam", "guided_backprop", "guided_gradcam"]
     assert info["urls"]["thumb"].startswith(f"/runs/{selection['run']}/thumb/{{row}}.png?v=")
     # Same run, nothing new computed: the (up to 1 MB) table is not sent again.
@@ -721,7 +722,7 @@ def test_a_run_still_being_computed_says_what_is_ready(partial_run):
     assert title.startswith("PCA") and title.endswith("t-SNE computing…")
     assert "t-SNE computing… 7 of 14 layers, PCA shown meanwhile" == text_of(badge)
     pca = RunCatalog(data_dir).open(run_id).embedding("features.3", 300, "pca", None)
-    assert fallback["figure"]["data"][0]["x"][:3] == pytest.approx(
+    assert unpack(fallback["figure"]["data"][0]["x"])[:3] == pytest.approx(
         pca[fallback["figure"]["data"][0]["customdata"][:3], 0], abs=1e-2
     )
     table, info = call(partial_app, inspector.load_table, run_id, None, None)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from components.embedding import embedding_figure, embedding_figure_3d, label_groups
+from components.packing import unpack
 from dashboard import data as dashboard_data
 from dashboard import ids
 from dashboard.app import create_app
@@ -66,7 +67,7 @@ def test_3d_figure_has_the_2d_traces_colours_and_rows():
         {k: t[k] for k in same} for t in flat["data"][: len(groups)]
     ]
     for trace, group in zip(points, groups, strict=True):
-        assert trace["z"] == pytest.approx(coords[group.rows, 2].tolist(), abs=1e-3)
+        assert unpack(trace["z"]) == pytest.approx(coords[group.rows, 2], abs=1e-3)
     assert deep["data"][-1]["name"] == "pinned sample" and deep["data"][-1]["z"] == []
     layout = deep["layout"]
     assert layout["meta"] == {"structure": "s|3d", "n": 50, "dims": 3, "pinnedTrace": len(groups)}
@@ -137,9 +138,10 @@ def test_3d_pca_view_has_the_2d_colours_legend_and_rows(app, selection, run_dir)
     scores = RunStore(run_dir[0] / "runs" / run_dir[1]).load_array("pca_scores", layer="features.7")
     first = traces[0]
     row = first["customdata"][0]
-    assert [first["x"][0], first["y"][0], first["z"][0]] == pytest.approx(
+    assert [unpack(first[axis])[0] for axis in "xyz"] == pytest.approx(
         scores[row, :3].tolist(),
-        abs=0.01,  # four significant digits of the largest
+        rel=0,
+        abs=1e-3 * float(np.ptp(scores[:, :3])),  # 16-bit levels over each axis's range
     )
     # Another colouring keeps the camera (same uirevision), and the 2-D map is back when off.
     recoloured, _, _ = call(app, embedding.load_view, {**key, "color": "label"}, None, True)
@@ -159,7 +161,7 @@ def test_3d_pca_of_a_layer_with_fewer_than_3_dims_says_so(app, selection, run_di
     payload, _, _ = call(app, embedding.load_view, key, None, True)
     figure = payload["figure"]
     assert "2 PCA dimension(s): the other axes are zero" in figure["layout"]["title"]["text"]
-    assert {z for t in figure["data"][:-1] for z in t["z"]} == {0.0}
+    assert {float(z) for t in figure["data"][:-1] for z in unpack(t["z"])} == {0.0}
 
 
 def test_3d_tsne_is_computed_by_its_job_once_and_stored(app, selection, run_dir, token):

@@ -60,6 +60,22 @@ def test_array_json_and_npz_round_trip(store):
     assert store.has("samples") and not store.has("thumbnails")
     leftovers = [p for p in store.run_dir.rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
+    assert store.array_names("predictions") == ["a", "b"]
+    assert list(store.load_arrays("predictions", ["b"])) == ["b"]
+
+
+def test_an_array_filled_in_place_appears_only_when_complete(store):
+    with store.array_writer("thumbnails", (4, 2, 2, 3), np.uint8) as out:
+        assert not store.has("thumbnails")  # not before the block ends
+        out[:2] = 7
+        out[2:] = 9
+    thumbs = store.load_array("thumbnails")
+    assert thumbs.shape == (4, 2, 2, 3) and thumbs.dtype == np.uint8
+    assert thumbs[:2].max() == 7 and thumbs[2:].min() == 9
+    with pytest.raises(RuntimeError), store.array_writer("explanation", (3,), "f2", method="m"):
+        raise RuntimeError("killed halfway")
+    assert not store.has("explanation", method="m")
+    assert [p for p in store.run_dir.rglob("*") if ".tmp-" in p.name] == []
 
 
 def test_manifest_schema_version_is_checked(store):

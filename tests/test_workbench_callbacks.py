@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from dash import no_update
 
+from components.packing import unpack
 from dashboard import ids
 from dashboard.app import create_app
 from dashboard.context import current
@@ -220,4 +221,5 @@ def test_colour_by_label_issue_and_split_and_the_inspector_names_issues(app):
     assert values.label_issue is not None and list(values.split[:4]) == ["train"] * 4
     assert {"split", "loss", "label_issue"} <= {o["value"] for o in COLOR_OPTIONS}
     table, info = call(app, inspector.load_table, RUN, None, None)
-    assert table["issue"][6] == "fox" and table["issue"][0] is None and info["hasQuality"]
+    issues = unpack(table["issue"])
+    assert table["issueNames"][issues[6]] == "fox" and issues[0] == -1 and info["hasQuality"]

@@ -148,13 +148,23 @@ def consolidate(
     methods: Sequence[str],
 ) -> None:
     """Merge the chunks into the run's per-sample artifacts and metrics, then drop them;
-    ``methods``: the stored explanations' names."""
-    parts = [store.load_arrays("forward_chunk", chunk=i) for i in range(num_chunks)]
-    merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    store.save_array("thumbnails", merged["thumbnails"])
-    for method in methods:
-        if method in merged:
-            store.save_array("explanation", merged[method], method=method)
+    ``methods``: the stored explanations' names.
+
+    The pictures (thumbnails, explanations) are copied chunk by chunk into memory-mapped files,
+    so memory holds one chunk's, whatever the run's size: merged in memory, a 60,000-sample run
+    of 32 px pictures held its 1.2 GB of them twice (737 MB of thumbnails, 490 MB of
+    explanations; the chunks, then their concatenation). The small per-sample columns
+    (log-probabilities, top-10) are merged in memory."""
+    names = store.array_names("forward_chunk", chunk=0)
+    pictures = [name for name in names if name == "thumbnails" or name in methods]
+    for name in pictures:
+        kind, params = (
+            ("thumbnails", {}) if name == "thumbnails" else ("explanation", {"method": name})
+        )
+        stream_chunks(store, num_chunks, name, len(labels), kind, params)
+    columns_of = [name for name in names if name not in pictures]
+    parts = [store.load_arrays("forward_chunk", columns_of, chunk=i) for i in range(num_chunks)]
+    merged = {name: np.concatenate([part[name] for part in parts]) for name in columns_of}
     columns = prediction_columns(merged["log_prob"], model_labels)
     record = store.read_record()
     dataset_to_model = list(record.require_class_mapping().dataset_to_model)
@@ -183,6 +193,22 @@ def consolidate(
         )
     )
     store.delete_kind("forward_chunk")
+
+
+def stream_chunks(
+    store: RunStore, num_chunks: int, name: str, rows: int, kind: str, params: dict[str, str]
+) -> None:
+    """The chunks' array ``name``, one chunk in memory at a time, into the ``rows``-row
+    artifact ``kind`` with ``params``."""
+    first = store.load_arrays("forward_chunk", [name], chunk=0)[name]
+    with store.array_writer(kind, (rows, *first.shape[1:]), first.dtype, **params) as out:
+        start = 0
+        for i in range(num_chunks):
+            part = first if i == 0 else store.load_arrays("forward_chunk", [name], chunk=i)[name]
+            out[start : start + len(part)] = part
+            start += len(part)
+        if start != rows:
+            raise ValueError(f"the forward chunks hold {start} rows of {name}, expected {rows}")
 
 
 @dataclass(frozen=True)
