@@ -253,7 +253,13 @@ class ForkWatch:
     def __init__(self, server: subprocess.Popen):
         self.server = psutil.Process(server.pid)
         self.command = self.server.cmdline()
+        # gunicorn forks its workers one after another (a random pause of up to 0.1 s between
+        # them): the first may answer before the second exists, more so on a loaded machine.
+        deadline = time.monotonic() + 60
         self.workers = self._forks_now()
+        while len(self.workers) < SERVER_WORKERS and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self.workers = self._forks_now()
         assert len(self.workers) == SERVER_WORKERS, f"worker processes: {self.workers}"
         self.forks: set[int] = set()
         self._stop = threading.Event()
