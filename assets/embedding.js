@@ -39,7 +39,9 @@
     unpackedFrom: null, unpacked: null,
   });
 
-  // The figure with every packed array (coordinates, continuous marker colours) unpacked.
+  // The figure with every packed array unpacked: coordinates and continuous marker colours into
+  // typed arrays, the rows in customdata into a plain array (plotly's Scattergl hover events
+  // drop customdata given as a typed array).
   function unpackFigure(figure) {
     if (!figure || !figure.data) {
       return figure;
@@ -51,6 +53,9 @@
           out[axis] = ls.unpack(trace[axis]);
         }
       });
+      if (ls.isPacked(trace.customdata)) {
+        out.customdata = Array.from(ls.unpack(trace.customdata));
+      }
       if (trace.marker && ls.isPacked(trace.marker.color)) {
         out.marker = Object.assign({}, trace.marker, { color: ls.unpack(trace.marker.color) });
       }
@@ -138,7 +143,7 @@
     }
     if (state.chosenFor !== rowsPayload) {
       state.chosenFor = rowsPayload;
-      state.chosen = new Set(rowsPayload.rows);
+      state.chosen = new Set(ls.selectionRows(rowsPayload).rows);
     }
     return state.chosen;
   }

@@ -39,6 +39,29 @@
     return gallery;
   }
 
+  // The resolved selection (SELECTION_ROWS) as the page reads it: dashboard/panels/gallery.py
+  // packs its per-row integers, unpacked here once per payload into typed arrays.
+  var unpackedSelections = new WeakMap();
+
+  ls.selectionRows = function (payload) {
+    if (!payload || payload.error) {
+      return payload;
+    }
+    var unpacked = unpackedSelections.get(payload);
+    if (!unpacked) {
+      unpacked = Object.assign({}, payload, {
+        rows: ls.unpack(payload.rows),
+        issue: ls.unpack(payload.issue),
+        suggested: ls.unpack(payload.suggested),
+        corrected: ls.unpack(payload.corrected),
+        // What identifies the corrections in a signature: the packed text, not 60,000 numbers.
+        correctedKey: ls.isPacked(payload.corrected) ? payload.corrected.bdata : "",
+      });
+      unpackedSelections.set(payload, unpacked);
+    }
+    return unpacked;
+  };
+
   function node(tag, className, text) {
     var el = document.createElement(tag);
     el.className = className;
@@ -103,6 +126,7 @@
 
   ls.define("renderGallery", function (payload, page, table, info, selection) {
     table = ls.inspectorTable(table);
+    payload = ls.selectionRows(payload);
     var gallery = element();
     if (!gallery) {
       return {};
@@ -117,7 +141,7 @@
     var pages = Math.max(1, Math.ceil(payload.count / size));
     var current = Math.min(Math.max(0, page || 0), pages - 1);
     var signature = JSON.stringify([payload.sel, payload.count, payload.rows.length && payload.rows[0],
-      payload.sortName, payload.corrected.length, current, info.run, info.version, pinned, payload.corrected, payload.issue.length]);
+      payload.sortName, payload.corrected.length, current, info.run, info.version, pinned, payload.correctedKey, payload.issue.length]);
     var out = {
       pageText: payload.count ? "page " + (current + 1) + " of " + pages + " · " + payload.count.toLocaleString() + " samples" : "",
       prevDisabled: current <= 0,

@@ -12,7 +12,7 @@ stage, the wall seconds the manifest records, and per layer the seconds of its r
 every t-SNE map) with the kNN method and gradient its largest maps used.
 
 Every sample is in every map: nothing is capped. The page on this run is measured by
-``bench_dashboard.py --data-dir DIR/data --run cifar10-60k --skip-vgg``.
+``bench_dashboard.py --data-dir DIR/data --run cifar10-60k``.
 """
 
 from __future__ import annotations

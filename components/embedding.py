@@ -4,10 +4,11 @@ Figures are plain dicts that never need ``go.Figure`` validation. Coordinates tr
 (``components.packing``): 16-bit levels over the map's range per axis, shared by every trace of
 the map, which the browser turns back into floats (``ls.unpack``) within 1/131,070 of the
 range: finer than the four significant digits they were rounded to as JSON, at 4 bytes a point
-instead of ~12. A 60,000-point layer switch is then ~0.6 MB and a few milliseconds of the
-server's time instead of 1 MB and 57 ms. ``customdata`` is a list of sample row indices, because
-Scattergl hover events in plotly.js 3 drop ``customdata`` given as a typed array. Every point is
-drawn; there is no cap on the number of points.
+instead of ~12. The sample rows in ``customdata`` travel packed as integers too, and the
+browser turns them into a plain list, because Scattergl hover events in plotly.js 3 drop
+``customdata`` given as a typed array. A 60,000-point layer switch is then ~0.6 MB and a few
+milliseconds of the server's time instead of 1 MB and 57 ms. Every point is drawn; there is no
+cap on the number of points.
 
 The trace structure (which rows go in which trace, in which order) depends only on the run, the
 subset and the colouring, never on the layer: the clientside animation interpolates trace by
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from components.packing import pack_quantized, value_range
+from components.packing import pack_ints, pack_quantized, value_range
 from components.theme import (
     ACCENT,
     DANGER,
@@ -281,7 +282,7 @@ def group_traces(
         trace: dict[str, Any] = {"type": trace_type, "mode": "markers", "name": group.name}
         for axis, (lo, step) in enumerate(scales):
             trace[AXES[axis]] = pack_quantized(coords[rows, axis], lo, step)
-        trace["customdata"] = rows.tolist()
+        trace["customdata"] = pack_ints(rows)
         trace["marker"] = marker_of(group, size)
         trace["hovertemplate"] = HOVER_TEMPLATE
         traces.append(trace)

@@ -243,13 +243,14 @@ class RunStore:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **dict[str, Any](arrays))
 
-    def load_arrays(
-        self, kind: str, names: Sequence[str] | None = None, **params: Any
-    ) -> dict[str, np.ndarray]:
-        """The arrays of an ``npz`` artifact, or only those in ``names`` (each one is read from
-        the file only if asked for)."""
+    def load_arrays(self, kind: str, **params: Any) -> dict[str, np.ndarray]:
         with np.load(self.artifact_path(kind, **params), allow_pickle=False) as data:
-            return {name: data[name] for name in (data.files if names is None else names)}
+            return {name: data[name] for name in data.files}
+
+    def load_members(self, kind: str, names: Sequence[str], **params: Any) -> dict[str, np.ndarray]:
+        """Only the arrays ``names`` of an ``npz`` artifact (the others are not read)."""
+        with np.load(self.artifact_path(kind, **params), allow_pickle=False) as data:
+            return {name: data[name] for name in names}
 
     def array_names(self, kind: str, **params: Any) -> list[str]:
         """The names of the arrays in an ``npz`` artifact, without reading them."""

@@ -27,7 +27,8 @@ from pipelines.tsne import SCHEDULE, StageTimes, SubsetMaps, TSNESchedule, timed
 # 20,000 points 5.1 s exact / 32.6 s Annoy, 40,000 15.5 / 74.5 s, 60,000 37.9 / 133 s. Exact
 # grows as n^2, Annoy as n, so they meet near 200,000 points: approximate search beyond that.
 EXACT_KNN_MAX = 200_000
-# openTSNE's own switch point: FFT-interpolated repulsion beats Barnes-Hut above ~10k points.
+# openTSNE's own switch point: FFT-interpolated repulsion beats Barnes-Hut above ~10k points
+# (measured, one thread: 36 vs 110 ms an iteration at 10,000 points, 154 vs 1,237 at 60,000).
 FFT_MIN_POINTS = 10_000
 
 KnnMethod = Literal["exact", "annoy"]

@@ -236,7 +236,7 @@ def test_embedding_payload_has_every_sample_and_a_descriptive_title(app, selecti
     payload, message = call(app, embedding.load, view_key(selection), None)
     figure = payload["figure"]
     assert message is None and payload["run"] == selection["run"]
-    rows = sorted(r for t in figure["data"][:-2] for r in t["customdata"])  # less the overlays
+    rows = sorted(r for t in figure["data"][:-2] for r in unpack(t["customdata"]))  # no overlays
     assert rows == list(range(selection["subset"]))
     assert figure["layout"]["title"]["text"] == (
         f"t-SNE, perplexity 30 — layer {selection['layer']} (ReLU), {selection['subset']} samples"
@@ -723,7 +723,7 @@ def test_a_run_still_being_computed_says_what_is_ready(partial_run):
     assert "t-SNE computing… 7 of 14 layers, PCA shown meanwhile" == text_of(badge)
     pca = RunCatalog(data_dir).open(run_id).embedding("features.3", 300, "pca", None)
     assert unpack(fallback["figure"]["data"][0]["x"])[:3] == pytest.approx(
-        pca[fallback["figure"]["data"][0]["customdata"][:3], 0], abs=1e-2
+        pca[unpack(fallback["figure"]["data"][0]["customdata"])[:3], 0], abs=1e-2
     )
     table, info = call(partial_app, inspector.load_table, run_id, None, None)
     assert table["top_idx"] is None and info["explanations"] == []

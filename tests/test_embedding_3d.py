@@ -116,7 +116,10 @@ def empty_memory_cache():
 
 def rows_of(figure: dict[str, Any]) -> list[int]:
     return sorted(
-        r for t in figure["data"] if t["name"] != "pinned sample" for r in t["customdata"]
+        int(r)
+        for t in figure["data"]
+        if t["name"] != "pinned sample"
+        for r in unpack(t["customdata"])
     )
 
 
@@ -137,7 +140,7 @@ def test_3d_pca_view_has_the_2d_colours_legend_and_rows(app, selection, run_dir)
     # Points are the first three PCA scores of their rows.
     scores = RunStore(run_dir[0] / "runs" / run_dir[1]).load_array("pca_scores", layer="features.7")
     first = traces[0]
-    row = first["customdata"][0]
+    row = unpack(first["customdata"])[0]
     assert [unpack(first[axis])[0] for axis in "xyz"] == pytest.approx(
         scores[row, :3].tolist(),
         rel=0,

@@ -61,7 +61,7 @@ def test_array_json_and_npz_round_trip(store):
     leftovers = [p for p in store.run_dir.rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
     assert store.array_names("predictions") == ["a", "b"]
-    assert list(store.load_arrays("predictions", ["b"])) == ["b"]
+    assert list(store.load_members("predictions", ["b"])) == ["b"]
 
 
 def test_an_array_filled_in_place_appears_only_when_complete(store):

@@ -22,6 +22,7 @@ import dash_bootstrap_components as dbc
 import numpy as np
 from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
 
+from components.packing import pack_ints
 from dashboard import ids
 from dashboard.context import current
 from dashboard.data import RunData
@@ -277,26 +278,30 @@ def selected(run: RunData, sel: str, threshold: float) -> tuple[Any, Any, np.nda
 
 def rows_payload(run: RunData, sel: str, sort: str, threshold: float) -> dict[str, Any]:
     """The selection resolved for the page: rows in gallery order, and per row the marks the
-    gallery draws (label issue, suggested and corrected label, the sort value)."""
+    gallery draws (label issue, suggested and corrected label, the sort value). The per-row
+    integers travel packed (``components.packing``, read by ``ls.selectionRows``): for every
+    sample of a 60,000-sample run they were 810 kB of JSON and 45 ms of the server's time."""
     selection, frame, rows = selected(run, sel, threshold)
     rows = sorted_rows(frame, rows, sort)
     issue = frame["is_label_issue"].to_numpy(dtype=np.float64, na_value=0.0)[rows] > 0
     names = run.class_names
 
-    def class_index(column: str) -> list[int]:
+    def class_index(column: str) -> dict[str, Any]:
         values = frame[column].to_numpy(dtype=object)[rows]
         lookup = {name: i for i, name in enumerate(names)}
-        return [lookup.get(v, -1) if isinstance(v, str) else -1 for v in values]
+        return pack_ints(
+            np.array([lookup.get(v, -1) if isinstance(v, str) else -1 for v in values], np.int64)
+        )
 
     payload: dict[str, Any] = {
         "run": run.run_id,
         "sel": selection.to_text(),
         "all": not selection.to_text(),
-        "rows": rows.tolist(),
+        "rows": pack_ints(rows),
         "count": len(rows),
         "total": run.num_samples,
         "description": selection.describe(names),
-        "issue": issue.astype(np.int8).tolist(),
+        "issue": pack_ints(issue.astype(np.int64)),
         "suggested": class_index("suggested_label"),
         "corrected": class_index("corrected_label"),
         "classNames": list(names),

@@ -163,7 +163,7 @@ def consolidate(
         )
         stream_chunks(store, num_chunks, name, len(labels), kind, params)
     columns_of = [name for name in names if name not in pictures]
-    parts = [store.load_arrays("forward_chunk", columns_of, chunk=i) for i in range(num_chunks)]
+    parts = [store.load_members("forward_chunk", columns_of, chunk=i) for i in range(num_chunks)]
     merged = {name: np.concatenate([part[name] for part in parts]) for name in columns_of}
     columns = prediction_columns(merged["log_prob"], model_labels)
     record = store.read_record()
@@ -200,11 +200,11 @@ def stream_chunks(
 ) -> None:
     """The chunks' array ``name``, one chunk in memory at a time, into the ``rows``-row
     artifact ``kind`` with ``params``."""
-    first = store.load_arrays("forward_chunk", [name], chunk=0)[name]
+    first = store.load_members("forward_chunk", [name], chunk=0)[name]
     with store.array_writer(kind, (rows, *first.shape[1:]), first.dtype, **params) as out:
         start = 0
         for i in range(num_chunks):
-            part = first if i == 0 else store.load_arrays("forward_chunk", [name], chunk=i)[name]
+            part = first if i == 0 else store.load_members("forward_chunk", [name], chunk=i)[name]
             out[start : start + len(part)] = part
             start += len(part)
         if start != rows:
