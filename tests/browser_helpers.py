@@ -360,3 +360,26 @@ def hover_point(
                 raise
             page.mouse.move(5, 5)
     raise AssertionError("unreachable")
+
+
+def pick_option(page: Any, dropdown_id: str, label: str, tries: int = 4) -> None:
+    """Type ``label`` into a searchable dropdown and take it, until the dropdown shows it: on a
+    loaded machine the run's class list can arrive after the first pick, and it resets the
+    dropdown (``explain.class_options``), which left tests waiting on the wrong class."""
+    dropdown = page.locator(f"#{dropdown_id}")
+    for _ in range(tries):
+        dropdown.click()
+        page.keyboard.type(label)
+        page.keyboard.press("Enter")
+        try:
+            page.wait_for_function(
+                "([id, text]) => document.getElementById(id)?.innerText.includes(text)",
+                arg=[dropdown_id, label],
+                timeout=5_000,
+            )
+        except Exception:  # noqa: BLE001 - not shown yet: the list reset it; pick again
+            continue
+        page.wait_for_timeout(1_000)  # a reset in flight would show within this
+        if label in dropdown.inner_text():
+            return
+    raise AssertionError(f"the dropdown #{dropdown_id} never kept {label!r}")

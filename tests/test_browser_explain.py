@@ -91,29 +91,6 @@ def open_pinned(watch: bh.PageWatch, url: str, run_id: str, row: int) -> Any:
     return page
 
 
-def pick_class(page: Any, label: str, tries: int = 4) -> None:
-    """Type ``label`` into the class picker and take it, until the picker shows it: on a loaded
-    machine the run's class list can arrive after the first pick, and it resets the picker
-    (``explain.class_options``), which left the test waiting a minute for class 7's images."""
-    picker = page.locator(f"#{ids.EXPLAIN_CLASS}")
-    for _ in range(tries):
-        picker.click()
-        page.keyboard.type(label)
-        page.keyboard.press("Enter")
-        try:
-            page.wait_for_function(
-                "([id, text]) => document.getElementById(id)?.innerText.includes(text)",
-                arg=[ids.EXPLAIN_CLASS, label],
-                timeout=5_000,
-            )
-        except Exception:  # noqa: BLE001 - not shown yet: the list reset it; pick again
-            continue
-        page.wait_for_timeout(1_000)  # a reset in flight would show within this
-        if label in picker.inner_text():
-            return
-    pytest.fail(f"the class picker never kept {label!r}")
-
-
 def toggle_method(page: Any, title: str) -> None:
     page.locator(f"#{ids.EXPLAIN_METHODS} label", has_text=title).first.click()
 
@@ -145,7 +122,7 @@ def test_picking_a_method_and_a_class_draws_them(page: bh.PageWatch, app_url):
     toggle_method(browser_page, "Saliency")
     wait_for_loaded_image(browser_page, "saliency", "/explain-class/")
     # The picker searches the model's class names: type, pick, and every shown method follows.
-    pick_class(browser_page, "7: 7")
+    bh.pick_option(browser_page, ids.EXPLAIN_CLASS, "7: 7")
     for method in ("gradcam", "guided_backprop", "saliency"):
         wait_for_loaded_image(browser_page, method, "/explain-class/7/")
     caption = browser_page.inner_text(f"#{ids.INSPECTOR_EXPLAIN_CAPTION}")

@@ -175,8 +175,14 @@ def test_a_box_in_the_map_selects_its_points(watch, server):
 
 def test_relabel_counts_exports_and_survives_a_reload(watch, server):
     page = open_small_run(watch, server)
-    click_confusion_cell(page, 1, 1)
-    page.wait_for_selector("#gallery .ls-gallery-item")
+    cell = click_confusion_cell(page, 1, 1)
+    # Wait for the cell's own gallery: the whole run's gallery is there before the click lands,
+    # and a thumbnail read from it is replaced under the mouse (CI caught this).
+    page.wait_for_function(
+        "(n) => new URL(location).searchParams.get('sel')?.startsWith('true=1')"
+        " && document.querySelectorAll('#gallery .ls-gallery-item').length === n",
+        arg=cell["count"],
+    )
     first = page.locator("#gallery .ls-gallery-item").first
     row = int(first.get_attribute("data-row"))
     first.hover()
@@ -188,9 +194,7 @@ def test_relabel_counts_exports_and_survives_a_reload(watch, server):
     page.wait_for_function(
         "(row) => new URL(location).searchParams.get('row') === String(row)", arg=row
     )
-    page.click("#relabel-class")
-    page.keyboard.type("7: 7")
-    page.keyboard.press("Enter")
+    bh.pick_option(page, "relabel-class", "7: 7")
     page.click("#relabel-pinned")
     page.wait_for_function(
         "() => document.getElementById('relabel-status').textContent.includes('1 corrected')"

@@ -216,7 +216,7 @@ def fold_probabilities(
             min(workers, len(jobs)),
             finished,
         )
-    return [store.load_arrays("quality_fold", None, fold=f, **key) for f in range(folds)], from_disk
+    return [store.load_arrays("quality_fold", fold=f, **key) for f in range(folds)], from_disk
 
 
 def describe_out_of_fold(folds: int, train_rows: int, held_out_rows: int) -> str:
