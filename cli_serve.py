@@ -125,6 +125,7 @@ def serve_app(
         app.server.config[CONFIG_KEY].service.share_memory(options.workers)
         if isinstance(app._background_manager, ThreadJobManager):
             app._background_manager.share_across_processes(JobBoard(data_dir))
+    app.server.config[CONFIG_KEY].catalog.warm()
     prepare_for_workers(app.server, auth.header() if auth is not None else None)
     DashboardServer(app.server, options, in_worker, ready).run()  # exits on Ctrl-C
 

@@ -36,7 +36,7 @@
     });
   }
 
-  function toOutputList(name, specs, result) {
+  function toOutputList(name, specs, result, matched) {
     if (result === dc.no_update) {
       result = {};
     }
@@ -45,7 +45,6 @@
         throw new Error("layerscope." + name + " returned unknown output '" + key + "'");
       }
     });
-    var matched = (dc.callback_context && dc.callback_context.outputs_list) || [];
     return specs.map(function (spec, i) {
       if (spec.by) {
         return wildcardValue(spec, result[spec.name], matched[i] || []);
@@ -55,11 +54,17 @@
   }
 
   // Register clientside callback `name`. With named outputs (published by Python), `fn` returns
-  // {outputName: value}; an output it leaves out is not updated.
+  // {outputName: value}, or a promise of it; an output it leaves out is not updated.
   function define(name, fn) {
     var specs = shared.outputs[name];
     callbacks[name] = !specs ? fn : function () {
-      return toOutputList(name, specs, fn.apply(this, arguments));
+      // Read now: Dash removes callback_context as soon as the function returns.
+      var matched = (dc.callback_context && dc.callback_context.outputs_list) || [];
+      var result = fn.apply(this, arguments);
+      if (result && typeof result.then === "function") {
+        return result.then(function (value) { return toOutputList(name, specs, value, matched); });
+      }
+      return toOutputList(name, specs, result, matched);
     };
   }
 

@@ -48,7 +48,7 @@
     svg.style.display = "block";
   }
 
-  ls.define("selectLayer", function (clickData, prevClicks, nextClicks, chosen, selection, expanded, options) {
+  ls.define("selectLayer", function (clickData, prevClicks, nextClicks, chosen, selection, expanded, options, version, threeD) {
     var s = selection || {};
     var ids = (options || []).map(function (o) { return o.value; });
     if (!s.run || !ids.length) {
@@ -82,10 +82,81 @@
       return nextExpanded ? { expanded: nextExpanded } : {};
     }
     var out = {};
-    if (target !== s.layer) { out.selection = new dc.Patch().assign(["layer"], target).build(); }
+    if (target !== s.layer) {
+      out.selection = new dc.Patch().assign(["layer"], target).build();
+      // The map's request starts now, not when the view key has gone through the store.
+      ls.prefetchView(ls.selectionKeys(Object.assign({}, s, { layer: target })).viewKey, version, threeD);
+    }
     if (target !== chosen) { out.dropdown = target; }
     if (nextExpanded) { out.expanded = nextExpanded; }
     return out;
+  });
+
+  // ---- the selected layer's ring and caption (an SVG overlay like the hover ring: the figure
+  // does not change with the selection, so a layer click redraws nothing) ----------------------
+
+  var SVG = "http://www.w3.org/2000/svg";
+
+  function selectionOverlay(gd) {
+    var svg = gd.parentNode.querySelector("svg.ls-selected-ring");
+    if (!svg) {
+      svg = document.createElementNS(SVG, "svg");
+      svg.setAttribute("class", "ls-selected-ring");
+      ["polygon", "rect", "text"].forEach(function (tag) { svg.appendChild(document.createElementNS(SVG, tag)); });
+      gd.parentNode.style.position = "relative";
+      gd.parentNode.appendChild(svg);
+    }
+    return svg;
+  }
+
+  function toPixels(layout, x, y) {
+    return [layout.xaxis._offset + layout.xaxis.l2p(x), layout.yaxis._offset + layout.yaxis.l2p(y)];
+  }
+
+  function drawSelection(gd) {
+    var meta = gd && gd._fullLayout && gd.layout && gd.layout.meta;
+    var layer = state.markedLayer;
+    var node = meta && meta.nodeOfLayer && layer ? meta.nodeOfLayer[layer] : null;
+    if (!gd || !gd.parentNode) {
+      return;
+    }
+    var svg = selectionOverlay(gd);
+    if (!node || !meta.rings[node]) {
+      svg.style.display = "none";
+      return;
+    }
+    var layout = gd._fullLayout;
+    var ring = meta.rings[node];
+    svg.setAttribute("width", layout.width);
+    svg.setAttribute("height", layout.height);
+    svg.style.display = "block";
+    var polygon = svg.querySelector("polygon"), rect = svg.querySelector("rect"), text = svg.querySelector("text");
+    polygon.setAttribute("points", ring[0].map(function (x, i) {
+      return toPixels(layout, x, ring[1][i]).map(function (v) { return v.toFixed(1); }).join(",");
+    }).join(" "));
+    polygon.style.stroke = meta.accent;
+    var anchor = toPixels(layout, meta.captions[node][0], meta.captions[node][1]);
+    text.textContent = node === layer ? layer : layer + " (in " + node + ")";
+    text.setAttribute("x", anchor[0].toFixed(1));
+    text.setAttribute("y", (anchor[1] - 4).toFixed(1));
+    text.style.fill = meta.accent;
+    var box = text.getBBox();
+    rect.setAttribute("x", (box.x - 3).toFixed(1));
+    rect.setAttribute("y", (box.y - 1).toFixed(1));
+    rect.setAttribute("width", (box.width + 6).toFixed(1));
+    rect.setAttribute("height", (box.height + 2).toFixed(1));
+  }
+
+  ls.define("markLayer", function (layerKey) {
+    state.markedLayer = layerKey && layerKey.layer ? layerKey.layer : null;
+    var gd = ls.graphDiv(IDS.MODEL_GRAPH);
+    if (gd && !gd._lsMarksLayer && typeof gd.on === "function") {
+      // Every redraw (a new figure, zoom, pan, resize) moves the boxes on screen.
+      gd._lsMarksLayer = true;
+      gd.on("plotly_afterplot", function () { drawSelection(gd); });
+    }
+    drawSelection(gd);
+    return ls.noUpdate();
   });
 
   ls.define("archHover", function (hoverData) {

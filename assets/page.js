@@ -8,26 +8,33 @@
 
   var ls = window.layerscope;
 
-  ls.define("splitSelection", function (selection, viewKey, layerKey, sampleKey, runKey, selKey) {
+  // The small keys of one selection: what each group of server callbacks listens to.
+  ls.selectionKeys = function (selection) {
     var s = selection || {};
     var run = s.run || null;
-    var view = {
-      run: run, layer: s.layer || null, subset: s.subset === undefined ? null : s.subset,
-      method: s.method || null, perplexity: s.method === "pca" ? null : (s.perplexity || null),
-      color: s.color || null,
+    return {
+      viewKey: {
+        run: run, layer: s.layer || null, subset: s.subset === undefined ? null : s.subset,
+        method: s.method || null, perplexity: s.method === "pca" ? null : (s.perplexity || null),
+        color: s.color || null,
+      },
+      layerKey: { run: run, layer: s.layer || null },
+      sampleKey: {
+        run: run, layer: s.layer || null, pinned: ls.isNumber(s.pinned) ? s.pinned : null,
+        upload: typeof s.upload === "string" ? s.upload : null,
+      },
+      runKey: run,
+      selKey: { run: run, sel: typeof s.sel === "string" ? s.sel : "" },
     };
-    var layer = { run: run, layer: s.layer || null };
-    var sample = {
-      run: run, layer: s.layer || null, pinned: ls.isNumber(s.pinned) ? s.pinned : null,
-      upload: typeof s.upload === "string" ? s.upload : null,
-    };
-    var sel = { run: run, sel: typeof s.sel === "string" ? s.sel : "" };
+  };
+
+  ls.define("splitSelection", function (selection, viewKey, layerKey, sampleKey, runKey, selKey) {
+    var keys = ls.selectionKeys(selection);
+    var current = { viewKey: viewKey, layerKey: layerKey, sampleKey: sampleKey, runKey: runKey, selKey: selKey };
     var out = {};
-    if (!ls.same(sel, selKey)) { out.selKey = sel; }
-    if (!ls.same(view, viewKey)) { out.viewKey = view; }
-    if (!ls.same(layer, layerKey)) { out.layerKey = layer; }
-    if (!ls.same(sample, sampleKey)) { out.sampleKey = sample; }
-    if (!ls.same(run, runKey)) { out.runKey = run; }
+    Object.keys(keys).forEach(function (name) {
+      if (!ls.same(keys[name], current[name])) { out[name] = keys[name]; }
+    });
     return out;
   });
 

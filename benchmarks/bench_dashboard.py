@@ -35,12 +35,12 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from contextvars import copy_context
 from pathlib import Path
 from typing import Any
@@ -322,29 +322,42 @@ def bench_layer_switch_server(app: Any, run_id: str, repeats: int) -> dict[str, 
 # ---- 3. in the browser ------------------------------------------------------------------------
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    """The dashboard in its own process, as `python main.py serve` runs it."""
+def start_server(data_dir: Path, dev_server: bool = False) -> tuple[subprocess.Popen, str]:
+    """The dashboard in its own process: ``python main.py serve`` (gunicorn, what users run), or
+    with ``dev_server`` Flask's development server in one process (the server before issue 14,
+    for before/after comparisons)."""
     port = bh.free_port()
-    code = (
-        f"import logging, sys; from pathlib import Path; sys.path.insert(0, {str(ROOT)!r}); "
-        "logging.getLogger('werkzeug').setLevel(logging.WARNING); "
-        f"from dashboard.app import create_app; "
-        f"create_app(Path({str(data_dir)!r})).run(host='127.0.0.1', port={port}, debug=False)"
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.time() + 60
+    if dev_server:
+        code = (
+            f"import logging, sys; from pathlib import Path; sys.path.insert(0, {str(ROOT)!r}); "
+            "logging.getLogger('werkzeug').setLevel(logging.WARNING); "
+            f"from dashboard.app import create_app; "
+            f"create_app(Path({str(data_dir)!r})).run(host='127.0.0.1', port={port}, debug=False)"
+        )
+        command = [sys.executable, "-c", code]
+    else:
+        command = [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+        ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process, f"http://127.0.0.1:{port}"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                if response.status == 200:
+                    return process, f"http://127.0.0.1:{port}"
         except OSError:
             if process.poll() is not None:
                 raise RuntimeError(process.stderr.read().decode()) from None
             time.sleep(0.2)
     process.kill()
-    raise RuntimeError("the dashboard server did not start within 60 s")
+    raise RuntimeError("the dashboard server did not start within 120 s")
 
 
 def open_run(page: Any, url: str, run_id: str) -> dict[str, Any]:
@@ -477,11 +490,16 @@ def bench_layer_switches(page: Any, switches: int) -> dict[str, Any]:
 
 
 def bench_browser(
-    data_dir: Path, digits_run: str | None, large_run: str, hovers: int, switches: int
+    data_dir: Path,
+    digits_run: str | None,
+    large_run: str,
+    hovers: int,
+    switches: int,
+    dev_server: bool = False,
 ) -> dict[str, Any]:
     """Hover on the digits run (the target's run, unless None) and on the large run; layer
     switches on the large run."""
-    process, url = start_server(data_dir)
+    process, url = start_server(data_dir, dev_server)
     results: dict[str, Any] = {}
     try:
         with bh.chromium() as browser:
@@ -505,14 +523,18 @@ def bench_browser(
     return results
 
 
-def measure_existing_run(data_dir: Path, run_id: str, json_path: Path | None) -> int:
+def measure_existing_run(
+    data_dir: Path, run_id: str, json_path: Path | None, dev_server: bool = False
+) -> int:
     """The layer switch (server side and in Chromium) and hover on a run made elsewhere
     (``bench_large_run.py``'s real 60k run)."""
     results: dict[str, Any] = {"cpus": os.cpu_count(), "load_average_before": os.getloadavg()}
     app = create_app(data_dir)
     results["layer_switch_server"] = bench_layer_switch_server(app, run_id, repeats=14)
     print("layer switch, server side:", results["layer_switch_server"], flush=True)
-    results["browser"] = bench_browser(data_dir, None, run_id, hovers=15, switches=5)
+    results["browser"] = bench_browser(
+        data_dir, None, run_id, hovers=15, switches=5, dev_server=dev_server
+    )
     print("in Chromium:", results["browser"], flush=True)
     results["load_average_after"] = os.getloadavg()
     if json_path:
@@ -544,11 +566,17 @@ def main(argv: list[str] | None = None) -> int:
         help="measure the page on a run already in this data dir (with --run) instead",
     )
     parser.add_argument("--run", default=None, help="the run of --data-dir to measure")
+    parser.add_argument(
+        "--dev-server",
+        action="store_true",
+        help="serve the page with Flask's development server (before issue 14) instead of"
+        " `main.py serve`",
+    )
     args = parser.parse_args(argv)
     if (args.data_dir is None) != (args.run is None):
         parser.error("--data-dir and --run go together")
     if args.data_dir is not None:
-        return measure_existing_run(args.data_dir, args.run, args.json)
+        return measure_existing_run(args.data_dir, args.run, args.json, args.dev_server)
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="layerscope-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -568,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(work)
 
     if args.only_browser:
-        results["browser"] = bench_browser(work, SMALLCNN_RUN, large_run, hovers=15, switches=5)
+        results["browser"] = bench_browser(
+            work, SMALLCNN_RUN, large_run, hovers=15, switches=5, dev_server=args.dev_server
+        )
         print("in Chromium:", results["browser"], flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
@@ -591,7 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     results["layer_switch_server"] = bench_layer_switch_server(app, large_run, repeats=14)
     print("layer switch, server side:", results["layer_switch_server"], flush=True)
     if not args.skip_browser:
-        results["browser"] = bench_browser(work, SMALLCNN_RUN, large_run, hovers=15, switches=5)
+        results["browser"] = bench_browser(
+            work, SMALLCNN_RUN, large_run, hovers=15, switches=5, dev_server=args.dev_server
+        )
         print("in Chromium:", results["browser"], flush=True)
     results["load_average_after"] = os.getloadavg()
     if args.json:

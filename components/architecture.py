@@ -498,20 +498,6 @@ def _hover_trace(boxes: Sequence[Box]) -> dict[str, Any]:
     }
 
 
-def _ring(polygon: Polygon | None, color: str, width: float, name: str) -> dict[str, Any]:
-    xs, ys = polygon if polygon else ([], [])
-    return {
-        "type": "scatter",
-        "x": xs,
-        "y": ys,
-        "mode": "lines",
-        "line": {"color": color, "width": width},
-        "hoverinfo": "skip",
-        "showlegend": False,
-        "name": name,
-    }
-
-
 def label_rows(boxes: Sequence[Box], texts: Sequence[str], px_per_unit: float) -> list[int]:
     """The row of each box's label (0: right under the boxes). A label that would overlap the
     previous label of its row moves down a row; past ``MAX_LABEL_ROWS`` it takes the row that
@@ -635,31 +621,17 @@ def text_extent(trace: dict[str, Any], font_size: float, px_per_unit: float) -> 
     return min(lefts, default=0.0), max(rights, default=0.0)
 
 
-def _interactive_parts(
-    boxes: Sequence[Box], selected: str | None, selected_node: str | None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The page's selection ring and hover markers (traces), and the selection's caption."""
-    selected_box = next((box for box in boxes if box.node.id == selected_node), None)
-    traces = [
-        _ring(outline(selected_box, 0.12) if selected_box else None, ACCENT, 3, "selected"),
-        _hover_trace(boxes),
-    ]
-    annotations = []
-    if selected_box is not None:
-        annotations.append(
-            {
-                "x": selected_box.center_x,
-                "y": selected_box.top + 0.15,
-                "text": selected
-                if selected_node == selected
-                else f"{selected} (in {selected_node})",
-                "showarrow": False,
-                "yanchor": "bottom",
-                "font": {"color": ACCENT, "size": 12},
-                "bgcolor": "rgba(38,38,38,0.85)",
-            }
-        )
-    return traces, annotations
+def _selection_geometry(boxes: Sequence[Box], nodes: Sequence[DiagramNode]) -> dict[str, Any]:
+    """What the browser needs to ring the selected layer itself (assets/model_view.js): each
+    box's selection ring and caption anchor, and which box draws each layer. The figure then
+    does not change with the selection, so a layer click never redraws the diagram (70 ms of
+    a 60,000-point layer switch on 2 cores)."""
+    return {
+        "rings": {box.node.id: outline(box, 0.12) for box in boxes},
+        "captions": {box.node.id: [box.center_x, round(box.top + 0.15, 4)] for box in boxes},
+        "nodeOfLayer": node_of_layer(nodes),
+        "accent": ACCENT,
+    }
 
 
 def _legend_rows(names: Sequence[str], width_px: float) -> int:
@@ -697,18 +669,17 @@ def _fixed_size(
 
 def architecture_figure(
     layers: Sequence[LayerSpec],
-    selected: str | None,
     expanded: Collection[str] = (),
     height: int | None = None,
     style: DiagramStyle = SCREEN,
 ) -> dict[str, Any]:
     """The diagram of ``layers`` (the manifest's list, execution order, "input" first).
 
-    ``selected`` is a layer id (its box, or the collapsed block holding it, gets the accent
-    ring); ``expanded`` lists collapse groups drawn layer by layer. With the interactive
-    ``SCREEN`` style, ``layout.meta`` carries the silhouette of every box (for the clientside
-    hover ring) and the selected node id, and without a ``height`` the figure fills its
-    container (the page sizes it to the screen). A style with a ``fit_width`` sizes the figure
+    ``expanded`` lists collapse groups drawn layer by layer. With the interactive ``SCREEN``
+    style, ``layout.meta`` carries the silhouette of every box (for the clientside hover ring)
+    and what the browser needs to ring the selected layer (``_selection_geometry``: its box, or
+    the collapsed block holding it), and without a ``height`` the figure fills its container
+    (the page sizes it to the screen). A style with a ``fit_width`` sizes the figure
     to the diagram instead (``PUBLICATION``: see ``publication_figure``).
     """
     if not layers:
@@ -716,7 +687,6 @@ def architecture_figure(
     nodes = diagram_nodes(layers, expanded)
     boxes = place_nodes(nodes)
     edges = diagram_edges(layers, nodes)
-    selected_node = node_of_layer(nodes).get(selected) if selected else None
 
     right = boxes[-1].right
     x_range = (-0.6, right + 0.6)
@@ -736,10 +706,8 @@ def architecture_figure(
             if trace["mode"] == "text" and trace["x"]:
                 left, right_text = text_extent(trace, trace["textfont"]["size"], scale)
                 x_range = (min(x_range[0], left - 0.2), max(x_range[1], right_text + 0.2))
-    annotations: list[dict[str, Any]] = []
     if style.interactive:
-        traces, annotations = _interactive_parts(boxes, selected, selected_node)
-        data.extend(traces)
+        data.append(_hover_trace(boxes))
     y_range = (label_bottom - gap(0.3, 10, scale), highest + gap(0.9, 8, scale))
     legend = {
         "orientation": "h",
@@ -758,7 +726,7 @@ def architecture_figure(
             "dragmode": "zoom",
             "meta": {
                 "outlines": {box.node.id: outline(box, 0.08) for box in boxes},
-                "selectedNode": selected_node,
+                **_selection_geometry(boxes, nodes),
             },
             # Keeps a user's zoom while the selection moves, resets it when boxes are re-laid
             # out.
@@ -782,7 +750,6 @@ def architecture_figure(
         yaxis={"visible": False, "range": list(y_range), "fixedrange": True},
         showlegend=True,
         legend=legend,
-        annotations=annotations,
         **extra,
     )
     if height is not None:
@@ -795,4 +762,4 @@ def publication_figure(layers: Sequence[LayerSpec], collapsed: bool) -> dict[str
     layer families; ``collapsed`` draws each nested block (a ResNet bottleneck) as one box,
     else every layer is a box of its own. About ``PUBLICATION.fit_width`` pixels wide."""
     expanded = () if collapsed else collapsible_groups(layers)
-    return architecture_figure(layers, None, expanded, style=PUBLICATION)
+    return architecture_figure(layers, expanded, style=PUBLICATION)

@@ -452,6 +452,21 @@ class RunCatalog:
     def run_ids(self) -> list[str]:
         return [path.name for path in list_run_dirs(self.data_dir)]
 
+    def warm(self) -> None:
+        """Read each run's per-sample tables (samples, predictions, quality) now. The server
+        calls this in its master before forking, so every worker starts with them: otherwise
+        each worker's first request for a run read them (0.1 s at 60,000 samples), and a layer
+        switch that reached the other worker paid it. A run that cannot be read is left for
+        the page to report when the user opens it."""
+        for run_id in self.run_ids():
+            try:
+                run = self.open(run_id)
+                run.samples()
+                run.predictions()
+                run.quality()
+            except (UserError, OSError, ValueError):
+                continue
+
     def open(self, run_id: str | None) -> RunData:
         """The run named ``run_id`` if it is one of this data dir's runs (else a UserError that
         says what to do). Reloaded when its manifest changed on disk."""

@@ -10,6 +10,7 @@
     /runs/<run_id>/figures/architecture.<svg|pdf>?blocks=collapsed  the diagram for a paper,
                                                                     as a download
     /figures/warm       starts the export browser ahead of a probable click (204, or 503)
+    /maps/view?key=&version=&dims=2   the map's data for a view key (JSON; embedding.py)
     POST /upload/dataset, POST /upload/model   the new-run page's uploads (upload_routes.py)
 
 Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` a registered
@@ -25,17 +26,20 @@ route asks for the login first, and every answer carries the security headers
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import flask
 import numpy as np
+from dash._utils import to_json
 
 from components.activations import SORTS
 from components.architecture import publication_figure
 from components.images import encode_png, explanation_png
-from dashboard import figure_export
+from dashboard import figure_export, ids
 from dashboard.context import AppContext
 from dashboard.data import RunData
 from dashboard.figure_export import ExportFailed, ExportUnavailable, Format
@@ -139,6 +143,27 @@ def _sort() -> str:
     if sort not in SORTS:
         raise UserError(f"sort must be one of {', '.join(SORTS)}")
     return sort
+
+
+def _view_query(args: Mapping[str, str]) -> tuple[Any, Any, bool]:
+    """The map route's query: ``key`` (the view key) and ``version`` (the run's version), JSON
+    checked like the callback inputs they stand for, and ``dims`` 2 or 3."""
+    from dashboard.callback_inputs import value_problem  # it imports the panels, they this
+
+    values = []
+    for name, stands_for in (("key", ids.VIEW_KEY), ("version", ids.RUN_VERSION)):
+        try:
+            value = json.loads(args.get(name) or "null")
+        except ValueError:
+            raise UserError(f"{name} must be JSON") from None
+        problem = value_problem(stands_for, "data", value)
+        if problem:
+            raise UserError(f"{name} {problem}")
+        values.append(value)
+    dims = args.get("dims", "2")
+    if dims not in ("2", "3"):
+        raise UserError("dims must be 2 or 3")
+    return values[0], values[1], dims == "3"
 
 
 def register_routes(server: flask.Flask, context: AppContext) -> None:
@@ -259,3 +284,19 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
         return flask.Response(status=204)
 
     server.add_url_rule(WARM_EXPORT_URL, endpoint="layerscope_warm_export", view_func=warm_export)
+
+    from dashboard.panels import embedding  # here: the panels import this module for URLs
+
+    def map_view() -> flask.Response:
+        """The map's data for a view key (``embedding.view_answer``), as Dash would have
+        encoded it; a malformed query is a 400 with one line."""
+        try:
+            key, version, three_d = _view_query(flask.request.args)
+        except UserError as exc:
+            return _plain(str(exc), 400)
+        answer = embedding.view_answer(catalog, key, version, three_d)
+        response = flask.Response(to_json(answer), mimetype="application/json")
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    server.add_url_rule(embedding.VIEW_URL, endpoint="layerscope_map_view", view_func=map_view)

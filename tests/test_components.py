@@ -69,7 +69,7 @@ def test_vgg16_draws_every_layer_as_its_own_box(vgg16_layers):
     nodes = arch.diagram_nodes(vgg16_layers, expanded=())
     assert [n.id for n in nodes] == [layer.id for layer in vgg16_layers]
     assert 38 <= len(nodes) <= 42
-    figure = arch.architecture_figure(vgg16_layers, "features.28")
+    figure = arch.architecture_figure(vgg16_layers)
     valid_plotly(figure)
     hover = trace(figure, "layers")
     assert {c[0] for c in hover["customdata"]} == {n.id for n in nodes}
@@ -102,7 +102,7 @@ def test_collapsed_resnet_is_a_chain_and_expanded_blocks_show_skip_arcs(resnet18
     index = {n.id: i for i, n in enumerate(collapsed)}
     edges = arch.diagram_edges(resnet18_layers, collapsed)
     assert all(index[b] - index[a] == 1 for a, b in edges)
-    figure = arch.architecture_figure(resnet18_layers, "fc")
+    figure = arch.architecture_figure(resnet18_layers)
     assert trace(figure, "skip connection")["x"] == []
 
     expanded = arch.diagram_nodes(resnet18_layers, expanded=["layer1.0"])
@@ -114,21 +114,31 @@ def test_collapsed_resnet_is_a_chain_and_expanded_blocks_show_skip_arcs(resnet18
     ]
     # The identity shortcut: maxpool feeds the block's output relu directly.
     assert ("maxpool", "layer1.0.relu") in skips
-    figure = arch.architecture_figure(resnet18_layers, "fc", expanded=["layer1.0"])
+    figure = arch.architecture_figure(resnet18_layers, expanded=["layer1.0"])
     arcs = trace(figure, "skip connection")
     assert arcs["showlegend"] is True and len([v for v in arcs["x"] if v is None]) == len(skips)
     valid_plotly(figure)
 
 
 def test_selected_layer_inside_a_collapsed_block_rings_the_block(resnet18_layers):
-    figure = arch.architecture_figure(resnet18_layers, "layer3.1.conv2")
+    figure = arch.architecture_figure(resnet18_layers)
     meta = figure["layout"]["meta"]
-    assert meta["selectedNode"] == "layer3.1"
-    ring = trace(figure, "selected")
-    assert len(ring["x"]) == 7 and ring["line"]["color"] == ACCENT
-    assert figure["layout"]["annotations"][0]["text"] == "layer3.1.conv2 (in layer3.1)"
-    # The hover ring is drawn in the browser from these silhouettes.
-    assert set(meta["outlines"]) == {n.id for n in arch.diagram_nodes(resnet18_layers, ())}
+    nodes = {n.id for n in arch.diagram_nodes(resnet18_layers, ())}
+    # The browser rings the selected layer's box from these (assets/model_view.js).
+    assert meta["nodeOfLayer"]["layer3.1.conv2"] == "layer3.1"
+    assert meta["nodeOfLayer"]["fc"] == "fc"
+    assert set(meta["rings"]) == set(meta["captions"]) == nodes
+    xs, ys = meta["rings"]["layer3.1"]
+    assert len(xs) == len(ys) == 7 and meta["accent"] == ACCENT
+    # Grown beyond the box's own silhouette (the hover ring), centred above it.
+    hover_xs, _ = meta["outlines"]["layer3.1"]
+    assert min(xs) < min(hover_xs) and max(xs) > max(hover_xs)
+    assert min(xs) < meta["captions"]["layer3.1"][0] < max(xs)
+    # Nothing in the figure depends on the selection.
+    assert all(t.get("name") != "selected" for t in figure["data"])
+    assert not figure["layout"].get("annotations")
+    expanded = arch.architecture_figure(resnet18_layers, expanded=["layer3.1"])
+    assert expanded["layout"]["meta"]["nodeOfLayer"]["layer3.1.conv2"] == "layer3.1.conv2"
 
 
 def test_box_size_grows_with_channels_and_spatial_size():
@@ -149,7 +159,7 @@ def test_boxes_never_overlap_and_keep_execution_order(vgg16_layers):
 
 def test_large_models_drop_per_box_labels_but_keep_brackets(resnet50_layers):
     figure = arch.architecture_figure(
-        resnet50_layers, "fc", expanded=arch.collapsible_groups(resnet50_layers)
+        resnet50_layers, expanded=arch.collapsible_groups(resnet50_layers)
     )
     assert all(t.get("name") != "labels" for t in figure["data"])
     assert trace(figure, "block names")["text"] == ["layer1", "layer2", "layer3", "layer4"]
@@ -180,7 +190,7 @@ def test_layer_summary_and_collapse_group():
 
 
 def test_empty_layer_list_says_so():
-    figure = arch.architecture_figure([], None)
+    figure = arch.architecture_figure([])
     assert "not described yet" in figure["layout"]["annotations"][0]["text"]
 
 

@@ -150,8 +150,9 @@ def test_empty_data_dir_says_how_to_precompute(tmp_path):
         "No runs in" in message
         and "python main.py precompute --dataset digits --model smallcnn" in message
     )
-    figure, info = call(empty_app, model_view.render, None, [], None)
-    assert "No run selected" in figure["layout"]["annotations"][0]["text"] and info == ""
+    figure = call(empty_app, model_view.render, None, [], None)
+    assert "No run selected" in figure["layout"]["annotations"][0]["text"]
+    assert call(empty_app, model_view.describe, None, []) == ""
     payload, note = call(empty_app, embedding.load, {"run": None}, None)
     assert payload["figure"]["data"] == [] and note is None
 
@@ -219,14 +220,15 @@ def test_the_run_list_picks_up_new_and_finished_runs_and_leaves_the_selection(sm
 # ---- model view -------------------------------------------------------------------------------
 
 
-def test_model_view_renders_selected_layer(app, selection):
-    figure, info = call(
-        app, model_view.render, {"run": selection["run"], "layer": "features.3"}, [], None
-    )
-    assert figure["layout"]["meta"]["selectedNode"] == "features.3"
+def test_model_view_draws_the_run_and_describes_the_selected_layer(app, selection):
+    figure = call(app, model_view.render, selection["run"], [], None)
+    assert figure["layout"]["meta"]["nodeOfLayer"]["features.3"] == "features.3"
+    info = call(app, model_view.describe, {"run": selection["run"], "layer": "features.3"}, [])
     assert info == "features.3 · Conv2d · output 32 × 16 × 16 · 4,640 parameters"
-    figure, _ = call(app, model_view.render, {"run": selection["run"], "layer": "nope"}, [], None)
-    assert "not in run" in figure["layout"]["annotations"][0]["text"]
+    info = call(app, model_view.describe, {"run": selection["run"], "layer": "nope"}, [])
+    assert "not in run" in info
+    figure = call(app, model_view.render, "no-such-run", [], None)
+    assert "is not in" in figure["layout"]["annotations"][0]["text"]
 
 
 # ---- embedding --------------------------------------------------------------------------------
@@ -744,9 +746,7 @@ def test_a_deleted_run_shows_a_message_everywhere(small_run, tmp_path):
     doomed_app = create_app(tmp_path)
     chosen = call(doomed_app, controls.setup_run, "", None, None)[0]
     shutil.rmtree(tmp_path / "runs" / run_id)
-    figure, _ = call(
-        doomed_app, model_view.render, {"run": run_id, "layer": chosen["layer"]}, [], None
-    )
+    figure = call(doomed_app, model_view.render, run_id, [], None)
     assert "is not in" in figure["layout"]["annotations"][0]["text"]
     _, message = call(doomed_app, embedding.load, view_key(chosen), None)
     assert "deleted" in text_of(message)

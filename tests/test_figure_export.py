@@ -97,7 +97,7 @@ def test_labels_that_would_overlap_move_down_a_row(resnet18_layers):
 
 
 def test_the_page_keeps_its_dark_interactive_diagram(resnet18_layers):
-    figure = arch.architecture_figure(resnet18_layers, "fc")
+    figure = arch.architecture_figure(resnet18_layers)
     assert figure["layout"]["paper_bgcolor"] == "#303030"
     assert "width" not in figure["layout"] and "outlines" in figure["layout"]["meta"]
     assert trace(figure, "labels")["text"][-1] == "fc"

@@ -128,7 +128,7 @@ def test_a_run_written_before_layer_spec_opens(tmp_path: Path) -> None:
     assert run.default_layer() == json.loads(text)["model"]["gradcam_layer"]
     assert layer_summary(run.layer("features.0")).startswith("features.0 · Conv2d · output ")
     assert [option["value"] for option in layer_options(run)] == run.layer_ids
-    assert architecture_figure(run.layers, "features.0")["data"]
+    assert architecture_figure(run.layers)["data"]
 
 
 # ---- the manifest ------------------------------------------------------------------------------

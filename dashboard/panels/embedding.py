@@ -1,7 +1,9 @@
 """Embedding: the selected layer's 2-D reduction as a Scattergl, one trace per colour group.
 
-The server builds the figure (``load``) into a store; the browser draws it (``renderEmbedding``),
-animating points from the previous layer's positions when only the layer changed. A click writes
+The server builds the figure (``load``); the browser fetches it from ``VIEW_URL`` (``loadView``,
+not a Dash callback: a layer click starts that request itself, ``ls.prefetchView``, two Dash
+rounds before the view key reaches the store) and draws it (``renderEmbedding``), animating
+points from the previous layer's positions when only the layer changed. A click writes
 the pinned row into the selection clientside, so it never waits on the server; hover reaches the
 inspector straight from the graph's ``hoverData``.
 
@@ -35,7 +37,7 @@ from dashboard import ids
 from dashboard.context import by_token, current
 from dashboard.data import NotReady, RunCatalog, RunData
 from dashboard.jobs import on_timeout, slow_job
-from dashboard.registry import callback, clientside_callback
+from dashboard.registry import callback, clientside_callback, publish
 from pipelines.errors import UserError
 
 TSNE_PENDING = "t-SNE computing…"
@@ -217,20 +219,46 @@ def load(key: dict[str, Any] | None, version: dict[str, Any] | None) -> tuple:
     return view_payload(current().catalog, key, version, False)[:2]
 
 
-@callback(
-    Output(ids.EMBEDDING_DATA, "data"),
-    Output(ids.EMBEDDING_MESSAGE, "children"),
-    Output(ids.EMBEDDING_3D_REQUEST, "data"),
-    Input(ids.VIEW_KEY, "data"),
-    Input(ids.RUN_VERSION, "data"),
-    Input(ids.EMBEDDING_3D, "value"),
-)
 def load_view(
     key: dict[str, Any] | None, version: dict[str, Any] | None, three_d: bool | None
 ) -> tuple:
     """``load``, in 3-D while the switch is on, and the request for ``compute_3d`` when the
     view's 3-D t-SNE map is not computed yet."""
     return view_payload(current().catalog, key, version, bool(three_d))
+
+
+# The map's data comes from a route (``view_answer``, registered in dashboard/routes.py) rather
+# than a server callback: Dash runs a callback only after every callback that feeds its inputs,
+# so the request waited for the click's chain (clickData -> selection -> view key, ~35 ms a
+# round on 2 cores) and then shared the server with the model view's and the activations'
+# requests. The layer click now starts it first (``selectLayer`` -> ``ls.prefetchView``).
+VIEW_URL = "/maps/view"
+publish("viewUrl", VIEW_URL)
+
+clientside_callback(
+    "loadView",
+    Input(ids.VIEW_KEY, "data"),
+    Input(ids.RUN_VERSION, "data"),
+    Input(ids.EMBEDDING_3D, "value"),
+    outputs={
+        "data": Output(ids.EMBEDDING_DATA, "data"),
+        "message": Output(ids.EMBEDDING_MESSAGE, "children"),
+        "request3d": Output(ids.EMBEDDING_3D_REQUEST, "data"),
+    },
+)
+
+
+def view_answer(
+    catalog: RunCatalog, key: dict[str, Any] | None, version: dict[str, Any] | None, three_d: bool
+) -> dict[str, Any]:
+    """``VIEW_URL``'s answer: what ``load_view`` returns, by name, the 3-D request None when
+    there is none."""
+    payload, message, request = view_payload(catalog, key, version, three_d)
+    return {
+        "data": payload,
+        "message": message,
+        "request3d": None if request is no_update else request,
+    }
 
 
 def view_payload(

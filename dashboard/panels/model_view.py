@@ -3,7 +3,8 @@
 Click a box to select its layer (a collapsed block expands and selects its output layer);
 prev/next buttons and the arrow keys (assets/model_view.js presses the buttons) step through
 layers in execution order. Selection and hover highlighting are clientside (``selectLayer``,
-``archHover``); the server draws the diagram.
+``archHover``), and so is the ring of the selected layer (``markLayer``); the server draws the
+diagram, which does not change with the selection.
 
 "SVG" and "PDF" in the header download the diagram in the publication style (light, shapes as
 labels, a legend), blocks collapsed or not, from ``dashboard/routes.py``; without a browser to
@@ -142,6 +143,8 @@ clientside_callback(
     State(ids.SELECTION, "data"),
     State(ids.MODEL_EXPANDED, "data"),
     State(ids.MODEL_LAYER, "options"),
+    State(ids.RUN_VERSION, "data"),
+    State(ids.EMBEDDING_3D, "value"),
     outputs={
         "selection": Output(ids.SELECTION, "data", allow_duplicate=True),
         "dropdown": Output(ids.MODEL_LAYER, "value", allow_duplicate=True),
@@ -173,31 +176,54 @@ def toggle_blocks(
 
 @callback(
     Output(ids.MODEL_GRAPH, "figure"),
-    Output(ids.MODEL_INFO, "children"),
-    Input(ids.LAYER_KEY, "data"),
+    Input(ids.RUN_KEY, "data"),
     Input(ids.MODEL_EXPANDED, "data"),
     Input(ids.RUN_VERSION, "data"),
 )
-def render(key: dict[str, Any] | None, expanded: list[str] | None, _version: Any) -> tuple:
-    """The diagram with the selected layer ringed, and its one-line description."""
-    if not key or not key.get("run"):
-        return message_figure("No run selected.", None), ""
+def render(run_id: str | None, expanded: list[str] | None, _version: Any) -> dict[str, Any]:
+    """The diagram of the run's model. It does not depend on the selected layer: the browser
+    rings that (``markLayer``), so a layer click redraws nothing here."""
+    if not run_id:
+        return message_figure("No run selected.", None)
+    try:
+        run = current().catalog.open(run_id)
+    except UserError as exc:
+        return message_figure(str(exc), None)
+    if not run.layers:
+        return message_figure(
+            "The model's layers are not described yet (precompute running).", None
+        )
+    return architecture_figure(run.layers, expanded or [])
+
+
+@callback(
+    Output(ids.MODEL_INFO, "children"),
+    Input(ids.LAYER_KEY, "data"),
+    Input(ids.MODEL_EXPANDED, "data"),
+)
+def describe(key: dict[str, Any] | None, expanded: list[str] | None) -> str:
+    """The selected layer's one-line description."""
+    if not key or not key.get("run") or not key.get("layer"):
+        return ""
     try:
         run = current().catalog.open(key["run"])
-        layer_id = key.get("layer")
-        if not run.layers:
-            return message_figure(
-                "The model's layers are not described yet (precompute running).", None
-            ), ""
-        layer = run.layer(layer_id) if layer_id else None
+        layer = run.layer(key["layer"])
     except UserError as exc:
-        return message_figure(str(exc), None), ""
-    figure = architecture_figure(run.layers, layer_id, expanded or [])
-    info = layer_summary(layer) if layer else ""
-    group = collapse_group(layer) if layer else None
+        return str(exc)
+    info = layer_summary(layer)
+    group = collapse_group(layer)
     if group and group not in (expanded or []) and group in collapsible_groups(run.layers):
         info += f" · inside collapsed block {group} (click it to expand)"
-    return figure, info
+    return info
+
+
+# The selected layer's ring and caption, drawn over the diagram in the browser.
+clientside_callback(
+    "markLayer",
+    Output(ids.MODEL_GRAPH, "className"),
+    Input(ids.LAYER_KEY, "data"),
+    Input(ids.MODEL_GRAPH, "figure"),
+)
 
 
 clientside_callback(
