@@ -14,7 +14,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from tests import browser_helpers as bh
 
@@ -30,6 +30,8 @@ IMAGE_PATH = re.compile(
     r"^/runs/(?P<run>[^/]+)/(?P<what>thumb|explain/[^/]+|explain-class/(?P<cls>\d+)/[^/]+"
     r"|activations/(?P<layer>[^/]+))/(?P<row>\d+)\.png"
 )
+# The map's data for a view key (dashboard/panels/embedding.py VIEW_URL): a layer switch.
+VIEW_PATH = "/maps/view"
 
 
 def request_kind(path: str, body: dict[str, Any] | None) -> str:
@@ -47,6 +49,8 @@ def request_kind(path: str, body: dict[str, Any] | None) -> str:
             "explain-class": "image explanation (class, on demand)",
             "activations": "image activation grid",
         }[what]
+    if path.startswith(VIEW_PATH):
+        return "map view"
     if path.startswith("/_dash-component-suites/") or path.startswith("/assets/"):
         return "page scripts"
     if path in ("/", "") or path.startswith("/?"):
@@ -82,6 +86,10 @@ def retarget(
             start, end = image.span("layer")
             path = path[:start] + quote(layer, safe="") + path[end:]
         path = re.sub(r"([?&]layer=)[^&]*", lambda m: m.group(1) + quote(layer, safe=""), path)
+    if path.startswith(VIEW_PATH + "?"):
+        query = dict(parse_qsl(urlsplit(path).query))
+        query["key"] = json.dumps(_retarget_value(json.loads(query["key"]), row, cls, layer))
+        path = VIEW_PATH + "?" + urlencode(query)
     if body is not None:
         body = json.loads(json.dumps(body))
         for item in body.get("inputs") or []:

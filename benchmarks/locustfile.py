@@ -5,7 +5,7 @@ Each user opens the page once (scripts, layout, the first callbacks and pictures
 pause of 0.5-2.5 s between actions, mostly hovers points and sometimes pins one, clicks a top-10
 bar, picks a class, switches layers, turns a gallery page or reloads; the page's timers poll as
 in a real tab. An action sends its callbacks at once and then its pictures at once, as the
-browser does; each request is reported under its kind ("callback embedding-data", "image
+browser does; each request is reported under its kind ("map view", "image
 thumbnail", ...). Every action aims at a random sample, class and layer, so users do not share
 one cached answer.
 

@@ -45,7 +45,7 @@ def test_a_crowd_replaying_the_page_gets_no_errors(small_run, tmp_path):
     kinds = {request_kind(r["path"], r["body"]) for r in recording["requests"]}
     for kind in (
         "callback inspector-class",
-        "callback embedding-data",
+        "map view",
         "callback activations-graph",
         "image thumbnail",
         "image activation grid",
