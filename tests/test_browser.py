@@ -494,6 +494,19 @@ def test_arrow_keys_step_layers_and_hover_rings_a_box(watch, server):
     page.wait_for_function(
         "() => document.getElementById('model-info').textContent.startsWith('features.7')"
     )
+    # The selected box is ringed in the browser, over that box and captioned with the layer.
+    page.wait_for_function(
+        "() => document.querySelector('svg.ls-selected-ring text')?.textContent === 'features.7'"
+    )
+    box = layer_box(page, "features.7")  # scrolls the diagram into view: measure after
+    ring = page.evaluate(
+        """() => { const r = document.querySelector('svg.ls-selected-ring polygon').getBoundingClientRect();
+                   return {left: r.left, right: r.right, top: r.top, bottom: r.bottom}; }"""
+    )
+    # Around the box (whose hover point is the middle of its front face's bottom edge), and
+    # not around its neighbours (boxes are ~100 px wide here).
+    assert ring["left"] < box["x"] < ring["right"] and ring["top"] < box["y"] < ring["bottom"]
+    assert ring["right"] - ring["left"] < 250, (ring, box)
     assert watch.errors == []
 
 
@@ -526,6 +539,9 @@ def test_resnet50_collapses_blocks_and_expands_one_on_click(watch, server):
     expanded = bh.graph_eval(page, "model-graph", "gd => Object.keys(gd.layout.meta.outlines)")
     assert "layer2.1.conv1" in expanded and "layer2.1" not in expanded
     assert page.inner_text("#model-info").startswith("layer2.1.relu")
+    page.wait_for_function(
+        "() => document.querySelector('svg.ls-selected-ring text')?.textContent === 'layer2.1.relu'"
+    )
     watch.screenshot("resnet50-expanded")
     assert watch.errors == []
 

@@ -262,6 +262,49 @@ def test_embedding_colourings_and_bad_parameters(app, selection):
     assert "perplexity 77" in text_of(message) and payload["figure"]["data"] == []
 
 
+def view_route(app: Any, key: Any, version: Any = None, dims: str = "2") -> Any:
+    query = {"key": json.dumps(key), "version": json.dumps(version), "dims": dims}
+    return app.server.test_client().get(embedding.VIEW_URL, query_string=query)
+
+
+def test_the_map_route_answers_what_the_view_builds(app, selection):
+    key = view_key(selection, layer="features.3")
+    response = view_route(app, key)
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    answer = response.get_json()
+    built, _ = call(app, embedding.load, key, None)
+    assert answer["data"]["key"] == built["key"] and answer["message"] is None
+    assert answer["request3d"] is None
+    assert answer["data"]["figure"]["layout"]["title"] == built["figure"]["layout"]["title"]
+    assert [t.get("customdata") for t in answer["data"]["figure"]["data"]] == [
+        t.get("customdata") for t in built["figure"]["data"]
+    ]
+    # What the user can fix is said where the map would be, as the callback did.
+    answer = view_route(app, view_key(selection, perplexity="77")).get_json()
+    assert (
+        "perplexity 77" in json.dumps(answer["message"]) and answer["data"]["figure"]["data"] == []
+    )
+    answer = view_route(app, {**key, "run": "no-such-run"}).get_json()
+    assert "is not in" in json.dumps(answer["message"])
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"key": "{not json"},
+        {"key": json.dumps({"run": "x", "layer": 5})},
+        {"key": json.dumps({"run": "x", "subset": "١٢"})},
+        {"key": json.dumps(["a"])},
+        {"key": "null", "version": json.dumps({"stamp": [1]})},
+        {"key": "null", "dims": "4"},
+    ],
+)
+def test_the_map_route_refuses_malformed_queries_with_one_line(app, query):
+    response = app.server.test_client().get(embedding.VIEW_URL, query_string=query)
+    assert response.status_code == 400 and response.mimetype == "text/plain"
+    assert len(response.data.decode().splitlines()) == 1 and b"Traceback" not in response.data
+
+
 # ---- inspector and image routes -------------------------------------------------------------
 
 
