@@ -300,24 +300,8 @@
   // ---- the map's data: fetched from the server's view route (VIEW_URL in embedding.py), not a
   // Dash callback, so that a layer click can start the request itself (ls.prefetchView, from
   // selectLayer in assets/model_view.js) two Dash rounds before the view key reaches loadView.
-  var prefetched = {}; // url -> promise of the route's answer, taken by the next loadView
-  var PREFETCH_KEPT = 8;
-
   function viewUrl(key, version, threeD) {
-    var query = new URLSearchParams();
-    query.set("key", JSON.stringify(key || null));
-    query.set("version", JSON.stringify(version || null));
-    query.set("dims", threeD ? "3" : "2");
-    return ls.constants.viewUrl + "?" + query.toString();
-  }
-
-  function fetchView(url) {
-    return fetch(url, { credentials: "same-origin" }).then(function (response) {
-      if (!response.ok) {
-        return response.text().then(function (text) { throw new Error(text || response.statusText); });
-      }
-      return response.json();
-    });
+    return ls.jsonQuery(ls.constants.viewUrl, { key: key || null, version: version || null, dims: threeD ? 3 : 2 });
   }
 
   function messageFigure(text) {
@@ -332,23 +316,12 @@
   }
 
   ls.prefetchView = function (key, version, threeD) {
-    var url = viewUrl(key, version, threeD);
-    if (prefetched[url]) {
-      return;
-    }
-    var urls = Object.keys(prefetched);
-    if (urls.length >= PREFETCH_KEPT) {
-      delete prefetched[urls[0]]; // never taken: the page moved on before loadView ran
-    }
-    prefetched[url] = fetchView(url);
-    prefetched[url].catch(function () { /* loadView reports it */ });
+    ls.prefetch(viewUrl(key, version, threeD));
   };
 
   ls.define("loadView", function (key, version, threeD) {
     var url = viewUrl(key, version, threeD);
-    var answer = prefetched[url] || fetchView(url);
-    delete prefetched[url];
-    return answer.then(function (view) {
+    return ls.fetchOnce(url).then(function (view) {
       return { data: view.data, message: view.message, request3d: view.request3d === null ? dc.no_update : view.request3d };
     }, function (error) {
       var text = "The map could not be loaded: " + error.message;

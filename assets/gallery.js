@@ -62,6 +62,41 @@
     return unpacked;
   };
 
+  // ---- the selection's rows: fetched from the server's route (SELECTION_URL in gallery.py) by
+  // resolveSelection; a click that makes a selection starts the request first
+  // (ls.prefetchSelection, from assets/workbench.js). What else the answer depends on (run
+  // version, corrections, order, similarity threshold) is whatever resolveSelection last ran
+  // with: each of them changing runs it again.
+  var resolving = { version: null, corrections: null, sort: null, threshold: null };
+
+  function selectionUrl(key, version, corrections, sort, threshold) {
+    return ls.jsonQuery(ls.constants.selectionUrl, {
+      key: key || null, sort: sort || null, threshold: threshold === undefined ? null : threshold,
+      version: version || null, corrections: corrections === undefined ? null : corrections,
+    });
+  }
+
+  ls.prefetchSelection = function (run, sel) {
+    if (run) {
+      var r = resolving;
+      ls.prefetch(selectionUrl({ run: run, sel: sel }, r.version, r.corrections, r.sort, r.threshold));
+    }
+  };
+
+  ls.define("resolveSelection", function (key, version, corrections, sort, threshold) {
+    resolving = { version: version, corrections: corrections, sort: sort, threshold: threshold };
+    if (!key || !key.run) {
+      return { rows: null, text: "" };
+    }
+    return ls.fetchOnce(selectionUrl(key, version, corrections, sort, threshold)).then(null, function (error) {
+      var text = "The selection could not be resolved: " + error.message;
+      return {
+        rows: { run: key.run, error: text, rows: [], count: 0, all: true },
+        text: { type: "Span", namespace: "dash_html_components", props: { children: text, className: "text-warning" } },
+      };
+    });
+  });
+
   function node(tag, className, text) {
     var el = document.createElement(tag);
     el.className = className;

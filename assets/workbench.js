@@ -11,7 +11,12 @@
   var ls = window.layerscope;
   var dc = window.dash_clientside;
 
-  function withSel(spec) {
+  // The selection store patched to `spec`; its rows are requested now, not after the spec has
+  // gone through the selection stores (see ls.prefetchSelection in assets/gallery.js).
+  function withSel(spec, selection) {
+    if (selection && selection.run) {
+      ls.prefetchSelection(selection.run, spec);
+    }
     return new dc.Patch().assign(["sel"], spec).build();
   }
 
@@ -44,24 +49,24 @@
   }
   ls.rowsTerm = rowsTerm;
 
-  ls.define("confusionToSelection", function (clickData) {
+  ls.define("confusionToSelection", function (clickData, selection) {
     var point = clickData && clickData.points && clickData.points[0];
     var spec = point && point.customdata;
     if (typeof spec !== "string" || !spec) {
       return ls.noUpdate();
     }
-    return withSel(spec);
+    return withSel(spec, selection);
   });
 
-  ls.define("classToSelection", function (clicks) {
+  ls.define("classToSelection", function (clicks, selection) {
     var id = triggeredId();
     if (!id || typeof id !== "object" || !(clicks || []).some(function (n) { return n; })) {
       return ls.noUpdate();
     }
-    return withSel("true=" + id.cls);
+    return withSel("true=" + id.cls, selection);
   });
 
-  ls.define("qualityToSelection", function (issues, duplicates, outliers, corrected, threshold) {
+  ls.define("qualityToSelection", function (issues, duplicates, outliers, corrected, threshold, selection) {
     var IDS = ls.ids;
     var specs = {};
     specs[IDS.QUALITY_SHOW_ISSUES] = "issues";
@@ -69,11 +74,11 @@
     specs[IDS.QUALITY_SHOW_OUTLIERS] = "outliers=" + ls.constants.workbench.outliers;
     specs[IDS.QUALITY_SHOW_CORRECTED] = "corrected";
     var id = triggeredId();
-    return id in specs ? withSel(specs[id]) : ls.noUpdate();
+    return id in specs ? withSel(specs[id], selection) : ls.noUpdate();
   });
 
   // A lasso or box in the map: its points' rows (customdata), uploads' stars left out.
-  ls.define("lassoToSelection", function (selectedData) {
+  ls.define("lassoToSelection", function (selectedData, selection) {
     if (!selectedData || !selectedData.points) {
       return ls.noUpdate();
     }
@@ -86,7 +91,7 @@
     if (!rows.length) {
       return ls.noUpdate();
     }
-    return withSel(rowsTerm(rows));
+    return withSel(rowsTerm(rows), selection);
   });
 
   ls.define("clearSelection", function () {

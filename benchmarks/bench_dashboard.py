@@ -533,7 +533,7 @@ def measure_existing_run(
     results["layer_switch_server"] = bench_layer_switch_server(app, run_id, repeats=14)
     print("layer switch, server side:", results["layer_switch_server"], flush=True)
     results["browser"] = bench_browser(
-        data_dir, None, run_id, hovers=15, switches=5, dev_server=dev_server
+        data_dir, None, run_id, hovers=15, switches=11, dev_server=dev_server
     )
     print("in Chromium:", results["browser"], flush=True)
     results["load_average_after"] = os.getloadavg()

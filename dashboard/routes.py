@@ -11,6 +11,7 @@
                                                                     as a download
     /figures/warm       starts the export browser ahead of a probable click (204, or 503)
     /maps/view?key=&version=&dims=2   the map's data for a view key (JSON; embedding.py)
+    /selections/rows?key=&sort=&threshold=   a selection's rows (JSON; gallery.py)
     POST /upload/dataset, POST /upload/model   the new-run page's uploads (upload_routes.py)
 
 Safety: ``run_id`` must be one of the listed runs (``RunCatalog.open``), ``method`` a registered
@@ -145,25 +146,29 @@ def _sort() -> str:
     return sort
 
 
-def _view_query(args: Mapping[str, str]) -> tuple[Any, Any, bool]:
-    """The map route's query: ``key`` (the view key) and ``version`` (the run's version), JSON
-    checked like the callback inputs they stand for, and ``dims`` 2 or 3."""
+def _json_query(args: Mapping[str, str], stands_for: Mapping[str, tuple[str, str]]) -> dict:
+    """The query values ``stands_for`` names, each sent as JSON and checked like the callback
+    input (component id, property) it stands for; a malformed one is a UserError naming it."""
     from dashboard.callback_inputs import value_problem  # it imports the panels, they this
 
-    values = []
-    for name, stands_for in (("key", ids.VIEW_KEY), ("version", ids.RUN_VERSION)):
+    values = {}
+    for name, (component_id, prop) in stands_for.items():
         try:
             value = json.loads(args.get(name) or "null")
         except ValueError:
             raise UserError(f"{name} must be JSON") from None
-        problem = value_problem(stands_for, "data", value)
+        problem = value_problem(component_id, prop, value)
         if problem:
             raise UserError(f"{name} {problem}")
-        values.append(value)
-    dims = args.get("dims", "2")
-    if dims not in ("2", "3"):
-        raise UserError("dims must be 2 or 3")
-    return values[0], values[1], dims == "3"
+        values[name] = value
+    return values
+
+
+def _json_response(answer: Any) -> flask.Response:
+    """An answer encoded as Dash encodes callback outputs (components, numpy, plotly)."""
+    response = flask.Response(to_json(answer), mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def register_routes(server: flask.Flask, context: AppContext) -> None:
@@ -285,18 +290,45 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
 
     server.add_url_rule(WARM_EXPORT_URL, endpoint="layerscope_warm_export", view_func=warm_export)
 
-    from dashboard.panels import embedding  # here: the panels import this module for URLs
+    # Imported here: the panels import this module for their URLs.
+    from dashboard.panels import embedding, gallery
 
     def map_view() -> flask.Response:
-        """The map's data for a view key (``embedding.view_answer``), as Dash would have
-        encoded it; a malformed query is a 400 with one line."""
+        """The map's data for a view key (``embedding.view_answer``); a malformed query is a 400
+        with one line. ``version`` only makes a newer run's answer a new URL."""
         try:
-            key, version, three_d = _view_query(flask.request.args)
+            query = _json_query(
+                flask.request.args,
+                {"key": (ids.VIEW_KEY, "data"), "version": (ids.RUN_VERSION, "data")},
+            )
+            dims = flask.request.args.get("dims", "2")
+            if dims not in ("2", "3"):
+                raise UserError("dims must be 2 or 3")
         except UserError as exc:
             return _plain(str(exc), 400)
-        answer = embedding.view_answer(catalog, key, version, three_d)
-        response = flask.Response(to_json(answer), mimetype="application/json")
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return _json_response(
+            embedding.view_answer(catalog, query["key"], query["version"], dims == "3")
+        )
+
+    def selection_rows() -> flask.Response:
+        """A selection's rows (``gallery.selection_answer``); a malformed query is a 400 with
+        one line. ``version`` and ``corrections`` only make a changed run's answer a new URL."""
+        try:
+            query = _json_query(
+                flask.request.args,
+                {
+                    "key": (ids.SEL_KEY, "data"),
+                    "sort": (ids.GALLERY_SORT, "value"),
+                    "threshold": (ids.QUALITY_THRESHOLD, "value"),
+                },
+            )
+        except UserError as exc:
+            return _plain(str(exc), 400)
+        return _json_response(
+            gallery.selection_answer(catalog, query["key"], query["sort"], query["threshold"])
+        )
 
     server.add_url_rule(embedding.VIEW_URL, endpoint="layerscope_map_view", view_func=map_view)
+    server.add_url_rule(
+        gallery.SELECTION_URL, endpoint="layerscope_selection_rows", view_func=selection_rows
+    )

@@ -5,6 +5,7 @@ relabelling with undo, saved selections and downloads."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,39 @@ def test_a_confusion_cell_resolves_to_its_rows_and_the_gallery_marks(app):
         app, gallery.resolve_selection, {"run": RUN, "sel": "true=３"}, None, None, "row", 0.98
     )
     assert bad["error"] and bad["rows"] == [] and "ASCII" in text_of(text)
+
+
+def selection_route(app: Any, **query: Any) -> Any:
+    encoded = {name: json.dumps(value) for name, value in query.items()}
+    return app.server.test_client().get(gallery.SELECTION_URL, query_string=encoded)
+
+
+def test_the_selection_route_answers_rows_and_the_line(app):
+    answer = selection_route(app, key={"run": RUN, "sel": "true=2;pred=1"}, sort="row").get_json()
+    assert unpack(answer["rows"]["rows"]).tolist() == [5] and "1 of 8 samples" in answer["text"]
+    ordered = selection_route(app, key={"run": RUN, "sel": ""}, sort="label_issue_score")
+    assert unpack(ordered.get_json()["rows"]["rows"])[:2].tolist() == [6, 5]
+    # What the user can fix is the line above the gallery, as the callback said it.
+    bad = selection_route(app, key={"run": RUN, "sel": "true=３"}).get_json()
+    assert bad["rows"]["error"] and "ASCII" in bad["text"]["props"]["children"]
+    gone = selection_route(app, key={"run": "no-such-run", "sel": ""}).get_json()
+    assert "is not in" in gone["rows"]["error"]
+    assert selection_route(app, key=None).get_json() == {"rows": None, "text": ""}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"key": "{"},
+        {"key": json.dumps({"run": RUN, "sel": 5})},
+        {"key": json.dumps({"run": RUN}), "sort": json.dumps("nope")},
+        {"key": json.dumps({"run": RUN}), "threshold": json.dumps("high")},
+    ],
+)
+def test_the_selection_route_refuses_malformed_queries_with_one_line(app, query):
+    response = app.server.test_client().get(gallery.SELECTION_URL, query_string=query)
+    assert response.status_code == 400 and response.mimetype == "text/plain"
+    assert len(response.data.decode().splitlines()) == 1 and b"Traceback" not in response.data
 
 
 def test_filters_show_the_selection_and_edit_it(app):

@@ -25,7 +25,7 @@ from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
 from components.packing import pack_ints
 from dashboard import ids
 from dashboard.context import current
-from dashboard.data import RunData
+from dashboard.data import RunCatalog, RunData
 from dashboard.registry import callback, clientside_callback, publish
 from pipelines.errors import UserError
 from pipelines.metrics import HELD_OUT, TRAIN
@@ -313,15 +313,47 @@ def rows_payload(run: RunData, sel: str, sort: str, threshold: float) -> dict[st
     return payload
 
 
-@callback(
-    Output(ids.SELECTION_ROWS, "data"),
-    Output(ids.SELECTION_TEXT, "children"),
+# The selection's rows come from a route (``selection_answer``, registered in
+# dashboard/routes.py) rather than a server callback, like the map's data (``VIEW_URL`` in
+# embedding.py): a click that makes a selection starts that request itself
+# (``ls.prefetchSelection``, assets/gallery.js), before Dash has passed the new spec through the
+# selection stores to ``resolveSelection``.
+SELECTION_URL = "/selections/rows"
+publish("selectionUrl", SELECTION_URL)
+
+clientside_callback(
+    "resolveSelection",
     Input(ids.SEL_KEY, "data"),
     Input(ids.RUN_VERSION, "data"),
     Input(ids.CORRECTIONS, "data"),
     Input(ids.GALLERY_SORT, "value"),
     State(ids.QUALITY_THRESHOLD, "value"),
+    outputs={
+        "rows": Output(ids.SELECTION_ROWS, "data"),
+        "text": Output(ids.SELECTION_TEXT, "children"),
+    },
 )
+
+
+def selection_answer(
+    catalog: RunCatalog, key: dict[str, Any] | None, sort: str | None, threshold: float | None
+) -> dict[str, Any]:
+    """``SELECTION_URL``'s answer: the selection's rows payload and the line above the gallery
+    (what the user can fix, in the line, when the spec or the run is wrong)."""
+    if not key or not key.get("run"):
+        return {"rows": None, "text": ""}
+    try:
+        run = catalog.open(key["run"])
+        payload = rows_payload(run, key.get("sel") or "", sort or "row", threshold_of(threshold))
+    except UserError as exc:
+        return {
+            "rows": {"run": key["run"], "error": str(exc), "rows": [], "count": 0, "all": True},
+            "text": html.Span(str(exc), className="text-warning"),
+        }
+    text = f"{payload['description']} — {payload['count']:,} of {payload['total']:,} samples"
+    return {"rows": payload, "text": text}
+
+
 def resolve_selection(
     key: dict[str, Any] | None,
     _version: Any,
@@ -329,26 +361,9 @@ def resolve_selection(
     sort: str | None,
     threshold: float | None,
 ) -> tuple:
-    if not key or not key.get("run"):
-        return None, ""
-    try:
-        run = current().catalog.open(key["run"])
-        payload = rows_payload(
-            run,
-            key.get("sel") or "",
-            sort or "row",
-            threshold_of(threshold),
-        )
-    except UserError as exc:
-        return {
-            "run": key["run"],
-            "error": str(exc),
-            "rows": [],
-            "count": 0,
-            "all": True,
-        }, html.Span(str(exc), className="text-warning")
-    text = f"{payload['description']} — {payload['count']:,} of {payload['total']:,} samples"
-    return payload, text
+    """``selection_answer`` with the inputs ``resolveSelection`` has, as (rows, text)."""
+    answer = selection_answer(current().catalog, key, sort, threshold)
+    return answer["rows"], answer["text"]
 
 
 # ---- editing the selection -----------------------------------------------------------------------
@@ -552,6 +567,7 @@ clientside_callback(
     "lassoToSelection",
     Output(ids.SELECTION, "data", allow_duplicate=True),
     Input(ids.EMBEDDING_GRAPH, "selectedData"),
+    State(ids.SELECTION, "data"),
     prevent_initial_call=True,
 )
 

@@ -3,8 +3,8 @@ the quality stage found in the data (label issues, near-duplicates, outliers).
 
 Everything here *makes* selections; ``panels/gallery.py`` shows them. A confusion cell carries
 its selection spec in ``customdata`` (``components/confusion.py``) and the browser copies it into
-the page's selection (``confusionToSelection`` in assets/workbench.js), so a click highlights the
-map after one server round trip (the selection's rows), not two.
+the page's selection (``confusionToSelection`` in assets/workbench.js) and asks for its rows at
+once, so a click highlights the map after one server round trip, started with the click.
 """
 
 from __future__ import annotations
@@ -390,6 +390,7 @@ clientside_callback(
     "confusionToSelection",
     Output(ids.SELECTION, "data", allow_duplicate=True),
     Input(ids.CONFUSION_GRAPH, "clickData"),
+    State(ids.SELECTION, "data"),
     prevent_initial_call=True,
 )
 
@@ -397,6 +398,7 @@ clientside_callback(
     "classToSelection",
     Output(ids.SELECTION, "data", allow_duplicate=True),
     Input({"type": ids.METRICS_CLASS_TYPE, "cls": ALL}, "n_clicks"),
+    State(ids.SELECTION, "data"),
     prevent_initial_call=True,
 )
 
@@ -408,5 +410,6 @@ clientside_callback(
     Input(ids.QUALITY_SHOW_OUTLIERS, "n_clicks"),
     Input(ids.QUALITY_SHOW_CORRECTED, "n_clicks"),
     State(ids.QUALITY_THRESHOLD, "value"),
+    State(ids.SELECTION, "data"),
     prevent_initial_call=True,
 )
