@@ -30,9 +30,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
-from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, Imagenette
-from torchvision.datasets.folder import find_classes, make_dataset
-from torchvision.datasets.utils import download_and_extract_archive
 
 from pipelines import report
 from pipelines.errors import UserError
@@ -45,9 +42,14 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 # The one table of fast.ai archives: (url, md5 or None). Download code reads it at call time, so
-# tests point it at a local server. Imagenette's entry comes from torchvision itself.
+# tests point it at a local server. Imagenette's entry is torchvision's own
+# (``Imagenette._ARCHIVES["160px"]``, checked in tests/test_datasets.py), written out because
+# importing torchvision costs 2 s of a core that a run on digits does not need (issue 13).
 ARCHIVES: dict[str, tuple[str, str | None]] = {
-    "imagenette": Imagenette._ARCHIVES["160px"],
+    "imagenette": (
+        "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz",
+        "e793b78cc4c9e9a4ccc0c1155377a412",
+    ),
     "imagewoof": (
         "https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2-160.tgz",
         "3d200a7be99704a0d7509be2a9fbfe15",
@@ -57,7 +59,7 @@ ARCHIVES: dict[str, tuple[str, str | None]] = {
 # Folder each archive extracts to. Fixed rather than derived from ARCHIVES: torchvision's
 # Imagenette class looks for exactly "imagenette2-160" under its root.
 _ARCHIVE_FOLDERS: dict[str, str] = {
-    "imagenette": Path(Imagenette._ARCHIVES["160px"][0]).stem,
+    "imagenette": "imagenette2-160",
     "imagewoof": "imagewoof2-160",
 }
 
@@ -76,18 +78,20 @@ IMAGEWOOF_CLASSES: dict[str, str] = {
 
 DIGIT_NAMES: list[str] = [str(d) for d in range(10)]
 
-# name -> (torchvision class, folder the class keeps under its root, human class names or None
-# to take them from the dataset, channels, description)
-_TORCHVISION_ARRAYS: dict[str, tuple[type, str, list[str] | None, int, str]] = {
-    "mnist": (MNIST, "MNIST", DIGIT_NAMES, 1, "MNIST handwritten digits, 28×28 grayscale"),
+# name -> (torchvision.datasets class name, folder the class keeps under its root, human class
+# names or None to take them from the dataset, channels, description). Names, not classes:
+# torchvision is imported when one of these is opened (the folders are checked against
+# torchvision's in tests/test_datasets.py).
+_TORCHVISION_ARRAYS: dict[str, tuple[str, str, list[str] | None, int, str]] = {
+    "mnist": ("MNIST", "MNIST", DIGIT_NAMES, 1, "MNIST handwritten digits, 28×28 grayscale"),
     "fashion-mnist": (
-        FashionMNIST,
         "FashionMNIST",
-        list(FashionMNIST.classes),
+        "FashionMNIST",
+        None,
         1,
         "Fashion-MNIST clothing items, 28×28 grayscale",
     ),
-    "cifar10": (CIFAR10, CIFAR10.base_folder, None, 3, "CIFAR-10 small photos, 32×32 colour"),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", None, 3, "CIFAR-10 small photos, 32×32 colour"),
 }
 
 # The sub-folders that make a folder dataset split (``PATH/train/<class>/...``, ``PATH/test/...``);
@@ -783,6 +787,8 @@ def fastai_archive_root(extracted: Path) -> Path:
 def fetch_fastai_archive(name: str, partial: Path) -> Path:
     """Download and extract ``ARCHIVES[name]`` inside ``partial`` with torchvision's utilities."""
     url, md5 = ARCHIVES[name]
+    from torchvision.datasets.utils import download_and_extract_archive
+
     extracted = partial / "extracted"
     download_and_extract_archive(
         url, download_root=str(partial), extract_root=str(extracted), md5=md5, remove_finished=True
@@ -794,6 +800,8 @@ def wnid_names(name: str, root: Path) -> dict[str, str]:
     """WordNet id -> human name for ``name``; Imagenette's come from torchvision."""
     if name == "imagewoof":
         return dict(IMAGEWOOF_CLASSES)
+    from torchvision.datasets import Imagenette
+
     # Built by torchvision's own Imagenette, which also checks the folder is where it expects.
     reference = Imagenette(str(root), split="train", size="160px")
     return {
@@ -803,6 +811,8 @@ def wnid_names(name: str, root: Path) -> dict[str, str]:
 
 def open_fastai_subset(name: str, cache_dir: Path, progress: bool = True) -> Dataset:
     """Imagenette or Imagewoof at 160 px, train and val splits, labels by WordNet id."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
     root = cache_dir / name
     size_root = root / _ARCHIVE_FOLDERS[name]
     url = ARCHIVES[name][0]
@@ -859,6 +869,8 @@ def open_fastai_subset(name: str, cache_dir: Path, progress: bool = True) -> Dat
 
 def torchvision_source_url(cls: type[Any]) -> str:
     """Where ``cls`` downloads from, for error messages (read at call time, like torchvision)."""
+    from torchvision.datasets import MNIST
+
     if issubclass(cls, MNIST):
         return cls.mirrors[0]
     return cls.url
@@ -871,7 +883,7 @@ def fetch_torchvision(cls: type, folder: str, partial: Path) -> Path:
     return partial / folder
 
 
-def split_arrays(dataset: MNIST | CIFAR10) -> tuple[UInt8Array, np.ndarray]:
+def split_arrays(dataset: Any) -> tuple[UInt8Array, np.ndarray]:
     """Images and labels of a loaded torchvision array dataset.
 
     Returns ``(N, H, W) uint8`` (MNIST-like) or ``(N, H, W, 3) uint8`` (CIFAR) and ``(N,) int64``.
@@ -885,7 +897,10 @@ def split_arrays(dataset: MNIST | CIFAR10) -> tuple[UInt8Array, np.ndarray]:
 
 def open_torchvision_arrays(name: str, cache_dir: Path, progress: bool = True) -> Dataset:
     """MNIST, Fashion-MNIST or CIFAR-10 via torchvision: train then test split, in file order."""
-    cls, folder, fixed_names, channels, blurb = _TORCHVISION_ARRAYS[name]
+    import torchvision.datasets
+
+    class_name, folder, fixed_names, channels, blurb = _TORCHVISION_ARRAYS[name]
+    cls = getattr(torchvision.datasets, class_name)
     root = cache_dir / name
     fetch_atomically(
         name,

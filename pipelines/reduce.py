@@ -26,10 +26,6 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
-from openTSNE import TSNEEmbedding
-from openTSNE.affinity import PerplexityBasedNN
-from sklearn.neighbors import NearestNeighbors
-from sklearn.utils.extmath import randomized_svd
 
 from pipelines import tsne
 from pipelines.cores import available_cores
@@ -296,6 +292,10 @@ def _randomized_eig(
     """Leading singular triplets by randomized SVD, widening the rank until ``variance`` is
     explained. If 90% needs (almost) every component, the rank grows to full and this degrades to
     an SVD, which only happens for nearly white data. centred: (N, D) float32."""
+    # Imported here, like openTSNE below: scikit-learn is 1.5 s of a core, and a precompute's
+    # first page (issue 13) needs none of it.
+    from sklearn.utils.extmath import randomized_svd
+
     rank, full = RANDOMIZED_FIRST_RANK, min(centred.shape)
     while True:
         rank = min(rank, full)
@@ -424,6 +424,8 @@ def _pad_columns(x: np.ndarray, width: int) -> np.ndarray:
 def knn_preservation(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
     """Mean fraction of each point's k nearest neighbours in ``x`` that are also among its k
     nearest neighbours in ``y``. x: (n, d) float, y: (n, 2) float; exact Euclidean kNN."""
+    from sklearn.neighbors import NearestNeighbors
+
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
     k = min(k, x.shape[0] - 1)
@@ -441,6 +443,9 @@ def kl_divergence(x: np.ndarray, y: np.ndarray, perplexity: float, n_jobs: int =
     Barnes-Hut at theta = 0 (exact), so two embeddings of the same x are compared under the same
     P, whatever kNN method or approximation produced them.
     """
+    from openTSNE import TSNEEmbedding
+    from openTSNE.affinity import PerplexityBasedNN
+
     affinities = PerplexityBasedNN(
         np.asarray(x, dtype=np.float32),
         perplexity=perplexity,

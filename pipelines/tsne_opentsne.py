@@ -5,7 +5,9 @@ to ``EXACT_KNN_MAX`` points, approximate (Annoy) beyond) and the gradient (Barne
 interpolation from ``FFT_MIN_POINTS``); ``SizeMethods`` makes both choices from a map's size,
 and the embeddings stage records them with each layer. The schedule and the starting layouts
 are ``tsne``'s, shared with the torch backend. No torch here: the CPU worker processes that
-import this start in about two seconds.
+import this start in about two seconds. openTSNE itself (with scikit-learn, 1.6 s of a core) is
+imported by the functions that compute, so that a precompute's PCA phase, and with it the first
+page (issue 13), does not wait for it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import copy
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from openTSNE import TSNEEmbedding
-from openTSNE.affinity import PerplexityBasedNN
 
 from pipelines.tsne import SCHEDULE, StageTimes, SubsetMaps, TSNESchedule, timed
+
+if TYPE_CHECKING:
+    from openTSNE.affinity import PerplexityBasedNN
 
 # kNN: exact search is deterministic and, on PCA scores, faster than openTSNE's Annoy up to far
 # beyond the dashboard's sizes. Measured on one core (benchmarks/README.md, "Large runs"), 30-D
@@ -153,6 +156,8 @@ def optimise_map(
     ``optimize`` calls, which carry the gains and momentum over), with ``schedule``.
     Returns (n, d) float64, d the columns of ``job.init`` (2, or 3 for the dashboard's 3-D maps:
     openTSNE's FFT interpolation is for 1-2 dimensions only, so those use Barnes-Hut at any n)."""
+    from openTSNE import TSNEEmbedding
+
     n = job.n
     embedding = TSNEEmbedding(
         job.init,
@@ -190,6 +195,8 @@ def shared_affinities(
 ) -> PerplexityBasedNN:
     """One kNN graph (k = 3 * the largest perplexity) whose weights ``set_perplexity`` redoes for
     any smaller perplexity without a new neighbour search. x: (n, k) float32."""
+    from openTSNE.affinity import PerplexityBasedNN
+
     n = x.shape[0]
     return PerplexityBasedNN(
         x,

@@ -404,3 +404,34 @@ def test_warning_is_one_stderr_line_without_logging_setup(mixed: MixedFolder) ->
     skipped = [line for line in lines if "unreadable" in line]
     assert skipped == [line for line in lines if line.startswith("warning: skipped")]
     assert len(skipped) == 1 and skipped[0].startswith("warning: skipped 3 unreadable files in")
+
+
+def test_torchvision_constants_written_out_are_torchvisions(tmp_path: Path) -> None:
+    """``pipelines.datasets`` spells out what it used to read from torchvision at import (so a
+    run on digits never imports torchvision); they must stay torchvision's."""
+    from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, Imagenette
+
+    from pipelines import datasets
+
+    assert datasets.ARCHIVES["imagenette"] == Imagenette._ARCHIVES["160px"]
+    assert datasets._ARCHIVE_FOLDERS["imagenette"] == Path(Imagenette._ARCHIVES["160px"][0]).stem
+    classes = {"MNIST": MNIST, "FashionMNIST": FashionMNIST, "CIFAR10": CIFAR10}
+    for class_name, folder, _names, _channels, _blurb in datasets._TORCHVISION_ARRAYS.values():
+        cls = classes[class_name]
+        assert folder == getattr(cls, "base_folder", class_name), class_name
+
+
+def test_opening_digits_imports_neither_torchvision_nor_the_explainers_libraries() -> None:
+    """What a precompute on digits imports (issue 13: the first page in seconds): torchvision,
+    Captum, zennit, openTSNE and scikit-learn's estimators only when something uses them."""
+    code = (
+        "import sys; from pathlib import Path; import pipelines.precompute, dashboard.app; "
+        "from pipelines.datasets import open_dataset; "
+        "open_dataset('digits', Path('unused'), progress=False); "
+        "print(sorted(m for m in ('torchvision', 'captum', 'zennit', 'openTSNE', "
+        "'sklearn.neighbors') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

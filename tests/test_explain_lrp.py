@@ -1,4 +1,4 @@
-"""LRP (``pipelines/explain/methods/lrp.py``): exact values on a hand-weighted net, conservation,
+"""LRP (``pipelines/explain/methods/lrp.py``, ``lrp_rules.py``): exact values on a hand-weighted net, conservation,
 agreement with zennit's own composites and canonizers on torchvision models, the canonizers
 chosen for other models, and a model left exactly as it was found, also after a failure."""
 
@@ -24,7 +24,7 @@ from zennit.torchvision import ResNetCanonizer
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS, Display, explain
 from pipelines.explain.base import signed_display
-from pipelines.explain.methods.lrp import (
+from pipelines.explain.lrp_rules import (
     batch_norm_pairs,
     canonizers_for,
     epsilon_alpha2_beta1_flat,

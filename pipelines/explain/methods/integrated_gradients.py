@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
 from pipelines.explain.base import Display, Explainer, Passes, signed_display
 from pipelines.explain.progress import reported_forwards
@@ -36,6 +35,8 @@ def integrated_gradients_maps(passes: Passes) -> torch.Tensor:
     One image at a time, so memory stays at ``IMAGES_PER_PASS`` path points whatever the batch
     size. Returns (B, H, W) float32 on the images' device.
     """
+    from captum.attr import IntegratedGradients as CaptumIntegratedGradients
+
     images = passes.images.detach()
     method = CaptumIntegratedGradients(passes.model)
     per_image = math.ceil(STEPS / IMAGES_PER_PASS)

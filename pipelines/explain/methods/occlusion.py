@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from captum.attr import Occlusion as CaptumOcclusion
 
 from pipelines.explain.base import Display, Explainer, MethodResult, Passes, resize_maps
 from pipelines.explain.progress import reported_forwards
@@ -63,6 +62,8 @@ def occlusion_drops(passes: Passes) -> Occluded:
     one extra forward pass of the batch gives the intact probabilities. Tensors on the images'
     device.
     """
+    from captum.attr import Occlusion as CaptumOcclusion
+
     images = passes.images.detach()
     channels, height, width = images.shape[1:]
     grid = occlusion_grid(height, width)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from captum.attr import Saliency as CaptumSaliency
 
 from pipelines.explain.base import Display, Explainer, Passes, cam_display
 from pipelines.explain.progress import reported_forwards
@@ -19,6 +18,8 @@ def saliency_maps(passes: Passes) -> torch.Tensor:
 
     Returns (B, H, W) float32, non-negative, at the input resolution, on the images' device.
     """
+    from captum.attr import Saliency as CaptumSaliency
+
     # A detached leaf of our own: Captum would otherwise set requires_grad on the caller's
     # tensor (and warn that it did).
     images = passes.images.detach().requires_grad_(True)

@@ -10,8 +10,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from captum.attr import NoiseTunnel
-from captum.attr import Saliency as CaptumSaliency
 
 from pipelines.explain.base import Display, Explainer, Passes, cam_display
 from pipelines.explain.progress import reported_forwards
@@ -53,6 +51,9 @@ def smoothgrad_maps(passes: Passes) -> torch.Tensor:
     One image at a time: the noise level is per image, and memory stays at ``SAMPLES_PER_PASS``
     copies whatever the batch size. Returns (B, H, W) float32, non-negative, on the images' device.
     """
+    from captum.attr import NoiseTunnel
+    from captum.attr import Saliency as CaptumSaliency
+
     images = passes.images.detach()
     tunnel = NoiseTunnel(CaptumSaliency(passes.model))
     per_image = math.ceil(SAMPLES / SAMPLES_PER_PASS)
