@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="request threads per server process (default 8)",
     )
+    serve.add_argument(
+        "--cache-mb",
+        type=count_between("--cache-mb", 16, 1 << 20),
+        default=1024,
+        help="memory for on-demand results (activations, explanations of any class), in MiB, "
+        "for all workers together (default 1024); beyond it the oldest go to the disk cache",
+    )
     add_plugins(serve)
 
     pre = commands.add_parser("precompute", help="compute a run: dataset x model")

@@ -75,6 +75,7 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
         port=args.port,
         workers=args.workers or default_workers(),
         threads=args.threads or DEFAULT_THREADS,
+        cache_mb=args.cache_mb,
     )
 
 
@@ -119,10 +120,10 @@ def serve_app(
         if auth is not None:
             print(login_note(auth, url), file=sys.stderr, flush=True)
 
+    # Each worker keeps its share of the memory caches, so the server stays within them.
+    app.server.config[CONFIG_KEY].service.limit_memory(options.workers, options.cache_mb << 20)
     if options.workers > 1:
-        # Each worker keeps its share of the memory caches; background jobs are answered to
-        # polls that reach any worker (dashboard/job_board.py).
-        app.server.config[CONFIG_KEY].service.share_memory(options.workers)
+        # Background jobs are answered to polls that reach any worker (dashboard/job_board.py).
         if isinstance(app._background_manager, ThreadJobManager):
             app._background_manager.share_across_processes(JobBoard(data_dir))
     app.server.config[CONFIG_KEY].catalog.warm()

@@ -1,7 +1,7 @@
 """Load benchmark: a room of users on one server, with locust.
 
     .venv/bin/python benchmarks/bench_load.py [--work-dir DIR] [--users 10,50,100]
-        [--duration 90] [--workers N] [--threads N] [--json results.json]
+        [--duration 90] [--workers N] [--threads N] [--cache-mb N] [--json results.json]
 
 1. Makes the embedded default run (digits + smallcnn, 1,797 samples) in ``--work-dir`` unless it
    is there, and starts ``python main.py serve`` on it (the production server, as users get it).
@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=90)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cache-mb", type=int, default=None, help="serve --cache-mb")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--server-root",
@@ -283,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         extra += ["--workers", str(args.workers)]
     if args.threads:
         extra += ["--threads", str(args.threads)]
+    if args.cache_mb:
+        extra += ["--cache-mb", str(args.cache_mb)]
     port = bh.free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(args.server_root, data_dir, port, extra, work / "server.log")

@@ -70,10 +70,12 @@ class OnDemand:
         self.derived = TieredCache(DERIVED_BYTES)
         self._placer: Any = None  # a pipelines.placement.Placer, made on first use
 
-    def share_memory(self, processes: int) -> None:
-        """Serving from ``processes`` worker processes: each keeps its share of the memory
-        budget, so the server as a whole stays within it (the disk cache is shared by all)."""
-        for cache, budget in ((self.results, MEMORY_BYTES), (self.derived, DERIVED_BYTES)):
+    def limit_memory(self, processes: int, results_bytes: int = MEMORY_BYTES) -> None:
+        """Serving from ``processes`` worker processes with ``results_bytes`` of memory for
+        torch results in all (``serve --cache-mb``): each process keeps its share of that and of
+        the PNG budget, so the server as a whole stays within them, whatever the traffic; the
+        disk cache is shared by all."""
+        for cache, budget in ((self.results, results_bytes), (self.derived, DERIVED_BYTES)):
             cache.memory.max_bytes = max(budget // max(1, processes), 1 << 20)
 
     def layer_activation(self, run: RunData, sample: Sample, layer_id: str) -> Activation:

@@ -50,6 +50,7 @@ class ServerOptions:
     port: int
     workers: int
     threads: int
+    cache_mb: int = 1024  # on-demand results in memory, all workers together
 
     def bind(self) -> str:
         """gunicorn's bind address: an IPv6 host goes in brackets."""

@@ -129,3 +129,16 @@ def test_a_disk_that_cannot_be_opened_only_costs_speed(tmp_path: Path) -> None:
 def test_a_computation_that_does_not_yield_its_key_fails_loudly(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="did not yield it"):
         tiered(tmp_path).get_or_compute("a", Counter("b"))
+
+
+def test_the_server_divides_its_memory_budget_between_its_workers(tmp_path: Path) -> None:
+    """``serve --cache-mb`` is the whole server's: each worker keeps its share of it (and of
+    the PNG budget), never less than 1 MiB."""
+    from dashboard.on_demand import DERIVED_BYTES, OnDemand
+
+    service = OnDemand(tmp_path)
+    service.limit_memory(2, 256 << 20)
+    assert service.results.memory.max_bytes == 128 << 20
+    assert service.derived.memory.max_bytes == DERIVED_BYTES // 2
+    service.limit_memory(4, 2 << 20)
+    assert service.results.memory.max_bytes == 1 << 20

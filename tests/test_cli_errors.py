@@ -230,7 +230,14 @@ def test_serve_port_out_of_range(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "option, value",
-    [("--workers", "0"), ("--workers", "two"), ("--workers", "٢"), ("--threads", "-1")],
+    [
+        ("--workers", "0"),
+        ("--workers", "two"),
+        ("--workers", "٢"),
+        ("--threads", "-1"),
+        ("--cache-mb", "8"),
+        ("--cache-mb", "1e3"),
+    ],
 )
 def test_serve_workers_and_threads_are_whole_numbers(tmp_path, capsys, option, value):
     status, err = run_cli(["serve", "--data-dir", str(tmp_path), option, value], capsys)

@@ -47,6 +47,7 @@ def serve_args(data_dir: Path) -> argparse.Namespace:
         allow_folder=[],
         workers=None,
         threads=None,
+        cache_mb=1024,
         auth=None,
     )
 
