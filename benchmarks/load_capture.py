@@ -30,8 +30,10 @@ IMAGE_PATH = re.compile(
     r"^/runs/(?P<run>[^/]+)/(?P<what>thumb|explain/[^/]+|explain-class/(?P<cls>\d+)/[^/]+"
     r"|activations/(?P<layer>[^/]+))/(?P<row>\d+)\.png"
 )
-# The map's data for a view key (dashboard/panels/embedding.py VIEW_URL): a layer switch.
+# The map's data for a view key (dashboard/panels/embedding.py VIEW_URL): a layer switch; and a
+# selection's rows (gallery.py SELECTION_URL): a workbench click.
 VIEW_PATH = "/maps/view"
+SELECTION_PATH = "/selections/rows"
 
 
 def request_kind(path: str, body: dict[str, Any] | None) -> str:
@@ -51,6 +53,8 @@ def request_kind(path: str, body: dict[str, Any] | None) -> str:
         }[what]
     if path.startswith(VIEW_PATH):
         return "map view"
+    if path.startswith(SELECTION_PATH):
+        return "selection rows"
     if path.startswith("/_dash-component-suites/") or path.startswith("/assets/"):
         return "page scripts"
     if path in ("/", "") or path.startswith("/?"):
