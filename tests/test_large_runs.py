@@ -5,6 +5,7 @@ recall, FFT-interpolated repulsion by map quality, and the choice recorded with 
 from __future__ import annotations
 
 import numpy as np
+import openTSNE
 import pytest
 from openTSNE import TSNEEmbedding
 from sklearn.manifold import trustworthiness
@@ -51,7 +52,8 @@ def test_large_paths_make_maps_as_good_as_the_small_ones(monkeypatch):
             used.append(options["negative_gradient_method"])
             return TSNEEmbedding.__new__(cls, embedding, affinities, **options)
 
-    monkeypatch.setattr(tsne_opentsne, "TSNEEmbedding", Recording)
+    # tsne_opentsne imports it from openTSNE when it computes, so it is replaced there.
+    monkeypatch.setattr(openTSNE, "TSNEEmbedding", Recording)
     n = len(x)
     subsets = [tsne.SubsetMaps(n, (30.0,), tsne.initial_layout(x, seed=0))]
     for methods, gradient in ((LARGE_PATHS, "fft"), (SIZE_METHODS, "bh")):

@@ -1,6 +1,8 @@
-"""LRP as two explanation methods (``lrp``, ``lrp_alpha_beta``); the rules, canonizers and
-composites are ``pipelines/explain/lrp_rules.py``, imported when a method first runs: zennit
-brings torchvision (2 s of a core), which a run without LRP never needs.
+"""Layer-wise Relevance Propagation (Bach, Binder, Montavon, Klauschen, Müller & Samek, PLoS ONE
+10(7) e0130140, 2015) as two explanation methods, ``lrp`` and ``lrp_alpha_beta``, computed with
+zennit (Anders et al., arXiv:2106.13200, 2021). The rules, canonizers and composites, and the
+papers behind each, are ``pipelines/explain/lrp_rules.py``, imported when a method first runs:
+zennit brings torchvision (2 s of a core), which a run without LRP never needs.
 """
 
 from __future__ import annotations
