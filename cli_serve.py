@@ -2,12 +2,14 @@
 and for ``python main.py`` first make the embedded default run usable.
 
 The default run is computed by a ``main.py precompute`` child process, and the page is served as
-soon as that run is *usable* (``pipelines.precompute.usable``: the model, the forward pass and
-every layer's PCA map; the server answers after 19 s on 2 idle cores, benchmarks/README.md)
-instead of when it is complete (80 s, most of it t-SNE). The child goes on filling in the t-SNE
-maps layer by layer and the quality stage; the page, which polls an unfinished run, shows each
-layer's t-SNE map as it lands. The child is the same command a person would type, so a stop at
-any point leaves a run that the next ``python main.py`` resumes.
+soon as that run's manifest exists (a few seconds in, before training), instead of when it is
+complete (80 s, most of it t-SNE). The page follows the run as it is built: the training curves
+and stage badges first, then the first layer's PCA map the moment it is written, then each
+layer's t-SNE map as it lands (it polls an unfinished run). Serving only once the run was
+usable (every layer's PCA map) left the browser's own start, about 5 s of page load and
+callbacks, until after it (benchmarks/README.md, "First page"). The child is the same command a
+person would type, so a stop at any point leaves a run that the next ``python main.py``
+resumes.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
 
             app = create_app(args.data_dir, allowed_folders=roots, auth=auth)
             if child is not None:
-                wait_until_usable(child, args.data_dir)
+                wait_until_started(child, args.data_dir)
         except KeyboardInterrupt:
             if child is None:
                 raise
@@ -210,8 +212,8 @@ def default_run_in_background(
         return
     print(
         f"{'resuming' if default_store(data_dir).exists() else 'building'} the embedded default "
-        "run (digits + smallcnn), fully offline; the page opens as soon as every layer's PCA "
-        "map is ready, and the t-SNE maps fill in while you look",
+        "run (digits + smallcnn), fully offline; the page opens in seconds and shows the run "
+        "as it is built",
         file=sys.stderr,
         flush=True,
     )
@@ -270,16 +272,10 @@ def wait_for(child: subprocess.Popen[bytes], ready: Callable[[], bool]) -> int |
         time.sleep(POLL_S)
 
 
-def wait_until_usable(child: subprocess.Popen[bytes], data_dir: Path) -> None:
-    """Return once the default run is usable (``pipelines.precompute.usable``)."""
-    from pipelines.precompute import usable
-
+def wait_until_started(child: subprocess.Popen[bytes], data_dir: Path) -> None:
+    """Return once the default run's manifest exists, so that the first page opens that run and
+    follows it being built. Checked arguments, the dataset and its fingerprint come before the
+    manifest: a child that fails on them has exited with its `error:` line, and so does the
+    server, instead of serving a page with no run."""
     store = default_store(data_dir)
-    started = time.perf_counter()
-    status = wait_for(child, lambda: store.exists() and usable(store))
-    print(
-        f"the default run is usable after {time.perf_counter() - started:.1f} s"
-        + ("" if status == 0 else "; its t-SNE maps keep filling in while the page is open"),
-        file=sys.stderr,
-        flush=True,
-    )
+    wait_for(child, store.exists)

@@ -10,6 +10,7 @@ in the low milliseconds.
 from __future__ import annotations
 
 import copy
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,9 +265,21 @@ VIRIDIS_SCALE: list[list[Any]] = [
 ]
 
 
+# Characters per line of a figure's message: a long one (a run being built, an error) wraps
+# inside the embedding card at 1366 px instead of running off both sides.
+MESSAGE_LINE_CHARS = 56
+
+
+def message_lines(message: str) -> str:
+    """``message`` wrapped for a Plotly annotation: lines joined by ``<br>``, and ``<`` / ``>``
+    escaped so that Plotly's HTML subset shows them instead of taking them for tags."""
+    escaped = message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "<br>".join(textwrap.wrap(escaped, MESSAGE_LINE_CHARS, break_on_hyphens=False))
+
+
 def message_figure(message: str, height: int | None = 300) -> dict[str, Any]:
-    """An empty themed figure that says ``message`` in its centre (e.g. "not computed yet");
-    with ``height`` None it fills its container."""
+    """An empty themed figure that says ``message`` in its centre (e.g. "not computed yet"),
+    wrapped to fit; with ``height`` None it fills its container."""
     figure: dict[str, Any] = {
         "data": [],
         "layout": base_layout(
@@ -275,7 +288,7 @@ def message_figure(message: str, height: int | None = 300) -> dict[str, Any]:
             margin={"l": 10, "r": 10, "t": 10, "b": 10},
             annotations=[
                 {
-                    "text": message,
+                    "text": message_lines(message),
                     "showarrow": False,
                     "xref": "paper",
                     "yref": "paper",

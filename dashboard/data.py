@@ -45,6 +45,16 @@ class NotReady(UserError):
 MAPS_3D = ByteLRU(64 * 1024 * 1024)
 
 
+# What each precompute stage makes, for "Run 'x' is being built (now: the forward pass)".
+STAGE_WORK = {
+    "model": "the model",
+    "index": "the sample index",
+    "forward": "the forward pass",
+    "embeddings": "the maps",
+    "quality": "label issues and near-duplicates",
+}
+
+
 def precompute_command(data_dir: Path) -> str:
     return f"{PRECOMPUTE_HINT} --data-dir {data_dir}"
 
@@ -104,13 +114,8 @@ class RunData:
         )
 
     def default_layer(self) -> str | None:
-        """The Grad-CAM layer (last spatial conv) if known, else the last layer: deep enough
-        that classes already separate, which makes a telling first view."""
-        ids = self.layer_ids
-        if not ids:
-            return None
-        preferred = self.gradcam_layer
-        return preferred if preferred in ids else ids[-1]
+        """The layer the page shows first (``Manifest.first_layer``)."""
+        return self.record.first_layer()
 
     @property
     def gradcam_layer(self) -> str | None:
@@ -153,6 +158,25 @@ class RunData:
     def failure(self) -> str | None:
         """The error its last precompute ended with, until a resume clears it."""
         return self.record.failure.error if self.record.failure else None
+
+    def building_note(self) -> str:
+        """For a map the run does not have yet: what its precompute is doing now, e.g. "Run
+        'x' is being built (now: the model, 3 / 8). ..." (its training epochs), or why nothing
+        is (``not_ready_note``)."""
+        if not self.being_written():
+            return self.not_ready_note() or f"Run '{self.run_id}' has no such map."
+        now = next(
+            (
+                f"{STAGE_WORK.get(name, name)}{', ' + detail if detail else ''}"
+                for name, state, detail in self.stage_lines()
+                if state != "done"
+            ),
+            "finishing",
+        )
+        return (
+            f"Run '{self.run_id}' is being built (now: {now}). This map appears here as soon as "
+            "the forward pass and the layer's PCA map are done."
+        )
 
     def not_ready_note(self) -> str | None:
         """One sentence saying what is still missing, or None for a complete run."""
@@ -268,6 +292,8 @@ class RunData:
         key = embedding_key(layer_id, subset, method, None if method == "pca" else perplexity)
         if not self.store.has("embedding", **key):
             stage = self.stage("embeddings")
+            if stage.state == "pending":
+                raise NotReady(self.building_note())
             progress = f"{stage.done or 0} of {stage.total or len(self.layers)} layers done"
             raise NotReady(
                 f"the {method.upper() if method == 'pca' else 't-SNE'} embedding of layer {layer_id} "

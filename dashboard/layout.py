@@ -28,8 +28,6 @@ from dashboard.panels import (
 from dashboard.registry import clientside_callback
 from dashboard.state import EMPTY_SELECTION
 
-POLL_MS = 2000
-
 
 def navbar() -> dbc.Navbar:
     return dbc.Navbar(
@@ -77,7 +75,7 @@ def page(token: str) -> html.Div:
         dcc.Store(id=ids.RUN_VERSION),
         dcc.Store(id=ids.APP_TOKEN, data=token),
         dcc.Store(id=ids.URL_SINK),
-        dcc.Interval(id=ids.POLL, interval=POLL_MS, disabled=True),
+        dcc.Interval(id=ids.POLL, interval=about.POLL_MS, disabled=True),
     ]
     grid = dbc.Container(
         [

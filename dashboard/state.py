@@ -136,6 +136,21 @@ def run_options(catalog: RunCatalog) -> list[dict[str, Any]]:
     return options_of(catalog.summaries())
 
 
+def waiting_for_layers(catalog: RunCatalog, selection: dict[str, Any], run_id: str | None) -> bool:
+    """True when the page opened ``run_id`` before its model and sample index existed (a run
+    being built: no layer or subset could be chosen) and the run now has both, so the page's
+    setup can be made again for it. ``run_id``: the run whose manifest just changed."""
+    if not run_id or selection.get("run") != run_id:
+        return False
+    if selection.get("layer") and selection.get("subset") is not None:
+        return False
+    try:
+        run = catalog.open(run_id)
+    except UserError:
+        return False
+    return bool(run.layer_ids) and bool(run.subsets)
+
+
 def setup_for(
     catalog: RunCatalog,
     query: dict[str, str],

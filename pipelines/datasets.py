@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import gzip
 import hashlib
 import http.client
+import importlib.util
 import os
 import shutil
 import socket
@@ -297,14 +299,30 @@ def digits_to_uint8(images: np.ndarray) -> UInt8Array:
     return np.rint(np.asarray(images, dtype=np.float64) * (255.0 / 16.0)).astype(np.uint8)
 
 
+def digits_file() -> Path:
+    """The digits as scikit-learn ships them: a gzipped CSV of 1,797 rows, 64 pixel values
+    (0..16, row by row) and the label. Found without importing scikit-learn, whose import (1.6-2
+    s on 2 cores) was the longest step before the embedded default's training."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the digits dataset ships with scikit-learn; pip install -r requirements.txt"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+
+
+def read_digits(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The file ``sklearn.datasets.load_digits`` reads, read the way it does: ``(images (N, 8,
+    8) float64 0..16, labels (N,) int64)`` (tests/test_datasets.py checks both are equal)."""
+    with gzip.open(path, "rt") as text:
+        table = np.loadtxt(text, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
 def open_digits() -> Dataset:
     """scikit-learn's 8×8 handwritten digits: 1,797 samples, split "all", works offline."""
-    # Imported here: scikit-learn costs ~1 s to import and only this dataset needs it.
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    pixels = digits_to_uint8(bunch.images)
-    labels = np.asarray(bunch.target, dtype=np.int64)
+    images, labels = read_digits(digits_file())
+    pixels = digits_to_uint8(images)
     samples = [
         SampleRecord(uid=f"digits-{i:05d}", source=f"index:{i}", label=int(label), split="all")
         for i, label in enumerate(labels)

@@ -36,6 +36,11 @@ from pipelines.tsne_opentsne import SIZE_METHODS
 # batch size or device). Beyond it, the layer's maps are recomputed.
 SAME_MAP_TOLERANCE = 1e-3
 
+# The niceness of a worker process making t-SNE maps, the long tail of a run (a minute or more
+# for the embedded default on 2 cores) that a page may already be showing: the page's server
+# and browser, and the next PCA map, get the cores first; on an idle machine it changes nothing.
+TSNE_NICENESS = 10
+
 # A layer's two phases (``LayerJob.phase``): its PCA maps and placement data, then its t-SNE maps.
 LayerPhase = Literal["pca", "tsne"]
 LAYER_PHASES: tuple[LayerPhase, ...] = ("pca", "tsne")
@@ -277,6 +282,25 @@ def die_with_parent() -> None:
             os._exit(1)
 
 
+def in_background(work: Callable[[str], str], layer_id: str) -> str:
+    """``work(layer_id)`` in a worker process at ``TSNE_NICENESS``."""
+    lower_priority(TSNE_NICENESS)
+    return work(layer_id)
+
+
+def lower_priority(niceness: int) -> None:
+    """Every thread of this process at ``niceness`` at least. Linux keeps a nice value per
+    thread, and BLAS or OpenMP threads may exist already; threads started later inherit it."""
+    try:
+        threads = [int(name) for name in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]  # no /proc: this thread, which the pools' threads are started from
+    for thread in threads:
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            if os.getpriority(os.PRIO_PROCESS, thread) < niceness:
+                os.setpriority(os.PRIO_PROCESS, thread, niceness)
+
+
 def _ready() -> None:
     """A no-op task: submitting it makes the pool start its processes now."""
 
@@ -420,6 +444,11 @@ class LayerWorkers:
             return
         self.start()
         assert self.pool is not None
-        futures = [self.pool.submit(work, layer_id) for layer_id in layer_ids]
+        futures = [
+            self.pool.submit(in_background, work, layer_id)
+            if phase == "tsne"
+            else self.pool.submit(work, layer_id)
+            for layer_id in layer_ids
+        ]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()

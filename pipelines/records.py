@@ -578,6 +578,16 @@ class Manifest:
     def require_model(self) -> ModelInfo:
         return _required(self.model, self.run_id, "model")
 
+    def first_layer(self) -> LayerId | None:
+        """The layer a page shows first: the Grad-CAM layer (the last spatial conv) if known,
+        else the last layer; deep enough that classes already separate, which makes a telling
+        first view. The embeddings stage reduces it first, so that view is the first map."""
+        ids = [layer.id for layer in self.layers]
+        if not ids:
+            return None
+        preferred = self.model.gradcam_layer if self.model else None
+        return preferred if preferred in ids else ids[-1]
+
     def stage(self, name: str) -> StageState:
         """The named stage's state; "pending" if the manifest does not list it yet."""
         return self.stages.get(name) or StageState()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,16 @@ import pytest
 from dashboard import ids
 from dashboard.app import create_app
 from dashboard.panels.controls import RUN_LIST_POLL_MS
+from pipelines.records import Manifest, StageState
+from pipelines.stages import STAGES
 from pipelines.store import RunStore
 from tests import browser_helpers as bh
 
 pytestmark = pytest.mark.browser
 
+# The points the embedding map draws (0 before the map's first figure).
+POINTS_DRAWN = """(document.querySelector('#embedding-graph .js-plotly-plot')?.data || [])
+  .reduce((n, trace) => n + (trace.x ? trace.x.length : 0), 0)"""
 MENU_JS = f"""() => {{
   const menu = document.getElementById({ids.CONTROLS_RUN!r});
   if (!menu) return {{value: null, options: []}};  // not rendered yet
@@ -112,6 +118,53 @@ def test_a_run_made_after_the_page_loaded_appears_in_the_menu(browser, data_dir,
             assert page.evaluate("() => window.notReloaded === true")
             assert f"run={run_id}" in page.evaluate("() => location.search")
             watch.screenshot("run-menu-refreshed", full_page=False)
+            assert watch.errors == []
+    finally:
+        watch.close()
+
+
+def test_a_run_opened_while_it_is_built_shows_its_first_map_when_it_lands(
+    browser, data_dir, small_run
+):
+    """`python main.py` serves the default run before its model exists (issue 13): the page
+    says what is being built, then draws the first layer's map the moment the manifest lists
+    the layers, without a reload."""
+    run_id = small_run[1]
+    store = RunStore(data_dir / "runs" / run_id)
+    built = store.read_record()
+    # What a precompute's first manifest write holds: settings and source, every stage pending.
+    starting = Manifest(
+        run_id=built.run_id,
+        created=built.created,
+        config=built.config,
+        stages={name: StageState() for name in STAGES},
+        versions=built.versions,
+        source_fingerprint=built.source_fingerprint,
+    )
+    watch = bh.PageWatch(browser, bh.SMALL)
+    try:
+        with store.writer_lock(), bh.serve(create_app(data_dir).server) as url:
+            store.write_record(starting)
+            page = watch.page
+            page.goto(url)
+            page.wait_for_function(
+                f"""() => (document.getElementById({ids.EMBEDDING_MESSAGE!r}) || {{}})
+                     .textContent?.includes("is being built (now: ")""",
+                timeout=30_000,
+            )
+            page.evaluate("() => { window.notReloaded = true; }")
+            assert page.evaluate(f"() => {POINTS_DRAWN}") == 0
+
+            # The model, index and forward stages are done and the PCA maps written.
+            store.write_record(
+                replace(built, stages={**built.stages, "embeddings": StageState("running")})
+            )
+            page.wait_for_function(f"() => {POINTS_DRAWN} >= 300", timeout=30_000)
+            assert page.evaluate("() => window.notReloaded === true")
+            layer = page.evaluate(f"() => document.getElementById({ids.MODEL_LAYER!r}).value")
+            assert layer == built.first_layer()
+            assert f"layer={layer}" in page.evaluate("() => location.search")
+            watch.screenshot("first-map-of-a-run-being-built", full_page=False)
             assert watch.errors == []
     finally:
         watch.close()

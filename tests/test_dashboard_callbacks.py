@@ -96,7 +96,13 @@ def app(run_dir: tuple[Path, str]) -> Any:
 @pytest.fixture(scope="module")
 def selection(app: Any, run_dir: tuple[Path, str]) -> dict[str, Any]:
     outputs = call(
-        app, controls.setup_run, f"?run={run_dir[1]}", None, None, triggered=f"{ids.URL}.search"
+        app,
+        controls.setup_run,
+        f"?run={run_dir[1]}",
+        None,
+        None,
+        None,
+        triggered=f"{ids.URL}.search",
     )
     return outputs[0]
 
@@ -118,7 +124,7 @@ def view_key(selection: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 def test_setup_reads_run_layer_and_row_from_the_url(app, run_dir):
     search = f"?run={run_dir[1]}&layer=features.3&row=7&method=pca&color=prediction&subset=100"
-    out = call(app, controls.setup_run, search, None, None, triggered=f"{ids.URL}.search")
+    out = call(app, controls.setup_run, search, None, None, None, triggered=f"{ids.URL}.search")
     chosen = out[0]
     assert chosen["run"] == run_dir[1] and chosen["layer"] == "features.3" and chosen["pinned"] == 7
     assert chosen["method"] == "pca" and chosen["color"] == "prediction" and chosen["subset"] == 100
@@ -130,20 +136,20 @@ def test_setup_reads_run_layer_and_row_from_the_url(app, run_dir):
 
 def test_unknown_layer_and_run_in_the_url_fall_back_with_a_message(app, run_dir):
     out = call(
-        app, controls.setup_run, f"?run={run_dir[1]}&layer=features.99&row=99999", None, None
+        app, controls.setup_run, f"?run={run_dir[1]}&layer=features.99&row=99999", None, None, None
     )
     assert out[0]["layer"] == "features.7"  # the run's Grad-CAM layer, the default
     assert out[0]["pinned"] is None
     alerts = text_of(out[12])
     assert "features.99" in alerts and "features.7" in alerts and "99999" in alerts
-    out = call(app, controls.setup_run, "?run=no-such-run", None, None)
+    out = call(app, controls.setup_run, "?run=no-such-run", None, None, None)
     assert out[0]["run"] == run_dir[1]
     assert "no-such-run" in text_of(out[12])
 
 
 def test_empty_data_dir_says_how_to_precompute(tmp_path):
     empty_app = create_app(tmp_path)
-    out = call(empty_app, controls.setup_run, "", None, None)
+    out = call(empty_app, controls.setup_run, "", None, None, None)
     assert out[0]["run"] is None
     message = text_of(out[12])
     assert (
@@ -160,7 +166,7 @@ def test_empty_data_dir_says_how_to_precompute(tmp_path):
 def test_switching_runs_keeps_method_and_colour(app, run_dir, selection):
     previous = {**selection, "method": "pca", "color": "correct", "layer": "features.0"}
     out = call(
-        app, controls.setup_run, "", "ghost", previous, triggered=f"{ids.CONTROLS_RUN}.value"
+        app, controls.setup_run, "", "ghost", None, previous, triggered=f"{ids.CONTROLS_RUN}.value"
     )
     assert out[0]["run"] == run_dir[1] and "ghost" in text_of(out[12])
     assert out[0]["method"] == "pca" and out[0]["color"] == "correct"
@@ -190,7 +196,7 @@ def test_the_run_list_picks_up_new_and_finished_runs_and_leaves_the_selection(sm
     data_dir, run_id = small_run
     shutil.copytree(data_dir / "runs" / run_id, tmp_path / "runs" / run_id)
     live_app = create_app(tmp_path)
-    loaded = call(live_app, controls.setup_run, "", None, None)
+    loaded = call(live_app, controls.setup_run, "", None, None, None)
     options = loaded[1]
     assert call(live_app, controls.refresh_runs, 1, options) is no_update  # nothing new
     # Another precompute starts a run while the page is open ...
@@ -626,7 +632,7 @@ def test_byte_lru_is_bounded():
 
 
 def test_about_describes_the_run(app, selection):
-    body, note, status, poll_disabled = call(app, about.render, selection["run"], None)
+    body, note, status, poll_disabled, _ = call(app, about.render, selection["run"], None)
     text = text_of(body)
     assert (
         "digits" in text
@@ -737,7 +743,7 @@ def test_a_run_still_being_computed_says_what_is_ready(partial_run):
     partial_app = create_app(data_dir)
     store = RunStore(data_dir / "runs" / run_id)
     with store.writer_lock():
-        body, note, status, poll_disabled = call(partial_app, about.render, run_id, None)
+        body, note, status, poll_disabled, _ = call(partial_app, about.render, run_id, None)
         assert poll_disabled is False and text_of(status) == "precompute running"
         assert "Not ready: embeddings (running, 7 / 14)" in text_of(note)
         assert "a precompute is writing it now" in text_of(note)
@@ -787,7 +793,7 @@ def test_a_deleted_run_shows_a_message_everywhere(small_run, tmp_path):
     data_dir, run_id = small_run
     shutil.copytree(data_dir / "runs" / run_id, tmp_path / "runs" / run_id)
     doomed_app = create_app(tmp_path)
-    chosen = call(doomed_app, controls.setup_run, "", None, None)[0]
+    chosen = call(doomed_app, controls.setup_run, "", None, None, None)[0]
     shutil.rmtree(tmp_path / "runs" / run_id)
     figure = call(doomed_app, model_view.render, run_id, [], None)
     assert "is not in" in figure["layout"]["annotations"][0]["text"]
@@ -795,11 +801,11 @@ def test_a_deleted_run_shows_a_message_everywhere(small_run, tmp_path):
     assert "deleted" in text_of(message)
     _, _, _, message = call(doomed_app, activations.render_grid, sample_key(chosen), "score", None)
     assert "deleted" in text_of(message)
-    body, note, _, _ = call(doomed_app, about.render, run_id, None)
+    body, note, _, _, _ = call(doomed_app, about.render, run_id, None)
     assert "deleted" in text_of(note)
     assert "gone" in call(doomed_app, about.poll, 3, run_id, None)["stamp"]
     assert doomed_app.server.test_client().get(f"/runs/{run_id}/thumb/0.png").status_code == 404
-    out = call(doomed_app, controls.setup_run, "", None, None)
+    out = call(doomed_app, controls.setup_run, "", None, None, None)
     assert "No runs in" in text_of(out[12])
 
 
@@ -812,7 +818,7 @@ def test_a_corrupt_manifest_is_listed_as_unreadable(small_run, tmp_path):
     summaries = {s.run_id: s for s in catalog.summaries()}
     assert not summaries["broken"].readable and "corrupt manifest" in summaries["broken"].label
     broken_app = create_app(tmp_path)
-    out = call(broken_app, controls.setup_run, "?run=broken", None, None)
+    out = call(broken_app, controls.setup_run, "?run=broken", None, None, None)
     assert out[0]["run"] == run_id and "broken" in text_of(out[12])
     with pytest.raises(UserError, match="corrupt manifest"):
         catalog.open("broken")

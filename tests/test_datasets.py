@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from pipelines import datasets
 from pipelines.datasets import (
     DATASET_CHOICES,
     UnreadableImage,
@@ -50,6 +51,14 @@ def test_digits_shape_labels_and_uids(tmp_path: Path) -> None:
     assert {s.split for s in ds.samples} == {"all"}
     np.testing.assert_array_equal(ds.labels, load_digits().target)
     assert [s.uid for s in open_dataset("digits", tmp_path).samples] == uids
+
+
+def test_digits_are_read_from_scikit_learns_file_as_load_digits_reads_them() -> None:
+    images, labels = datasets.read_digits(datasets.digits_file())
+    bunch = load_digits()
+    np.testing.assert_array_equal(images, bunch.images)
+    np.testing.assert_array_equal(labels, bunch.target)
+    assert images.dtype == np.float64 and labels.dtype == np.int64
 
 
 def test_digits_images_are_8x8_gray_scaled_to_0_255(tmp_path: Path) -> None:
@@ -411,8 +420,6 @@ def test_torchvision_constants_written_out_are_torchvisions(tmp_path: Path) -> N
     run on digits never imports torchvision); they must stay torchvision's."""
     from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, Imagenette
 
-    from pipelines import datasets
-
     assert datasets.ARCHIVES["imagenette"] == Imagenette._ARCHIVES["160px"]
     assert datasets._ARCHIVE_FOLDERS["imagenette"] == Path(Imagenette._ARCHIVES["160px"][0]).stem
     classes = {"MNIST": MNIST, "FashionMNIST": FashionMNIST, "CIFAR10": CIFAR10}
@@ -423,13 +430,14 @@ def test_torchvision_constants_written_out_are_torchvisions(tmp_path: Path) -> N
 
 def test_opening_digits_imports_neither_torchvision_nor_the_explainers_libraries() -> None:
     """What a precompute on digits imports (issue 13: the first page in seconds): torchvision,
-    Captum, zennit, openTSNE and scikit-learn's estimators only when something uses them."""
+    Captum, zennit, openTSNE and scikit-learn only when something uses them (the digits are
+    read from scikit-learn's file without importing it)."""
     code = (
         "import sys; from pathlib import Path; import pipelines.precompute, dashboard.app; "
         "from pipelines.datasets import open_dataset; "
         "open_dataset('digits', Path('unused'), progress=False); "
         "print(sorted(m for m in ('torchvision', 'captum', 'zennit', 'openTSNE', "
-        "'sklearn.neighbors') if m in sys.modules))"
+        "'sklearn') if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True

@@ -96,7 +96,13 @@ def app(run_dir: tuple[Path, str]) -> Any:
 @pytest.fixture(scope="module")
 def selection(app: Any, run_dir: tuple[Path, str]) -> dict[str, Any]:
     outputs = call(
-        app, controls.setup_run, f"?run={run_dir[1]}", None, None, triggered=f"{ids.URL}.search"
+        app,
+        controls.setup_run,
+        f"?run={run_dir[1]}",
+        None,
+        None,
+        None,
+        triggered=f"{ids.URL}.search",
     )
     return outputs[0]
 

@@ -1,12 +1,18 @@
-"""The embeddings stage's worker processes: what they import and how many threads they use."""
+"""The embeddings stage's worker processes: what they import, how many threads they use, at
+which priority, and which layer they reduce first."""
 
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import threadpoolctl
 
-from pipelines.layer_jobs import LayerWorkers
+from pipelines.layer_jobs import TSNE_NICENESS, LayerWorkers
+from pipelines.stages.embeddings import first_view_first
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,3 +38,43 @@ def test_worker_module_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def thread_niceness(_layer_id: str) -> list[int]:
+    """A stand-in for a layer's phase: the nice value of every thread of its worker process,
+    after starting one more thread (as openTSNE and BLAS pools do)."""
+    threading.Thread(target=time.sleep, args=(2,), daemon=True).start()
+    return [
+        os.getpriority(os.PRIO_PROCESS, int(thread)) for thread in os.listdir("/proc/self/task")
+    ]
+
+
+class NicenessProbe:
+    """A layer job whose phases report their workers' nice values."""
+
+    def phase(self, _name: str) -> Any:
+        return thread_niceness
+
+
+def test_t_sne_runs_at_a_lower_priority_than_the_pca_that_a_page_waits_for():
+    layers = ["a", "b", "c", "d"]
+    with LayerWorkers(workers=2, blas_threads=1) as workers:
+        pca = list(workers.run_phase(NicenessProbe(), "pca", layers))  # type: ignore[arg-type]
+        tsne = list(workers.run_phase(NicenessProbe(), "tsne", layers))  # type: ignore[arg-type]
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert {value for values in pca for value in values} == {base}
+    assert all(len(values) >= 2 for values in tsne)
+    assert min(value for values in tsne for value in values) >= TSNE_NICENESS, tsne
+
+
+def test_the_pages_first_layer_is_reduced_first():
+    layers = ["input", "features.0", "features.3", "classifier.1"]
+    assert first_view_first(layers, "features.3", {}) == [
+        "features.3",
+        "input",
+        "features.0",
+        "classifier.1",
+    ]
+    # A reshape-only first layer reuses its parent's maps: the parent goes first.
+    assert first_view_first(layers, "flatten", {"flatten": "features.0"})[0] == "features.0"
+    assert first_view_first(layers, None, {}) == layers

@@ -20,9 +20,14 @@ from dashboard.data import RunData, format_time
 from dashboard.registry import callback
 from pipelines.errors import UserError
 from pipelines.metrics import HELD_OUT, TRAIN
+from pipelines.precompute import usable
 from pipelines.records import SplitAccuracy
 from pipelines.training import TrainingCurves
 
+# How often the page polls an incomplete run's manifest (``poll``); quicker while the page waits
+# for the run's first maps, which a poll shows at most this late.
+POLL_MS = 2000
+FIRST_MAPS_POLL_MS = 500
 STATE_COLORS = {"done": "success", "running": "info", "pending": "secondary"}
 UNMAPPED = "unknown: the dataset's labels do not map to the model's classes"
 
@@ -146,13 +151,15 @@ def training_graph(run: RunData) -> dcc.Graph | None:
     Output(ids.RUN_NOTE, "children"),
     Output(ids.STATUS, "children"),
     Output(ids.POLL, "disabled"),
+    Output(ids.POLL, "interval"),
     Input(ids.RUN_KEY, "data"),
     Input(ids.RUN_VERSION, "data"),
 )
 def render(run_id: str | None, _version: Any) -> tuple:
-    """The about table, stage badges, the "not complete" note and whether to keep polling."""
+    """The about table, stage badges, the "not complete" note, whether to keep polling and
+    how often."""
     if not run_id:
-        return html.P("No run selected.", className="ls-hint"), None, "", True
+        return html.P("No run selected.", className="ls-hint"), None, "", True, POLL_MS
     try:
         run = current().catalog.open(run_id)
     except UserError as exc:
@@ -161,6 +168,7 @@ def render(run_id: str | None, _version: Any) -> tuple:
             dbc.Alert(str(exc), color="warning", className="ls-alert mb-2"),
             "",
             True,
+            POLL_MS,
         )
     body: list[Any] = [
         html.Table(about_rows(run), className="ls-about-table mb-2"),
@@ -176,7 +184,16 @@ def render(run_id: str | None, _version: Any) -> tuple:
         "precompute running" if writing else ("complete" if run.complete else "incomplete"),
         color="info" if writing else ("success" if run.complete else "warning"),
     )
-    return body, note, status, run.complete and not writing
+    return body, note, status, run.complete and not writing, poll_interval(run, writing)
+
+
+def poll_interval(run: RunData, writing: bool) -> int:
+    """Milliseconds between polls of the run's manifest: quick while a run being built has no
+    map for every layer yet (the page waits for its first map, which lands seconds after the
+    forward pass), slower once only t-SNE maps and the quality stage are coming."""
+    if writing and not usable(run.store):
+        return FIRST_MAPS_POLL_MS
+    return POLL_MS
 
 
 @callback(

@@ -25,6 +25,7 @@ from dashboard.state import (
     perplexity_options,
     run_options,
     setup_for,
+    waiting_for_layers,
 )
 from pipelines.errors import UserError
 
@@ -98,18 +99,32 @@ def alert_list(messages: list[tuple[str, str]]) -> list[dbc.Alert]:
     Output(ids.ALERTS, "children"),
     Input(ids.URL, "search"),
     Input(ids.CONTROLS_RUN, "value"),
+    Input(ids.RUN_VERSION, "data"),
     State(ids.SELECTION, "data"),
 )
-def setup_run(search: str | None, chosen: str | None, selection: dict[str, Any] | None) -> tuple:
-    """Page load (URL) or run switch -> the whole selection and every control's options."""
+def setup_run(
+    search: str | None,
+    chosen: str | None,
+    version: dict[str, Any] | None,
+    selection: dict[str, Any] | None,
+) -> tuple:
+    """Page load (URL), run switch, or the first layers of a run the page opened while it was
+    being built (its manifest's ``version``) -> the whole selection and every control's
+    options."""
     previous = selection or {}
     by_user = ctx.triggered_id == ids.CONTROLS_RUN
     if by_user and chosen == previous.get("run"):
         # The menu echoing the value this callback just set: nothing changed.
         return (no_update,) * 13
+    query = parse_query(search)
+    if ctx.triggered_id == ids.RUN_VERSION:
+        if not waiting_for_layers(current().catalog, previous, (version or {}).get("run")):
+            return (no_update,) * 13
+        # The link's layer and view still apply, to the run the page shows.
+        query = {**query, "run": previous["run"]}
     setup = setup_for(
         current().catalog,
-        parse_query(search),
+        query,
         chosen_run=chosen if by_user else None,
         keep=previous if by_user else None,
     )

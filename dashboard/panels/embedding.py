@@ -278,9 +278,7 @@ def view_payload(
     try:
         run = catalog.open(key["run"])
         if not key.get("layer") or key.get("subset") is None:
-            raise NotReady(
-                f"run '{run.run_id}' has no layers or subsets yet; its precompute is still indexing"
-            )
+            raise NotReady(run.building_note())
         pending_note = None
         if not three_d:
             figure, pending_note = build_embedding(run, key)

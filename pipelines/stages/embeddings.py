@@ -90,12 +90,24 @@ def layers_without_features(store: RunStore) -> list[str]:
     ]
 
 
+def first_view_first(layer_ids: list[str], first: str | None, same_as: dict[str, str]) -> list[str]:
+    """``layer_ids`` in the order to reduce them: the page's first view (``first``, or the
+    layer whose maps it reuses) at the front, so a page opened while the run is built shows a
+    map as soon as possible; the rest keep their order (the workers take them in turn)."""
+    front = same_as.get(first, first) if first is not None else None
+    return sorted(layer_ids, key=lambda layer_id: layer_id != front)
+
+
 def run(store: RunStore, workers: LayerRunner, device: str, progress: bool) -> None:
     """Every layer not ``layer_done`` yet, each phase by ``workers``."""
     record = store.read_record()
     layers = record.layers
     done = {layer.id for layer in layers if layer_done(store, layer.id)}
-    pending = [layer.id for layer in layers if layer.id not in done and not layer.same_as]
+    pending = first_view_first(
+        [layer.id for layer in layers if layer.id not in done and not layer.same_as],
+        record.first_layer(),
+        {layer.id: layer.same_as for layer in layers if layer.same_as},
+    )
     aliases = [
         (layer.id, source) for layer in layers if layer.id not in done and (source := layer.same_as)
     ]
@@ -130,8 +142,10 @@ def run(store: RunStore, workers: LayerRunner, device: str, progress: bool) -> N
     try:
         # Every layer's PCA maps first (a second or two in all), then the t-SNE maps layer by
         # layer: a page opened meanwhile shows each layer's PCA map until its t-SNE is done.
+        # Each PCA map is announced in the manifest as it lands: a page waiting for its first
+        # map draws it then, not once every layer has one.
         for _ in workers.run_phase(job, "pca", pending):
-            pass
+            finished(None)
         for layer_id, source in aliases:
             job.copy_pca(source, layer_id)
         finished(None)
