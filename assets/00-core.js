@@ -85,9 +85,10 @@
     });
   }
 
+  // The promise of the answer, for a caller that wants it as soon as it arrives too.
   function prefetch(url) {
     if (prefetched[url]) {
-      return;
+      return prefetched[url];
     }
     var urls = Object.keys(prefetched);
     if (urls.length >= PREFETCHES_KEPT) {
@@ -95,6 +96,7 @@
     }
     prefetched[url] = fetchJson(url);
     prefetched[url].catch(function () { /* the callback that takes it reports it */ });
+    return prefetched[url];
   }
 
   function fetchOnce(url) {

@@ -36,9 +36,10 @@ from pipelines.tsne_opentsne import SIZE_METHODS
 # batch size or device). Beyond it, the layer's maps are recomputed.
 SAME_MAP_TOLERANCE = 1e-3
 
-# The niceness of a worker process making t-SNE maps, the long tail of a run (a minute or more
-# for the embedded default on 2 cores) that a page may already be showing: the page's server
-# and browser, and the next PCA map, get the cores first; on an idle machine it changes nothing.
+# The niceness of a worker process doing work nobody waits for yet: the t-SNE maps, the long tail
+# of a run (a minute or more for the embedded default on 2 cores) that a page may already be
+# showing, and the PCA maps of layers other than the page's first. The page's server and
+# browser, and the first map, get the cores first; on an idle machine it changes nothing.
 TSNE_NICENESS = 10
 
 # A layer's two phases (``LayerJob.phase``): its PCA maps and placement data, then its t-SNE maps.
@@ -283,7 +284,7 @@ def die_with_parent() -> None:
 
 
 def in_background(work: Callable[[str], str], layer_id: str) -> str:
-    """``work(layer_id)`` in a worker process at ``TSNE_NICENESS``."""
+    """``work(layer_id)`` in a worker process at ``TSNE_NICENESS``, for ``run_phase``."""
     lower_priority(TSNE_NICENESS)
     return work(layer_id)
 
@@ -356,9 +357,14 @@ class LayerRunner(Protocol):
         ...
 
     def run_phase(
-        self, job: LayerJob, phase: LayerPhase, layer_ids: Iterable[str]
+        self,
+        job: LayerJob,
+        phase: LayerPhase,
+        layer_ids: Iterable[str],
+        background: bool = False,
     ) -> Iterator[str]:
-        """Yield each layer id as ``job``'s ``phase`` is done for it, in the order they finish."""
+        """Yield each layer id as ``job``'s ``phase`` is done for it, in the order they finish.
+        ``background``: work nobody waits for yet, which may run at a lower priority."""
         ...
 
 
@@ -434,21 +440,27 @@ class LayerWorkers:
                 self.pool.submit(_ready)
 
     def run_phase(
-        self, job: LayerJob, phase: LayerPhase, layer_ids: Iterable[str]
+        self,
+        job: LayerJob,
+        phase: LayerPhase,
+        layer_ids: Iterable[str],
+        background: bool = False,
     ) -> Iterator[str]:
-        """Yield each layer id as ``job``'s ``phase`` completes for it."""
+        """Yield each layer id as ``job``'s ``phase`` completes for it. In worker processes the
+        layers are queued at once (before the first ``next``), so work queued after it by
+        another call runs beside it on a free worker. ``background``: at ``TSNE_NICENESS``; a
+        worker stays at that niceness for later work too (lowering it back needs privileges).
+        In-process (``workers <= 1``) the layers run one by one as they are asked for, at this
+        process's priority."""
         work = job.phase(phase)
         if self.workers <= 1:
-            for layer_id in layer_ids:
-                yield work(layer_id)
-            return
+            return (work(layer_id) for layer_id in layer_ids)
         self.start()
         assert self.pool is not None
         futures = [
             self.pool.submit(in_background, work, layer_id)
-            if phase == "tsne"
+            if background
             else self.pool.submit(work, layer_id)
             for layer_id in layer_ids
         ]
-        for future in concurrent.futures.as_completed(futures):
-            yield future.result()
+        return (future.result() for future in concurrent.futures.as_completed(futures))

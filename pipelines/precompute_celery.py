@@ -145,10 +145,16 @@ class CeleryUnits:
         """Nothing to start: the workers run on their machines."""
 
     def run_phase(
-        self, job: LayerJob, phase: LayerPhase, layer_ids: Iterable[str]
+        self,
+        job: LayerJob,
+        phase: LayerPhase,
+        layer_ids: Iterable[str],
+        background: bool = False,
     ) -> Iterator[str]:
         """``job`` names the run; each worker makes the same job from the run's store, with
-        its own machine's device and cores (``embeddings.layer_job``)."""
+        its own machine's device and cores (``embeddings.layer_job``). ``background`` changes
+        nothing: Celery workers do only this run's units, at the priority they were started
+        with."""
         return self.run(RunStore(Path(job.run_dir)), phase, list(layer_ids))
 
     def run_chunks(self, store: RunStore, chunk_indices: Sequence[int]) -> Iterator[int]:

@@ -56,11 +56,13 @@ class NicenessProbe:
         return thread_niceness
 
 
-def test_t_sne_runs_at_a_lower_priority_than_the_pca_that_a_page_waits_for():
+def test_background_work_runs_at_a_lower_priority_than_the_map_a_page_waits_for():
     layers = ["a", "b", "c", "d"]
     with LayerWorkers(workers=2, blas_threads=1) as workers:
         pca = list(workers.run_phase(NicenessProbe(), "pca", layers))  # type: ignore[arg-type]
-        tsne = list(workers.run_phase(NicenessProbe(), "tsne", layers))  # type: ignore[arg-type]
+        tsne = list(
+            workers.run_phase(NicenessProbe(), "tsne", layers, background=True)  # type: ignore[arg-type]
+        )
     base = os.getpriority(os.PRIO_PROCESS, 0)
     assert {value for values in pca for value in values} == {base}
     assert all(len(values) >= 2 for values in tsne)
