@@ -77,21 +77,18 @@
   }
 
   // The map highlights the answer at once (ls.highlightSelection, assets/embedding.js), unless
-  // a later click has asked for another selection meanwhile.
+  // a later click has asked for another selection meanwhile. The promise settles once it has.
   var latestPrefetch = 0;
 
   ls.prefetchSelection = function (run, sel) {
-    if (!run) {
-      return;
-    }
     var r = resolving;
     var ticket = ++latestPrefetch;
-    ls.prefetch(selectionUrl({ run: run, sel: sel }, r.version, r.corrections, r.sort, r.threshold))
+    return ls.prefetch(selectionUrl({ run: run, sel: sel }, r.version, r.corrections, r.sort, r.threshold))
       .then(function (answer) {
         if (ticket === latestPrefetch && answer && ls.highlightSelection) {
           ls.highlightSelection(answer.rows);
         }
-      }, function () { /* resolveSelection reports it */ });
+      });
   };
 
   ls.define("resolveSelection", function (key, version, corrections, sort, threshold) {

@@ -11,13 +11,20 @@
   var ls = window.layerscope;
   var dc = window.dash_clientside;
 
-  // The selection store patched to `spec`; its rows are requested now, not after the spec has
-  // gone through the selection stores (see ls.prefetchSelection in assets/gallery.js).
+  // The selection store patched to `spec`. Its rows are requested now, not after the spec has
+  // gone through the selection stores (see ls.prefetchSelection in assets/gallery.js), and the
+  // patch reaches Dash once the map shows them: Dash's own work on a new selection (every panel
+  // that follows it) holds the page's main thread for ~200 ms on 2 cores, and the map's
+  // highlight waited behind it although the rows were in 60 ms after the click
+  // (benchmarks/README.md, "Workbench in Chromium"). A failed request still sets the selection:
+  // resolveSelection then reports why.
   function withSel(spec, selection) {
-    if (selection && selection.run) {
-      ls.prefetchSelection(selection.run, spec);
+    var patch = new dc.Patch().assign(["sel"], spec).build();
+    if (!selection || !selection.run) {
+      return patch;
     }
-    return new dc.Patch().assign(["sel"], spec).build();
+    var sent = function () { return patch; };
+    return ls.prefetchSelection(selection.run, spec).then(sent, sent);
   }
 
   function triggeredId() {

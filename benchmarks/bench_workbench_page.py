@@ -114,9 +114,21 @@ def stamp_clicks(page: Any) -> None:
     )
 
 
-def bench_confusion_clicks(page: Any, repeats: int) -> tuple[list[float], list[float]]:
+# After a click: when its request for the selection's rows left and when the answer was in,
+# from the browser's resource timing (ms after the mouse press).
+ROWS_REQUEST_TIMING = """() => {
+  const entry = performance.getEntriesByType('resource')
+    .filter(e => e.name.includes('/selections/rows')).pop();
+  return entry ? [entry.startTime - window.clickedAt, entry.responseEnd - window.clickedAt] : null;
+}"""
+
+
+def bench_confusion_clicks(
+    page: Any, repeats: int
+) -> tuple[list[float], list[float], list[list[float]]]:
     times: list[float] = []
     arrived: list[float] = []
+    requests: list[list[float]] = []
     bh.scroll_to(page, "confusion-graph")
     bh.wait_for_graph(page, "confusion-graph", "gd => gd.data.length === 1 && gd.data[0].meta")
     # Alternate cells so every click is a new selection: the diagonal, then confusions.
@@ -127,6 +139,8 @@ def bench_confusion_clicks(page: Any, repeats: int) -> tuple[list[float], list[f
         if cell is None or not cell["count"]:
             continue
         page.evaluate(HIGHLIGHT_PROBE, cell["count"])
+        # Room for this click's entries (the buffer keeps 250, and the thumbnails fill it).
+        page.evaluate("() => performance.clearResourceTimings()")
         page.mouse.click(cell["x"], cell["y"])
         took = page.evaluate("() => window.probe")
         if took is None:
@@ -144,8 +158,11 @@ def bench_confusion_clicks(page: Any, repeats: int) -> tuple[list[float], list[f
                 )
             )
         )
+        timing = page.evaluate(ROWS_REQUEST_TIMING)
+        if timing is not None:
+            requests.append(timing)
         time.sleep(0.3)
-    return times, arrived
+    return times, arrived, requests
 
 
 def bench_gallery_pages(page: Any, repeats: int) -> list[dict[str, Any]]:
@@ -191,10 +208,12 @@ def main(argv: list[str] | None = None) -> int:
             page = watch.page
             open_run(page, url, large_run)
             stamp_clicks(page)
-            clicks, arrived = bench_confusion_clicks(page, args.repeats)
+            clicks, arrived, requests = bench_confusion_clicks(page, args.repeats)
             results["confusion_click_to_map_ms"] = {
                 "median": round(statistics.median(clicks), 1),
                 "rows_arrived_median": round(statistics.median(arrived), 1),
+                "rows_request_sent_median": round(statistics.median(r[0] for r in requests), 1),
+                "rows_answer_received_median": round(statistics.median(r[1] for r in requests), 1),
                 "max": round(max(clicks), 1),
                 "all": [round(t, 1) for t in clicks],
             }
