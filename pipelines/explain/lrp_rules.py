@@ -23,14 +23,14 @@ residual in a module zennit can hook. zennit's canonizers and hooks modify the m
 ``attached`` restores it exactly, also when a pass fails.
 
 Every rule is zennit's, run with less work (``lean_maps``: ``LeanRule``, ``LeanPass``,
-``SignedShift``): the same values bit for bit, except alpha-beta's z+, taken as z - z- (equal up
-to float rounding; ``LeanRule``). VGG16's pass: z+ 1.5x faster than zennit's composite,
-alpha-beta 1.6x faster than z+ and alpha-beta were before (``benchmarks/README.md``). zennit 0.5.1 with torch 2.14.1: no deprecated hooks
-(zennit hooks ``grad_fn`` nodes, not modules) and no warnings; maps agree with zennit's own
-composites on VGG and ResNet. Two gaps of zennit's are closed here: ``Composite.register`` does
-not undo what it applied when a canonizer fails halfway (``attached``, ``AtomicMergeBatchNorm``),
-and its ``SequentialMergeBatchNorm`` pairs modules by registration order, which is the forward
-order only for some models (``batch_norm_pairs``).
+``SignedShift``): the same values bit for bit, except alpha-beta's z+, taken as z - z- (equal up to
+float rounding; ``LeanRule``). VGG16's pass, 2 threads, timed alternating with the rules before: z+
+0.71x, alpha-beta 0.65x the time (best of 15; ``benchmarks/README.md``). zennit 0.5.1 with torch
+2.14.1: no deprecated hooks (zennit hooks ``grad_fn`` nodes, not modules) and no warnings; maps
+agree with zennit's own composites on VGG and ResNet. Two gaps of zennit's are closed here:
+``Composite.register`` does not undo what it applied when a canonizer fails halfway (``attached``,
+``AtomicMergeBatchNorm``), and its ``SequentialMergeBatchNorm`` pairs modules by registration order,
+which is the forward order only for some models (``batch_norm_pairs``).
 """
 
 from __future__ import annotations
@@ -275,17 +275,18 @@ class LeanRule(_OffGraph, BasicHook):
     The relevance is zennit's rule's, bit for bit (tested against zennit's composites), except
     where a branch is a difference: z - z- carries the rounding of z and z- (float32's 6e-8
     relative to each) where zennit's z+ carries that of its own convolution. Behind a ReLU only
-    outputs with z > 0 receive relevance, and there z+ >= |z| and z+ > |z-|, so the difference
-    is z+ to within a few of its own units in the last place and positive (the stabilizer's
-    sign is zennit's). z+ is the difference, not z-: z- can be far smaller than z+ there, and
-    z - z+ then carries rounding far larger than itself (measured on a small test net: 3.5e-5
-    of the map's largest value, against < 1e-6 this way). An output with z < 0 that still receives relevance (one added to a residual before
-    its ReLU) can have z+ << |z-| and a larger relative error in z+. Measured on the maps:
-    1.2e-6 of the largest magnitude on random-init VGG16 at 224 px; tested within 1e-6 of it on
+    outputs with a positive z receive relevance, and there z+ >= |z| and z+ > |z-|, so the
+    difference is z+ to within a few of its own units in the last place and positive (the
+    stabilizer's sign is zennit's). z+ is the difference, not z-: z- can be far smaller than z+
+    there, and z - z+ then carries rounding far larger than itself (measured on a small test net:
+    3.5e-5 of the map's largest value, against under 1e-6 this way). An output with a negative z
+    that still receives relevance (one added to a residual before its ReLU) can have z+ << |z-| and
+    a larger relative error in z+. Measured on the maps: 1.2e-6 of the largest magnitude on
+    random-init VGG16 at 224 px, channels_last (2.5e-7 contiguous); tested within 1e-6 of it on
     small nets and 1e-5 on VGG and ResNet, the bound of the other comparisons with zennit. The
-    backward step of a convolution runs two convolutions instead of five for z+, three instead
-    of nine for alpha-beta; of a dense layer one matrix product instead of three. Unlike
-    zennit's hooks, these do not support ``Composite.inactive``.
+    backward step of a convolution runs two convolutions instead of five for z+, three instead of
+    nine for alpha-beta; of a dense layer one matrix product instead of three. Unlike zennit's
+    hooks, these do not support ``Composite.inactive``.
     """
 
     def __init__(
