@@ -3,19 +3,27 @@ smallcnn (32 x 32 grey), each method, and for VGG16 zennit's stock EpsilonPlusFl
 skipped zero branches) and a plain forward pass for scale.
 
     .venv/bin/python benchmarks/bench_lrp.py [--repeats 5] [--threads 2]
+    .venv/bin/python benchmarks/bench_lrp.py --against BEFORE.py [--repeats 15] [--threads 2]
 
 Prints the median and best wall time and the median CPU time over ``--repeats`` runs after one
 warm-up, and the load average before and after (on a shared 2-core machine it sets the wall time).
 Models and inputs are channels_last, as the precompute runs them.
+
+``--against``: an earlier ``lrp_rules.py`` (``git show REV:pipelines/explain/lrp_rules.py >
+BEFORE.py``) against the current one, VGG16's LRP pass (``relevance_at_pixels``, class 7) with
+each method's composite, the two alternating so that both meet the same neighbours; also how far
+apart their maps are (largest difference over the largest magnitude).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torchvision
@@ -24,8 +32,8 @@ from zennit.composites import EpsilonPlusFlat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_explain import timed  # noqa: E402
-from pipelines.explain import explain  # noqa: E402
+from benchmarks.bench_explain import timed, timed_pair, vgg16_case  # noqa: E402
+from pipelines.explain import explain, lrp_rules  # noqa: E402
 from pipelines.smallcnn import SmallCNN  # noqa: E402
 
 
@@ -55,13 +63,54 @@ def reference_rows(model: torch.nn.Module, image: torch.Tensor) -> dict[str, Cal
     return {"zennit EpsilonPlusFlat alone": stock, "forward alone": forward}
 
 
+def rules_from(path: Path) -> ModuleType:
+    """An ``lrp_rules.py`` loaded from ``path`` as a module of its own."""
+    spec = importlib.util.spec_from_file_location("lrp_rules_before", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}; pass a copy of pipelines/explain/lrp_rules.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare_rules(before: ModuleType, repeats: int) -> None:
+    """Each method's VGG16 pass with the current rules alternating with ``before``'s; one line
+    each."""
+    model, _, image = vgg16_case()
+    model.requires_grad_(False)  # as the engine runs it
+    classes = torch.tensor([7])
+    for method in ("epsilon_plus_flat", "epsilon_alpha2_beta1_flat"):
+
+        def run(rules: ModuleType, method: str = method) -> torch.Tensor:
+            composite = getattr(rules, method)([])
+            return rules.relevance_at_pixels(model, image, classes, composite)[1]
+
+        expected = run(before)
+        apart = float((run(lrp_rules) - expected).abs().max() / expected.abs().max())
+        (wall, best, cpu), (wall_before, best_before, cpu_before) = timed_pair(
+            lambda: run(lrp_rules), lambda: run(before), repeats
+        )
+        print(
+            f"VGG16 {method:26} after: best {best:.3f} s, median {wall:.3f} s, CPU {cpu:.3f} s"
+            f" | before: best {best_before:.3f} s, median {wall_before:.3f} s, CPU "
+            f"{cpu_before:.3f} s | after/before best {best / best_before:.2f}, median "
+            f"{wall / wall_before:.2f} | maps apart {apart:.1e} ({repeats} pairs)"
+        )
+        sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--against", type=Path, default=None, help="an earlier lrp_rules.py")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()}")
+    if args.against is not None:
+        compare_rules(rules_from(args.against), args.repeats)
+        print(f"load average after: {os.getloadavg()}")
+        return
     torch.manual_seed(0)
     vgg = torchvision.models.vgg16(weights=None).eval().to(memory_format=torch.channels_last)
     vgg.requires_grad_(False)  # as the engine runs it, for the stock row too

@@ -22,13 +22,15 @@ BatchNorm merged into the layer it follows, and torchvision ResNet blocks made t
 residual in a module zennit can hook. zennit's canonizers and hooks modify the model in place;
 ``attached`` restores it exactly, also when a pass fails.
 
-Convolutions get ``LeanRule``: zennit's z+ / alpha-beta rule, computed with less work (VGG16's
-pass 1.5x faster), with the same values. zennit 0.5.1 with torch 2.14.1: no deprecated hooks
-(zennit hooks ``grad_fn`` nodes, not modules) and no warnings; maps agree with zennit's own
-composites on VGG and ResNet. Two gaps of zennit's are closed here: ``Composite.register`` does
-not undo what it applied when a canonizer fails halfway (``attached``, ``AtomicMergeBatchNorm``),
-and its ``SequentialMergeBatchNorm`` pairs modules by registration order, which is the forward
-order only for some models (``batch_norm_pairs``).
+Every rule is zennit's, run with less work (``lean_maps``: ``LeanRule``, ``LeanPass``,
+``SignedShift``): the same values bit for bit, except alpha-beta's z+, taken as z - z- (equal up to
+float rounding; ``LeanRule``). VGG16's pass, 2 threads, timed alternating with the rules before: z+
+0.71x, alpha-beta 0.65x the time (best of 15; ``benchmarks/README.md``). zennit 0.5.1 with torch
+2.14.1: no deprecated hooks (zennit hooks ``grad_fn`` nodes, not modules) and no warnings; maps
+agree with zennit's own composites on VGG and ResNet. Two gaps of zennit's are closed here:
+``Composite.register`` does not undo what it applied when a canonizer fails halfway (``attached``,
+``AtomicMergeBatchNorm``), and its ``SequentialMergeBatchNorm`` pairs modules by registration order,
+which is the forward order only for some models (``batch_norm_pairs``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -44,10 +46,10 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from zennit.canonizers import Canonizer, NamedMergeBatchNorm
 from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonPlusFlat
-from zennit.core import BasicHook, Composite, Identity, ParamMod
-from zennit.rules import AlphaBeta, ZPlus
+from zennit.core import BasicHook, Composite, Hook, Identity, ParamMod, stabilize
+from zennit.rules import AlphaBeta, Epsilon, Flat, Pass, ZPlus
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
-from zennit.types import BatchNorm, Convolution, ConvolutionStandard
+from zennit.types import Activation, BatchNorm, Convolution, ConvolutionStandard, Linear
 
 from pipelines.errors import UserError
 from pipelines.explain.base import check_logits
@@ -160,6 +162,37 @@ def canonizers_for(model: nn.Module) -> list[Canonizer]:
 # --- rules ---------------------------------------------------------------------------------------
 
 
+class SignedShift:
+    """zennit's default stabilizer (``zennit.core.stabilize``: each denominator moved ``epsilon``
+    away from zero, zeros upwards), the same values bit for bit in float32 and float64 (tested,
+    with zeros of both signs, NaN and infinities), computed once per denominator and in fewer
+    passes over it, for the rules built here.
+
+    zennit's alpha-beta gradient mapper stabilizes each of its two denominators twice (once per
+    branch that reads it), and ``stabilize`` makes six passes over the tensor (compare, cast,
+    sign, add, scale, add); here a repeated call with the same unchanged tensor returns the last
+    result, and a new one takes three passes (compare, select, add). Other dtypes go to zennit's.
+    """
+
+    def __init__(self, epsilon: float) -> None:
+        self.epsilon = epsilon
+        self.last: tuple[weakref.ref[torch.Tensor], int, torch.Tensor] | None = None
+
+    def __call__(self, input: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:
+            ref, version, result = self.last
+            if ref() is input and input._version == version:
+                return result
+        if input.dtype not in (torch.float32, torch.float64):
+            return stabilize(input, self.epsilon)
+        up = torch.full((), self.epsilon, dtype=input.dtype, device=input.device)
+        # zennit adds (1 if x == 0 else sign(x)) * epsilon: +epsilon for x >= 0 (-0.0 too),
+        # -epsilon below, NaN for NaN (x - epsilon is NaN here as well).
+        result = torch.where(input >= 0, up, -up).add_(input)
+        self.last = (weakref.ref(input), input._version, result)
+        return result
+
+
 class _Rejoin(torch.autograd.Function):
     """Puts a layer's output, computed from a detached copy of its input, back on the graph
     behind the input's zennit ``Identity`` node. Its gradient towards that node is a zero (an
@@ -178,44 +211,14 @@ class _Rejoin(torch.autograd.Function):
         return torch.zeros((), dtype=dtype, device=device).expand(shape), None
 
 
-class LeanRule(BasicHook):
-    """A zennit rule that splits a layer's input into positive and negative parts (z+,
-    alpha-beta), computed without two kinds of work that cannot change a value:
-
-    - zennit's hooks let autograd run each layer's plain backward (the gradient w.r.t. its input)
-      and then overwrite that gradient with the rule's relevance. Here the layer runs on a
-      detached copy of its input and its output rejoins the graph through ``_Rejoin``, so that
-      backward is never run (nor its inputs kept for it).
-    - Where the input has no negative entry, as behind every ReLU, the branches that read the
-      negative part (``negative_branches``) see all zeros, give zero outputs and add exactly zero
-      relevance; they are skipped, and the rule's own gradient mapper and reducer see a zero in
-      their place.
-
-    The relevance is zennit's rule's, bit for bit (tested against zennit's composites); each z+
-    convolution's backward step runs two convolutions instead of five. VGG16, 224 px, one image,
-    channels_last, the LRP pass alone, best / median of 8 interleaved runs on the shared 2-core
-    VM (load 1.1-1.7), 2 threads: zennit's EpsilonPlusFlat 1.00 / 1.25 s, zero branches skipped
-    0.79 / 0.97 s, both 0.66 / 0.81 s; 1 thread: 2.21, 1.58, 1.29 s best. Unlike zennit's hooks,
-    these do not support ``Composite.inactive``.
-    """
-
-    def __init__(self, rule: BasicHook, negative_branches: frozenset[int]) -> None:
-        super().__init__(
-            input_modifiers=rule.input_modifiers,
-            param_modifiers=rule.param_modifiers,
-            output_modifiers=rule.output_modifiers,
-            gradient_mapper=rule.gradient_mapper,
-            reducer=rule.reducer,
-        )
-        self.negative_branches = negative_branches
-
-    def copy(self) -> LeanRule:
-        # zennit copies one template per module; BasicHook.copy would drop negative_branches.
-        return LeanRule(self, self.negative_branches)
+class _OffGraph(Hook):
+    """zennit's hook placement (an ``Identity`` node before the layer whose gradient the rule's
+    ``backward`` replaces, and a hook on the output's node that keeps the incoming relevance),
+    but the layer runs on a detached copy of its input and its output rejoins the graph through
+    ``_Rejoin``: autograd never runs (nor keeps inputs for) the layer's plain backward, which
+    zennit's hooks let run and then overwrite."""
 
     def pre_forward(self, module: nn.Module, input: tuple[Any, ...]) -> Any:
-        """As zennit's ``Hook.pre_forward`` (an ``Identity`` node whose gradient the rule's
-        ``backward`` replaces), but the layer gets a detached copy of its input."""
         if len(input) != 1 or not input[0].requires_grad:
             return super().pre_forward(module, input)
         hook_ref = weakref.ref(self)
@@ -229,71 +232,234 @@ class LeanRule(BasicHook):
         (anchor,) = Identity.apply(*input)
         self.tensor_handles.append(anchor.grad_fn.register_hook(relevance_hook))
         self.stored_tensors["anchor"] = anchor
-        # A copy, as zennit's: the stored input must survive in-place ops on the original.
-        return anchor.detach().clone()
+        # A copy, as zennit's: the stored input must survive in-place ops on the original (and
+        # an in-place layer must not change the original). Copied from the input itself, not
+        # from ``anchor`` as zennit does: autograd returns ``anchor`` as a view whose batch
+        # stride is its channel count, which max pooling reads as not channels_last, so every
+        # layer after a pool would mix memory formats, and elementwise ops on mixed formats are
+        # ~3x slower (a 1x64x224x224 division, 2 threads: 2.7 ms against 0.95 ms).
+        return input[0].detach().clone()
 
     def post_forward(self, module: nn.Module, input: Any, output: Any) -> Any:
         anchor = self.stored_tensors.pop("anchor", None)
         if anchor is not None:
             output = _Rejoin.apply(anchor, output)
-        # zennit's: a hook on the output's node keeps the incoming relevance for ``backward``.
         return super().post_forward(module, input, output)
+
+
+class LeanPass(_OffGraph, Pass):
+    """zennit's ``Pass`` (the relevance goes through an activation unchanged), placed off the
+    graph as ``_OffGraph`` says: the activation's own backward (a ReLU's mask) is not run only to
+    be overwritten, and its output keeps its input's memory format."""
+
+    def copy(self) -> LeanPass:
+        return LeanPass()
+
+
+class LeanRule(_OffGraph, BasicHook):
+    """A zennit rule computed without work that cannot change a value (``_OffGraph``: the layer's
+    plain backward), and, where the input has no negative entry, as behind every ReLU, with less:
+
+    - The branches that read the negative part of the input (``negative_branches``) see all
+      zeros, give zero outputs and add exactly zero relevance; they are skipped, and the rule's
+      own gradient mapper and reducer see a zero in their place.
+    - A branch in ``from_output`` is not run forward: its output is the layer's own output from
+      the forward pass (``k: None``: epsilon's one branch, unmodified), or that minus another
+      branch's (``k: partner``: for alpha-beta, z+ = W+x + b+ is z - z-, as W+ + W- = W and
+      b+ + b- = b, and here ``x`` = ``x+``). Its input gradient is taken directly
+      (``input_gradient``). This holds for branches whose output modifier is the identity, as
+      in zennit's epsilon and alpha-beta rules, for dense layers and zero-padded convolutions,
+      and only while the stored output is as the forward left it (checked; else the branch
+      runs as zennit's).
+
+    The relevance is zennit's rule's, bit for bit (tested against zennit's composites), except
+    where a branch is a difference: z - z- carries the rounding of z and z- (float32's 6e-8
+    relative to each) where zennit's z+ carries that of its own convolution. Behind a ReLU only
+    outputs with a positive z receive relevance, and there z+ >= |z| and z+ > |z-|, so the
+    difference is z+ to within a few of its own units in the last place and positive (the
+    stabilizer's sign is zennit's). z+ is the difference, not z-: z- can be far smaller than z+
+    there, and z - z+ then carries rounding far larger than itself (measured on a small test net:
+    3.5e-5 of the map's largest value, against under 1e-6 this way). An output with a negative z
+    that still receives relevance (one added to a residual before its ReLU) can have z+ << |z-| and
+    a larger relative error in z+. Measured on the maps: 1.2e-6 of the largest magnitude on
+    random-init VGG16 at 224 px, channels_last (2.5e-7 contiguous); tested within 1e-6 of it on
+    small nets and 1e-5 on VGG and ResNet, the bound of the other comparisons with zennit. The
+    backward step of a convolution runs two convolutions instead of five for z+, three instead of
+    nine for alpha-beta; of a dense layer one matrix product instead of three. Unlike zennit's
+    hooks, these do not support ``Composite.inactive``.
+    """
+
+    def __init__(
+        self,
+        rule: BasicHook,
+        negative_branches: frozenset[int] = frozenset(),
+        from_output: Mapping[int, int | None] | None = None,
+    ) -> None:
+        super().__init__(
+            input_modifiers=rule.input_modifiers,
+            param_modifiers=rule.param_modifiers,
+            output_modifiers=rule.output_modifiers,
+            gradient_mapper=rule.gradient_mapper,
+            reducer=rule.reducer,
+        )
+        self.negative_branches = negative_branches
+        self.from_output = dict(from_output or {})
+
+    def copy(self) -> LeanRule:
+        # zennit copies one template per module; BasicHook.copy would drop the branch maps.
+        return LeanRule(self, self.negative_branches, self.from_output)
+
+    def forward(self, module: nn.Module, input: Any, output: Any) -> None:
+        """zennit's (the input kept for ``backward``), and where a branch is to be read from the
+        output, the output and its version counter (shared with the tensor the next layer reads:
+        an in-place change there shows)."""
+        super().forward(module, input, output)
+        if self.from_output and isinstance(output, torch.Tensor):
+            self.stored_tensors["output"] = (output.detach(), output._version)
+
+    def derivable(self, module: nn.Module) -> dict[int, int | None]:
+        """The ``from_output`` branches this backward can read from the output: it is unchanged
+        since the forward, in the input's dtype (not autocast's), and the layer's input gradient
+        can be taken directly."""
+        stored = self.stored_tensors.get("output")
+        if stored is None or not takes_input_gradient(module):
+            return {}
+        output, version = stored
+        if output._version != version or output.dtype != self.stored_tensors["input"][0].dtype:
+            return {}
+        return self.from_output
 
     def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
         stored = self.stored_tensors["input"][0]
         if bool((stored < 0).any()):
             return super().backward(module, grad_input, grad_output)
+        derived = self.derivable(module)
         branches = range(len(self.input_modifiers))
-        kept = [k for k in branches if k not in self.negative_branches]
-        # As BasicHook.backward, for the kept branches only.
-        original = stored.clone()
+        run = [k for k in branches if k not in self.negative_branches and k not in derived]
+        # As BasicHook.backward, for the branches run; the stored input is already a copy.
         inputs: dict[int, torch.Tensor] = {}
         outputs: dict[int, torch.Tensor] = {}
-        for k in kept:
-            inputs[k] = self.input_modifiers[k](original).requires_grad_()
+        for k in run:
+            inputs[k] = self.input_modifiers[k](stored).requires_grad_()
             param_mod = ParamMod.ensure(self.param_modifiers[k])
             with param_mod(module) as modified, torch.autograd.enable_grad():
                 outputs[k] = self.output_modifiers[k](modified.forward(inputs[k]))
+        for k, partner in derived.items():
+            output = self.stored_tensors["output"][0]
+            inputs[k] = self.input_modifiers[k](stored)
+            outputs[k] = output if partner is None else output - outputs[partner].detach()
         # A 0-dim zero broadcasts where the rule adds or multiplies a skipped branch's tensors:
         # the same sums, without filling and reading full tensors of zeros.
-        zero = original.new_zeros(())
+        zero = stored.new_zeros(())
         grad_outputs = self.gradient_mapper(
             grad_output[0], [outputs.get(k, zero) for k in branches]
         )
-        gradients = torch.autograd.grad(
-            [outputs[k] for k in kept],
-            [inputs[k] for k in kept],
-            grad_outputs=[grad_outputs[k] for k in kept],
-            create_graph=grad_output[0].requires_grad,
+        if isinstance(grad_outputs, torch.Tensor):  # a one-branch rule's mapper, as epsilon's
+            grad_outputs = (grad_outputs,)
+        gradients = (
+            torch.autograd.grad(
+                [outputs[k] for k in run],
+                [inputs[k] for k in run],
+                grad_outputs=[grad_outputs[k] for k in run],
+                create_graph=grad_output[0].requires_grad,
+            )
+            if run
+            else ()
         )
-        by_branch = dict(zip(kept, gradients, strict=True))
+        by_branch = dict(zip(run, gradients, strict=True))
+        for k in derived:
+            with ParamMod.ensure(self.param_modifiers[k])(module) as modified:
+                by_branch[k] = input_gradient(modified, inputs[k], grad_outputs[k])
         relevance = self.reducer(
             [inputs.get(k, zero) for k in branches], [by_branch.get(k, zero) for k in branches]
         )
         return tuple(relevance if old.shape == relevance.shape else None for old in grad_input)
 
 
+def takes_input_gradient(module: nn.Module) -> bool:
+    """Whether ``input_gradient`` computes ``module``'s input gradient: a dense layer, or a
+    convolution (or transposed one) with numeric zero padding, whose forward is one call of
+    ``torch.convolution``."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def input_gradient(
+    module: nn.Module, input: torch.Tensor, grad_output: torch.Tensor
+) -> torch.Tensor:
+    """The gradient of ``module(input)`` w.r.t. ``input`` for ``grad_output``, without running
+    the forward: what autograd's ``AddmmBackward0`` / ``ConvolutionBackward0`` compute for the
+    input (the latter's kernel, asked for the input gradient only). ``module`` passes
+    ``takes_input_gradient``; input: (B, ..., in) for a dense layer, (B, C, ...) for a convolution;
+    grad_output: the module's output shape; returns input's shape."""
+    if isinstance(module, nn.Linear):
+        return grad_output.matmul(module.weight)
+    assert isinstance(module, nn.modules.conv._ConvNd)
+    grad, _, _ = torch.ops.aten.convolution_backward(
+        grad_output,
+        input,
+        module.weight,
+        None,
+        module.stride,
+        module.padding,
+        module.dilation,
+        module.transposed,
+        module.output_padding,
+        module.groups,
+        [True, False, False],
+    )
+    return grad
+
+
+def lean_maps(
+    convolution_rule: LeanRule,
+) -> tuple[list[tuple[Any, Hook]], list[tuple[Any, Hook]]]:
+    """(layer map, first-layer map) to prepend to one of zennit's composites, so that its rules
+    run as ``LeanRule`` / ``LeanPass`` with the same values: ``convolution_rule`` for
+    convolutions, epsilon for dense layers (its one branch read from the forward's output),
+    pass-through for activations and BatchNorm (merged into the layer before it), flat for the
+    first layer, each with the composite's own parameters."""
+    epsilon = LeanRule(Epsilon(epsilon=SignedShift(EPSILON)), from_output={0: None})
+    layer_map = [
+        (Activation, LeanPass()),
+        (BatchNorm, LeanPass()),
+        (Convolution, convolution_rule),
+        (nn.Linear, epsilon),
+    ]
+    return layer_map, [(Linear, LeanRule(Flat(stabilizer=SignedShift(STABILIZER))))]
+
+
 def epsilon_plus_flat(canonizers: list[Canonizer]) -> Composite:
-    """zennit's EpsilonPlusFlat: flat at the first layer, z+ for convolutions (as a
-    ``LeanRule``; branch 1 reads the negative inputs), epsilon for dense layers."""
-    z_plus = LeanRule(ZPlus(stabilizer=STABILIZER), frozenset({1}))
+    """zennit's EpsilonPlusFlat: flat at the first layer, z+ for convolutions (branch 1 reads
+    the negative inputs), epsilon for dense layers; as ``lean_maps``."""
+    layer_map, first_map = lean_maps(
+        LeanRule(ZPlus(stabilizer=SignedShift(STABILIZER)), frozenset({1}))
+    )
     return EpsilonPlusFlat(
         epsilon=EPSILON,
         stabilizer=STABILIZER,
-        layer_map=[(Convolution, z_plus)],
+        layer_map=layer_map,
+        first_map=first_map,
         canonizers=canonizers,
     )
 
 
 def epsilon_alpha2_beta1_flat(canonizers: list[Canonizer]) -> Composite:
     """zennit's EpsilonAlpha2Beta1Flat: flat at the first layer, alpha=2 beta=1 for
-    convolutions (as a ``LeanRule``; branches 1 and 3 read the negative inputs), epsilon for
-    dense layers."""
-    alpha_beta = AlphaBeta(alpha=2.0, beta=1.0, stabilizer=STABILIZER)
+    convolutions (branches 1 and 3 read the negative inputs; branch 0, z+, is the output less
+    branch 2, z-), epsilon for dense layers; as ``lean_maps``."""
+    alpha_beta = AlphaBeta(alpha=2.0, beta=1.0, stabilizer=SignedShift(STABILIZER))
+    layer_map, first_map = lean_maps(LeanRule(alpha_beta, frozenset({1, 3}), from_output={0: 2}))
     return EpsilonAlpha2Beta1Flat(
         epsilon=EPSILON,
         stabilizer=STABILIZER,
-        layer_map=[(Convolution, LeanRule(alpha_beta, frozenset({1, 3})))],
+        layer_map=layer_map,
+        first_map=first_map,
         canonizers=canonizers,
     )
 
