@@ -58,7 +58,7 @@ def serve_command(args: argparse.Namespace, build_default: bool) -> None:
 
             app = create_app(args.data_dir, allowed_folders=roots, auth=auth)
             if child is not None:
-                wait_until_started(child, args.data_dir)
+                wait_until_trained(child, args.data_dir)
         except KeyboardInterrupt:
             if child is None:
                 raise
@@ -272,10 +272,12 @@ def wait_for(child: subprocess.Popen[bytes], ready: Callable[[], bool]) -> int |
         time.sleep(POLL_S)
 
 
-def wait_until_started(child: subprocess.Popen[bytes], data_dir: Path) -> None:
-    """Return once the default run's manifest exists, so that the first page opens that run and
-    follows it being built. Checked arguments, the dataset and its fingerprint come before the
-    manifest: a child that fails on them has exited with its `error:` line, and so does the
-    server, instead of serving a page with no run."""
+def wait_until_trained(child: subprocess.Popen[bytes], data_dir: Path) -> None:
+    """Return once the default run's model is trained (its model stage done): the first page
+    then opens that run while the forward pass and the first PCA map are computed, and shows
+    the map seconds later. Serving from the manifest's first write instead let the page's own
+    start (Chromium's page load and the server's first callbacks) compete with the training,
+    which uses both cores. A child that fails first has exited with its `error:` line, and so
+    does the server, instead of serving a page with no run."""
     store = default_store(data_dir)
-    wait_for(child, store.exists)
+    wait_for(child, lambda: store.exists() and store.read_record().stage("model").state == "done")

@@ -159,6 +159,16 @@ class RunData:
         """The error its last precompute ended with, until a resume clears it."""
         return self.record.failure.error if self.record.failure else None
 
+    def contents_key(self) -> str:
+        """A text that changes whenever what the run has to show does: a stage's state, any
+        write of the embeddings stage (each is a new map), a failure. Training epochs, the
+        forward pass's chunks and the quality stage's folds leave it as it is: only progress."""
+        embeddings = self.stage("embeddings")
+        states = [f"{name}:{stage.state}" for name, stage in self.stages.items()]
+        return "|".join(
+            [*states, f"maps:{embeddings.done}:{embeddings.seconds}", f"failure:{self.failure}"]
+        )
+
     def building_note(self) -> str:
         """For a map the run does not have yet: what its precompute is doing now, e.g. "Run
         'x' is being built (now: the model, 3 / 8). ..." (its training epochs), or why nothing
@@ -307,6 +317,20 @@ class RunData:
                 "delete the run and precompute it again"
             )
         return coords
+
+    def map_identity(
+        self, layer_id: str, subset: int, method: str, perplexity: float | None
+    ) -> str:
+        """What a drawn map of the layer shows, in a text that changes when the map does: its
+        file's write time, and whether the predictions and label-issue scores its colourings
+        read exist yet. A page redraws the map only when this changes, not on every write of
+        the manifest (each layer's new maps, each training epoch)."""
+        key = embedding_key(layer_id, subset, method, None if method == "pca" else perplexity)
+        written = self.store.artifact_path("embedding", **key).stat().st_mtime_ns
+        return (
+            f"{method}|{perplexity}|{written}|{self.predictions() is not None}"
+            f"|{self.quality() is not None}"
+        )
 
     def _check_view(
         self, layer_id: str, subset: int, method: str, perplexity: float | None

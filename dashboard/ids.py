@@ -17,6 +17,7 @@ LAYER_KEY = "app-layer-key"  # (run, layer): model view input
 SAMPLE_KEY = "app-sample-key"  # (run, layer, pinned): activations input
 RUN_KEY = "app-run-key"  # run id: per-run tables
 RUN_VERSION = "app-run-version"  # manifest stamp; changes while a precompute is writing
+RUN_PROGRESS = "app-run-progress"  # every manifest change: the About panel's progress
 POLL = "app-poll"
 ALERTS = "app-alerts"
 STATUS = "app-status"  # navbar badge: complete / precompute running

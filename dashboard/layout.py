@@ -73,6 +73,7 @@ def page(token: str) -> html.Div:
         dcc.Store(id=ids.RUN_KEY),
         dcc.Store(id=ids.SEL_KEY),
         dcc.Store(id=ids.RUN_VERSION),
+        dcc.Store(id=ids.RUN_PROGRESS),
         dcc.Store(id=ids.APP_TOKEN, data=token),
         dcc.Store(id=ids.URL_SINK),
         dcc.Interval(id=ids.POLL, interval=about.POLL_MS, disabled=True),

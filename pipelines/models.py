@@ -755,10 +755,12 @@ def train_or_load_smallcnn(
     load_inputs: Callable[[], tuple[torch.Tensor, torch.Tensor, np.ndarray]],
     seed: int,
     progress: bool,
+    before_epoch: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Load the dataset's smallcnn checkpoint, or train one (seeded) and save it for reuse.
 
     ``load_inputs`` is only called when training: it returns (inputs, labels, is_test).
+    ``before_epoch``: as ``train_small_cnn``'s.
     """
     if checkpoint.is_file():
         adapter.module.load_state_dict(load_state_dict(checkpoint))
@@ -772,7 +774,9 @@ def train_or_load_smallcnn(
     inputs, labels, is_test = load_inputs()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        result = train_small_cnn(module, inputs, labels, is_test, seed, progress=progress)
+        result = train_small_cnn(
+            module, inputs, labels, is_test, seed, progress=progress, before_epoch=before_epoch
+        )
     # Two runs on the same dataset may train it at once: each writes its own temp file, and the
     # rename leaves one whole checkpoint (both are the same, seeded model).
     with atomic_path(checkpoint) as temp:

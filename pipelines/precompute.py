@@ -36,7 +36,16 @@ from pipelines.layer_jobs import LayerRunner, LayerWorkers
 from pipelines.models import ModelAdapter, rebuild_adapter, resolve_device
 from pipelines.records import Manifest, RunFailure, RunSettings, StageState
 from pipelines.run_config import PrecomputeConfig, run_id_for, stored_methods
-from pipelines.stages import STAGES, embeddings, forward, index, model, quality, use_threads_for
+from pipelines.stages import (
+    STAGES,
+    embeddings,
+    follow_free_cores,
+    forward,
+    index,
+    model,
+    quality,
+    use_threads_for,
+)
 from pipelines.stages.index import SamplePlan
 from pipelines.store import RunStore, datasets_dir, runs_dir
 from pipelines.training import TrainingCurves
@@ -194,7 +203,13 @@ class Precompute:
     def model_stage(self, dataset: Dataset, content: Fingerprint) -> ModelAdapter:
         try:
             adapter, model_info = model.build_model(
-                self.config, dataset, self.data_dir, self.progress, content, self.training_point
+                self.config,
+                dataset,
+                self.data_dir,
+                self.progress,
+                content,
+                self.training_point,
+                follow_free_cores(self.config.model, self.config.device),
             )
         except BaseException:
             # Ctrl-C, a kill signal or an error mid-training: the curves no longer grow, and a

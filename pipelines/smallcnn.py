@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,11 +66,14 @@ def train_small_cnn(
     batch_size: int = 128,
     progress: bool = True,
     stop: threading.Event | None = None,
+    before_epoch: Callable[[], None] | None = None,
 ) -> TrainingResult:
     """Train in place with Adam; report accuracy on the held-out rows.
 
     inputs: (N, C, H, W) float32 model-ready; labels: (N,) int64; is_test: (N,) bool. ``stop``:
     when set (from another thread), training ends at the next batch with ``TrainingStopped``.
+    ``before_epoch``: called in this thread before each epoch after the first (the run's model
+    adapts its torch threads to the cores free then).
     Random only through its own generator (``seed``), so models trained in parallel threads come
     out as they would one after another.
     """
@@ -83,7 +87,9 @@ def train_small_cnn(
     )
     model.train()
     bar = tqdm(range(epochs), desc="train smallcnn", unit="epoch", disable=not progress)
-    for _ in bar:
+    for epoch in bar:
+        if before_epoch is not None and epoch > 0:
+            before_epoch()
         order = torch.randperm(len(train_x), generator=generator)
         for start_row in range(0, len(order), batch_size):
             if stop is not None and stop.is_set():

@@ -258,6 +258,11 @@ def test_embedding_payload_has_every_sample_and_a_descriptive_title(app, selecti
     assert other["key"] != payload["key"]
     flat, _ = call(app, embedding.load, view_key(selection, layer="classifier.0"), None)
     assert "same values as features.8" in flat["figure"]["layout"]["title"]["text"]
+    # A newer manifest (another layer's map written, a training epoch) that leaves this map as
+    # it is keeps the payload's key: the browser does not draw the same map again.
+    newer = {"run": selection["run"], "stamp": 12345.0, "complete": False}
+    again, _ = call(app, embedding.load, view_key(selection), newer)
+    assert again["key"] == payload["key"]
 
 
 def test_embedding_colourings_and_bad_parameters(app, selection):
@@ -780,13 +785,22 @@ def test_a_run_still_being_computed_says_what_is_ready(partial_run):
     assert table["top_idx"] is None and info["explanations"] == []
     assert "not computed yet" in info["explanationNote"]
     # The precompute writes the next layer: polling notices and bumps the version.
-    version = call(partial_app, about.poll, 1, run_id, None)
+    version, progress = call(partial_app, about.poll, 1, run_id, None, None)
     assert version["run"] == run_id and version["complete"] is False
+    assert progress == {"run": run_id, "stamp": version["stamp"]}
+    assert call(partial_app, about.poll, 2, run_id, version, progress) == (no_update, no_update)
     manifest = store.read_manifest()
     manifest["stages"]["embeddings"]["done"] = 8
     store.write_manifest(manifest)
-    newer = call(partial_app, about.poll, 2, run_id, version)
-    assert newer["stamp"] != version["stamp"]
+    newer, newer_progress = call(partial_app, about.poll, 3, run_id, version, progress)
+    assert newer["stamp"] != version["stamp"] and newer_progress["stamp"] == newer["stamp"]
+    # Progress that shows nothing new (a training epoch, a chunk of the forward pass) moves
+    # the About panel only, not every panel.
+    manifest = store.read_manifest()
+    manifest["stages"]["quality"] = {**manifest["stages"]["quality"], "done": 2, "total": 5}
+    store.write_manifest(manifest)
+    same, later = call(partial_app, about.poll, 4, run_id, newer, newer_progress)
+    assert same is no_update and later["stamp"] != newer_progress["stamp"]
 
 
 def test_a_deleted_run_shows_a_message_everywhere(small_run, tmp_path):
@@ -803,7 +817,7 @@ def test_a_deleted_run_shows_a_message_everywhere(small_run, tmp_path):
     assert "deleted" in text_of(message)
     body, note, _, _, _ = call(doomed_app, about.render, run_id, None)
     assert "deleted" in text_of(note)
-    assert "gone" in call(doomed_app, about.poll, 3, run_id, None)["stamp"]
+    assert "gone" in call(doomed_app, about.poll, 3, run_id, None, None)[0]["stamp"]
     assert doomed_app.server.test_client().get(f"/runs/{run_id}/thumb/0.png").status_code == 404
     out = call(doomed_app, controls.setup_run, "", None, None, None)
     assert "No runs in" in text_of(out[12])

@@ -1,6 +1,7 @@
-"""`python main.py` serves the page as soon as the default run's manifest exists, while a child
-precompute builds the run (the page follows it: tests/test_browser_runs.py); stopping the server
-leaves the run resumable, and the next start resumes it in the background again."""
+"""`python main.py` serves the page as soon as the default run's model is trained, while a child
+precompute builds the rest of the run (the page follows it: tests/test_browser_runs.py);
+stopping the server leaves the run resumable, and the next start resumes it in the background
+again."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def test_the_page_is_served_while_the_default_run_is_built_and_fills_in(
     seen: list[dict[str, str]] = []
 
     def visit(app: dash.Dash, *_: object) -> None:
-        # Served as soon as the run exists, long before its maps ...
+        # Served as soon as the model is trained, before the maps ...
         seen.append(stage_states(store))
         # ... which a visitor then sees filling in: every layer's PCA map while some t-SNE
         # maps are still missing.
@@ -78,7 +79,8 @@ def test_the_page_is_served_while_the_default_run_is_built_and_fills_in(
     monkeypatch.setattr(cli_serve, "serve_app", visit)
     cli_serve.serve_command(serve_args(tmp_path), build_default=True)
     at_start, when_usable = seen
-    assert at_start["embeddings"] == "pending" and at_start["quality"] == "pending"
+    assert at_start["model"] == "done" and at_start["embeddings"] != "done"
+    assert at_start["quality"] == "pending"
     assert when_usable["forward"] == "done" and when_usable["embeddings"] != "done"
     layers = store.read_record().layers
     assert all(

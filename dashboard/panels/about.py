@@ -153,9 +153,9 @@ def training_graph(run: RunData) -> dcc.Graph | None:
     Output(ids.POLL, "disabled"),
     Output(ids.POLL, "interval"),
     Input(ids.RUN_KEY, "data"),
-    Input(ids.RUN_VERSION, "data"),
+    Input(ids.RUN_PROGRESS, "data"),
 )
-def render(run_id: str | None, _version: Any) -> tuple:
+def render(run_id: str | None, _progress: Any) -> tuple:
     """The about table, stage badges, the "not complete" note, whether to keep polling and
     how often."""
     if not run_id:
@@ -198,21 +198,37 @@ def poll_interval(run: RunData, writing: bool) -> int:
 
 @callback(
     Output(ids.RUN_VERSION, "data"),
+    Output(ids.RUN_PROGRESS, "data"),
     Input(ids.POLL, "n_intervals"),
     State(ids.RUN_KEY, "data"),
     State(ids.RUN_VERSION, "data"),
+    State(ids.RUN_PROGRESS, "data"),
     prevent_initial_call=True,
 )
-def poll(_n: int | None, run_id: str | None, version: dict[str, Any] | None) -> Any:
-    """While a run is incomplete: bump the run version whenever its manifest changes."""
+def poll(
+    _n: int | None,
+    run_id: str | None,
+    version: dict[str, Any] | None,
+    progress: dict[str, Any] | None,
+) -> tuple[Any, Any]:
+    """While a run is incomplete: (the run version, bumped when what the run has to show
+    changes (``RunData.contents_key``): every panel follows it; the run's progress, bumped on
+    every manifest change: the About panel follows it). A training epoch changes only the
+    progress: redrawing every panel once an epoch took cores from the training a page opened
+    during the embedded default's build waits for."""
     if not run_id:
-        return no_update
+        return no_update, no_update
     try:
         run = current().catalog.open(run_id)
     except UserError as exc:
         # Deleted under our feet: every panel re-renders and shows this message.
-        return {"run": run_id, "stamp": f"gone: {exc}", "complete": False}
+        gone = {"run": run_id, "stamp": f"gone: {exc}", "complete": False}
+        return gone, gone
     stamp = run.record.updated
-    if version and version.get("run") == run_id and version.get("stamp") == stamp:
-        return no_update
-    return {"run": run_id, "stamp": stamp, "complete": run.complete}
+    if progress and progress.get("run") == run_id and progress.get("stamp") == stamp:
+        return no_update, no_update
+    newer = {"run": run_id, "stamp": stamp}
+    contents = run.contents_key()
+    if version and version.get("run") == run_id and version.get("contents") == contents:
+        return no_update, newer
+    return {**newer, "contents": contents, "complete": run.complete}, newer

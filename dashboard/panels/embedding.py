@@ -282,6 +282,12 @@ def view_payload(
         pending_note = None
         if not three_d:
             figure, pending_note = build_embedding(run, key)
+            shown = ("pca", None) if pending_note else (key["method"], view_perplexity(key))
+            # The map as drawn, not the manifest's stamp: a new stamp (another layer's map, an
+            # epoch of training) then changes the badge above the map, not the map.
+            payload_key = f"{view_key_text(key)}|" + run.map_identity(
+                key["layer"], int(key["subset"]), *shown
+            )
         else:
             built, wanted = build_embedding_3d(run, key)
             if built is None:

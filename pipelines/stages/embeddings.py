@@ -12,7 +12,6 @@ stage (which reads one layer's) are done.
 
 from __future__ import annotations
 
-import itertools
 import time
 
 from tqdm import tqdm
@@ -143,13 +142,16 @@ def run(store: RunStore, workers: LayerRunner, device: str, progress: bool) -> N
     try:
         # Every layer's PCA maps first (a second or two in all), then the t-SNE maps layer by
         # layer: a page opened meanwhile shows each layer's PCA map until its t-SNE is done.
-        # Each PCA map is announced in the manifest as it lands: a page waiting for its first
-        # map draws it then, not once every layer has one. Only the first view's is urgent;
-        # the others, and every t-SNE map, leave the cores to the page that draws it.
+        # The first view's PCA map is announced in the manifest as it lands: a page waiting for
+        # it draws it then, not once every layer has one. Only that map is urgent; the others,
+        # and every t-SNE map, leave the cores to the page that draws it (and are announced
+        # together: a page redraws its panels on each announcement).
         first_map = workers.run_phase(job, "pca", pending[:1])
         other_maps = workers.run_phase(job, "pca", pending[1:], background=True)
-        for _ in itertools.chain(first_map, other_maps):
+        for _ in first_map:
             finished(None)
+        for _ in other_maps:
+            pass
         for layer_id, source in aliases:
             job.copy_pca(source, layer_id)
         finished(None)

@@ -78,9 +78,11 @@ def build_model(
     progress: bool,
     content: Fingerprint,
     on_point: Callable[[TrainingCurves], None] | None = None,
+    before_epoch: Callable[[], None] | None = None,
 ) -> tuple[ModelAdapter, dict[str, Any]]:
     """The run's model, and what to record about how it was made (its training).
-    ``on_point``: called with the curves at every point of a training in the run."""
+    ``on_point``: called with the curves at every point of a training in the run;
+    ``before_epoch``: before each epoch of the smallcnn's first training on a dataset."""
     device = resolve_device(config.device)
     kind = model_kind(config.model)
     input_size = config.input_size
@@ -113,7 +115,9 @@ def build_model(
         return inputs, labels, training_split(dataset, config.seed)
 
     checkpoint = smallcnn_checkpoint(data_dir, dataset, config.seed, content)
-    info = train_or_load_smallcnn(adapter, checkpoint, training_inputs, config.seed, progress)
+    info = train_or_load_smallcnn(
+        adapter, checkpoint, training_inputs, config.seed, progress, before_epoch
+    )
     return adapter, info
 
 
