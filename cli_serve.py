@@ -2,12 +2,12 @@
 and for ``python main.py`` first make the embedded default run usable.
 
 The default run is computed by a ``main.py precompute`` child process, and the page is served as
-soon as that run's manifest exists (a few seconds in, before training), instead of when it is
-complete (80 s, most of it t-SNE). The page follows the run as it is built: the training curves
-and stage badges first, then the first layer's PCA map the moment it is written, then each
-layer's t-SNE map as it lands (it polls an unfinished run). Serving only once the run was
-usable (every layer's PCA map) left the browser's own start, about 5 s of page load and
-callbacks, until after it (benchmarks/README.md, "First page"). The child is the same command a
+soon as that run's model is trained (``wait_until_trained``), instead of when it is complete (80
+s, most of it t-SNE). The page follows the run as it is built: the first layer's PCA map the
+moment it is written, then each layer's t-SNE map as it lands (it polls an unfinished run).
+Serving only once every layer's PCA map existed left the browser's own start, about 5 s of page
+load and callbacks, until after it; serving from the run's first manifest write let that start
+compete with the training (benchmarks/README.md, "First page"). The child is the same command a
 person would type, so a stop at any point leaves a run that the next ``python main.py``
 resumes.
 """
@@ -212,8 +212,8 @@ def default_run_in_background(
         return
     print(
         f"{'resuming' if default_store(data_dir).exists() else 'building'} the embedded default "
-        "run (digits + smallcnn), fully offline; the page opens in seconds and shows the run "
-        "as it is built",
+        "run (digits + smallcnn), fully offline; the page opens once its small CNN is trained "
+        "and shows the run as it is built",
         file=sys.stderr,
         flush=True,
     )
