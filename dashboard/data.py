@@ -326,7 +326,10 @@ class RunData:
         read exist yet. A page redraws the map only when this changes, not on every write of
         the manifest (each layer's new maps, each training epoch)."""
         key = embedding_key(layer_id, subset, method, None if method == "pca" else perplexity)
-        written = self.store.artifact_path("embedding", **key).stat().st_mtime_ns
+        try:
+            written: int | str = self.store.artifact_path("embedding", **key).stat().st_mtime_ns
+        except OSError:
+            written = "gone"  # deleted since it was read (a recompute): drawn again once back
         return (
             f"{method}|{perplexity}|{written}|{self.predictions() is not None}"
             f"|{self.quality() is not None}"

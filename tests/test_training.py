@@ -14,6 +14,7 @@ from cli import main
 from components.training_curves import curves_figure
 from dashboard.data import RunData
 from dashboard.panels.about import training_graph
+from pipelines.cores import available_cores
 from pipelines.datasets import open_dataset
 from pipelines.models import load_inputs, open_run_model, rebuild_adapter, resolve_device
 from pipelines.precompute import Precompute
@@ -25,6 +26,7 @@ from pipelines.run_config import (
     training_settings,
 )
 from pipelines.smallcnn import SmallCNN, TrainingStopped, train_small_cnn
+from pipelines.stages import follow_free_cores
 from pipelines.stages.model import run_rows, training_split
 from pipelines.store import RunStore, datasets_dir, runs_dir
 from pipelines.training import (
@@ -428,3 +430,29 @@ def test_early_stopping_without_held_out_rows_trains_every_epoch():
     assert curves.state == "done" and len(curves.epoch_points()) == 3
     assert curves.points[-1].held_out_loss is None and curves.best_epoch is None
     assert [trace.name for trace in curves_figure(curves).data] == ["train loss", "train accuracy"]
+
+
+def test_the_smallcnn_follows_the_free_cores_before_every_later_epoch():
+    """`python main.py`'s server imports during the first seconds of the default run's
+    training: the training's threads are decided again before each epoch."""
+    inputs, labels, is_test = blobs(160)
+    inputs = torch.nn.functional.interpolate(inputs, size=32)
+    model = SmallCNN(1, 2, 32)
+    threads_before: list[int] = []
+    previous = torch.get_num_threads()
+    adapt = follow_free_cores("smallcnn", "cpu")
+    assert adapt is not None and follow_free_cores("vgg16", "cpu") is None
+    try:
+        torch.set_num_threads(1)
+
+        def before_epoch() -> None:
+            adapt()
+            threads_before.append(torch.get_num_threads())
+
+        train_small_cnn(
+            model, inputs, labels, is_test, 0, epochs=3, progress=False, before_epoch=before_epoch
+        )
+    finally:
+        torch.set_num_threads(previous)
+    assert len(threads_before) == 2  # not before the first: the stage chose its threads then
+    assert all(1 <= n <= available_cores() for n in threads_before)
