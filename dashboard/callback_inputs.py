@@ -167,9 +167,13 @@ EXPECTED: dict[tuple[str, str], Check] = {
             {
                 "run": optional(text),
                 "stamp": optional(either(text, number)),
+                "contents": optional(text),
                 "complete": optional(boolean),
             }
         )
+    ),
+    (ids.RUN_PROGRESS, "data"): optional(
+        record({"run": optional(text), "stamp": optional(either(text, number))})
     ),
     (ids.APP_TOKEN, "data"): optional(text),
     (ids.URL, "search"): optional(text),

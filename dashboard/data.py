@@ -302,7 +302,7 @@ class RunData:
         key = embedding_key(layer_id, subset, method, None if method == "pca" else perplexity)
         if not self.store.has("embedding", **key):
             stage = self.stage("embeddings")
-            if stage.state == "pending":
+            if stage.state == "pending" and self.being_written():
                 raise NotReady(self.building_note())
             progress = f"{stage.done or 0} of {stage.total or len(self.layers)} layers done"
             raise NotReady(

@@ -380,7 +380,7 @@ def test_the_embedded_default_still_uses_the_shared_cached_smallcnn(tmp_path, mo
 
     calls = []
 
-    def cached(adapter, checkpoint, load_inputs, seed, progress):
+    def cached(adapter, checkpoint, load_inputs, seed, progress, before_epoch=None):
         calls.append(checkpoint)  # trained (or loaded) as before; skipped here to stay fast
         return {"checkpoint": str(checkpoint), "trained_now": False}
 
