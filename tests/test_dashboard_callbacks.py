@@ -95,16 +95,13 @@ def app(run_dir: tuple[Path, str]) -> Any:
 
 @pytest.fixture(scope="module")
 def selection(app: Any, run_dir: tuple[Path, str]) -> dict[str, Any]:
-    outputs = call(
-        app,
-        controls.setup_run,
-        f"?run={run_dir[1]}",
-        None,
-        None,
-        None,
-        triggered=f"{ids.URL}.search",
-    )
-    return outputs[0]
+    return page_selection(app, run_dir[1])
+
+
+def page_selection(app: Any, run_id: str) -> dict[str, Any]:
+    """The selection a page opened at ``?run=run_id`` starts with."""
+    search = f"?run={run_id}"
+    return call(app, controls.setup_run, search, None, None, None, triggered=f"{ids.URL}.search")[0]
 
 
 def sample_key(selection: dict[str, Any], **changes: Any) -> dict[str, Any]:

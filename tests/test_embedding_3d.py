@@ -16,11 +16,11 @@ from components.packing import unpack
 from dashboard import data as dashboard_data
 from dashboard import ids
 from dashboard.app import create_app
-from dashboard.panels import controls, embedding
+from dashboard.panels import embedding
 from pipelines.embed3d import pca_3d, tsne_3d
 from pipelines.store import RunStore, embedding_key
 from tests.embedding_checks import blobs, knn_accuracy
-from tests.test_dashboard_callbacks import call, view_key
+from tests.test_dashboard_callbacks import call, page_selection, view_key
 
 # ---- the pure maps ------------------------------------------------------------------------------
 
@@ -95,16 +95,7 @@ def app(run_dir: tuple[Path, str]) -> Any:
 
 @pytest.fixture(scope="module")
 def selection(app: Any, run_dir: tuple[Path, str]) -> dict[str, Any]:
-    outputs = call(
-        app,
-        controls.setup_run,
-        f"?run={run_dir[1]}",
-        None,
-        None,
-        None,
-        triggered=f"{ids.URL}.search",
-    )
-    return outputs[0]
+    return page_selection(app, run_dir[1])
 
 
 @pytest.fixture(scope="module")

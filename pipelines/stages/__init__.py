@@ -35,6 +35,13 @@ FREE_CORES_SAMPLE_SECONDS = 0.2
 EPOCH_CORES_SAMPLE_SECONDS = 0.04
 
 
+def sets_threads(model: str, device: str) -> bool:
+    """Whether the precompute chooses torch's threads itself: for the small built-in CNN
+    (``model``, a ``--model`` spec) on a CPU (``device``, the ``--device`` choice); other models
+    keep torch's default."""
+    return model == "smallcnn" and resolve_device(device).type == "cpu"
+
+
 def use_threads_for(model: str, device: str, stage: str) -> None:
     """Torch threads for the small built-in CNN (``model``, a ``--model`` spec) on a CPU (other
     models keep torch's default); ``device``: the ``--device`` choice.
@@ -45,7 +52,7 @@ def use_threads_for(model: str, device: str, stage: str) -> None:
     split, and a fixed thread count keeps the features identical from run to run, so a resumed
     run equals an uninterrupted one.
     """
-    if model != "smallcnn" or resolve_device(device).type != "cpu":
+    if not sets_threads(model, device):
         return
     torch.set_num_threads(idle_cores(FREE_CORES_SAMPLE_SECONDS) if stage == "model" else 1)
 
@@ -55,7 +62,7 @@ def follow_free_cores(model: str, device: str) -> Callable[[], None] | None:
     training epoch so that it uses the cores free then. A process that was busy as training
     began ends soon after: `python main.py`'s server imports for the first 1-2 s of the default
     run's training, which then ran its 8 epochs on one thread (8 s instead of 2.5 s)."""
-    if model != "smallcnn" or resolve_device(device).type != "cpu":
+    if not sets_threads(model, device):
         return None
 
     def adapt() -> None:
