@@ -1,9 +1,11 @@
 """The embeddings stage's unit of work: reduce one layer (PCA, then every 2-D map) and store it.
 
-On a CPU the layers are reduced in parallel worker processes, one per core. They are spawned
-when the forward stage starts, so their start-up (about two seconds of imports each) overlaps the
-forward pass, which leaves cores free, instead of delaying the first layer. This module is what a worker imports, so it
-stays light: numpy, the store and ``reduce`` (openTSNE), no torch or torchvision.
+On a CPU the layers are reduced in parallel worker processes, one per core, at a lower priority
+(``TSNE_NICENESS``). They are spawned when the forward stage starts, so their start-up (about two
+seconds of imports each) uses the cores the forward pass and a page that is opening leave idle,
+instead of delaying the first layer. The one map a page waits for is reduced in the precompute's
+own process, at its priority. This module is what a worker imports, so it stays light: numpy,
+the store and ``reduce`` (openTSNE), no torch or torchvision.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from pipelines.tsne_opentsne import SIZE_METHODS
 # batch size or device). Beyond it, the layer's maps are recomputed.
 SAME_MAP_TOLERANCE = 1e-3
 
-# The niceness of a worker process doing work nobody waits for yet: the t-SNE maps, the long tail
-# of a run (a minute or more for the embedded default on 2 cores) that a page may already be
-# showing, and the PCA maps of layers other than the page's first. The page's server and
-# browser, and the first map, get the cores first; on an idle machine it changes nothing.
+# The niceness of the worker processes, whose work nobody waits for yet: the t-SNE maps, the long
+# tail of a run (a minute or more for the embedded default on 2 cores) that a page may already be
+# showing, the PCA maps of layers other than the page's first, and their own imports. The page's
+# server and browser, and the first map, get the cores first; on an idle machine it changes
+# nothing. Measured with `python main.py` on 2 cores, the workers' start at normal priority
+# (about 3 s of one core each, during the forward pass and the page's load) delayed the page.
 TSNE_NICENESS = 10
 
 # A layer's two phases (``LayerJob.phase``): its PCA maps and placement data, then its t-SNE maps.
@@ -261,13 +265,16 @@ def same_pca_map(store: RunStore, layer_id: str, scores: np.ndarray) -> bool:
 
 
 def prepare_worker(threads: int) -> None:
-    """Worker initializer: die with the precompute, and use ``threads`` BLAS threads.
+    """Worker initializer: die with the precompute, run at ``TSNE_NICENESS`` (every thread,
+    also any its imports started before ``LayerWorkers.start`` reniced it), and use ``threads``
+    BLAS threads.
 
     The BLAS limit matters: by default every worker's OpenBLAS starts a thread per core, and two
     workers doing PCA at once then spin-wait for each other's cores. Measured on 2 cores, one
     (1797, 2048) PCA took 10.4 s that way instead of 0.8 s with one thread per worker.
     """
     die_with_parent()
+    lower_priority(TSNE_NICENESS)
     # Applies to the BLAS and OpenMP libraries loaded so far: this module's imports (numpy,
     # scipy, scikit-learn, openTSNE) are all of those the layer jobs use.
     threadpoolctl.threadpool_limits(limits=threads)
@@ -281,12 +288,6 @@ def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
         if os.getppid() == 1:  # the parent died before the line above took effect
             os._exit(1)
-
-
-def in_background(work: Callable[[str], str], layer_id: str) -> str:
-    """``work(layer_id)`` in a worker process at ``TSNE_NICENESS``, for ``run_phase``."""
-    lower_priority(TSNE_NICENESS)
-    return work(layer_id)
 
 
 def lower_priority(niceness: int) -> None:
@@ -364,7 +365,8 @@ class LayerRunner(Protocol):
         background: bool = False,
     ) -> Iterator[str]:
         """Yield each layer id as ``job``'s ``phase`` is done for it, in the order they finish.
-        ``background``: work nobody waits for yet, which may run at a lower priority."""
+        ``background``: work nobody waits for yet, which may run at a lower priority; otherwise
+        a page waits for it, and it runs as soon as possible."""
         ...
 
 
@@ -438,6 +440,11 @@ class LayerWorkers:
         with sigint_held():
             for _ in range(self.workers):
                 self.pool.submit(_ready)
+        # At once, so that their imports run at it too (``prepare_worker`` comes after those).
+        for pid in [process.pid for process in list(self.pool._processes.values())]:
+            if pid is not None:
+                with contextlib.suppress(OSError):  # one that died already
+                    os.setpriority(os.PRIO_PROCESS, pid, TSNE_NICENESS)
 
     def run_phase(
         self,
@@ -446,21 +453,24 @@ class LayerWorkers:
         layer_ids: Iterable[str],
         background: bool = False,
     ) -> Iterator[str]:
-        """Yield each layer id as ``job``'s ``phase`` completes for it. In worker processes the
-        layers are queued at once (before the first ``next``), so work queued after it by
-        another call runs beside it on a free worker. ``background``: at ``TSNE_NICENESS``; a
-        worker stays at that niceness for later work too (lowering it back needs privileges).
-        In-process (``workers <= 1``) the layers run one by one as they are asked for, at this
-        process's priority."""
+        """Yield each layer id as ``job``'s ``phase`` completes for it. ``background``: in the
+        worker processes (at ``TSNE_NICENESS``), queued at once (before the first ``next``), so
+        work queued by a later call runs beside it on a free worker. Otherwise, and always with
+        ``workers <= 1``, in this process at its priority, one layer after the other as they
+        are asked for: the map a page waits for, which a worker would start later and compute
+        at the niceness that leaves the cores to the page."""
         work = job.phase(phase)
-        if self.workers <= 1:
-            return (work(layer_id) for layer_id in layer_ids)
+        if self.workers <= 1 or not background:
+            return self.here(work, layer_ids)
         self.start()
         assert self.pool is not None
-        futures = [
-            self.pool.submit(in_background, work, layer_id)
-            if background
-            else self.pool.submit(work, layer_id)
-            for layer_id in layer_ids
-        ]
+        futures = [self.pool.submit(work, layer_id) for layer_id in layer_ids]
         return (future.result() for future in concurrent.futures.as_completed(futures))
+
+    def here(self, work: Callable[[str], str], layer_ids: Iterable[str]) -> Iterator[str]:
+        """``work`` of each layer in this process, with a worker's BLAS threads: the same maps
+        as a worker would make (``blas_threads`` says why they are fixed)."""
+        for layer_id in layer_ids:
+            with threadpoolctl.threadpool_limits(limits=self.blas_threads):
+                done = work(layer_id)
+            yield done

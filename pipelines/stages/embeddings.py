@@ -143,9 +143,10 @@ def run(store: RunStore, workers: LayerRunner, device: str, progress: bool) -> N
         # Every layer's PCA maps first (a second or two in all), then the t-SNE maps layer by
         # layer: a page opened meanwhile shows each layer's PCA map until its t-SNE is done.
         # The first view's PCA map is announced in the manifest as it lands: a page waiting for
-        # it draws it then, not once every layer has one. Only that map is urgent; the others,
-        # and every t-SNE map, leave the cores to the page that draws it (and are announced
-        # together: a page redraws its panels on each announcement).
+        # it draws it then, not once every layer has one. Only that map is urgent (made in this
+        # process, while the workers start on the others); the others, and every t-SNE map,
+        # leave the cores to the page that draws it (and are announced together: a page redraws
+        # its panels on each announcement).
         first_map = workers.run_phase(job, "pca", pending[:1])
         other_maps = workers.run_phase(job, "pca", pending[1:], background=True)
         for _ in first_map:
