@@ -38,6 +38,25 @@
     return out;
   });
 
+  // The run version split into one store per aspect of the run (ids.RUN_ASPECT_VERSIONS), each
+  // written only when its aspect changed: a new map redraws the map, not every panel.
+  ls.define("runAspects", function (version) {
+    var before = Array.prototype.slice.call(arguments, 1);
+    var out = {};
+    if (!version) {
+      return out;
+    }
+    ls.constants.runAspects.forEach(function (aspect, i) {
+      // A run deleted meanwhile has only its stamp, which says so: every aspect changed.
+      var contents = version.contents ? version.contents[aspect] : String(version.stamp);
+      var previous = before[i];
+      if (!previous || previous.run !== version.run || previous.contents !== contents) {
+        out[aspect] = { run: version.run, stamp: version.stamp, contents: contents, complete: version.complete };
+      }
+    });
+    return out;
+  });
+
   ls.define("syncUrl", function (view, sample, sel) {
     if (!view || !view.run) {
       return ls.noUpdate();

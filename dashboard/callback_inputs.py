@@ -155,6 +155,18 @@ PLOTLY_CLICK = optional(
 UPLOADED_FILE = optional(record({"spec": optional(text), "summary": optional(text)}))
 ANY_OBJECT = optional(record({}))
 
+# One aspect's run version (ids.RUN_ASPECT_VERSIONS).
+ASPECT_VERSION = optional(
+    record(
+        {
+            "run": optional(text),
+            "stamp": optional(either(text, number)),
+            "contents": optional(text),
+            "complete": optional(boolean),
+        }
+    )
+)
+
 EXPECTED: dict[tuple[str, str], Check] = {
     (ids.SELECTION, "data"): SELECTION_KEY,
     (ids.VIEW_KEY, "data"): SELECTION_KEY,
@@ -167,11 +179,12 @@ EXPECTED: dict[tuple[str, str], Check] = {
             {
                 "run": optional(text),
                 "stamp": optional(either(text, number)),
-                "contents": optional(text),
+                "contents": optional(record(dict.fromkeys(ids.RUN_ASPECT_VERSIONS, text))),
                 "complete": optional(boolean),
             }
         )
     ),
+    **{(store, "data"): ASPECT_VERSION for store in ids.RUN_ASPECT_VERSIONS.values()},
     (ids.RUN_PROGRESS, "data"): optional(
         record({"run": optional(text), "stamp": optional(either(text, number))})
     ),

@@ -159,15 +159,29 @@ class RunData:
         """The error its last precompute ended with, until a resume clears it."""
         return self.record.failure.error if self.record.failure else None
 
-    def contents_key(self) -> str:
-        """A text that changes whenever what the run has to show does: a stage's state, any
-        write of the embeddings stage (each is a new map), a failure. Training epochs, the
-        forward pass's chunks and the quality stage's folds leave it as it is: only progress."""
+    def contents_keys(self) -> dict[str, str]:
+        """For each aspect of the run that panels draw (each a store of the page,
+        ``ids.RUN_ASPECT_VERSIONS``), a text that changes
+        whenever that aspect does: the states of the stages it comes from, a failure, and for
+        the maps any write of the embeddings stage (each is a new map). Training epochs, the
+        forward pass's chunks and the quality stage's folds change none: only progress.
+
+        A page redraws only the panels of an aspect that changed: when the first map of a run
+        being built lands, the map and the controls, not the architecture, the gallery or the
+        workbench, which redrawn at that moment held the browser a second before it drew the
+        map (measured with `python main.py` on 2 cores)."""
         embeddings = self.stage("embeddings")
-        states = [f"{name}:{stage.state}" for name, stage in self.stages.items()]
-        return "|".join(
-            [*states, f"maps:{embeddings.done}:{embeddings.seconds}", f"failure:{self.failure}"]
-        )
+        failure = f"failure:{self.failure}"
+
+        def states(*names: str) -> str:
+            return "|".join(f"{name}:{self.stage(name).state}" for name in names)
+
+        return {
+            "layers": f"{states('model', 'index')}|{failure}",
+            "samples": f"{states('index', 'forward', 'quality')}|{failure}",
+            "maps": f"{states('index', 'forward', 'embeddings', 'quality')}"
+            f"|maps:{embeddings.done}:{embeddings.seconds}|{failure}",
+        }
 
     def building_note(self) -> str:
         """For a map the run does not have yet: what its precompute is doing now, e.g. "Run

@@ -16,7 +16,17 @@ VIEW_KEY = "app-view-key"  # (run, layer, subset, method, perplexity, colour): e
 LAYER_KEY = "app-layer-key"  # (run, layer): model view input
 SAMPLE_KEY = "app-sample-key"  # (run, layer, pinned): activations input
 RUN_KEY = "app-run-key"  # run id: per-run tables
-RUN_VERSION = "app-run-version"  # changes with what the run can show (RunData.contents_key)
+RUN_VERSION = "app-run-version"  # changes with what the run can show (RunData.contents_keys)
+# The same, one store per aspect of the run (RunData.contents_keys), each changed only when its
+# aspect or the run is (about.py's runAspects): a panel follows its aspect's.
+RUN_LAYERS_VERSION = "app-run-layers-version"  # the architecture, the layer list, the subsets
+RUN_SAMPLES_VERSION = "app-run-samples-version"  # predictions, explanations, label issues
+RUN_MAPS_VERSION = "app-run-maps-version"  # the embedding maps and their colourings
+RUN_ASPECT_VERSIONS = {
+    "layers": RUN_LAYERS_VERSION,
+    "samples": RUN_SAMPLES_VERSION,
+    "maps": RUN_MAPS_VERSION,
+}
 RUN_PROGRESS = "app-run-progress"  # every manifest change: the About panel's progress
 POLL = "app-poll"
 ALERTS = "app-alerts"

@@ -299,7 +299,7 @@ def register_routes(server: flask.Flask, context: AppContext) -> None:
         try:
             query = _json_query(
                 flask.request.args,
-                {"key": (ids.VIEW_KEY, "data"), "version": (ids.RUN_VERSION, "data")},
+                {"key": (ids.VIEW_KEY, "data"), "version": (ids.RUN_MAPS_VERSION, "data")},
             )
             dims = flask.request.args.get("dims", "2")
             if dims not in ("2", "3"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from dashboard import ids
 from dashboard.app import create_app
 from dashboard.panels.controls import RUN_LIST_POLL_MS
+from dashboard.panels.embedding import VIEW_URL
 from pipelines.records import Manifest, StageState
 from pipelines.stages import STAGES
 from pipelines.store import RunStore
@@ -165,6 +167,31 @@ def test_a_run_opened_while_it_is_built_shows_its_first_map_when_it_lands(
             assert layer == built.first_layer()
             assert f"layer={layer}" in page.evaluate("() => location.search")
             watch.screenshot("first-map-of-a-run-being-built", full_page=False)
+
+            # Another layer's map lands: only the maps changed, so the map's data is asked for
+            # again, and the architecture and the workbench, which it cannot alter, are not.
+            asked: list[str] = []
+            page.on(
+                "request", lambda request: asked.append(request.url + (request.post_data or ""))
+            )
+            store.write_record(
+                replace(
+                    built,
+                    stages={**built.stages, "embeddings": StageState("running", done=3, total=14)},
+                )
+            )
+            deadline = time.monotonic() + 30
+            while not any(VIEW_URL in url for url in asked) and time.monotonic() < deadline:
+                page.wait_for_timeout(100)
+            page.wait_for_timeout(1_000)  # the rest of that poll's answers
+            assert any(VIEW_URL in url for url in asked), asked
+            untouched = (
+                ids.MODEL_GRAPH,
+                ids.CONFUSION_GRAPH,
+                ids.METRICS_TABLE,
+                ids.INSPECTOR_TABLE,
+            )
+            assert not [url for url in asked if any(f'"{i}"' in url for i in untouched)], asked
             assert watch.errors == []
     finally:
         watch.close()

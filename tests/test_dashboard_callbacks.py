@@ -791,6 +791,10 @@ def test_a_run_still_being_computed_says_what_is_ready(partial_run):
     store.write_manifest(manifest)
     newer, newer_progress = call(partial_app, about.poll, 3, run_id, version, progress)
     assert newer["stamp"] != version["stamp"] and newer_progress["stamp"] == newer["stamp"]
+    # Only the maps changed: the panels of the other aspects (the architecture, the gallery,
+    # the workbench) stay as they are (the page's runAspects).
+    changed = {a for a in newer["contents"] if newer["contents"][a] != version["contents"][a]}
+    assert changed == {"maps"} and set(newer["contents"]) == set(ids.RUN_ASPECT_VERSIONS)
     # Progress that shows nothing new (a training epoch, a chunk of the forward pass) moves
     # the About panel only, not every panel.
     manifest = store.read_manifest()

@@ -155,6 +155,10 @@ def page_values(app: Any, run_dir: tuple[Path, str]) -> dict[tuple[str, str], An
         (ids.SEL_KEY, "data"): {"run": run_id, "sel": "true=3"},
         (ids.RUN_KEY, "data"): run_id,
         (ids.RUN_VERSION, "data"): {"run": run_id, "stamp": 1.0, "complete": True},
+        **{
+            (store, "data"): {"run": run_id, "stamp": 1.0, "contents": "x", "complete": True}
+            for store in ids.RUN_ASPECT_VERSIONS.values()
+        },
         (ids.APP_TOKEN, "data"): token,
         (ids.URL, "search"): f"?run={run_id}&row=3",
         (ids.URL, "pathname"): "/",

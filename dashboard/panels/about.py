@@ -1,8 +1,9 @@
 """About: what the selected run is, the state of its precompute, and its training curves
 (for a run that trained its model).
 
-While a run is incomplete the page polls its manifest; each change bumps the run version, which
-re-renders the panels that depend on artifacts, so embeddings appear as the precompute writes
+While a run is incomplete the page polls its manifest; a change of what the run can show bumps
+the run version, and through it the version of each aspect that changed (``runAspects``),
+which re-renders the panels that depend on it, so embeddings appear as the precompute writes
 them. The note at the top says what is ready and what is not.
 """
 
@@ -17,7 +18,7 @@ from components.training_curves import curves_figure
 from dashboard import ids
 from dashboard.context import current
 from dashboard.data import RunData, format_time
-from dashboard.registry import callback
+from dashboard.registry import callback, clientside_callback, publish
 from pipelines.errors import UserError
 from pipelines.metrics import HELD_OUT, TRAIN
 from pipelines.precompute import usable
@@ -212,7 +213,8 @@ def poll(
     progress: dict[str, Any] | None,
 ) -> tuple[Any, Any]:
     """While a run is incomplete: (the run version, bumped when what the run has to show
-    changes (``RunData.contents_key``): every panel follows it; the run's progress, bumped on
+    changes (``RunData.contents_keys``): each aspect's panels follow theirs (``runAspects``);
+    the run's progress, bumped on
     every manifest change: the About panel follows it). A training epoch changes only the
     progress: redrawing every panel once an epoch took cores from the training a page opened
     during the embedded default's build waits for."""
@@ -228,7 +230,18 @@ def poll(
     if progress and progress.get("run") == run_id and progress.get("stamp") == stamp:
         return no_update, no_update
     newer = {"run": run_id, "stamp": stamp}
-    contents = run.contents_key()
+    contents = run.contents_keys()
     if version and version.get("run") == run_id and version.get("contents") == contents:
         return no_update, newer
     return {**newer, "contents": contents, "complete": run.complete}, newer
+
+
+# The run version split into the stores the panels follow, one per aspect of the run.
+publish("runAspects", list(ids.RUN_ASPECT_VERSIONS))
+clientside_callback(
+    "runAspects",
+    Input(ids.RUN_VERSION, "data"),
+    *(State(store, "data") for store in ids.RUN_ASPECT_VERSIONS.values()),
+    outputs={aspect: Output(store, "data") for aspect, store in ids.RUN_ASPECT_VERSIONS.items()},
+    prevent_initial_call=True,
+)

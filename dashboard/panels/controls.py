@@ -99,7 +99,7 @@ def alert_list(messages: list[tuple[str, str]]) -> list[dbc.Alert]:
     Output(ids.ALERTS, "children"),
     Input(ids.URL, "search"),
     Input(ids.CONTROLS_RUN, "value"),
-    Input(ids.RUN_VERSION, "data"),
+    Input(ids.RUN_LAYERS_VERSION, "data"),
     State(ids.SELECTION, "data"),
 )
 def setup_run(
@@ -117,7 +117,7 @@ def setup_run(
         # The menu echoing the value this callback just set: nothing changed.
         return (no_update,) * 13
     query = parse_query(search)
-    if ctx.triggered_id == ids.RUN_VERSION:
+    if ctx.triggered_id == ids.RUN_LAYERS_VERSION:
         if not waiting_for_layers(current().catalog, previous, (version or {}).get("run")):
             return (no_update,) * 13
         # The link's layer and view still apply, to the run the page shows.

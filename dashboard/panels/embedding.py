@@ -238,7 +238,7 @@ publish("viewUrl", VIEW_URL)
 clientside_callback(
     "loadView",
     Input(ids.VIEW_KEY, "data"),
-    Input(ids.RUN_VERSION, "data"),
+    Input(ids.RUN_MAPS_VERSION, "data"),
     Input(ids.EMBEDDING_3D, "value"),
     outputs={
         "data": Output(ids.EMBEDDING_DATA, "data"),

@@ -324,7 +324,7 @@ publish("selectionUrl", SELECTION_URL)
 clientside_callback(
     "resolveSelection",
     Input(ids.SEL_KEY, "data"),
-    Input(ids.RUN_VERSION, "data"),
+    Input(ids.RUN_SAMPLES_VERSION, "data"),
     Input(ids.CORRECTIONS, "data"),
     Input(ids.GALLERY_SORT, "value"),
     State(ids.QUALITY_THRESHOLD, "value"),

@@ -135,7 +135,7 @@ def label_issues(run: RunData) -> tuple[Any, list[str | None]] | None:
     Output(ids.INSPECTOR_TABLE, "data"),
     Output(ids.INSPECTOR_RUN_INFO, "data"),
     Input(ids.RUN_KEY, "data"),
-    Input(ids.RUN_VERSION, "data"),
+    Input(ids.RUN_SAMPLES_VERSION, "data"),
     State(ids.INSPECTOR_RUN_INFO, "data"),
 )
 def load_table(run_id: str | None, _version: Any, previous: dict[str, Any] | None) -> tuple:

@@ -143,7 +143,7 @@ clientside_callback(
     State(ids.SELECTION, "data"),
     State(ids.MODEL_EXPANDED, "data"),
     State(ids.MODEL_LAYER, "options"),
-    State(ids.RUN_VERSION, "data"),
+    State(ids.RUN_MAPS_VERSION, "data"),
     State(ids.EMBEDDING_3D, "value"),
     outputs={
         "selection": Output(ids.SELECTION, "data", allow_duplicate=True),
@@ -178,7 +178,7 @@ def toggle_blocks(
     Output(ids.MODEL_GRAPH, "figure"),
     Input(ids.RUN_KEY, "data"),
     Input(ids.MODEL_EXPANDED, "data"),
-    Input(ids.RUN_VERSION, "data"),
+    Input(ids.RUN_LAYERS_VERSION, "data"),
 )
 def render(run_id: str | None, expanded: list[str] | None, _version: Any) -> dict[str, Any]:
     """The diagram of the run's model. It does not depend on the selected layer: the browser
@@ -244,7 +244,7 @@ clientside_callback(
     Output(ids.MODEL_EXPORT_COLLAPSED, "disabled"),
     Output(ids.MODEL_EXPORT_NOTE, "children"),
     Input(ids.RUN_KEY, "data"),
-    Input(ids.RUN_VERSION, "data"),
+    Input(ids.RUN_LAYERS_VERSION, "data"),
     Input(ids.MODEL_EXPORT_COLLAPSED, "value"),
 )
 def export_links(run_id: str | None, _version: Any, collapsed: bool | None) -> tuple:

@@ -223,7 +223,7 @@ def split_title(run: RunData, split: str) -> str:
     Output(ids.CONFUSION_GRAPH, "figure"),
     Output(ids.CONFUSION_MESSAGE, "children"),
     Input(ids.RUN_KEY, "data"),
-    Input(ids.RUN_VERSION, "data"),
+    Input(ids.RUN_SAMPLES_VERSION, "data"),
     Input(ids.CONFUSION_SPLIT, "value"),
     Input(ids.CONFUSION_NORMALISE, "value"),
     Input(ids.CONFUSION_ORDER, "value"),
@@ -305,7 +305,7 @@ def metrics_table(rows: list[dict[str, Any]]) -> html.Table:
     Output(ids.METRICS_SUMMARY, "children"),
     Output(ids.METRICS_TABLE, "children"),
     Input(ids.RUN_KEY, "data"),
-    Input(ids.RUN_VERSION, "data"),
+    Input(ids.RUN_SAMPLES_VERSION, "data"),
     Input(ids.CONFUSION_SPLIT, "value"),
 )
 def render_metrics(run_id: str | None, _version: Any, split: str) -> tuple:
@@ -372,7 +372,7 @@ def quality_lines(run: RunData) -> list[Any]:
 @callback(
     Output(ids.QUALITY_INFO, "children"),
     Input(ids.RUN_KEY, "data"),
-    Input(ids.RUN_VERSION, "data"),
+    Input(ids.RUN_SAMPLES_VERSION, "data"),
     Input(ids.CORRECTIONS, "data"),
 )
 def render_quality(run_id: str | None, _version: Any, _corrections: Any) -> Any:
