@@ -161,10 +161,10 @@ class RunData:
 
     def contents_keys(self) -> dict[str, str]:
         """For each aspect of the run that panels draw (each a store of the page,
-        ``ids.RUN_ASPECT_VERSIONS``), a text that changes
-        whenever that aspect does: the states of the stages it comes from, a failure, and for
-        the maps any write of the embeddings stage (each is a new map). Training epochs, the
-        forward pass's chunks and the quality stage's folds change none: only progress.
+        ``ids.RUN_ASPECT_VERSIONS``), a text that changes whenever that aspect does: the states
+        of the stages it comes from, a failure, and for the maps any write of the embeddings
+        stage (each is a new map). Training epochs, the forward pass's chunks and the quality
+        stage's folds change none: only progress.
 
         A page redraws only the panels of an aspect that changed: when the first map of a run
         being built lands, the map and the controls, not the architecture, the gallery or the

@@ -214,10 +214,9 @@ def poll(
 ) -> tuple[Any, Any]:
     """While a run is incomplete: (the run version, bumped when what the run has to show
     changes (``RunData.contents_keys``): each aspect's panels follow theirs (``runAspects``);
-    the run's progress, bumped on
-    every manifest change: the About panel follows it). A training epoch changes only the
-    progress: redrawing every panel once an epoch took cores from the training a page opened
-    during the embedded default's build waits for."""
+    the run's progress, bumped on every manifest change: the About panel follows it). A
+    training epoch changes only the progress: redrawing every panel once an epoch took cores
+    from the training a page opened during the embedded default's build waits for."""
     if not run_id:
         return no_update, no_update
     try:
