@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 SMALL_RUN_ID = "digits-small"
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_left_as_it_was() -> Iterator[None]:
+    """Fail the test that leaves Ctrl-C handled otherwise than Python's default in this process
+    (``cli.main`` ignores it on its way out; a Ctrl-C handler of the precompute left installed),
+    and restore the default: every later test that sends a Ctrl-C, to this process or to a child
+    that inherits its handling, would fail instead of this one."""
+    yield
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        pytest.fail(f"the test left SIGINT handled by {handler!r}")
 
 
 @pytest.fixture(scope="session")
