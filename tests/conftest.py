@@ -15,6 +15,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL_RUN_ID = "digits-small"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C handled as in a terminal, also when the suite was started in the background
+    (`cmd &` in a script ignores SIGINT for it): the Ctrl-C tests send SIGINT to this process
+    and to children that inherit its handling."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def ctrl_c_left_as_it_was() -> Iterator[None]:
     """Fail the test that leaves Ctrl-C handled otherwise than Python's default in this process
