@@ -155,17 +155,21 @@ PLOTLY_CLICK = optional(
 UPLOADED_FILE = optional(record({"spec": optional(text), "summary": optional(text)}))
 ANY_OBJECT = optional(record({}))
 
-# One aspect's run version (ids.RUN_ASPECT_VERSIONS).
-ASPECT_VERSION = optional(
-    record(
-        {
-            "run": optional(text),
-            "stamp": optional(either(text, number)),
-            "contents": optional(text),
-            "complete": optional(boolean),
-        }
+
+def run_version(contents: Check) -> Check:
+    """A run version store's value: the run, the manifest's stamp, what it can show
+    (``contents``), whether it is complete."""
+    return optional(
+        record(
+            {
+                "run": optional(text),
+                "stamp": optional(either(text, number)),
+                "contents": optional(contents),
+                "complete": optional(boolean),
+            }
+        )
     )
-)
+
 
 EXPECTED: dict[tuple[str, str], Check] = {
     (ids.SELECTION, "data"): SELECTION_KEY,
@@ -174,17 +178,9 @@ EXPECTED: dict[tuple[str, str], Check] = {
     (ids.SAMPLE_KEY, "data"): SELECTION_KEY,
     (ids.SEL_KEY, "data"): SELECTION_KEY,
     (ids.RUN_KEY, "data"): optional(text),
-    (ids.RUN_VERSION, "data"): optional(
-        record(
-            {
-                "run": optional(text),
-                "stamp": optional(either(text, number)),
-                "contents": optional(record(dict.fromkeys(ids.RUN_ASPECT_VERSIONS, text))),
-                "complete": optional(boolean),
-            }
-        )
-    ),
-    **{(store, "data"): ASPECT_VERSION for store in ids.RUN_ASPECT_VERSIONS.values()},
+    # RunData.contents_keys, and one aspect of it per store (ids.RUN_ASPECT_VERSIONS).
+    (ids.RUN_VERSION, "data"): run_version(record(dict.fromkeys(ids.RUN_ASPECT_VERSIONS, text))),
+    **{(store, "data"): run_version(text) for store in ids.RUN_ASPECT_VERSIONS.values()},
     (ids.RUN_PROGRESS, "data"): optional(
         record({"run": optional(text), "stamp": optional(either(text, number))})
     ),
