@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import secrets
 import signal
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from dashboard.auth import PASSWORD_VARIABLE, BasicAuth, is_loopback
 from dashboard.server import ServerOptions, check_port_free
 from pipelines.errors import UserError
+from pipelines.lifetime import die_with_parent
 
 if TYPE_CHECKING:
     from pipelines.store import RunStore
@@ -222,18 +224,14 @@ def default_run_in_background(
         command += [f"--{field.replace('_', '-')}", str(value)]
     # Its own session: the terminal's Ctrl-C reaches the server only, which stops the child
     # once (a second Ctrl-C does not cut that short). It dies with the server even on kill -9.
-    child = subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)
+    child = subprocess.Popen(
+        command, start_new_session=True, preexec_fn=functools.partial(die_with_parent, owner)
+    )
     try:
         yield child
     finally:
         if os.getpid() == owner:
             stop_child(child)
-
-
-def die_with_parent() -> None:
-    from pipelines.layer_jobs import die_with_parent as die
-
-    die()
 
 
 def stop_child(child: subprocess.Popen[bytes]) -> None:

@@ -31,8 +31,8 @@ again, so it resumes on the next start rather than being lost or shown as cancel
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import functools
 import json
 import logging
 import os
@@ -53,6 +53,7 @@ import psutil
 
 from pipelines.errors import UserError
 from pipelines.io import LockBusy, atomic_write_bytes, exclusive_lock, is_locked
+from pipelines.lifetime import die_with_parent
 
 LOG = logging.getLogger(__name__)
 
@@ -385,19 +386,6 @@ def send_signal(record: JobRecord, signum: int) -> None:
             process.send_signal(signum)
 
 
-# Resolved once, in the parent: the function preexec_fn runs between fork and exec, where a
-# multi-threaded server must not load libraries (a lock another thread held stays locked).
-_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
-
-
-def _die_with_server() -> None:
-    """preexec_fn: the job gets SIGKILL when the thread that started it dies (the server was
-    killed), like layer_jobs.die_with_parent does for the precompute's workers."""
-    if _LIBC is not None:
-        pr_set_pdeathsig = 1
-        _LIBC.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 def start_process(data_dir: Path, record: JobRecord) -> subprocess.Popen[bytes]:
     command = [sys.executable, str(MAIN), *record.argv, "--data-dir", str(data_dir)]
     log_path = job_dir(data_dir, record.id) / LOG_FILE
@@ -420,7 +408,8 @@ def start_process(data_dir: Path, record: JobRecord) -> subprocess.Popen[bytes]:
             # Its own session: a Ctrl-C at the server's terminal reaches the server only, which
             # interrupts the job itself and queues it again (a direct hit would read "cancelled").
             start_new_session=True,
-            preexec_fn=_die_with_server,
+            # SIGKILL when the thread that started it dies (the server was killed).
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
 
 

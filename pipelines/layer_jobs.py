@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +26,7 @@ import numpy as np
 import threadpoolctl
 
 from pipelines import reduce, tsne
+from pipelines.lifetime import die_with_parent
 from pipelines.store import RunStore, embedding_key
 from pipelines.tsne_opentsne import SIZE_METHODS
 
@@ -264,8 +263,9 @@ def same_pca_map(store: RunStore, layer_id: str, scores: np.ndarray) -> bool:
     return error <= SAME_MAP_TOLERANCE * max(extent, float(np.finfo(np.float32).tiny))
 
 
-def prepare_worker(threads: int) -> None:
-    """Worker initializer: die with the precompute, run at ``TSNE_NICENESS`` (every thread,
+def prepare_worker(threads: int, precompute: int) -> None:
+    """Worker initializer: die with the precompute (pid ``precompute``: killed, even with
+    kill -9, its workers do not live on as orphans that keep writing into the run), run at ``TSNE_NICENESS`` (every thread,
     also any its imports started before ``LayerWorkers.start`` reniced it), and use ``threads``
     BLAS threads.
 
@@ -273,21 +273,11 @@ def prepare_worker(threads: int) -> None:
     workers doing PCA at once then spin-wait for each other's cores. Measured on 2 cores, one
     (1797, 2048) PCA took 10.4 s that way instead of 0.8 s with one thread per worker.
     """
-    die_with_parent()
+    die_with_parent(precompute)
     lower_priority(TSNE_NICENESS)
     # Applies to the BLAS and OpenMP libraries loaded so far: this module's imports (numpy,
     # scipy, scikit-learn, openTSNE) are all of those the layer jobs use.
     threadpoolctl.threadpool_limits(limits=threads)
-
-
-def die_with_parent() -> None:
-    """When the precompute is killed (even with kill -9), its workers get SIGKILL too, instead
-    of living on as orphans that keep writing into the run."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before the line above took effect
-            os._exit(1)
 
 
 def lower_priority(niceness: int) -> None:
@@ -433,7 +423,7 @@ class LayerWorkers:
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=prepare_worker,
-            initargs=(self.blas_threads,),
+            initargs=(self.blas_threads, os.getpid()),
         )
         # A spawning pool starts a process per submit until one is idle: one no-op each starts
         # them all now, and only here, where they are started with Ctrl-C held off.
