@@ -323,6 +323,14 @@ def add_run_options(parser: argparse.ArgumentParser, train_command: bool) -> Non
         "gradcam,guided_backprop,guided_gradcam; a resumed run keeps its own list)",
     )
     parser.add_argument(
+        "--maps-first",
+        action="store_true",
+        help="store the explanations after every layer's PCA map instead of in the forward "
+        "pass, so a page watching the run shows its maps sooner (one more pass over the "
+        "samples; not with --workers celery). `python main.py` and runs started from the page "
+        "do this",
+    )
+    parser.add_argument(
         "--folds",
         type=int,
         default=None,
@@ -480,7 +488,9 @@ def precompute_command(args: argparse.Namespace) -> None:
     from pipelines.precompute import Precompute
 
     config = config_from_args(args, trains=False)
-    store = Precompute(config, args.data_dir, args.run_id, remote=remote).run()
+    store = Precompute(
+        config, args.data_dir, args.run_id, remote=remote, maps_first=args.maps_first
+    ).run()
     print_summary(store.read_record(), store.run_dir)
 
 
@@ -516,6 +526,7 @@ def train_command(args: argparse.Namespace) -> None:
         args.run_id,
         on_training_point=EpochTable(),
         until=None if args.then_precompute else "model",
+        maps_first=args.maps_first,
     )
     store = precompute.run()
     record = store.read_record()

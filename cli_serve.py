@@ -219,7 +219,8 @@ def default_run_in_background(
         file=sys.stderr,
         flush=True,
     )
-    command = [sys.executable, str(MAIN), "precompute", "--data-dir", str(data_dir)]
+    # --maps-first: the page shows the maps before the run's explanations are stored.
+    command = [sys.executable, str(MAIN), "precompute", "--maps-first", "--data-dir", str(data_dir)]
     for field, value in DEFAULT_RUN.items():
         command += [f"--{field.replace('_', '-')}", str(value)]
     # Its own session: the terminal's Ctrl-C reaches the server only, which stops the child

@@ -51,6 +51,7 @@ STAGE_WORK = {
     "index": "the sample index",
     "forward": "the forward pass",
     "embeddings": "the maps",
+    "explanations": "the stored explanations",
     "quality": "label issues and near-duplicates",
 }
 
@@ -178,7 +179,9 @@ class RunData:
 
         return {
             "layers": f"{states('model', 'index')}|{failure}",
-            "samples": f"{states('index', 'forward', 'quality')}|{failure}",
+            # The explanations only once stored: their stage's start redraws nothing.
+            "samples": f"{states('index', 'forward', 'quality')}"
+            f"|explanations:{self.stage('explanations').state == 'done'}|{failure}",
             "maps": f"{states('index', 'forward', 'embeddings', 'quality')}"
             f"|maps:{embeddings.done}:{embeddings.seconds}|{failure}",
         }

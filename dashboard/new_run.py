@@ -227,6 +227,8 @@ def plan_new_run(
     argv = ["train" if training else "precompute", "--dataset", dataset, "--model", model]
     argv += ["--run-id", run_id, "--device", device, "--seed", str(seed)]
     argv += ["--subsets", ",".join(subsets), "--perplexities", ",".join(perplexities)]
+    # The page that started the run shows its maps before its explanations are stored.
+    argv += ["--maps-first"]
     if samples is not None:
         argv += ["--samples", str(samples)]
     if weights is not None:

@@ -2,8 +2,10 @@
 
 This module only orchestrates: it checks the settings, takes the run's writer lock, asks the
 store which stages are missing and runs those, in order (``pipelines.stages.STAGES``: model,
-index, forward, embeddings, quality; each stage is its own module under ``pipelines/stages/``). A failure
-is recorded in the manifest; a finished run is only read.
+index, forward, embeddings, explanations, quality; each stage is its own module under
+``pipelines/stages/``; the explanations of a ``--maps-first`` run are computed while the
+workers make the t-SNE maps). A failure is recorded in the manifest; a finished run is only
+read.
 
 Killing the process at any point loses at most the chunk or layer in flight.
 
@@ -39,6 +41,7 @@ from pipelines.run_config import PrecomputeConfig, run_id_for, stored_methods
 from pipelines.stages import (
     STAGES,
     embeddings,
+    explanations,
     follow_free_cores,
     forward,
     index,
@@ -73,12 +76,16 @@ class Precompute:
         on_training_point: Callable[[TrainingCurves], None] | None = None,
         until: str | None = None,
         remote: RemoteUnits | None = None,
+        maps_first: bool = False,
     ):
         """``on_training_point``: called with the curves at every point of a training in the
         run (after they are saved). ``until``: the last stage to run (``main.py train`` stops
         after "model"); None: every stage. A run left with stages pending is completed by a
         later precompute of the same settings. ``remote``: where the forward chunks and the
-        layers' maps are computed; None: here."""
+        layers' maps are computed; None: here. ``maps_first``: the stored explanations after
+        the layers' PCA maps rather than in the forward pass, for a page that watches the run
+        (``stages/explanations.py``; not with ``remote``, whose units compute them in their
+        pass)."""
         self.config = config
         self.data_dir = Path(data_dir)
         self.run_id = run_id_for(config, run_id)
@@ -87,6 +94,7 @@ class Precompute:
         self.on_training_point = on_training_point
         self.until = until
         self.remote = remote
+        self.maps_first = maps_first and remote is None
 
     def log(self, message: str) -> None:
         if self.progress:
@@ -174,7 +182,15 @@ class Precompute:
                 self.config.batch_size,
                 self.progress,
                 self.remote,
+                explanations=not self.maps_first,
             )
+
+        def explanations_stage() -> None:
+            if "explanations" in self.store.pending_stages(["explanations"]):
+                explanations.run(
+                    self.store, dataset, run_model, self.config.batch_size, self.progress
+                )
+
         if reduce_layers:
             # Layers of a run computed before image placement need their features again.
             recapture = embeddings.layers_without_features(self.store)
@@ -187,7 +203,16 @@ class Precompute:
                     self.config.batch_size,
                     self.progress,
                 )
-            embeddings.run(self.store, workers, self.config.device, self.progress)
+            # The explanations a --maps-first forward pass left out: in this process while the
+            # workers make the t-SNE maps, which nobody waits for either.
+            embeddings.run(
+                self.store,
+                workers,
+                self.config.device,
+                self.progress,
+                meanwhile=explanations_stage,
+            )
+        explanations_stage()
         if "quality" in missing:
             quality.run(self.store, dataset, self.config, run_model, self.progress)
         self.clear_failure()

@@ -589,8 +589,17 @@ class Manifest:
         return preferred if preferred in ids else ids[-1]
 
     def stage(self, name: str) -> StageState:
-        """The named stage's state; "pending" if the manifest does not list it yet."""
-        return self.stages.get(name) or StageState()
+        """The named stage's state; "pending" if the manifest does not list it yet. A run made
+        before the explanations stage existed stored its explanations in the forward pass: that
+        stage is in the forward stage's state (done when it is; pending, for its precompute to
+        do, otherwise). The manifest itself is left as it was written."""
+        stage = self.stages.get(name)
+        if stage is not None:
+            return stage
+        if name == "explanations" and "forward" in self.stages:
+            forward_done = self.stages["forward"].state == "done"
+            return StageState(state="done", seconds=0.0) if forward_done else StageState()
+        return StageState()
 
     def require_class_mapping(self) -> ClassMapping:
         return _required(self.class_mapping, self.run_id, "class mapping")

@@ -50,6 +50,8 @@ ARTIFACT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "class_probabilities": ("npy", ()),
     "explanation": ("npy", ("method",)),  # gradcam (N,S,S) f16; guided_* (N,S,S,3) u8
     "forward_chunk": ("npz", ("chunk",)),  # one chunk's per-sample outputs, until consolidated
+    # one chunk's explanations, method -> array, when computed after the maps (until consolidated)
+    "explanation_chunk": ("npz", ("chunk",)),
     "features": ("npy", ("layer", "chunk")),  # (n_chunk, D) float32, pooled activations
     "reduction": ("json", ("layer",)),  # pooled shape, PCA kept dims and variance
     # The same, written with the layer's PCA maps, before its t-SNE maps (``reduction`` last)

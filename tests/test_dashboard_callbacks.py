@@ -780,7 +780,7 @@ def test_a_run_still_being_computed_says_what_is_ready(partial_run):
     )
     table, info = call(partial_app, inspector.load_table, run_id, None, None)
     assert table["top_idx"] is None and info["explanations"] == []
-    assert "not computed yet" in info["explanationNote"]
+    assert "not stored yet" in info["explanationNote"]
     # The precompute writes the next layer: polling notices and bumps the version.
     version, progress = call(partial_app, about.poll, 1, run_id, None, None)
     assert version["run"] == run_id and version["complete"] is False

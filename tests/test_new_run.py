@@ -49,6 +49,7 @@ def shell_config(argv: tuple[str, ...], data_dir: Path):
 def test_the_form_becomes_the_train_command_the_shell_would_run(tmp_path):
     plan = plan_new_run(FORM, tmp_path, ())
     assert plan.trains and plan.argv[0] == "train" and "--then-precompute" in plan.argv
+    assert "--maps-first" in plan.argv  # the page shows the run's maps before its explanations
     assert check_argv(plan.argv) == plan.argv  # a command the job queue accepts
     config = shell_config(plan.argv, tmp_path)
     training = config.training

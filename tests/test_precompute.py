@@ -145,6 +145,15 @@ def test_kill_9_during_embeddings_then_resume_equals_an_uninterrupted_run(small_
     assert_same_artifacts(store, reference)
 
 
+@pytest.fixture
+def torch_threads_kept():
+    """The precompute sets torch's threads for the smallcnn; this process's other tests keep
+    theirs."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_image_folder(root: Path) -> Path:
     """Three classes of real photographs (scikit-image samples), varied crops, mixed modes."""
     from skimage import data
@@ -270,3 +279,44 @@ def test_precision_is_float32_off_cuda_and_kept_in_the_manifest(small_run):
     assert not precision.bf16_available(torch.device("cpu"))
     manifest = open_store(*small_run).read_manifest()
     assert manifest["forward_precision"]["dtype"] == "float32"
+
+
+@pytest.mark.slow
+def test_maps_first_stores_the_same_run_and_resumes_its_explanations(
+    small_run, tmp_path, monkeypatch, torch_threads_kept
+):
+    """``--maps-first`` (what `python main.py` and the page's runs use): the forward pass
+    without the explanations, which the explanations stage computes after the PCA maps. The
+    run is the reference's, file for file, also when that stage failed once half way."""
+    import cli
+
+    reference = open_store(*small_run)
+    data_dir = tmp_path / "data"
+    shutil.copytree(small_run[0] / "models", data_dir / "models")  # no training again
+    store = open_store(data_dir, "maps-first")
+    real_stream = forward.stream_chunks
+
+    def failing_stream(store, num_chunks, name, rows, kind, params, source="forward_chunk"):
+        if source == "explanation_chunk":
+            raise RuntimeError("disk full")
+        return real_stream(store, num_chunks, name, rows, kind, params, source)
+
+    monkeypatch.setattr(forward, "stream_chunks", failing_stream)
+    arguments = [*small_run_arguments(data_dir, "maps-first"), "--maps-first"]
+    with pytest.raises(RuntimeError, match="disk full"):
+        cli.main(arguments)
+    record = store.read_record()
+    assert record.stage("forward").state == "done"
+    assert record.stage("explanations").state == "running"
+    assert not store.has("explanation", method="gradcam")  # not in the forward pass
+    assert store.has("explanation_chunk", chunk=0)  # kept for the resume
+    assert record.failure is not None and "disk full" in record.failure.error
+
+    monkeypatch.setattr(forward, "stream_chunks", real_stream)
+    assert cli.main(arguments) == 0
+    record = store.read_record()
+    assert all(stage.state == "done" for stage in record.stages.values())
+    assert list(record.stages)[-2:] == ["explanations", "quality"]
+    assert record.stage("explanations").seconds > 0
+    assert not store.run_dir.joinpath("explanation_chunk").exists()
+    assert_same_artifacts(store, reference)

@@ -369,3 +369,29 @@ def test_the_store_writes_a_record_and_keeps_what_no_record_types(tmp_path: Path
         "seconds": stored["stages"]["forward"]["seconds"],
     }
     assert store.pending_stages(["model", "forward", "quality"]) == ["forward", "quality"]
+
+
+def old_stages(forward_state: str) -> dict:
+    """The stages of a manifest written before the explanations stage existed."""
+    return {
+        "run_id": "old",
+        "stages": {
+            "model": {"state": "done"},
+            "index": {"state": "done"},
+            "forward": {"state": forward_state},
+            "embeddings": {"state": "pending"},
+            "quality": {"state": "pending"},
+        },
+    }
+
+
+def test_a_run_from_before_the_explanations_stage_has_it_in_its_forward_stages_state():
+    done = Manifest.from_json(old_stages("done"))
+    assert done.stage("explanations").state == "done"  # stored by its forward pass
+    assert "explanations" not in done.to_json()["stages"]  # the manifest is left as it was
+    running = Manifest.from_json(old_stages("running"))
+    assert running.stage("explanations").state == "pending"  # for its precompute to do
+    stages = {**old_stages("done")["stages"], "explanations": {"state": "running"}}
+    assert Manifest.from_json({"run_id": "new", "stages": stages}).stage("explanations").state == (
+        "running"
+    )

@@ -97,7 +97,8 @@ def run_info(run: RunData) -> dict[str, Any]:
         note = "This model has no spatial conv layer, so it has no Grad-CAM explanations."
     else:
         note = (
-            "Explanations are not computed yet (the precompute's forward stage is still running)."
+            "The run's explanations are not stored yet (its precompute is still running): click "
+            "a point to compute its own now."
         )
     return {
         "run": run.run_id,

@@ -8,7 +8,10 @@
    guided Grad-CAM. A chunk's file is written last, so its presence means the chunk is on disk.
 4. **embeddings** (``embeddings.py``): per layer — PCA to 90% variance, then 2D PCA and t-SNE
    per subset/perplexity.
-5. **quality** (``quality.py``): label issues (cleanlab on out-of-sample probabilities: k-fold
+5. **explanations** (``explanations.py``): the stored explanations, when the forward pass left
+   them for after the maps (``--maps-first``: computed while the workers make the t-SNE maps);
+   otherwise only the record that the forward pass stored them.
+6. **quality** (``quality.py``): label issues (cleanlab on out-of-sample probabilities: k-fold
    training for the smallcnn, a pretrained model's own), each sample's nearest neighbours in one
    layer's features (near-duplicates) and its outlier score.
 
@@ -27,7 +30,7 @@ import torch
 from pipelines.cores import idle_cores
 from pipelines.models import resolve_device
 
-STAGES = ("model", "index", "forward", "embeddings", "quality")
+STAGES = ("model", "index", "forward", "embeddings", "explanations", "quality")
 # Long enough to average over a few scheduler ticks; paid once per run, before training.
 FREE_CORES_SAMPLE_SECONDS = 0.2
 # Before each later epoch: enough to tell idle from busy (``cores.idle_cores``), 0.3 s over the

@@ -13,6 +13,7 @@ stage (which reads one layer's) are done.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from tqdm import tqdm
 
@@ -98,8 +99,15 @@ def first_view_first(layer_ids: list[str], first: str | None, same_as: dict[str,
     return sorted(layer_ids, key=lambda layer_id: layer_id != front)
 
 
-def run(store: RunStore, workers: LayerRunner, device: str, progress: bool) -> None:
-    """Every layer not ``layer_done`` yet, each phase by ``workers``."""
+def run(
+    store: RunStore,
+    workers: LayerRunner,
+    device: str,
+    progress: bool,
+    meanwhile: Callable[[], None] | None = None,
+) -> None:
+    """Every layer not ``layer_done`` yet, each phase by ``workers``. ``meanwhile``: work for
+    this process while the workers make the t-SNE maps (called once they have them all)."""
     record = store.read_record()
     layers = record.layers
     done = {layer.id for layer in layers if layer_done(store, layer.id)}
@@ -156,7 +164,10 @@ def run(store: RunStore, workers: LayerRunner, device: str, progress: bool) -> N
         for layer_id, source in aliases:
             job.copy_pca(source, layer_id)
         finished(None)
-        for layer_id in workers.run_phase(job, "tsne", pending, background=True):
+        tsne_maps = workers.run_phase(job, "tsne", pending, background=True)
+        if meanwhile is not None:
+            meanwhile()
+        for layer_id in tsne_maps:
             finished(layer_id)
         for layer_id, source in aliases:
             job.copy_tsne(source, layer_id)

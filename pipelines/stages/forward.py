@@ -1,6 +1,7 @@
 """Stage "forward": per chunk of samples — thumbnails, one forward pass capturing every layer
 (pooled on the device), top-10 predictions, and the run's stored explanations (``--explain``;
-by default Grad-CAM / guided backprop / guided Grad-CAM).
+by default Grad-CAM / guided backprop / guided Grad-CAM) unless the explanations stage is to
+compute them after the maps (``--maps-first``, ``stages/explanations.py``).
 
 A chunk's file (``forward_chunk``) is written last, so its presence means the whole chunk is on
 disk; once every chunk is, they are consolidated into ``thumbnails``, ``explanation``,
@@ -148,7 +149,9 @@ def consolidate(
     methods: Sequence[str],
 ) -> None:
     """Merge the chunks into the run's per-sample artifacts and metrics, then drop them;
-    ``methods``: the stored explanations' names.
+    ``methods``: the stored explanations' names, merged where every chunk has them (a run begun
+    ``--maps-first`` and resumed without it has them in some chunks only: the explanations stage
+    computes them all).
 
     The pictures (thumbnails, explanations) are copied chunk by chunk into memory-mapped files,
     so memory holds one chunk's, whatever the run's size: merged in memory, a 60,000-sample run
@@ -156,13 +159,17 @@ def consolidate(
     explanations; the chunks, then their concatenation). The small per-sample columns
     (log-probabilities, top-10) are merged in memory."""
     names = store.array_names("forward_chunk", chunk=0)
+    in_every_chunk = set(names).intersection(
+        *(store.array_names("forward_chunk", chunk=i) for i in range(1, num_chunks))
+    )
     pictures = [name for name in names if name == "thumbnails" or name in methods]
+    pictures = [name for name in pictures if name in in_every_chunk]
     for name in pictures:
         kind, params = (
             ("thumbnails", {}) if name == "thumbnails" else ("explanation", {"method": name})
         )
         stream_chunks(store, num_chunks, name, len(labels), kind, params)
-    columns_of = [name for name in names if name not in pictures]
+    columns_of = [name for name in names if name not in methods and name != "thumbnails"]
     parts = [store.load_members("forward_chunk", columns_of, chunk=i) for i in range(num_chunks)]
     merged = {name: np.concatenate([part[name] for part in parts]) for name in columns_of}
     columns = prediction_columns(merged["log_prob"], model_labels)
@@ -196,19 +203,25 @@ def consolidate(
 
 
 def stream_chunks(
-    store: RunStore, num_chunks: int, name: str, rows: int, kind: str, params: dict[str, str]
+    store: RunStore,
+    num_chunks: int,
+    name: str,
+    rows: int,
+    kind: str,
+    params: dict[str, str],
+    source: str = "forward_chunk",
 ) -> None:
-    """The chunks' array ``name``, one chunk in memory at a time, into the ``rows``-row
-    artifact ``kind`` with ``params``."""
-    first = store.load_members("forward_chunk", [name], chunk=0)[name]
+    """The array ``name`` of the ``source`` chunks, one chunk in memory at a time, into the
+    ``rows``-row artifact ``kind`` with ``params``."""
+    first = store.load_members(source, [name], chunk=0)[name]
     with store.array_writer(kind, (rows, *first.shape[1:]), first.dtype, **params) as out:
         start = 0
         for i in range(num_chunks):
-            part = first if i == 0 else store.load_members("forward_chunk", [name], chunk=i)[name]
+            part = first if i == 0 else store.load_members(source, [name], chunk=i)[name]
             out[start : start + len(part)] = part
             start += len(part)
         if start != rows:
-            raise ValueError(f"the forward chunks hold {start} rows of {name}, expected {rows}")
+            raise ValueError(f"the {source} files hold {start} rows of {name}, expected {rows}")
 
 
 @dataclass(frozen=True)
@@ -305,20 +318,25 @@ def run(
     batch_size: int,
     progress: bool,
     remote: ChunkRunner | None = None,
+    explanations: bool = True,
 ) -> None:
     """Every chunk not on disk yet (in this process, or by ``remote``), then the consolidation.
-    The precision is chosen here either way, with this process's model, on its device."""
+    The precision is chosen here either way, with this process's model, on its device.
+    ``explanations``: the stored explanations in this pass; False leaves them to the
+    explanations stage (``--maps-first``; ``remote`` units compute them either way)."""
     start = time.perf_counter()
     samples = store.load_json("samples")
     indices = np.array(samples["dataset_index"])
     layers = feature_layers_of(store.read_record())
     forward_precision(store, adapter, dataset, indices, layers, batch_size)
     work = chunk_work(store)
+    if not explanations:
+        work = replace(work, methods=())
     pending = [i for i in range(len(work.chunks)) if not chunk_done(store, i)]
     bar = tqdm(
         total=len(indices),
         initial=len(indices) - sum(len(work.chunks[i]) for i in pending),
-        desc="forward + explanations",
+        desc="forward + explanations" if work.methods else "forward",
         unit="img",
         disable=not progress,
     )
@@ -343,7 +361,7 @@ def run(
         np.array(samples["label"]),
         np.array(samples["model_label"]),
         np.array(samples["model_split"]) == HELD_OUT,
-        work.methods,
+        chunk_work(store).methods,
     )
     store.update_stage(
         "forward",
