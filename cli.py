@@ -327,8 +327,7 @@ def add_run_options(parser: argparse.ArgumentParser, train_command: bool) -> Non
         action="store_true",
         help="store the explanations after every layer's PCA map instead of in the forward "
         "pass, so a page watching the run shows its maps sooner (one more pass over the "
-        "samples; not with --workers celery). `python main.py` and runs started from the page "
-        "do this",
+        "samples; not with --workers celery). Runs started from the page do this",
     )
     parser.add_argument(
         "--folds",

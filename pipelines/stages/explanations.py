@@ -4,10 +4,11 @@ per method.
 
 Usually the forward stage computes them in its own pass (one forward pass serves the features,
 the predictions and the explanations' backward passes), and this stage only records that they
-are there. A precompute with ``--maps-first`` leaves them out of the forward pass and computes
-them here, after the layers' PCA maps, while the worker processes compute the t-SNE maps: a page
-watching the run shows its maps that much sooner (on 2 cores the explanations are 60 % of the
-embedded default's forward pass), for one more forward pass over the samples. Until they are
+are there. A precompute with ``--maps-first`` (runs started from the page) leaves them out of
+the forward pass and computes them here, after the layers' PCA maps, while the worker processes
+compute the t-SNE maps: a page watching the run shows its maps that much sooner (on 2 cores the
+explanations are 60 % of the embedded default's forward pass), for one more forward pass over
+the samples. Until they are
 stored the inspector computes a clicked sample's explanations on demand.
 
 Per chunk of samples (the forward stage's chunks and batches, so the same maps as in its pass);
