@@ -265,9 +265,9 @@ def same_pca_map(store: RunStore, layer_id: str, scores: np.ndarray) -> bool:
 
 def prepare_worker(threads: int, precompute: int) -> None:
     """Worker initializer: die with the precompute (pid ``precompute``: killed, even with
-    kill -9, its workers do not live on as orphans that keep writing into the run), run at ``TSNE_NICENESS`` (every thread,
-    also any its imports started before ``LayerWorkers.start`` reniced it), and use ``threads``
-    BLAS threads.
+    kill -9, its workers do not live on as orphans that keep writing into the run), run at
+    ``TSNE_NICENESS`` (every thread, also any its imports started before ``LayerWorkers.start``
+    reniced it), and use ``threads`` BLAS threads.
 
     The BLAS limit matters: by default every worker's OpenBLAS starts a thread per core, and two
     workers doing PCA at once then spin-wait for each other's cores. Measured on 2 cores, one
