@@ -8,8 +8,8 @@ are there. A precompute with ``--maps-first`` (runs started from the page) leave
 the forward pass and computes them here, after the layers' PCA maps, while the worker processes
 compute the t-SNE maps: a page watching the run shows its maps that much sooner (on 2 cores the
 explanations are 60 % of the embedded default's forward pass), for one more forward pass over
-the samples. Until they are
-stored the inspector computes a clicked sample's explanations on demand.
+the samples. Until they are stored the inspector computes a clicked sample's explanations on
+demand.
 
 Per chunk of samples (the forward stage's chunks and batches, so the same maps as in its pass);
 a chunk's ``explanation_chunk`` file is its commit marker, so a killed precompute resumes from
