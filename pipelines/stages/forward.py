@@ -330,6 +330,7 @@ def run(
     layers = feature_layers_of(store.read_record())
     forward_precision(store, adapter, dataset, indices, layers, batch_size)
     work = chunk_work(store)
+    stored_methods = work.methods  # merged where every chunk has them, whoever computed them
     if not explanations:
         work = replace(work, methods=())
     pending = [i for i in range(len(work.chunks)) if not chunk_done(store, i)]
@@ -361,7 +362,7 @@ def run(
         np.array(samples["label"]),
         np.array(samples["model_label"]),
         np.array(samples["model_split"]) == HELD_OUT,
-        chunk_work(store).methods,
+        stored_methods,
     )
     store.update_stage(
         "forward",
