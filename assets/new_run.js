@@ -10,7 +10,7 @@
   var ls = window.layerscope;
   var dc = window.dash_clientside;
   var ids = ls.ids;
-  var NEW_PATH = "/new";
+  var NEW_PATH = ls.constants.newPath;
 
   ls.define("showNewPage", function (pathname) {
     var onNew = pathname === NEW_PATH;

@@ -39,7 +39,9 @@
   });
 
   // The run version split into one store per aspect of the run (ids.RUN_ASPECT_VERSIONS), each
-  // written only when its aspect changed: a new map redraws the map, not every panel.
+  // written only when its aspect changed: a new map redraws the map, not every panel. The page's
+  // setup writes the stores first (dashboard/state.py aspect_versions, the same split), so the
+  // first poll of a run being built redraws nothing the setup just drew.
   ls.define("runAspects", function (version) {
     var before = Array.prototype.slice.call(arguments, 1);
     var out = {};

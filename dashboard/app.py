@@ -11,12 +11,14 @@ from typing import Any
 
 import dash
 import dash_bootstrap_components as dbc  # noqa: F401 - registers the component suite
+from dash import html
 
 from dashboard import callback_inputs, security
 from dashboard.auth import BasicAuth
 from dashboard.context import CONFIG_KEY, configure
 from dashboard.jobs import ThreadJobManager
 from dashboard.layout import page
+from dashboard.panels import new_run
 from dashboard.registry import register_all, shared_with_browser
 from dashboard.routes import register_routes
 from pipelines.errors import UserError
@@ -113,6 +115,8 @@ def create_app(
     )
     app.server.config[CONFIG_KEY] = context
     app.layout = layout
+    # The /new page's body is mounted when first shown: its callbacks are checked against both.
+    app.validation_layout = html.Div([layout, new_run.body()])
     register_all(app)
     register_routes(app.server, context)
     return app

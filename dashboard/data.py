@@ -186,6 +186,16 @@ class RunData:
             f"|maps:{embeddings.done}:{embeddings.seconds}|{failure}",
         }
 
+    def run_version(self) -> dict[str, Any]:
+        """The page's run version (``ids.RUN_VERSION``): the run, its manifest's stamp, what it
+        can show (``contents_keys``) and whether it is complete."""
+        return {
+            "run": self.run_id,
+            "stamp": self.record.updated,
+            "contents": self.contents_keys(),
+            "complete": self.complete,
+        }
+
     def building_note(self) -> str:
         """For a map the run does not have yet: what its precompute is doing now, e.g. "Run
         'x' is being built (now: the model, 3 / 8). ..." (its training epochs), or why nothing

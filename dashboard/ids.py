@@ -224,6 +224,7 @@ TOUR_CLOSE = "tour-close"
 # ---- the new-run page (/new) ----------------------------------------------------------------
 EXPLORE_PAGE = "explore-page"  # the main grid, hidden on /new
 NEW_PAGE = "new-page"
+NEW_PAGE_BODY = "new-page-body"  # filled the first time /new is shown
 NEW_LINK = "new-link"  # navbar: to /new and back
 NEW_POLL = "new-poll"  # jobs list and the chosen job, while /new is shown
 NEW_DATASET_SOURCE = "new-dataset-source"  # builtin | folder | upload

@@ -45,7 +45,10 @@ def navbar() -> dbc.Navbar:
                         html.Span(id=ids.STATUS, className="me-3"),
                         # A link, not a button: the page switches without a reload (showNewPage).
                         dcc.Link(
-                            "New run", id=ids.NEW_LINK, href="/new", className="ls-nav-link me-3"
+                            "New run",
+                            id=ids.NEW_LINK,
+                            href=new_run.NEW_PATH,
+                            className="ls-nav-link me-3",
                         ),
                         dbc.Button(
                             "Guided tour", id=ids.TOUR_START, size="sm", color="info", outline=True

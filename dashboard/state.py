@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 from components.architecture import layer_option_label
 from components.embedding import COLOR_BY
+from dashboard import ids
 from dashboard.data import METHODS, RunCatalog, RunData, RunSummary
 from dashboard.security import ascii_int
 from pipelines.errors import UserError
@@ -56,6 +57,8 @@ class Setup:
     perplexity_options: list[dict[str, Any]] = field(default_factory=list)
     layer_options: list[dict[str, Any]] = field(default_factory=list)
     messages: list[tuple[str, str]] = field(default_factory=list)  # (bootstrap colour, text)
+    # The value of each run aspect's store (``aspect_versions``); empty without a run.
+    aspects: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def parse_query(search: str | None) -> dict[str, str]:
@@ -134,6 +137,19 @@ def options_of(summaries: list[RunSummary]) -> list[dict[str, Any]]:
 def run_options(catalog: RunCatalog) -> list[dict[str, Any]]:
     """The run menu's entries: on page load (``setup_for``) and on every refresh."""
     return options_of(catalog.summaries())
+
+
+def aspect_versions(version: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A run version (``RunData.run_version``) split into the value of each aspect's store
+    (``ids.RUN_ASPECT_VERSIONS``), as the page's ``runAspects`` splits each poll's.
+
+    The page's setup writes these itself: its panels then draw the run as it is at that moment,
+    and the first poll, finding the same contents, redraws none of them (it redrew every panel
+    once more on each load of a run being built, while the page waited for its first map)."""
+    return {
+        aspect: {**version, "contents": version["contents"][aspect]}
+        for aspect in ids.RUN_ASPECT_VERSIONS
+    }
 
 
 def waiting_for_layers(catalog: RunCatalog, selection: dict[str, Any], run_id: str | None) -> bool:
@@ -247,4 +263,5 @@ def setup_for(
         perplexity_options=perplexity_options(run, subset, disabled=method != "tsne"),
         layer_options=layer_options(run),
         messages=messages,
+        aspects=aspect_versions(run.run_version()),
     )

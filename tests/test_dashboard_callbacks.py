@@ -29,7 +29,17 @@ from dashboard.caches import ByteLRU
 from dashboard.context import current
 from dashboard.data import NotReady, RunCatalog, RunData, run_label
 from dashboard.on_demand import OnDemand
-from dashboard.panels import about, activations, controls, embedding, explain, inspector, model_view
+from dashboard.panels import (
+    about,
+    activations,
+    controls,
+    embedding,
+    explain,
+    inspector,
+    model_view,
+    new_run,
+)
+from dashboard.state import aspect_versions
 from pipelines.errors import UserError
 from pipelines.explain import EXPLAINERS, STORED_METHODS
 from pipelines.records import LayerSpec
@@ -781,8 +791,15 @@ def test_a_run_still_being_computed_says_what_is_ready(partial_run):
     table, info = call(partial_app, inspector.load_table, run_id, None, None)
     assert table["top_idx"] is None and info["explanations"] == []
     assert "not stored yet" in info["explanationNote"]
-    # The precompute writes the next layer: polling notices and bumps the version.
+    # The page's setup writes the aspect versions its panels then draw, so the page's first poll
+    # of the run, finding the same contents in each, redraws no panel (runAspects).
+    setup = call(partial_app, controls.setup_run, f"?run={run_id}", None, None, None)
     version, progress = call(partial_app, about.poll, 1, run_id, None, None)
+    assert dict(zip(ids.RUN_ASPECT_VERSIONS, setup[13:], strict=True)) == aspect_versions(version)
+    assert {aspect: value["contents"] for aspect, value in aspect_versions(version).items()} == (
+        version["contents"]
+    )
+    # The precompute writes the next layer: polling notices and bumps the version.
     assert version["run"] == run_id and version["complete"] is False
     assert progress == {"run": run_id, "stamp": version["stamp"]}
     assert call(partial_app, about.poll, 2, run_id, version, progress) == (no_update, no_update)
@@ -846,3 +863,20 @@ def test_redis_url_without_celery_is_a_clear_user_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "celery", None)
     with pytest.raises(UserError, match="celery is not installed.*requirements.txt"):
         create_app(tmp_path)
+
+
+def component_ids(layout: Any) -> set[str]:
+    return {c.id for c in layout._traverse() if isinstance(getattr(c, "id", None), str)}
+
+
+def test_the_new_run_form_is_built_only_when_its_page_is_opened(app):
+    # The explore page loads without the form: /new mounts it on its first visit, once.
+    assert ids.NEW_PAGE in component_ids(app.layout)
+    assert ids.NEW_START not in component_ids(app.layout)
+    assert ids.NEW_START in component_ids(app.validation_layout)  # its callbacks are checked
+    with pytest.raises(PreventUpdate):
+        call(app, new_run.mount, "/", None)
+    body = call(app, new_run.mount, new_run.NEW_PATH, None)
+    assert {ids.NEW_START, ids.NEW_JOBS, ids.NEW_JOB_CURVES} <= component_ids(body)
+    with pytest.raises(PreventUpdate):
+        call(app, new_run.mount, new_run.NEW_PATH, body.to_plotly_json())

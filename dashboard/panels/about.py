@@ -229,10 +229,14 @@ def poll(
     if progress and progress.get("run") == run_id and progress.get("stamp") == stamp:
         return no_update, no_update
     newer = {"run": run_id, "stamp": stamp}
-    contents = run.contents_keys()
-    if version and version.get("run") == run_id and version.get("contents") == contents:
+    current_version = run.run_version()
+    if (
+        version
+        and version.get("run") == run_id
+        and version.get("contents") == current_version["contents"]
+    ):
         return no_update, newer
-    return {**newer, "contents": contents, "complete": run.complete}, newer
+    return current_version, newer
 
 
 # The run version split into the stores the panels follow, one per aspect of the run.
@@ -241,6 +245,10 @@ clientside_callback(
     "runAspects",
     Input(ids.RUN_VERSION, "data"),
     *(State(store, "data") for store in ids.RUN_ASPECT_VERSIONS.values()),
-    outputs={aspect: Output(store, "data") for aspect, store in ids.RUN_ASPECT_VERSIONS.items()},
+    # The page's setup writes them too (controls.setup_run).
+    outputs={
+        aspect: Output(store, "data", allow_duplicate=True)
+        for aspect, store in ids.RUN_ASPECT_VERSIONS.items()
+    },
     prevent_initial_call=True,
 )

@@ -97,6 +97,7 @@ def alert_list(messages: list[tuple[str, str]]) -> list[dbc.Alert]:
     Output(ids.MODEL_LAYER, "value"),
     Output(ids.MODEL_EXPANDED, "data"),
     Output(ids.ALERTS, "children"),
+    *(Output(store, "data") for store in ids.RUN_ASPECT_VERSIONS.values()),
     Input(ids.URL, "search"),
     Input(ids.CONTROLS_RUN, "value"),
     Input(ids.RUN_LAYERS_VERSION, "data"),
@@ -109,17 +110,17 @@ def setup_run(
     selection: dict[str, Any] | None,
 ) -> tuple:
     """Page load (URL), run switch, or the first layers of a run the page opened while it was
-    being built (its manifest's ``version``) -> the whole selection and every control's
-    options."""
+    being built (its manifest's ``version``) -> the whole selection, every control's options,
+    and the run's aspect versions the panels then draw (``aspect_versions``)."""
     previous = selection or {}
     by_user = ctx.triggered_id == ids.CONTROLS_RUN
     if by_user and chosen == previous.get("run"):
         # The menu echoing the value this callback just set: nothing changed.
-        return (no_update,) * 13
+        return (no_update,) * 16
     query = parse_query(search)
     if ctx.triggered_id == ids.RUN_LAYERS_VERSION:
         if not waiting_for_layers(current().catalog, previous, (version or {}).get("run")):
-            return (no_update,) * 13
+            return (no_update,) * 16
         # The link's layer and view still apply, to the run the page shows.
         query = {**query, "run": previous["run"]}
     setup = setup_for(
@@ -143,6 +144,7 @@ def setup_run(
         chosen_view["layer"],
         [],
         alert_list(setup.messages),
+        *(setup.aspects.get(aspect) for aspect in ids.RUN_ASPECT_VERSIONS),
     )
 
 

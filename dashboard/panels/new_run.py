@@ -28,7 +28,7 @@ from dashboard.new_run import (
     TORCHVISION_CHOICES,
     plan_new_run,
 )
-from dashboard.registry import callback, clientside_callback
+from dashboard.registry import callback, clientside_callback, publish
 from pipelines import job_queue
 from pipelines.allowed_folders import list_allowed_folders
 from pipelines.datasets import BUILTIN_DATASETS
@@ -39,6 +39,8 @@ from pipelines.run_config import dataset_name
 from pipelines.store import RunStore, runs_dir
 from pipelines.training import TrainingCurves, default_settings
 
+NEW_PATH = "/new"  # the page's URL; the explorer is at "/"
+publish("newPath", NEW_PATH)
 POLL_MS = 1000
 JOBS_SHOWN = 12
 LOG_LINES = 6
@@ -308,6 +310,23 @@ def precompute_section() -> html.Div:
 
 
 def layout() -> html.Div:
+    """The page's shell: hidden, and empty until /new is first opened (``mount``). Every load
+    of the explore page skips the form's hundred components and its callbacks' first calls,
+    which held the browser's main thread while the page waited for its first map."""
+    return html.Div(
+        [
+            dcc.Interval(id=ids.NEW_POLL, interval=POLL_MS, disabled=True),
+            dcc.Store(id=ids.NEW_JOB),
+            html.Div(id=ids.NEW_PAGE_BODY),
+        ],
+        id=ids.NEW_PAGE,
+        className=NEW_PAGE_CLASS,
+        style={"display": "none"},
+    )
+
+
+def body() -> dbc.Container:
+    """The form, the jobs list and the chosen job: what /new shows."""
     form = dbc.Card(
         [
             dbc.CardHeader(html.Span("New run", className="ls-card-title")),
@@ -361,24 +380,15 @@ def layout() -> html.Div:
         ],
         className="ls-card mb-3",
     )
-    return html.Div(
-        [
-            dcc.Interval(id=ids.NEW_POLL, interval=POLL_MS, disabled=True),
-            dcc.Store(id=ids.NEW_JOB),
-            dbc.Container(
-                dbc.Row(
-                    [
-                        dbc.Col(form, xxl=6, lg=6, md=12, className="ls-col"),
-                        dbc.Col([jobs, job], xxl=6, lg=6, md=12, className="ls-col"),
-                    ],
-                    className="g-3",
-                ),
-                fluid=True,
-            ),
-        ],
-        id=ids.NEW_PAGE,
-        className=NEW_PAGE_CLASS,
-        style={"display": "none"},
+    return dbc.Container(
+        dbc.Row(
+            [
+                dbc.Col(form, xxl=6, lg=6, md=12, className="ls-col"),
+                dbc.Col([jobs, job], xxl=6, lg=6, md=12, className="ls-col"),
+            ],
+            className="g-3",
+        ),
+        fluid=True,
     )
 
 
@@ -396,6 +406,19 @@ clientside_callback(
         "href": Output(ids.NEW_LINK, "href"),
     },
 )
+
+
+@callback(
+    Output(ids.NEW_PAGE_BODY, "children"),
+    Input(ids.URL, "pathname"),
+    State(ids.NEW_PAGE_BODY, "children"),
+)
+def mount(path: str | None, mounted: Any) -> Any:
+    """The page's body, the first time /new is shown; it then stays (a form half filled in
+    survives a visit to the explore page)."""
+    if path != NEW_PATH or mounted:
+        raise PreventUpdate
+    return body()
 
 
 @callback(
