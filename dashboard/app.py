@@ -116,7 +116,8 @@ def create_app(
     app.server.config[CONFIG_KEY] = context
     app.layout = layout
     # The /new page's body is mounted when first shown: its callbacks are checked against both.
-    app.validation_layout = html.Div([layout, new_run.body()])
+    # (Dash documents a layout for this attribute; its stubs only know the None it starts as.)
+    app.validation_layout = html.Div([layout, new_run.body()])  # type: ignore[assignment]
     register_all(app)
     register_routes(app.server, context)
     return app
