@@ -179,9 +179,11 @@ class RunData:
 
         return {
             "layers": f"{states('model', 'index')}|{failure}",
-            # The explanations only once stored: their stage's start redraws nothing.
+            # The explanations the inspector can show, not their stage: a run whose forward pass
+            # stored them marks that stage done seconds after its first map, and that redrew
+            # the inspector, the gallery and the workbench as the page opened.
             "samples": f"{states('index', 'forward', 'quality')}"
-            f"|explanations:{self.stage('explanations').state == 'done'}|{failure}",
+            f"|explanations:{','.join(self.explanation_methods())}|{failure}",
             "maps": f"{states('index', 'forward', 'embeddings', 'quality')}"
             f"|maps:{embeddings.done}:{embeddings.seconds}|{failure}",
         }

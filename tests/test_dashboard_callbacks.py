@@ -880,3 +880,20 @@ def test_the_new_run_form_is_built_only_when_its_page_is_opened(app):
     assert {ids.NEW_START, ids.NEW_JOBS, ids.NEW_JOB_CURVES} <= component_ids(body)
     with pytest.raises(PreventUpdate):
         call(app, new_run.mount, new_run.NEW_PATH, body.to_plotly_json())
+
+
+def test_the_samples_aspect_follows_the_stored_explanations_not_their_stage(small_run, tmp_path):
+    # A run whose forward pass stored its explanations marks their stage done later: the page's
+    # samples panels have nothing new to draw then. A method that lands (or vanishes) is new.
+    data_dir, run_id = small_run
+    shutil.copytree(data_dir / "runs" / run_id, tmp_path / "runs" / run_id)
+    store = RunStore(tmp_path / "runs" / run_id)
+    done = RunCatalog(tmp_path).open(run_id).contents_keys()
+    manifest = store.read_manifest()
+    manifest["stages"]["explanations"] = {**manifest["stages"]["explanations"], "state": "running"}
+    store.write_manifest(manifest)
+    running = RunCatalog(tmp_path).open(run_id)
+    assert running.stage("explanations").state == "running"
+    assert running.contents_keys() == done
+    store.delete("explanation", method=running.explanation_methods()[-1])
+    assert RunCatalog(tmp_path).open(run_id).contents_keys()["samples"] != done["samples"]
