@@ -219,8 +219,9 @@ def default_run_in_background(
         file=sys.stderr,
         flush=True,
     )
-    # Not --maps-first: measured on 2 cores, the first map then landed during the page's own
-    # load, which drew it later (median 16.0 s against 13.6 s to the drawn map).
+    # Not --maps-first: measured on 2 cores, its first map lands during the page's own load and
+    # is drawn no sooner (medians to the drawn map: 16.1 s against 13.6 s; once the page's first
+    # poll no longer redrew every panel, 10.9 s against 10.3 s; benchmarks/README.md).
     command = [sys.executable, str(MAIN), "precompute", "--data-dir", str(data_dir)]
     for field, value in DEFAULT_RUN.items():
         command += [f"--{field.replace('_', '-')}", str(value)]

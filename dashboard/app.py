@@ -116,7 +116,7 @@ def create_app(
     app.server.config[CONFIG_KEY] = context
     app.layout = layout
     # The /new page's body is mounted when first shown: its callbacks are checked against both.
-    # (Dash documents a layout for this attribute; its stubs only know the None it starts as.)
+    # The ignore: Dash's __init__ sets this attribute to None, so mypy infers None for it.
     app.validation_layout = html.Div([layout, new_run.body()])  # type: ignore[assignment]
     register_all(app)
     register_routes(app.server, context)

@@ -162,8 +162,11 @@ def consolidate(
     in_every_chunk = set(names).intersection(
         *(store.array_names("forward_chunk", chunk=i) for i in range(1, num_chunks))
     )
-    pictures = [name for name in names if name == "thumbnails" or name in methods]
-    pictures = [name for name in pictures if name in in_every_chunk]
+    pictures = [
+        name
+        for name in names
+        if (name == "thumbnails" or name in methods) and name in in_every_chunk
+    ]
     for name in pictures:
         kind, params = (
             ("thumbnails", {}) if name == "thumbnails" else ("explanation", {"method": name})
